@@ -1,0 +1,152 @@
+//! The crate error type: one `thiserror` enum per module, wrapped here with `#[from]`.
+//! Mapping to MCP results happens in `tools.rs` only.
+
+use std::path::PathBuf;
+
+/// Errors from the Jupyter wire layer (framing, signing, sockets).
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message has no <IDS|MSG> delimiter ({frames} frames)")]
+    NoDelimiter { frames: usize },
+    #[error("message has {frames} frames after the delimiter, expected at least 5")]
+    TooFewFrames { frames: usize },
+    #[error("message of {bytes} bytes exceeds the {limit} byte limit")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("message has {count} {what}, more than the limit of {limit}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("bad signature on message")]
+    BadSignature,
+    #[error("invalid json in {part}: {source}")]
+    Json {
+        part: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("content of {msg_type} does not match its schema: {source}")]
+    Content {
+        msg_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("zeromq {op} on {channel} failed: {source}")]
+    Zmq {
+        op: &'static str,
+        channel: &'static str,
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    #[error("timed out connecting to the kernel's {channel} channel")]
+    ConnectTimeout { channel: &'static str },
+    #[error("the {channel} reader has stopped; the connection to the kernel is gone")]
+    ReaderGone { channel: &'static str },
+}
+
+/// Errors from starting, talking to and stopping the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("kernel spec {path}: {reason}")]
+    Spec { path: PathBuf, reason: String },
+    #[error("could not start the kernel ({program}): {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kernel did not answer kernel_info within {secs} s{detail}")]
+    StartTimeout { secs: u64, detail: String },
+    #[error("the kernel died ({cause})")]
+    Died { cause: String },
+    #[error("kernel unavailable: {reason}")]
+    Unavailable { reason: String },
+    #[error("the kernel is busy with {queued} queued calls; try again when the running call finishes")]
+    Busy { queued: usize },
+    #[error("the kernel sent an unexpected reply: {0}")]
+    Protocol(String),
+}
+
+/// Errors from the managed Python environment.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("python interpreter {path} not usable: {reason}")]
+    BadInterpreter { path: PathBuf, reason: String },
+    #[error("ipykernel is not installed for {python}; fix: `{python} -m pip install ipykernel` (or run without --python to use the managed environment)")]
+    NoIpykernel { python: String },
+    #[error("could not create the managed environment at {path}: {reason}")]
+    Create { path: PathBuf, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no home or data directory: set HOME, XDG_DATA_HOME or KERNEL_MCP_DATA_DIR")]
+    NoDataDir,
+}
+
+/// Errors from the workspace jail and the file tools.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("{0}")]
+    BadPath(String),
+    #[error("{path}: {reason}")]
+    Denied { path: String, reason: String },
+    #[error("{path}: not found in the workspace")]
+    NotFound { path: String },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: String },
+    #[error("{path}: is a directory")]
+    IsDirectory { path: String },
+    #[error("{what}")]
+    TooLarge { what: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Errors from validating and installing packages.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{spec:?}: {reason}")]
+    BadSpec { spec: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("installer failed: {0}")]
+    Failed(String),
+    #[error("installer timed out after {secs} s and was killed")]
+    Timeout { secs: u64 },
+    #[error("could not run the installer: {0}")]
+    Spawn(String),
+}
+
+/// The crate error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error(transparent)]
+    Package(#[from] PackageError),
+}
+
+/// The crate result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,275 @@
+//! The kernel: spec, connection file, process, client, and `KernelHandle`, the one handle tools
+//! use. The handle serializes calls, restarts dead or stuck kernels and backs off crash loops.
+
+pub mod client;
+pub mod connection;
+pub mod process;
+pub mod spec;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use client::{Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, StopReason};
+pub use connection::Transport;
+pub use spec::{InterruptMode, KernelSpec};
+
+use crate::error::KernelError;
+use crate::wire::message::KernelInfoReply;
+
+/// A kernel that dies this soon after starting counts towards the crash-loop back-off.
+const EARLY_DEATH: Duration = Duration::from_secs(10);
+/// Longest wait between start attempts of a crash-looping kernel.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What happened to the kernel around one call, for the model to read.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Plain sentences about restarts and state loss, in order.
+    pub notes: Vec<String>,
+    /// True when the variables of the session were lost during this call.
+    pub state_lost: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    kernel: Option<Arc<Kernel>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+/// The single handle to "the kernel", however it was started.
+pub struct KernelHandle {
+    launcher: LocalLauncher,
+    slot: tokio::sync::Mutex<Slot>,
+    /// The kernel in use, readable without waiting for a running call (for interrupt/restart).
+    current: StdMutex<Option<Arc<Kernel>>>,
+    waiting: AtomicUsize,
+    max_queue: usize,
+}
+
+impl KernelHandle {
+    /// A handle that will launch kernels with `launcher`; nothing is started yet.
+    pub fn new(launcher: LocalLauncher, max_queue: usize) -> Arc<KernelHandle> {
+        Arc::new(KernelHandle {
+            launcher,
+            slot: tokio::sync::Mutex::new(Slot::default()),
+            current: StdMutex::new(None),
+            waiting: AtomicUsize::new(0),
+            max_queue,
+        })
+    }
+
+    /// The launcher's settings.
+    pub fn launcher(&self) -> &LocalLauncher {
+        &self.launcher
+    }
+
+    /// Starts the kernel in the background so the first call does not wait for it.
+    pub fn warm_up(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut slot = me.slot.lock().await;
+            let mut report = Report::default();
+            if let Err(e) = me.ensure(&mut slot, &mut report).await {
+                tracing::error!(error = %e, "kernel failed to start");
+            }
+        });
+    }
+
+    fn set_current(&self, k: Option<Arc<Kernel>>) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = k;
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Kernel>> {
+        self.current.lock().ok().and_then(|c| c.clone())
+    }
+
+    async fn start_into(&self, slot: &mut Slot) -> Result<Arc<Kernel>, KernelError> {
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if at > now {
+                return Err(KernelError::Unavailable {
+                    reason: format!(
+                        "{}; the next start attempt is in {:.0} s",
+                        slot.last_error,
+                        (at - now).as_secs_f64().ceil()
+                    ),
+                });
+            }
+        }
+        match Kernel::start(&self.launcher).await {
+            Ok(k) => {
+                let k = Arc::new(k);
+                slot.kernel = Some(k.clone());
+                slot.retry_at = None;
+                self.set_current(Some(k.clone()));
+                Ok(k)
+            }
+            Err(e) => {
+                slot.failures += 1;
+                let backoff = Duration::from_secs(1u64 << slot.failures.min(5)).min(MAX_BACKOFF);
+                slot.retry_at = Some(Instant::now() + backoff);
+                slot.last_error = e.to_string();
+                tracing::error!(error = %e, failures = slot.failures, "kernel start failed");
+                Err(match e {
+                    KernelError::Unavailable { .. } => e,
+                    other => KernelError::Unavailable {
+                        reason: other.to_string(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Makes sure a live kernel is in the slot, restarting one that died since the last call.
+    async fn ensure(&self, slot: &mut Slot, report: &mut Report) -> Result<Arc<Kernel>, KernelError> {
+        if let Some(k) = &slot.kernel {
+            match k.exited() {
+                None => return Ok(k.clone()),
+                Some(cause) => {
+                    if k.age() < EARLY_DEATH {
+                        slot.failures += 1;
+                    }
+                    report.notes.push(format!(
+                        "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
+                    ));
+                    report.state_lost = true;
+                    slot.kernel = None;
+                    self.set_current(None);
+                }
+            }
+        }
+        self.start_into(slot).await
+    }
+
+    /// Kills the slot's kernel and starts a fresh one.
+    async fn replace(&self, slot: &mut Slot) -> Result<Arc<Kernel>, KernelError> {
+        if let Some(old) = slot.kernel.take() {
+            self.set_current(None);
+            old.kill();
+        }
+        self.start_into(slot).await
+    }
+
+    /// Runs code on the kernel: one call at a time, in arrival order.
+    pub async fn execute(
+        &self,
+        code: &str,
+        limits: &ExecLimits,
+        cancel: &CancellationToken,
+        sink: &mut dyn OutputSink,
+    ) -> Result<(Execution, Report), KernelError> {
+        let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Decrement(&self.waiting);
+        if queued > self.max_queue {
+            return Err(KernelError::Busy { queued });
+        }
+        let mut slot = tokio::select! {
+            s = self.slot.lock() => s,
+            _ = cancel.cancelled() => return Err(KernelError::Unavailable { reason: "the call was cancelled while waiting for the kernel".into() }),
+        };
+        let mut report = Report::default();
+        let kernel = self.ensure(&mut slot, &mut report).await?;
+        let exec = kernel.execute(code, limits, cancel, sink).await?;
+        match &exec.ending {
+            Ending::Completed | Ending::Interrupted { .. } => {
+                slot.failures = 0;
+            }
+            Ending::Unresponsive { reason } => {
+                let why = match reason {
+                    StopReason::Timeout => format!("timed out after {:.0} s", limits.timeout.as_secs_f64()),
+                    StopReason::Cancelled => "was cancelled".to_owned(),
+                };
+                tracing::warn!("kernel ignored the interrupt; killing and restarting it");
+                report.state_lost = true;
+                match self.replace(&mut slot).await {
+                    Ok(_) => report.notes.push(format!(
+                        "The code {why} and did not stop when interrupted, so the kernel was killed and restarted; all variables were lost."
+                    )),
+                    Err(e) => report.notes.push(format!(
+                        "The code {why} and did not stop when interrupted, so the kernel was killed; all variables were lost, and a new kernel could not be started: {e}."
+                    )),
+                }
+            }
+            Ending::Died { cause } => {
+                report.state_lost = true;
+                if kernel.age() < EARLY_DEATH {
+                    slot.failures += 1;
+                }
+                slot.kernel = None;
+                self.set_current(None);
+                match self.start_into(&mut slot).await {
+                    Ok(_) => report.notes.push(format!(
+                        "The kernel died while running this code ({cause}); it was restarted and all variables were lost."
+                    )),
+                    Err(e) => report.notes.push(format!(
+                        "The kernel died while running this code ({cause}); all variables were lost and it could not be restarted: {e}."
+                    )),
+                }
+            }
+        }
+        Ok((exec, report))
+    }
+
+    /// Interrupts the running cell (variables are kept). Returns false when no kernel runs.
+    pub async fn interrupt(&self) -> bool {
+        match self.current() {
+            Some(k) if k.exited().is_none() => {
+                k.interrupt().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Kills the kernel (ending any running call) and starts a fresh one.
+    pub async fn restart(&self) -> Result<Duration, KernelError> {
+        let t = Instant::now();
+        // Kill first, so a running call ends now instead of holding the slot.
+        if let Some(k) = self.current() {
+            k.kill();
+        }
+        let mut slot = self.slot.lock().await;
+        slot.retry_at = None;
+        self.replace(&mut slot).await?;
+        Ok(t.elapsed())
+    }
+
+    /// kernel_info of the running kernel, starting one if needed.
+    pub async fn info(&self) -> Result<(KernelInfoReply, i32), KernelError> {
+        let mut slot = self.slot.lock().await;
+        let mut report = Report::default();
+        let k = self.ensure(&mut slot, &mut report).await?;
+        Ok((k.info().clone(), k.pid()))
+    }
+
+    /// The pid of the running kernel, if one runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.current().filter(|k| k.exited().is_none()).map(|k| k.pid())
+    }
+
+    /// Shuts the kernel down cleanly (bounded), then kills what is left.
+    pub async fn shutdown(&self) {
+        if let Some(k) = self.current() {
+            k.shutdown().await;
+        }
+        self.set_current(None);
+        if let Ok(mut slot) = self.slot.try_lock() {
+            slot.kernel = None;
+        }
+    }
+}
+
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

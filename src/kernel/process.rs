@@ -1,0 +1,263 @@
+//! Spawning, signalling and killing the kernel process (and its whole process group).
+//! The kernel's stdout/stderr go to the log, never to our stdout; stdin is /dev/null.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::KernelError;
+
+/// Environment variables passed from the server to the kernel; everything else is dropped
+/// so tokens and agent sockets in the server's environment do not reach model-run code.
+pub const ENV_ALLOW: &[&str] = &[
+    "PATH", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "TERM", "SHELL", "SYSTEMROOT",
+];
+
+/// Why the kernel process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitCause {
+    Code(i32),
+    Signal(i32),
+    Unknown(String),
+}
+
+impl std::fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitCause::Code(c) => write!(f, "exit code {c}"),
+            ExitCause::Signal(s) => {
+                let name = Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown");
+                let hint = match *s {
+                    9 => ", possibly the out-of-memory killer",
+                    11 => ", a segmentation fault",
+                    6 => ", an abort",
+                    _ => "",
+                };
+                write!(f, "killed by signal {s} ({name}{hint})")
+            }
+            ExitCause::Unknown(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchCommand {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+/// A running kernel process that leads its own process group.
+#[derive(Debug)]
+pub struct KernelProcess {
+    pid: i32,
+    stderr_tail: Arc<StdMutex<VecDeque<String>>>,
+    exit: watch::Receiver<Option<ExitCause>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KernelProcess {
+    /// Starts the kernel in a new process group with a parent-death signal.
+    pub fn spawn(cmd: &LaunchCommand) -> Result<KernelProcess, KernelError> {
+        let Some((program, args)) = cmd.argv.split_first() else {
+            return Err(KernelError::Spawn {
+                program: String::new(),
+                source: std::io::Error::other("empty argv"),
+            });
+        };
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .current_dir(&cmd.cwd)
+            .env_clear()
+            .envs(&cmd.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+        // async-signal-safe. PDEATHSIG kills the kernel if the server thread that spawned it
+        // dies (including a SIGKILL of the server), so no kernel is ever orphaned.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
+            });
+        }
+        let mut child = c.spawn().map_err(|source| KernelError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
+            KernelError::Spawn {
+                program: program.clone(),
+                source: std::io::Error::other("kernel exited at once"),
+            }
+        })?;
+        let mut tasks = Vec::new();
+        let stderr_tail = Arc::new(StdMutex::new(VecDeque::new()));
+        if let Some(out) = child.stdout.take() {
+            tasks.push(tokio::spawn(log_lines(out, pid, "stdout", None)));
+        }
+        if let Some(err) = child.stderr.take() {
+            tasks.push(tokio::spawn(log_lines(err, pid, "stderr", Some(stderr_tail.clone()))));
+        }
+        let (tx, rx) = watch::channel(None);
+        tasks.push(tokio::spawn(async move {
+            let cause = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (status.code(), status.signal()) {
+                        (Some(c), _) => ExitCause::Code(c),
+                        (None, Some(s)) => ExitCause::Signal(s),
+                        _ => ExitCause::Unknown(status.to_string()),
+                    }
+                }
+                Err(e) => ExitCause::Unknown(e.to_string()),
+            };
+            tracing::info!(pid, %cause, "kernel process ended");
+            let _ = tx.send(Some(cause));
+        }));
+        tracing::info!(pid, argv = ?cmd.argv, "kernel process started");
+        Ok(KernelProcess {
+            pid,
+            stderr_tail,
+            exit: rx,
+            tasks,
+        })
+    }
+
+    /// The last lines the kernel wrote to stderr, formatted for an error message.
+    pub fn stderr_hint(&self) -> String {
+        let Ok(tail) = self.stderr_tail.lock() else {
+            return String::new();
+        };
+        if tail.is_empty() {
+            return String::new();
+        }
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; kernel stderr: {}", lines.join(" | "))
+    }
+
+    /// The kernel's pid (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Why the process ended, if it has.
+    pub fn exited(&self) -> Option<ExitCause> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until the process has ended.
+    pub async fn wait(&self) -> ExitCause {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(c) = rx.borrow_and_update().clone() {
+                return c;
+            }
+            if rx.changed().await.is_err() {
+                return rx
+                    .borrow()
+                    .clone()
+                    .unwrap_or_else(|| ExitCause::Unknown("process watcher stopped".into()));
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to end.
+    pub async fn wait_for(&self, limit: Duration) -> Option<ExitCause> {
+        tokio::time::timeout(limit, self.wait()).await.ok()
+    }
+
+    /// Sends SIGINT to the kernel's process group (interrupt_mode `signal`).
+    pub fn interrupt(&self) {
+        if let Err(e) = killpg(Pid::from_raw(self.pid), Signal::SIGINT) {
+            tracing::debug!(pid = self.pid, error = %e, "SIGINT failed");
+        }
+    }
+
+    /// Kills the kernel's whole process group.
+    pub fn kill(&self) {
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+}
+
+impl Drop for KernelProcess {
+    fn drop(&mut self) {
+        // The group also holds anything the kernel started; kill it all.
+        self.kill();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Copies a kernel output pipe into the log, one line at a time; a line is cut at 64 KiB
+/// so a kernel writing without newlines cannot grow this buffer.
+async fn log_lines<R: AsyncRead + Unpin>(
+    r: R,
+    pid: i32,
+    stream: &'static str,
+    tail: Option<Arc<StdMutex<VecDeque<String>>>>,
+) {
+    const CAP: usize = 64 * 1024;
+    let mut reader = BufReader::new(r);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
+        };
+        let (take, ends_line) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = CAP.saturating_sub(line.len());
+        line.extend_from_slice(chunk.get(..take.min(room)).unwrap_or_default());
+        reader.consume(take);
+        if ends_line || line.len() >= CAP {
+            emit(&line, pid, stream, tail.as_deref());
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        emit(&line, pid, stream, tail.as_deref());
+    }
+}
+
+fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecDeque<String>>>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    tracing::info!(target: "kernel", pid, stream, "{text}");
+    if let (Some(tail), false) = (tail, text.is_empty()) {
+        if let Ok(mut t) = tail.lock() {
+            if t.len() >= 6 {
+                t.pop_front();
+            }
+            t.push_back(text.chars().take(300).collect());
+        }
+    }
+}
+
+/// The kernel's environment: the allow-listed server variables plus the spec's and ours.
+pub fn kernel_env(extra: &BTreeMap<String, String>, python: &Path) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| ENV_ALLOW.contains(&k.as_str()) || k.starts_with("LC_"))
+        .collect();
+    // Put the interpreter's bin dir first so `!pip` and subprocesses use the kernel's env.
+    if let Some(bin) = python.parent() {
+        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/bin:/bin".into());
+        env.insert("PATH".into(), format!("{}:{path}", bin.display()));
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}

@@ -1,0 +1,185 @@
+//! The `kernel-mcp` binary: parse flags, log to stderr, pick the Python environment, start the
+//! kernel in the background and serve MCP on stdio until stdin closes or a signal arrives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rmcp::ServiceExt;
+
+use kernel_mcp::kernel::connection::RuntimeDir;
+use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher, Transport};
+use kernel_mcp::output::OutputLimits;
+use kernel_mcp::pyenv;
+use kernel_mcp::tools::{Server, Settings};
+use kernel_mcp::workspace::Workspace;
+
+#[derive(Parser, Debug)]
+#[command(name = "kernel-mcp", version, about = "MCP server: a stateful Python interpreter backed by a real Jupyter kernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Opts {
+    /// Folder the file tools are jailed to and the kernel's working directory (created if missing).
+    #[arg(long, default_value = "./workspace", global = true)]
+    workspace: PathBuf,
+    /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.
+    #[arg(long, global = true)]
+    python: Option<PathBuf>,
+    /// Use the Python of this virtualenv (its bin/python).
+    #[arg(long, global = true, conflicts_with = "python")]
+    venv: Option<PathBuf>,
+    /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
+    #[arg(long, global = true)]
+    kernel_spec: Option<PathBuf>,
+    /// Default execute_python timeout in seconds.
+    #[arg(long, default_value_t = 60.0, global = true)]
+    timeout: f64,
+    /// Largest timeout_seconds a call may ask for.
+    #[arg(long, default_value_t = 3600.0, global = true)]
+    max_timeout: f64,
+    /// Seconds to wait after an interrupt before the kernel is killed and restarted.
+    #[arg(long, default_value_t = 3.0, global = true)]
+    interrupt_grace: f64,
+    /// Characters of text output returned per call before head/tail truncation.
+    #[arg(long, default_value_t = 20_000, global = true)]
+    output_budget: usize,
+    /// Most images returned per call.
+    #[arg(long, default_value_t = 10, global = true)]
+    max_images: usize,
+    /// Seconds the kernel may take to start.
+    #[arg(long, default_value_t = 60.0, global = true)]
+    startup_timeout: f64,
+    /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
+    #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
+    transport: Transport,
+    /// Most execute calls waiting behind the running one before "busy" is returned.
+    #[arg(long, default_value_t = 16, global = true)]
+    max_queue: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve MCP on stdin/stdout (the default).
+    Serve,
+    /// Create or check the managed Python environment and print what is in it.
+    Setup,
+    /// Run a three-step analysis through the server, as an MCP client would, and print each result.
+    Demo,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+async fn resolve_env(o: &Opts) -> anyhow::Result<pyenv::EnvInfo> {
+    if let Some(p) = &o.python {
+        return Ok(pyenv::use_interpreter(p, "interpreter").await?);
+    }
+    if let Some(v) = &o.venv {
+        let py = v.join("bin").join("python");
+        return Ok(pyenv::use_interpreter(&py, "venv").await?);
+    }
+    Ok(pyenv::ensure_managed().await?)
+}
+
+fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v > 0.0, "--{name} must be a positive number of seconds");
+    Ok(Duration::from_secs_f64(v))
+}
+
+async fn serve(o: Opts) -> anyhow::Result<()> {
+    let swept = RuntimeDir::sweep_stale();
+    if swept > 0 {
+        tracing::info!(swept, "removed runtime dirs of kernel-mcp servers that are gone");
+    }
+    let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
+    let env = resolve_env(&o).await?;
+    tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
+    let spec = match &o.kernel_spec {
+        Some(p) => KernelSpec::load(p)?,
+        None => KernelSpec::builtin()?,
+    };
+    let launcher = LocalLauncher {
+        spec,
+        python: env.python.clone(),
+        workspace: workspace.root().to_path_buf(),
+        transport: o.transport,
+        startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
+        extra_env: BTreeMap::new(),
+    };
+    let kernel = KernelHandle::new(launcher, o.max_queue);
+    // Start the kernel while the client does the MCP handshake.
+    kernel.warm_up();
+    let settings = Settings {
+        default_timeout: secs(o.timeout, "timeout")?,
+        max_timeout: secs(o.max_timeout, "max-timeout")?,
+        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
+        output: OutputLimits {
+            text_budget: o.output_budget.max(1000),
+            max_images: o.max_images,
+            ..OutputLimits::default()
+        },
+    };
+    let server = Server::new(kernel.clone(), workspace, settings, env);
+    let service = server.serve(rmcp::transport::stdio()).await;
+    let outcome = match service {
+        Ok(running) => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::select! {
+                r = running.waiting() => r.map(|reason| tracing::info!(?reason, "client disconnected")).map_err(anyhow::Error::from),
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+                _ = hup.recv() => { tracing::info!("SIGHUP: shutting down"); Ok(()) }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+            }
+        }
+        Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
+    };
+    kernel.shutdown().await;
+    outcome
+}
+
+async fn setup(o: Opts) -> anyhow::Result<()> {
+    let env = resolve_env(&o).await?;
+    println!("python:     {}", env.python.display());
+    println!("version:    {}", env.python_version);
+    println!("kind:       {}", if env.kind.is_empty() { "managed" } else { &env.kind });
+    for (name, v) in &env.packages {
+        println!("{name:<11} {}", v.as_deref().unwrap_or("(not installed)"));
+    }
+    if o.python.is_none() && o.venv.is_none() {
+        println!("env dir:    {}", pyenv::managed_env_dir()?.display());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            None | Some(Command::Serve) => serve(cli.opts).await,
+            Some(Command::Setup) => setup(cli.opts).await,
+            Some(Command::Demo) => kernel_mcp::demo::run(&cli.opts.workspace).await,
+        }
+    })
+}

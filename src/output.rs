@@ -1,0 +1,589 @@
+//! IOPub output of one execution -> ordered MCP content (text, images, error), within a budget.
+//! Memory stays bounded whatever the kernel emits: beyond the budget only a head and a tail are
+//! kept, and the full text streams to a file in the workspace.
+
+use std::io::Write;
+use std::time::Duration;
+
+use rmcp::model::{CallToolResult, ContentBlock as McpContent};
+
+use crate::kernel::{Ending, Execution, OutputSink, Report, StopReason};
+use crate::wire::message::{ErrorContent, MimeBundle, StreamName};
+use crate::wire::Content;
+
+/// Per-call output limits.
+#[derive(Debug, Clone)]
+pub struct OutputLimits {
+    /// Characters of text returned before head/tail truncation.
+    pub text_budget: usize,
+    /// Images returned per call.
+    pub max_images: usize,
+    /// Total base64 bytes of images returned per call.
+    pub max_image_bytes: usize,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            text_budget: 20_000,
+            max_images: 10,
+            max_image_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where text that does not fit the budget is saved (a file in the workspace).
+pub trait SpillTarget: Send {
+    /// Creates a new file; returns its workspace-relative path and the open file.
+    fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)>;
+}
+
+/// Called with (elapsed, latest output line) about once a second during a long cell.
+pub type ProgressFn = Box<dyn FnMut(Duration, &str) + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Stdout,
+    Stderr,
+    Result,
+}
+
+#[derive(Debug)]
+enum Block {
+    Text { kind: Kind, text: String, display_id: Option<String> },
+    Image { mime: String, data: String, display_id: Option<String> },
+}
+
+struct Spill {
+    file: Option<(String, std::io::BufWriter<std::fs::File>)>,
+    tail: String,
+    after_switch: usize,
+}
+
+/// Collects one execution's output in kernel order.
+pub struct Collector {
+    limits: OutputLimits,
+    blocks: Vec<Block>,
+    head_chars: usize,
+    spill: Option<Spill>,
+    spill_target: Option<Box<dyn SpillTarget>>,
+    error: Option<ErrorContent>,
+    images: usize,
+    image_bytes: usize,
+    dropped_images: Vec<String>,
+    clear_pending: bool,
+    pending_cr: bool,
+    last_line: String,
+    progress: Option<ProgressFn>,
+}
+
+/// Removes ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, and two-byte escapes).
+pub fn strip_ansi(s: &str) -> String {
+    if !s.contains('\u{1b}') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        match it.peek() {
+            Some('[') => {
+                it.next();
+                for c in it.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                it.next();
+                while let Some(c) = it.next() {
+                    if c == '\u{7}' {
+                        break;
+                    }
+                    if c == '\u{1b}' && it.peek() == Some(&'\\') {
+                        it.next();
+                        break;
+                    }
+                }
+            }
+            Some(_) => {
+                it.next();
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Appends `text` to `buf`, applying carriage returns the way a terminal shows them:
+/// a lone `\r` rewinds to the start of the current line, so progress bars keep only their last state.
+fn append_terminal(buf: &mut String, text: &str, pending_cr: &mut bool) {
+    if !*pending_cr && !text.contains('\r') {
+        buf.push_str(text);
+        return;
+    }
+    for ch in text.chars() {
+        if *pending_cr {
+            *pending_cr = false;
+            if ch == '\n' {
+                buf.push('\n');
+                continue;
+            }
+            let keep = buf.rfind('\n').map(|i| i + 1).unwrap_or(0);
+            buf.truncate(keep);
+        }
+        if ch == '\r' {
+            *pending_cr = true;
+        } else {
+            buf.push(ch);
+        }
+    }
+}
+
+fn char_floor(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn pick_text(data: &MimeBundle) -> Option<String> {
+    for mime in ["text/markdown", "text/plain", "application/json", "text/latex", "text/html"] {
+        match data.get(mime) {
+            Some(serde_json::Value::String(s)) => return Some(s.clone()),
+            Some(serde_json::Value::Array(parts)) => {
+                // nbformat allows multi-line strings as lists of lines.
+                return Some(parts.iter().filter_map(|p| p.as_str()).collect());
+            }
+            Some(other) if mime == "application/json" => return Some(other.to_string()),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
+    transient
+        .as_ref()
+        .and_then(|t| t.get("display_id"))
+        .and_then(|d| d.as_str())
+        .map(str::to_owned)
+}
+
+impl Collector {
+    /// A collector with `limits`, spilling over-budget text to `spill_target` when given.
+    pub fn new(limits: OutputLimits, spill_target: Option<Box<dyn SpillTarget>>, progress: Option<ProgressFn>) -> Self {
+        Collector {
+            limits,
+            blocks: Vec::new(),
+            head_chars: 0,
+            spill: None,
+            spill_target,
+            error: None,
+            images: 0,
+            image_bytes: 0,
+            dropped_images: Vec::new(),
+            clear_pending: false,
+            pending_cr: false,
+            last_line: String::new(),
+            progress,
+        }
+    }
+
+    fn head_budget(&self) -> usize {
+        self.limits.text_budget - self.limits.text_budget / 4
+    }
+
+    fn tail_budget(&self) -> usize {
+        self.limits.text_budget / 4
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.head_chars = 0;
+        self.images = 0;
+        self.image_bytes = 0;
+        if let Some(s) = self.spill.as_mut() {
+            s.tail.clear();
+        }
+        self.clear_pending = false;
+    }
+
+    fn remember_last_line(&mut self, text: &str) {
+        if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+            self.last_line = line.chars().take(200).collect();
+        }
+    }
+
+    fn start_spill(&mut self) {
+        let mut file = None;
+        if let Some(t) = self.spill_target.as_mut() {
+            match t.create(".txt") {
+                Ok((path, f)) => {
+                    let mut w = std::io::BufWriter::new(f);
+                    // The full output starts with what is already in the head.
+                    for b in &self.blocks {
+                        if let Block::Text { text, .. } = b {
+                            let _ = w.write_all(text.as_bytes());
+                        }
+                    }
+                    file = Some((path, w));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not create the overflow file"),
+            }
+        }
+        self.spill = Some(Spill {
+            file,
+            tail: String::new(),
+            after_switch: 0,
+        });
+    }
+
+    fn push_text(&mut self, kind: Kind, text: &str, display_id: Option<String>) {
+        if text.is_empty() {
+            return;
+        }
+        self.remember_last_line(text);
+        if self.spill.is_none() {
+            let room = self.head_budget().saturating_sub(self.head_chars);
+            let (now, rest) = if text.len() <= room {
+                (text, "")
+            } else {
+                let cut = char_floor(text, room);
+                // Prefer to cut at a line break.
+                let cut = text.get(..cut).and_then(|h| h.rfind('\n')).map(|i| i + 1).filter(|&i| i > cut / 2).unwrap_or(cut);
+                (text.get(..cut).unwrap_or(""), text.get(cut..).unwrap_or(""))
+            };
+            let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result)
+                && display_id.is_none();
+            if merge {
+                if let Some(Block::Text { text: buf, .. }) = self.blocks.last_mut() {
+                    let before = buf.len();
+                    append_terminal(buf, now, &mut self.pending_cr);
+                    self.head_chars = (self.head_chars + buf.len()).saturating_sub(before);
+                }
+            } else if !now.is_empty() {
+                self.pending_cr = false;
+                let mut buf = String::new();
+                append_terminal(&mut buf, now, &mut self.pending_cr);
+                self.head_chars += buf.len();
+                self.blocks.push(Block::Text { kind, text: buf, display_id });
+            }
+            if rest.is_empty() {
+                return;
+            }
+            self.start_spill();
+            self.spill_text(rest);
+        } else {
+            self.spill_text(text);
+        }
+    }
+
+    fn spill_text(&mut self, text: &str) {
+        let tail_budget = self.tail_budget();
+        let Some(s) = self.spill.as_mut() else { return };
+        s.after_switch += text.len();
+        if let Some((_, w)) = s.file.as_mut() {
+            let _ = w.write_all(text.as_bytes());
+        }
+        append_terminal(&mut s.tail, text, &mut self.pending_cr);
+        if s.tail.len() > 2 * tail_budget {
+            let cut = char_floor(&s.tail, s.tail.len() - tail_budget);
+            s.tail.drain(..cut);
+        }
+    }
+
+    fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
+        if self.images >= self.limits.max_images || self.image_bytes + data.len() > self.limits.max_image_bytes {
+            let mut note = format!("{mime} image of {} KiB", data.len() / 1024 * 3 / 4);
+            if let Some(t) = self.spill_target.as_mut() {
+                use base64::Engine;
+                let ext = if mime == "image/png" { ".png" } else { ".jpg" };
+                let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(clean) {
+                    if let Ok((path, mut f)) = t.create(ext) {
+                        if f.write_all(&bytes).is_ok() {
+                            note = format!("{note} saved as {path}");
+                        }
+                    }
+                }
+            }
+            self.dropped_images.push(note);
+            return;
+        }
+        self.images += 1;
+        self.image_bytes += data.len();
+        self.blocks.push(Block::Image {
+            mime: mime.to_owned(),
+            data: data.to_owned(),
+            display_id,
+        });
+    }
+
+    fn push_bundle(&mut self, data: &MimeBundle, display_id: Option<String>) {
+        for mime in ["image/png", "image/jpeg"] {
+            if let Some(serde_json::Value::String(b64)) = data.get(mime) {
+                self.push_image(mime, b64, display_id);
+                return;
+            }
+        }
+        match pick_text(data) {
+            Some(t) => self.push_text(Kind::Result, &strip_ansi(&t), display_id),
+            None => {
+                let types: Vec<&str> = data.keys().map(String::as_str).collect();
+                let note = format!("[display of type {} has no text or image form to show]\n", types.join(", "));
+                self.push_text(Kind::Result, &note, display_id);
+            }
+        }
+    }
+
+    fn update_display(&mut self, data: &MimeBundle, id: &str) {
+        let Some(pos) = self.blocks.iter().position(|b| match b {
+            Block::Text { display_id, .. } | Block::Image { display_id, .. } => display_id.as_deref() == Some(id),
+        }) else {
+            return;
+        };
+        // Re-render in place: remove, push, then move the new block back to where the old one was.
+        let old = self.blocks.remove(pos);
+        if let Block::Text { text, .. } = &old {
+            self.head_chars = self.head_chars.saturating_sub(text.len());
+        } else {
+            self.images = self.images.saturating_sub(1);
+        }
+        let before = self.blocks.len();
+        self.push_bundle(data, Some(id.to_owned()));
+        if self.blocks.len() > before {
+            let b = self.blocks.remove(before);
+            self.blocks.insert(pos.min(self.blocks.len()), b);
+        }
+    }
+
+    /// Builds the tool result: outputs in order, then the error, then notes about the call.
+    pub fn finish(mut self, exec: Option<&Execution>, report: &crate::kernel::Report, timeout: Duration) -> CallToolResult {
+        let mut out: Vec<McpContent> = Vec::new();
+        let mut omitted_note = None;
+        for b in self.blocks.drain(..) {
+            match b {
+                Block::Text { text, .. } => {
+                    if !text.is_empty() {
+                        out.push(McpContent::text(text));
+                    }
+                }
+                Block::Image { mime, data, .. } => out.push(McpContent::image(data, mime)),
+            }
+        }
+        if let Some(mut s) = self.spill.take() {
+            let omitted = s.after_switch.saturating_sub(s.tail.len());
+            let cut = char_floor(&s.tail, s.tail.len().saturating_sub(self.limits.text_budget / 4));
+            let tail = s.tail.split_off(cut);
+            let saved = match s.file.take() {
+                Some((path, mut w)) => {
+                    let _ = w.flush();
+                    format!("; the full output is saved in {path} (read it with read_file)")
+                }
+                None => String::new(),
+            };
+            omitted_note = Some(format!(
+                "[... output truncated: about {omitted} characters left out of the middle to stay within the {} character budget{saved} ...]",
+                self.limits.text_budget
+            ));
+            if let Some(n) = &omitted_note {
+                out.push(McpContent::text(n.clone()));
+            }
+            if !tail.is_empty() {
+                out.push(McpContent::text(tail));
+            }
+        }
+        let _ = omitted_note;
+        if !self.dropped_images.is_empty() {
+            out.push(McpContent::text(format!(
+                "[{} image(s) not shown (limit {} images / {} MiB per call): {}]",
+                self.dropped_images.len(),
+                self.limits.max_images,
+                self.limits.max_image_bytes / (1024 * 1024),
+                self.dropped_images.join("; ")
+            )));
+        }
+        let mut is_error = false;
+        let error = self.error.take().or_else(|| {
+            let r = exec?.reply.as_ref()?;
+            if r.status == crate::wire::message::ReplyStatus::Error {
+                Some(ErrorContent {
+                    ename: r.ename.clone().unwrap_or_default(),
+                    evalue: r.evalue.clone().unwrap_or_default(),
+                    traceback: r.traceback.clone().unwrap_or_default(),
+                })
+            } else {
+                None
+            }
+        });
+        let interrupted = matches!(exec.map(|e| &e.ending), Some(Ending::Interrupted { .. }));
+        if let Some(e) = error {
+            // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
+            if !(interrupted && e.ename == "KeyboardInterrupt") {
+                is_error = true;
+                let tb = strip_ansi(&e.traceback.join("\n"));
+                let mut text = format!("{}: {}", e.ename, e.evalue);
+                if !tb.trim().is_empty() {
+                    let tb = if tb.len() > 8000 {
+                        let head = char_floor(&tb, 2000);
+                        let tail = char_floor(&tb, tb.len() - 5000);
+                        format!("{}\n[... traceback shortened ...]\n{}", tb.get(..head).unwrap_or(""), tb.get(tail..).unwrap_or(""))
+                    } else {
+                        tb
+                    };
+                    text = format!("{text}\n{tb}");
+                }
+                out.push(McpContent::text(text));
+            }
+        }
+        if let Some(exec) = exec {
+            let secs = exec.elapsed.as_secs_f64();
+            match &exec.ending {
+                Ending::Completed => {}
+                Ending::Interrupted { reason: StopReason::Timeout } => {
+                    is_error = true;
+                    out.push(McpContent::text(format!(
+                        "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
+                        timeout.as_secs_f64()
+                    )));
+                }
+                Ending::Interrupted { reason: StopReason::Cancelled } => {
+                    is_error = true;
+                    out.push(McpContent::text(format!("[interrupted after {secs:.1} s because the call was cancelled; variables kept]")));
+                }
+                Ending::Unresponsive { .. } | Ending::Died { .. } => is_error = true,
+            }
+        }
+        for n in &report.notes {
+            out.push(McpContent::text(format!("[{n}]")));
+        }
+        if out.is_empty() {
+            out.push(McpContent::text("[no output]"));
+        }
+        if is_error {
+            CallToolResult::error(out)
+        } else {
+            CallToolResult::success(out)
+        }
+    }
+}
+
+impl OutputSink for Collector {
+    fn output(&mut self, content: &Content) {
+        if self.clear_pending && !matches!(content, Content::ClearOutput(_)) {
+            self.clear();
+        }
+        match content {
+            Content::Stream(s) => {
+                let kind = match s.name {
+                    StreamName::Stdout => Kind::Stdout,
+                    StreamName::Stderr => Kind::Stderr,
+                };
+                let text = strip_ansi(&s.text);
+                self.push_text(kind, &text, None);
+            }
+            Content::ExecuteResult(r) => self.push_bundle(&r.data, None),
+            Content::DisplayData(d) => self.push_bundle(&d.data, display_id(&d.transient)),
+            Content::UpdateDisplayData(d) => {
+                if let Some(id) = display_id(&d.transient) {
+                    self.update_display(&d.data, &id);
+                }
+            }
+            Content::Error(e) => self.error = Some(e.clone()),
+            Content::ClearOutput(c) => {
+                if c.wait {
+                    self.clear_pending = true;
+                } else {
+                    self.clear();
+                }
+            }
+            other => tracing::trace!(msg_type = other.msg_type(), "output ignored"),
+        }
+    }
+
+    fn tick(&mut self, elapsed: Duration) {
+        let line = self.last_line.clone();
+        if let Some(p) = self.progress.as_mut() {
+            p(elapsed, &line);
+        }
+    }
+}
+
+/// A report with no notes, for calls that never reached the kernel.
+pub fn empty_report() -> Report {
+    Report::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::Stream;
+
+    fn texts(r: &CallToolResult) -> Vec<String> {
+        r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect()
+    }
+
+    fn stream(name: StreamName, text: &str) -> Content {
+        Content::Stream(Stream { name, text: text.into() })
+    }
+
+    #[test]
+    fn strips_ansi() {
+        assert_eq!(strip_ansi("\u{1b}[0;31mred\u{1b}[0m plain"), "red plain");
+        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}x"), "x");
+    }
+
+    #[test]
+    fn carriage_returns_collapse() {
+        let mut buf = String::new();
+        let mut cr = false;
+        append_terminal(&mut buf, "start\n 10%\r 50%", &mut cr);
+        append_terminal(&mut buf, "\r", &mut cr);
+        append_terminal(&mut buf, "100%\r\ndone\n", &mut cr);
+        assert_eq!(buf, "start\n100%\ndone\n");
+    }
+
+    #[test]
+    fn merges_streams_and_keeps_order() {
+        let mut c = Collector::new(OutputLimits::default(), None, None);
+        c.output(&stream(StreamName::Stdout, "a\n"));
+        c.output(&stream(StreamName::Stdout, "b\n"));
+        c.output(&stream(StreamName::Stderr, "err\n"));
+        c.output(&stream(StreamName::Stdout, "c\n"));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(texts(&r), vec!["a\nb\n", "err\n", "c\n"]);
+        assert_eq!(r.is_error, Some(false));
+    }
+
+    #[test]
+    fn budget_keeps_head_and_tail() {
+        let limits = OutputLimits { text_budget: 1000, ..Default::default() };
+        let mut c = Collector::new(limits, None, None);
+        for i in 0..10_000 {
+            c.output(&stream(StreamName::Stdout, &format!("line {i}\n")));
+        }
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let t = texts(&r);
+        let total: usize = t.iter().map(|s| s.len()).sum();
+        assert!(total < 1400, "total {total}");
+        assert!(t.first().is_some_and(|s| s.starts_with("line 0\n")));
+        assert!(t.iter().any(|s| s.contains("output truncated")));
+        assert!(t.last().is_some_and(|s| s.ends_with("line 9999\n")));
+    }
+
+    #[test]
+    fn clear_output_drops_earlier_output() {
+        let mut c = Collector::new(OutputLimits::default(), None, None);
+        c.output(&stream(StreamName::Stdout, "old\n"));
+        c.output(&Content::ClearOutput(crate::wire::message::ClearOutput { wait: true }));
+        c.output(&stream(StreamName::Stdout, "new\n"));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(texts(&r), vec!["new\n"]);
+    }
+}

@@ -1,0 +1,258 @@
+//! The Python environment the kernel runs in: find or create the managed venv (locked against
+//! concurrent first runs), or check a user-given interpreter; report what is installed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EnvError;
+use crate::packages::{run_logged, RunOutput};
+
+/// The requirements of the managed environment, compiled in.
+pub const REQUIREMENTS: &str = include_str!("../kernel-spec/requirements.txt");
+
+/// Packages whose versions are reported in tool descriptions and `setup`.
+pub const KEY_PACKAGES: &[&str] = &["ipykernel", "numpy", "pandas", "matplotlib"];
+
+const READY_MARKER: &str = ".kernel-mcp-ready.json";
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// What is in an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnvInfo {
+    pub python: PathBuf,
+    pub python_version: String,
+    pub packages: Vec<(String, Option<String>)>,
+    #[serde(default)]
+    pub requirements_hash: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+impl EnvInfo {
+    /// "numpy 2.1.0, pandas 2.2.3, ..." for the packages that are installed.
+    pub fn package_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .packages
+            .iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v}")))
+            .collect();
+        parts.join(", ")
+    }
+
+    /// Version of `name`, if installed.
+    pub fn version_of(&self, name: &str) -> Option<&str> {
+        self.packages
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// The per-user data directory (`KERNEL_MCP_DATA_DIR`, `$XDG_DATA_HOME/kernel-mcp`, or `~/.local/share/kernel-mcp`).
+pub fn data_dir() -> Result<PathBuf, EnvError> {
+    if let Some(d) = std::env::var_os("KERNEL_MCP_DATA_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("kernel-mcp"));
+    }
+    let home = std::env::var_os("HOME").filter(|d| !d.is_empty()).ok_or(EnvError::NoDataDir)?;
+    Ok(PathBuf::from(home).join(".local/share/kernel-mcp"))
+}
+
+/// The managed environment's directory.
+pub fn managed_env_dir() -> Result<PathBuf, EnvError> {
+    Ok(data_dir()?.join("env"))
+}
+
+fn requirements_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(REQUIREMENTS.as_bytes()))
+}
+
+fn venv_python(env: &Path) -> PathBuf {
+    env.join("bin").join("python")
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+const PROBE: &str = r#"
+import sys, json
+from importlib import metadata
+pk = sys.argv[1:]
+def v(n):
+    try:
+        return metadata.version(n)
+    except Exception:
+        return None
+print(json.dumps({"python": sys.executable, "python_version": sys.version.split()[0], "packages": [[n, v(n)] for n in pk]}))
+"#;
+
+/// Asks `python` for its version and the versions of the key packages.
+pub async fn probe(python: &Path) -> Result<EnvInfo, EnvError> {
+    let mut argv = vec![python.to_string_lossy().into_owned(), "-c".into(), PROBE.into()];
+    argv.extend(KEY_PACKAGES.iter().map(|s| s.to_string()));
+    let out = run_logged(&argv, Duration::from_secs(60), false).await.map_err(|e| EnvError::BadInterpreter {
+        path: python.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !out.success {
+        return Err(EnvError::BadInterpreter {
+            path: python.to_path_buf(),
+            reason: out.tail(),
+        });
+    }
+    #[derive(Deserialize)]
+    struct P {
+        python: PathBuf,
+        python_version: String,
+        packages: Vec<(String, Option<String>)>,
+    }
+    let p: P = serde_json::from_str(out.stdout.trim()).map_err(|e| EnvError::BadInterpreter {
+        path: python.to_path_buf(),
+        reason: format!("unexpected probe output: {e}"),
+    })?;
+    Ok(EnvInfo {
+        python: p.python,
+        python_version: p.python_version,
+        packages: p.packages,
+        requirements_hash: String::new(),
+        kind: String::new(),
+    })
+}
+
+/// Checks a user-given interpreter: it must run and have ipykernel.
+pub async fn use_interpreter(python: &Path, kind: &str) -> Result<EnvInfo, EnvError> {
+    if !python.exists() {
+        return Err(EnvError::BadInterpreter {
+            path: python.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
+    let mut info = probe(python).await?;
+    if info.version_of("ipykernel").is_none() {
+        return Err(EnvError::NoIpykernel {
+            python: python.display().to_string(),
+        });
+    }
+    // Keep the path the user gave (a venv's bin/python symlink), not the resolved base interpreter,
+    // so the kernel runs with the venv's site-packages.
+    info.python = python.to_path_buf();
+    info.kind = kind.to_owned();
+    Ok(info)
+}
+
+fn read_marker(env: &Path) -> Option<EnvInfo> {
+    let text = std::fs::read_to_string(env.join(READY_MARKER)).ok()?;
+    let info: EnvInfo = serde_json::from_str(&text).ok()?;
+    (info.requirements_hash == requirements_hash() && info.python.exists()).then_some(info)
+}
+
+/// Finds the managed environment, creating it on first use; safe against concurrent first runs.
+pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
+    let env = managed_env_dir()?;
+    if let Some(info) = read_marker(&env) {
+        return Ok(info);
+    }
+    let data = data_dir()?;
+    std::fs::create_dir_all(&data).map_err(|source| EnvError::Io {
+        what: format!("creating {}", data.display()),
+        source,
+    })?;
+    let lock_path = data.join("env.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| EnvError::Io {
+            what: format!("opening {}", lock_path.display()),
+            source,
+        })?;
+    eprintln!("kernel-mcp: waiting for the environment lock {}", lock_path.display());
+    let lock = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)
+    })
+    .await
+    .map_err(|e| EnvError::Io {
+        what: "waiting for the environment lock".into(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|e| EnvError::Io {
+        what: format!("locking {}", lock_path.display()),
+        source: std::io::Error::from(e),
+    })?;
+    // Another process may have finished the job while we waited.
+    if let Some(info) = read_marker(&env) {
+        drop(lock);
+        return Ok(info);
+    }
+    let result = create(&env).await;
+    drop(lock);
+    result
+}
+
+async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
+    let fail = |reason: String| EnvError::Create {
+        path: env.to_path_buf(),
+        reason,
+    };
+    let python = venv_python(env);
+    let req_file = env.with_extension("requirements.txt");
+    std::fs::write(&req_file, REQUIREMENTS).map_err(|e| fail(e.to_string()))?;
+    let req = req_file.to_string_lossy().into_owned();
+    let env_s = env.to_string_lossy().into_owned();
+    let py_s = python.to_string_lossy().into_owned();
+    let base = std::env::var("KERNEL_MCP_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let steps: Vec<Vec<String>> = if let Some(uv) = which("uv") {
+        let uv = uv.to_string_lossy().into_owned();
+        eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with uv");
+        vec![
+            vec![uv.clone(), "venv".into(), "--allow-existing".into(), "--python".into(), base, env_s],
+            vec![uv, "pip".into(), "install".into(), "--python".into(), py_s.clone(), "-r".into(), req],
+        ]
+    } else {
+        eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with venv + pip (this takes a minute or two the first time)");
+        vec![
+            vec![base, "-m".into(), "venv".into(), env_s],
+            vec![
+                py_s.clone(),
+                "-m".into(),
+                "pip".into(),
+                "install".into(),
+                "--disable-pip-version-check".into(),
+                "--no-input".into(),
+                "--progress-bar".into(),
+                "off".into(),
+                "-r".into(),
+                req,
+            ],
+        ]
+    };
+    for step in &steps {
+        let out: RunOutput = run_logged(step, INSTALL_TIMEOUT, true)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !out.success {
+            return Err(fail(format!("`{}` failed: {}", step.join(" "), out.tail())));
+        }
+    }
+    let mut info = probe(&python).await.map_err(|e| fail(e.to_string()))?;
+    if info.version_of("ipykernel").is_none() {
+        return Err(fail("ipykernel is missing after installation".into()));
+    }
+    info.python = python;
+    info.requirements_hash = requirements_hash();
+    info.kind = "managed".into();
+    let json = serde_json::to_vec_pretty(&info).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(env.join(READY_MARKER), json).map_err(|e| fail(e.to_string()))?;
+    eprintln!("kernel-mcp: environment ready: Python {} ({})", info.python_version, info.package_summary());
+    Ok(info)
+}

@@ -1,0 +1,568 @@
+//! The MCP surface: the only `#[tool_router]`. Thin adapters from typed params to the kernel,
+//! output, workspace and packages modules, and the one place errors become MCP results.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock as Content, ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{KernelError, WorkspaceError};
+use crate::kernel::{ExecLimits, KernelHandle};
+use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
+use crate::pyenv::EnvInfo;
+use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
+
+/// Server settings that shape tool behaviour.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub interrupt_grace: Duration,
+    pub output: OutputLimits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(3600),
+            interrupt_grace: Duration::from_secs(3),
+            output: OutputLimits::default(),
+        }
+    }
+}
+
+struct Inner {
+    kernel: Arc<KernelHandle>,
+    workspace: Arc<Workspace>,
+    settings: Settings,
+    env: EnvInfo,
+}
+
+/// The MCP server.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+    tool_router: ToolRouter<Server>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecuteParams {
+    /// Python source to run in the persistent kernel (IPython syntax: `%magic` and `!shell` work).
+    pub code: String,
+    /// Seconds before the run is interrupted (default 60; at most the server's maximum, 3600 by default).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReadParams {
+    /// File path relative to the workspace root, e.g. "data/sales.csv".
+    pub path: String,
+    /// First line to return, counting from 1 (for paging through big text files).
+    #[serde(default)]
+    pub offset: Option<usize>,
+    /// Most lines to return (default 2000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WriteParams {
+    /// File path relative to the workspace root; missing parent folders are created.
+    pub path: String,
+    /// The text to write (or base64 data when encoding is "base64").
+    pub content: String,
+    /// Add to the end of the file instead of replacing it (build long scripts in parts).
+    #[serde(default)]
+    pub append: Option<bool>,
+    /// "utf-8" (default) or "base64" for binary data.
+    #[serde(default)]
+    pub encoding: Option<Encoding>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListParams {
+    /// Folder relative to the workspace root (default: the root).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// List sub-folders too (symlinks are listed, never followed).
+    #[serde(default)]
+    pub recursive: Option<bool>,
+    /// Glob on the file name such as "*.csv" (or on the relative path when it contains '/').
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunFileParams {
+    /// Path of a .py script in the workspace.
+    pub path: String,
+    /// Command-line arguments for the script (its sys.argv[1:]).
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct NoParams {}
+
+fn tool_error(msg: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![Content::text(msg.into())])
+}
+
+fn kernel_error(e: KernelError) -> CallToolResult {
+    let hint = match &e {
+        KernelError::Busy { .. } => "",
+        KernelError::Unavailable { .. } => " The file tools still work; call restart_kernel to try again.",
+        _ => " Call restart_kernel to start a fresh kernel.",
+    };
+    tool_error(format!("{e}.{hint}"))
+}
+
+fn workspace_error(e: WorkspaceError) -> CallToolResult {
+    tool_error(format!("{e}"))
+}
+
+struct WorkspaceSpill(Arc<Workspace>);
+
+impl SpillTarget for WorkspaceSpill {
+    fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
+        self.0.create_output_file(suffix)
+    }
+}
+
+fn progress_fn(ctx: &RequestContext<RoleServer>) -> Option<ProgressFn> {
+    let token = ctx.meta.get_progress_token()?;
+    let peer = ctx.peer.clone();
+    Some(Box::new(move |elapsed: Duration, line: &str| {
+        let mut p = ProgressNotificationParam::new(token.clone(), elapsed.as_secs_f64());
+        p.message = Some(if line.is_empty() {
+            format!("running for {:.0} s", elapsed.as_secs_f64())
+        } else {
+            format!("running for {:.0} s: {line}", elapsed.as_secs_f64())
+        });
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let _ = peer.notify_progress(p).await;
+        });
+    }))
+}
+
+fn py_str(s: &str) -> String {
+    // JSON string literals are valid Python string literals.
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
+}
+
+impl Server {
+    /// Builds the server around a kernel handle and a workspace.
+    pub fn new(kernel: Arc<KernelHandle>, workspace: Arc<Workspace>, settings: Settings, env: EnvInfo) -> Server {
+        let mut tool_router = Self::tool_router();
+        let env_line = format!(
+            "\n\nEnvironment: Python {} with {}. Working directory: {}.",
+            env.python_version,
+            env.package_summary(),
+            workspace.root().display()
+        );
+        if let Some(route) = tool_router.map.get_mut("execute_python") {
+            let base = route.attr.description.clone().unwrap_or_default();
+            route.attr.description = Some(format!("{base}{env_line}").into());
+        }
+        Server {
+            inner: Arc::new(Inner {
+                kernel,
+                workspace,
+                settings,
+                env,
+            }),
+            tool_router,
+        }
+    }
+
+    async fn run_code(&self, code: &str, timeout: Option<f64>, ctx: &RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+        let s = &self.inner.settings;
+        let mut notes = Vec::new();
+        let timeout = match timeout {
+            None => s.default_timeout,
+            Some(t) if !t.is_finite() || t <= 0.0 => {
+                return Err(ErrorData::invalid_params(
+                    format!("timeout_seconds must be a positive number of seconds (got {t}); at most {}", s.max_timeout.as_secs()),
+                    None,
+                ))
+            }
+            Some(t) if t > s.max_timeout.as_secs_f64() => {
+                notes.push(format!(
+                    "[timeout_seconds={t} is above the server maximum; {} s was used]",
+                    s.max_timeout.as_secs()
+                ));
+                s.max_timeout
+            }
+            Some(t) => Duration::from_secs_f64(t.max(0.1)),
+        };
+        let progress = progress_fn(ctx);
+        let limits = ExecLimits {
+            timeout,
+            grace: s.interrupt_grace,
+            progress: progress.is_some(),
+        };
+        let mut collector = Collector::new(
+            s.output.clone(),
+            Some(Box::new(WorkspaceSpill(self.inner.workspace.clone()))),
+            progress,
+        );
+        let cancel: CancellationToken = ctx.ct.clone();
+        let result = self.inner.kernel.execute(code, &limits, &cancel, &mut collector).await;
+        let mut res = match result {
+            Ok((exec, report)) => collector.finish(Some(&exec), &report, timeout),
+            Err(e) => return Ok(kernel_error(e)),
+        };
+        for n in notes {
+            res.content.push(Content::text(n));
+        }
+        Ok(res)
+    }
+}
+
+#[tool_router]
+impl Server {
+    /// Run Python code in a persistent IPython (Jupyter) kernel and return its output.
+    ///
+    /// State persists across calls like a notebook: variables, imports and loaded data stay
+    /// available to later calls until the kernel is restarted. The working directory is the
+    /// workspace, so files written with write_file can be opened by relative path
+    /// (e.g. pd.read_csv("data.csv")), and files the code saves there can be read with read_file.
+    ///
+    /// Returns, in order: printed stdout/stderr, the value of the last expression, rich displays
+    /// as text, and matplotlib figures as PNG images (plt.show() or a figure left open at the end
+    /// of the code). A Python exception sets isError and gives `ename: evalue` plus the traceback.
+    /// input() and getpass() are not available (they raise at once). Output beyond about 20,000
+    /// characters is cut to its head and tail, with the full text saved to a file in the workspace
+    /// whose path the result names. On timeout (default 60 s) the kernel is interrupted and the
+    /// partial output returned with a note; variables are kept unless the code would not stop,
+    /// in which case the kernel is restarted and the result says that state was lost.
+    #[tool(name = "execute_python")]
+    async fn execute_python(
+        &self,
+        Parameters(p): Parameters<ExecuteParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if p.code.trim().is_empty() {
+            return Ok(tool_error("code is empty; pass the Python source to run in the code argument"));
+        }
+        self.run_code(&p.code, p.timeout_seconds, &ctx).await
+    }
+
+    /// Read a file from the workspace.
+    ///
+    /// UTF-8 text comes back as text, 2000 lines per call by default (at most 100,000
+    /// characters); a note says how to read on with `offset` (1-based first line). PNG, JPEG,
+    /// GIF and WebP files come back as images (up to 5 MiB), so a saved plot can be looked at.
+    /// Other binary files get a short description (type, size) instead of their bytes; load
+    /// those from Python. Paths are relative to the workspace root; '..', '~', and symlinks
+    /// leading outside the workspace are refused.
+    #[tool(name = "read_file")]
+    async fn read_file(&self, Parameters(p): Parameters<ReadParams>) -> Result<CallToolResult, ErrorData> {
+        let ws = self.inner.workspace.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let path = ws.path(&p.path)?;
+            ws.read(&path, p.offset, p.limit)
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("read task failed: {e}"), None))?;
+        Ok(match r {
+            Ok(ReadOutcome::Text { text, note }) => {
+                let mut c = vec![Content::text(text)];
+                if let Some(n) = note {
+                    c.push(Content::text(format!("[{n}]")));
+                }
+                CallToolResult::success(c)
+            }
+            Ok(ReadOutcome::Image { mime, bytes }) => CallToolResult::success(vec![Content::image(
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                mime,
+            )]),
+            Ok(ReadOutcome::Binary { description }) => CallToolResult::success(vec![Content::text(description)]),
+            Err(e) => workspace_error(e),
+        })
+    }
+
+    /// Write a file in the workspace.
+    ///
+    /// Creates missing parent folders. Replaces the file atomically (a failed write leaves the
+    /// old file intact), or with append=true adds to the end: call it several times to build a
+    /// script too long for one message, then run it with run_file. encoding "base64" writes
+    /// binary data. At most 16 MiB per call. Paths are relative to the workspace root.
+    #[tool(name = "write_file")]
+    async fn write_file(&self, Parameters(p): Parameters<WriteParams>) -> Result<CallToolResult, ErrorData> {
+        let ws = self.inner.workspace.clone();
+        let append = p.append.unwrap_or(false);
+        let encoding = p.encoding.unwrap_or_default();
+        if encoding == Encoding::Utf8 && p.content.len() > MAX_WRITE_BYTES {
+            return Ok(tool_error(format!(
+                "content is {} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes. Nothing was written.",
+                p.content.len()
+            )));
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            let path = ws.path(&p.path)?;
+            let data = match encoding {
+                Encoding::Utf8 => p.content.into_bytes(),
+                Encoding::Base64 => {
+                    let clean: String = p.content.chars().filter(|c| !c.is_whitespace()).collect();
+                    base64::engine::general_purpose::STANDARD
+                        .decode(clean)
+                        .map_err(|e| WorkspaceError::BadPath(format!("content is not valid base64 ({e}); nothing was written")))?
+                }
+            };
+            let n = data.len();
+            let total = ws.write(&path, &data, append)?;
+            Ok::<_, WorkspaceError>((path.display(), n, total))
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("write task failed: {e}"), None))?;
+        Ok(match r {
+            Ok((path, n, total)) if append => CallToolResult::success(vec![Content::text(format!(
+                "appended {n} bytes to {path} (now {total} bytes)"
+            ))]),
+            Ok((path, n, _)) => CallToolResult::success(vec![Content::text(format!("wrote {n} bytes to {path}"))]),
+            Err(e) => workspace_error(e),
+        })
+    }
+
+    /// List files in the workspace.
+    ///
+    /// One line per entry: type, size in bytes, modification time (UTC) and the path relative to
+    /// the workspace root; directories end in '/'. Sorted by path. recursive=true descends into
+    /// sub-folders (symlinks are listed but never followed); pattern filters by a glob such as
+    /// "*.csv". At most 1000 entries, with a note when more were left out.
+    #[tool(name = "list_files")]
+    async fn list_files(&self, Parameters(p): Parameters<ListParams>) -> Result<CallToolResult, ErrorData> {
+        let ws = self.inner.workspace.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let path = ws.path(p.path.as_deref().unwrap_or("."))?;
+            ws.list(&path, p.recursive.unwrap_or(false), p.pattern.as_deref())
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("list task failed: {e}"), None))?;
+        let listing = match r {
+            Ok(l) => l,
+            Err(e) => return Ok(workspace_error(e)),
+        };
+        let mut lines = Vec::with_capacity(listing.entries.len() + 1);
+        for e in &listing.entries {
+            let when = e
+                .modified
+                .map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "-".into());
+            let name = if e.kind == "dir" { format!("{}/", e.path) } else { e.path.clone() };
+            lines.push(format!("{:<7} {:>12}  {}  {}", e.kind, e.size, when, name));
+        }
+        if lines.is_empty() {
+            lines.push("(no entries)".into());
+        }
+        if listing.truncated {
+            lines.push(format!(
+                "[only the first {} entries are shown; narrow with path or pattern]",
+                crate::workspace::MAX_LIST_ENTRIES
+            ));
+        }
+        Ok(CallToolResult::success(vec![Content::text(lines.join("\n"))]))
+    }
+
+    /// Run a Python script from the workspace in the kernel, like IPython's `%run`.
+    ///
+    /// The script runs as __main__ with sys.argv set from args, and its global variables land
+    /// in the session afterwards. Output, timeout and errors work as in execute_python.
+    #[tool(name = "run_file")]
+    async fn run_file(
+        &self,
+        Parameters(p): Parameters<RunFileParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let ws = self.inner.workspace.clone();
+        let rel = p.path.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let path = ws.path(&rel)?;
+            ws.regular_file(&path)
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("run_file task failed: {e}"), None))?;
+        let abs = match r {
+            Ok(a) => a,
+            Err(e) => return Ok(workspace_error(e)),
+        };
+        if abs.extension().and_then(|e| e.to_str()) != Some("py") {
+            return Ok(tool_error(format!("{}: run_file runs .py scripts only", p.path)));
+        }
+        let mut argv = vec![abs.to_string_lossy().into_owned()];
+        argv.extend(p.args.unwrap_or_default());
+        let list: Vec<String> = argv.iter().map(|a| py_str(a)).collect();
+        let code = format!(
+            "import shlex as __kmcp_shlex\nget_ipython().run_line_magic('run', ' '.join(__kmcp_shlex.quote(__a) for __a in [{}]))\ndel __kmcp_shlex",
+            list.join(", ")
+        );
+        self.run_code(&code, None, &ctx).await
+    }
+
+    /// Restart the Python kernel: all variables, imports and loaded data are lost.
+    ///
+    /// Use it when the kernel is stuck or broken. Files in the workspace are kept.
+    #[tool(name = "restart_kernel")]
+    async fn restart_kernel(&self, Parameters(_p): Parameters<NoParams>) -> Result<CallToolResult, ErrorData> {
+        match self.inner.kernel.restart().await {
+            Ok(d) => Ok(CallToolResult::success(vec![Content::text(format!(
+                "the kernel was restarted in {:.2} s; all variables were cleared",
+                d.as_secs_f64()
+            ))])),
+            Err(e) => Ok(kernel_error(e)),
+        }
+    }
+
+    /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.
+    #[tool(name = "interrupt_kernel")]
+    async fn interrupt_kernel(&self, Parameters(_p): Parameters<NoParams>) -> Result<CallToolResult, ErrorData> {
+        if self.inner.kernel.interrupt().await {
+            Ok(CallToolResult::success(vec![Content::text(
+                "interrupt sent to the kernel; a running call returns with its partial output",
+            )]))
+        } else {
+            Ok(tool_error("no kernel is running; the next execute_python starts one"))
+        }
+    }
+}
+
+fn mime_for(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    let ext = lower.rsplit('.').next().unwrap_or("");
+    match ext {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "md" => "text/markdown",
+        "py" => "text/x-python",
+        "html" | "htm" => "text/html",
+        "txt" | "log" | "tsv" | "yaml" | "yml" | "toml" | "ini" | "sql" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+const RESOURCE_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        let env = &self.inner.env;
+        let instructions = format!(
+            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
+             Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \
+             use write_file/read_file/list_files for files there and run_file to run scripts. \
+             matplotlib figures come back as images.",
+            env.python_version,
+            env.package_summary(),
+            self.inner.workspace.root().display()
+        );
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+            .with_instructions(instructions)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let ws = self.inner.workspace.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            let root = ws.path(".")?;
+            ws.list(&root, true, None).map(|l| (l, ws.root().to_path_buf()))
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("list task failed: {e}"), None))?;
+        let (listing, root) = listing.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let resources = listing
+            .entries
+            .into_iter()
+            .filter(|e| e.kind == "file")
+            .map(|e| {
+                let uri = format!("file://{}", root.join(&e.path).display());
+                Resource::new(uri, e.path.clone())
+                    .with_mime_type(mime_for(&e.path))
+                    .with_size(e.size)
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.clone();
+        let Some(path) = uri.strip_prefix("file://") else {
+            return Err(ErrorData::invalid_params(
+                format!("{uri}: only file:// URIs of workspace files are served"),
+                None,
+            ));
+        };
+        let ws = self.inner.workspace.clone();
+        let path = path.to_owned();
+        let r = tokio::task::spawn_blocking(move || {
+            let p = ws.path(&path)?;
+            ws.read_bytes(&p, RESOURCE_MAX_BYTES).map(|b| (b, p.display()))
+        })
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("read task failed: {e}"), None))?;
+        let (bytes, rel) = match r {
+            Ok(x) => x,
+            Err(WorkspaceError::NotFound { path }) => {
+                return Err(ErrorData::resource_not_found(format!("{path}: not found in the workspace"), None))
+            }
+            Err(e) => return Err(ErrorData::invalid_params(e.to_string(), None)),
+        };
+        let mime = mime_for(&rel);
+        let contents = match String::from_utf8(bytes) {
+            Ok(text) if !mime.starts_with("image/") => ResourceContents::TextResourceContents {
+                uri,
+                mime_type: Some(if mime == "application/octet-stream" { "text/plain" } else { mime }.into()),
+                text,
+                meta: None,
+            },
+            Ok(text) => ResourceContents::BlobResourceContents {
+                uri,
+                mime_type: Some(mime.into()),
+                blob: base64::engine::general_purpose::STANDARD.encode(text.into_bytes()),
+                meta: None,
+            },
+            Err(e) => ResourceContents::BlobResourceContents {
+                uri,
+                mime_type: Some(mime.into()),
+                blob: base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+                meta: None,
+            },
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}

@@ -1,0 +1,344 @@
+//! The five kernel sockets. Exactly one reader task per socket; readers route each message to
+//! the caller waiting on its `parent_header.msg_id`. Only this module touches `zeromq` sockets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+use zeromq::prelude::*;
+use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, ZmqMessage};
+
+use super::frames::Frames;
+use super::message::{Channel, Content, InputReply, Message, MsgId};
+use super::signer::Signer;
+use crate::error::WireError;
+
+/// Where the kernel's sockets live (full zeromq endpoints such as `ipc:///run/x/k-1`).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub shell: String,
+    pub iopub: String,
+    pub stdin: String,
+    pub control: String,
+    pub heartbeat: String,
+}
+
+/// A message delivered to a waiting request, with the channel it came on.
+#[derive(Debug)]
+pub struct Incoming {
+    pub channel: Channel,
+    pub message: Message,
+}
+
+/// How many messages may wait for one request before the reader applies back-pressure.
+const ROUTE_CAPACITY: usize = 512;
+
+#[derive(Default)]
+struct Routes {
+    /// `None` once a reader has died: new subscriptions fail instead of hanging.
+    map: StdMutex<Option<HashMap<MsgId, mpsc::Sender<Incoming>>>>,
+    closed_by: StdMutex<Option<&'static str>>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            map: StdMutex::new(Some(HashMap::new())),
+            closed_by: StdMutex::new(None),
+        }
+    }
+
+    fn sender(&self, id: &MsgId) -> Option<mpsc::Sender<Incoming>> {
+        let guard = self.map.lock().ok()?;
+        guard.as_ref()?.get(id).cloned()
+    }
+
+    fn close(&self, channel: &'static str) {
+        if let Ok(mut m) = self.map.lock() {
+            *m = None;
+        }
+        if let Ok(mut c) = self.closed_by.lock() {
+            c.get_or_insert(channel);
+        }
+    }
+
+    fn closed_by(&self) -> Option<&'static str> {
+        self.closed_by.lock().ok().and_then(|c| *c)
+    }
+}
+
+/// Messages for one request; the route is removed when this is dropped.
+pub struct Subscription {
+    id: MsgId,
+    rx: mpsc::Receiver<Incoming>,
+    routes: Arc<Routes>,
+}
+
+impl Subscription {
+    /// The next message for this request; an error when the connection is gone.
+    pub async fn recv(&mut self) -> Result<Incoming, WireError> {
+        match self.rx.recv().await {
+            Some(m) => Ok(m),
+            None => Err(WireError::ReaderGone {
+                channel: self.routes.closed_by().unwrap_or("kernel"),
+            }),
+        }
+    }
+
+    /// The request id this subscription listens for.
+    pub fn id(&self) -> &MsgId {
+        &self.id
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.routes.map.lock() {
+            if let Some(map) = m.as_mut() {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Heartbeat state published by the heartbeat task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Unknown,
+    Alive,
+    Missed(u32),
+}
+
+/// An open connection to one kernel: send halves behind locks, one reader task per socket.
+pub struct Connection {
+    session: String,
+    signer: Signer,
+    shell: Mutex<DealerSendHalf>,
+    control: Mutex<DealerSendHalf>,
+    routes: Arc<Routes>,
+    heartbeat: watch::Receiver<Heartbeat>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn zmq_err(op: &'static str, channel: Channel) -> impl FnOnce(zeromq::ZmqError) -> WireError {
+    move |source| WireError::Zmq {
+        op,
+        channel: channel.name(),
+        source,
+    }
+}
+
+async fn connect<S: Socket>(
+    socket: &mut S,
+    endpoint: &str,
+    channel: Channel,
+    timeout: Duration,
+) -> Result<(), WireError> {
+    match tokio::time::timeout(timeout, socket.connect(endpoint)).await {
+        Ok(r) => r.map_err(zmq_err("connect", channel)),
+        Err(_) => Err(WireError::ConnectTimeout {
+            channel: channel.name(),
+        }),
+    }
+}
+
+fn options(identity: &[u8], timeout: Duration) -> SocketOptions {
+    let mut o = SocketOptions::default();
+    o.connect_timeout(timeout);
+    if let Ok(id) = zeromq::util::PeerIdentity::try_from(identity.to_vec()) {
+        o.peer_identity(id);
+    }
+    o
+}
+
+fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Message> {
+    let frames: Vec<Bytes> = parts.into_vec();
+    match Frames::parse(frames, signer).and_then(Message::from_frames) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(channel = channel.name(), error = %e, "dropped a malformed message from the kernel");
+            None
+        }
+    }
+}
+
+async fn route(routes: &Routes, channel: Channel, message: Message) {
+    let Some(parent) = message.parent_id().cloned() else {
+        tracing::trace!(channel = channel.name(), msg_type = message.header.msg_type, "message without parent");
+        return;
+    };
+    match routes.sender(&parent) {
+        Some(tx) => {
+            // A closed receiver means the request finished; dropping is right.
+            let _ = tx.send(Incoming { channel, message }).await;
+        }
+        None => {
+            tracing::debug!(
+                channel = channel.name(),
+                msg_type = message.header.msg_type,
+                parent = %parent,
+                "dropped a message whose request is not live"
+            );
+        }
+    }
+}
+
+impl Connection {
+    /// Connects all five channels and starts their reader tasks.
+    pub async fn open(endpoints: &Endpoints, key: &[u8], timeout: Duration) -> Result<Connection, WireError> {
+        let signer = Signer::new(key);
+        let session = uuid::Uuid::new_v4().to_string();
+        let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
+        let routes = Arc::new(Routes::new());
+        let mut tasks = Vec::new();
+
+        let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
+        connect(&mut shell, &endpoints.shell, Channel::Shell, timeout).await?;
+        let mut control = DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
+        connect(&mut control, &endpoints.control, Channel::Control, timeout).await?;
+        // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
+        let mut stdin = DealerSocket::with_options(options(identity.as_bytes(), timeout));
+        connect(&mut stdin, &endpoints.stdin, Channel::Stdin, timeout).await?;
+        let mut iopub = SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
+        connect(&mut iopub, &endpoints.iopub, Channel::IoPub, timeout).await?;
+        iopub.subscribe("").await.map_err(zmq_err("subscribe", Channel::IoPub))?;
+        let mut hb = ReqSocket::with_options(options(format!("{identity}-h").as_bytes(), timeout));
+        connect(&mut hb, &endpoints.heartbeat, Channel::Heartbeat, timeout).await?;
+
+        let (shell_tx, shell_rx) = shell.split();
+        let (control_tx, control_rx) = control.split();
+        let (stdin_tx, mut stdin_rx) = stdin.split();
+
+        tasks.push(tokio::spawn(read_loop(shell_rx, Channel::Shell, routes.clone(), signer.clone())));
+        tasks.push(tokio::spawn(read_loop(control_rx, Channel::Control, routes.clone(), signer.clone())));
+        tasks.push(tokio::spawn(read_loop(iopub, Channel::IoPub, routes.clone(), signer.clone())));
+        {
+            // We always send allow_stdin=false, so a conforming kernel never asks. If one
+            // does anyway, answer with an empty line rather than leave it blocked forever.
+            let signer = signer.clone();
+            let session = session.clone();
+            let mut stdin_tx = stdin_tx;
+            tasks.push(tokio::spawn(async move {
+                while let Ok(parts) = stdin_rx.recv().await {
+                    let Some(req) = decode(parts, &signer, Channel::Stdin) else { continue };
+                    if !matches!(req.content, Content::InputRequest(_)) {
+                        continue;
+                    }
+                    tracing::warn!("kernel asked for input although allow_stdin was false; answering empty");
+                    let mut reply = Message::request(&session, Content::InputReply(InputReply { value: String::new() }));
+                    reply.parent_header = Some(req.header.clone());
+                    reply.identities = req.identities.clone();
+                    if let Ok(frames) = reply.to_frames() {
+                        if let Ok(zm) = ZmqMessage::try_from(frames.encode(&signer)) {
+                            let _ = stdin_tx.send(zm).await;
+                        }
+                    }
+                }
+            }));
+        }
+        let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
+        tasks.push(tokio::spawn(heartbeat_loop(hb, hb_tx)));
+
+        Ok(Connection {
+            session,
+            signer,
+            shell: Mutex::new(shell_tx),
+            control: Mutex::new(control_tx),
+            routes,
+            heartbeat: hb_rx,
+            tasks,
+        })
+    }
+
+    /// This client's session id (goes into every header we send).
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Registers interest in messages whose parent is `id`. Call before sending the request.
+    pub fn subscribe(&self, id: &MsgId) -> Result<Subscription, WireError> {
+        let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
+        let mut guard = self.routes.map.lock().map_err(|_| WireError::ReaderGone { channel: "router" })?;
+        let Some(map) = guard.as_mut() else {
+            return Err(WireError::ReaderGone {
+                channel: self.routes.closed_by().unwrap_or("kernel"),
+            });
+        };
+        map.insert(id.clone(), tx);
+        Ok(Subscription {
+            id: id.clone(),
+            rx,
+            routes: self.routes.clone(),
+        })
+    }
+
+    /// Signs and sends `message` on `channel` (shell or control).
+    pub async fn send(&self, channel: Channel, message: &Message) -> Result<(), WireError> {
+        let frames = message.to_frames()?.encode(&self.signer);
+        let zm = ZmqMessage::try_from(frames).map_err(|_| WireError::TooFewFrames { frames: 0 })?;
+        let lock = match channel {
+            Channel::Control => &self.control,
+            _ => &self.shell,
+        };
+        lock.lock().await.send(zm).await.map_err(zmq_err("send", channel))
+    }
+
+    /// The latest heartbeat state.
+    pub fn heartbeat(&self) -> Heartbeat {
+        *self.heartbeat.borrow()
+    }
+}
+
+/// The one reader of a socket: decode, verify, route by parent; on a socket error close all routes.
+async fn read_loop<S: SocketRecv>(mut socket: S, channel: Channel, routes: Arc<Routes>, signer: Signer) {
+    loop {
+        match socket.recv().await {
+            Ok(parts) => {
+                if let Some(m) = decode(parts, &signer, channel) {
+                    route(&routes, channel, m).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel = channel.name(), error = %e, "reader stopped");
+                routes.close(channel.name());
+                return;
+            }
+        }
+    }
+}
+
+/// Pings the kernel's heartbeat (REQ/REP echo) once a second and publishes the result.
+async fn heartbeat_loop(mut hb: ReqSocket, tx: watch::Sender<Heartbeat>) {
+    let mut missed = 0u32;
+    loop {
+        let ok = async {
+            hb.send(ZmqMessage::from(b"ping".to_vec())).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(3), hb.recv()).await.ok()?.ok()
+        }
+        .await
+        .is_some();
+        if ok {
+            missed = 0;
+            let _ = tx.send(Heartbeat::Alive);
+        } else {
+            missed += 1;
+            let _ = tx.send(Heartbeat::Missed(missed));
+            // A REQ socket that lost its reply is stuck in the "awaiting reply" state;
+            // nothing more can be learned from it, so stop rather than spin.
+            tracing::debug!(missed, "heartbeat missed");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,464 @@
+//! Typed Jupyter messages: `Header`, `Message` and a `Content` enum keyed by `header.msg_type`.
+//! Unknown message types are kept as `Content::Unknown`, never rejected. No sockets here.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::frames::Frames;
+use crate::error::WireError;
+
+/// Protocol version we speak (Jupyter messaging spec 5.3).
+pub const PROTOCOL_VERSION: &str = "5.3";
+
+/// A message id (`header.msg_id`), used to route replies and IOPub output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MsgId(pub String);
+
+impl MsgId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        MsgId(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+impl Default for MsgId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for MsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The five sockets of a kernel connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Shell,
+    IoPub,
+    Control,
+    Stdin,
+    Heartbeat,
+}
+
+impl Channel {
+    /// The channel's name as the spec spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Shell => "shell",
+            Channel::IoPub => "iopub",
+            Channel::Control => "control",
+            Channel::Stdin => "stdin",
+            Channel::Heartbeat => "hb",
+        }
+    }
+}
+
+/// A message header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub msg_id: MsgId,
+    #[serde(default)]
+    pub session: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub date: String,
+    pub msg_type: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Kernel execution state carried by IOPub `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionState {
+    Busy,
+    Idle,
+    Starting,
+    Restarting,
+    Dead,
+    #[serde(other)]
+    Other,
+}
+
+/// Which output stream a `stream` message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamName {
+    Stdout,
+    Stderr,
+}
+
+/// `status` of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyStatus {
+    Ok,
+    Error,
+    Aborted,
+    #[serde(other)]
+    Other,
+}
+
+/// A MIME bundle (`data` of display_data / execute_result).
+pub type MimeBundle = BTreeMap<String, Value>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub code: String,
+    pub silent: bool,
+    pub store_history: bool,
+    pub user_expressions: BTreeMap<String, String>,
+    pub allow_stdin: bool,
+    pub stop_on_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteReply {
+    pub status: ReplyStatus,
+    #[serde(default)]
+    pub execution_count: Option<i64>,
+    #[serde(default)]
+    pub ename: Option<String>,
+    #[serde(default)]
+    pub evalue: Option<String>,
+    #[serde(default)]
+    pub traceback: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    pub name: StreamName,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DisplayData {
+    #[serde(default)]
+    pub data: MimeBundle,
+    #[serde(default)]
+    pub metadata: Value,
+    #[serde(default)]
+    pub transient: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteResult {
+    #[serde(default)]
+    pub execution_count: Option<i64>,
+    #[serde(default)]
+    pub data: MimeBundle,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorContent {
+    #[serde(default)]
+    pub ename: String,
+    #[serde(default)]
+    pub evalue: String,
+    #[serde(default)]
+    pub traceback: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub execution_state: ExecutionState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClearOutput {
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteInput {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub execution_count: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelInfoReply {
+    #[serde(default)]
+    pub status: Option<ReplyStatus>,
+    #[serde(default)]
+    pub protocol_version: String,
+    #[serde(default)]
+    pub implementation: String,
+    #[serde(default)]
+    pub implementation_version: String,
+    #[serde(default)]
+    pub language_info: Value,
+    #[serde(default)]
+    pub banner: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownRequest {
+    pub restart: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputRequest {
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub password: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputReply {
+    pub value: String,
+}
+
+/// Message content, chosen by `header.msg_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    KernelInfoRequest,
+    KernelInfoReply(KernelInfoReply),
+    ExecuteRequest(ExecuteRequest),
+    ExecuteReply(ExecuteReply),
+    ExecuteInput(ExecuteInput),
+    Stream(Stream),
+    DisplayData(DisplayData),
+    UpdateDisplayData(DisplayData),
+    ExecuteResult(ExecuteResult),
+    Error(ErrorContent),
+    Status(Status),
+    ClearOutput(ClearOutput),
+    ShutdownRequest(ShutdownRequest),
+    ShutdownReply(Value),
+    InterruptRequest,
+    InterruptReply(Value),
+    InputRequest(InputRequest),
+    InputReply(InputReply),
+    Unknown { msg_type: String, body: Value },
+}
+
+fn typed<T: serde::de::DeserializeOwned>(msg_type: &str, bytes: &[u8]) -> Result<T, WireError> {
+    serde_json::from_slice(bytes).map_err(|source| WireError::Content {
+        msg_type: msg_type.to_owned(),
+        source,
+    })
+}
+
+impl Content {
+    /// Parses `bytes` as the content of a message of type `msg_type`.
+    pub fn parse(msg_type: &str, bytes: &[u8]) -> Result<Content, WireError> {
+        Ok(match msg_type {
+            "kernel_info_request" => Content::KernelInfoRequest,
+            "kernel_info_reply" => Content::KernelInfoReply(typed(msg_type, bytes)?),
+            "execute_request" => Content::ExecuteRequest(typed(msg_type, bytes)?),
+            "execute_reply" => Content::ExecuteReply(typed(msg_type, bytes)?),
+            "execute_input" => Content::ExecuteInput(typed(msg_type, bytes)?),
+            "stream" => Content::Stream(typed(msg_type, bytes)?),
+            "display_data" => Content::DisplayData(typed(msg_type, bytes)?),
+            "update_display_data" => Content::UpdateDisplayData(typed(msg_type, bytes)?),
+            "execute_result" => Content::ExecuteResult(typed(msg_type, bytes)?),
+            "error" => Content::Error(typed(msg_type, bytes)?),
+            "status" => Content::Status(typed(msg_type, bytes)?),
+            "clear_output" => Content::ClearOutput(typed(msg_type, bytes)?),
+            "shutdown_request" => Content::ShutdownRequest(typed(msg_type, bytes)?),
+            "shutdown_reply" => Content::ShutdownReply(typed(msg_type, bytes)?),
+            "interrupt_request" => Content::InterruptRequest,
+            "interrupt_reply" => Content::InterruptReply(typed(msg_type, bytes)?),
+            "input_request" => Content::InputRequest(typed(msg_type, bytes)?),
+            "input_reply" => Content::InputReply(typed(msg_type, bytes)?),
+            other => Content::Unknown {
+                msg_type: other.to_owned(),
+                body: typed(msg_type, bytes)?,
+            },
+        })
+    }
+
+    /// The `msg_type` this content is sent as.
+    pub fn msg_type(&self) -> &str {
+        match self {
+            Content::KernelInfoRequest => "kernel_info_request",
+            Content::KernelInfoReply(_) => "kernel_info_reply",
+            Content::ExecuteRequest(_) => "execute_request",
+            Content::ExecuteReply(_) => "execute_reply",
+            Content::ExecuteInput(_) => "execute_input",
+            Content::Stream(_) => "stream",
+            Content::DisplayData(_) => "display_data",
+            Content::UpdateDisplayData(_) => "update_display_data",
+            Content::ExecuteResult(_) => "execute_result",
+            Content::Error(_) => "error",
+            Content::Status(_) => "status",
+            Content::ClearOutput(_) => "clear_output",
+            Content::ShutdownRequest(_) => "shutdown_request",
+            Content::ShutdownReply(_) => "shutdown_reply",
+            Content::InterruptRequest => "interrupt_request",
+            Content::InterruptReply(_) => "interrupt_reply",
+            Content::InputRequest(_) => "input_request",
+            Content::InputReply(_) => "input_reply",
+            Content::Unknown { msg_type, .. } => msg_type,
+        }
+    }
+
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Content::KernelInfoRequest | Content::InterruptRequest => Ok(b"{}".to_vec()),
+            Content::KernelInfoReply(c) => serde_json::to_vec(c),
+            Content::ExecuteRequest(c) => serde_json::to_vec(c),
+            Content::ExecuteReply(c) => serde_json::to_vec(c),
+            Content::ExecuteInput(c) => serde_json::to_vec(c),
+            Content::Stream(c) => serde_json::to_vec(c),
+            Content::DisplayData(c) | Content::UpdateDisplayData(c) => serde_json::to_vec(c),
+            Content::ExecuteResult(c) => serde_json::to_vec(c),
+            Content::Error(c) => serde_json::to_vec(c),
+            Content::Status(c) => serde_json::to_vec(c),
+            Content::ClearOutput(c) => serde_json::to_vec(c),
+            Content::ShutdownRequest(c) => serde_json::to_vec(c),
+            Content::InputRequest(c) => serde_json::to_vec(c),
+            Content::InputReply(c) => serde_json::to_vec(c),
+            Content::ShutdownReply(v) | Content::InterruptReply(v) => serde_json::to_vec(v),
+            Content::Unknown { body, .. } => serde_json::to_vec(body),
+        }
+    }
+}
+
+/// A typed message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub identities: Vec<Bytes>,
+    pub header: Header,
+    pub parent_header: Option<Header>,
+    pub metadata: Value,
+    pub content: Content,
+    pub buffers: Vec<Bytes>,
+}
+
+impl Message {
+    /// A new request of `content`'s type in `session`.
+    pub fn request(session: &str, content: Content) -> Message {
+        Message {
+            identities: Vec::new(),
+            header: Header {
+                msg_id: MsgId::new(),
+                session: session.to_owned(),
+                username: "kernel-mcp".to_owned(),
+                date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                msg_type: content.msg_type().to_owned(),
+                version: PROTOCOL_VERSION.to_owned(),
+            },
+            parent_header: None,
+            metadata: Value::Object(Default::default()),
+            content,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// The `msg_id` of the request this message answers, if any.
+    pub fn parent_id(&self) -> Option<&MsgId> {
+        self.parent_header.as_ref().map(|h| &h.msg_id)
+    }
+
+    /// Decodes verified frames into a typed message.
+    pub fn from_frames(frames: Frames) -> Result<Message, WireError> {
+        let header: Header =
+            serde_json::from_slice(&frames.header).map_err(|source| WireError::Json {
+                part: "header",
+                source,
+            })?;
+        // The spec says parent_header is `{}` when there is no parent.
+        let parent: Value =
+            serde_json::from_slice(&frames.parent_header).map_err(|source| WireError::Json {
+                part: "parent_header",
+                source,
+            })?;
+        let parent_header = match parent {
+            Value::Object(ref m) if m.is_empty() => None,
+            Value::Null => None,
+            other => Some(
+                serde_json::from_value(other).map_err(|source| WireError::Json {
+                    part: "parent_header",
+                    source,
+                })?,
+            ),
+        };
+        let metadata =
+            serde_json::from_slice(&frames.metadata).map_err(|source| WireError::Json {
+                part: "metadata",
+                source,
+            })?;
+        let content = Content::parse(&header.msg_type, &frames.content)?;
+        Ok(Message {
+            identities: frames.identities,
+            header,
+            parent_header,
+            metadata,
+            content,
+            buffers: frames.buffers,
+        })
+    }
+
+    /// Encodes the message into frames (unsigned; signing happens in `Frames::encode`).
+    pub fn to_frames(&self) -> Result<Frames, WireError> {
+        let json = |part: &'static str, r: Result<Vec<u8>, serde_json::Error>| {
+            r.map(Bytes::from)
+                .map_err(|source| WireError::Json { part, source })
+        };
+        Ok(Frames {
+            identities: self.identities.clone(),
+            header: json("header", serde_json::to_vec(&self.header))?,
+            parent_header: match &self.parent_header {
+                Some(h) => json("parent_header", serde_json::to_vec(h))?,
+                None => Bytes::from_static(b"{}"),
+            },
+            metadata: json("metadata", serde_json::to_vec(&self.metadata))?,
+            content: json("content", self.content.to_json())?,
+            buffers: self.buffers.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::signer::Signer;
+
+    #[test]
+    fn round_trip_through_frames() {
+        let msg = Message::request(
+            "s",
+            Content::ExecuteRequest(ExecuteRequest {
+                code: "1+1".into(),
+                silent: false,
+                store_history: true,
+                user_expressions: BTreeMap::new(),
+                allow_stdin: false,
+                stop_on_error: false,
+            }),
+        );
+        let signer = Signer::new(b"k");
+        let frames = msg.to_frames().map(|f| f.encode(&signer));
+        let back = frames
+            .and_then(|f| Frames::parse(f, &signer))
+            .and_then(Message::from_frames);
+        assert_eq!(back.ok(), Some(msg));
+    }
+
+    #[test]
+    fn unknown_types_are_kept() {
+        let c = Content::parse("comm_open", br#"{"comm_id":"x"}"#);
+        assert!(matches!(c, Ok(Content::Unknown { ref msg_type, .. }) if msg_type == "comm_open"));
+    }
+
+    #[test]
+    fn bad_content_is_an_error() {
+        assert!(Content::parse("stream", br#"{"name":"stdout"}"#).is_err());
+        assert!(Content::parse("status", b"not json").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The Jupyter wire protocol over ZeroMQ: framing, signing, typed messages and channels.
+//! Knows nothing about MCP or processes.
+
+pub mod channels;
+pub mod frames;
+pub mod message;
+pub mod signer;
+
+pub use channels::{Connection, Endpoints, Heartbeat, Incoming, Subscription};
+pub use frames::Frames;
+pub use message::{Channel, Content, ExecutionState, Header, Message, MsgId};
+pub use signer::Signer;
