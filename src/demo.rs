@@ -10,7 +10,14 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::ServiceExt;
 
 fn print_result(step: &str, r: &CallToolResult) {
-    println!("── {step} {}", if r.is_error == Some(true) { "(error)" } else { "" });
+    println!(
+        "── {step} {}",
+        if r.is_error == Some(true) {
+            "(error)"
+        } else {
+            ""
+        }
+    );
     for c in &r.content {
         if let Some(t) = c.as_text() {
             println!("{}", t.text.trim_end());
@@ -37,11 +44,22 @@ pub async fn run(workspace: &Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let client = ().serve(transport).await.context("connecting to the server")?;
     let tools = client.list_all_tools().await?;
-    println!("connected; tools: {}", tools.iter().map(|t| t.name.as_ref()).collect::<Vec<_>>().join(", "));
+    println!(
+        "connected; tools: {}",
+        tools
+            .iter()
+            .map(|t| t.name.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let csv = "month,region,revenue\n2026-01,north,120\n2026-01,south,95\n2026-02,north,135\n2026-02,south,101\n2026-03,north,150\n2026-03,south,99\n2026-04,north,161\n2026-04,south,120\n";
     let r = client
-        .call_tool(CallToolRequestParams::new("write_file").with_arguments(args(serde_json::json!({"path": "sales.csv", "content": csv}))))
+        .call_tool(
+            CallToolRequestParams::new("write_file").with_arguments(args(
+                serde_json::json!({"path": "sales.csv", "content": csv}),
+            )),
+        )
         .await?;
     print_result("write_file sales.csv", &r);
 
@@ -50,12 +68,20 @@ pub async fn run(workspace: &Path) -> anyhow::Result<()> {
             "code": "import pandas as pd\ndf = pd.read_csv('sales.csv')\nprint(df.shape)\ndf.head()"
         }))))
         .await?;
-    print_result(&format!("step 1: load (first result {:.2} s after start)", started.elapsed().as_secs_f64()), &r);
+    print_result(
+        &format!(
+            "step 1: load (first result {:.2} s after start)",
+            started.elapsed().as_secs_f64()
+        ),
+        &r,
+    );
 
     let r = client
-        .call_tool(CallToolRequestParams::new("execute_python").with_arguments(args(serde_json::json!({
-            "code": "summary = df.groupby('region')['revenue'].agg(['sum', 'mean'])\nsummary"
-        }))))
+        .call_tool(
+            CallToolRequestParams::new("execute_python").with_arguments(args(serde_json::json!({
+                "code": "summary = df.groupby('region')['revenue'].agg(['sum', 'mean'])\nsummary"
+            }))),
+        )
         .await?;
     print_result("step 2: summarise (uses df from step 1)", &r);
 
@@ -73,10 +99,17 @@ pub async fn run(workspace: &Path) -> anyhow::Result<()> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(png.data.split_whitespace().collect::<String>())
         .context("decoding the PNG")?;
-    anyhow::ensure!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "the returned image is not a PNG");
+    anyhow::ensure!(
+        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the returned image is not a PNG"
+    );
     let out = workspace.join("revenue.png");
     std::fs::write(&out, &bytes)?;
-    println!("saved the returned PNG ({} bytes) to {}", bytes.len(), out.display());
+    println!(
+        "saved the returned PNG ({} bytes) to {}",
+        bytes.len(),
+        out.display()
+    );
     client.cancel().await?;
     Ok(())
 }

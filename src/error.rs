@@ -70,7 +70,9 @@ pub enum KernelError {
     Died { cause: String },
     #[error("kernel unavailable: {reason}")]
     Unavailable { reason: String },
-    #[error("the kernel is busy with {queued} queued calls; try again when the running call finishes")]
+    #[error(
+        "the kernel is busy with {queued} queued calls; try again when the running call finishes"
+    )]
     Busy { queued: usize },
     #[error("the kernel sent an unexpected reply: {0}")]
     Protocol(String),

@@ -18,7 +18,11 @@ use kernel_mcp::tools::{Server, Settings};
 use kernel_mcp::workspace::Workspace;
 
 #[derive(Parser, Debug)]
-#[command(name = "kernel-mcp", version, about = "MCP server: a stateful Python interpreter backed by a real Jupyter kernel")]
+#[command(
+    name = "kernel-mcp",
+    version,
+    about = "MCP server: a stateful Python interpreter backed by a real Jupyter kernel"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -98,14 +102,20 @@ async fn resolve_env(o: &Opts) -> anyhow::Result<pyenv::EnvInfo> {
 }
 
 fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(v.is_finite() && v > 0.0, "--{name} must be a positive number of seconds");
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0,
+        "--{name} must be a positive number of seconds"
+    );
     Ok(Duration::from_secs_f64(v))
 }
 
 async fn serve(o: Opts) -> anyhow::Result<()> {
     let swept = RuntimeDir::sweep_stale();
     if swept > 0 {
-        tracing::info!(swept, "removed runtime dirs of kernel-mcp servers that are gone");
+        tracing::info!(
+            swept,
+            "removed runtime dirs of kernel-mcp servers that are gone"
+        );
     }
     let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
     let env = resolve_env(&o).await?;
@@ -121,6 +131,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         transport: o.transport,
         startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
         extra_env: BTreeMap::new(),
+        helper: std::env::current_exe().ok(),
     };
     let kernel = KernelHandle::new(launcher, o.max_queue);
     // Start the kernel while the client does the MCP handshake.
@@ -139,7 +150,8 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     let service = server.serve(rmcp::transport::stdio()).await;
     let outcome = match service {
         Ok(running) => {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::select! {
                 r = running.waiting() => r.map(|reason| tracing::info!(?reason, "client disconnected")).map_err(anyhow::Error::from),
@@ -158,7 +170,14 @@ async fn setup(o: Opts) -> anyhow::Result<()> {
     let env = resolve_env(&o).await?;
     println!("python:     {}", env.python.display());
     println!("version:    {}", env.python_version);
-    println!("kind:       {}", if env.kind.is_empty() { "managed" } else { &env.kind });
+    println!(
+        "kind:       {}",
+        if env.kind.is_empty() {
+            "managed"
+        } else {
+            &env.kind
+        }
+    );
     for (name, v) in &env.packages {
         println!("{name:<11} {}", v.as_deref().unwrap_or("(not installed)"));
     }
@@ -169,17 +188,29 @@ async fn setup(o: Opts) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(kernel_mcp::kernel::sandbox::HELPER_ARG) {
+        let rest = raw.get(2..).unwrap_or_default();
+        let argv = match rest.first().map(String::as_str) {
+            Some("--") => rest.get(1..).unwrap_or_default(),
+            _ => rest,
+        };
+        kernel_mcp::kernel::sandbox::helper_main(argv);
+    }
     let cli = Cli::parse();
     init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             None | Some(Command::Serve) => serve(cli.opts).await,
             Some(Command::Setup) => setup(cli.opts).await,
             Some(Command::Demo) => kernel_mcp::demo::run(&cli.opts.workspace).await,
         }
-    })
+    });
+    // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
 }

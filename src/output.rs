@@ -50,8 +50,16 @@ enum Kind {
 
 #[derive(Debug)]
 enum Block {
-    Text { kind: Kind, text: String, display_id: Option<String> },
-    Image { mime: String, data: String, display_id: Option<String> },
+    Text {
+        kind: Kind,
+        text: String,
+        display_id: Option<String>,
+    },
+    Image {
+        mime: String,
+        data: String,
+        display_id: Option<String>,
+    },
 }
 
 struct Spill {
@@ -153,7 +161,13 @@ fn char_floor(s: &str, mut i: usize) -> usize {
 }
 
 fn pick_text(data: &MimeBundle) -> Option<String> {
-    for mime in ["text/markdown", "text/plain", "application/json", "text/latex", "text/html"] {
+    for mime in [
+        "text/markdown",
+        "text/plain",
+        "application/json",
+        "text/latex",
+        "text/html",
+    ] {
         match data.get(mime) {
             Some(serde_json::Value::String(s)) => return Some(s.clone()),
             Some(serde_json::Value::Array(parts)) => {
@@ -177,7 +191,11 @@ fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
 
 impl Collector {
     /// A collector with `limits`, spilling over-budget text to `spill_target` when given.
-    pub fn new(limits: OutputLimits, spill_target: Option<Box<dyn SpillTarget>>, progress: Option<ProgressFn>) -> Self {
+    pub fn new(
+        limits: OutputLimits,
+        spill_target: Option<Box<dyn SpillTarget>>,
+        progress: Option<ProgressFn>,
+    ) -> Self {
         Collector {
             limits,
             blocks: Vec::new(),
@@ -256,7 +274,12 @@ impl Collector {
             } else {
                 let cut = char_floor(text, room);
                 // Prefer to cut at a line break.
-                let cut = text.get(..cut).and_then(|h| h.rfind('\n')).map(|i| i + 1).filter(|&i| i > cut / 2).unwrap_or(cut);
+                let cut = text
+                    .get(..cut)
+                    .and_then(|h| h.rfind('\n'))
+                    .map(|i| i + 1)
+                    .filter(|&i| i > cut / 2)
+                    .unwrap_or(cut);
                 (text.get(..cut).unwrap_or(""), text.get(cut..).unwrap_or(""))
             };
             let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result)
@@ -272,7 +295,11 @@ impl Collector {
                 let mut buf = String::new();
                 append_terminal(&mut buf, now, &mut self.pending_cr);
                 self.head_chars += buf.len();
-                self.blocks.push(Block::Text { kind, text: buf, display_id });
+                self.blocks.push(Block::Text {
+                    kind,
+                    text: buf,
+                    display_id,
+                });
             }
             if rest.is_empty() {
                 return;
@@ -299,7 +326,9 @@ impl Collector {
     }
 
     fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
-        if self.images >= self.limits.max_images || self.image_bytes + data.len() > self.limits.max_image_bytes {
+        if self.images >= self.limits.max_images
+            || self.image_bytes + data.len() > self.limits.max_image_bytes
+        {
             let mut note = format!("{mime} image of {} KiB", data.len() / 1024 * 3 / 4);
             if let Some(t) = self.spill_target.as_mut() {
                 use base64::Engine;
@@ -336,7 +365,10 @@ impl Collector {
             Some(t) => self.push_text(Kind::Result, &strip_ansi(&t), display_id),
             None => {
                 let types: Vec<&str> = data.keys().map(String::as_str).collect();
-                let note = format!("[display of type {} has no text or image form to show]\n", types.join(", "));
+                let note = format!(
+                    "[display of type {} has no text or image form to show]\n",
+                    types.join(", ")
+                );
                 self.push_text(Kind::Result, &note, display_id);
             }
         }
@@ -344,7 +376,9 @@ impl Collector {
 
     fn update_display(&mut self, data: &MimeBundle, id: &str) {
         let Some(pos) = self.blocks.iter().position(|b| match b {
-            Block::Text { display_id, .. } | Block::Image { display_id, .. } => display_id.as_deref() == Some(id),
+            Block::Text { display_id, .. } | Block::Image { display_id, .. } => {
+                display_id.as_deref() == Some(id)
+            }
         }) else {
             return;
         };
@@ -364,7 +398,12 @@ impl Collector {
     }
 
     /// Builds the tool result: outputs in order, then the error, then notes about the call.
-    pub fn finish(mut self, exec: Option<&Execution>, report: &crate::kernel::Report, timeout: Duration) -> CallToolResult {
+    pub fn finish(
+        mut self,
+        exec: Option<&Execution>,
+        report: &crate::kernel::Report,
+        timeout: Duration,
+    ) -> CallToolResult {
         let mut out: Vec<McpContent> = Vec::new();
         let mut omitted_note = None;
         for b in self.blocks.drain(..) {
@@ -379,7 +418,10 @@ impl Collector {
         }
         if let Some(mut s) = self.spill.take() {
             let omitted = s.after_switch.saturating_sub(s.tail.len());
-            let cut = char_floor(&s.tail, s.tail.len().saturating_sub(self.limits.text_budget / 4));
+            let cut = char_floor(
+                &s.tail,
+                s.tail.len().saturating_sub(self.limits.text_budget / 4),
+            );
             let tail = s.tail.split_off(cut);
             let saved = match s.file.take() {
                 Some((path, mut w)) => {
@@ -433,7 +475,11 @@ impl Collector {
                     let tb = if tb.len() > 8000 {
                         let head = char_floor(&tb, 2000);
                         let tail = char_floor(&tb, tb.len() - 5000);
-                        format!("{}\n[... traceback shortened ...]\n{}", tb.get(..head).unwrap_or(""), tb.get(tail..).unwrap_or(""))
+                        format!(
+                            "{}\n[... traceback shortened ...]\n{}",
+                            tb.get(..head).unwrap_or(""),
+                            tb.get(tail..).unwrap_or("")
+                        )
                     } else {
                         tb
                     };
@@ -446,14 +492,18 @@ impl Collector {
             let secs = exec.elapsed.as_secs_f64();
             match &exec.ending {
                 Ending::Completed => {}
-                Ending::Interrupted { reason: StopReason::Timeout } => {
+                Ending::Interrupted {
+                    reason: StopReason::Timeout,
+                } => {
                     is_error = true;
                     out.push(McpContent::text(format!(
                         "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
                         timeout.as_secs_f64()
                     )));
                 }
-                Ending::Interrupted { reason: StopReason::Cancelled } => {
+                Ending::Interrupted {
+                    reason: StopReason::Cancelled,
+                } => {
                     is_error = true;
                     out.push(McpContent::text(format!("[interrupted after {secs:.1} s because the call was cancelled; variables kept]")));
                 }
@@ -526,11 +576,17 @@ mod tests {
     use crate::wire::message::Stream;
 
     fn texts(r: &CallToolResult) -> Vec<String> {
-        r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect()
+        r.content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect()
     }
 
     fn stream(name: StreamName, text: &str) -> Content {
-        Content::Stream(Stream { name, text: text.into() })
+        Content::Stream(Stream {
+            name,
+            text: text.into(),
+        })
     }
 
     #[test]
@@ -563,7 +619,10 @@ mod tests {
 
     #[test]
     fn budget_keeps_head_and_tail() {
-        let limits = OutputLimits { text_budget: 1000, ..Default::default() };
+        let limits = OutputLimits {
+            text_budget: 1000,
+            ..Default::default()
+        };
         let mut c = Collector::new(limits, None, None);
         for i in 0..10_000 {
             c.output(&stream(StreamName::Stdout, &format!("line {i}\n")));
@@ -581,7 +640,9 @@ mod tests {
     fn clear_output_drops_earlier_output() {
         let mut c = Collector::new(OutputLimits::default(), None, None);
         c.output(&stream(StreamName::Stdout, "old\n"));
-        c.output(&Content::ClearOutput(crate::wire::message::ClearOutput { wait: true }));
+        c.output(&Content::ClearOutput(crate::wire::message::ClearOutput {
+            wait: true,
+        }));
         c.output(&stream(StreamName::Stdout, "new\n"));
         let r = c.finish(None, &Report::default(), Duration::from_secs(1));
         assert_eq!(texts(&r), vec!["new\n"]);

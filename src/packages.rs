@@ -25,14 +25,22 @@ const KEEP: usize = 256 * 1024;
 impl RunOutput {
     /// The last meaningful lines of stderr (or stdout), for an error message.
     pub fn tail(&self) -> String {
-        let src = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let src = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
         let lines: Vec<&str> = src.lines().filter(|l| !l.trim().is_empty()).collect();
         let start = lines.len().saturating_sub(12);
         lines.get(start..).unwrap_or_default().join("\n")
     }
 }
 
-async fn collect<R: AsyncRead + Unpin>(r: R, echo: bool, on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>) -> String {
+async fn collect<R: AsyncRead + Unpin>(
+    r: R,
+    echo: bool,
+    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> String {
     let mut lines = BufReader::new(r).lines();
     let mut kept = String::new();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -50,7 +58,9 @@ async fn collect<R: AsyncRead + Unpin>(r: R, echo: bool, on_line: Option<tokio::
             kept.push_str(&line);
             kept.push('\n');
             let cut = kept.len().saturating_sub(KEEP / 2);
-            let cut = (cut..kept.len()).find(|&i| kept.is_char_boundary(i)).unwrap_or(0);
+            let cut = (cut..kept.len())
+                .find(|&i| kept.is_char_boundary(i))
+                .unwrap_or(0);
             kept.drain(..cut);
         }
     }
@@ -59,7 +69,11 @@ async fn collect<R: AsyncRead + Unpin>(r: R, echo: bool, on_line: Option<tokio::
 
 /// Runs `argv` (no shell) with a timeout that kills its whole process group.
 /// With `echo`, output lines are copied to our stderr (never stdout, which carries MCP).
-pub async fn run_logged(argv: &[String], timeout: Duration, echo: bool) -> Result<RunOutput, PackageError> {
+pub async fn run_logged(
+    argv: &[String],
+    timeout: Duration,
+    echo: bool,
+) -> Result<RunOutput, PackageError> {
     run_with_lines(argv, timeout, echo, None, &[]).await
 }
 
@@ -84,7 +98,9 @@ pub async fn run_with_lines(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().map_err(|e| PackageError::Spawn(format!("{program}: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| PackageError::Spawn(format!("{program}: {e}")))?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
     let out = child.stdout.take();
     let err = child.stderr.take();
@@ -112,7 +128,9 @@ pub async fn run_with_lines(
             let _ = child.kill().await;
             out_task.abort();
             err_task.abort();
-            return Err(PackageError::Timeout { secs: timeout.as_secs() });
+            return Err(PackageError::Timeout {
+                secs: timeout.as_secs(),
+            });
         }
     };
     // Children that outlived the installer must not keep the pipes (and us) waiting.

@@ -58,7 +58,9 @@ pub fn data_dir() -> Result<PathBuf, EnvError> {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("kernel-mcp"));
     }
-    let home = std::env::var_os("HOME").filter(|d| !d.is_empty()).ok_or(EnvError::NoDataDir)?;
+    let home = std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .ok_or(EnvError::NoDataDir)?;
     Ok(PathBuf::from(home).join(".local/share/kernel-mcp"))
 }
 
@@ -97,12 +99,18 @@ print(json.dumps({"python": sys.executable, "python_version": sys.version.split(
 
 /// Asks `python` for its version and the versions of the key packages.
 pub async fn probe(python: &Path) -> Result<EnvInfo, EnvError> {
-    let mut argv = vec![python.to_string_lossy().into_owned(), "-c".into(), PROBE.into()];
+    let mut argv = vec![
+        python.to_string_lossy().into_owned(),
+        "-c".into(),
+        PROBE.into(),
+    ];
     argv.extend(KEY_PACKAGES.iter().map(|s| s.to_string()));
-    let out = run_logged(&argv, Duration::from_secs(60), false).await.map_err(|e| EnvError::BadInterpreter {
-        path: python.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let out = run_logged(&argv, Duration::from_secs(60), false)
+        .await
+        .map_err(|e| EnvError::BadInterpreter {
+            path: python.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     if !out.success {
         return Err(EnvError::BadInterpreter {
             path: python.to_path_buf(),
@@ -176,7 +184,10 @@ pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
             what: format!("opening {}", lock_path.display()),
             source,
         })?;
-    eprintln!("kernel-mcp: waiting for the environment lock {}", lock_path.display());
+    eprintln!(
+        "kernel-mcp: waiting for the environment lock {}",
+        lock_path.display()
+    );
     let lock = tokio::task::spawn_blocking(move || {
         nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)
     })
@@ -215,8 +226,23 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
         let uv = uv.to_string_lossy().into_owned();
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with uv");
         vec![
-            vec![uv.clone(), "venv".into(), "--allow-existing".into(), "--python".into(), base, env_s],
-            vec![uv, "pip".into(), "install".into(), "--python".into(), py_s.clone(), "-r".into(), req],
+            vec![
+                uv.clone(),
+                "venv".into(),
+                "--allow-existing".into(),
+                "--python".into(),
+                base,
+                env_s,
+            ],
+            vec![
+                uv,
+                "pip".into(),
+                "install".into(),
+                "--python".into(),
+                py_s.clone(),
+                "-r".into(),
+                req,
+            ],
         ]
     } else {
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with venv + pip (this takes a minute or two the first time)");
@@ -253,6 +279,10 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
     info.kind = "managed".into();
     let json = serde_json::to_vec_pretty(&info).map_err(|e| fail(e.to_string()))?;
     std::fs::write(env.join(READY_MARKER), json).map_err(|e| fail(e.to_string()))?;
-    eprintln!("kernel-mcp: environment ready: Python {} ({})", info.python_version, info.package_summary());
+    eprintln!(
+        "kernel-mcp: environment ready: Python {} ({})",
+        info.python_version,
+        info.package_summary()
+    );
     Ok(info)
 }

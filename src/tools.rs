@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
-    ServerCapabilities, ServerConfig,
+    CallToolResult, ContentBlock as Content, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -23,6 +22,56 @@ use crate::kernel::{ExecLimits, KernelHandle};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
 use crate::pyenv::EnvInfo;
 use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
+
+/// Tool arguments, deserialized with the failing field named in the error
+/// (rmcp's own extractor says only "invalid type: null, expected a string").
+/// The message keeps rmcp's "failed to deserialize parameters:" prefix, which rmcp's router turns
+/// into an `isError` tool result: the MCP spec (2025-11-25, "Error Handling") wants input
+/// validation errors reported to the model as tool execution errors so it can correct itself.
+/// The `#[tool]` macro takes the input schema from any type named `Parameters`.
+pub struct Parameters<P>(pub P);
+
+impl<P: JsonSchema> JsonSchema for Parameters<P> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        P::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        P::json_schema(generator)
+    }
+}
+
+impl<S, P>
+    rmcp::handler::server::common::FromContextPart<
+        rmcp::handler::server::tool::ToolCallContext<'_, S>,
+    > for Parameters<P>
+where
+    P: serde::de::DeserializeOwned,
+{
+    fn from_context_part(
+        context: &mut rmcp::handler::server::tool::ToolCallContext<'_, S>,
+    ) -> Result<Self, ErrorData> {
+        let args = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        serde_path_to_error::deserialize::<_, P>(args)
+            .map(Parameters)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = if path == "." {
+                    format!(
+                        "failed to deserialize parameters: {inner} (tool {})",
+                        context.name
+                    )
+                } else {
+                    format!(
+                        "failed to deserialize parameters: `{path}`: {inner} (tool {})",
+                        context.name
+                    )
+                };
+                ErrorData::invalid_params(msg, None)
+            })
+    }
+}
 
 /// Server settings that shape tool behaviour.
 #[derive(Debug, Clone)]
@@ -134,7 +183,9 @@ fn tool_error(msg: impl Into<String>) -> CallToolResult {
 fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
         KernelError::Busy { .. } => "",
-        KernelError::Unavailable { .. } => " The file tools still work; call restart_kernel to try again.",
+        KernelError::Unavailable { .. } => {
+            " The file tools still work; call restart_kernel to try again."
+        }
         _ => " Call restart_kernel to start a fresh kernel.",
     };
     tool_error(format!("{e}.{hint}"))
@@ -176,7 +227,12 @@ fn py_str(s: &str) -> String {
 
 impl Server {
     /// Builds the server around a kernel handle and a workspace.
-    pub fn new(kernel: Arc<KernelHandle>, workspace: Arc<Workspace>, settings: Settings, env: EnvInfo) -> Server {
+    pub fn new(
+        kernel: Arc<KernelHandle>,
+        workspace: Arc<Workspace>,
+        settings: Settings,
+        env: EnvInfo,
+    ) -> Server {
         let mut tool_router = Self::tool_router();
         let env_line = format!(
             "\n\nEnvironment: Python {} with {}. Working directory: {}.",
@@ -199,16 +255,21 @@ impl Server {
         }
     }
 
-    async fn run_code(&self, code: &str, timeout: Option<f64>, ctx: &RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
+    async fn run_code(
+        &self,
+        code: &str,
+        timeout: Option<f64>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
         let s = &self.inner.settings;
         let mut notes = Vec::new();
         let timeout = match timeout {
             None => s.default_timeout,
             Some(t) if !t.is_finite() || t <= 0.0 => {
-                return Err(ErrorData::invalid_params(
-                    format!("timeout_seconds must be a positive number of seconds (got {t}); at most {}", s.max_timeout.as_secs()),
-                    None,
-                ))
+                return Ok(tool_error(format!(
+                    "timeout_seconds must be a positive number of seconds (got {t}); at most {}. Nothing was run.",
+                    s.max_timeout.as_secs()
+                )))
             }
             Some(t) if t > s.max_timeout.as_secs_f64() => {
                 notes.push(format!(
@@ -231,7 +292,11 @@ impl Server {
             progress,
         );
         let cancel: CancellationToken = ctx.ct.clone();
-        let result = self.inner.kernel.execute(code, &limits, &cancel, &mut collector).await;
+        let result = self
+            .inner
+            .kernel
+            .execute(code, &limits, &cancel, &mut collector)
+            .await;
         let mut res = match result {
             Ok((exec, report)) => collector.finish(Some(&exec), &report, timeout),
             Err(e) => return Ok(kernel_error(e)),
@@ -267,7 +332,9 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         if p.code.trim().is_empty() {
-            return Ok(tool_error("code is empty; pass the Python source to run in the code argument"));
+            return Ok(tool_error(
+                "code is empty; pass the Python source to run in the code argument",
+            ));
         }
         self.run_code(&p.code, p.timeout_seconds, &ctx).await
     }
@@ -281,7 +348,10 @@ impl Server {
     /// those from Python. Paths are relative to the workspace root; '..', '~', and symlinks
     /// leading outside the workspace are refused.
     #[tool(name = "read_file")]
-    async fn read_file(&self, Parameters(p): Parameters<ReadParams>) -> Result<CallToolResult, ErrorData> {
+    async fn read_file(
+        &self,
+        Parameters(p): Parameters<ReadParams>,
+    ) -> Result<CallToolResult, ErrorData> {
         let ws = self.inner.workspace.clone();
         let r = tokio::task::spawn_blocking(move || {
             let path = ws.path(&p.path)?;
@@ -297,11 +367,15 @@ impl Server {
                 }
                 CallToolResult::success(c)
             }
-            Ok(ReadOutcome::Image { mime, bytes }) => CallToolResult::success(vec![Content::image(
-                base64::engine::general_purpose::STANDARD.encode(bytes),
-                mime,
-            )]),
-            Ok(ReadOutcome::Binary { description }) => CallToolResult::success(vec![Content::text(description)]),
+            Ok(ReadOutcome::Image { mime, bytes }) => {
+                CallToolResult::success(vec![Content::image(
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                    mime,
+                )])
+            }
+            Ok(ReadOutcome::Binary { description }) => {
+                CallToolResult::success(vec![Content::text(description)])
+            }
             Err(e) => workspace_error(e),
         })
     }
@@ -313,7 +387,10 @@ impl Server {
     /// script too long for one message, then run it with run_file. encoding "base64" writes
     /// binary data. At most 16 MiB per call. Paths are relative to the workspace root.
     #[tool(name = "write_file")]
-    async fn write_file(&self, Parameters(p): Parameters<WriteParams>) -> Result<CallToolResult, ErrorData> {
+    async fn write_file(
+        &self,
+        Parameters(p): Parameters<WriteParams>,
+    ) -> Result<CallToolResult, ErrorData> {
         let ws = self.inner.workspace.clone();
         let append = p.append.unwrap_or(false);
         let encoding = p.encoding.unwrap_or_default();
@@ -331,7 +408,11 @@ impl Server {
                     let clean: String = p.content.chars().filter(|c| !c.is_whitespace()).collect();
                     base64::engine::general_purpose::STANDARD
                         .decode(clean)
-                        .map_err(|e| WorkspaceError::BadPath(format!("content is not valid base64 ({e}); nothing was written")))?
+                        .map_err(|e| {
+                            WorkspaceError::BadPath(format!(
+                                "content is not valid base64 ({e}); nothing was written"
+                            ))
+                        })?
                 }
             };
             let n = data.len();
@@ -341,10 +422,12 @@ impl Server {
         .await
         .map_err(|e| ErrorData::internal_error(format!("write task failed: {e}"), None))?;
         Ok(match r {
-            Ok((path, n, total)) if append => CallToolResult::success(vec![Content::text(format!(
-                "appended {n} bytes to {path} (now {total} bytes)"
-            ))]),
-            Ok((path, n, _)) => CallToolResult::success(vec![Content::text(format!("wrote {n} bytes to {path}"))]),
+            Ok((path, n, total)) if append => CallToolResult::success(vec![Content::text(
+                format!("appended {n} bytes to {path} (now {total} bytes)"),
+            )]),
+            Ok((path, n, _)) => {
+                CallToolResult::success(vec![Content::text(format!("wrote {n} bytes to {path}"))])
+            }
             Err(e) => workspace_error(e),
         })
     }
@@ -356,7 +439,10 @@ impl Server {
     /// sub-folders (symlinks are listed but never followed); pattern filters by a glob such as
     /// "*.csv". At most 1000 entries, with a note when more were left out.
     #[tool(name = "list_files")]
-    async fn list_files(&self, Parameters(p): Parameters<ListParams>) -> Result<CallToolResult, ErrorData> {
+    async fn list_files(
+        &self,
+        Parameters(p): Parameters<ListParams>,
+    ) -> Result<CallToolResult, ErrorData> {
         let ws = self.inner.workspace.clone();
         let r = tokio::task::spawn_blocking(move || {
             let path = ws.path(p.path.as_deref().unwrap_or("."))?;
@@ -372,9 +458,17 @@ impl Server {
         for e in &listing.entries {
             let when = e
                 .modified
-                .map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M").to_string())
+                .map(|t| {
+                    chrono::DateTime::<chrono::Utc>::from(t)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
                 .unwrap_or_else(|| "-".into());
-            let name = if e.kind == "dir" { format!("{}/", e.path) } else { e.path.clone() };
+            let name = if e.kind == "dir" {
+                format!("{}/", e.path)
+            } else {
+                e.path.clone()
+            };
             lines.push(format!("{:<7} {:>12}  {}  {}", e.kind, e.size, when, name));
         }
         if lines.is_empty() {
@@ -386,7 +480,9 @@ impl Server {
                 crate::workspace::MAX_LIST_ENTRIES
             ));
         }
-        Ok(CallToolResult::success(vec![Content::text(lines.join("\n"))]))
+        Ok(CallToolResult::success(vec![Content::text(
+            lines.join("\n"),
+        )]))
     }
 
     /// Run a Python script from the workspace in the kernel, like IPython's `%run`.
@@ -412,7 +508,10 @@ impl Server {
             Err(e) => return Ok(workspace_error(e)),
         };
         if abs.extension().and_then(|e| e.to_str()) != Some("py") {
-            return Ok(tool_error(format!("{}: run_file runs .py scripts only", p.path)));
+            return Ok(tool_error(format!(
+                "{}: run_file runs .py scripts only",
+                p.path
+            )));
         }
         let mut argv = vec![abs.to_string_lossy().into_owned()];
         argv.extend(p.args.unwrap_or_default());
@@ -428,7 +527,10 @@ impl Server {
     ///
     /// Use it when the kernel is stuck or broken. Files in the workspace are kept.
     #[tool(name = "restart_kernel")]
-    async fn restart_kernel(&self, Parameters(_p): Parameters<NoParams>) -> Result<CallToolResult, ErrorData> {
+    async fn restart_kernel(
+        &self,
+        Parameters(_p): Parameters<NoParams>,
+    ) -> Result<CallToolResult, ErrorData> {
         match self.inner.kernel.restart().await {
             Ok(d) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
@@ -440,13 +542,18 @@ impl Server {
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.
     #[tool(name = "interrupt_kernel")]
-    async fn interrupt_kernel(&self, Parameters(_p): Parameters<NoParams>) -> Result<CallToolResult, ErrorData> {
+    async fn interrupt_kernel(
+        &self,
+        Parameters(_p): Parameters<NoParams>,
+    ) -> Result<CallToolResult, ErrorData> {
         if self.inner.kernel.interrupt().await {
             Ok(CallToolResult::success(vec![Content::text(
                 "interrupt sent to the kernel; a running call returns with its partial output",
             )]))
         } else {
-            Ok(tool_error("no kernel is running; the next execute_python starts one"))
+            Ok(tool_error(
+                "no kernel is running; the next execute_python starts one",
+            ))
         }
     }
 }
@@ -484,8 +591,17 @@ impl ServerHandler for Server {
             env.package_summary(),
             self.inner.workspace.root().display()
         );
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
-            .with_instructions(instructions)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_instructions(instructions)
+        .with_server_info(rmcp::model::Implementation::new(
+            "kernel-mcp",
+            env!("CARGO_PKG_VERSION"),
+        ))
     }
 
     async fn list_resources(
@@ -496,11 +612,13 @@ impl ServerHandler for Server {
         let ws = self.inner.workspace.clone();
         let listing = tokio::task::spawn_blocking(move || {
             let root = ws.path(".")?;
-            ws.list(&root, true, None).map(|l| (l, ws.root().to_path_buf()))
+            ws.list(&root, true, None)
+                .map(|l| (l, ws.root().to_path_buf()))
         })
         .await
         .map_err(|e| ErrorData::internal_error(format!("list task failed: {e}"), None))?;
-        let (listing, root) = listing.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let (listing, root) =
+            listing.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let resources = listing
             .entries
             .into_iter()
@@ -531,14 +649,18 @@ impl ServerHandler for Server {
         let path = path.to_owned();
         let r = tokio::task::spawn_blocking(move || {
             let p = ws.path(&path)?;
-            ws.read_bytes(&p, RESOURCE_MAX_BYTES).map(|b| (b, p.display()))
+            ws.read_bytes(&p, RESOURCE_MAX_BYTES)
+                .map(|b| (b, p.display()))
         })
         .await
         .map_err(|e| ErrorData::internal_error(format!("read task failed: {e}"), None))?;
         let (bytes, rel) = match r {
             Ok(x) => x,
             Err(WorkspaceError::NotFound { path }) => {
-                return Err(ErrorData::resource_not_found(format!("{path}: not found in the workspace"), None))
+                return Err(ErrorData::resource_not_found(
+                    format!("{path}: not found in the workspace"),
+                    None,
+                ))
             }
             Err(e) => return Err(ErrorData::invalid_params(e.to_string(), None)),
         };
@@ -546,7 +668,14 @@ impl ServerHandler for Server {
         let contents = match String::from_utf8(bytes) {
             Ok(text) if !mime.starts_with("image/") => ResourceContents::TextResourceContents {
                 uri,
-                mime_type: Some(if mime == "application/octet-stream" { "text/plain" } else { mime }.into()),
+                mime_type: Some(
+                    if mime == "application/octet-stream" {
+                        "text/plain"
+                    } else {
+                        mime
+                    }
+                    .into(),
+                ),
                 text,
                 meta: None,
             },

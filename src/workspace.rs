@@ -40,20 +40,34 @@ impl WorkspacePath {
         }
         let trimmed = user.trim();
         if trimmed.is_empty() {
-            return bad("path is empty; give a path relative to the workspace, e.g. \"data.csv\"".into());
+            return bad(
+                "path is empty; give a path relative to the workspace, e.g. \"data.csv\"".into(),
+            );
         }
         if user.len() > MAX_PATH_BYTES {
-            return bad(format!("path is {} bytes long; the limit is {MAX_PATH_BYTES}", user.len()));
+            return bad(format!(
+                "path is {} bytes long; the limit is {MAX_PATH_BYTES}",
+                user.len()
+            ));
         }
         if user.contains('\\') {
-            return bad(format!("{user:?}: backslashes are not path separators here; use '/'"));
+            return bad(format!(
+                "{user:?}: backslashes are not path separators here; use '/'"
+            ));
         }
         if user.starts_with('~') {
-            return bad(format!("{user:?}: '~' is not expanded; paths are relative to the workspace"));
+            return bad(format!(
+                "{user:?}: '~' is not expanded; paths are relative to the workspace"
+            ));
         }
         let lower = user.to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c", "%00"].iter().any(|p| lower.contains(p)) {
-            return bad(format!("{user:?} looks URL-encoded; pass the plain path (percent escapes are not decoded)"));
+        if ["%2e", "%2f", "%5c", "%00"]
+            .iter()
+            .any(|p| lower.contains(p))
+        {
+            return bad(format!(
+                "{user:?} looks URL-encoded; pass the plain path (percent escapes are not decoded)"
+            ));
         }
         if user.chars().any(|c| c.is_control()) {
             return bad(format!("{user:?}: path contains control characters"));
@@ -82,7 +96,9 @@ impl WorkspacePath {
                 }
                 Component::CurDir => {}
                 Component::ParentDir => {
-                    return bad(format!("{user:?}: '..' is not allowed; paths must stay inside the workspace"))
+                    return bad(format!(
+                        "{user:?}: '..' is not allowed; paths must stay inside the workspace"
+                    ))
                 }
                 Component::RootDir | Component::Prefix(_) => {
                     return bad(format!("{user:?} is outside the workspace"));
@@ -90,7 +106,9 @@ impl WorkspacePath {
             }
         }
         if count > MAX_COMPONENTS {
-            return bad(format!("path has {count} components; the limit is {MAX_COMPONENTS}"));
+            return bad(format!(
+                "path has {count} components; the limit is {MAX_COMPONENTS}"
+            ));
         }
         Ok(WorkspacePath { rel: clean })
     }
@@ -253,7 +271,9 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
                     Some(('!' | '^', c)) => (true, c),
                     _ => (false, class),
                 };
-                let Some((&c, t)) = n.split_first() else { return false };
+                let Some((&c, t)) = n.split_first() else {
+                    return false;
+                };
                 let mut hit = false;
                 let mut i = 0;
                 while i < class.len() {
@@ -294,9 +314,11 @@ impl Workspace {
             path: root.display().to_string(),
             source,
         })?;
-        let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|source| WorkspaceError::Io {
-            path: root.display().to_string(),
-            source,
+        let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|source| {
+            WorkspaceError::Io {
+                path: root.display().to_string(),
+                source,
+            }
         })?;
         Ok(Workspace { root, dir })
     }
@@ -312,30 +334,50 @@ impl Workspace {
     }
 
     /// Opens a regular file for reading without ever blocking on a FIFO or device.
-    fn open_regular(&self, path: &WorkspacePath) -> Result<(std::fs::File, cap_std::fs::Metadata), WorkspaceError> {
+    fn open_regular(
+        &self,
+        path: &WorkspacePath,
+    ) -> Result<(std::fs::File, cap_std::fs::Metadata), WorkspaceError> {
         if path.is_root() {
-            return Err(WorkspaceError::IsDirectory { path: path.display() });
+            return Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            });
         }
         let mut o = OpenOptions::new();
         o.read(true);
         // O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
         o.custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
-        let f = self.dir.open_with(path.for_cap(), &o).map_err(io_err(path))?;
+        let f = self
+            .dir
+            .open_with(path.for_cap(), &o)
+            .map_err(io_err(path))?;
         let meta = f.metadata().map_err(io_err(path))?;
         if meta.is_dir() {
-            return Err(WorkspaceError::IsDirectory { path: path.display() });
+            return Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            });
         }
         if !meta.is_file() {
-            return Err(WorkspaceError::NotRegular { path: path.display() });
+            return Err(WorkspaceError::NotRegular {
+                path: path.display(),
+            });
         }
         let f = f.into_std();
         // Back to blocking mode for normal reads.
-        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
         Ok((f, meta))
     }
 
     /// Reads a file: text by lines (`offset` is the 1-based first line), images as bytes, other binaries described.
-    pub fn read(&self, path: &WorkspacePath, offset: Option<usize>, limit: Option<usize>) -> Result<ReadOutcome, WorkspaceError> {
+    pub fn read(
+        &self,
+        path: &WorkspacePath,
+        offset: Option<usize>,
+        limit: Option<usize>,
+    ) -> Result<ReadOutcome, WorkspaceError> {
         let (mut f, meta) = self.open_regular(path)?;
         let size = meta.len();
         let mut head = vec![0u8; 8192];
@@ -364,7 +406,11 @@ impl Workspace {
                 return Ok(ReadOutcome::Image { mime, bytes });
             }
             return Ok(ReadOutcome::Binary {
-                description: format!("{}: binary file, {kind}, {}. Load it from Python with execute_python.", path.display(), human(size)),
+                description: format!(
+                    "{}: binary file, {kind}, {}. Load it from Python with execute_python.",
+                    path.display(),
+                    human(size)
+                ),
             });
         }
         if head.contains(&0) {
@@ -389,7 +435,8 @@ impl Workspace {
         let mut cut_chars = false;
         loop {
             buf.clear();
-            let n = read_line_capped(&mut reader, &mut buf, MAX_READ_CHARS + 1).map_err(io_err(path))?;
+            let n = read_line_capped(&mut reader, &mut buf, MAX_READ_CHARS + 1)
+                .map_err(io_err(path))?;
             if n == 0 {
                 break;
             }
@@ -427,7 +474,9 @@ impl Workspace {
         }
         let mut notes = Vec::new();
         if first > 1 && shown == 0 {
-            notes.push(format!("the file has only {line_no} lines; offset {first} is past the end"));
+            notes.push(format!(
+                "the file has only {line_no} lines; offset {first} is past the end"
+            ));
         }
         if more {
             let last = first + shown.saturating_sub(1);
@@ -448,7 +497,11 @@ impl Workspace {
         }
         Ok(ReadOutcome::Text {
             text: out,
-            note: if notes.is_empty() { None } else { Some(notes.join("; ")) },
+            note: if notes.is_empty() {
+                None
+            } else {
+                Some(notes.join("; "))
+            },
         })
     }
 
@@ -457,19 +510,33 @@ impl Workspace {
         let (f, meta) = self.open_regular(path)?;
         if meta.len() > max {
             return Err(WorkspaceError::TooLarge {
-                what: format!("{} is {}; the limit here is {}", path.display(), human(meta.len()), human(max)),
+                what: format!(
+                    "{} is {}; the limit here is {}",
+                    path.display(),
+                    human(meta.len()),
+                    human(max)
+                ),
             });
         }
         let mut bytes = Vec::new();
-        f.take(max + 1).read_to_end(&mut bytes).map_err(io_err(path))?;
+        f.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(path))?;
         Ok(bytes)
     }
 
     /// Writes `data`: atomically (temp file + rename) by default, or appended in place.
     /// Missing parent folders are created inside the workspace.
-    pub fn write(&self, path: &WorkspacePath, data: &[u8], append: bool) -> Result<u64, WorkspaceError> {
+    pub fn write(
+        &self,
+        path: &WorkspacePath,
+        data: &[u8],
+        append: bool,
+    ) -> Result<u64, WorkspaceError> {
         if path.is_root() {
-            return Err(WorkspaceError::IsDirectory { path: path.display() });
+            return Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            });
         }
         if data.len() > MAX_WRITE_BYTES {
             return Err(WorkspaceError::TooLarge {
@@ -483,7 +550,10 @@ impl Workspace {
         if let Some(parent) = parent {
             self.dir.create_dir_all(parent).map_err(io_err(path))?;
         }
-        let name = path.rel.file_name().ok_or_else(|| WorkspaceError::BadPath(format!("{}: no file name", path.display())))?;
+        let name = path
+            .rel
+            .file_name()
+            .ok_or_else(|| WorkspaceError::BadPath(format!("{}: no file name", path.display())))?;
         let existing = match self.dir.metadata(&path.rel) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -491,10 +561,14 @@ impl Workspace {
         };
         if let Some(m) = &existing {
             if m.is_dir() {
-                return Err(WorkspaceError::IsDirectory { path: path.display() });
+                return Err(WorkspaceError::IsDirectory {
+                    path: path.display(),
+                });
             }
             if !m.is_file() {
-                return Err(WorkspaceError::NotRegular { path: path.display() });
+                return Err(WorkspaceError::NotRegular {
+                    path: path.display(),
+                });
             }
         }
         if append {
@@ -512,7 +586,9 @@ impl Workspace {
             let f = self.dir.open_with(&path.rel, &o).map_err(io_err(path))?;
             let meta = f.metadata().map_err(io_err(path))?;
             if !meta.is_file() {
-                return Err(WorkspaceError::NotRegular { path: path.display() });
+                return Err(WorkspaceError::NotRegular {
+                    path: path.display(),
+                });
             }
             let mut f = f.into_std();
             f.write_all(data).map_err(io_err(path))?;
@@ -524,7 +600,11 @@ impl Workspace {
             Some(p) => self.dir.open_dir(p).map_err(io_err(path))?,
             None => self.dir.try_clone().map_err(io_err(path))?,
         };
-        let tmp_name = format!(".{}.kernel-mcp-{}.tmp", name.to_string_lossy(), uuid::Uuid::new_v4().simple());
+        let tmp_name = format!(
+            ".{}.kernel-mcp-{}.tmp",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4().simple()
+        );
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
         o.mode(0o644);
@@ -542,10 +622,18 @@ impl Workspace {
     }
 
     /// Lists a directory (optionally recursively), never following symlinks.
-    pub fn list(&self, path: &WorkspacePath, recursive: bool, pattern: Option<&str>) -> Result<Listing, WorkspaceError> {
+    pub fn list(
+        &self,
+        path: &WorkspacePath,
+        recursive: bool,
+        pattern: Option<&str>,
+    ) -> Result<Listing, WorkspaceError> {
         let meta = self.dir.metadata(path.for_cap()).map_err(io_err(path))?;
         if !meta.is_dir() {
-            return Err(WorkspaceError::BadPath(format!("{} is not a directory; use read_file to read a file", path.display())));
+            return Err(WorkspaceError::BadPath(format!(
+                "{} is not a directory; use read_file to read a file",
+                path.display()
+            )));
         }
         let mut listing = Listing {
             entries: Vec::new(),
@@ -576,7 +664,13 @@ impl Workspace {
                 } else {
                     "other"
                 };
-                items.push((rel, name, kind, m.len(), m.modified().ok().map(|t| t.into_std())));
+                items.push((
+                    rel,
+                    name,
+                    kind,
+                    m.len(),
+                    m.modified().ok().map(|t| t.into_std()),
+                ));
             }
             items.sort_by(|a, b| a.0.cmp(&b.0));
             for (rel, name, kind, size, modified) in items.into_iter().rev() {
@@ -605,7 +699,10 @@ impl Workspace {
                     modified,
                 });
             }
-            if listing.truncated && listing.entries.len() >= MAX_LIST_ENTRIES && stack.len() > 10_000 {
+            if listing.truncated
+                && listing.entries.len() >= MAX_LIST_ENTRIES
+                && stack.len() > 10_000
+            {
                 break;
             }
         }
@@ -624,7 +721,10 @@ impl Workspace {
         let dir_rel = Path::new(".kernel-mcp").join("outputs");
         self.dir.create_dir_all(&dir_rel)?;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-        let name = format!("{stamp}-{}{suffix}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = format!(
+            "{stamp}-{}{suffix}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let rel = dir_rel.join(name);
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
@@ -647,7 +747,11 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Reads one line (with its newline) but never more than `cap` bytes of it.
-fn read_line_capped<R: std::io::BufRead>(r: &mut R, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<usize> {
+fn read_line_capped<R: std::io::BufRead>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
         let chunk = r.fill_buf()?;
@@ -687,10 +791,26 @@ mod tests {
         ok("./dir/b.csv", "dir/b.csv");
         ok("/ws/root/x/y", "x/y");
         ok(".", ".");
-        let bad = |p: &str| assert!(WorkspacePath::resolve(root, p).is_err(), "{p} should be rejected");
+        let bad = |p: &str| {
+            assert!(
+                WorkspacePath::resolve(root, p).is_err(),
+                "{p} should be rejected"
+            )
+        };
         for p in [
-            "../x", "a/../../x", "/etc/passwd", "/ws/root-evil/x", "~/x", "~", "a\\..\\b", "%2e%2e/x", "..%2fx",
-            "a\0b", "", "   ", "x/../y",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "/ws/root-evil/x",
+            "~/x",
+            "~",
+            "a\\..\\b",
+            "%2e%2e/x",
+            "..%2fx",
+            "a\0b",
+            "",
+            "   ",
+            "x/../y",
         ] {
             bad(p);
         }

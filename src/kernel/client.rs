@@ -23,6 +23,8 @@ pub struct LocalLauncher {
     pub transport: Transport,
     pub startup_timeout: Duration,
     pub extra_env: BTreeMap<String, String>,
+    /// The launch helper (this binary); `None` starts the kernel directly.
+    pub helper: Option<PathBuf>,
 }
 
 /// Receives a running execution's output, in kernel order.
@@ -94,11 +96,15 @@ impl Kernel {
             argv: l.spec.expand_argv(&l.python, &conn_file),
             cwd: l.workspace.clone(),
             env,
+            helper: l.helper.clone(),
         };
         let process = KernelProcess::spawn(&cmd)?;
         let deadline = started + l.startup_timeout;
         let died = |cause: ExitCause, process: &KernelProcess| KernelError::Unavailable {
-            reason: format!("the kernel exited during start-up ({cause}){}", process.stderr_hint()),
+            reason: format!(
+                "the kernel exited during start-up ({cause}){}",
+                process.stderr_hint()
+            ),
         };
         let endpoints = info.endpoints();
         let conn = tokio::select! {
@@ -187,8 +193,16 @@ impl Kernel {
                     .await;
                 }
             }
-            if self.process.wait_for(Duration::from_secs(2)).await.is_none() {
-                tracing::warn!(pid = self.pid(), "kernel did not exit after shutdown_request; killing");
+            if self
+                .process
+                .wait_for(Duration::from_secs(2))
+                .await
+                .is_none()
+            {
+                tracing::warn!(
+                    pid = self.pid(),
+                    "kernel did not exit after shutdown_request; killing"
+                );
             }
         }
         self.process.kill();
@@ -238,7 +252,11 @@ impl Kernel {
                     Some((reason, _)) => Ending::Interrupted { reason },
                     None => Ending::Completed,
                 };
-                return Ok(Execution { reply, ending, elapsed: start.elapsed() });
+                return Ok(Execution {
+                    reply,
+                    ending,
+                    elapsed: start.elapsed(),
+                });
             }
             let grace_at = stopped.map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
             tokio::select! {

@@ -45,7 +45,10 @@ impl ConnectionInfo {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         let (ip, ports) = match transport {
-            Transport::Ipc => (runtime_dir.join("k").to_string_lossy().into_owned(), [1, 2, 3, 4, 5]),
+            Transport::Ipc => (
+                runtime_dir.join("k").to_string_lossy().into_owned(),
+                [1, 2, 3, 4, 5],
+            ),
             Transport::Tcp => ("127.0.0.1".to_owned(), free_ports()?),
         };
         let [shell_port, iopub_port, stdin_port, control_port, hb_port] = ports;
@@ -125,7 +128,11 @@ impl RuntimeDir {
         let base = std::env::temp_dir();
         let mut rnd = [0u8; 6];
         rand::rng().fill_bytes(&mut rnd);
-        let path = base.join(format!("{DIR_PREFIX}{}-{}", std::process::id(), hex::encode(rnd)));
+        let path = base.join(format!(
+            "{DIR_PREFIX}{}-{}",
+            std::process::id(),
+            hex::encode(rnd)
+        ));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod connection;
 pub mod process;
+pub mod sandbox;
 pub mod spec;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,7 +129,11 @@ impl KernelHandle {
     }
 
     /// Makes sure a live kernel is in the slot, restarting one that died since the last call.
-    async fn ensure(&self, slot: &mut Slot, report: &mut Report) -> Result<Arc<Kernel>, KernelError> {
+    async fn ensure(
+        &self,
+        slot: &mut Slot,
+        report: &mut Report,
+    ) -> Result<Arc<Kernel>, KernelError> {
         if let Some(k) = &slot.kernel {
             match k.exited() {
                 None => return Ok(k.clone()),
@@ -183,7 +188,9 @@ impl KernelHandle {
             }
             Ending::Unresponsive { reason } => {
                 let why = match reason {
-                    StopReason::Timeout => format!("timed out after {:.0} s", limits.timeout.as_secs_f64()),
+                    StopReason::Timeout => {
+                        format!("timed out after {:.0} s", limits.timeout.as_secs_f64())
+                    }
                     StopReason::Cancelled => "was cancelled".to_owned(),
                 };
                 tracing::warn!("kernel ignored the interrupt; killing and restarting it");
@@ -251,7 +258,9 @@ impl KernelHandle {
 
     /// The pid of the running kernel, if one runs.
     pub fn pid(&self) -> Option<i32> {
-        self.current().filter(|k| k.exited().is_none()).map(|k| k.pid())
+        self.current()
+            .filter(|k| k.exited().is_none())
+            .map(|k| k.pid())
     }
 
     /// Shuts the kernel down cleanly (bounded), then kills what is left.

@@ -2,9 +2,9 @@
 //! The kernel's stdout/stderr go to the log, never to our stdout; stdin is /dev/null.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -18,7 +18,15 @@ use crate::error::KernelError;
 /// Environment variables passed from the server to the kernel; everything else is dropped
 /// so tokens and agent sockets in the server's environment do not reach model-run code.
 pub const ENV_ALLOW: &[&str] = &[
-    "PATH", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "TERM", "SHELL", "SYSTEMROOT",
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "TERM",
+    "SHELL",
+    "SYSTEMROOT",
 ];
 
 /// Why the kernel process ended.
@@ -34,7 +42,9 @@ impl std::fmt::Display for ExitCause {
         match self {
             ExitCause::Code(c) => write!(f, "exit code {c}"),
             ExitCause::Signal(s) => {
-                let name = Signal::try_from(*s).map(|s| s.as_str()).unwrap_or("unknown");
+                let name = Signal::try_from(*s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
                 let hint = match *s {
                     9 => ", possibly the out-of-memory killer",
                     11 => ", a segmentation fault",
@@ -52,6 +62,8 @@ impl std::fmt::Display for ExitCause {
 #[derive(Debug, Clone)]
 pub struct LaunchCommand {
     pub argv: Vec<String>,
+    /// The launch helper binary (`kernel-mcp` itself); `None` starts the kernel directly.
+    pub helper: Option<PathBuf>,
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
 }
@@ -60,6 +72,8 @@ pub struct LaunchCommand {
 #[derive(Debug)]
 pub struct KernelProcess {
     pid: i32,
+    /// Write end of the helper's lifeline pipe: closing it (we exit) kills the kernel group.
+    _lifeline: Option<tokio::process::ChildStdin>,
     stderr_tail: Arc<StdMutex<VecDeque<String>>>,
     exit: watch::Receiver<Option<ExitCause>>,
     tasks: Vec<JoinHandle<()>>,
@@ -68,7 +82,22 @@ pub struct KernelProcess {
 impl KernelProcess {
     /// Starts the kernel in a new process group with a parent-death signal.
     pub fn spawn(cmd: &LaunchCommand) -> Result<KernelProcess, KernelError> {
-        let Some((program, args)) = cmd.argv.split_first() else {
+        let helper_argv;
+        let argv: &[String] = match &cmd.helper {
+            Some(h) => {
+                helper_argv = [
+                    h.to_string_lossy().into_owned(),
+                    super::sandbox::HELPER_ARG.into(),
+                    "--".into(),
+                ]
+                .into_iter()
+                .chain(cmd.argv.iter().cloned())
+                .collect::<Vec<_>>();
+                &helper_argv
+            }
+            None => &cmd.argv,
+        };
+        let Some((program, args)) = argv.split_first() else {
             return Err(KernelError::Spawn {
                 program: String::new(),
                 source: std::io::Error::other("empty argv"),
@@ -79,36 +108,50 @@ impl KernelProcess {
             .current_dir(&cmd.cwd)
             .env_clear()
             .envs(&cmd.env)
-            .stdin(Stdio::null())
+            .stdin(if cmd.helper.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-        // async-signal-safe. PDEATHSIG kills the kernel if the server thread that spawned it
-        // dies (including a SIGKILL of the server), so no kernel is ever orphaned.
-        unsafe {
-            c.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
-            });
+        if cmd.helper.is_none() {
+            // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+            // async-signal-safe. PDEATHSIG kills the kernel if the server thread that spawned it
+            // dies. With the helper, its lifeline pipe does this for the whole process group.
+            unsafe {
+                c.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = c.spawn().map_err(|source| KernelError::Spawn {
             program: program.clone(),
             source,
         })?;
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
-            KernelError::Spawn {
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| KernelError::Spawn {
                 program: program.clone(),
                 source: std::io::Error::other("kernel exited at once"),
-            }
-        })?;
+            })?;
+        let lifeline = child.stdin.take();
         let mut tasks = Vec::new();
         let stderr_tail = Arc::new(StdMutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
             tasks.push(tokio::spawn(log_lines(out, pid, "stdout", None)));
         }
         if let Some(err) = child.stderr.take() {
-            tasks.push(tokio::spawn(log_lines(err, pid, "stderr", Some(stderr_tail.clone()))));
+            tasks.push(tokio::spawn(log_lines(
+                err,
+                pid,
+                "stderr",
+                Some(stderr_tail.clone()),
+            )));
         }
         let (tx, rx) = watch::channel(None);
         tasks.push(tokio::spawn(async move {
@@ -129,6 +172,7 @@ impl KernelProcess {
         tracing::info!(pid, argv = ?cmd.argv, "kernel process started");
         Ok(KernelProcess {
             pid,
+            _lifeline: lifeline,
             stderr_tail,
             exit: rx,
             tasks,
@@ -255,7 +299,10 @@ pub fn kernel_env(extra: &BTreeMap<String, String>, python: &Path) -> BTreeMap<S
         .collect();
     // Put the interpreter's bin dir first so `!pip` and subprocesses use the kernel's env.
     if let Some(bin) = python.parent() {
-        let path = env.get("PATH").cloned().unwrap_or_else(|| "/usr/bin:/bin".into());
+        let path = env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| "/usr/bin:/bin".into());
         env.insert("PATH".into(), format!("{}:{path}", bin.display()));
     }
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -72,7 +72,10 @@ impl KernelSpec {
 
     /// The built-in spec.
     pub fn builtin() -> Result<KernelSpec, KernelError> {
-        Self::parse(DEFAULT_SPEC, Path::new("<built-in kernel-spec/kernel.json>"))
+        Self::parse(
+            DEFAULT_SPEC,
+            Path::new("<built-in kernel-spec/kernel.json>"),
+        )
     }
 
     /// argv with `{connection_file}` filled in and a leading `python` replaced by `python`.

@@ -175,7 +175,11 @@ fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Messag
 
 async fn route(routes: &Routes, channel: Channel, message: Message) {
     let Some(parent) = message.parent_id().cloned() else {
-        tracing::trace!(channel = channel.name(), msg_type = message.header.msg_type, "message without parent");
+        tracing::trace!(
+            channel = channel.name(),
+            msg_type = message.header.msg_type,
+            "message without parent"
+        );
         return;
     };
     match routes.sender(&parent) {
@@ -196,7 +200,11 @@ async fn route(routes: &Routes, channel: Channel, message: Message) {
 
 impl Connection {
     /// Connects all five channels and starts their reader tasks.
-    pub async fn open(endpoints: &Endpoints, key: &[u8], timeout: Duration) -> Result<Connection, WireError> {
+    pub async fn open(
+        endpoints: &Endpoints,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<Connection, WireError> {
         let signer = Signer::new(key);
         let session = uuid::Uuid::new_v4().to_string();
         let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
@@ -205,14 +213,19 @@ impl Connection {
 
         let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
         connect(&mut shell, &endpoints.shell, Channel::Shell, timeout).await?;
-        let mut control = DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
+        let mut control =
+            DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
         connect(&mut control, &endpoints.control, Channel::Control, timeout).await?;
         // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
         let mut stdin = DealerSocket::with_options(options(identity.as_bytes(), timeout));
         connect(&mut stdin, &endpoints.stdin, Channel::Stdin, timeout).await?;
-        let mut iopub = SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
+        let mut iopub =
+            SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
         connect(&mut iopub, &endpoints.iopub, Channel::IoPub, timeout).await?;
-        iopub.subscribe("").await.map_err(zmq_err("subscribe", Channel::IoPub))?;
+        iopub
+            .subscribe("")
+            .await
+            .map_err(zmq_err("subscribe", Channel::IoPub))?;
         let mut hb = ReqSocket::with_options(options(format!("{identity}-h").as_bytes(), timeout));
         connect(&mut hb, &endpoints.heartbeat, Channel::Heartbeat, timeout).await?;
 
@@ -220,9 +233,24 @@ impl Connection {
         let (control_tx, control_rx) = control.split();
         let (stdin_tx, mut stdin_rx) = stdin.split();
 
-        tasks.push(tokio::spawn(read_loop(shell_rx, Channel::Shell, routes.clone(), signer.clone())));
-        tasks.push(tokio::spawn(read_loop(control_rx, Channel::Control, routes.clone(), signer.clone())));
-        tasks.push(tokio::spawn(read_loop(iopub, Channel::IoPub, routes.clone(), signer.clone())));
+        tasks.push(tokio::spawn(read_loop(
+            shell_rx,
+            Channel::Shell,
+            routes.clone(),
+            signer.clone(),
+        )));
+        tasks.push(tokio::spawn(read_loop(
+            control_rx,
+            Channel::Control,
+            routes.clone(),
+            signer.clone(),
+        )));
+        tasks.push(tokio::spawn(read_loop(
+            iopub,
+            Channel::IoPub,
+            routes.clone(),
+            signer.clone(),
+        )));
         {
             // We always send allow_stdin=false, so a conforming kernel never asks. If one
             // does anyway, answer with an empty line rather than leave it blocked forever.
@@ -231,12 +259,21 @@ impl Connection {
             let mut stdin_tx = stdin_tx;
             tasks.push(tokio::spawn(async move {
                 while let Ok(parts) = stdin_rx.recv().await {
-                    let Some(req) = decode(parts, &signer, Channel::Stdin) else { continue };
+                    let Some(req) = decode(parts, &signer, Channel::Stdin) else {
+                        continue;
+                    };
                     if !matches!(req.content, Content::InputRequest(_)) {
                         continue;
                     }
-                    tracing::warn!("kernel asked for input although allow_stdin was false; answering empty");
-                    let mut reply = Message::request(&session, Content::InputReply(InputReply { value: String::new() }));
+                    tracing::warn!(
+                        "kernel asked for input although allow_stdin was false; answering empty"
+                    );
+                    let mut reply = Message::request(
+                        &session,
+                        Content::InputReply(InputReply {
+                            value: String::new(),
+                        }),
+                    );
                     reply.parent_header = Some(req.header.clone());
                     reply.identities = req.identities.clone();
                     if let Ok(frames) = reply.to_frames() {
@@ -269,7 +306,11 @@ impl Connection {
     /// Registers interest in messages whose parent is `id`. Call before sending the request.
     pub fn subscribe(&self, id: &MsgId) -> Result<Subscription, WireError> {
         let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
-        let mut guard = self.routes.map.lock().map_err(|_| WireError::ReaderGone { channel: "router" })?;
+        let mut guard = self
+            .routes
+            .map
+            .lock()
+            .map_err(|_| WireError::ReaderGone { channel: "router" })?;
         let Some(map) = guard.as_mut() else {
             return Err(WireError::ReaderGone {
                 channel: self.routes.closed_by().unwrap_or("kernel"),
@@ -291,7 +332,11 @@ impl Connection {
             Channel::Control => &self.control,
             _ => &self.shell,
         };
-        lock.lock().await.send(zm).await.map_err(zmq_err("send", channel))
+        lock.lock()
+            .await
+            .send(zm)
+            .await
+            .map_err(zmq_err("send", channel))
     }
 
     /// The latest heartbeat state.
@@ -301,7 +346,12 @@ impl Connection {
 }
 
 /// The one reader of a socket: decode, verify, route by parent; on a socket error close all routes.
-async fn read_loop<S: SocketRecv>(mut socket: S, channel: Channel, routes: Arc<Routes>, signer: Signer) {
+async fn read_loop<S: SocketRecv>(
+    mut socket: S,
+    channel: Channel,
+    routes: Arc<Routes>,
+    signer: Signer,
+) {
     loop {
         match socket.recv().await {
             Ok(parts) => {
@@ -324,7 +374,10 @@ async fn heartbeat_loop(mut hb: ReqSocket, tx: watch::Sender<Heartbeat>) {
     loop {
         let ok = async {
             hb.send(ZmqMessage::from(b"ping".to_vec())).await.ok()?;
-            tokio::time::timeout(Duration::from_secs(3), hb.recv()).await.ok()?.ok()
+            tokio::time::timeout(Duration::from_secs(3), hb.recv())
+                .await
+                .ok()?
+                .ok()
         }
         .await
         .is_some();

@@ -53,9 +53,8 @@ impl Frames {
         let rest = parts.split_off(delim);
         let identities = parts;
         let after = rest.len().saturating_sub(1);
-        let Some(
-            [_delim, signature, header, parent_header, metadata, content, buffers @ ..],
-        ) = rest.get(..)
+        let Some([_delim, signature, header, parent_header, metadata, content, buffers @ ..]) =
+            rest.get(..)
         else {
             return Err(WireError::TooFewFrames { frames: after });
         };
@@ -172,7 +171,10 @@ mod tests {
         bufs.buffers = (0..300).map(|_| Bytes::from_static(b"b")).collect();
         assert!(matches!(
             Frames::parse(bufs.encode(&signer), &signer),
-            Err(WireError::TooMany { what: "buffers", .. })
+            Err(WireError::TooMany {
+                what: "buffers",
+                ..
+            })
         ));
         let big = Bytes::from(vec![b' '; MAX_MESSAGE_BYTES / 2 + 1]);
         let huge = vec![big.clone(), big];

@@ -1,0 +1,177 @@
+//! execute_python: state, ordering, errors, stdin, timeouts and bad arguments.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{is_error, text, texts, Server};
+
+#[tokio::test]
+async fn state_persists_across_calls() {
+    let s = Server::start().await;
+    let r = s.exec("x = 41\nimport math").await;
+    assert_eq!(texts(&r), vec!["[no output]"]);
+    assert!(!is_error(&r));
+    let r = s.exec("x + 1").await;
+    assert_eq!(texts(&r), vec!["42"]);
+    let r = s.exec("print(math.sqrt(x + 8))").await;
+    assert_eq!(texts(&r), vec!["7.0\n"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn output_keeps_kernel_order() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import sys\nprint('one', flush=True)\nprint('two', file=sys.stderr, flush=True)\nprint('three', flush=True)\ndisplay('shown')\n'result'")
+        .await;
+    assert_eq!(
+        texts(&r),
+        vec!["one\n", "two\n", "three\n", "'shown'", "'result'"]
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn exception_is_an_error_with_traceback() {
+    let s = Server::start().await;
+    let r = s
+        .exec("print('before')\ndef f():\n    return 1/0\nf()")
+        .await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    assert_eq!(t.first().map(String::as_str), Some("before\n"));
+    let err = t.last().unwrap();
+    assert!(
+        err.starts_with("ZeroDivisionError: division by zero\n"),
+        "{err}"
+    );
+    assert!(err.contains("return 1/0"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes must be stripped: {err:?}"
+    );
+    // The kernel is fine afterwards.
+    assert_eq!(texts(&s.exec("1+1").await), vec!["2"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn syntax_error_is_reported() {
+    let s = Server::start().await;
+    let r = s.exec("def broken(:\n  pass").await;
+    assert!(is_error(&r));
+    assert!(text(&r).starts_with("SyntaxError: "), "{}", text(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn empty_code_is_rejected_clearly() {
+    let s = Server::start().await;
+    for code in ["", "   \n\t"] {
+        let r = s.exec(code).await;
+        assert!(is_error(&r));
+        assert_eq!(
+            text(&r),
+            "code is empty; pass the Python source to run in the code argument"
+        );
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn unicode_round_trips() {
+    let s = Server::start().await;
+    let r = s.exec("s = 'héllo 世界 🐍'\nprint(s)\nlen(s)").await;
+    assert_eq!(texts(&r), vec!["héllo 世界 🐍\n", "10"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn input_fails_fast_instead_of_hanging() {
+    let s = Server::start().await;
+    let t = Instant::now();
+    let r = s.exec("input('name? ')").await;
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with("StdinNotImplementedError: "),
+        "{}",
+        text(&r)
+    );
+    let r = s.exec("import getpass\ngetpass.getpass()").await;
+    assert!(is_error(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn timeout_interrupts_and_keeps_variables() {
+    let s = Server::start().await;
+    s.exec("kept = 'yes'").await;
+    let r = s
+        .call("execute_python", serde_json::json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(60)", "timeout_seconds": 1}))
+        .await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    assert_eq!(t.first().map(String::as_str), Some("started\n"));
+    assert!(
+        t.last().unwrap().starts_with("[interrupted after "),
+        "{t:?}"
+    );
+    assert!(t.last().unwrap().contains("variables kept"), "{t:?}");
+    assert_eq!(texts(&s.exec("kept").await), vec!["'yes'"]);
+    s.close().await;
+}
+
+/// A malformed call is refused, as a protocol error or an error result, naming `needle`.
+async fn refused(s: &Server, tool: &str, args: serde_json::Value, needle: &str) {
+    match s.try_call(tool, args.clone()).await {
+        Err(e) => assert!(e.to_string().contains(needle), "{tool} {args}: {e}"),
+        Ok(r) => {
+            assert!(is_error(&r), "{tool} {args} was accepted: {}", text(&r));
+            assert!(text(&r).contains(needle), "{tool} {args}: {}", text(&r));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
+    let s = Server::start().await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": 123}),
+        "expected a string",
+    )
+    .await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": null}),
+        "code",
+    )
+    .await;
+    refused(&s, "execute_python", serde_json::json!({}), "code").await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": "1", "timeout_seconds": -5}),
+        "timeout_seconds",
+    )
+    .await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": "1", "timeout_seconds": "soon"}),
+        "soon",
+    )
+    .await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": ["print(1)"]}),
+        "expected a string",
+    )
+    .await;
+    refused(&s, "no_such_tool", serde_json::json!({}), "tool not found").await;
+    assert_eq!(texts(&s.exec("'still up'").await), vec!["'still up'"]);
+    s.close().await;
+}

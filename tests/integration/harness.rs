@@ -1,0 +1,150 @@
+//! Starts the built `kernel-mcp` binary in a temp workspace and talks MCP to it with rmcp's client.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+
+/// Generous bound on any single await: catches hangs, never times speed.
+pub const HANG: Duration = Duration::from_secs(90);
+
+pub struct Server {
+    pub client: RunningService<RoleClient, ()>,
+    pub dir: tempfile::TempDir,
+    pub pid: u32,
+}
+
+/// Fails with the set-up command when the managed environment is missing.
+fn check_env() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .arg("setup")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kernel-mcp setup");
+    assert!(
+        out.status.success(),
+        "the Python kernel environment is not usable; run `cargo run -- setup` first.\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static ENV_OK: std::sync::Once = std::sync::Once::new();
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Server {
+        ENV_OK.call_once(check_env);
+        let dir = tempfile::Builder::new()
+            .prefix("kmcp-test-")
+            .tempdir()
+            .unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
+        cmd.arg("--workspace").arg(&ws).args(args);
+        cmd.env("KERNEL_MCP_LOG", "debug");
+        let (proc, _) = TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let pid = proc.id().unwrap();
+        let client = tokio::time::timeout(HANG, ().serve(proc))
+            .await
+            .expect("MCP initialize hung")
+            .unwrap();
+        Server { client, dir, pid }
+    }
+
+    pub fn ws(&self) -> PathBuf {
+        self.dir.path().join("ws")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub async fn call(&self, tool: &str, args: Value) -> CallToolResult {
+        self.try_call(tool, args)
+            .await
+            .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+    }
+
+    pub async fn try_call(
+        &self,
+        tool: &str,
+        args: Value,
+    ) -> Result<CallToolResult, rmcp::ServiceError> {
+        let Value::Object(map) = args else {
+            panic!("args must be an object")
+        };
+        let p = CallToolRequestParams::new(tool.to_owned()).with_arguments(map);
+        tokio::time::timeout(HANG, self.client.call_tool(p))
+            .await
+            .unwrap_or_else(|_| panic!("{tool} hung"))
+    }
+
+    pub async fn exec(&self, code: &str) -> CallToolResult {
+        self.call("execute_python", serde_json::json!({ "code": code }))
+            .await
+    }
+
+    pub async fn close(self) -> tempfile::TempDir {
+        let _ = tokio::time::timeout(HANG, self.client.cancel()).await;
+        self.dir
+    }
+}
+
+/// The text blocks of a result.
+pub fn texts(r: &CallToolResult) -> Vec<String> {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+/// All text of a result, joined.
+pub fn text(r: &CallToolResult) -> String {
+    texts(r).join("")
+}
+
+pub fn is_error(r: &CallToolResult) -> bool {
+    r.is_error == Some(true)
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `cond`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -1,0 +1,157 @@
+//! Kernel lifecycle: start-up, restart, death, stuck code, and cleanup on every exit path.
+
+use std::time::Duration;
+
+use crate::harness::{alive, eventually, exists, is_error, text, texts, Server};
+
+async fn kernel_facts(s: &Server) -> (i32, String) {
+    let r = s
+        .exec("import os\nfrom ipykernel.connect import get_connection_file\nprint(os.getpid(), get_connection_file())")
+        .await;
+    let t = text(&r);
+    let mut it = t.split_whitespace();
+    let pid = it.next().unwrap().parse().unwrap();
+    let conn = it.next().unwrap().to_owned();
+    (pid, conn)
+}
+
+#[tokio::test]
+async fn closing_stdin_exits_and_cleans_up() {
+    let s = Server::start().await;
+    let (pid, conn) = kernel_facts(&s).await;
+    let conn = std::path::PathBuf::from(conn);
+    let runtime = conn.parent().unwrap().to_path_buf();
+    assert!(alive(pid));
+    assert!(exists(&conn));
+    let server_pid = s.pid as i32;
+    let log_path = s.dir.path().join("server.log");
+    assert!(s.log().contains("kernel ready"), "{}", s.log());
+    let _dir = s.close().await;
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(server_pid)).await,
+        "server still running"
+    );
+    assert!(log.contains("kernel ready"), "{log}");
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "kernel {pid} left behind"
+    );
+    assert!(
+        !exists(&runtime),
+        "runtime dir {} left behind",
+        runtime.display()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_exits_and_cleans_up() {
+    let s = Server::start().await;
+    let (pid, conn) = kernel_facts(&s).await;
+    let runtime = std::path::PathBuf::from(conn)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(20), || !alive(s.pid as i32)).await);
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "kernel {pid} left behind"
+    );
+    assert!(!exists(&runtime), "runtime dir left behind");
+}
+
+#[tokio::test]
+async fn sigkill_of_the_server_leaves_no_kernel() {
+    let s = Server::start().await;
+    let (pid, _) = kernel_facts(&s).await;
+    // A grandchild too: it must die with the kernel's process group.
+    let r = s
+        .exec("import subprocess\np = subprocess.Popen(['sleep', '300'])\np.pid")
+        .await;
+    let child: i32 = text(&r).trim().parse().unwrap();
+    assert!(alive(child));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)).await,
+        "kernel {pid} survived SIGKILL of the server"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(child)).await,
+        "kernel child {child} survived"
+    );
+}
+
+#[tokio::test]
+async fn restart_kernel_clears_state() {
+    let s = Server::start().await;
+    s.exec("gone = 1").await;
+    let r = s.call("restart_kernel", serde_json::json!({})).await;
+    assert!(!is_error(&r));
+    assert!(
+        text(&r).starts_with("the kernel was restarted in "),
+        "{}",
+        text(&r)
+    );
+    let r = s.exec("gone").await;
+    assert!(is_error(&r));
+    assert!(text(&r).starts_with("NameError: name 'gone' is not defined"));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn kernel_death_is_reported_and_recovered() {
+    let s = Server::start().await;
+    s.exec("v = 1").await;
+    let r = s
+        .exec("print('bye', flush=True)\nimport os\nos._exit(3)")
+        .await;
+    assert!(is_error(&r));
+    let all = text(&r);
+    assert!(all.contains("The kernel died while running this code (exit code 3); it was restarted and all variables were lost."), "{all}");
+    let r = s.exec("'v' in globals()").await;
+    assert_eq!(texts(&r), vec!["False"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn segfault_is_reported_and_recovered() {
+    let s = Server::start().await;
+    let r = s.exec("import ctypes\nctypes.string_at(0)").await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("killed by signal 11 (SIGSEGV, a segmentation fault)"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(texts(&s.exec("1+1").await), vec!["2"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn code_ignoring_interrupts_is_killed_within_timeout_plus_grace() {
+    let s = Server::start_with(&["--interrupt-grace", "2"]).await;
+    s.exec("lost = 1").await;
+    let t = std::time::Instant::now();
+    let r = s
+        .call(
+            "execute_python",
+            serde_json::json!({"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", "timeout_seconds": 1}),
+        )
+        .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(is_error(&r));
+    assert!(text(&r).contains("did not stop when interrupted, so the kernel was killed and restarted; all variables were lost"), "{}", text(&r));
+    let r = s.exec("'lost' in globals()").await;
+    assert_eq!(texts(&r), vec!["False"]);
+    s.close().await;
+}

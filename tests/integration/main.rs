@@ -1,0 +1,9 @@
+//! kernel-mcp integration tests: the real binary, a real MCP client (rmcp over stdio) and a real
+//! ipykernel. One test binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod execute;
+mod files;
+mod harness;
+mod lifecycle;
+mod outputs;

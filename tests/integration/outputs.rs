@@ -1,0 +1,136 @@
+//! Output shaping: images, rich results, stray fd writes, budgets, progress bars.
+
+use base64::Engine;
+
+use crate::harness::{is_error, text, texts, Server};
+
+fn png_size(b64: &str) -> (u32, u32) {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.split_whitespace().collect::<String>())
+        .unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    (w, h)
+}
+
+#[tokio::test]
+async fn matplotlib_figures_come_back_as_png_images() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import matplotlib.pyplot as plt\nfig = plt.figure(figsize=(4, 3), dpi=50)\nplt.plot([1, 3, 2])\nplt.show()\nprint('after show')")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0].mime_type, "image/png");
+    // The inline backend crops to the drawn area ("tight" bbox), so allow for that.
+    let (w, h) = png_size(&imgs[0].data);
+    assert!(
+        (120..=200).contains(&w) && (90..=150).contains(&h),
+        "{w}x{h}"
+    );
+    assert_eq!(texts(&r), vec!["after show\n"]);
+    // A figure left open at the end of a cell is shown too.
+    let r = s
+        .exec("fig2, ax = plt.subplots(figsize=(2, 2), dpi=50)\nax.bar([1, 2], [3, 4]);")
+        .await;
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1, "{:?}", texts(&r));
+    let (w, h) = png_size(&imgs[0].data);
+    assert!(
+        (50..=100).contains(&w) && (50..=100).contains(&h),
+        "{w}x{h}"
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn dataframe_result_is_text() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+        .await;
+    assert_eq!(texts(&r), vec!["   a  b\n0  1  x\n1  2  y"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn raw_fd_writes_never_reach_the_mcp_stream() {
+    let s = Server::start().await;
+    // ipykernel captures fd 1/2 and forwards what it reads as stream output, so the bytes arrive
+    // as text content; what matters is that none of them reach the server's stdout raw.
+    let r = s
+        .exec("import os, subprocess\nos.write(1, b'{\"jsonrpc\": \"2.0\", \"id\": 99, \"result\": {}}\\nnot json at all\\n')\nsubprocess.run(['echo', 'from a child'])\n'ok'")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(texts(&r).last().map(String::as_str), Some("'ok'"));
+    // The protocol stream is intact: more calls work.
+    assert_eq!(texts(&s.exec("2*21").await), vec!["42"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn big_output_is_cut_to_head_and_tail_and_saved() {
+    let s = Server::start().await;
+    let r = s
+        .exec("for i in range(200000):\n    print(f'line {i}')")
+        .await;
+    let all = text(&r);
+    assert!(all.len() < 25_000, "returned {} chars", all.len());
+    let t = texts(&r);
+    assert!(t[0].starts_with("line 0\nline 1\n"));
+    assert!(t.last().unwrap().ends_with("line 199999\n"));
+    let note = t
+        .iter()
+        .find(|x| x.contains("output truncated"))
+        .expect("truncation note");
+    let path = note
+        .split("saved in ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let saved = std::fs::read_to_string(s.ws().join(path)).unwrap();
+    assert_eq!(saved.lines().count(), 200000);
+    assert!(saved.ends_with("line 199999\n"));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn carriage_return_progress_collapses() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import sys, time\nfor i in range(101):\n    sys.stdout.write(f'\\rprogress {i}%')\n    sys.stdout.flush()\nprint()\nprint('done')")
+        .await;
+    assert_eq!(text(&r), "progress 100%\ndone\n");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn clear_output_is_honoured() {
+    let s = Server::start().await;
+    let r = s
+        .exec("from IPython.display import clear_output\nprint('old', flush=True)\nclear_output(wait=True)\nprint('new')")
+        .await;
+    assert_eq!(text(&r), "new\n");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn image_cap_drops_extra_figures_with_a_note() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import matplotlib.pyplot as plt\nfor i in range(12):\n    plt.figure(figsize=(1, 1), dpi=20)\n    plt.plot([0, i])\n    plt.show()")
+        .await;
+    let imgs = r.content.iter().filter(|c| c.as_image().is_some()).count();
+    assert_eq!(imgs, 10);
+    let note = texts(&r)
+        .into_iter()
+        .find(|t| t.contains("image(s) not shown"))
+        .expect("note");
+    assert!(note.starts_with("[2 image(s) not shown"), "{note}");
+    s.close().await;
+}
