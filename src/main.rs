@@ -147,7 +147,12 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         },
     };
     let server = Server::new(kernel.clone(), workspace, settings, env);
-    let service = server.serve(rmcp::transport::stdio()).await;
+    // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
+    let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
+    let transport =
+        rmcp::transport::async_rw::AsyncRwTransport::new_server(input, tokio::io::stdout())
+            .with_max_line_length(kernel_mcp::stdin_guard::MAX_LINE + 1024 * 1024);
+    let service = server.serve(transport).await;
     let outcome = match service {
         Ok(running) => {
             let mut term =

@@ -51,7 +51,18 @@ where
     fn from_context_part(
         context: &mut rmcp::handler::server::tool::ToolCallContext<'_, S>,
     ) -> Result<Self, ErrorData> {
-        let args = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        let mut args = context.arguments.take().unwrap_or_default();
+        if let Some(reason) = args.remove(crate::stdin_guard::REJECT_KEY) {
+            let reason = reason
+                .as_str()
+                .unwrap_or("the request was malformed")
+                .to_owned();
+            return Err(ErrorData::invalid_params(
+                format!("failed to deserialize parameters: {reason}"),
+                None,
+            ));
+        }
+        let args = serde_json::Value::Object(args);
         serde_path_to_error::deserialize::<_, P>(args)
             .map(Parameters)
             .map_err(|e| {
@@ -666,19 +677,21 @@ impl ServerHandler for Server {
         };
         let mime = mime_for(&rel);
         let contents = match String::from_utf8(bytes) {
-            Ok(text) if !mime.starts_with("image/") => ResourceContents::TextResourceContents {
-                uri,
-                mime_type: Some(
-                    if mime == "application/octet-stream" {
-                        "text/plain"
-                    } else {
-                        mime
-                    }
-                    .into(),
-                ),
-                text,
-                meta: None,
-            },
+            Ok(text) if !mime.starts_with("image/") && !text.contains('\0') => {
+                ResourceContents::TextResourceContents {
+                    uri,
+                    mime_type: Some(
+                        if mime == "application/octet-stream" {
+                            "text/plain"
+                        } else {
+                            mime
+                        }
+                        .into(),
+                    ),
+                    text,
+                    meta: None,
+                }
+            }
             Ok(text) => ResourceContents::BlobResourceContents {
                 uri,
                 mime_type: Some(mime.into()),

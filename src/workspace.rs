@@ -181,6 +181,10 @@ fn map_io(path: &WorkspacePath, e: std::io::Error) -> WorkspaceError {
     let p = path.display();
     match e.kind() {
         K::NotFound => WorkspaceError::NotFound { path: p },
+        K::AlreadyExists => WorkspaceError::Denied {
+            path: p,
+            reason: "a folder in the path is a file or a symlink leading outside the workspace".into(),
+        },
         K::PermissionDenied => WorkspaceError::Denied {
             path: p,
             reason: "permission denied, or the path leads outside the workspace (a symlink pointing out)".into(),
@@ -548,7 +552,20 @@ impl Workspace {
         }
         let parent = path.rel.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(parent) = parent {
-            self.dir.create_dir_all(parent).map_err(io_err(path))?;
+            match self.dir.metadata(parent) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(WorkspaceError::BadPath(format!(
+                        "{}: {} is a file, not a folder",
+                        path.display(),
+                        parent.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.dir.create_dir_all(parent).map_err(io_err(path))?;
+                }
+                Err(e) => return Err(map_io(path, e)),
+            }
         }
         let name = path
             .rel

@@ -1,0 +1,218 @@
+//! A line filter between the process's stdin and the MCP transport. JSON-RPC requests that a
+//! strict parser would silently drop (so the client waits forever) are turned into requests the
+//! tools reject with a clear error: invalid UTF-8, lone UTF-16 surrogate escapes, and oversized lines.
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, DuplexStream};
+
+/// The argument key that carries a rejection reason to the tools' argument extractor.
+pub const REJECT_KEY: &str = "__kernel_mcp_rejected";
+
+/// Largest request line passed on; longer lines are replaced by a rejection.
+pub const MAX_LINE: usize = 48 * 1024 * 1024;
+
+/// How much of an oversized line is kept to find its id and tool name.
+const PREFIX: usize = 4096;
+
+/// Replaces `\uD800`-`\uDFFF` escapes that do not form a valid pair with `\uFFFD`.
+/// Returns `None` when nothing needed replacing.
+pub fn fix_surrogates(line: &str) -> Option<String> {
+    let b = line.as_bytes();
+    let hex4 = |i: usize| -> Option<u32> {
+        let s = line.get(i..i + 4)?;
+        u32::from_str_radix(s, 16).ok()
+    };
+    let mut out: Option<String> = None;
+    let mut last = 0usize;
+    let mut i = 0usize;
+    while i < b.len() {
+        if b.get(i) != Some(&b'\\') {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            // Any other escape (including an escaped backslash) is two bytes.
+            i += 2;
+            continue;
+        }
+        let Some(cp) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        let paired = (0xD800..0xDC00).contains(&cp)
+            && b.get(i + 6) == Some(&b'\\')
+            && b.get(i + 7) == Some(&b'u')
+            && hex4(i + 8).is_some_and(|lo| (0xDC00..0xE000).contains(&lo));
+        if paired {
+            i += 12;
+        } else if (0xD800..0xE000).contains(&cp) {
+            let o = out.get_or_insert_with(String::new);
+            o.push_str(line.get(last..i).unwrap_or(""));
+            o.push_str("\\ufffd");
+            i += 6;
+            last = i;
+        } else {
+            i += 6;
+        }
+    }
+    let mut o = out?;
+    o.push_str(line.get(last..).unwrap_or(""));
+    Some(o)
+}
+
+/// Marks a parsed request as rejected with `reason`, so the tool answers with that error.
+fn reject(mut msg: serde_json::Value, reason: &str) -> Option<String> {
+    let params = msg.get_mut("params")?.as_object_mut()?;
+    let args = params
+        .entry("arguments")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let args = args.as_object_mut()?;
+    args.insert(REJECT_KEY.into(), serde_json::Value::String(reason.into()));
+    serde_json::to_string(&msg).ok()
+}
+
+/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
+fn oversized(prefix: &str, len: usize) -> Option<String> {
+    let find = |key: &str| -> Option<serde_json::Value> {
+        let at = prefix.find(&format!("\"{key}\""))?;
+        let rest = prefix
+            .get(at + key.len() + 2..)?
+            .trim_start()
+            .strip_prefix(':')?;
+        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+        de.next()?.ok()
+    };
+    let id = find("id")?;
+    let name = find("name").unwrap_or(serde_json::Value::String("unknown".into()));
+    let msg = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": {}}
+    });
+    reject(
+        msg,
+        &format!("the request is {len} bytes, over the {MAX_LINE} byte limit; send less data per call (write big files in parts with append=true)"),
+    )
+}
+
+/// Repairs one line, or returns it unchanged (`None`).
+pub fn repair(raw: &[u8]) -> Option<String> {
+    let (text, bad_utf8) = match std::str::from_utf8(raw) {
+        Ok(t) => (std::borrow::Cow::Borrowed(t), false),
+        Err(_) => (String::from_utf8_lossy(raw), true),
+    };
+    let fixed = fix_surrogates(&text);
+    if !bad_utf8 && fixed.is_none() {
+        return None;
+    }
+    let line = fixed.unwrap_or_else(|| text.into_owned());
+    let msg: serde_json::Value = serde_json::from_str(&line).ok()?;
+    reject(
+        msg,
+        "the arguments contain text that is not valid Unicode (invalid UTF-8 or a lone surrogate escape); send valid UTF-8 text, or binary data with encoding=\"base64\". Nothing was done.",
+    )
+}
+
+/// Copies `input` to the returned stream line by line, repairing or rejecting bad requests.
+pub fn spawn(input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStream {
+    let (mut tx, rx) = tokio::io::duplex(1 << 20);
+    tokio::spawn(async move {
+        let mut r = BufReader::with_capacity(1 << 16, input);
+        let mut line: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        loop {
+            let chunk = match r.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(c) => c,
+            };
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            total += take;
+            // Past the limit, keep only a prefix to find the id in.
+            let keep = if total > MAX_LINE {
+                PREFIX.saturating_sub(line.len())
+            } else {
+                take
+            };
+            line.extend_from_slice(chunk.get(..take.min(keep)).unwrap_or_default());
+            if total > MAX_LINE && line.len() > PREFIX {
+                line.truncate(PREFIX);
+            }
+            r.consume(take);
+            if !done {
+                continue;
+            }
+            let out = if total > MAX_LINE {
+                let prefix = String::from_utf8_lossy(&line);
+                tracing::warn!(bytes = total, "rejected an oversized request");
+                oversized(&prefix, total)
+            } else {
+                let body = line.strip_suffix(b"\n").unwrap_or(&line);
+                repair(body)
+            };
+            let res = match out {
+                Some(s) => {
+                    let mut s = s.into_bytes();
+                    s.push(b'\n');
+                    tx.write_all(&s).await
+                }
+                None if total > MAX_LINE => Ok(()),
+                None => tx.write_all(&line).await,
+            };
+            if res.is_err() {
+                break;
+            }
+            line.clear();
+            total = 0;
+        }
+        let _ = tx.shutdown().await;
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_are_replaced_pairs_kept() {
+        assert_eq!(
+            fix_surrogates(r#"{"a":"x\ud800y"}"#).as_deref(),
+            Some(r#"{"a":"x\ufffdy"}"#)
+        );
+        assert_eq!(
+            fix_surrogates(r#"{"a":"\udc00"}"#).as_deref(),
+            Some(r#"{"a":"\ufffd"}"#)
+        );
+        assert_eq!(fix_surrogates(r#"{"a":"\ud83d\udc0d"}"#), None);
+        assert_eq!(
+            fix_surrogates(r#"{"a":"\\ud800"}"#),
+            None,
+            "an escaped backslash is not an escape"
+        );
+        assert_eq!(fix_surrogates(r#"{"a":"plain"}"#), None);
+    }
+
+    #[test]
+    fn repaired_requests_carry_the_rejection() {
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"a","content":"\ud800"}}}"#;
+        let fixed = repair(line).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&fixed).unwrap_or_default();
+        assert_eq!(v["id"], 7);
+        assert!(v["params"]["arguments"][REJECT_KEY].is_string());
+        let bad_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"c\":\"\xff\"}}}";
+        assert!(repair(bad_utf8).is_some());
+        assert_eq!(repair(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), None);
+    }
+
+    #[test]
+    fn oversized_keeps_id_and_name() {
+        let prefix = r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"name":"write_file","arguments":{"content":"xxxx"#;
+        let s = oversized(prefix, MAX_LINE + 1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+        assert_eq!(v["id"], "abc");
+        assert_eq!(v["params"]["name"], "write_file");
+    }
+}
