@@ -175,3 +175,30 @@ async fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
     assert_eq!(texts(&s.exec("'still up'").await), vec!["'still up'"]);
     s.close().await;
 }
+
+#[tokio::test]
+async fn malformed_requests_still_get_an_answer() {
+    use crate::harness::Raw;
+    let mut raw = Raw::start().await;
+    // A lone surrogate makes the JSON invalid for a strict parser; the client must still hear back.
+    raw.send(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"s.txt","content":"bad \ud800 text"}}}"#).await;
+    let r = raw.response(1).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not valid Unicode"),
+        "{r}"
+    );
+    assert!(!raw.dir.path().join("ws/s.txt").exists());
+    // Invalid UTF-8 bytes in a string.
+    raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"execute_python\",\"arguments\":{\"code\":\"print('\xff')\"}}}").await;
+    let r = raw.response(2).await;
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    // Plain garbage is ignored (there is no id to answer), and the server stays up.
+    raw.send(b"this is not json").await;
+    raw.send(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6*7"}}}"#).await;
+    let r = raw.response(3).await;
+    assert_eq!(r["result"]["content"][0]["text"], "42", "{r}");
+}

@@ -148,3 +148,68 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
+
+/// A bare JSON-RPC peer on the server's stdio, for inputs a well-behaved client cannot send.
+pub struct Raw {
+    pub child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Raw {
+    pub async fn start() -> Raw {
+        use tokio::io::AsyncBufReadExt;
+        ENV_OK.call_once(check_env);
+        let dir = tempfile::Builder::new()
+            .prefix("kmcp-raw-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+            .arg("--workspace")
+            .arg(dir.path().join("ws"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut raw = Raw {
+            child,
+            stdin,
+            lines,
+            dir,
+        };
+        raw.send(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        raw.response(0).await;
+        raw.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        raw
+    }
+
+    pub async fn send(&mut self, line: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(line).await.unwrap();
+        self.stdin.write_all(b"\n").await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Every line on stdout must be JSON; returns the response with this id.
+    pub async fn response(&mut self, id: i64) -> Value {
+        loop {
+            let line = tokio::time::timeout(HANG, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no response for id {id}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("stdout closed before the response for id {id}"));
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("non-JSON on stdout: {line:?}: {e}"));
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+}
