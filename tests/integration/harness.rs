@@ -151,7 +151,7 @@ pub fn exists(p: &Path) -> bool {
 
 /// A bare JSON-RPC peer on the server's stdio, for inputs a well-behaved client cannot send.
 pub struct Raw {
-    pub child: tokio::process::Child,
+    _child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     pub dir: tempfile::TempDir,
