@@ -178,7 +178,7 @@ impl Raw {
         let stdin = child.stdin.take().unwrap();
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut raw = Raw {
-            child,
+            _child: child,
             stdin,
             lines,
             dir,
