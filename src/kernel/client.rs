@@ -14,6 +14,9 @@ use crate::error::KernelError;
 use crate::wire::message::{ExecuteReply, ExecuteRequest, KernelInfoReply, ShutdownRequest};
 use crate::wire::{Channel, Connection, Content, ExecutionState, Message};
 
+/// Python run silently in every new IPython kernel (see the file for why).
+const STARTUP_CODE: &str = include_str!("../../kernel-spec/startup.py");
+
 /// Everything needed to start a kernel locally.
 #[derive(Debug, Clone)]
 pub struct LocalLauncher {
@@ -118,6 +121,7 @@ impl Kernel {
             })?,
             cause = process.wait() => return Err(died(cause, &process)),
         };
+        let kernel_startup = kinfo.implementation == "ipython";
         tracing::info!(
             pid = process.pid(),
             implementation = %kinfo.implementation,
@@ -125,14 +129,61 @@ impl Kernel {
             ms = started.elapsed().as_millis() as u64,
             "kernel ready"
         );
-        Ok(Kernel {
+        let kernel = Kernel {
             conn,
             process,
             runtime,
             info: kinfo,
             interrupt_mode: l.spec.interrupt_mode,
             started,
-        })
+        };
+        if kernel_startup {
+            if let Err(e) = kernel
+                .run_silent(STARTUP_CODE, Duration::from_secs(30))
+                .await
+            {
+                tracing::warn!(error = %e, "kernel start-up code failed; continuing without it");
+            }
+        }
+        Ok(kernel)
+    }
+
+    /// Runs code silently (no history, no execution count, no output kept) and waits for it.
+    async fn run_silent(&self, code: &str, limit: Duration) -> Result<(), KernelError> {
+        let msg = Message::request(
+            self.conn.session(),
+            Content::ExecuteRequest(ExecuteRequest {
+                code: code.to_owned(),
+                silent: true,
+                store_history: false,
+                user_expressions: BTreeMap::new(),
+                allow_stdin: false,
+                stop_on_error: false,
+            }),
+        );
+        let mut sub = self.conn.subscribe(&msg.header.msg_id)?;
+        self.conn.send(Channel::Shell, &msg).await?;
+        let wait = async {
+            let (mut reply, mut idle) = (None, false);
+            while reply.is_none() || !idle {
+                let m = sub.recv().await?;
+                match m.message.content {
+                    Content::ExecuteReply(r) => reply = Some(r),
+                    Content::Status(s) if s.execution_state == ExecutionState::Idle => idle = true,
+                    _ => {}
+                }
+            }
+            Ok::<_, KernelError>(reply)
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(()),
+            Ok(Ok(r)) => Err(KernelError::Protocol(format!(
+                "start-up code failed: {}",
+                r.and_then(|r| r.evalue).unwrap_or_default()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(KernelError::Protocol("start-up code timed out".into())),
+        }
     }
 
     /// What the kernel said in kernel_info_reply.

@@ -116,14 +116,13 @@ impl KernelHandle {
                 slot.failures += 1;
                 let backoff = Duration::from_secs(1u64 << slot.failures.min(5)).min(MAX_BACKOFF);
                 slot.retry_at = Some(Instant::now() + backoff);
-                slot.last_error = e.to_string();
-                tracing::error!(error = %e, failures = slot.failures, "kernel start failed");
-                Err(match e {
-                    KernelError::Unavailable { .. } => e,
-                    other => KernelError::Unavailable {
-                        reason: other.to_string(),
-                    },
-                })
+                let reason = match e {
+                    KernelError::Unavailable { reason } => reason,
+                    other => other.to_string(),
+                };
+                slot.last_error = reason.clone();
+                tracing::error!(%reason, failures = slot.failures, "kernel start failed");
+                Err(KernelError::Unavailable { reason })
             }
         }
     }

@@ -13,8 +13,30 @@ use serde_json::Value;
 /// Generous bound on any single await: catches hangs, never times speed.
 pub const HANG: Duration = Duration::from_secs(90);
 
+/// The test client: records progress notifications it receives.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub progress: std::sync::Arc<std::sync::Mutex<Vec<rmcp::model::ProgressNotificationParam>>>,
+}
+
+impl rmcp::ClientHandler for Recorder {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::default()
+    }
+
+    fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _ctx: rmcp::service::NotificationContext<RoleClient>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.progress.lock().unwrap().push(params);
+        std::future::ready(())
+    }
+}
+
 pub struct Server {
-    pub client: RunningService<RoleClient, ()>,
+    pub client: RunningService<RoleClient, Recorder>,
+    pub recorder: Recorder,
     pub dir: tempfile::TempDir,
     pub pid: u32,
 }
@@ -57,11 +79,17 @@ impl Server {
             .spawn()
             .unwrap();
         let pid = proc.id().unwrap();
-        let client = tokio::time::timeout(HANG, ().serve(proc))
+        let recorder = Recorder::default();
+        let client = tokio::time::timeout(HANG, recorder.clone().serve(proc))
             .await
             .expect("MCP initialize hung")
             .unwrap();
-        Server { client, dir, pid }
+        Server {
+            client,
+            recorder,
+            dir,
+            pid,
+        }
     }
 
     pub fn ws(&self) -> PathBuf {

@@ -1,0 +1,29 @@
+# Run silently by kernel-mcp once an IPython kernel is up (not part of the user's history).
+#
+# ipykernel keeps the parent header (which request output belongs to) in a ContextVar. Threads
+# start with an empty context, so output printed by a background thread falls back to the
+# "global" parent, which is whatever cell runs *now*: a thread started by an earlier cell would
+# leak into later results. Starting threads in a copy of their creator's context keeps their
+# output attributed to the cell that started them; kernel-mcp then drops output whose request
+# has finished (it only appears in the server log at debug level).
+def __kernel_mcp_setup():
+    import contextvars
+    import threading
+
+    start = threading.Thread.start
+
+    def start_in_creator_context(self, *args, **kwargs):
+        ctx = contextvars.copy_context()
+        run = self.run
+
+        def run_in_context():
+            return ctx.run(run)
+
+        self.run = run_in_context
+        return start(self, *args, **kwargs)
+
+    threading.Thread.start = start_in_creator_context
+
+
+__kernel_mcp_setup()
+del __kernel_mcp_setup

@@ -1,0 +1,210 @@
+//! Execution control: cancellation, progress, isolation of calls, the queue bound, crash loops.
+
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, NumberOrString, ProgressToken, RequestMetaObject};
+use serde_json::json;
+
+use crate::harness::{is_error, text, texts, Server, HANG};
+
+#[tokio::test]
+async fn cancelling_a_call_interrupts_the_kernel_and_keeps_variables() {
+    let s = Server::start().await;
+    s.exec("kept = 5").await;
+    let args = json!({"code": "import time\ntime.sleep(120)"});
+    let serde_json::Value::Object(map) = args else {
+        unreachable!()
+    };
+    let call = s
+        .client
+        .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map));
+    // Dropping the request future sends notifications/cancelled.
+    assert!(tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .is_err());
+    let t = Instant::now();
+    let r = s.exec("kept * 2").await;
+    assert_eq!(texts(&r), vec!["10"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the cancelled cell was not interrupted"
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn progress_notifications_carry_elapsed_time_and_output() {
+    let s = Server::start().await;
+    let args = json!({"code": "import time\nfor i in range(4):\n    print(f'step {i}', flush=True)\n    time.sleep(0.8)"});
+    let serde_json::Value::Object(map) = args else {
+        unreachable!()
+    };
+    let mut p = CallToolRequestParams::new("execute_python").with_arguments(map);
+    p.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+        NumberOrString::String("tok".into()),
+    )));
+    let r = tokio::time::timeout(HANG, s.client.call_tool(p))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text(&r), "step 0\nstep 1\nstep 2\nstep 3\n");
+    let seen = s.recorder.progress.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    // rmcp's client substitutes its own token; all notifications must carry the one it sent.
+    assert!(
+        seen.iter()
+            .all(|p| p.progress_token == seen[0].progress_token),
+        "{seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0].progress <= w[1].progress));
+    assert!(
+        seen.iter()
+            .any(|p| p.message.as_deref().unwrap_or("").contains(": step")),
+        "{seen:?}"
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn background_thread_output_never_lands_in_a_later_call() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import threading, time\ndef noisy():\n    while True:\n        print('tick', flush=True)\n        time.sleep(0.005)\nthreading.Thread(target=noisy, daemon=True).start()\ntime.sleep(0.05)")
+        .await;
+    assert!(text(&r).contains("tick"));
+    for _ in 0..3 {
+        let r = s.exec("print('clean')").await;
+        assert_eq!(text(&r), "clean\n");
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn calls_run_in_order_and_the_queue_is_bounded() {
+    let s = Server::start_with(&["--max-queue", "1"]).await;
+    let call = |code: &'static str| {
+        let serde_json::Value::Object(map) = json!({"code": code}) else {
+            unreachable!()
+        };
+        s.client
+            .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map))
+    };
+    let (a, b, c) = tokio::join!(
+        call("import time\ntime.sleep(1.5)\norder = ['a']"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            call("order.append('b')\norder").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            call("order.append('c')").await
+        }
+    );
+    assert!(!is_error(&a.unwrap()));
+    assert_eq!(texts(&b.unwrap()), vec!["['a', 'b']"]);
+    let c = c.unwrap();
+    assert!(is_error(&c));
+    assert!(text(&c).starts_with("the kernel is busy"), "{}", text(&c));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_failing_call_does_not_abort_the_next() {
+    let s = Server::start().await;
+    let call = |code: &'static str| {
+        let serde_json::Value::Object(map) = json!({"code": code}) else {
+            unreachable!()
+        };
+        s.client
+            .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map))
+    };
+    let (a, b) = tokio::join!(
+        call("import time\ntime.sleep(0.5)\nraise RuntimeError('first')"),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            call("'second ran'").await
+        }
+    );
+    assert!(text(&a.unwrap()).starts_with("RuntimeError: first"));
+    assert_eq!(texts(&b.unwrap()), vec!["'second ran'"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_crash_looping_kernel_backs_off_and_file_tools_keep_working() {
+    let spec_dir = tempfile::tempdir().unwrap();
+    let spec = spec_dir.path().join("kernel.json");
+    std::fs::write(
+        &spec,
+        r#"{"argv": ["python", "-c", "import sys; print('boom at start', file=sys.stderr); sys.exit(3)", "{connection_file}"], "display_name": "broken", "language": "python"}"#,
+    )
+    .unwrap();
+    let s = Server::start_with(&["--kernel-spec", spec.to_str().unwrap()]).await;
+    let r = s.exec("1").await;
+    assert!(is_error(&r));
+    let first = text(&r);
+    assert!(
+        first.starts_with("kernel unavailable: the kernel exited during start-up (exit code 3)"),
+        "{first}"
+    );
+    assert!(first.contains("kernel stderr: boom at start"), "{first}");
+    let t = Instant::now();
+    let r = s.exec("1").await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a backed-off start must answer at once"
+    );
+    assert!(
+        text(&r).contains("the next start attempt is in"),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call(
+            "write_file",
+            json!({"path": "still.txt", "content": "works"}),
+        )
+        .await;
+    assert!(!is_error(&r));
+    assert_eq!(
+        texts(&s.call("read_file", json!({"path": "still.txt"})).await),
+        vec!["works"]
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn stale_runtime_dirs_of_dead_servers_are_swept() {
+    let stale = std::env::temp_dir().join("kernel-mcp-4194000-deadbeef0000");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("kernel.json"), "{}").unwrap();
+    let s = Server::start().await;
+    s.exec("1").await;
+    assert!(!stale.exists(), "stale dir was not swept");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn fifty_megabytes_of_output_stay_within_the_budget() {
+    let s = Server::start().await;
+    let r = s
+        .exec("line = 'y' * 49\nfor i in range(1_000_000):\n    print(line)")
+        .await;
+    let all = text(&r);
+    assert!(all.len() < 25_000, "{}", all.len());
+    let note = texts(&r)
+        .into_iter()
+        .find(|t| t.contains("output truncated"))
+        .expect("note");
+    let path = note
+        .split("saved in ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let size = std::fs::metadata(s.ws().join(path)).unwrap().len();
+    assert_eq!(size, 50_000_000);
+    s.close().await;
+}
