@@ -14,7 +14,7 @@ use kernel_mcp::kernel::connection::RuntimeDir;
 use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher, Transport};
 use kernel_mcp::output::OutputLimits;
 use kernel_mcp::pyenv;
-use kernel_mcp::tools::{Server, Settings};
+use kernel_mcp::tools::{Environments, Server, Settings};
 use kernel_mcp::workspace::Workspace;
 
 #[derive(Parser, Debug)]
@@ -38,9 +38,18 @@ struct Opts {
     /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.
     #[arg(long, global = true)]
     python: Option<PathBuf>,
-    /// Use the Python of this virtualenv (its bin/python).
+    /// Use the Python of this virtualenv or uv venv (its bin/python).
     #[arg(long, global = true, conflicts_with = "python")]
     venv: Option<PathBuf>,
+    /// Use the Python of this conda environment (found with `conda env list`).
+    #[arg(long, global = true, conflicts_with_all = ["python", "venv"])]
+    conda_env: Option<String>,
+    /// Offer another environment to the model by name: NAME=PATH (a venv dir or an interpreter). Repeatable.
+    #[arg(long = "env", value_name = "NAME=PATH", global = true)]
+    envs: Vec<String>,
+    /// Seconds an install_package run may take before the installer is killed.
+    #[arg(long, default_value_t = 300.0, global = true)]
+    install_timeout: f64,
     /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
     #[arg(long, global = true)]
     kernel_spec: Option<PathBuf>,
@@ -90,15 +99,41 @@ fn init_logging() {
         .init();
 }
 
-async fn resolve_env(o: &Opts) -> anyhow::Result<pyenv::EnvInfo> {
+fn env_source(o: &Opts) -> pyenv::EnvSource {
     if let Some(p) = &o.python {
-        return Ok(pyenv::use_interpreter(p, "interpreter").await?);
+        pyenv::EnvSource::Interpreter(p.clone())
+    } else if let Some(v) = &o.venv {
+        pyenv::EnvSource::Venv(v.clone())
+    } else if let Some(c) = &o.conda_env {
+        pyenv::EnvSource::Conda(c.clone())
+    } else {
+        pyenv::EnvSource::Managed
     }
-    if let Some(v) = &o.venv {
-        let py = v.join("bin").join("python");
-        return Ok(pyenv::use_interpreter(&py, "venv").await?);
+}
+
+async fn resolve_env(o: &Opts) -> anyhow::Result<pyenv::EnvInfo> {
+    Ok(pyenv::resolve(&env_source(o)).await?)
+}
+
+fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
+    let mut named = BTreeMap::new();
+    named.insert("default".to_owned(), env_source(o));
+    for e in &o.envs {
+        let (name, path) = e
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            .with_context(|| format!("--env {e:?}: expected NAME=PATH"))?;
+        anyhow::ensure!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "--env {e:?}: the name may use letters, digits, '-', '_' and '.'"
+        );
+        named.insert(
+            name.to_owned(),
+            pyenv::EnvSource::from_path(std::path::Path::new(path)),
+        );
     }
-    Ok(pyenv::ensure_managed().await?)
+    Ok(named)
 }
 
 fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
@@ -145,8 +180,15 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             max_images: o.max_images,
             ..OutputLimits::default()
         },
+        install_timeout: secs(o.install_timeout, "install-timeout")?,
+        sandbox: "off".into(),
     };
-    let server = Server::new(kernel.clone(), workspace, settings, env);
+    let envs = Environments {
+        active: "default".into(),
+        info: env,
+        named: named_envs(&o)?,
+    };
+    let server = Server::new(kernel.clone(), workspace, settings, envs);
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
     let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
     let transport =
@@ -186,7 +228,7 @@ async fn setup(o: Opts) -> anyhow::Result<()> {
     for (name, v) in &env.packages {
         println!("{name:<11} {}", v.as_deref().unwrap_or("(not installed)"));
     }
-    if o.python.is_none() && o.venv.is_none() {
+    if env_source(&o) == pyenv::EnvSource::Managed {
         println!("env dir:    {}", pyenv::managed_env_dir()?.display());
     }
     Ok(())

@@ -146,3 +146,345 @@ pub async fn run_with_lines(
         stderr,
     })
 }
+
+/// Longest accepted package spec.
+pub const MAX_SPEC_LEN: usize = 200;
+/// Most specs in one install call.
+pub const MAX_SPECS: usize = 20;
+
+/// Distributions the kernel itself runs on; installing or upgrading them could break the
+/// running kernel, so they are refused and pinned (as constraints) during every install.
+pub const PROTECTED: &[&str] = &[
+    "ipykernel",
+    "ipython",
+    "ipython-pygments-lexers",
+    "pyzmq",
+    "jupyter-client",
+    "jupyter-core",
+    "traitlets",
+    "tornado",
+    "comm",
+    "debugpy",
+    "matplotlib-inline",
+    "nest-asyncio",
+    "psutil",
+    "pip",
+    "setuptools",
+    "wheel",
+    "uv",
+];
+
+/// A package spec that passed validation: a name, optional extras and version specifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageSpec {
+    /// The spec as given (validated, safe to pass as one argv element).
+    pub raw: String,
+    /// The normalized distribution name (PEP 503: lowercase, runs of -_. as '-').
+    pub name: String,
+}
+
+fn bad(spec: &str, reason: impl Into<String>) -> PackageError {
+    PackageError::BadSpec {
+        spec: spec.chars().take(80).collect(),
+        reason: reason.into(),
+    }
+}
+
+/// Validates one spec with a real PEP 508 parser, accepting only `name[extras] specifiers`.
+pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
+    if spec.is_empty() {
+        return Err(bad(spec, "empty package name"));
+    }
+    if spec.len() > MAX_SPEC_LEN {
+        return Err(bad(spec, format!("longer than {MAX_SPEC_LEN} characters")));
+    }
+    if let Some(c) = spec.chars().find(|c| !c.is_ascii()) {
+        return Err(bad(
+            spec,
+            format!(
+                "contains the non-ASCII character {c:?} (U+{:04X}); package names are plain ASCII",
+                c as u32
+            ),
+        ));
+    }
+    if spec.chars().any(|c| c.is_ascii_control()) {
+        return Err(bad(spec, "contains control characters"));
+    }
+    if spec.trim() != spec {
+        return Err(bad(spec, "has leading or trailing whitespace"));
+    }
+    if spec.starts_with('-') {
+        return Err(bad(spec, "looks like an installer option; only package names (with optional extras and versions) are accepted"));
+    }
+    if spec.contains("://") || spec.contains('@') {
+        return Err(bad(
+            spec,
+            "URLs and `name @ url` references are not accepted; give a package name from the index",
+        ));
+    }
+    if spec.contains('/') || spec.contains('\\') || spec.starts_with('.') || spec.starts_with('~') {
+        return Err(bad(
+            spec,
+            "local paths are not accepted; give a package name from the index",
+        ));
+    }
+    if spec.contains(';') {
+        return Err(bad(spec, "environment markers (`; ...`) are not accepted"));
+    }
+    if spec.contains('#') {
+        return Err(bad(spec, "comments are not accepted"));
+    }
+    let parsed = std::panic::catch_unwind(|| {
+        <pep508_rs::Requirement as std::str::FromStr>::from_str(spec)
+            .map_err(|e| e.message.to_string())
+    })
+    .map_err(|_| bad(spec, "could not be parsed"))?
+    .map_err(|m| bad(spec, format!("not a valid PEP 508 requirement: {m}")))?;
+    match &parsed.version_or_url {
+        None | Some(pep508_rs::VersionOrUrl::VersionSpecifier(_)) => {}
+        Some(pep508_rs::VersionOrUrl::Url(_)) => {
+            return Err(bad(spec, "URL requirements are not accepted"))
+        }
+    }
+    if !parsed.marker.is_true() {
+        return Err(bad(spec, "environment markers are not accepted"));
+    }
+    let name = parsed.name.to_string();
+    if PROTECTED.contains(&name.as_str()) {
+        return Err(PackageError::Refused(format!(
+            "{name} is part of the kernel's own machinery (the kernel runs on it); installing or upgrading it could break the running kernel, so it is refused"
+        )));
+    }
+    Ok(PackageSpec {
+        raw: spec.to_owned(),
+        name,
+    })
+}
+
+/// Normalizes a distribution name (PEP 503).
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if c == '-' || c == '_' || c == '.' {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+const VERSIONS_PROBE: &str = r#"
+import json, sys
+from importlib import metadata
+out = {}
+for d in metadata.distributions():
+    try:
+        n = d.metadata["Name"]
+    except Exception:
+        continue
+    if n:
+        out[n] = d.version
+print(json.dumps(out))
+"#;
+
+/// Every installed distribution of `python`, by normalized name, with its display name and version.
+pub async fn installed(
+    python: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, (String, String)>, PackageError> {
+    let argv = vec![
+        python.to_string_lossy().into_owned(),
+        "-c".into(),
+        VERSIONS_PROBE.into(),
+    ];
+    let out = run_logged(&argv, Duration::from_secs(60), false).await?;
+    if !out.success {
+        return Err(PackageError::Failed(out.tail()));
+    }
+    let raw: std::collections::BTreeMap<String, String> = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| {
+        PackageError::Failed(format!("unexpected output listing packages: {e}"))
+    })?;
+    Ok(raw
+        .into_iter()
+        .map(|(n, v)| (normalize(&n), (n, v)))
+        .collect())
+}
+
+/// Which installer runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installer {
+    Uv(std::path::PathBuf),
+    Pip,
+}
+
+impl Installer {
+    /// uv when it is on PATH, otherwise pip.
+    pub fn detect() -> Installer {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("uv"))
+                    .find(|p| p.is_file())
+            })
+            .map(Installer::Uv)
+            .unwrap_or(Installer::Pip)
+    }
+
+    /// The argv (no shell) that installs `specs` into `python` under `constraints`.
+    pub fn argv(
+        &self,
+        python: &std::path::Path,
+        constraints: &std::path::Path,
+        specs: &[PackageSpec],
+    ) -> Vec<String> {
+        let py = python.to_string_lossy().into_owned();
+        let cons = constraints.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = match self {
+            Installer::Uv(uv) => vec![
+                uv.to_string_lossy().into_owned(),
+                "pip".into(),
+                "install".into(),
+                "--python".into(),
+                py,
+                "--constraint".into(),
+                cons,
+            ],
+            Installer::Pip => vec![
+                py,
+                "-m".into(),
+                "pip".into(),
+                "install".into(),
+                "--disable-pip-version-check".into(),
+                "--no-input".into(),
+                "--progress-bar".into(),
+                "off".into(),
+                "--constraint".into(),
+                cons,
+            ],
+        };
+        argv.extend(specs.iter().map(|s| s.raw.clone()));
+        argv
+    }
+}
+
+/// Environment for installers: never prompt, never ask a keyring.
+pub const INSTALLER_ENV: &[(&str, &str)] = &[
+    ("PIP_NO_INPUT", "1"),
+    ("PIP_KEYRING_PROVIDER", "disabled"),
+    ("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring"),
+    ("UV_KEYRING_PROVIDER", "disabled"),
+    ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+];
+
+/// The installer's error cut down to the lines that say what went wrong.
+pub fn explain_failure(out: &RunOutput) -> String {
+    let all = format!("{}\n{}", out.stdout, out.stderr);
+    let lower = all.to_ascii_lowercase();
+    if lower.contains("no matching distribution found")
+        || lower.contains("could not find a version that satisfies")
+        || lower.contains("not found in the package registry")
+        || lower.contains("was not found in the package registry")
+    {
+        let names: Vec<&str> = all
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("no matching distribution")
+                    || l.contains("could not find a version")
+                    || l.contains("not found in the package registry")
+                    || l.contains("because")
+            })
+            .take(4)
+            .collect();
+        return format!(
+            "not found on the package index: {}",
+            names.join(" | ").trim()
+        );
+    }
+    let lines: Vec<&str> = all
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start().to_ascii_lowercase();
+            t.starts_with("error")
+                || t.contains("conflict")
+                || t.starts_with("×")
+                || t.starts_with("╰")
+                || t.contains("cannot install")
+        })
+        .take(12)
+        .collect();
+    if lines.is_empty() {
+        out.tail()
+    } else {
+        lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_specs() {
+        for s in [
+            "tabulate",
+            "pandas>=2.0",
+            "requests[socks]==2.31.0",
+            "numpy >=1.26,<3",
+            "scikit-learn~=1.4",
+            "Foo_Bar.baz",
+        ] {
+            assert!(validate_spec(s).is_ok(), "{s}");
+        }
+        assert_eq!(
+            validate_spec("Foo_Bar.baz").map(|s| s.name).ok().as_deref(),
+            Some("foo-bar-baz")
+        );
+    }
+
+    #[test]
+    fn rejects_the_dangerous_classes() {
+        let table = [
+            ("", "empty"),
+            ("--index-url=http://evil", "installer option"),
+            ("-r requirements.txt", "installer option"),
+            ("pkg @ https://evil/x.whl", "URL"),
+            ("https://evil/x.whl", "URL"),
+            ("git+https://github.com/x/y", "URL"),
+            ("./local_pkg", "local paths"),
+            ("/tmp/x.whl", "local paths"),
+            ("..\\x", "local paths"),
+            ("pkg; python_version<'4'", "markers"),
+            ("pkg\nother", "control"),
+            ("pkg\tx", "control"),
+            (" pkg", "whitespace"),
+            ("pаndas", "non-ASCII"),
+            ("pkg==1.0 # c", "comments"),
+            ("pkg==", "PEP 508"),
+            ("pkg extra", "PEP 508"),
+            ("ipykernel", "kernel's own machinery"),
+            ("PyZMQ>=20", "kernel's own machinery"),
+            ("pip", "kernel's own machinery"),
+        ];
+        for (spec, want) in table {
+            let e = validate_spec(spec)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "{spec:?}: {e:?}");
+        }
+        assert!(validate_spec(&"a".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn normalizes_names() {
+        assert_eq!(normalize("Jupyter_Client"), "jupyter-client");
+        assert_eq!(normalize("a..b__c"), "a-b-c");
+    }
+}

@@ -286,3 +286,100 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
     );
     Ok(info)
 }
+
+/// Where the kernel's interpreter comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    /// The managed venv in the data dir.
+    Managed,
+    /// A virtualenv or uv venv directory (its bin/python).
+    Venv(PathBuf),
+    /// A conda environment by name, run through the env's own python.
+    Conda(String),
+    /// Any interpreter.
+    Interpreter(PathBuf),
+}
+
+impl EnvSource {
+    /// Parses the PATH of `--env NAME=PATH`: a venv directory or an interpreter file.
+    pub fn from_path(p: &Path) -> EnvSource {
+        if p.is_dir() {
+            EnvSource::Venv(p.to_path_buf())
+        } else {
+            EnvSource::Interpreter(p.to_path_buf())
+        }
+    }
+
+    /// A short description for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            EnvSource::Managed => "managed environment".into(),
+            EnvSource::Venv(p) => format!("virtualenv {}", p.display()),
+            EnvSource::Conda(n) => format!("conda environment {n}"),
+            EnvSource::Interpreter(p) => format!("interpreter {}", p.display()),
+        }
+    }
+}
+
+/// Finds a conda environment's python by name with `conda env list --json`.
+pub async fn conda_python(name: &str) -> Result<PathBuf, EnvError> {
+    let conda = std::env::var_os("CONDA_EXE")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| which("conda"))
+        .or_else(|| which("mamba"))
+        .ok_or_else(|| EnvError::BadInterpreter {
+            path: PathBuf::from(format!("conda env {name}")),
+            reason: "conda is not on PATH (and CONDA_EXE is not set)".into(),
+        })?;
+    let argv = vec![
+        conda.to_string_lossy().into_owned(),
+        "env".into(),
+        "list".into(),
+        "--json".into(),
+    ];
+    let out = run_logged(&argv, Duration::from_secs(60), false)
+        .await
+        .map_err(|e| EnvError::BadInterpreter {
+            path: conda.clone(),
+            reason: e.to_string(),
+        })?;
+    #[derive(Deserialize)]
+    struct Envs {
+        envs: Vec<PathBuf>,
+    }
+    let envs: Envs = serde_json::from_str(&out.stdout).map_err(|e| EnvError::BadInterpreter {
+        path: conda.clone(),
+        reason: format!("unexpected `conda env list --json` output: {e}"),
+    })?;
+    let found = envs
+        .envs
+        .iter()
+        .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(name))
+        .or_else(|| {
+            // "base" is the root prefix, which is not named after itself.
+            (name == "base").then(|| envs.envs.first()).flatten()
+        });
+    let prefix = found.ok_or_else(|| EnvError::BadInterpreter {
+        path: PathBuf::from(format!("conda env {name}")),
+        reason: format!(
+            "no conda environment named {name}; known: {}",
+            envs.envs
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })?;
+    Ok(prefix.join("bin").join("python"))
+}
+
+/// Resolves a source to a checked interpreter and what is in it.
+pub async fn resolve(source: &EnvSource) -> Result<EnvInfo, EnvError> {
+    match source {
+        EnvSource::Managed => ensure_managed().await,
+        EnvSource::Venv(dir) => use_interpreter(&venv_python(dir), "venv").await,
+        EnvSource::Conda(name) => use_interpreter(&conda_python(name).await?, "conda").await,
+        EnvSource::Interpreter(p) => use_interpreter(p, "interpreter").await,
+    }
+}

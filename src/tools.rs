@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{KernelError, WorkspaceError};
 use crate::kernel::{ExecLimits, KernelHandle};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
-use crate::pyenv::EnvInfo;
+use crate::packages::{self, Installer, PackageSpec, INSTALLER_ENV};
+use crate::pyenv::{self, EnvInfo, EnvSource};
 use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
 /// Tool arguments, deserialized with the failing field named in the error
@@ -91,6 +92,9 @@ pub struct Settings {
     pub max_timeout: Duration,
     pub interrupt_grace: Duration,
     pub output: OutputLimits,
+    pub install_timeout: Duration,
+    /// What the kernel sandbox enforces, for get_environment (set by main).
+    pub sandbox: String,
 }
 
 impl Default for Settings {
@@ -100,15 +104,28 @@ impl Default for Settings {
             max_timeout: Duration::from_secs(3600),
             interrupt_grace: Duration::from_secs(3),
             output: OutputLimits::default(),
+            install_timeout: Duration::from_secs(300),
+            sandbox: "off".into(),
         }
     }
+}
+
+/// The kernel's environment and the named ones the model may switch to.
+#[derive(Debug, Clone)]
+pub struct Environments {
+    /// Name of the active environment ("default" for the one the server started with).
+    pub active: String,
+    pub info: EnvInfo,
+    /// Environments offered to the model by name (`--env NAME=PATH`, plus "default").
+    pub named: std::collections::BTreeMap<String, EnvSource>,
 }
 
 struct Inner {
     kernel: Arc<KernelHandle>,
     workspace: Arc<Workspace>,
     settings: Settings,
-    env: EnvInfo,
+    envs: std::sync::RwLock<Environments>,
+    install_lock: tokio::sync::Mutex<()>,
 }
 
 /// The MCP server.
@@ -187,6 +204,25 @@ pub struct RunFileParams {
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct NoParams {}
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PackagesParams {
+    /// Package names, optionally with extras and version specifiers, e.g. ["tabulate", "pandas>=2"].
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListPackagesParams {
+    /// Keep only names containing this text (or matching it as a glob like "py*").
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SwitchParams {
+    /// Name of an environment listed by get_environment.
+    pub name: String,
+}
+
 fn tool_error(msg: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(msg.into())])
 }
@@ -242,8 +278,9 @@ impl Server {
         kernel: Arc<KernelHandle>,
         workspace: Arc<Workspace>,
         settings: Settings,
-        env: EnvInfo,
+        envs: Environments,
     ) -> Server {
+        let env = envs.info.clone();
         let mut tool_router = Self::tool_router();
         let env_line = format!(
             "\n\nEnvironment: Python {} with {}. Working directory: {}.",
@@ -260,10 +297,19 @@ impl Server {
                 kernel,
                 workspace,
                 settings,
-                env,
+                envs: std::sync::RwLock::new(envs),
+                install_lock: tokio::sync::Mutex::new(()),
             }),
             tool_router,
         }
+    }
+
+    fn env_info(&self) -> EnvInfo {
+        self.inner
+            .envs
+            .read()
+            .map(|e| e.info.clone())
+            .unwrap_or_else(|e| e.into_inner().info.clone())
     }
 
     async fn run_code(
@@ -551,6 +597,351 @@ impl Server {
         }
     }
 
+    /// Install Python packages into the kernel's own environment (pip, or uv when available).
+    ///
+    /// Give package names from PyPI, optionally with extras and version specifiers, e.g.
+    /// ["tabulate", "scikit-learn>=1.4", "requests[socks]"]. URLs, paths, pip options and
+    /// environment markers are refused, and so are the packages the kernel itself runs on
+    /// (ipykernel, pyzmq, ...). New packages can be imported at once; if a package that was
+    /// already imported changed version, the result says to call restart_kernel. Installs run one
+    /// at a time and are killed after the install timeout (300 s by default).
+    #[tool(name = "install_package")]
+    async fn install_package(
+        &self,
+        Parameters(p): Parameters<PackagesParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if p.packages.is_empty() {
+            return Ok(tool_error(
+                "packages is empty; pass a list of package names such as [\"tabulate\"]",
+            ));
+        }
+        if p.packages.len() > packages::MAX_SPECS {
+            return Ok(tool_error(format!(
+                "{} packages given; install at most {} per call",
+                p.packages.len(),
+                packages::MAX_SPECS
+            )));
+        }
+        let mut specs: Vec<PackageSpec> = Vec::new();
+        let mut problems = Vec::new();
+        for raw in &p.packages {
+            match packages::validate_spec(raw) {
+                Ok(s) => specs.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !problems.is_empty() {
+            return Ok(tool_error(format!(
+                "nothing was installed: {}",
+                problems.join("; ")
+            )));
+        }
+        let _one_at_a_time = self.inner.install_lock.lock().await;
+        let python = self.env_info().python;
+        let before = match packages::installed(&python).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "could not list the installed packages: {e}"
+                )))
+            }
+        };
+        // Pin what the kernel runs on, so a dependency cannot upgrade it under the running kernel.
+        let constraints: String = packages::PROTECTED
+            .iter()
+            .filter_map(|n| before.get(*n).map(|(name, v)| format!("{name}=={v}\n")))
+            .collect();
+        let cons_path = std::env::temp_dir().join(format!(
+            "kernel-mcp-constraints-{}.txt",
+            uuid::Uuid::new_v4().simple()
+        ));
+        if let Err(e) = std::fs::write(&cons_path, constraints) {
+            return Ok(tool_error(format!(
+                "could not write the constraints file: {e}"
+            )));
+        }
+        let installer = Installer::detect();
+        let argv = installer.argv(&python, &cons_path, &specs);
+        tracing::info!(?argv, "installer: starting");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let progress = ctx.meta.get_progress_token().map(|token| {
+            let peer = ctx.peer.clone();
+            tokio::spawn(async move {
+                let mut n = 0.0;
+                while let Some(line) = rx.recv().await {
+                    n += 1.0;
+                    let mut p = ProgressNotificationParam::new(token.clone(), n);
+                    p.message = Some(line.chars().take(200).collect());
+                    let _ = peer.notify_progress(p).await;
+                }
+            })
+        });
+        let result = packages::run_with_lines(
+            &argv,
+            self.inner.settings.install_timeout,
+            false,
+            Some(tx),
+            INSTALLER_ENV,
+        )
+        .await;
+        let _ = std::fs::remove_file(&cons_path);
+        if let Some(t) = progress {
+            t.abort();
+        }
+        let out = match result {
+            Ok(o) => o,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "{e}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
+                )))
+            }
+        };
+        if !out.success {
+            return Ok(tool_error(format!(
+                "installation failed, nothing was changed: {}",
+                packages::explain_failure(&out)
+            )));
+        }
+        let after = packages::installed(&python).await.unwrap_or_default();
+        self.inner.kernel.invalidate_imports();
+        let mut lines = Vec::new();
+        for s in &specs {
+            match after.get(&s.name) {
+                Some((name, v)) => lines.push(format!("{name} {v}")),
+                None => lines.push(format!(
+                    "{}: the installer succeeded but it is not listed as installed",
+                    s.raw
+                )),
+            }
+        }
+        let added: Vec<String> = after
+            .iter()
+            .filter(|(k, _)| !before.contains_key(*k))
+            .map(|(_, (n, v))| format!("{n} {v}"))
+            .collect();
+        let changed: Vec<(String, String, String)> = after
+            .iter()
+            .filter_map(|(k, (n, v))| {
+                before
+                    .get(k)
+                    .filter(|(_, old)| old != v)
+                    .map(|(_, old)| (n.clone(), old.clone(), v.clone()))
+            })
+            .collect();
+        let mut text = format!("installed into {}:\n{}", python.display(), lines.join("\n"));
+        if !added.is_empty() {
+            text.push_str(&format!(
+                "\nnewly installed (with dependencies): {}",
+                added.join(", ")
+            ));
+        }
+        if !changed.is_empty() {
+            let desc: Vec<String> = changed
+                .iter()
+                .map(|(n, a, b)| format!("{n} {a} -> {b}"))
+                .collect();
+            text.push_str(&format!("\nchanged versions: {}", desc.join(", ")));
+            let names: Vec<String> = changed
+                .iter()
+                .map(|(n, _, _)| packages::normalize(n))
+                .collect();
+            let expr = format!(
+                "sorted({{m for m, ds in __import__('importlib.metadata').metadata.packages_distributions().items() for d in ds if __import__('re').sub(r'[-_.]+', '-', d).lower() in {names:?} and m in __import__('sys').modules}})"
+            );
+            match self.inner.kernel.evaluate(&expr, Duration::from_secs(3)).await {
+                Ok(v) if v != "[]" => text.push_str(&format!(
+                    "\nThe kernel had already imported {v} at the old version: call restart_kernel to use the new version (this clears all variables)."
+                )),
+                Ok(_) => {}
+                Err(_) => text.push_str("\nIf any of these were already imported in the kernel, call restart_kernel to use the new version."),
+            }
+        }
+        Ok(CallToolResult::success(vec![Content::text(text)]))
+    }
+
+    /// Check whether packages are installed in the kernel's environment, and which version.
+    #[tool(name = "check_packages")]
+    async fn check_packages(
+        &self,
+        Parameters(p): Parameters<PackagesParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if p.packages.is_empty() {
+            return Ok(tool_error(
+                "packages is empty; pass a list of package names",
+            ));
+        }
+        if let Some(bad) = p.packages.iter().find(|n| {
+            n.is_empty()
+                || n.len() > 100
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        }) {
+            return Ok(tool_error(format!(
+                "{bad:?} is not a package name (letters, digits, '-', '_' and '.' only)"
+            )));
+        }
+        let python = self.env_info().python;
+        let installed = match packages::installed(&python).await {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "could not list the installed packages: {e}"
+                )))
+            }
+        };
+        let lines: Vec<String> = p
+            .packages
+            .iter()
+            .map(|n| match installed.get(&packages::normalize(n)) {
+                Some((name, v)) => format!("{name}: {v}"),
+                None => format!("{n}: not installed"),
+            })
+            .collect();
+        Ok(CallToolResult::success(vec![Content::text(
+            lines.join("\n"),
+        )]))
+    }
+
+    /// List the distributions installed in the kernel's environment (name and version).
+    ///
+    /// filter keeps names containing it (case-insensitive), or matching it as a glob such as "py*".
+    #[tool(name = "list_packages")]
+    async fn list_packages(
+        &self,
+        Parameters(p): Parameters<ListPackagesParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let python = self.env_info().python;
+        let installed = match packages::installed(&python).await {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "could not list the installed packages: {e}"
+                )))
+            }
+        };
+        let filter = p.filter.as_deref().map(str::to_ascii_lowercase);
+        let rows: Vec<String> = installed
+            .values()
+            .filter(|(n, _)| match &filter {
+                None => true,
+                Some(f) if f.contains(['*', '?', '[']) => {
+                    crate::workspace::glob_match(f, &n.to_ascii_lowercase())
+                }
+                Some(f) => n.to_ascii_lowercase().contains(f.as_str()),
+            })
+            .map(|(n, v)| format!("{n}=={v}"))
+            .collect();
+        let total = rows.len();
+        let mut text = rows.into_iter().take(500).collect::<Vec<_>>().join("\n");
+        if total > 500 {
+            text.push_str(&format!("\n[{} more not shown; use filter]", total - 500));
+        }
+        if total == 0 {
+            text = "(no matching packages)".into();
+        }
+        Ok(CallToolResult::success(vec![Content::text(text)]))
+    }
+
+    /// Describe the kernel's environment: Python version and executable, key packages, the
+    /// workspace, limits, sandbox, and the named environments switch_environment accepts.
+    #[tool(name = "get_environment")]
+    async fn get_environment(
+        &self,
+        Parameters(_p): Parameters<NoParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let envs = self
+            .inner
+            .envs
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let s = &self.inner.settings;
+        let named: serde_json::Map<String, serde_json::Value> = envs
+            .named
+            .iter()
+            .map(|(n, src)| (n.clone(), serde_json::Value::String(src.describe())))
+            .collect();
+        let v = serde_json::json!({
+            "active_environment": envs.active,
+            "kind": envs.info.kind,
+            "python_version": envs.info.python_version,
+            "python_executable": envs.info.python,
+            "key_packages": envs.info.packages.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "kernel_pid": self.inner.kernel.pid(),
+            "workspace": self.inner.workspace.root(),
+            "limits": {
+                "default_timeout_seconds": s.default_timeout.as_secs_f64(),
+                "max_timeout_seconds": s.max_timeout.as_secs_f64(),
+                "interrupt_grace_seconds": s.interrupt_grace.as_secs_f64(),
+                "output_budget_chars": s.output.text_budget,
+                "max_images_per_call": s.output.max_images,
+                "install_timeout_seconds": s.install_timeout.as_secs_f64(),
+                "max_write_bytes": MAX_WRITE_BYTES,
+            },
+            "sandbox": s.sandbox,
+            "named_environments": named,
+        });
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+        Ok(CallToolResult::success(vec![Content::text(text)]))
+    }
+
+    /// Restart the kernel in another named environment (see get_environment for the names).
+    ///
+    /// All variables are lost. Only environments the server was started with can be chosen.
+    #[tool(name = "switch_environment")]
+    async fn switch_environment(
+        &self,
+        Parameters(p): Parameters<SwitchParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let (source, known) = {
+            let envs = self
+                .inner
+                .envs
+                .read()
+                .map(|e| e.clone())
+                .unwrap_or_else(|e| e.into_inner().clone());
+            (
+                envs.named.get(&p.name).cloned(),
+                envs.named.keys().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let Some(source) = source else {
+            return Ok(tool_error(format!(
+                "no environment named {:?}; choose one of: {}",
+                p.name,
+                known.join(", ")
+            )));
+        };
+        let info = match pyenv::resolve(&source).await {
+            Ok(i) => i,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "environment {} is not usable: {e}; the kernel was not changed",
+                    p.name
+                )))
+            }
+        };
+        match self.inner.kernel.switch_python(info.python.clone()).await {
+            Ok(d) => {
+                let text = format!(
+                    "switched to environment {} (Python {}, {}); the kernel was restarted in {:.2} s and all variables were lost",
+                    p.name,
+                    info.python_version,
+                    info.package_summary(),
+                    d.as_secs_f64()
+                );
+                if let Ok(mut e) = self.inner.envs.write() {
+                    e.active = p.name.clone();
+                    e.info = info;
+                }
+                Ok(CallToolResult::success(vec![Content::text(text)]))
+            }
+            Err(e) => Ok(kernel_error(e)),
+        }
+    }
+
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.
     #[tool(name = "interrupt_kernel")]
     async fn interrupt_kernel(
@@ -592,7 +983,8 @@ const RESOURCE_MAX_BYTES: u64 = 10 * 1024 * 1024;
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
-        let env = &self.inner.env;
+        let env = self.env_info();
+        let env = &env;
         let instructions = format!(
             "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
              Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \

@@ -149,14 +149,46 @@ impl Kernel {
     }
 
     /// Runs code silently (no history, no execution count, no output kept) and waits for it.
-    async fn run_silent(&self, code: &str, limit: Duration) -> Result<(), KernelError> {
+    pub async fn run_silent(&self, code: &str, limit: Duration) -> Result<(), KernelError> {
+        self.silent(code, BTreeMap::new(), limit).await.map(|_| ())
+    }
+
+    /// Evaluates a Python expression silently and returns its `repr` (messaging spec,
+    /// "Execute": `user_expressions` are evaluated after the code and returned in the reply).
+    pub async fn evaluate(&self, expr: &str, limit: Duration) -> Result<String, KernelError> {
+        let mut exprs = BTreeMap::new();
+        exprs.insert("value".to_owned(), expr.to_owned());
+        let reply = self.silent("", exprs, limit).await?;
+        let v = reply.user_expressions.unwrap_or_default();
+        let v = v.get("value").cloned().unwrap_or_default();
+        match v
+            .get("data")
+            .and_then(|d| d.get("text/plain"))
+            .and_then(|t| t.as_str())
+        {
+            Some(text) => Ok(text.to_owned()),
+            None => Err(KernelError::Protocol(format!(
+                "expression failed: {}",
+                v.get("evalue")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("no value")
+            ))),
+        }
+    }
+
+    async fn silent(
+        &self,
+        code: &str,
+        user_expressions: BTreeMap<String, String>,
+        limit: Duration,
+    ) -> Result<ExecuteReply, KernelError> {
         let msg = Message::request(
             self.conn.session(),
             Content::ExecuteRequest(ExecuteRequest {
                 code: code.to_owned(),
                 silent: true,
                 store_history: false,
-                user_expressions: BTreeMap::new(),
+                user_expressions,
                 allow_stdin: false,
                 stop_on_error: false,
             }),
@@ -176,11 +208,12 @@ impl Kernel {
             Ok::<_, KernelError>(reply)
         };
         match tokio::time::timeout(limit, wait).await {
-            Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(()),
+            Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(r),
             Ok(Ok(r)) => Err(KernelError::Protocol(format!(
                 "start-up code failed: {}",
                 r.and_then(|r| r.evalue).unwrap_or_default()
             ))),
+            // (an Ok reply is matched above)
             Ok(Err(e)) => Err(e),
             Err(_) => Err(KernelError::Protocol("start-up code timed out".into())),
         }

@@ -7,7 +7,8 @@ pub mod process;
 pub mod sandbox;
 pub mod spec;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,9 @@ struct Slot {
 
 /// The single handle to "the kernel", however it was started.
 pub struct KernelHandle {
-    launcher: LocalLauncher,
+    launcher: StdMutex<LocalLauncher>,
+    /// Set after an install: the next call first clears Python's import caches.
+    invalidate_imports: AtomicBool,
     slot: tokio::sync::Mutex<Slot>,
     /// The kernel in use, readable without waiting for a running call (for interrupt/restart).
     current: StdMutex<Option<Arc<Kernel>>>,
@@ -56,7 +59,8 @@ impl KernelHandle {
     /// A handle that will launch kernels with `launcher`; nothing is started yet.
     pub fn new(launcher: LocalLauncher, max_queue: usize) -> Arc<KernelHandle> {
         Arc::new(KernelHandle {
-            launcher,
+            launcher: StdMutex::new(launcher),
+            invalidate_imports: AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(Slot::default()),
             current: StdMutex::new(None),
             waiting: AtomicUsize::new(0),
@@ -64,9 +68,38 @@ impl KernelHandle {
         })
     }
 
-    /// The launcher's settings.
-    pub fn launcher(&self) -> &LocalLauncher {
-        &self.launcher
+    /// A copy of the launcher's settings.
+    pub fn launcher(&self) -> Option<LocalLauncher> {
+        self.launcher.lock().ok().map(|l| l.clone())
+    }
+
+    /// Makes the next call clear the kernel's import caches (new packages importable at once).
+    pub fn invalidate_imports(&self) {
+        self.invalidate_imports.store(true, Ordering::SeqCst);
+    }
+
+    /// Switches to another interpreter and restarts the kernel in it.
+    pub async fn switch_python(&self, python: PathBuf) -> Result<Duration, KernelError> {
+        if let Ok(mut l) = self.launcher.lock() {
+            l.python = python;
+        }
+        self.restart().await
+    }
+
+    /// Evaluates an expression in the kernel if it becomes free within `wait`.
+    pub async fn evaluate(&self, expr: &str, wait: Duration) -> Result<String, KernelError> {
+        let slot = tokio::time::timeout(wait, self.slot.lock())
+            .await
+            .map_err(|_| KernelError::Busy {
+                queued: self.waiting.load(Ordering::SeqCst),
+            })?;
+        let k = slot
+            .kernel
+            .clone()
+            .ok_or_else(|| KernelError::Unavailable {
+                reason: "no kernel is running".into(),
+            })?;
+        k.evaluate(expr, wait).await
     }
 
     /// Starts the kernel in the background so the first call does not wait for it.
@@ -104,7 +137,10 @@ impl KernelHandle {
                 });
             }
         }
-        match Kernel::start(&self.launcher).await {
+        let launcher = self.launcher().ok_or_else(|| KernelError::Unavailable {
+            reason: "launcher state is poisoned".into(),
+        })?;
+        match Kernel::start(&launcher).await {
             Ok(k) => {
                 let k = Arc::new(k);
                 slot.kernel = Some(k.clone());
@@ -180,6 +216,17 @@ impl KernelHandle {
         };
         let mut report = Report::default();
         let kernel = self.ensure(&mut slot, &mut report).await?;
+        if self.invalidate_imports.swap(false, Ordering::SeqCst) {
+            if let Err(e) = kernel
+                .run_silent(
+                    "import importlib as __i; __i.invalidate_caches(); del __i",
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not invalidate import caches");
+            }
+        }
         let exec = kernel.execute(code, limits, cancel, sink).await?;
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {

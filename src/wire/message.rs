@@ -131,6 +131,8 @@ pub struct ExecuteReply {
     pub evalue: Option<String>,
     #[serde(default)]
     pub traceback: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_expressions: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

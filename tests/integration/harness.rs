@@ -63,6 +63,10 @@ impl Server {
     }
 
     pub async fn start_with(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[]).await
+    }
+
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         ENV_OK.call_once(check_env);
         let dir = tempfile::Builder::new()
             .prefix("kmcp-test-")
@@ -74,6 +78,9 @@ impl Server {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
         cmd.arg("--workspace").arg(&ws).args(args);
         cmd.env("KERNEL_MCP_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let (proc, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
             .spawn()

@@ -8,3 +8,4 @@ mod files;
 mod harness;
 mod lifecycle;
 mod outputs;
+mod packages;

@@ -1,0 +1,276 @@
+//! install_package, check_packages, list_packages and kernel environments.
+
+use std::time::{Duration, Instant};
+
+use rmcp::model::CallToolRequestParams;
+use serde_json::json;
+
+use crate::harness::{is_error, text, texts, Server};
+
+#[tokio::test]
+async fn malformed_specs_are_refused_before_any_installer_runs() {
+    let s = Server::start().await;
+    let table: &[(&str, &str)] = &[
+        ("--index-url=http://127.0.0.1:1/simple", "installer option"),
+        ("-e .", "installer option"),
+        ("pkg @ https://example.invalid/x.whl", "URL"),
+        ("https://example.invalid/x.tar.gz", "URL"),
+        ("git+https://example.invalid/repo", "URL"),
+        ("./mypkg", "local paths"),
+        ("/etc/passwd", "local paths"),
+        ("~/pkg", "local paths"),
+        ("pkg; os_name == 'posix'", "markers"),
+        ("pkg\n--pre", "control"),
+        ("pkg\u{0}", "control"),
+        ("  pkg", "whitespace"),
+        ("nump\u{0443}", "non-ASCII"),
+        ("pkg==1.0 #x", "comments"),
+        ("pkg===", "PEP 508"),
+        ("pkg extra words", "PEP 508"),
+        ("ipykernel", "kernel's own machinery"),
+        ("jupyter_client>=8", "kernel's own machinery"),
+        ("pip", "kernel's own machinery"),
+    ];
+    let long = "a".repeat(500);
+    for (spec, want) in table
+        .iter()
+        .copied()
+        .chain([(long.as_str(), "longer than")])
+    {
+        let r = s
+            .call("install_package", json!({"packages": ["tabulate", spec]}))
+            .await;
+        assert!(is_error(&r), "{spec:?} accepted");
+        let t = text(&r);
+        assert!(t.starts_with("nothing was installed: "), "{spec:?}: {t}");
+        assert!(t.contains(want), "{spec:?}: {t}");
+    }
+    let r = s.call("install_package", json!({"packages": []})).await;
+    assert!(is_error(&r));
+    let r = s
+        .call("install_package", json!({"packages": "tabulate"}))
+        .await;
+    assert!(is_error(&r), "a string instead of a list must be refused");
+    assert!(
+        !s.log().contains("installer: starting"),
+        "an installer was started"
+    );
+    s.close().await;
+}
+
+/// A package index on 127.0.0.1 that accepts connections and never answers.
+async fn silent_index() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/simple", l.local_addr().unwrap());
+    let h = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = l.accept().await {
+            held.push(c);
+        }
+    });
+    (url, h)
+}
+
+#[tokio::test]
+async fn installs_time_out_are_killed_and_run_one_at_a_time() {
+    let (url, _index) = silent_index().await;
+    let s = Server::start_with_env(
+        &["--install-timeout", "3"],
+        &[
+            ("PIP_INDEX_URL", &url),
+            ("UV_INDEX_URL", &url),
+            ("PIP_RETRIES", "0"),
+        ],
+    )
+    .await;
+    let call = || {
+        let serde_json::Value::Object(map) = json!({"packages": ["kernel-mcp-absent-pkg"]}) else {
+            unreachable!()
+        };
+        s.client
+            .call_tool(CallToolRequestParams::new("install_package").with_arguments(map))
+    };
+    let t = Instant::now();
+    let (a, b) = tokio::join!(call(), call());
+    let took = t.elapsed();
+    for r in [a.unwrap(), b.unwrap()] {
+        assert!(is_error(&r));
+        assert!(
+            text(&r).starts_with("installer timed out after 3 s and was killed"),
+            "{}",
+            text(&r)
+        );
+    }
+    // Serialized: the second waited for the first.
+    assert!(
+        took >= Duration::from_secs(6),
+        "two installs overlapped ({took:?})"
+    );
+    // The file tools and the kernel were never blocked by the installs.
+    assert_eq!(texts(&s.exec("1+1").await), vec!["2"]);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn install_then_import_in_the_same_session() {
+    // Install into a throwaway venv, not the shared managed environment.
+    let tmp = tempfile::tempdir().unwrap();
+    let venv = make_venv(tmp.path());
+    let s = Server::start_with(&["--venv", venv.to_str().unwrap()]).await;
+    let r = s
+        .exec("import importlib.util\nimportlib.util.find_spec('tabulate') is None")
+        .await;
+    assert_eq!(
+        texts(&r),
+        vec!["True"],
+        "tabulate must not be importable before the install"
+    );
+    let r = s
+        .call("install_package", json!({"packages": ["tabulate"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("\ntabulate "), "{}", text(&r));
+    let r = s
+        .exec("import tabulate\nprint(tabulate.tabulate([[1, 2]], headers=['a', 'b']))")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(text(&r), "  a    b\n---  ---\n  1    2\n");
+    let r = s
+        .call(
+            "check_packages",
+            json!({"packages": ["tabulate", "numpy", "surely-not-installed-pkg"]}),
+        )
+        .await;
+    let t = text(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[0].starts_with("tabulate: "), "{t}");
+    assert!(
+        lines[1].starts_with("numpy: 2") || lines[1].starts_with("numpy: 1"),
+        "{t}"
+    );
+    assert_eq!(lines[2], "surely-not-installed-pkg: not installed");
+    let r = s.call("list_packages", json!({"filter": "tabul"})).await;
+    assert!(text(&r).starts_with("tabulate=="), "{}", text(&r));
+    let r = s
+        .call("check_packages", json!({"packages": ["../evil"]}))
+        .await;
+    assert!(is_error(&r));
+    // An unknown name is reported as not found.
+    let r = s
+        .call(
+            "install_package",
+            json!({"packages": ["kernel-mcp-no-such-package-zq7x"]}),
+        )
+        .await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("not found on the package index"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+/// A venv that can run ipykernel: its site-packages points at the managed environment's.
+fn make_venv(dir: &std::path::Path) -> std::path::PathBuf {
+    let venv = dir.join("myvenv");
+    let st = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let managed_site = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .arg("setup")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap();
+    let python = managed_site
+        .lines()
+        .find_map(|l| l.strip_prefix("python:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let site = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .output()
+        .unwrap();
+    let site = String::from_utf8_lossy(&site.stdout).trim().to_owned();
+    let own = std::process::Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .output()
+        .unwrap();
+    let own = String::from_utf8_lossy(&own.stdout).trim().to_owned();
+    std::fs::write(
+        std::path::Path::new(&own).join("managed.pth"),
+        format!("{site}\n"),
+    )
+    .unwrap();
+    venv
+}
+
+#[tokio::test]
+async fn environments_can_be_chosen_and_switched_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let venv = make_venv(tmp.path());
+    let s = Server::start_with(&[
+        "--venv",
+        venv.to_str().unwrap(),
+        "--env",
+        &format!("other={}", venv.display()),
+    ])
+    .await;
+    let r = s.exec("import sys\nsys.prefix").await;
+    assert_eq!(texts(&r), vec![format!("'{}'", venv.display())]);
+    let r = s.call("get_environment", json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    assert_eq!(v["kind"], "venv");
+    assert_eq!(v["active_environment"], "default");
+    assert!(v["python_version"].as_str().unwrap().starts_with('3'));
+    assert!(v["key_packages"]["ipykernel"].is_string());
+    assert!(v["named_environments"]["other"]
+        .as_str()
+        .unwrap()
+        .contains("myvenv"));
+    s.exec("x = 1").await;
+    let r = s.call("switch_environment", json!({"name": "other"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("all variables were lost"), "{}", text(&r));
+    assert!(is_error(&s.exec("x").await));
+    let r = s
+        .call("switch_environment", json!({"name": "/usr/bin/python3"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with(
+            "no environment named \"/usr/bin/python3\"; choose one of: default, other"
+        ),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn an_interpreter_without_ipykernel_gets_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .args(["--python", "/usr/bin/python3", "setup"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // This machine's system python happens to have ipykernel; nothing to check.
+        return;
+    }
+    assert!(
+        err.contains("ipykernel is not installed for /usr/bin/python3"),
+        "{err}"
+    );
+    assert!(err.contains("pip install ipykernel"), "{err}");
+}
