@@ -74,9 +74,48 @@ struct Opts {
     /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
     #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
     transport: Transport,
+    /// OS sandbox for the kernel: strict (Landlock + seccomp + rlimits, best effort), require
+    /// (refuse to run without every layer), or off.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Strict, global = true)]
+    sandbox: SandboxMode,
+    /// Let the kernel use the network (off by default under the sandbox).
+    #[arg(long, global = true)]
+    allow_network: bool,
+    /// Extra read-only directory for the kernel (repeatable), e.g. a shared data folder.
+    #[arg(long, value_name = "DIR", global = true)]
+    allow_read: Vec<PathBuf>,
+    /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
+    #[arg(long, default_value = "4G", global = true)]
+    memory_limit: String,
+    /// Largest file the kernel may write, e.g. 8G (0 = none).
+    #[arg(long, default_value = "8G", global = true)]
+    max_file_size: String,
     /// Most execute calls waiting behind the running one before "busy" is returned.
     #[arg(long, default_value_t = 16, global = true)]
     max_queue: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SandboxMode {
+    Strict,
+    Require,
+    Off,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("{s:?} is not a size like 4G or 512M"))?;
+    anyhow::ensure!(n.is_finite() && n >= 0.0, "{s:?} is not a size");
+    let bytes = (n * mult as f64) as u64;
+    Ok((bytes > 0).then_some(bytes))
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,7 +130,7 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -144,6 +183,62 @@ fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The matplotlib font cache shared (read-only, by copy) with every kernel; built once.
+async fn mpl_cache(env: &pyenv::EnvInfo) -> Option<PathBuf> {
+    env.version_of("matplotlib")?;
+    let dir = pyenv::data_dir().ok()?.join("mpl-cache").join(&env.python_version);
+    let has = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("fontlist")))
+            .unwrap_or(false)
+    };
+    if !has(&dir) {
+        std::fs::create_dir_all(&dir).ok()?;
+        let argv = vec![
+            env.python.to_string_lossy().into_owned(),
+            "-c".to_owned(),
+            "import matplotlib.font_manager".to_owned(),
+        ];
+        let d = dir.to_string_lossy().into_owned();
+        let _ = kernel_mcp::packages::run_with_lines(&argv, Duration::from_secs(120), false, None, &[("MPLCONFIGDIR", d.as_str())]).await;
+    }
+    has(&dir).then_some(dir)
+}
+
+async fn sandbox_config(o: &Opts, env: &pyenv::EnvInfo) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
+    if o.sandbox == SandboxMode::Off {
+        tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
+        return Ok(None);
+    }
+    let cfg = kernel_mcp::kernel::SandboxConfig {
+        python_paths: env.paths.clone(),
+        extra_read: o.allow_read.clone(),
+        network: o.allow_network,
+        memory_bytes: parse_size(&o.memory_limit).context("--memory-limit")?,
+        file_size_bytes: parse_size(&o.max_file_size).context("--max-file-size")?,
+        require: o.sandbox == SandboxMode::Require,
+        mpl_cache: mpl_cache(env).await,
+    };
+    if o.sandbox == SandboxMode::Require {
+        // Probe in a throwaway process: the same layers, no kernel.
+        let exe = std::env::current_exe()?;
+        let mut policy = kernel_mcp::kernel::sandbox::Policy::for_kernel(&[], &[], &std::env::temp_dir(), &std::env::temp_dir());
+        policy.network = o.allow_network;
+        let out = std::process::Command::new(exe)
+            .arg(kernel_mcp::kernel::sandbox::HELPER_ARG)
+            .arg("--policy")
+            .arg(serde_json::to_string(&policy)?)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "--sandbox require: not every sandbox layer is available here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Some(cfg))
+}
+
 async fn serve(o: Opts) -> anyhow::Result<()> {
     let swept = RuntimeDir::sweep_stale();
     if swept > 0 {
@@ -167,6 +262,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
         extra_env: BTreeMap::new(),
         helper: std::env::current_exe().ok(),
+        sandbox: sandbox_config(&o, &env).await?,
     };
     let kernel = KernelHandle::new(launcher, o.max_queue);
     // Start the kernel while the client does the MCP handshake.
@@ -181,7 +277,6 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             ..OutputLimits::default()
         },
         install_timeout: secs(o.install_timeout, "install-timeout")?,
-        sandbox: "off".into(),
     };
     let envs = Environments {
         active: "default".into(),
@@ -237,12 +332,17 @@ async fn setup(o: Opts) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some(kernel_mcp::kernel::sandbox::HELPER_ARG) {
-        let rest = raw.get(2..).unwrap_or_default();
+        let mut rest = raw.get(2..).unwrap_or_default();
+        let mut policy = None;
+        if rest.first().map(String::as_str) == Some("--policy") {
+            policy = rest.get(1).map(String::as_str);
+            rest = rest.get(2..).unwrap_or_default();
+        }
         let argv = match rest.first().map(String::as_str) {
             Some("--") => rest.get(1..).unwrap_or_default(),
             _ => rest,
         };
-        kernel_mcp::kernel::sandbox::helper_main(argv);
+        kernel_mcp::kernel::sandbox::helper_main(policy, argv);
     }
     let cli = Cli::parse();
     init_logging();

@@ -28,6 +28,9 @@ pub struct EnvInfo {
     pub requirements_hash: String,
     #[serde(default)]
     pub kind: String,
+    /// Directories the interpreter reads from (prefixes and sys.path), for the sandbox.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
 }
 
 impl EnvInfo {
@@ -94,7 +97,8 @@ def v(n):
         return metadata.version(n)
     except Exception:
         return None
-print(json.dumps({"python": sys.executable, "python_version": sys.version.split()[0], "packages": [[n, v(n)] for n in pk]}))
+paths = sorted({p for p in [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path] if p})
+print(json.dumps({"python": sys.executable, "python_version": sys.version.split()[0], "packages": [[n, v(n)] for n in pk], "paths": paths}))
 "#;
 
 /// Asks `python` for its version and the versions of the key packages.
@@ -122,6 +126,8 @@ pub async fn probe(python: &Path) -> Result<EnvInfo, EnvError> {
         python: PathBuf,
         python_version: String,
         packages: Vec<(String, Option<String>)>,
+        #[serde(default)]
+        paths: Vec<PathBuf>,
     }
     let p: P = serde_json::from_str(out.stdout.trim()).map_err(|e| EnvError::BadInterpreter {
         path: python.to_path_buf(),
@@ -133,6 +139,7 @@ pub async fn probe(python: &Path) -> Result<EnvInfo, EnvError> {
         packages: p.packages,
         requirements_hash: String::new(),
         kind: String::new(),
+        paths: p.paths,
     })
 }
 
@@ -166,7 +173,16 @@ fn read_marker(env: &Path) -> Option<EnvInfo> {
 /// Finds the managed environment, creating it on first use; safe against concurrent first runs.
 pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
     let env = managed_env_dir()?;
-    if let Some(info) = read_marker(&env) {
+    if let Some(mut info) = read_marker(&env) {
+        if info.paths.is_empty() {
+            // A marker from an older kernel-mcp: learn the paths once and keep them.
+            if let Ok(fresh) = probe(&info.python).await {
+                info.paths = fresh.paths;
+                if let Ok(json) = serde_json::to_vec_pretty(&info) {
+                    let _ = std::fs::write(env.join(READY_MARKER), json);
+                }
+            }
+        }
         return Ok(info);
     }
     let data = data_dir()?;

@@ -93,8 +93,6 @@ pub struct Settings {
     pub interrupt_grace: Duration,
     pub output: OutputLimits,
     pub install_timeout: Duration,
-    /// What the kernel sandbox enforces, for get_environment (set by main).
-    pub sandbox: String,
 }
 
 impl Default for Settings {
@@ -105,7 +103,6 @@ impl Default for Settings {
             interrupt_grace: Duration::from_secs(3),
             output: OutputLimits::default(),
             install_timeout: Duration::from_secs(300),
-            sandbox: "off".into(),
         }
     }
 }
@@ -880,7 +877,10 @@ impl Server {
                 "install_timeout_seconds": s.install_timeout.as_secs_f64(),
                 "max_write_bytes": MAX_WRITE_BYTES,
             },
-            "sandbox": s.sandbox,
+            "sandbox": match self.inner.kernel.sandbox() {
+                Some(st) => serde_json::to_value(&st).unwrap_or_default(),
+                None => serde_json::Value::String("off: the kernel runs with this user's full rights".into()),
+            },
             "named_environments": named,
         });
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();

@@ -28,6 +28,23 @@ pub struct LocalLauncher {
     pub extra_env: BTreeMap<String, String>,
     /// The launch helper (this binary); `None` starts the kernel directly.
     pub helper: Option<PathBuf>,
+    /// The OS sandbox (needs the helper); `None` runs the kernel unconfined.
+    pub sandbox: Option<SandboxConfig>,
+}
+
+/// Sandbox settings that do not change from one kernel to the next.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Paths the interpreter reads (from the environment probe).
+    pub python_paths: Vec<PathBuf>,
+    /// Extra read-only directories (`--allow-read`).
+    pub extra_read: Vec<PathBuf>,
+    pub network: bool,
+    pub memory_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub require: bool,
+    /// A prebuilt matplotlib font cache copied into each kernel's scratch config dir.
+    pub mpl_cache: Option<PathBuf>,
 }
 
 /// Receives a running execution's output, in kernel order.
@@ -80,6 +97,7 @@ pub struct Kernel {
     conn: Connection,
     process: KernelProcess,
     runtime: RuntimeDir,
+    sandbox: Option<super::sandbox::Status>,
     info: KernelInfoReply,
     interrupt_mode: InterruptMode,
     started: Instant,
@@ -95,8 +113,39 @@ impl Kernel {
         info.write(&conn_file)?;
         let mut env = kernel_env(&l.spec.env, &l.python);
         env.extend(l.extra_env.clone());
+        let mut argv = l.spec.expand_argv(&l.python, &conn_file);
+        let status_file = runtime.path().join("sandbox.json");
+        if let (Some(sb), Some(_)) = (&l.sandbox, &l.helper) {
+            let scratch = runtime.path().join("home");
+            for sub in ["", "tmp", "ipython", "mpl", "cache", "config"] {
+                let _ = std::fs::create_dir_all(scratch.join(sub));
+            }
+            if let Some(cache) = &sb.mpl_cache {
+                copy_font_cache(cache, &scratch.join("mpl"));
+            }
+            let s = |p: &str| scratch.join(p).to_string_lossy().into_owned();
+            env.insert("HOME".into(), s(""));
+            env.insert("TMPDIR".into(), s("tmp"));
+            env.insert("IPYTHONDIR".into(), s("ipython"));
+            env.insert("MPLCONFIGDIR".into(), s("mpl"));
+            env.insert("XDG_CACHE_HOME".into(), s("cache"));
+            env.insert("XDG_CONFIG_HOME".into(), s("config"));
+            env.insert("PYTHONNOUSERSITE".into(), "1".into());
+            let mut policy = super::sandbox::Policy::for_kernel(&sb.python_paths, &sb.extra_read, &l.workspace, runtime.path());
+            policy.network = sb.network;
+            policy.memory_bytes = sb.memory_bytes;
+            policy.file_size_bytes = sb.file_size_bytes;
+            policy.open_files = Some(4096);
+            policy.require = sb.require;
+            policy.status_file = Some(status_file.clone());
+            if info.transport == Transport::Tcp {
+                policy.bind_ports = vec![info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port];
+            }
+            let json = serde_json::to_string(&policy).map_err(|e| KernelError::Protocol(e.to_string()))?;
+            argv = ["--policy".to_owned(), json, "--".to_owned()].into_iter().chain(argv).collect();
+        }
         let cmd = LaunchCommand {
-            argv: l.spec.expand_argv(&l.python, &conn_file),
+            argv,
             cwd: l.workspace.clone(),
             env,
             helper: l.helper.clone(),
@@ -129,10 +178,20 @@ impl Kernel {
             ms = started.elapsed().as_millis() as u64,
             "kernel ready"
         );
+        let sandbox = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<super::sandbox::Status>(&b).ok());
+        match &sandbox {
+            Some(st) if st.complete() => tracing::info!(sandbox = %st.summary(), "kernel sandbox"),
+            Some(st) => tracing::warn!(sandbox = %st.summary(), "kernel sandbox is INCOMPLETE"),
+            None if l.sandbox.is_some() => tracing::warn!("kernel sandbox status unknown"),
+            None => {}
+        }
         let kernel = Kernel {
             conn,
             process,
             runtime,
+            sandbox,
             info: kinfo,
             interrupt_mode: l.spec.interrupt_mode,
             started,
@@ -217,6 +276,11 @@ impl Kernel {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(KernelError::Protocol("start-up code timed out".into())),
         }
+    }
+
+    /// What the sandbox enforces for this kernel (`None` when it runs unconfined).
+    pub fn sandbox(&self) -> Option<&super::sandbox::Status> {
+        self.sandbox.as_ref()
     }
 
     /// What the kernel said in kernel_info_reply.
@@ -387,6 +451,18 @@ impl Kernel {
                 }
                 _ = ticker.tick(), if limits.progress => sink.tick(start.elapsed()),
             }
+        }
+    }
+}
+
+/// Copies matplotlib's prebuilt font list into a fresh config dir, so the first plot in a new
+/// kernel does not rebuild it (about a second).
+fn copy_font_cache(from: &std::path::Path, to: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(from) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("fontlist") {
+            let _ = std::fs::copy(e.path(), to.join(name));
         }
     }
 }

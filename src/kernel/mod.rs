@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use client::{Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, StopReason};
+pub use client::{Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, SandboxConfig, StopReason};
 pub use connection::Transport;
 pub use spec::{InterruptMode, KernelSpec};
 
@@ -300,6 +300,11 @@ impl KernelHandle {
         let mut report = Report::default();
         let k = self.ensure(&mut slot, &mut report).await?;
         Ok((k.info().clone(), k.pid()))
+    }
+
+    /// What the sandbox enforces for the running kernel.
+    pub fn sandbox(&self) -> Option<sandbox::Status> {
+        self.current().and_then(|k| k.sandbox().cloned())
     }
 
     /// The pid of the running kernel, if one runs.

@@ -85,14 +85,12 @@ impl KernelProcess {
         let helper_argv;
         let argv: &[String] = match &cmd.helper {
             Some(h) => {
-                helper_argv = [
-                    h.to_string_lossy().into_owned(),
-                    super::sandbox::HELPER_ARG.into(),
-                    "--".into(),
-                ]
-                .into_iter()
-                .chain(cmd.argv.iter().cloned())
-                .collect::<Vec<_>>();
+                let mut v = vec![h.to_string_lossy().into_owned(), super::sandbox::HELPER_ARG.into()];
+                if cmd.argv.first().map(String::as_str) != Some("--policy") {
+                    v.push("--".into());
+                }
+                v.extend(cmd.argv.iter().cloned());
+                helper_argv = v;
                 &helper_argv
             }
             None => &cmd.argv,
@@ -282,7 +280,8 @@ fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecD
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end();
     tracing::info!(target: "kernel", pid, stream, "{text}");
-    if let (Some(tail), false) = (tail, text.is_empty()) {
+    // The helper's own sandbox report is in the log; it is not the kernel's error.
+    if let (Some(tail), false) = (tail, text.is_empty() || text.starts_with("kernel-mcp sandbox:")) {
         if let Ok(mut t) = tail.lock() {
             if t.len() >= 6 {
                 t.pop_front();
