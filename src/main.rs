@@ -112,7 +112,10 @@ fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
         Some('t') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: f64 = num.trim().parse().with_context(|| format!("{s:?} is not a size like 4G or 512M"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 4G or 512M"))?;
     anyhow::ensure!(n.is_finite() && n >= 0.0, "{s:?} is not a size");
     let bytes = (n * mult as f64) as u64;
     Ok((bytes > 0).then_some(bytes))
@@ -186,10 +189,16 @@ fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
 /// The matplotlib font cache shared (read-only, by copy) with every kernel; built once.
 async fn mpl_cache(env: &pyenv::EnvInfo) -> Option<PathBuf> {
     env.version_of("matplotlib")?;
-    let dir = pyenv::data_dir().ok()?.join("mpl-cache").join(&env.python_version);
+    let dir = pyenv::data_dir()
+        .ok()?
+        .join("mpl-cache")
+        .join(&env.python_version);
     let has = |d: &std::path::Path| {
         std::fs::read_dir(d)
-            .map(|r| r.flatten().any(|e| e.file_name().to_string_lossy().starts_with("fontlist")))
+            .map(|r| {
+                r.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("fontlist"))
+            })
             .unwrap_or(false)
     };
     if !has(&dir) {
@@ -200,12 +209,22 @@ async fn mpl_cache(env: &pyenv::EnvInfo) -> Option<PathBuf> {
             "import matplotlib.font_manager".to_owned(),
         ];
         let d = dir.to_string_lossy().into_owned();
-        let _ = kernel_mcp::packages::run_with_lines(&argv, Duration::from_secs(120), false, None, &[("MPLCONFIGDIR", d.as_str())]).await;
+        let _ = kernel_mcp::packages::run_with_lines(
+            &argv,
+            Duration::from_secs(120),
+            false,
+            None,
+            &[("MPLCONFIGDIR", d.as_str())],
+        )
+        .await;
     }
     has(&dir).then_some(dir)
 }
 
-async fn sandbox_config(o: &Opts, env: &pyenv::EnvInfo) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
+async fn sandbox_config(
+    o: &Opts,
+    env: &pyenv::EnvInfo,
+) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
     if o.sandbox == SandboxMode::Off {
         tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
         return Ok(None);
@@ -222,7 +241,12 @@ async fn sandbox_config(o: &Opts, env: &pyenv::EnvInfo) -> anyhow::Result<Option
     if o.sandbox == SandboxMode::Require {
         // Probe in a throwaway process: the same layers, no kernel.
         let exe = std::env::current_exe()?;
-        let mut policy = kernel_mcp::kernel::sandbox::Policy::for_kernel(&[], &[], &std::env::temp_dir(), &std::env::temp_dir());
+        let mut policy = kernel_mcp::kernel::sandbox::Policy::for_kernel(
+            &[],
+            &[],
+            &std::env::temp_dir(),
+            &std::env::temp_dir(),
+        );
         policy.network = o.allow_network;
         let out = std::process::Command::new(exe)
             .arg(kernel_mcp::kernel::sandbox::HELPER_ARG)

@@ -848,6 +848,18 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        // Wait (briefly) for a starting kernel, so the sandbox report is about a real kernel.
+        let kernel_state =
+            match tokio::time::timeout(Duration::from_secs(15), self.inner.kernel.info()).await {
+                Ok(Ok(_)) => "running".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "busy running a call".to_owned(),
+            };
+        let sandbox_configured = self
+            .inner
+            .kernel
+            .launcher()
+            .is_some_and(|l| l.sandbox.is_some());
         let envs = self
             .inner
             .envs
@@ -877,9 +889,11 @@ impl Server {
                 "install_timeout_seconds": s.install_timeout.as_secs_f64(),
                 "max_write_bytes": MAX_WRITE_BYTES,
             },
-            "sandbox": match self.inner.kernel.sandbox() {
-                Some(st) => serde_json::to_value(&st).unwrap_or_default(),
-                None => serde_json::Value::String("off: the kernel runs with this user's full rights".into()),
+            "kernel": kernel_state,
+            "sandbox": match (self.inner.kernel.sandbox(), sandbox_configured) {
+                (Some(st), _) => serde_json::to_value(&st).unwrap_or_default(),
+                (None, true) => serde_json::Value::String("strict (status not known until a kernel runs)".into()),
+                (None, false) => serde_json::Value::String("off: the kernel runs with this user's full rights".into()),
             },
             "named_environments": named,
         });

@@ -131,7 +131,12 @@ impl Kernel {
             env.insert("XDG_CACHE_HOME".into(), s("cache"));
             env.insert("XDG_CONFIG_HOME".into(), s("config"));
             env.insert("PYTHONNOUSERSITE".into(), "1".into());
-            let mut policy = super::sandbox::Policy::for_kernel(&sb.python_paths, &sb.extra_read, &l.workspace, runtime.path());
+            let mut policy = super::sandbox::Policy::for_kernel(
+                &sb.python_paths,
+                &sb.extra_read,
+                &l.workspace,
+                runtime.path(),
+            );
             policy.network = sb.network;
             policy.memory_bytes = sb.memory_bytes;
             policy.file_size_bytes = sb.file_size_bytes;
@@ -139,10 +144,20 @@ impl Kernel {
             policy.require = sb.require;
             policy.status_file = Some(status_file.clone());
             if info.transport == Transport::Tcp {
-                policy.bind_ports = vec![info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port];
+                policy.bind_ports = vec![
+                    info.shell_port,
+                    info.iopub_port,
+                    info.stdin_port,
+                    info.control_port,
+                    info.hb_port,
+                ];
             }
-            let json = serde_json::to_string(&policy).map_err(|e| KernelError::Protocol(e.to_string()))?;
-            argv = ["--policy".to_owned(), json, "--".to_owned()].into_iter().chain(argv).collect();
+            let json =
+                serde_json::to_string(&policy).map_err(|e| KernelError::Protocol(e.to_string()))?;
+            argv = ["--policy".to_owned(), json, "--".to_owned()]
+                .into_iter()
+                .chain(argv)
+                .collect();
         }
         let cmd = LaunchCommand {
             argv,
@@ -458,7 +473,9 @@ impl Kernel {
 /// Copies matplotlib's prebuilt font list into a fresh config dir, so the first plot in a new
 /// kernel does not rebuild it (about a second).
 fn copy_font_cache(from: &std::path::Path, to: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(from) else { return };
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         if name.to_string_lossy().starts_with("fontlist") {

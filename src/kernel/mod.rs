@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use client::{Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, SandboxConfig, StopReason};
+pub use client::{
+    Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, SandboxConfig, StopReason,
+};
 pub use connection::Transport;
 pub use spec::{InterruptMode, KernelSpec};
 

@@ -85,7 +85,10 @@ impl KernelProcess {
         let helper_argv;
         let argv: &[String] = match &cmd.helper {
             Some(h) => {
-                let mut v = vec![h.to_string_lossy().into_owned(), super::sandbox::HELPER_ARG.into()];
+                let mut v = vec![
+                    h.to_string_lossy().into_owned(),
+                    super::sandbox::HELPER_ARG.into(),
+                ];
                 if cmd.argv.first().map(String::as_str) != Some("--policy") {
                     v.push("--".into());
                 }
@@ -281,7 +284,10 @@ fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecD
     let text = text.trim_end();
     tracing::info!(target: "kernel", pid, stream, "{text}");
     // The helper's own sandbox report is in the log; it is not the kernel's error.
-    if let (Some(tail), false) = (tail, text.is_empty() || text.starts_with("kernel-mcp sandbox:")) {
+    if let (Some(tail), false) = (
+        tail,
+        text.is_empty() || text.starts_with("kernel-mcp sandbox:"),
+    ) {
         if let Ok(mut t) = tail.lock() {
             if t.len() >= 6 {
                 t.pop_front();

@@ -99,27 +99,41 @@ fn abi_number(abi: landlock::ABI) -> i32 {
 
 fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
     use landlock::{
-        make_bitflags, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, Ruleset, RulesetAttr,
-        RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+        make_bitflags, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
+        NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
     };
     let abi = ABI::V6;
     let e = |x: landlock::RulesetError| x.to_string();
-    let mut rs = Ruleset::default().set_compatibility(CompatLevel::BestEffort).handle_access(AccessFs::from_all(abi)).map_err(e)?;
+    let mut rs = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(e)?;
     if !p.network {
         rs = rs.handle_access(AccessNet::from_all(abi)).map_err(e)?;
     }
-    rs = rs.scope(make_bitflags!(Scope::{AbstractUnixSocket | Signal})).map_err(e)?;
+    rs = rs
+        .scope(make_bitflags!(Scope::{AbstractUnixSocket | Signal}))
+        .map_err(e)?;
     let mut created = rs.create().map_err(e)?;
-    let existing = |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().filter(|p| p.exists()).cloned().collect() };
+    let existing =
+        |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().filter(|p| p.exists()).cloned().collect() };
     created = created
-        .add_rules(landlock::path_beneath_rules(existing(&p.read), AccessFs::from_read(abi)))
+        .add_rules(landlock::path_beneath_rules(
+            existing(&p.read),
+            AccessFs::from_read(abi),
+        ))
         .map_err(e)?;
     created = created
-        .add_rules(landlock::path_beneath_rules(existing(&p.write), AccessFs::from_all(abi)))
+        .add_rules(landlock::path_beneath_rules(
+            existing(&p.write),
+            AccessFs::from_all(abi),
+        ))
         .map_err(e)?;
     if !p.network {
         for port in &p.bind_ports {
-            created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp)).map_err(e)?;
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::BindTcp))
+                .map_err(e)?;
         }
     }
     let status = created.restrict_self().map_err(e)?;
@@ -135,7 +149,11 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
     };
     let n = st.landlock_abi;
     st.filesystem = if n >= 1 {
-        format!("read-only {} paths, read-write {} paths, all else denied", p.read.len(), p.write.len())
+        format!(
+            "read-only {} paths, read-write {} paths, all else denied",
+            p.read.len(),
+            p.write.len()
+        )
     } else {
         "NOT RESTRICTED (Landlock unavailable)".into()
     };
@@ -152,16 +170,22 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
         "NOT scoped (Landlock ABI < 6)".into()
     };
     if n == 0 {
-        st.warnings.push("Landlock is not available on this kernel: the filesystem is NOT restricted".into());
+        st.warnings.push(
+            "Landlock is not available on this kernel: the filesystem is NOT restricted".into(),
+        );
     } else if n < 4 && !p.network {
-        st.warnings.push("Landlock ABI < 4: TCP is blocked by seccomp instead".into());
+        st.warnings
+            .push("Landlock ABI < 4: TCP is blocked by seccomp instead".into());
     }
     Ok(())
 }
 
 fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> Result<(), String> {
     use nix::libc;
-    use seccompiler::{SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch};
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+        SeccompFilter, SeccompRule, TargetArch,
+    };
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| format!("seccomp: {e}"))?;
     let e = |x: seccompiler::BackendError| x.to_string();
     let domain = |d: i32| Cond::new(0, Len::Dword, Op::Eq, d as u64).map_err(e);
@@ -170,9 +194,7 @@ fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> 
     if !p.network {
         // AF_NETLINK stays open: libzmq reads the interface list (getifaddrs) when it binds and
         // aborts the kernel if that fails. Netlink route sockets only read host network state.
-        for d in [libc::AF_PACKET] {
-            socket_rules.push(SeccompRule::new(vec![domain(d)?]).map_err(e)?);
-        }
+        socket_rules.push(SeccompRule::new(vec![domain(libc::AF_PACKET)?]).map_err(e)?);
         for d in [libc::AF_INET, libc::AF_INET6] {
             if tcp_blocked_by_landlock {
                 for t in [libc::SOCK_DGRAM, libc::SOCK_RAW] {
@@ -183,15 +205,26 @@ fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> 
             }
         }
     }
-    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = std::collections::BTreeMap::new();
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        std::collections::BTreeMap::new();
     if !socket_rules.is_empty() {
         rules.insert(libc::SYS_socket, socket_rules);
     }
     // io_uring can reach the network and files past seccomp's view of syscalls.
-    for sc in [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register] {
+    for sc in [
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ] {
         rules.insert(sc, vec![]);
     }
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(e)?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(e)?;
     let prog: seccompiler::BpfProgram = filter.try_into().map_err(e)?;
     seccompiler::apply_filter(&prog).map_err(|x| x.to_string())?;
     st.seccomp = if p.network {
@@ -241,14 +274,33 @@ pub fn apply(policy: &Policy) -> Status {
 }
 
 /// The read-only system locations every Python needs.
-pub const SYSTEM_READ: &[&str] = &["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev", "/nix/store", "/run/current-system"];
+pub const SYSTEM_READ: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/nix/store",
+    "/run/current-system",
+];
 
 /// Files under /dev a kernel may also write.
 pub const DEV_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/shm"];
 
 impl Policy {
     /// The policy for a kernel: system and Python paths read-only; workspace and scratch read-write.
-    pub fn for_kernel(python_paths: &[PathBuf], extra_read: &[PathBuf], workspace: &Path, scratch: &Path) -> Policy {
+    pub fn for_kernel(
+        python_paths: &[PathBuf],
+        extra_read: &[PathBuf],
+        workspace: &Path,
+        scratch: &Path,
+    ) -> Policy {
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         read.extend(python_paths.iter().cloned());
         read.extend(extra_read.iter().cloned());

@@ -9,3 +9,4 @@ mod harness;
 mod lifecycle;
 mod outputs;
 mod packages;
+mod sandbox;
