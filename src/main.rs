@@ -90,6 +90,12 @@ struct Opts {
     /// Largest file the kernel may write, e.g. 8G (0 = none).
     #[arg(long, default_value = "8G", global = true)]
     max_file_size: String,
+    /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
+    #[arg(long, global = true)]
+    no_spare: bool,
+    /// Do not pre-import numpy, pandas and matplotlib in the spare kernel.
+    #[arg(long, global = true)]
+    no_preload: bool,
     /// Most execute calls waiting behind the running one before "busy" is returned.
     #[arg(long, default_value_t = 16, global = true)]
     max_queue: usize,
@@ -288,7 +294,11 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         helper: std::env::current_exe().ok(),
         sandbox: sandbox_config(&o, &env).await?,
     };
-    let kernel = KernelHandle::new(launcher, o.max_queue);
+    let spare = kernel_mcp::kernel::SpareConfig {
+        enabled: !o.no_spare,
+        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
+    };
+    let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     // Start the kernel while the client does the MCP handshake.
     kernel.warm_up();
     let settings = Settings {

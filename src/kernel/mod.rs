@@ -9,7 +9,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -45,8 +45,29 @@ struct Slot {
     last_error: String,
 }
 
+/// The warm spare: a kernel started ahead of need, swapped in by restart and recovery.
+#[derive(Debug, Clone, Default)]
+pub struct SpareConfig {
+    /// Keep a spare kernel started and idle.
+    pub enabled: bool,
+    /// Python run silently in the spare before it is used (e.g. importing the analysis stack).
+    pub preload: Option<String>,
+}
+
+/// The code that pre-imports the analysis stack in a spare kernel (names are not bound).
+pub const PRELOAD_ANALYSIS_STACK: &str = "for __m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n    try:\n        __import__(__m)\n    except Exception:\n        pass\ndel __m";
+
+struct Spare {
+    kernel: Kernel,
+    python: PathBuf,
+}
+
 /// The single handle to "the kernel", however it was started.
 pub struct KernelHandle {
+    me: Weak<KernelHandle>,
+    spare_cfg: SpareConfig,
+    spare: StdMutex<Option<Spare>>,
+    spare_filling: AtomicBool,
     launcher: StdMutex<LocalLauncher>,
     /// Set after an install: the next call first clears Python's import caches.
     invalidate_imports: AtomicBool,
@@ -59,8 +80,12 @@ pub struct KernelHandle {
 
 impl KernelHandle {
     /// A handle that will launch kernels with `launcher`; nothing is started yet.
-    pub fn new(launcher: LocalLauncher, max_queue: usize) -> Arc<KernelHandle> {
-        Arc::new(KernelHandle {
+    pub fn new(launcher: LocalLauncher, max_queue: usize, spare: SpareConfig) -> Arc<KernelHandle> {
+        Arc::new_cyclic(|me| KernelHandle {
+            me: me.clone(),
+            spare_cfg: spare,
+            spare: StdMutex::new(None),
+            spare_filling: AtomicBool::new(false),
             launcher: StdMutex::new(launcher),
             invalidate_imports: AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(Slot::default()),
@@ -116,6 +141,50 @@ impl KernelHandle {
         });
     }
 
+    /// Starts a spare kernel in the background if one is wanted and none is there or coming.
+    fn refill_spare(&self) {
+        if !self.spare_cfg.enabled || self.spare_filling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let has = self.spare.lock().map(|s| s.is_some()).unwrap_or(true);
+        let Some(me) = self.me.upgrade().filter(|_| !has) else {
+            self.spare_filling.store(false, Ordering::SeqCst);
+            return;
+        };
+        tokio::spawn(async move {
+            let result = async {
+                let launcher = me.launcher()?;
+                let k = Kernel::start(&launcher).await.ok()?;
+                if let Some(code) = &me.spare_cfg.preload {
+                    if let Err(e) = k.run_silent(code, Duration::from_secs(120)).await {
+                        tracing::warn!(error = %e, "spare kernel preload failed");
+                    }
+                }
+                Some(Spare {
+                    kernel: k,
+                    python: launcher.python,
+                })
+            }
+            .await;
+            match result {
+                Some(spare) => {
+                    tracing::info!(pid = spare.kernel.pid(), "spare kernel ready");
+                    if let Ok(mut s) = me.spare.lock() {
+                        *s = Some(spare);
+                    }
+                }
+                None => tracing::warn!("could not start a spare kernel"),
+            }
+            me.spare_filling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Takes the spare if it is alive and runs the interpreter wanted.
+    fn take_spare(&self, python: &std::path::Path) -> Option<Kernel> {
+        let spare = self.spare.lock().ok()?.take()?;
+        (spare.python == python && spare.kernel.exited().is_none()).then_some(spare.kernel)
+    }
+
     fn set_current(&self, k: Option<Arc<Kernel>>) {
         if let Ok(mut c) = self.current.lock() {
             *c = k;
@@ -142,12 +211,20 @@ impl KernelHandle {
         let launcher = self.launcher().ok_or_else(|| KernelError::Unavailable {
             reason: "launcher state is poisoned".into(),
         })?;
-        match Kernel::start(&launcher).await {
+        let started = match self.take_spare(&launcher.python) {
+            Some(k) => {
+                tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");
+                Ok(k)
+            }
+            None => Kernel::start(&launcher).await,
+        };
+        match started {
             Ok(k) => {
                 let k = Arc::new(k);
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
                 self.set_current(Some(k.clone()));
+                self.refill_spare();
                 Ok(k)
             }
             Err(e) => {
@@ -318,6 +395,9 @@ impl KernelHandle {
 
     /// Shuts the kernel down cleanly (bounded), then kills what is left.
     pub async fn shutdown(&self) {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        // Dropping a kernel kills its process group and removes its runtime dir.
+        drop(spare);
         if let Some(k) = self.current() {
             k.shutdown().await;
         }

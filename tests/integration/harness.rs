@@ -76,7 +76,12 @@ impl Server {
         std::fs::create_dir_all(&ws).unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
-        cmd.arg("--workspace").arg(&ws).args(args);
+        cmd.arg("--workspace").arg(&ws);
+        // Tests run many servers at once on a small machine: no warm spare unless a test asks.
+        if !args.contains(&"--spare") {
+            cmd.arg("--no-spare");
+        }
+        cmd.args(args.iter().filter(|a| **a != "--spare"));
         cmd.env("KERNEL_MCP_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);

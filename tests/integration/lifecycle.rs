@@ -155,3 +155,29 @@ async fn code_ignoring_interrupts_is_killed_within_timeout_plus_grace() {
     assert_eq!(texts(&r), vec!["False"]);
     s.close().await;
 }
+
+#[tokio::test]
+async fn restart_swaps_in_a_warm_preloaded_spare() {
+    let s = Server::start_with(&["--spare"]).await;
+    s.exec("gone = 1").await;
+    // Wait until the spare exists (it starts after the first kernel).
+    let ready = eventually(Duration::from_secs(60), || {
+        s.log().contains("spare kernel ready")
+    })
+    .await;
+    assert!(ready, "no spare kernel was started: {}", s.log());
+    let r = s.call("restart_kernel", serde_json::json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(s.log().contains("swapped in the warm spare kernel"));
+    let r = s
+        .exec("import sys\n('gone' in globals(), 'pandas' in sys.modules)")
+        .await;
+    assert_eq!(texts(&r), vec!["(False, True)"]);
+    // A new spare is made for the next restart, and all of them are cleaned up at exit.
+    let again = eventually(Duration::from_secs(60), || {
+        s.log().matches("spare kernel ready").count() >= 2
+    })
+    .await;
+    assert!(again, "the spare was not replaced");
+    s.close().await;
+}
