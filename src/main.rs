@@ -363,7 +363,20 @@ async fn setup(o: Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the server's memory flat under big outputs: glibc serves large blocks from the heap once
+/// its dynamic mmap threshold has grown, and tens of MB of freed stream messages then stay
+/// resident. A fixed threshold maps every block over 1 MiB and unmaps it when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    tune_allocator();
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some(kernel_mcp::kernel::sandbox::HELPER_ARG) {
         let mut rest = raw.get(2..).unwrap_or_default();

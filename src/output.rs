@@ -86,9 +86,9 @@ pub struct Collector {
 }
 
 /// Removes ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, and two-byte escapes).
-pub fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('\u{1b}') {
-        return s.to_owned();
+        return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars().peekable();
@@ -124,7 +124,7 @@ pub fn strip_ansi(s: &str) -> String {
             None => {}
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Appends `text` to `buf`, applying carriage returns the way a terminal shows them:
@@ -318,6 +318,14 @@ impl Collector {
         if let Some((_, w)) = s.file.as_mut() {
             let _ = w.write_all(text.as_bytes());
         }
+        // Only the end of a big chunk can reach the tail; never copy the whole chunk.
+        let text = if text.len() > 2 * tail_budget {
+            s.tail.clear();
+            text.get(char_floor(text, text.len() - 2 * tail_budget)..)
+                .unwrap_or("")
+        } else {
+            text
+        };
         append_terminal(&mut s.tail, text, &mut self.pending_cr);
         if s.tail.len() > 2 * tail_budget {
             let cut = char_floor(&s.tail, s.tail.len() - tail_budget);
@@ -469,7 +477,7 @@ impl Collector {
             // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
-                let tb = strip_ansi(&e.traceback.join("\n"));
+                let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
                 let mut text = format!("{}: {}", e.ename, e.evalue);
                 if !tb.trim().is_empty() {
                     let tb = if tb.len() > 8000 {

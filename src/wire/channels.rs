@@ -34,7 +34,8 @@ pub struct Incoming {
 }
 
 /// How many messages may wait for one request before the reader applies back-pressure.
-const ROUTE_CAPACITY: usize = 512;
+/// Small on purpose: stream messages can be tens of MB each, and the consumer is fast.
+const ROUTE_CAPACITY: usize = 4;
 
 #[derive(Default)]
 struct Routes {
@@ -164,6 +165,10 @@ fn options(identity: &[u8], timeout: Duration) -> SocketOptions {
 
 fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Message> {
     let frames: Vec<Bytes> = parts.into_vec();
+    let size: usize = frames.iter().map(Bytes::len).sum();
+    if size > 1 << 20 {
+        tracing::debug!(channel = channel.name(), size, "large message");
+    }
     match Frames::parse(frames, signer).and_then(Message::from_frames) {
         Ok(m) => Some(m),
         Err(e) => {
