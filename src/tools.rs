@@ -890,6 +890,12 @@ impl Server {
                 "max_write_bytes": MAX_WRITE_BYTES,
             },
             "kernel": kernel_state,
+            "kernel_heartbeat": match self.inner.kernel.heartbeat() {
+                Some(crate::wire::Heartbeat::Alive) => "alive".to_owned(),
+                Some(crate::wire::Heartbeat::Missed(n)) => format!("missed {n} (the kernel may be frozen)"),
+                Some(crate::wire::Heartbeat::Unknown) => "not checked yet".to_owned(),
+                None => "no kernel".to_owned(),
+            },
             "sandbox": match (self.inner.kernel.sandbox(), sandbox_configured) {
                 (Some(st), _) => serde_json::to_value(&st).unwrap_or_default(),
                 (None, true) => serde_json::Value::String("strict (status not known until a kernel runs)".into()),

@@ -303,6 +303,11 @@ impl Kernel {
         &self.info
     }
 
+    /// The latest heartbeat result (the kernel's heartbeat thread echoes even while a cell runs).
+    pub fn heartbeat(&self) -> crate::wire::Heartbeat {
+        self.conn.heartbeat()
+    }
+
     /// The kernel process id.
     pub fn pid(&self) -> i32 {
         self.process.pid()

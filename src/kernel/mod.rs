@@ -386,6 +386,11 @@ impl KernelHandle {
         self.current().and_then(|k| k.sandbox().cloned())
     }
 
+    /// The heartbeat of the running kernel, if one runs.
+    pub fn heartbeat(&self) -> Option<crate::wire::Heartbeat> {
+        self.current().map(|k| k.heartbeat())
+    }
+
     /// The pid of the running kernel, if one runs.
     pub fn pid(&self) -> Option<i32> {
         self.current()
