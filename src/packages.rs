@@ -355,22 +355,30 @@ impl Installer {
                 "--constraint".into(),
                 cons,
             ],
-            Installer::Pip => vec![
-                py,
-                "-m".into(),
-                "pip".into(),
-                "install".into(),
-                "--disable-pip-version-check".into(),
-                "--no-input".into(),
-                "--progress-bar".into(),
-                "off".into(),
-                "--constraint".into(),
-                cons,
-            ],
+            Installer::Pip => pip_install(&py, &["--constraint", &cons]),
         };
         argv.extend(specs.iter().map(|s| s.raw.clone()));
         argv
     }
+}
+
+/// `python -m pip install` with no prompts, no version check and no progress bars, then `rest`.
+pub fn pip_install(python: &str, rest: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(rest.iter().map(|s| s.to_string()));
+    argv
 }
 
 /// Environment for installers: never prompt, never ask a keyring.

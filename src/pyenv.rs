@@ -264,18 +264,7 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with venv + pip (this takes a minute or two the first time)");
         vec![
             vec![base, "-m".into(), "venv".into(), env_s],
-            vec![
-                py_s.clone(),
-                "-m".into(),
-                "pip".into(),
-                "install".into(),
-                "--disable-pip-version-check".into(),
-                "--no-input".into(),
-                "--progress-bar".into(),
-                "off".into(),
-                "-r".into(),
-                req,
-            ],
+            crate::packages::pip_install(&py_s, &["-r", &req]),
         ]
     };
     for step in &steps {

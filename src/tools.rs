@@ -301,6 +301,18 @@ impl Server {
         }
     }
 
+    /// Runs blocking file work on the workspace off the async threads.
+    async fn on_workspace<T, F>(&self, f: F) -> Result<Result<T, WorkspaceError>, ErrorData>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Workspace) -> Result<T, WorkspaceError> + Send + 'static,
+    {
+        let ws = self.inner.workspace.clone();
+        tokio::task::spawn_blocking(move || f(&ws))
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("file task failed: {e}"), None))
+    }
+
     fn env_info(&self) -> EnvInfo {
         self.inner
             .envs
@@ -406,13 +418,12 @@ impl Server {
         &self,
         Parameters(p): Parameters<ReadParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let ws = self.inner.workspace.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let path = ws.path(&p.path)?;
-            ws.read(&path, p.offset, p.limit)
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("read task failed: {e}"), None))?;
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(&p.path)?;
+                ws.read(&path, p.offset, p.limit)
+            })
+            .await?;
         Ok(match r {
             Ok(ReadOutcome::Text { text, note }) => {
                 let mut c = vec![Content::text(text)];
@@ -445,7 +456,6 @@ impl Server {
         &self,
         Parameters(p): Parameters<WriteParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let ws = self.inner.workspace.clone();
         let append = p.append.unwrap_or(false);
         let encoding = p.encoding.unwrap_or_default();
         if encoding == Encoding::Utf8 && p.content.len() > MAX_WRITE_BYTES {
@@ -454,27 +464,28 @@ impl Server {
                 p.content.len()
             )));
         }
-        let r = tokio::task::spawn_blocking(move || {
-            let path = ws.path(&p.path)?;
-            let data = match encoding {
-                Encoding::Utf8 => p.content.into_bytes(),
-                Encoding::Base64 => {
-                    let clean: String = p.content.chars().filter(|c| !c.is_whitespace()).collect();
-                    base64::engine::general_purpose::STANDARD
-                        .decode(clean)
-                        .map_err(|e| {
-                            WorkspaceError::BadPath(format!(
-                                "content is not valid base64 ({e}); nothing was written"
-                            ))
-                        })?
-                }
-            };
-            let n = data.len();
-            let total = ws.write(&path, &data, append)?;
-            Ok::<_, WorkspaceError>((path.display(), n, total))
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("write task failed: {e}"), None))?;
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(&p.path)?;
+                let data = match encoding {
+                    Encoding::Utf8 => p.content.into_bytes(),
+                    Encoding::Base64 => {
+                        let clean: String =
+                            p.content.chars().filter(|c| !c.is_whitespace()).collect();
+                        base64::engine::general_purpose::STANDARD
+                            .decode(clean)
+                            .map_err(|e| {
+                                WorkspaceError::BadPath(format!(
+                                    "content is not valid base64 ({e}); nothing was written"
+                                ))
+                            })?
+                    }
+                };
+                let n = data.len();
+                let total = ws.write(&path, &data, append)?;
+                Ok::<_, WorkspaceError>((path.display(), n, total))
+            })
+            .await?;
         Ok(match r {
             Ok((path, n, total)) if append => CallToolResult::success(vec![Content::text(
                 format!("appended {n} bytes to {path} (now {total} bytes)"),
@@ -497,13 +508,12 @@ impl Server {
         &self,
         Parameters(p): Parameters<ListParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let ws = self.inner.workspace.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let path = ws.path(p.path.as_deref().unwrap_or("."))?;
-            ws.list(&path, p.recursive.unwrap_or(false), p.pattern.as_deref())
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("list task failed: {e}"), None))?;
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(p.path.as_deref().unwrap_or("."))?;
+                ws.list(&path, p.recursive.unwrap_or(false), p.pattern.as_deref())
+            })
+            .await?;
         let listing = match r {
             Ok(l) => l,
             Err(e) => return Ok(workspace_error(e)),
@@ -549,14 +559,13 @@ impl Server {
         Parameters(p): Parameters<RunFileParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let ws = self.inner.workspace.clone();
         let rel = p.path.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let path = ws.path(&rel)?;
-            ws.regular_file(&path)
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("run_file task failed: {e}"), None))?;
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(&rel)?;
+                ws.regular_file(&path)
+            })
+            .await?;
         let abs = match r {
             Ok(a) => a,
             Err(e) => return Ok(workspace_error(e)),
@@ -1032,14 +1041,13 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let ws = self.inner.workspace.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            let root = ws.path(".")?;
-            ws.list(&root, true, None)
-                .map(|l| (l, ws.root().to_path_buf()))
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("list task failed: {e}"), None))?;
+        let listing = self
+            .on_workspace(move |ws| {
+                let root = ws.path(".")?;
+                ws.list(&root, true, None)
+                    .map(|l| (l, ws.root().to_path_buf()))
+            })
+            .await?;
         let (listing, root) =
             listing.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let resources = listing
@@ -1068,15 +1076,14 @@ impl ServerHandler for Server {
                 None,
             ));
         };
-        let ws = self.inner.workspace.clone();
         let path = path.to_owned();
-        let r = tokio::task::spawn_blocking(move || {
-            let p = ws.path(&path)?;
-            ws.read_bytes(&p, RESOURCE_MAX_BYTES)
-                .map(|b| (b, p.display()))
-        })
-        .await
-        .map_err(|e| ErrorData::internal_error(format!("read task failed: {e}"), None))?;
+        let r = self
+            .on_workspace(move |ws| {
+                let p = ws.path(&path)?;
+                ws.read_bytes(&p, RESOURCE_MAX_BYTES)
+                    .map(|b| (b, p.display()))
+            })
+            .await?;
         let (bytes, rel) = match r {
             Ok(x) => x,
             Err(WorkspaceError::NotFound { path }) => {
