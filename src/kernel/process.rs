@@ -72,8 +72,12 @@ pub struct LaunchCommand {
 #[derive(Debug)]
 pub struct KernelProcess {
     pid: i32,
-    /// Write end of the helper's lifeline pipe: closing it (we exit) kills the kernel group.
-    _lifeline: Option<tokio::process::ChildStdin>,
+    /// Write end of the helper's lifeline pipe: closing it makes the helper kill the kernel and
+    /// every descendant (also detached ones). Closed by `kill`, on drop, and when we exit.
+    lifeline: StdMutex<Option<tokio::process::ChildStdin>>,
+    /// Started through the helper: the helper alone tears the tree down (a SIGKILL to its
+    /// group would kill it before it could reach detached descendants).
+    helper: bool,
     stderr_tail: Arc<StdMutex<VecDeque<String>>>,
     exit: watch::Receiver<Option<ExitCause>>,
     tasks: Vec<JoinHandle<()>>,
@@ -116,7 +120,9 @@ impl KernelProcess {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            // With the helper, dropping must not SIGKILL it: it needs a moment to tear down
+            // detached descendants after the lifeline closes, and then exits by itself.
+            .kill_on_drop(cmd.helper.is_none())
             .process_group(0);
         if cmd.helper.is_none() {
             // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
@@ -173,7 +179,8 @@ impl KernelProcess {
         tracing::info!(pid, argv = ?cmd.argv, "kernel process started");
         Ok(KernelProcess {
             pid,
-            _lifeline: lifeline,
+            helper: lifeline.is_some(),
+            lifeline: StdMutex::new(lifeline),
             stderr_tail,
             exit: rx,
             tasks,
@@ -230,17 +237,29 @@ impl KernelProcess {
         }
     }
 
-    /// Kills the kernel's whole process group.
+    /// Kills the kernel, its process group and (through the helper) every descendant.
     pub fn kill(&self) {
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let lifeline = self.lifeline.lock().ok().and_then(|mut l| l.take());
+        if self.helper {
+            // The helper sees EOF at once and tears the whole tree down, then exits.
+            drop(lifeline);
+        } else if self.exit.borrow().is_none() {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
     }
 }
 
 impl Drop for KernelProcess {
     fn drop(&mut self) {
-        // The group also holds anything the kernel started; kill it all.
+        // The group also holds anything the kernel started; kill it all. Without a helper,
+        // signal the group directly, even if the kernel itself has exited.
         self.kill();
-        for t in &self.tasks {
+        if !self.helper {
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+        // The helper exits by itself once the lifeline is closed; its watcher and log readers
+        // then end on their own (and log the exit). Without a helper, stop them now.
+        for t in self.tasks.iter().filter(|_| !self.helper) {
             t.abort();
         }
     }

@@ -314,6 +314,54 @@ impl Policy {
     }
 }
 
+/// Kills every process of our process group and every descendant re-parented to us, repeating
+/// until none is left (killing a process re-parents its children to us, the subreaper).
+fn kill_descendants() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let me = nix::unistd::getpid().as_raw();
+    let group = nix::unistd::getpgrp().as_raw();
+    for _ in 0..100 {
+        let mut found = false;
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if pid == me {
+                    continue;
+                }
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // Fields after the command name: state, ppid, pgrp, ...
+                let Some((_, rest)) = stat.rsplit_once(") ") else {
+                    continue;
+                };
+                let mut f = rest.split_whitespace();
+                let state = f.next();
+                let ppid = f.next().and_then(|v| v.parse::<i32>().ok());
+                let pgrp = f.next().and_then(|v| v.parse::<i32>().ok());
+                if state == Some("Z") {
+                    continue;
+                }
+                if ppid == Some(me) || pgrp == Some(group) {
+                    let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    found = true;
+                }
+            }
+        }
+        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Runs the helper with the kernel's argv and never returns.
 pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
     if let Some(json) = policy {
@@ -354,6 +402,11 @@ pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
     unsafe {
         let _ = signal::sigaction(Signal::SIGINT, &noop);
     }
+    // As a subreaper, descendants that detach (setsid, double fork) are re-parented to us
+    // instead of init, so the teardown below can still find and kill them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("kernel-mcp helper: could not become a subreaper: {e}");
+    }
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
     // SAFETY: only prctl(2) runs between fork and exec. If the helper dies, the kernel dies.
@@ -380,16 +433,19 @@ pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
                 Ok(_) => {}
             }
         }
-        let _ = signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+        kill_descendants();
         std::process::exit(137);
     });
     let status = match child.wait() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kernel-mcp helper: wait failed: {e}");
+            kill_descendants();
             std::process::exit(1);
         }
     };
+    // The kernel is gone; nothing it started may outlive it.
+    kill_descendants();
     if let Some(code) = status.code() {
         std::process::exit(code);
     }

@@ -75,6 +75,12 @@ async fn sigkill_of_the_server_leaves_no_kernel() {
         .await;
     let child: i32 = text(&r).trim().parse().unwrap();
     assert!(alive(child));
+    // And one that left the process group and session, as daemons do.
+    let r = s
+        .exec("d = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
+        .await;
+    let daemon: i32 = text(&r).trim().parse().unwrap();
+    assert!(alive(daemon));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -88,12 +94,20 @@ async fn sigkill_of_the_server_leaves_no_kernel() {
         eventually(Duration::from_secs(10), || !alive(child)).await,
         "kernel child {child} survived"
     );
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(daemon)).await,
+        "detached grandchild {daemon} survived"
+    );
 }
 
 #[tokio::test]
 async fn restart_kernel_clears_state() {
     let s = Server::start().await;
     s.exec("gone = 1").await;
+    let r = s
+        .exec("import subprocess\nd = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
+        .await;
+    let daemon: i32 = text(&r).trim().parse().unwrap();
     let r = s.call("restart_kernel", serde_json::json!({})).await;
     assert!(!is_error(&r));
     assert!(
@@ -104,6 +118,12 @@ async fn restart_kernel_clears_state() {
     let r = s.exec("gone").await;
     assert!(is_error(&r));
     assert!(text(&r).starts_with("NameError: name 'gone' is not defined"));
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(daemon)).await,
+        "a detached process of the old kernel survived the restart: {}\n{}",
+        std::fs::read_to_string(format!("/proc/{daemon}/status")).unwrap_or_default(),
+        s.log()
+    );
     s.close().await;
 }
 
@@ -179,5 +199,18 @@ async fn restart_swaps_in_a_warm_preloaded_spare() {
     })
     .await;
     assert!(again, "the spare was not replaced");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_tcp_transport_works_too() {
+    let s = Server::start_with(&["--transport", "tcp"]).await;
+    s.exec("y = 20").await;
+    assert_eq!(texts(&s.exec("y + 22").await), vec!["42"]);
+    let (_, conn) = kernel_facts(&s).await;
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conn).unwrap()).unwrap();
+    assert_eq!(info["transport"], "tcp");
+    assert_eq!(info["ip"], "127.0.0.1");
     s.close().await;
 }
