@@ -472,6 +472,33 @@ impl Collector {
                 None
             }
         });
+        // Payloads ride on the reply: help pages (`obj?`) are output; exit() is not honoured.
+        for p in exec
+            .and_then(|e| e.reply.as_ref())
+            .and_then(|r| r.payload.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            match p.get("source").and_then(|s| s.as_str()) {
+                Some("page") => {
+                    let data = p.get("data");
+                    let text = data
+                        .and_then(|d| d.get("text/plain"))
+                        .and_then(|t| t.as_str())
+                        .or_else(|| p.get("text").and_then(|t| t.as_str()));
+                    if let Some(t) = text {
+                        let t = strip_ansi(t);
+                        let budget = self.limits.text_budget;
+                        let cut = char_floor(&t, budget);
+                        out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
+                    }
+                }
+                Some("ask_exit") => out.push(McpContent::text(
+                    "[exit() does not stop the kernel here; call restart_kernel for a fresh session]",
+                )),
+                _ => {}
+            }
+        }
         let interrupted = matches!(exec.map(|e| &e.ending), Some(Ending::Interrupted { .. }));
         if let Some(e) = error {
             // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.

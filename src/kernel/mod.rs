@@ -71,6 +71,8 @@ pub struct KernelHandle {
     launcher: StdMutex<LocalLauncher>,
     /// Set after an install: the next call first clears Python's import caches.
     invalidate_imports: AtomicBool,
+    /// True while restart_kernel is replacing the kernel.
+    restarting: AtomicBool,
     slot: tokio::sync::Mutex<Slot>,
     /// The kernel in use, readable without waiting for a running call (for interrupt/restart).
     current: StdMutex<Option<Arc<Kernel>>>,
@@ -88,6 +90,7 @@ impl KernelHandle {
             spare_filling: AtomicBool::new(false),
             launcher: StdMutex::new(launcher),
             invalidate_imports: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
             slot: tokio::sync::Mutex::new(Slot::default()),
             current: StdMutex::new(None),
             waiting: AtomicUsize::new(0),
@@ -329,6 +332,16 @@ impl KernelHandle {
                     )),
                 }
             }
+            Ending::Died { .. } if self.restarting.load(Ordering::SeqCst) => {
+                // restart_kernel killed it on purpose and starts the next kernel itself.
+                report.state_lost = true;
+                slot.kernel = None;
+                self.set_current(None);
+                report.notes.push(
+                    "restart_kernel was called while this code ran: the kernel was restarted and all variables were lost."
+                        .to_owned(),
+                );
+            }
             Ending::Died { cause } => {
                 report.state_lost = true;
                 if kernel.age() < EARLY_DEATH {
@@ -363,13 +376,16 @@ impl KernelHandle {
     /// Kills the kernel (ending any running call) and starts a fresh one.
     pub async fn restart(&self) -> Result<Duration, KernelError> {
         let t = Instant::now();
+        self.restarting.store(true, Ordering::SeqCst);
         // Kill first, so a running call ends now instead of holding the slot.
         if let Some(k) = self.current() {
             k.kill();
         }
         let mut slot = self.slot.lock().await;
         slot.retry_at = None;
-        self.replace(&mut slot).await?;
+        let result = self.replace(&mut slot).await;
+        self.restarting.store(false, Ordering::SeqCst);
+        result?;
         Ok(t.elapsed())
     }
 

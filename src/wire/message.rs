@@ -133,6 +133,10 @@ pub struct ExecuteReply {
     pub traceback: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_expressions: Option<Value>,
+    /// Deprecated-but-used reply payloads (messaging spec, "Payloads"): `page` for `obj?`
+    /// help, `ask_exit` for `exit()`, `set_next_input`, `edit_magic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

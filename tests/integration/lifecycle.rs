@@ -214,3 +214,30 @@ async fn the_tcp_transport_works_too() {
     assert_eq!(info["ip"], "127.0.0.1");
     s.close().await;
 }
+
+#[tokio::test]
+async fn restart_during_a_running_call_is_reported_to_that_call() {
+    let s = Server::start().await;
+    let serde_json::Value::Object(map) = serde_json::json!({"code": "import time\ntime.sleep(60)"})
+    else {
+        unreachable!()
+    };
+    let running = s
+        .client
+        .call_tool(rmcp::model::CallToolRequestParams::new("execute_python").with_arguments(map));
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        s.call("restart_kernel", serde_json::json!({})).await
+    };
+    let (a, b) = tokio::join!(running, restart);
+    let a = a.unwrap();
+    assert!(is_error(&a));
+    assert!(
+        text(&a).contains("restart_kernel was called while this code ran"),
+        "{}",
+        text(&a)
+    );
+    assert!(!is_error(&b), "{}", text(&b));
+    assert_eq!(texts(&s.exec("1 + 1").await), vec!["2"]);
+    s.close().await;
+}

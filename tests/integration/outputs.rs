@@ -134,3 +134,21 @@ async fn image_cap_drops_extra_figures_with_a_note() {
     assert!(note.starts_with("[2 image(s) not shown"), "{note}");
     s.close().await;
 }
+
+#[tokio::test]
+async fn help_pages_and_exit_are_handled() {
+    let s = Server::start().await;
+    let r = s.exec("import json\njson.dumps?").await;
+    assert!(!is_error(&r));
+    let t = text(&r);
+    assert!(t.starts_with("Signature:\njson.dumps("), "{t}");
+    assert!(!t.contains('\u{1b}'));
+    s.exec("kept = 1").await;
+    let r = s.exec("exit()").await;
+    assert_eq!(
+        texts(&r),
+        vec!["[exit() does not stop the kernel here; call restart_kernel for a fresh session]"]
+    );
+    assert_eq!(texts(&s.exec("kept").await), vec!["1"]);
+    s.close().await;
+}
