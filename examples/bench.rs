@@ -46,6 +46,24 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 fn server_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let profile_dir = me
@@ -186,11 +204,13 @@ async fn main() -> anyhow::Result<()> {
         exec(&m, "x + 1").await?;
     }
     let mut mcp = Vec::with_capacity(n);
+    let cpu_before = cpu_seconds(m.pid);
     for _ in 0..n {
         let t = Instant::now();
         exec(&m, "x + 1").await?;
         mcp.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let server_cpu_us = (cpu_seconds(m.pid) - cpu_before) / n as f64 * 1e6;
     let mcp_med = median(&mut mcp);
     let mcp_p90 = p90(&mut mcp);
     tokio::time::sleep(Duration::from_secs(8)).await; // let the spare finish starting
@@ -230,6 +250,11 @@ async fn main() -> anyhow::Result<()> {
             "p90 {mcp_p90:.3} ms; ratio to direct {:.3}x (target <= 1.15x)",
             mcp_med / direct_med
         ),
+    );
+    row(
+        "server CPU time per x + 1 call (user + system)",
+        format!("{server_cpu_us:.0} µs"),
+        "the server's own work: MCP JSON, routing, signing, output shaping",
     );
     row(
         "fresh bare `python -c` per call (median of 30)",

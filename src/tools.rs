@@ -151,6 +151,9 @@ pub struct ReadParams {
     /// Most lines to return (default 2000).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Prefix each line with its number (off by default).
+    #[serde(default)]
+    pub line_numbers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
@@ -421,7 +424,7 @@ impl Server {
         let r = self
             .on_workspace(move |ws| {
                 let path = ws.path(&p.path)?;
-                ws.read(&path, p.offset, p.limit)
+                ws.read(&path, p.offset, p.limit, p.line_numbers.unwrap_or(false))
             })
             .await?;
         Ok(match r {

@@ -381,6 +381,7 @@ impl Workspace {
         path: &WorkspacePath,
         offset: Option<usize>,
         limit: Option<usize>,
+        line_numbers: bool,
     ) -> Result<ReadOutcome, WorkspaceError> {
         let (mut f, meta) = self.open_regular(path)?;
         let size = meta.len();
@@ -472,6 +473,9 @@ impl Workspace {
                 }
                 more = true;
                 break;
+            }
+            if line_numbers {
+                out.push_str(&format!("{line_no:>6}\t"));
             }
             out.push_str(&text);
             shown += 1;

@@ -212,6 +212,13 @@ async fn write_read_append_and_paging() {
         )
         .await;
     assert_eq!(texts(&r), vec!["row 4999\nrow 5000\n"]);
+    let r = s
+        .call(
+            "read_file",
+            json!({"path": "big.txt", "offset": 9, "limit": 2, "line_numbers": true}),
+        )
+        .await;
+    assert_eq!(texts(&r)[0], "     9\trow 9\n    10\trow 10\n");
     let r = s.call("read_file", json!({"path": "big.txt"})).await;
     let t = texts(&r);
     assert_eq!(t[0].lines().count(), 2000);
