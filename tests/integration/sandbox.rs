@@ -209,3 +209,38 @@ async fn allow_network_and_sandbox_off_lift_the_rules() {
     assert!(text(&r).contains("\"sandbox\": \"off"), "{}", text(&r));
     s.close().await;
 }
+
+#[tokio::test]
+async fn allow_read_grants_a_read_only_folder_and_require_starts_when_complete() {
+    let c = canaries();
+    let shared = tempfile::Builder::new()
+        .prefix("kmcp-shared-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(shared.path().join("data.csv"), "a\n1\n").unwrap();
+    let dir = shared.path().display().to_string();
+    let s = start(&c, &["--sandbox", "require", "--allow-read", &dir]).await;
+    require_landlock(&s).await;
+    let r = s
+        .exec(&format!("open({:?}).read()", format!("{dir}/data.csv")))
+        .await;
+    assert_eq!(texts(&r), vec!["'a\\n1\\n'"]);
+    let r = s
+        .exec(&format!(
+            "open({:?}, 'w').write('x')",
+            format!("{dir}/new.txt")
+        ))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).starts_with("PermissionError"), "{}", text(&r));
+    assert!(!shared.path().join("new.txt").exists());
+    // The canary home is still closed.
+    let r = s
+        .exec(&format!(
+            "open({:?}).read()",
+            c.home.join(".aws/credentials").display().to_string()
+        ))
+        .await;
+    assert!(is_error(&r));
+    s.close().await;
+}
