@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, NumberOrString, ProgressToken, RequestMetaObject};
 use serde_json::json;
 
 use crate::harness::{is_error, text, texts, Server, HANG};
@@ -11,13 +10,11 @@ use crate::harness::{is_error, text, texts, Server, HANG};
 async fn cancelling_a_call_interrupts_the_kernel_and_keeps_variables() {
     let s = Server::start().await;
     s.exec("kept = 5").await;
-    let args = json!({"code": "import time\ntime.sleep(120)"});
-    let serde_json::Value::Object(map) = args else {
-        unreachable!()
-    };
-    let call = s
-        .client
-        .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map));
+    let call = s.request(
+        "execute_python",
+        json!({"code": "import time\ntime.sleep(120)"}),
+        false,
+    );
     // Dropping the request future sends notifications/cancelled.
     assert!(tokio::time::timeout(Duration::from_secs(2), call)
         .await
@@ -36,14 +33,7 @@ async fn cancelling_a_call_interrupts_the_kernel_and_keeps_variables() {
 async fn progress_notifications_carry_elapsed_time_and_output() {
     let s = Server::start().await;
     let args = json!({"code": "import time\nfor i in range(4):\n    print(f'step {i}', flush=True)\n    time.sleep(0.8)"});
-    let serde_json::Value::Object(map) = args else {
-        unreachable!()
-    };
-    let mut p = CallToolRequestParams::new("execute_python").with_arguments(map);
-    p.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
-        NumberOrString::String("tok".into()),
-    )));
-    let r = tokio::time::timeout(HANG, s.client.call_tool(p))
+    let r = tokio::time::timeout(HANG, s.request("execute_python", args, true))
         .await
         .unwrap()
         .unwrap();
@@ -82,13 +72,7 @@ async fn background_thread_output_never_lands_in_a_later_call() {
 #[tokio::test]
 async fn calls_run_in_order_and_the_queue_is_bounded() {
     let s = Server::start_with(&["--max-queue", "1"]).await;
-    let call = |code: &'static str| {
-        let serde_json::Value::Object(map) = json!({"code": code}) else {
-            unreachable!()
-        };
-        s.client
-            .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map))
-    };
+    let call = |code: &'static str| s.request("execute_python", json!({"code": code}), false);
     let (a, b, c) = tokio::join!(
         call("import time\ntime.sleep(1.5)\norder = ['a']"),
         async {
@@ -111,13 +95,7 @@ async fn calls_run_in_order_and_the_queue_is_bounded() {
 #[tokio::test]
 async fn a_failing_call_does_not_abort_the_next() {
     let s = Server::start().await;
-    let call = |code: &'static str| {
-        let serde_json::Value::Object(map) = json!({"code": code}) else {
-            unreachable!()
-        };
-        s.client
-            .call_tool(CallToolRequestParams::new("execute_python").with_arguments(map))
-    };
+    let call = |code: &'static str| s.request("execute_python", json!({"code": code}), false);
     let (a, b) = tokio::join!(
         call("import time\ntime.sleep(0.5)\nraise RuntimeError('first')"),
         async {

@@ -118,16 +118,22 @@ impl Server {
             .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
     }
 
+    /// The call as a future, to run several at once or to cancel by dropping it.
+    pub fn request(
+        &self,
+        tool: &str,
+        args: Value,
+        progress: bool,
+    ) -> impl std::future::Future<Output = Result<CallToolResult, rmcp::ServiceError>> + '_ {
+        self.client.call_tool(params(tool, args, progress))
+    }
+
     pub async fn try_call(
         &self,
         tool: &str,
         args: Value,
     ) -> Result<CallToolResult, rmcp::ServiceError> {
-        let Value::Object(map) = args else {
-            panic!("args must be an object")
-        };
-        let p = CallToolRequestParams::new(tool.to_owned()).with_arguments(map);
-        tokio::time::timeout(HANG, self.client.call_tool(p))
+        tokio::time::timeout(HANG, self.client.call_tool(params(tool, args, false)))
             .await
             .unwrap_or_else(|_| panic!("{tool} hung"))
     }
@@ -141,6 +147,22 @@ impl Server {
         let _ = tokio::time::timeout(HANG, self.client.cancel()).await;
         self.dir
     }
+}
+
+/// Request params for `tool`, with a progress token when `progress`.
+pub fn params(tool: &str, args: Value, progress: bool) -> CallToolRequestParams {
+    let Value::Object(map) = args else {
+        panic!("args must be an object")
+    };
+    let mut p = CallToolRequestParams::new(tool.to_owned()).with_arguments(map);
+    if progress {
+        p.meta = Some(rmcp::model::RequestMetaObject::with_progress_token(
+            rmcp::model::ProgressToken(rmcp::model::NumberOrString::String(
+                format!("{tool}-progress").into(),
+            )),
+        ));
+    }
+    p
 }
 
 /// The text blocks of a result.

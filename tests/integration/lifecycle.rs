@@ -218,13 +218,11 @@ async fn the_tcp_transport_works_too() {
 #[tokio::test]
 async fn restart_during_a_running_call_is_reported_to_that_call() {
     let s = Server::start().await;
-    let serde_json::Value::Object(map) = serde_json::json!({"code": "import time\ntime.sleep(60)"})
-    else {
-        unreachable!()
-    };
-    let running = s
-        .client
-        .call_tool(rmcp::model::CallToolRequestParams::new("execute_python").with_arguments(map));
+    let running = s.request(
+        "execute_python",
+        serde_json::json!({"code": "import time\ntime.sleep(60)"}),
+        false,
+    );
     let restart = async {
         tokio::time::sleep(Duration::from_millis(800)).await;
         s.call("restart_kernel", serde_json::json!({})).await

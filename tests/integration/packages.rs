@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use rmcp::model::CallToolRequestParams;
 use serde_json::json;
 
 use crate::harness::{is_error, text, texts, Server};
@@ -84,22 +83,19 @@ async fn installs_time_out_are_killed_and_run_one_at_a_time() {
     )
     .await;
     let call = || {
-        let serde_json::Value::Object(map) = json!({"packages": ["kernel-mcp-absent-pkg"]}) else {
-            unreachable!()
-        };
-        s.client
-            .call_tool(CallToolRequestParams::new("install_package").with_arguments(map))
+        s.request(
+            "install_package",
+            json!({"packages": ["kernel-mcp-absent-pkg"]}),
+            false,
+        )
     };
     let t = Instant::now();
     let with_progress = || {
-        let serde_json::Value::Object(map) = json!({"packages": ["kernel-mcp-absent-pkg"]}) else {
-            unreachable!()
-        };
-        let mut p = CallToolRequestParams::new("install_package").with_arguments(map);
-        p.meta = Some(rmcp::model::RequestMetaObject::with_progress_token(
-            rmcp::model::ProgressToken(rmcp::model::NumberOrString::String("install".into())),
-        ));
-        s.client.call_tool(p)
+        s.request(
+            "install_package",
+            json!({"packages": ["kernel-mcp-absent-pkg"]}),
+            true,
+        )
     };
     let files_meanwhile = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
