@@ -40,7 +40,13 @@ pub async fn run(workspace: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(workspace)?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--workspace").arg(workspace);
-    let transport = TokioChildProcess::new(cmd)?;
+    // The server's log would drown the results; keep it in a file.
+    let log_dir = workspace.join(".kernel-mcp");
+    std::fs::create_dir_all(&log_dir)?;
+    let log_path = log_dir.join("demo-server.log");
+    let log = std::fs::File::create(&log_path)?;
+    println!("server log: {}", log_path.display());
+    let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
     let started = std::time::Instant::now();
     let client = ().serve(transport).await.context("connecting to the server")?;
     let tools = client.list_all_tools().await?;

@@ -111,13 +111,16 @@ enum SandboxMode {
 fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
+    let units = [
+        ('k', 1u64 << 10),
+        ('m', 1 << 20),
+        ('g', 1 << 30),
+        ('t', 1 << 40),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|&(u, m)| t.strip_suffix(u).map(|n| (n, m)))
+        .unwrap_or((t, 1));
     let n: f64 = num
         .trim()
         .parse()
@@ -137,9 +140,9 @@ enum Command {
     Demo,
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -392,7 +395,12 @@ fn main() -> anyhow::Result<()> {
         kernel_mcp::kernel::sandbox::helper_main(policy, argv);
     }
     let cli = Cli::parse();
-    init_logging();
+    // The demo is an MCP client printing results; its own logs would only get in the way.
+    init_logging(if matches!(cli.command, Some(Command::Demo)) {
+        "warn"
+    } else {
+        "info,zeromq=error"
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
