@@ -32,6 +32,9 @@ impl Default for OutputLimits {
     }
 }
 
+/// Most content blocks in one result; later text joins the last text block.
+const MAX_BLOCKS: usize = 100;
+
 /// Where text that does not fit the budget is saved (a file in the workspace).
 pub trait SpillTarget: Send {
     /// Creates a new file; returns its workspace-relative path and the open file.
@@ -295,11 +298,23 @@ impl Collector {
                 let mut buf = String::new();
                 append_terminal(&mut buf, now, &mut self.pending_cr);
                 self.head_chars += buf.len();
-                self.blocks.push(Block::Text {
-                    kind,
-                    text: buf,
-                    display_id,
-                });
+                let crowded = self.blocks.len() >= MAX_BLOCKS && display_id.is_none();
+                match self.blocks.last_mut() {
+                    // Thousands of tiny displays would become thousands of content blocks;
+                    // past the cap they join the last text block, one per line.
+                    Some(Block::Text { text, .. }) if crowded => {
+                        if !text.ends_with('\n') {
+                            text.push('\n');
+                            self.head_chars += 1;
+                        }
+                        text.push_str(&buf);
+                    }
+                    _ => self.blocks.push(Block::Text {
+                        kind,
+                        text: buf,
+                        display_id,
+                    }),
+                }
             }
             if rest.is_empty() {
                 return;
@@ -669,6 +684,33 @@ mod tests {
         assert!(t.first().is_some_and(|s| s.starts_with("line 0\n")));
         assert!(t.iter().any(|s| s.contains("output truncated")));
         assert!(t.last().is_some_and(|s| s.ends_with("line 9999\n")));
+    }
+
+    #[test]
+    fn many_small_displays_stay_few_blocks() {
+        let mut c = Collector::new(OutputLimits::default(), None, None);
+        for i in 0..1000 {
+            c.output(&Content::ExecuteResult(
+                crate::wire::message::ExecuteResult {
+                    execution_count: None,
+                    data: [(
+                        "text/plain".to_owned(),
+                        serde_json::Value::String(i.to_string()),
+                    )]
+                    .into_iter()
+                    .collect(),
+                    metadata: serde_json::Value::Null,
+                },
+            ));
+        }
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let t = texts(&r);
+        assert_eq!(t.len(), MAX_BLOCKS);
+        assert!(
+            t.last().is_some_and(|l| l.ends_with("998\n999")),
+            "{:?}",
+            t.last()
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub const MAX_READ_CHARS: usize = 100_000;
 pub const DEFAULT_READ_LINES: usize = 2000;
 /// Most entries returned by list_files.
 pub const MAX_LIST_ENTRIES: usize = 1000;
+/// Most entries read from one folder by a listing.
+const MAX_SCAN_PER_DIR: usize = 50_000;
+/// Most entries read by one listing in all.
+const MAX_SCAN_TOTAL: usize = 200_000;
 
 /// A validated path relative to the workspace root. The only way to name a file for the file tools.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -663,13 +667,20 @@ impl Workspace {
         };
         let start = self.dir.open_dir(path.for_cap()).map_err(io_err(path))?;
         let mut stack: Vec<(Dir, PathBuf, usize)> = vec![(start, path.rel.clone(), 0)];
-        while let Some((dir, prefix, depth)) = stack.pop() {
+        let mut scanned = 0usize;
+        'walk: while let Some((dir, prefix, depth)) = stack.pop() {
             let Ok(rd) = dir.entries() else {
                 listing.skipped += 1;
                 continue;
             };
             let mut items = Vec::new();
             for e in rd {
+                scanned += 1;
+                // Huge folders (or trees) are cut short rather than read to the end.
+                if items.len() >= MAX_SCAN_PER_DIR || scanned > MAX_SCAN_TOTAL {
+                    listing.truncated = true;
+                    break;
+                }
                 // An entry that vanished while we listed is simply skipped.
                 let Ok(e) = e else { continue };
                 let Ok(m) = e.metadata() else { continue };
@@ -694,11 +705,10 @@ impl Workspace {
                 ));
             }
             items.sort_by(|a, b| a.0.cmp(&b.0));
-            for (rel, name, kind, size, modified) in items.into_iter().rev() {
+            let mut subdirs = Vec::new();
+            for (rel, name, kind, size, modified) in items {
                 if recursive && kind == "dir" && depth < 32 {
-                    if let Ok(sub) = dir.open_dir(&name) {
-                        stack.push((sub, rel.clone(), depth + 1));
-                    }
+                    subdirs.push((name.clone(), rel.clone()));
                 }
                 let shown = rel.to_string_lossy().into_owned();
                 let matches = match pattern {
@@ -711,7 +721,7 @@ impl Workspace {
                 }
                 if listing.entries.len() >= MAX_LIST_ENTRIES {
                     listing.truncated = true;
-                    continue;
+                    break 'walk;
                 }
                 listing.entries.push(Entry {
                     path: shown,
@@ -720,11 +730,14 @@ impl Workspace {
                     modified,
                 });
             }
-            if listing.truncated
-                && listing.entries.len() >= MAX_LIST_ENTRIES
-                && stack.len() > 10_000
-            {
+            if scanned > MAX_SCAN_TOTAL {
                 break;
+            }
+            // Depth first, in name order: push in reverse so the smallest name is visited next.
+            for (name, rel) in subdirs.into_iter().rev() {
+                if let Ok(sub) = dir.open_dir(&name) {
+                    stack.push((sub, rel, depth + 1));
+                }
             }
         }
         listing.entries.sort_by(|a, b| a.path.cmp(&b.path));

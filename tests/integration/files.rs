@@ -454,3 +454,23 @@ async fn workspace_files_are_mcp_resources() {
         .is_err());
     s.close().await;
 }
+
+#[tokio::test]
+async fn big_folders_are_listed_in_part_with_a_note() {
+    let s = Server::start().await;
+    std::fs::create_dir_all(s.ws().join("many")).unwrap();
+    for i in 0..1500 {
+        std::fs::write(s.ws().join(format!("many/f{i:04}.txt")), "").unwrap();
+    }
+    let r = s.call("list_files", json!({"path": "many"})).await;
+    let t = text(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 1001);
+    assert!(lines[0].ends_with("many/f0000.txt"), "{}", lines[0]);
+    assert!(
+        lines[1000].starts_with("[only the first 1000 entries are shown"),
+        "{}",
+        lines[1000]
+    );
+    s.close().await;
+}
