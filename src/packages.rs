@@ -167,6 +167,7 @@ pub const PROTECTED: &[&str] = &[
     "debugpy",
     "matplotlib-inline",
     "nest-asyncio",
+    "nest-asyncio2",
     "psutil",
     "pip",
     "setuptools",

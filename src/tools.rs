@@ -955,7 +955,12 @@ impl Server {
                 )))
             }
         };
-        match self.inner.kernel.switch_python(info.python.clone()).await {
+        match self
+            .inner
+            .kernel
+            .switch_python(info.python.clone(), info.paths.clone())
+            .await
+        {
             Ok(d) => {
                 let text = format!(
                     "switched to environment {} (Python {}, {}); the kernel was restarted in {:.2} s and all variables were lost",
@@ -970,7 +975,26 @@ impl Server {
                 }
                 Ok(CallToolResult::success(vec![Content::text(text)]))
             }
-            Err(e) => Ok(kernel_error(e)),
+            Err(e) => {
+                // Go back to the environment that worked, so the session is not left without one.
+                let current = self.env_info();
+                let back = self
+                    .inner
+                    .kernel
+                    .switch_python(current.python, current.paths)
+                    .await;
+                let restored = match back {
+                    Ok(_) => {
+                        "the previous environment was restarted instead (all variables were lost)"
+                            .to_owned()
+                    }
+                    Err(e2) => format!("restarting the previous environment failed too: {e2}"),
+                };
+                Ok(tool_error(format!(
+                    "could not start a kernel in environment {}: {e}; {restored}",
+                    p.name
+                )))
+            }
         }
     }
 

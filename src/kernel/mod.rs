@@ -108,10 +108,18 @@ impl KernelHandle {
         self.invalidate_imports.store(true, Ordering::SeqCst);
     }
 
-    /// Switches to another interpreter and restarts the kernel in it.
-    pub async fn switch_python(&self, python: PathBuf) -> Result<Duration, KernelError> {
+    /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders
+    /// that interpreter reads from; the sandbox must let the new kernel read them.
+    pub async fn switch_python(
+        &self,
+        python: PathBuf,
+        paths: Vec<PathBuf>,
+    ) -> Result<Duration, KernelError> {
         if let Ok(mut l) = self.launcher.lock() {
             l.python = python;
+            if let Some(sb) = l.sandbox.as_mut() {
+                sb.python_paths = paths;
+            }
         }
         self.restart().await
     }

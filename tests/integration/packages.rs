@@ -254,11 +254,14 @@ fn make_venv(dir: &std::path::Path) -> std::path::PathBuf {
 async fn environments_can_be_chosen_and_switched_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let venv = make_venv(tmp.path());
+    // A second environment in another folder: the sandbox must follow the switch.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let other = make_venv(tmp2.path());
     let s = Server::start_with(&[
         "--venv",
         venv.to_str().unwrap(),
         "--env",
-        &format!("other={}", venv.display()),
+        &format!("other={}", other.display()),
     ])
     .await;
     let r = s.exec("import sys\nsys.prefix").await;
@@ -278,6 +281,8 @@ async fn environments_can_be_chosen_and_switched_by_name() {
     assert!(!is_error(&r), "{}", text(&r));
     assert!(text(&r).contains("all variables were lost"), "{}", text(&r));
     assert!(is_error(&s.exec("x").await));
+    let r = s.exec("import sys, numpy\nsys.prefix").await;
+    assert_eq!(texts(&r), vec![format!("'{}'", other.display())]);
     let r = s
         .call("switch_environment", json!({"name": "/usr/bin/python3"}))
         .await;
