@@ -239,3 +239,27 @@ async fn restart_during_a_running_call_is_reported_to_that_call() {
     assert_eq!(texts(&s.exec("1 + 1").await), vec!["2"]);
     s.close().await;
 }
+
+#[tokio::test]
+async fn a_kernel_that_died_between_calls_is_replaced_and_the_model_is_told() {
+    let s = Server::start().await;
+    let (pid, _) = kernel_facts(&s).await;
+    s.exec("lost = 1").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || !alive(pid)).await);
+    // Give the server a moment to notice the exit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.exec("'lost' in globals()").await;
+    let t = texts(&r);
+    assert_eq!(t[0], "False");
+    assert!(
+        t[1].starts_with("[The kernel had died since the last call (")
+            && t[1].contains("all variables were lost"),
+        "{t:?}"
+    );
+    s.close().await;
+}
