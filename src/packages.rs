@@ -382,6 +382,77 @@ pub fn pip_install(python: &str, rest: &[&str]) -> Vec<String> {
     argv
 }
 
+/// What an install changed.
+#[derive(Debug, Clone, Default)]
+pub struct InstallReport {
+    /// "name version" for each requested package (or why it is missing).
+    pub requested: Vec<String>,
+    /// Distributions that were not there before, "name version".
+    pub added: Vec<String>,
+    /// Distributions whose version changed: (name, old, new).
+    pub changed: Vec<(String, String, String)>,
+}
+
+/// Installs validated `specs` into `python`, with the kernel's own packages pinned, sending
+/// each installer output line to `on_line`.
+pub async fn install(
+    python: &std::path::Path,
+    specs: &[PackageSpec],
+    timeout: Duration,
+    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<InstallReport, PackageError> {
+    let before = installed(python).await?;
+    // Pin what the kernel runs on, so a dependency cannot upgrade it under the running kernel.
+    let constraints: String = PROTECTED
+        .iter()
+        .filter_map(|n| before.get(*n).map(|(name, v)| format!("{name}=={v}\n")))
+        .collect();
+    let cons_path = std::env::temp_dir().join(format!(
+        "kernel-mcp-constraints-{}.txt",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&cons_path, constraints)
+        .map_err(|e| PackageError::Spawn(format!("writing the constraints file: {e}")))?;
+    let argv = Installer::detect().argv(python, &cons_path, specs);
+    tracing::info!(?argv, "installer: starting");
+    let result = run_with_lines(&argv, timeout, false, on_line, INSTALLER_ENV).await;
+    let _ = std::fs::remove_file(&cons_path);
+    let out = result?;
+    if !out.success {
+        return Err(PackageError::Failed(explain_failure(&out)));
+    }
+    let after = installed(python).await.unwrap_or_default();
+    let requested = specs
+        .iter()
+        .map(|s| match after.get(&s.name) {
+            Some((name, v)) => format!("{name} {v}"),
+            None => format!(
+                "{}: the installer succeeded but it is not listed as installed",
+                s.raw
+            ),
+        })
+        .collect();
+    let added = after
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .map(|(_, (n, v))| format!("{n} {v}"))
+        .collect();
+    let changed = after
+        .iter()
+        .filter_map(|(k, (n, v))| {
+            before
+                .get(k)
+                .filter(|(_, old)| old != v)
+                .map(|(_, old)| (n.clone(), old.clone(), v.clone()))
+        })
+        .collect();
+    Ok(InstallReport {
+        requested,
+        added,
+        changed,
+    })
+}
+
 /// Environment for installers: never prompt, never ask a keyring.
 pub const INSTALLER_ENV: &[(&str, &str)] = &[
     ("PIP_NO_INPUT", "1"),

@@ -17,10 +17,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::PackageError;
 use crate::error::{KernelError, WorkspaceError};
 use crate::kernel::{ExecLimits, KernelHandle};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
-use crate::packages::{self, Installer, PackageSpec, INSTALLER_ENV};
+use crate::packages::{self, PackageSpec};
 use crate::pyenv::{self, EnvInfo, EnvSource};
 use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
@@ -648,31 +649,6 @@ impl Server {
         }
         let _one_at_a_time = self.inner.install_lock.lock().await;
         let python = self.env_info().python;
-        let before = match packages::installed(&python).await {
-            Ok(b) => b,
-            Err(e) => {
-                return Ok(tool_error(format!(
-                    "could not list the installed packages: {e}"
-                )))
-            }
-        };
-        // Pin what the kernel runs on, so a dependency cannot upgrade it under the running kernel.
-        let constraints: String = packages::PROTECTED
-            .iter()
-            .filter_map(|n| before.get(*n).map(|(name, v)| format!("{name}=={v}\n")))
-            .collect();
-        let cons_path = std::env::temp_dir().join(format!(
-            "kernel-mcp-constraints-{}.txt",
-            uuid::Uuid::new_v4().simple()
-        ));
-        if let Err(e) = std::fs::write(&cons_path, constraints) {
-            return Ok(tool_error(format!(
-                "could not write the constraints file: {e}"
-            )));
-        }
-        let installer = Installer::detect();
-        let argv = installer.argv(&python, &cons_path, &specs);
-        tracing::info!(?argv, "installer: starting");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let progress = ctx.meta.get_progress_token().map(|token| {
             let peer = ctx.peer.clone();
@@ -686,58 +662,29 @@ impl Server {
                 }
             })
         });
-        let result = packages::run_with_lines(
-            &argv,
+        let result = packages::install(
+            &python,
+            &specs,
             self.inner.settings.install_timeout,
-            false,
             Some(tx),
-            INSTALLER_ENV,
         )
         .await;
-        let _ = std::fs::remove_file(&cons_path);
         if let Some(t) = progress {
             t.abort();
         }
-        let out = match result {
-            Ok(o) => o,
+        let report = match result {
+            Ok(r) => r,
+            Err(e @ PackageError::Failed(_)) => {
+                return Ok(tool_error(format!("nothing was changed: {e}")));
+            }
             Err(e) => {
                 return Ok(tool_error(format!(
                     "{e}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
                 )))
             }
         };
-        if !out.success {
-            return Ok(tool_error(format!(
-                "installation failed, nothing was changed: {}",
-                packages::explain_failure(&out)
-            )));
-        }
-        let after = packages::installed(&python).await.unwrap_or_default();
         self.inner.kernel.invalidate_imports();
-        let mut lines = Vec::new();
-        for s in &specs {
-            match after.get(&s.name) {
-                Some((name, v)) => lines.push(format!("{name} {v}")),
-                None => lines.push(format!(
-                    "{}: the installer succeeded but it is not listed as installed",
-                    s.raw
-                )),
-            }
-        }
-        let added: Vec<String> = after
-            .iter()
-            .filter(|(k, _)| !before.contains_key(*k))
-            .map(|(_, (n, v))| format!("{n} {v}"))
-            .collect();
-        let changed: Vec<(String, String, String)> = after
-            .iter()
-            .filter_map(|(k, (n, v))| {
-                before
-                    .get(k)
-                    .filter(|(_, old)| old != v)
-                    .map(|(_, old)| (n.clone(), old.clone(), v.clone()))
-            })
-            .collect();
+        let (lines, added, changed) = (report.requested, report.added, report.changed);
         let mut text = format!("installed into {}:\n{}", python.display(), lines.join("\n"));
         if !added.is_empty() {
             text.push_str(&format!(
