@@ -281,7 +281,16 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         );
     }
     let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
-    let env = resolve_env(&o).await?;
+    // On a first run the managed environment takes a minute to create: serve MCP at once and
+    // create it in the background, so a client such as Claude Desktop does not time out.
+    let source = env_source(&o);
+    let background = source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    let env = if background {
+        tracing::warn!("first run: creating the managed Python environment in the background");
+        pyenv::preparing()
+    } else {
+        resolve_env(&o).await?
+    };
     tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
     let spec = match &o.kernel_spec {
         Some(p) => KernelSpec::load(p)?,
@@ -321,6 +330,22 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         named: named_envs(&o)?,
     };
     let server = Server::new(kernel.clone(), workspace, settings, envs);
+    if background {
+        let (kernel, server) = (kernel.clone(), server.clone());
+        tokio::spawn(async move {
+            match pyenv::ensure_managed().await {
+                Ok(info) => {
+                    kernel.set_python(info.python.clone(), info.paths.clone());
+                    server.set_env_info(info);
+                    kernel.warm_up();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not create the managed Python environment");
+                    kernel.set_env_error(e.to_string());
+                }
+            }
+        });
+    }
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
     let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
     let transport =

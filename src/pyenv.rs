@@ -170,6 +170,26 @@ fn read_marker(env: &Path) -> Option<EnvInfo> {
     (info.requirements_hash == requirements_hash() && info.python.exists()).then_some(info)
 }
 
+/// True when the managed environment exists and matches the requirements (no set-up needed).
+pub fn managed_ready() -> bool {
+    managed_env_dir()
+        .ok()
+        .and_then(|env| read_marker(&env))
+        .is_some()
+}
+
+/// A stand-in while the managed environment is being created in the background.
+pub fn preparing() -> EnvInfo {
+    EnvInfo {
+        python: PathBuf::new(),
+        python_version: "(being installed)".into(),
+        packages: Vec::new(),
+        requirements_hash: String::new(),
+        kind: "managed (being created)".into(),
+        paths: Vec::new(),
+    }
+}
+
 /// Finds the managed environment, creating it on first use; safe against concurrent first runs.
 pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
     let env = managed_env_dir()?;

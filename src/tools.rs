@@ -305,6 +305,13 @@ impl Server {
         }
     }
 
+    /// Replaces what the server reports about the active environment (after a first-run set-up).
+    pub fn set_env_info(&self, info: EnvInfo) {
+        if let Ok(mut e) = self.inner.envs.write() {
+            e.info = info;
+        }
+    }
+
     /// Runs blocking file work on the workspace off the async threads.
     async fn on_workspace<T, F>(&self, f: F) -> Result<Result<T, WorkspaceError>, ErrorData>
     where

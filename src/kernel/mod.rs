@@ -73,6 +73,8 @@ pub struct KernelHandle {
     invalidate_imports: AtomicBool,
     /// True while restart_kernel is replacing the kernel.
     restarting: AtomicBool,
+    /// Why there is no interpreter yet (the managed environment failed to be created).
+    env_error: StdMutex<Option<String>>,
     slot: tokio::sync::Mutex<Slot>,
     /// The kernel in use, readable without waiting for a running call (for interrupt/restart).
     current: StdMutex<Option<Arc<Kernel>>>,
@@ -91,6 +93,7 @@ impl KernelHandle {
             launcher: StdMutex::new(launcher),
             invalidate_imports: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
+            env_error: StdMutex::new(None),
             slot: tokio::sync::Mutex::new(Slot::default()),
             current: StdMutex::new(None),
             waiting: AtomicUsize::new(0),
@@ -106,6 +109,23 @@ impl KernelHandle {
     /// Makes the next call clear the kernel's import caches (new packages importable at once).
     pub fn invalidate_imports(&self) {
         self.invalidate_imports.store(true, Ordering::SeqCst);
+    }
+
+    /// Sets the interpreter once the environment is ready (first run), without a restart.
+    pub fn set_python(&self, python: PathBuf, paths: Vec<PathBuf>) {
+        if let Ok(mut l) = self.launcher.lock() {
+            l.python = python;
+            if let Some(sb) = l.sandbox.as_mut() {
+                sb.python_paths = paths;
+            }
+        }
+    }
+
+    /// Records that the environment could not be created, for every later call to report.
+    pub fn set_env_error(&self, reason: String) {
+        if let Ok(mut e) = self.env_error.lock() {
+            *e = Some(reason);
+        }
     }
 
     /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders
@@ -222,6 +242,14 @@ impl KernelHandle {
         let launcher = self.launcher().ok_or_else(|| KernelError::Unavailable {
             reason: "launcher state is poisoned".into(),
         })?;
+        if launcher.python.as_os_str().is_empty() {
+            // First run: the managed environment is still being created in the background.
+            let reason = match self.env_error.lock().ok().and_then(|e| e.clone()) {
+                Some(e) => format!("the Python environment could not be created: {e}"),
+                None => "the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile".into(),
+            };
+            return Err(KernelError::Unavailable { reason });
+        }
         let started = match self.take_spare(&launcher.python) {
             Some(k) => {
                 tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");

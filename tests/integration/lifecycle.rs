@@ -263,3 +263,36 @@ async fn a_kernel_that_died_between_calls_is_replaced_and_the_model_is_told() {
     );
     s.close().await;
 }
+
+#[tokio::test]
+async fn first_run_serves_at_once_while_the_environment_is_created() {
+    let data = tempfile::Builder::new()
+        .prefix("kmcp-fresh-data-")
+        .tempdir()
+        .unwrap();
+    let data_s = data.path().to_string_lossy().into_owned();
+    let t = std::time::Instant::now();
+    let s = Server::start_with_env(&[], &[("KERNEL_MCP_DATA_DIR", data_s.as_str())]).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "initialize waited for the environment"
+    );
+    let r = s.exec("1 + 1").await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r)
+            .starts_with("kernel unavailable: the Python environment is being created (first run"),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call(
+            "write_file",
+            serde_json::json!({"path": "early.txt", "content": "ok"}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.call("get_environment", serde_json::json!({})).await;
+    assert!(text(&r).contains("being installed"), "{}", text(&r));
+    s.close().await;
+}
