@@ -402,7 +402,15 @@ impl Server {
     /// whose path the result names. On timeout (default 60 s) the kernel is interrupted and the
     /// partial output returned with a note; variables are kept unless the code would not stop,
     /// in which case the kernel is restarted and the result says that state was lost.
-    #[tool(name = "execute_python")]
+    #[tool(
+        name = "execute_python",
+        annotations(
+            title = "Run Python",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn execute_python(
         &self,
         Parameters(p): Parameters<ExecuteParams>,
@@ -424,7 +432,14 @@ impl Server {
     /// Other binary files get a short description (type, size) instead of their bytes; load
     /// those from Python. Paths are relative to the workspace root; '..', '~', and symlinks
     /// leading outside the workspace are refused.
-    #[tool(name = "read_file")]
+    #[tool(
+        name = "read_file",
+        annotations(
+            title = "Read workspace file",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn read_file(
         &self,
         Parameters(p): Parameters<ReadParams>,
@@ -462,7 +477,15 @@ impl Server {
     /// old file intact), or with append=true adds to the end: call it several times to build a
     /// script too long for one message, then run it with run_file. encoding "base64" writes
     /// binary data. At most 16 MiB per call. Paths are relative to the workspace root.
-    #[tool(name = "write_file")]
+    #[tool(
+        name = "write_file",
+        annotations(
+            title = "Write workspace file",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn write_file(
         &self,
         Parameters(p): Parameters<WriteParams>,
@@ -514,7 +537,14 @@ impl Server {
     /// the workspace root; directories end in '/'. Sorted by path. recursive=true descends into
     /// sub-folders (symlinks are listed but never followed); pattern filters by a glob such as
     /// "*.csv". At most 1000 entries, with a note when more were left out.
-    #[tool(name = "list_files")]
+    #[tool(
+        name = "list_files",
+        annotations(
+            title = "List workspace files",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn list_files(
         &self,
         Parameters(p): Parameters<ListParams>,
@@ -564,7 +594,15 @@ impl Server {
     ///
     /// The script runs as __main__ with sys.argv set from args, and its global variables land
     /// in the session afterwards. Output, timeout and errors work as in execute_python.
-    #[tool(name = "run_file")]
+    #[tool(
+        name = "run_file",
+        annotations(
+            title = "Run workspace script",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn run_file(
         &self,
         Parameters(p): Parameters<RunFileParams>,
@@ -600,7 +638,16 @@ impl Server {
     /// Restart the Python kernel: all variables, imports and loaded data are lost.
     ///
     /// Use it when the kernel is stuck or broken. Files in the workspace are kept.
-    #[tool(name = "restart_kernel")]
+    #[tool(
+        name = "restart_kernel",
+        annotations(
+            title = "Restart the kernel",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn restart_kernel(
         &self,
         Parameters(_p): Parameters<NoParams>,
@@ -622,7 +669,15 @@ impl Server {
     /// (ipykernel, pyzmq, ...). New packages can be imported at once; if a package that was
     /// already imported changed version, the result says to call restart_kernel. Installs run one
     /// at a time and are killed after the install timeout (300 s by default).
-    #[tool(name = "install_package")]
+    #[tool(
+        name = "install_package",
+        annotations(
+            title = "Install Python packages",
+            read_only_hint = false,
+            destructive_hint = false,
+            open_world_hint = true
+        )
+    )]
     async fn install_package(
         &self,
         Parameters(p): Parameters<PackagesParams>,
@@ -724,7 +779,14 @@ impl Server {
     }
 
     /// Check whether packages are installed in the kernel's environment, and which version.
-    #[tool(name = "check_packages")]
+    #[tool(
+        name = "check_packages",
+        annotations(
+            title = "Check installed packages",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn check_packages(
         &self,
         Parameters(p): Parameters<PackagesParams>,
@@ -770,7 +832,14 @@ impl Server {
     /// List the distributions installed in the kernel's environment (name and version).
     ///
     /// filter keeps names containing it (case-insensitive), or matching it as a glob such as "py*".
-    #[tool(name = "list_packages")]
+    #[tool(
+        name = "list_packages",
+        annotations(
+            title = "List installed packages",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn list_packages(
         &self,
         Parameters(p): Parameters<ListPackagesParams>,
@@ -809,7 +878,14 @@ impl Server {
 
     /// Describe the kernel's environment: Python version and executable, key packages, the
     /// workspace, limits, sandbox, and the named environments switch_environment accepts.
-    #[tool(name = "get_environment")]
+    #[tool(
+        name = "get_environment",
+        annotations(
+            title = "Describe the Python environment",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn get_environment(
         &self,
         Parameters(_p): Parameters<NoParams>,
@@ -876,7 +952,15 @@ impl Server {
     /// Restart the kernel in another named environment (see get_environment for the names).
     ///
     /// All variables are lost. Only environments the server was started with can be chosen.
-    #[tool(name = "switch_environment")]
+    #[tool(
+        name = "switch_environment",
+        annotations(
+            title = "Switch Python environment",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn switch_environment(
         &self,
         Parameters(p): Parameters<SwitchParams>,
@@ -953,7 +1037,16 @@ impl Server {
     }
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.
-    #[tool(name = "interrupt_kernel")]
+    #[tool(
+        name = "interrupt_kernel",
+        annotations(
+            title = "Interrupt running code",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
     async fn interrupt_kernel(
         &self,
         Parameters(_p): Parameters<NoParams>,

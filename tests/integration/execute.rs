@@ -202,3 +202,45 @@ async fn malformed_requests_still_get_an_answer() {
     let r = raw.response(3).await;
     assert_eq!(r["result"]["content"][0]["text"], "42", "{r}");
 }
+
+#[tokio::test]
+async fn tools_keep_their_contract_names_and_hints() {
+    let s = Server::start().await;
+    let tools = s.client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "check_packages",
+            "execute_python",
+            "get_environment",
+            "install_package",
+            "interrupt_kernel",
+            "list_files",
+            "list_packages",
+            "read_file",
+            "restart_kernel",
+            "run_file",
+            "switch_environment",
+            "write_file"
+        ]
+    );
+    for t in &tools {
+        let ro = t.annotations.as_ref().and_then(|a| a.read_only_hint);
+        let expect_ro = matches!(
+            t.name.as_ref(),
+            "read_file" | "list_files" | "check_packages" | "list_packages" | "get_environment"
+        );
+        assert_eq!(ro, Some(expect_ro), "{}", t.name);
+        assert!(
+            t.description.as_ref().is_some_and(|d| d.len() > 40),
+            "{} has no real description",
+            t.name
+        );
+    }
+    let exec = tools.iter().find(|t| t.name == "execute_python").unwrap();
+    let d = exec.description.as_deref().unwrap();
+    assert!(d.contains("Environment: Python 3."), "{d}");
+    s.close().await;
+}
