@@ -890,13 +890,17 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        // Wait (briefly) for a starting kernel, so the sandbox report is about a real kernel.
-        let kernel_state =
+        // A kernel that is starting is waited for (briefly), so the sandbox report is about a
+        // real kernel; a running one is not disturbed, even when it is busy.
+        let kernel_state = if self.inner.kernel.pid().is_some() {
+            "running".to_owned()
+        } else {
             match tokio::time::timeout(Duration::from_secs(15), self.inner.kernel.info()).await {
                 Ok(Ok(_)) => "running".to_owned(),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "busy running a call".to_owned(),
-            };
+            }
+        };
         let sandbox_configured = self
             .inner
             .kernel

@@ -290,7 +290,11 @@ impl Connection {
             }));
         }
         let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
-        tasks.push(tokio::spawn(heartbeat_loop(hb, hb_tx)));
+        tasks.push(tokio::spawn(heartbeat_loop(
+            hb,
+            endpoints.heartbeat.clone(),
+            hb_tx,
+        )));
 
         Ok(Connection {
             session,
@@ -374,7 +378,7 @@ async fn read_loop<S: SocketRecv>(
 }
 
 /// Pings the kernel's heartbeat (REQ/REP echo) once a second and publishes the result.
-async fn heartbeat_loop(mut hb: ReqSocket, tx: watch::Sender<Heartbeat>) {
+async fn heartbeat_loop(mut hb: ReqSocket, endpoint: String, tx: watch::Sender<Heartbeat>) {
     let mut missed = 0u32;
     loop {
         let ok = async {
@@ -392,10 +396,16 @@ async fn heartbeat_loop(mut hb: ReqSocket, tx: watch::Sender<Heartbeat>) {
         } else {
             missed += 1;
             let _ = tx.send(Heartbeat::Missed(missed));
-            // A REQ socket that lost its reply is stuck in the "awaiting reply" state;
-            // nothing more can be learned from it, so stop rather than spin.
             tracing::debug!(missed, "heartbeat missed");
-            return;
+            // A REQ socket that lost its reply stays in the "awaiting reply" state
+            // (ZeroMQ REQ/REP lockstep), so start over with a fresh socket.
+            let mut fresh = ReqSocket::new();
+            if tokio::time::timeout(Duration::from_secs(3), fresh.connect(&endpoint))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                hb = fresh;
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
