@@ -345,7 +345,22 @@ impl KernelHandle {
                 tracing::warn!(error = %e, "could not invalidate import caches");
             }
         }
-        let exec = kernel.execute(code, limits, cancel, sink).await?;
+        let exec = match kernel.execute(code, limits, cancel, sink).await {
+            Ok(e) => e,
+            Err(e) => {
+                // The process may live on with its sockets gone (a reader died): such a kernel
+                // can never answer again, so stop it and let the next call start a fresh one.
+                tracing::error!(error = %e, "lost the connection to the kernel; stopping it");
+                kernel.kill();
+                slot.kernel = None;
+                self.set_current(None);
+                return Err(KernelError::Unavailable {
+                    reason: format!(
+                        "lost the connection to the kernel ({e}); it was stopped, all variables were lost, and the next call starts a new kernel"
+                    ),
+                });
+            }
+        };
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
