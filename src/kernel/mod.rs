@@ -428,11 +428,19 @@ impl KernelHandle {
     pub async fn restart(&self) -> Result<Duration, KernelError> {
         let t = Instant::now();
         self.restarting.store(true, Ordering::SeqCst);
-        // Kill first, so a running call ends now instead of holding the slot.
-        if let Some(k) = self.current() {
-            k.kill();
-        }
-        let mut slot = self.slot.lock().await;
+        // Kill first, so a running call ends now instead of holding the slot. A kernel that
+        // was still starting becomes current later, and a call may start on it meanwhile:
+        // keep killing whatever is current until the slot is ours.
+        let mut slot = loop {
+            if let Some(k) = self.current() {
+                k.kill();
+            }
+            if let Ok(slot) =
+                tokio::time::timeout(Duration::from_millis(200), self.slot.lock()).await
+            {
+                break slot;
+            }
+        };
         slot.retry_at = None;
         let result = self.replace(&mut slot).await;
         self.restarting.store(false, Ordering::SeqCst);

@@ -223,8 +223,9 @@ async fn restart_during_a_running_call_is_reported_to_that_call() {
         serde_json::json!({"code": "import time\ntime.sleep(60)"}),
         false,
     );
+    // Soon enough that the first kernel may still be starting: restart must still end the call.
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         s.call("restart_kernel", serde_json::json!({})).await
     };
     let (a, b) = tokio::join!(running, restart);
