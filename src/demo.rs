@@ -36,6 +36,14 @@ fn args(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
 
 /// Runs the demo against a server started from the current executable.
 pub async fn run(workspace: &Path) -> anyhow::Result<()> {
+    // Create the managed environment first (on a first run it takes a minute, with progress on
+    // stderr); the server would otherwise start it in the background and answer "not ready".
+    let env = crate::pyenv::ensure_managed().await?;
+    println!(
+        "python environment: Python {} ({})",
+        env.python_version,
+        env.package_summary()
+    );
     let exe = std::env::current_exe().context("locating the kernel-mcp binary")?;
     std::fs::create_dir_all(workspace)?;
     let mut cmd = tokio::process::Command::new(exe);

@@ -152,3 +152,35 @@ async fn help_pages_and_exit_are_handled() {
     assert_eq!(texts(&s.exec("kept").await), vec!["1"]);
     s.close().await;
 }
+
+#[tokio::test]
+async fn the_readme_demo_runs_three_steps_and_saves_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let out = tokio::time::timeout(
+        crate::harness::HANG,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+            .args(["demo", "--workspace"])
+            .arg(&ws)
+            .output(),
+    )
+    .await
+    .expect("demo hung")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "step 1: load",
+        "step 2: summarise",
+        "step 3: plot",
+        "north   566  141.50",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    let png = std::fs::read(ws.join("revenue.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
