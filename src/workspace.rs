@@ -19,6 +19,8 @@ pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_IMAGE_BYTES: u64 = 5 * 1024 * 1024;
 /// Most characters of text returned by one read_file call.
 pub const MAX_READ_CHARS: usize = 100_000;
+/// How far read_file scans to reach an `offset` before giving up.
+const MAX_SKIP_BYTES: u64 = 1 << 30;
 /// Default number of lines returned by read_file.
 pub const DEFAULT_READ_LINES: usize = 2000;
 /// Most entries returned by list_files.
@@ -262,53 +264,109 @@ fn human(n: u64) -> String {
     }
 }
 
-/// Matches `name` against a glob with `*`, `?` and `[...]` classes (no path separators special).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some(('*', rest)) => (0..=n.len()).any(|i| n.get(i..).is_some_and(|t| go(rest, t))),
-            Some(('?', rest)) => n.split_first().is_some_and(|(_, t)| go(rest, t)),
-            Some(('[', rest)) => {
+/// One element of a parsed glob.
+enum GlobToken {
+    Star,
+    Any,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    Char(char),
+}
+
+fn parse_glob(pattern: &str) -> Vec<GlobToken> {
+    let p: Vec<char> = pattern.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&c) = p.get(i) {
+        i += 1;
+        match c {
+            '*' => {
+                // Runs of stars mean the same as one.
+                if !matches!(out.last(), Some(GlobToken::Star)) {
+                    out.push(GlobToken::Star);
+                }
+            }
+            '?' => out.push(GlobToken::Any),
+            '[' => {
+                let rest = p.get(i..).unwrap_or_default();
                 let Some(end) = rest.iter().position(|&c| c == ']') else {
-                    return n.first() == Some(&'[') && go(rest, n.get(1..).unwrap_or_default());
+                    out.push(GlobToken::Char('['));
+                    continue;
                 };
-                let (class, after) = rest.split_at(end);
-                let after = after.get(1..).unwrap_or_default();
-                let (neg, class) = match class.split_first() {
+                let class = rest.get(..end).unwrap_or_default();
+                let (negated, class) = match class.split_first() {
                     Some(('!' | '^', c)) => (true, c),
                     _ => (false, class),
                 };
-                let Some((&c, t)) = n.split_first() else {
-                    return false;
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < class.len() {
-                    match (class.get(i), class.get(i + 1), class.get(i + 2)) {
-                        (Some(&a), Some('-'), Some(&b)) => {
-                            hit |= a <= c && c <= b;
-                            i += 3;
+                let mut ranges = Vec::new();
+                let mut j = 0;
+                while let Some(&a) = class.get(j) {
+                    match (class.get(j + 1), class.get(j + 2)) {
+                        (Some('-'), Some(&b)) => {
+                            ranges.push((a, b));
+                            j += 3;
                         }
-                        (Some(&a), _, _) => {
-                            hit |= a == c;
-                            i += 1;
+                        _ => {
+                            ranges.push((a, a));
+                            j += 1;
                         }
-                        _ => break,
                     }
                 }
-                hit != neg && go(after, t)
+                out.push(GlobToken::Class { negated, ranges });
+                i += end + 1;
             }
-            Some((&c, rest)) => n.split_first().is_some_and(|(&d, t)| d == c && go(rest, t)),
+            c => out.push(GlobToken::Char(c)),
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
+    out
+}
+
+/// Matches `name` against a glob with `*`, `?` and `[...]` classes (no path separators special).
+/// Dynamic programming over (pattern token, name position): linear in their product, so no
+/// pattern can make it backtrack exponentially.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let tokens = parse_glob(pattern);
     let n: Vec<char> = name.chars().collect();
-    // Bound the work for pathological patterns.
-    if p.iter().filter(|&&c| c == '*').count() > 8 {
-        return false;
+    // reach[j]: the tokens seen so far can match the first j characters of the name.
+    let mut reach = vec![false; n.len() + 1];
+    if let Some(r) = reach.first_mut() {
+        *r = true;
     }
-    go(&p, &n)
+    for t in &tokens {
+        let mut next = vec![false; n.len() + 1];
+        match t {
+            GlobToken::Star => {
+                let mut any = false;
+                for (j, r) in reach.iter().enumerate() {
+                    any |= *r;
+                    if let Some(x) = next.get_mut(j) {
+                        *x = any;
+                    }
+                }
+            }
+            _ => {
+                for (j, &c) in n.iter().enumerate() {
+                    let ok = match t {
+                        GlobToken::Any => true,
+                        GlobToken::Char(p) => *p == c,
+                        GlobToken::Class { negated, ranges } => {
+                            ranges.iter().any(|&(a, b)| a <= c && c <= b) != *negated
+                        }
+                        GlobToken::Star => false,
+                    };
+                    if ok && reach.get(j).copied().unwrap_or(false) {
+                        if let Some(x) = next.get_mut(j + 1) {
+                            *x = true;
+                        }
+                    }
+                }
+            }
+        }
+        reach = next;
+    }
+    reach.last().copied().unwrap_or(false)
 }
 
 impl Workspace {
@@ -442,6 +500,8 @@ impl Workspace {
         let mut shown = 0usize;
         let mut more = false;
         let mut cut_chars = false;
+        let mut scanned = 0u64;
+        let mut too_far = false;
         loop {
             buf.clear();
             let n = read_line_capped(&mut reader, &mut buf, MAX_READ_CHARS + 1)
@@ -450,7 +510,12 @@ impl Workspace {
                 break;
             }
             line_no += 1;
+            scanned += n as u64;
             if line_no < first {
+                if scanned > MAX_SKIP_BYTES {
+                    too_far = true;
+                    break;
+                }
                 continue;
             }
             if shown >= limit {
@@ -485,7 +550,12 @@ impl Workspace {
             shown += 1;
         }
         let mut notes = Vec::new();
-        if first > 1 && shown == 0 {
+        if too_far {
+            notes.push(format!(
+                "offset {first} lies beyond the first {} of the file; read that part from Python",
+                human(MAX_SKIP_BYTES)
+            ));
+        } else if first > 1 && shown == 0 {
             notes.push(format!(
                 "the file has only {line_no} lines; offset {first} is past the end"
             ));
@@ -859,5 +929,13 @@ mod tests {
         assert!(glob_match("d?ta.[ct]sv", "data.tsv"));
         assert!(glob_match("[!a]*", "b"));
         assert!(!glob_match("[!a]*", "a"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("[a-c]?", "bz"));
+        assert!(glob_match("x[", "x["));
+        // Would take forever with naive backtracking.
+        let evil = "*a".repeat(40) + "b";
+        assert!(!glob_match(&evil, &"a".repeat(250)));
     }
 }
