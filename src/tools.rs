@@ -224,6 +224,13 @@ pub struct SwitchParams {
     pub name: String,
 }
 
+/// Longest glob or filter accepted.
+const MAX_PATTERN: usize = 256;
+
+fn pattern_problem(p: &str) -> Option<String> {
+    (p.chars().count() > MAX_PATTERN).then(|| format!("the pattern is longer than {MAX_PATTERN} characters; use a shorter glob such as \"*.csv\""))
+}
+
 fn tool_error(msg: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(msg.into())])
 }
@@ -549,6 +556,9 @@ impl Server {
         &self,
         Parameters(p): Parameters<ListParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if let Some(e) = p.pattern.as_deref().and_then(pattern_problem) {
+            return Ok(tool_error(e));
+        }
         let r = self
             .on_workspace(move |ws| {
                 let path = ws.path(p.path.as_deref().unwrap_or("."))?;
@@ -844,6 +854,9 @@ impl Server {
         &self,
         Parameters(p): Parameters<ListPackagesParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if let Some(e) = p.filter.as_deref().and_then(pattern_problem) {
+            return Ok(tool_error(e));
+        }
         let python = self.env_info().python;
         let installed = match packages::installed(&python).await {
             Ok(i) => i,
