@@ -164,6 +164,15 @@ fn char_floor(s: &str, mut i: usize) -> usize {
 }
 
 fn pick_text(data: &MimeBundle) -> Option<String> {
+    // `HTML(...)`, `SVG(...)` and many rich objects carry only a useless "<... object>" repr as
+    // text/plain; their HTML says more.
+    let bare_repr = matches!(data.get("text/plain"), Some(serde_json::Value::String(t))
+        if t.starts_with('<') && t.ends_with(" object>") && !t.contains('\n'));
+    if bare_repr {
+        if let Some(serde_json::Value::String(h)) = data.get("text/html") {
+            return Some(h.clone());
+        }
+    }
     for mime in [
         "text/markdown",
         "text/plain",
@@ -711,6 +720,19 @@ mod tests {
             "{:?}",
             t.last()
         );
+    }
+
+    #[test]
+    fn html_beats_a_bare_object_repr() {
+        let mut b = MimeBundle::new();
+        b.insert(
+            "text/plain".into(),
+            serde_json::json!("<IPython.core.display.HTML object>"),
+        );
+        b.insert("text/html".into(), serde_json::json!("<b>hi</b>"));
+        assert_eq!(pick_text(&b).as_deref(), Some("<b>hi</b>"));
+        b.insert("text/plain".into(), serde_json::json!("   a\n0  1"));
+        assert_eq!(pick_text(&b).as_deref(), Some("   a\n0  1"));
     }
 
     #[test]
