@@ -186,3 +186,25 @@ async fn fifty_megabytes_of_output_stay_within_the_budget() {
     assert_eq!(size, 50_000_000);
     s.close().await;
 }
+
+#[tokio::test]
+async fn message_interrupt_mode_uses_interrupt_request() {
+    let spec_dir = tempfile::tempdir().unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(kernel_mcp::kernel::spec::DEFAULT_SPEC).unwrap();
+    spec["interrupt_mode"] = json!("message");
+    let path = spec_dir.path().join("kernel.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let s = Server::start_with(&["--kernel-spec", path.to_str().unwrap()]).await;
+    s.exec("kept = 'yes'").await;
+    let r = s
+        .call(
+            "execute_python",
+            json!({"code": "import time\ntime.sleep(60)", "timeout_seconds": 1}),
+        )
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("variables kept"), "{}", text(&r));
+    assert_eq!(texts(&s.exec("kept").await), vec!["'yes'"]);
+    s.close().await;
+}

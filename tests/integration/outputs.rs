@@ -184,3 +184,21 @@ async fn the_readme_demo_runs_three_steps_and_saves_a_png() {
     let png = std::fs::read(ws.join("revenue.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+#[tokio::test]
+async fn display_updates_and_jpeg_images() {
+    let s = Server::start().await;
+    let r = s.exec("h = display('first', display_id=True)\nprint('between', flush=True)\nh.update('second')").await;
+    assert_eq!(texts(&r), vec!["'second'", "between\n"]);
+    let r = s
+        .exec("import io, matplotlib.pyplot as plt\nfrom IPython.display import Image, display\nfig = plt.figure(figsize=(1, 1), dpi=30)\nbuf = io.BytesIO()\nfig.savefig(buf, format='jpg')\nplt.close(fig)\ndisplay(Image(data=buf.getvalue(), format='jpeg'))")
+        .await;
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1, "{:?}", texts(&r));
+    assert_eq!(imgs[0].mime_type, "image/jpeg");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(imgs[0].data.split_whitespace().collect::<String>())
+        .unwrap();
+    assert_eq!(&bytes[..3], b"\xff\xd8\xff");
+    s.close().await;
+}
