@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolResult, ContentBlock as McpContent};
 
-use crate::kernel::{Ending, Execution, OutputSink, Report, StopReason};
+use crate::kernel::{Ending, Execution, OutputSink, StopReason};
 use crate::wire::message::{ErrorContent, MimeBundle, StreamName};
 use crate::wire::Content;
 
@@ -437,7 +437,6 @@ impl Collector {
         timeout: Duration,
     ) -> CallToolResult {
         let mut out: Vec<McpContent> = Vec::new();
-        let mut omitted_note = None;
         for b in self.blocks.drain(..) {
             match b {
                 Block::Text { text, .. } => {
@@ -462,18 +461,14 @@ impl Collector {
                 }
                 None => String::new(),
             };
-            omitted_note = Some(format!(
+            out.push(McpContent::text(format!(
                 "[... output truncated: about {omitted} characters left out of the middle to stay within the {} character budget{saved} ...]",
                 self.limits.text_budget
-            ));
-            if let Some(n) = &omitted_note {
-                out.push(McpContent::text(n.clone()));
-            }
+            )));
             if !tail.is_empty() {
                 out.push(McpContent::text(tail));
             }
         }
-        let _ = omitted_note;
         if !self.dropped_images.is_empty() {
             out.push(McpContent::text(format!(
                 "[{} image(s) not shown (limit {} images / {} MiB per call): {}]",
@@ -624,14 +619,10 @@ impl OutputSink for Collector {
     }
 }
 
-/// A report with no notes, for calls that never reached the kernel.
-pub fn empty_report() -> Report {
-    Report::default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Report;
     use crate::wire::message::Stream;
 
     fn texts(r: &CallToolResult) -> Vec<String> {

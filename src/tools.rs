@@ -589,6 +589,12 @@ impl Server {
         if lines.is_empty() {
             lines.push("(no entries)".into());
         }
+        if listing.skipped > 0 {
+            lines.push(format!(
+                "[{} folder(s) could not be read (permissions) and were skipped]",
+                listing.skipped
+            ));
+        }
         if listing.truncated {
             lines.push(format!(
                 "[only the first {} entries are shown; narrow with path or pattern]",
