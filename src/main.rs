@@ -170,19 +170,9 @@ fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
     let mut named = BTreeMap::new();
     named.insert("default".to_owned(), env_source(o));
     for e in &o.envs {
-        let (name, path) = e
-            .split_once('=')
-            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-            .with_context(|| format!("--env {e:?}: expected NAME=PATH"))?;
-        anyhow::ensure!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-            "--env {e:?}: the name may use letters, digits, '-', '_' and '.'"
-        );
-        named.insert(
-            name.to_owned(),
-            pyenv::EnvSource::from_path(std::path::Path::new(path)),
-        );
+        let (name, source) =
+            pyenv::parse_named(e).map_err(|m| anyhow::anyhow!("--env {e:?}: {m}"))?;
+        named.insert(name, source);
     }
     Ok(named)
 }
@@ -193,41 +183,6 @@ fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
         "--{name} must be a positive number of seconds"
     );
     Ok(Duration::from_secs_f64(v))
-}
-
-/// The matplotlib font cache shared (read-only, by copy) with every kernel; built once.
-async fn mpl_cache(env: &pyenv::EnvInfo) -> Option<PathBuf> {
-    env.version_of("matplotlib")?;
-    let dir = pyenv::data_dir()
-        .ok()?
-        .join("mpl-cache")
-        .join(&env.python_version);
-    let has = |d: &std::path::Path| {
-        std::fs::read_dir(d)
-            .map(|r| {
-                r.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("fontlist"))
-            })
-            .unwrap_or(false)
-    };
-    if !has(&dir) {
-        std::fs::create_dir_all(&dir).ok()?;
-        let argv = vec![
-            env.python.to_string_lossy().into_owned(),
-            "-c".to_owned(),
-            "import matplotlib.font_manager".to_owned(),
-        ];
-        let d = dir.to_string_lossy().into_owned();
-        let _ = kernel_mcp::packages::run_with_lines(
-            &argv,
-            Duration::from_secs(120),
-            false,
-            None,
-            &[("MPLCONFIGDIR", d.as_str())],
-        )
-        .await;
-    }
-    has(&dir).then_some(dir)
 }
 
 async fn sandbox_config(
@@ -245,29 +200,12 @@ async fn sandbox_config(
         memory_bytes: parse_size(&o.memory_limit).context("--memory-limit")?,
         file_size_bytes: parse_size(&o.max_file_size).context("--max-file-size")?,
         require: o.sandbox == SandboxMode::Require,
-        mpl_cache: mpl_cache(env).await,
+        mpl_cache: pyenv::font_cache(env).await,
     };
     if o.sandbox == SandboxMode::Require {
-        // Probe in a throwaway process: the same layers, no kernel.
-        let exe = std::env::current_exe()?;
-        let mut policy = kernel_mcp::kernel::sandbox::Policy::for_kernel(
-            &[],
-            &[],
-            &std::env::temp_dir(),
-            &std::env::temp_dir(),
-        );
-        policy.network = o.allow_network;
-        let out = std::process::Command::new(exe)
-            .arg(kernel_mcp::kernel::sandbox::HELPER_ARG)
-            .arg("--policy")
-            .arg(serde_json::to_string(&policy)?)
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "--sandbox require: not every sandbox layer is available here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        kernel_mcp::kernel::sandbox::probe(o.allow_network).map_err(|e| {
+            anyhow::anyhow!("--sandbox require: not every sandbox layer is available here: {e}")
+        })?;
     }
     Ok(Some(cfg))
 }

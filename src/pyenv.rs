@@ -408,3 +408,66 @@ pub async fn resolve(source: &EnvSource) -> Result<EnvInfo, EnvError> {
         EnvSource::Interpreter(p) => use_interpreter(p, "interpreter").await,
     }
 }
+
+/// Parses `NAME=PATH` (`--env`): a name of letters, digits, '-', '_' and '.', and a venv dir or interpreter.
+pub fn parse_named(spec: &str) -> Result<(String, EnvSource), String> {
+    let (name, path) = spec
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or("expected NAME=PATH")?;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err("the name may use letters, digits, '-', '_' and '.'".into());
+    }
+    Ok((name.to_owned(), EnvSource::from_path(Path::new(path))))
+}
+
+/// matplotlib's font list, built once per Python version and copied into each kernel's scratch
+/// config dir, so the first plot in a new kernel does not rebuild it (about a second).
+pub async fn font_cache(env: &EnvInfo) -> Option<PathBuf> {
+    env.version_of("matplotlib")?;
+    let dir = data_dir().ok()?.join("mpl-cache").join(&env.python_version);
+    let has = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("fontlist"))
+            })
+            .unwrap_or(false)
+    };
+    if !has(&dir) {
+        std::fs::create_dir_all(&dir).ok()?;
+        let argv = vec![
+            env.python.to_string_lossy().into_owned(),
+            "-c".to_owned(),
+            "import matplotlib.font_manager".to_owned(),
+        ];
+        let d = dir.to_string_lossy().into_owned();
+        let _ = crate::packages::run_with_lines(
+            &argv,
+            Duration::from_secs(120),
+            false,
+            None,
+            &[("MPLCONFIGDIR", d.as_str())],
+        )
+        .await;
+    }
+    has(&dir).then_some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_environments_parse() {
+        assert!(
+            matches!(parse_named("gpu=/opt/py/bin/python"), Ok((n, EnvSource::Interpreter(_))) if n == "gpu")
+        );
+        assert!(parse_named("=x").is_err());
+        assert!(parse_named("name").is_err());
+        assert!(parse_named("bad name=/x").is_err());
+    }
+}

@@ -362,6 +362,27 @@ fn kill_descendants() {
     }
 }
 
+/// Checks, in a throwaway helper process, that every sandbox layer can be applied here.
+pub fn probe(network: bool) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let tmp = std::env::temp_dir();
+    let mut policy = Policy::for_kernel(&[], &[], &tmp, &tmp);
+    policy.network = network;
+    let json = serde_json::to_string(&policy).map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg(HELPER_ARG)
+        .arg("--policy")
+        .arg(json)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
 /// Runs the helper with the kernel's argv and never returns.
 pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
     if let Some(json) = policy {
