@@ -331,6 +331,15 @@ impl Server {
             .map_err(|e| ErrorData::internal_error(format!("file task failed: {e}"), None))
     }
 
+    /// The kernel environment's distributions, or the tool error to return.
+    async fn installed_packages(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, (String, String)>, CallToolResult> {
+        packages::installed(&self.env_info().python)
+            .await
+            .map_err(|e| tool_error(format!("could not list the installed packages: {e}")))
+    }
+
     fn env_info(&self) -> EnvInfo {
         self.inner
             .envs
@@ -823,14 +832,9 @@ impl Server {
                 "{bad:?} is not a package name (letters, digits, '-', '_' and '.' only)"
             )));
         }
-        let python = self.env_info().python;
-        let installed = match packages::installed(&python).await {
+        let installed = match self.installed_packages().await {
             Ok(i) => i,
-            Err(e) => {
-                return Ok(tool_error(format!(
-                    "could not list the installed packages: {e}"
-                )))
-            }
+            Err(e) => return Ok(e),
         };
         let lines: Vec<String> = p
             .packages
@@ -863,14 +867,9 @@ impl Server {
         if let Some(e) = p.filter.as_deref().and_then(pattern_problem) {
             return Ok(tool_error(e));
         }
-        let python = self.env_info().python;
-        let installed = match packages::installed(&python).await {
+        let installed = match self.installed_packages().await {
             Ok(i) => i,
-            Err(e) => {
-                return Ok(tool_error(format!(
-                    "could not list the installed packages: {e}"
-                )))
-            }
+            Err(e) => return Ok(e),
         };
         let filter = p.filter.as_deref().map(str::to_ascii_lowercase);
         let rows: Vec<String> = installed

@@ -170,18 +170,7 @@ async fn fifty_megabytes_of_output_stay_within_the_budget() {
         .await;
     let all = text(&r);
     assert!(all.len() < 25_000, "{}", all.len());
-    let note = texts(&r)
-        .into_iter()
-        .find(|t| t.contains("output truncated"))
-        .expect("note");
-    let path = note
-        .split("saved in ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let path = crate::harness::saved_output(&r);
     let size = std::fs::metadata(s.ws().join(path)).unwrap().len();
     assert_eq!(size, 50_000_000);
     s.close().await;

@@ -234,6 +234,12 @@ async fn over_cap_write_keeps_the_old_file() {
         json!({"path": "keep.txt", "content": "original"}),
     )
     .await;
+    let kept = || {
+        assert_eq!(
+            std::fs::read_to_string(s.ws().join("keep.txt")).unwrap(),
+            "original"
+        )
+    };
     let big = "x".repeat(17 * 1024 * 1024);
     let r = s
         .call("write_file", json!({"path": "keep.txt", "content": big}))
@@ -244,10 +250,7 @@ async fn over_cap_write_keeps_the_old_file() {
         "{}",
         text(&r)
     );
-    assert_eq!(
-        std::fs::read_to_string(s.ws().join("keep.txt")).unwrap(),
-        "original"
-    );
+    kept();
     let r = s
         .call(
             "write_file",
@@ -256,10 +259,7 @@ async fn over_cap_write_keeps_the_old_file() {
         .await;
     assert!(is_error(&r));
     assert!(text(&r).contains("not valid base64"), "{}", text(&r));
-    assert_eq!(
-        std::fs::read_to_string(s.ws().join("keep.txt")).unwrap(),
-        "original"
-    );
+    kept();
     let r = s
         .call(
             "write_file",

@@ -165,6 +165,19 @@ pub fn params(tool: &str, args: Value, progress: bool) -> CallToolRequestParams 
     p
 }
 
+/// The file a truncated result says its full output was saved in (workspace-relative).
+pub fn saved_output(r: &CallToolResult) -> String {
+    let note = texts(r)
+        .into_iter()
+        .find(|t| t.contains("output truncated"))
+        .expect("a truncation note");
+    let path = note
+        .split("saved in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next());
+    path.expect("a saved-output path in the note").to_owned()
+}
+
 /// The text blocks of a result.
 pub fn texts(r: &CallToolResult) -> Vec<String> {
     r.content

@@ -82,17 +82,7 @@ async fn big_output_is_cut_to_head_and_tail_and_saved() {
     let t = texts(&r);
     assert!(t[0].starts_with("line 0\nline 1\n"));
     assert!(t.last().unwrap().ends_with("line 199999\n"));
-    let note = t
-        .iter()
-        .find(|x| x.contains("output truncated"))
-        .expect("truncation note");
-    let path = note
-        .split("saved in ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
+    let path = crate::harness::saved_output(&r);
     let saved = std::fs::read_to_string(s.ws().join(path)).unwrap();
     assert_eq!(saved.lines().count(), 200000);
     assert!(saved.ends_with("line 199999\n"));
