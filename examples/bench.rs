@@ -16,7 +16,7 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
-use kernel_mcp::kernel::{ExecLimits, Kernel, LocalLauncher, OutputSink, SandboxConfig, Transport};
+use kernel_mcp::kernel::{ExecLimits, LocalLauncher, OutputSink, SandboxConfig, Transport};
 use kernel_mcp::wire::Content;
 
 struct Discard;
@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         }),
     };
     let t = Instant::now();
-    let kernel = Kernel::start(&launcher).await?;
+    let kernel = kernel_mcp::kernel::local::start(&launcher).await?;
     let cold_start = t.elapsed().as_secs_f64() * 1000.0;
     let limits = ExecLimits {
         timeout: Duration::from_secs(600),

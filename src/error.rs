@@ -18,6 +18,8 @@ pub enum WireError {
         count: usize,
         limit: usize,
     },
+    #[error("signature scheme {scheme:?} is not supported (kernel-mcp speaks hmac-sha256, hmac-sha512, hmac-sha384, hmac-sha224)")]
+    Scheme { scheme: String },
     #[error("bad signature on message")]
     BadSignature,
     #[error("invalid json in {part}: {source}")]

@@ -99,6 +99,26 @@ struct Opts {
     /// Most execute calls waiting behind the running one before "busy" is returned.
     #[arg(long, default_value_t = 16, global = true)]
     max_queue: usize,
+    /// Attach to a running kernel through its connection file (as `jupyter console --existing`).
+    /// kernel-mcp does not own that kernel: it keeps running when the server exits.
+    #[arg(long, value_name = "CONNECTION_FILE", global = true,
+          conflicts_with_all = ["python", "venv", "conda_env", "gateway_url"])]
+    existing: Option<PathBuf>,
+    /// Start kernels on a Jupyter Server, Kernel Gateway or Enterprise Gateway at this URL.
+    #[arg(long, env = "JUPYTER_GATEWAY_URL", global = true,
+          conflicts_with_all = ["python", "venv", "conda_env"])]
+    gateway_url: Option<String>,
+    /// Token for the gateway (sent as `Authorization: token ...`; never logged).
+    #[arg(
+        long,
+        env = "JUPYTER_GATEWAY_AUTH_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    gateway_token: Option<String>,
+    /// Kernelspec to start on the gateway (default: the gateway's default kernelspec).
+    #[arg(long, global = true)]
+    kernel_name: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +239,58 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         );
     }
     let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
+    let startup_timeout = secs(o.startup_timeout, "startup-timeout")?;
+    let spare = kernel_mcp::kernel::SpareConfig {
+        enabled: !o.no_spare,
+        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
+    };
+    let settings = Settings {
+        default_timeout: secs(o.timeout, "timeout")?,
+        max_timeout: secs(o.max_timeout, "max-timeout")?,
+        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
+        output: OutputLimits {
+            text_budget: o.output_budget.max(1000),
+            max_images: o.max_images,
+            ..OutputLimits::default()
+        },
+        install_timeout: secs(o.install_timeout, "install-timeout")?,
+    };
+    // A kernel someone else runs: no local environment, sandbox or spare of ours.
+    if let Some(remote) = remote_backend(&o, startup_timeout)? {
+        let kind = match remote.describe().kind {
+            kernel_mcp::kernel::BackendKind::Gateway => "gateway kernel",
+            _ => "existing kernel",
+        };
+        let kernel = KernelHandle::with_backend(remote, o.max_queue, spare);
+        kernel.warm_up();
+        let envs = Environments {
+            active: "default".into(),
+            info: pyenv::remote(kind),
+            named: BTreeMap::new(),
+        };
+        let server = Server::new(kernel.clone(), workspace, settings, envs);
+        {
+            // Learn the kernel's own interpreter once it answers, for descriptions and reports.
+            let (kernel, server) = (kernel.clone(), server.clone());
+            tokio::spawn(async move {
+                if kernel.info().await.is_ok() {
+                    match kernel
+                        .evaluate(pyenv::KERNEL_PROBE_EXPR, Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(repr) => match pyenv::parse_kernel_probe(&repr, kind) {
+                            Some(info) => server.set_env_info(info),
+                            None => tracing::warn!("could not read the kernel's interpreter facts"),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not ask the kernel about its interpreter")
+                        }
+                    }
+                }
+            });
+        }
+        return run_stdio(server, kernel).await;
+    }
     // On a first run the managed environment takes a minute to create: serve MCP at once and
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);
@@ -239,29 +311,14 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         python: env.python.clone(),
         workspace: workspace.root().to_path_buf(),
         transport: o.transport,
-        startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
+        startup_timeout,
         extra_env: BTreeMap::new(),
         helper: std::env::current_exe().ok(),
         sandbox: sandbox_config(&o, &env).await?,
     };
-    let spare = kernel_mcp::kernel::SpareConfig {
-        enabled: !o.no_spare,
-        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
-    };
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     // Start the kernel while the client does the MCP handshake.
     kernel.warm_up();
-    let settings = Settings {
-        default_timeout: secs(o.timeout, "timeout")?,
-        max_timeout: secs(o.max_timeout, "max-timeout")?,
-        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
-        output: OutputLimits {
-            text_budget: o.output_budget.max(1000),
-            max_images: o.max_images,
-            ..OutputLimits::default()
-        },
-        install_timeout: secs(o.install_timeout, "install-timeout")?,
-    };
     let envs = Environments {
         active: "default".into(),
         info: env,
@@ -284,6 +341,29 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             }
         });
     }
+    run_stdio(server, kernel).await
+}
+
+/// The backend for `--existing` or `--gateway-url`, if one was asked for.
+fn remote_backend(
+    o: &Opts,
+    startup_timeout: Duration,
+) -> anyhow::Result<Option<Arc<dyn kernel_mcp::kernel::Backend>>> {
+    if let Some(path) = &o.existing {
+        anyhow::ensure!(
+            path.is_file(),
+            "--existing {}: no such connection file",
+            path.display()
+        );
+        return Ok(Some(Arc::new(
+            kernel_mcp::kernel::existing::ExistingBackend::new(path.clone(), startup_timeout),
+        )));
+    }
+    Ok(None)
+}
+
+/// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
+async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
     let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
     let transport =

@@ -190,6 +190,51 @@ pub fn preparing() -> EnvInfo {
     }
 }
 
+/// What the server reports before it has asked a kernel it did not start about its interpreter.
+pub fn remote(kind: &str) -> EnvInfo {
+    EnvInfo {
+        python: PathBuf::new(),
+        python_version: "(the kernel's own)".into(),
+        packages: Vec::new(),
+        requirements_hash: String::new(),
+        kind: kind.into(),
+        paths: Vec::new(),
+    }
+}
+
+/// A Python expression that describes the kernel's own interpreter: hex of a JSON object with
+/// the executable, version and installed distributions (hex, so its repr needs no unescaping).
+pub const KERNEL_PROBE_EXPR: &str = "__import__('json').dumps({'python': __import__('sys').executable, 'version': __import__('platform').python_version(), 'packages': {str(d.metadata['Name'] or '').lower(): d.version for d in __import__('importlib.metadata', fromlist=['x']).distributions()}}).encode().hex()";
+
+/// Reads the answer to `KERNEL_PROBE_EXPR` (the repr of a hex string) into an `EnvInfo`.
+pub fn parse_kernel_probe(repr: &str, kind: &str) -> Option<EnvInfo> {
+    #[derive(Deserialize)]
+    struct Probe {
+        python: PathBuf,
+        version: String,
+        packages: std::collections::BTreeMap<String, String>,
+    }
+    let hex_text = repr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let bytes = hex::decode(hex_text).ok()?;
+    let p: Probe = serde_json::from_slice(&bytes).ok()?;
+    Some(EnvInfo {
+        python: p.python,
+        python_version: p.version.chars().take(40).collect(),
+        packages: KEY_PACKAGES
+            .iter()
+            .map(|n| {
+                (
+                    (*n).to_owned(),
+                    p.packages.get(*n).map(|v| v.chars().take(40).collect()),
+                )
+            })
+            .collect(),
+        requirements_hash: String::new(),
+        kind: kind.into(),
+        paths: Vec::new(),
+    })
+}
+
 /// Finds the managed environment, creating it on first use; safe against concurrent first runs.
 pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
     let env = managed_env_dir()?;

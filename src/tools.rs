@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::PackageError;
 use crate::error::{KernelError, WorkspaceError};
-use crate::kernel::{ExecLimits, KernelHandle};
+use crate::kernel::{ExecLimits, KernelHandle, Restarted};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
 use crate::packages::{self, PackageSpec};
 use crate::pyenv::{self, EnvInfo, EnvSource};
@@ -678,9 +678,13 @@ impl Server {
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
         match self.inner.kernel.restart().await {
-            Ok(d) => Ok(CallToolResult::success(vec![Content::text(format!(
+            Ok(Restarted::Fresh { took }) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
-                d.as_secs_f64()
+                took.as_secs_f64()
+            ))])),
+            Ok(Restarted::Reattached { took }) => Ok(CallToolResult::success(vec![Content::text(format!(
+                "this kernel belongs to someone else (--existing), so kernel-mcp did not restart it: it reconnected in {:.2} s and the kernel's variables are unchanged. Restart it where it was started if you need a fresh one",
+                took.as_secs_f64()
             ))])),
             Err(e) => Ok(kernel_error(e)),
         }
@@ -910,7 +914,7 @@ impl Server {
     ) -> Result<CallToolResult, ErrorData> {
         // A kernel that is starting is waited for (briefly), so the sandbox report is about a
         // real kernel; a running one is not disturbed, even when it is busy.
-        let kernel_state = if self.inner.kernel.pid().is_some() {
+        let kernel_state = if self.inner.kernel.running() {
             "running".to_owned()
         } else {
             match tokio::time::timeout(Duration::from_secs(15), self.inner.kernel.info()).await {
@@ -919,11 +923,8 @@ impl Server {
                 Err(_) => "busy running a call".to_owned(),
             }
         };
-        let sandbox_configured = self
-            .inner
-            .kernel
-            .launcher()
-            .is_some_and(|l| l.sandbox.is_some());
+        let sandbox_configured = self.inner.kernel.backend().sandboxed();
+        let backend = self.inner.kernel.backend().describe();
         let envs = self
             .inner
             .envs
@@ -942,6 +943,8 @@ impl Server {
             "python_version": envs.info.python_version,
             "python_executable": envs.info.python,
             "key_packages": envs.info.packages.iter().map(|(n, v)| (n.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "backend": backend,
+            "kernel_id": self.inner.kernel.kernel_id(),
             "kernel_pid": self.inner.kernel.pid(),
             "workspace": self.inner.workspace.root(),
             "limits": {
@@ -958,11 +961,13 @@ impl Server {
                 Some(crate::wire::Heartbeat::Alive) => "alive".to_owned(),
                 Some(crate::wire::Heartbeat::Missed(n)) => format!("missed {n} (the kernel may be frozen)"),
                 Some(crate::wire::Heartbeat::Unknown) => "not checked yet".to_owned(),
+                Some(crate::wire::Heartbeat::NotApplicable) => "not used (the connection itself shows liveness)".to_owned(),
                 None => "no kernel".to_owned(),
             },
             "sandbox": match (self.inner.kernel.sandbox(), sandbox_configured) {
                 (Some(st), _) => serde_json::to_value(&st).unwrap_or_default(),
                 (None, true) => serde_json::Value::String("strict (status not known until a kernel runs)".into()),
+                (None, false) if backend.kind != crate::kernel::BackendKind::Local => serde_json::Value::String("not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into()),
                 (None, false) => serde_json::Value::String("off: the kernel runs with this user's full rights".into()),
             },
             "named_environments": named,

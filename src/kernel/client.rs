@@ -1,51 +1,20 @@
-//! One running kernel: start-up handshake, execute with correlation by msg_id, interrupt and
-//! shutdown. Knows the wire protocol and the process; knows nothing about MCP.
+//! One running kernel, whatever backend started it: start-up handshake, execute with
+//! correlation by msg_id, silent helpers. Talks through `Channels` and watches `Lifecycle`;
+//! knows nothing about MCP, processes or HTTP.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{ConnectionInfo, RuntimeDir, Transport};
-use super::process::{kernel_env, ExitCause, KernelProcess, LaunchCommand};
-use super::spec::{InterruptMode, KernelSpec};
+use super::backend::{Channels, Gone, Lifecycle};
 use crate::error::KernelError;
-use crate::wire::message::{ExecuteReply, ExecuteRequest, KernelInfoReply, ShutdownRequest};
-use crate::wire::{Channel, Connection, Content, ExecutionState, Message};
+use crate::wire::message::{ExecuteReply, ExecuteRequest, KernelInfoReply};
+use crate::wire::{Channel, Content, ExecutionState, Message};
 
 /// Python run silently in every new IPython kernel (see the file for why).
 const STARTUP_CODE: &str = include_str!("../../kernel-spec/startup.py");
-
-/// Everything needed to start a kernel locally.
-#[derive(Debug, Clone)]
-pub struct LocalLauncher {
-    pub spec: KernelSpec,
-    pub python: PathBuf,
-    pub workspace: PathBuf,
-    pub transport: Transport,
-    pub startup_timeout: Duration,
-    pub extra_env: BTreeMap<String, String>,
-    /// The launch helper (this binary); `None` starts the kernel directly.
-    pub helper: Option<PathBuf>,
-    /// The OS sandbox (needs the helper); `None` runs the kernel unconfined.
-    pub sandbox: Option<SandboxConfig>,
-}
-
-/// Sandbox settings that do not change from one kernel to the next.
-#[derive(Debug, Clone, Default)]
-pub struct SandboxConfig {
-    /// Paths the interpreter reads (from the environment probe).
-    pub python_paths: Vec<PathBuf>,
-    /// Extra read-only directories (`--allow-read`).
-    pub extra_read: Vec<PathBuf>,
-    pub network: bool,
-    pub memory_bytes: Option<u64>,
-    pub file_size_bytes: Option<u64>,
-    pub require: bool,
-    /// A prebuilt matplotlib font cache copied into each kernel's scratch config dir.
-    pub mpl_cache: Option<PathBuf>,
-}
 
 /// Receives a running execution's output, in kernel order.
 pub trait OutputSink: Send {
@@ -91,124 +60,51 @@ pub struct ExecLimits {
     pub progress: bool,
 }
 
-/// A started kernel: process, connection and what it told us about itself.
-/// Field order is drop order: sockets close, then the process group dies, then files go.
+/// A started kernel: its channels, its lifecycle and what it told us about itself.
+/// Field order is drop order: the channels close, then the lifecycle ends what it owns.
 pub struct Kernel {
-    conn: Connection,
-    process: KernelProcess,
-    runtime: RuntimeDir,
-    sandbox: Option<super::sandbox::Status>,
+    chan: Arc<dyn Channels>,
+    life: Box<dyn Lifecycle>,
     info: KernelInfoReply,
-    interrupt_mode: InterruptMode,
     started: Instant,
 }
 
 impl Kernel {
-    /// Spawns a kernel and completes the kernel_info handshake.
-    pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
-        let started = Instant::now();
-        let runtime = RuntimeDir::create()?;
-        let info = ConnectionInfo::new(l.transport, runtime.path())?;
-        let conn_file = runtime.path().join("kernel.json");
-        info.write(&conn_file)?;
-        let mut env = kernel_env(&l.spec.env, &l.python);
-        env.extend(l.extra_env.clone());
-        let mut argv = l.spec.expand_argv(&l.python, &conn_file);
-        let status_file = runtime.path().join("sandbox.json");
-        if let (Some(sb), Some(_)) = (&l.sandbox, &l.helper) {
-            let scratch = runtime.path().join("home");
-            for sub in ["", "tmp", "ipython", "mpl", "cache", "config"] {
-                let _ = std::fs::create_dir_all(scratch.join(sub));
-            }
-            if let Some(cache) = &sb.mpl_cache {
-                copy_font_cache(cache, &scratch.join("mpl"));
-            }
-            let s = |p: &str| scratch.join(p).to_string_lossy().into_owned();
-            env.insert("HOME".into(), s(""));
-            env.insert("TMPDIR".into(), s("tmp"));
-            env.insert("IPYTHONDIR".into(), s("ipython"));
-            env.insert("MPLCONFIGDIR".into(), s("mpl"));
-            env.insert("XDG_CACHE_HOME".into(), s("cache"));
-            env.insert("XDG_CONFIG_HOME".into(), s("config"));
-            env.insert("PYTHONNOUSERSITE".into(), "1".into());
-            let mut policy = super::sandbox::Policy::for_kernel(
-                &sb.python_paths,
-                &sb.extra_read,
-                &l.workspace,
-                runtime.path(),
-            );
-            policy.network = sb.network;
-            policy.memory_bytes = sb.memory_bytes;
-            policy.file_size_bytes = sb.file_size_bytes;
-            policy.open_files = Some(4096);
-            policy.require = sb.require;
-            policy.status_file = Some(status_file.clone());
-            if info.transport == Transport::Tcp {
-                policy.bind_ports = vec![
-                    info.shell_port,
-                    info.iopub_port,
-                    info.stdin_port,
-                    info.control_port,
-                    info.hb_port,
-                ];
-            }
-            let json =
-                serde_json::to_string(&policy).map_err(|e| KernelError::Protocol(e.to_string()))?;
-            argv = ["--policy".to_owned(), json, "--".to_owned()]
-                .into_iter()
-                .chain(argv)
-                .collect();
-        }
-        let cmd = LaunchCommand {
-            argv,
-            cwd: l.workspace.clone(),
-            env,
-            helper: l.helper.clone(),
-        };
-        let process = KernelProcess::spawn(&cmd)?;
-        let deadline = started + l.startup_timeout;
-        let died = |cause: ExitCause, process: &KernelProcess| KernelError::Unavailable {
-            reason: format!(
-                "the kernel exited during start-up ({cause}){}",
-                process.stderr_hint()
-            ),
-        };
-        let endpoints = info.endpoints();
-        let conn = tokio::select! {
-            c = Connection::open(&endpoints, info.key.as_bytes(), l.startup_timeout) => c?,
-            cause = process.wait() => return Err(died(cause, &process)),
-        };
+    /// Completes the kernel_info handshake over `chan` (racing the kernel's death), then runs
+    /// kernel-mcp's start-up code in IPython kernels.
+    pub async fn connect(
+        chan: Arc<dyn Channels>,
+        life: Box<dyn Lifecycle>,
+        started: Instant,
+        deadline: Instant,
+        hint: &(dyn Fn() -> String + Send + Sync),
+    ) -> Result<Kernel, KernelError> {
         let kinfo = tokio::select! {
-            r = handshake(&conn, deadline) => r.map_err(|e| match e {
-                KernelError::StartTimeout { secs, .. } => KernelError::StartTimeout { secs, detail: process.stderr_hint() },
+            r = handshake(&*chan, deadline) => r.map_err(|e| match e {
+                KernelError::StartTimeout { .. } => KernelError::StartTimeout {
+                    secs: deadline.saturating_duration_since(started).as_secs(),
+                    detail: hint(),
+                },
                 other => other,
             })?,
-            cause = process.wait() => return Err(died(cause, &process)),
+            gone = life.gone() => return Err(KernelError::Unavailable {
+                reason: format!("the kernel exited during start-up ({gone}){}", hint()),
+            }),
         };
-        let kernel_startup = kinfo.implementation == "ipython";
+        // kernel-mcp's set-up code goes only into kernels it owns; a borrowed kernel is left as
+        // its owner configured it.
+        let kernel_startup = kinfo.implementation == "ipython" && life.owned();
         tracing::info!(
-            pid = process.pid(),
+            pid = life.pid(),
             implementation = %kinfo.implementation,
             version = %kinfo.implementation_version,
             ms = started.elapsed().as_millis() as u64,
             "kernel ready"
         );
-        let sandbox = std::fs::read(&status_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<super::sandbox::Status>(&b).ok());
-        match &sandbox {
-            Some(st) if st.complete() => tracing::info!(sandbox = %st.summary(), "kernel sandbox"),
-            Some(st) => tracing::warn!(sandbox = %st.summary(), "kernel sandbox is INCOMPLETE"),
-            None if l.sandbox.is_some() => tracing::warn!("kernel sandbox status unknown"),
-            None => {}
-        }
         let kernel = Kernel {
-            conn,
-            process,
-            runtime,
-            sandbox,
+            chan,
+            life,
             info: kinfo,
-            interrupt_mode: l.spec.interrupt_mode,
             started,
         };
         if kernel_startup {
@@ -257,7 +153,7 @@ impl Kernel {
         limit: Duration,
     ) -> Result<ExecuteReply, KernelError> {
         let msg = Message::request(
-            self.conn.session(),
+            self.chan.session(),
             Content::ExecuteRequest(ExecuteRequest {
                 code: code.to_owned(),
                 silent: true,
@@ -267,8 +163,8 @@ impl Kernel {
                 stop_on_error: false,
             }),
         );
-        let mut sub = self.conn.subscribe(&msg.header.msg_id)?;
-        self.conn.send(Channel::Shell, &msg).await?;
+        let mut sub = self.chan.subscribe(&msg.header.msg_id)?;
+        self.chan.send(Channel::Shell, &msg).await?;
         let wait = async {
             let (mut reply, mut idle) = (None, false);
             while reply.is_none() || !idle {
@@ -295,7 +191,7 @@ impl Kernel {
 
     /// What the sandbox enforces for this kernel (`None` when it runs unconfined).
     pub fn sandbox(&self) -> Option<&super::sandbox::Status> {
-        self.sandbox.as_ref()
+        self.life.sandbox()
     }
 
     /// What the kernel said in kernel_info_reply.
@@ -305,12 +201,17 @@ impl Kernel {
 
     /// The latest heartbeat result (the kernel's heartbeat thread echoes even while a cell runs).
     pub fn heartbeat(&self) -> crate::wire::Heartbeat {
-        self.conn.heartbeat()
+        self.chan.heartbeat()
     }
 
-    /// The kernel process id.
-    pub fn pid(&self) -> i32 {
-        self.process.pid()
+    /// The local process id, when the kernel is a local process.
+    pub fn pid(&self) -> Option<i32> {
+        self.life.pid()
+    }
+
+    /// The remote kernel id, when the kernel lives on a gateway.
+    pub fn kernel_id(&self) -> Option<&str> {
+        self.life.kernel_id()
     }
 
     /// How long ago this kernel was started.
@@ -318,63 +219,24 @@ impl Kernel {
         self.started.elapsed()
     }
 
-    /// Why the kernel process ended, if it has.
-    pub fn exited(&self) -> Option<ExitCause> {
-        self.process.exited()
+    /// Why the kernel is gone, if it is.
+    pub fn exited(&self) -> Option<Gone> {
+        self.life.is_gone()
     }
 
-    /// Interrupts the kernel as its spec's `interrupt_mode` says.
+    /// Interrupts the running cell as the backend does it.
     pub async fn interrupt(&self) {
-        match self.interrupt_mode {
-            InterruptMode::Signal => self.process.interrupt(),
-            InterruptMode::Message => {
-                let msg = Message::request(self.conn.session(), Content::InterruptRequest);
-                if let Err(e) = self.conn.send(Channel::Control, &msg).await {
-                    tracing::warn!(error = %e, "interrupt_request failed; sending SIGINT");
-                    self.process.interrupt();
-                }
-            }
-        }
+        self.life.interrupt(&*self.chan).await;
     }
 
-    /// Kills the kernel's process group at once.
+    /// Stops the kernel at once (never one kernel-mcp does not own).
     pub fn kill(&self) {
-        self.process.kill();
+        self.life.kill();
     }
 
-    /// Asks the kernel to shut down, waits a bounded time, then kills it.
+    /// Stops the kernel cleanly within a bounded time (never one kernel-mcp does not own).
     pub async fn shutdown(&self) {
-        if self.process.exited().is_none() {
-            let msg = Message::request(
-                self.conn.session(),
-                Content::ShutdownRequest(ShutdownRequest { restart: false }),
-            );
-            if let Ok(mut sub) = self.conn.subscribe(&msg.header.msg_id) {
-                if self.conn.send(Channel::Control, &msg).await.is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_millis(1500), async {
-                        while let Ok(m) = sub.recv().await {
-                            if matches!(m.message.content, Content::ShutdownReply(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                }
-            }
-            if self
-                .process
-                .wait_for(Duration::from_secs(2))
-                .await
-                .is_none()
-            {
-                tracing::warn!(
-                    pid = self.pid(),
-                    "kernel did not exit after shutdown_request; killing"
-                );
-            }
-        }
-        self.process.kill();
-        self.runtime.remove_now();
+        self.life.shutdown(&*self.chan).await;
     }
 
     /// Runs `code`, streaming output to `sink`, until done, timed out, cancelled or dead.
@@ -391,7 +253,7 @@ impl Kernel {
     ) -> Result<Execution, KernelError> {
         let start = Instant::now();
         let msg = Message::request(
-            self.conn.session(),
+            self.chan.session(),
             Content::ExecuteRequest(ExecuteRequest {
                 code: code.to_owned(),
                 silent: false,
@@ -403,8 +265,8 @@ impl Kernel {
                 stop_on_error: false,
             }),
         );
-        let mut sub = self.conn.subscribe(&msg.header.msg_id)?;
-        self.conn.send(Channel::Shell, &msg).await?;
+        let mut sub = self.chan.subscribe(&msg.header.msg_id)?;
+        self.chan.send(Channel::Shell, &msg).await?;
 
         let mut reply: Option<ExecuteReply> = None;
         let mut idle = false;
@@ -434,7 +296,7 @@ impl Kernel {
                         Ok(i) => i,
                         Err(e) => {
                             // The readers stop when the kernel's sockets go away; prefer the exit cause.
-                            if let Some(cause) = self.process.wait_for(Duration::from_millis(500)).await {
+                            if let Ok(cause) = tokio::time::timeout(Duration::from_millis(500), self.life.gone()).await {
                                 return Ok(Execution { reply, ending: Ending::Died { cause: cause.to_string() }, elapsed: start.elapsed() });
                             }
                             return Err(e.into());
@@ -452,7 +314,7 @@ impl Kernel {
                         (ch, other) => tracing::debug!(channel = ch.name(), msg_type = other.msg_type(), "ignored"),
                     }
                 }
-                cause = self.process.wait() => {
+                cause = self.life.gone() => {
                     return Ok(Execution { reply, ending: Ending::Died { cause: cause.to_string() }, elapsed: start.elapsed() });
                 }
                 _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() => {
@@ -475,25 +337,11 @@ impl Kernel {
     }
 }
 
-/// Copies matplotlib's prebuilt font list into a fresh config dir, so the first plot in a new
-/// kernel does not rebuild it (about a second).
-fn copy_font_cache(from: &std::path::Path, to: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(from) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with("fontlist") {
-            let _ = std::fs::copy(e.path(), to.join(name));
-        }
-    }
-}
-
 /// Sends kernel_info_request until both its reply and an IOPub status for it arrive.
 ///
 /// IOPub is PUB/SUB: messages published before our subscription reached the kernel are lost
 /// (the "slow joiner"). Seeing an IOPub status for our request proves the subscription is live.
-async fn handshake(conn: &Connection, deadline: Instant) -> Result<KernelInfoReply, KernelError> {
+async fn handshake(conn: &dyn Channels, deadline: Instant) -> Result<KernelInfoReply, KernelError> {
     let timeout = || KernelError::StartTimeout {
         secs: 0,
         detail: String::new(),

@@ -5,13 +5,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::KernelError;
 use crate::wire::Endpoints;
 
 /// Transport for the kernel's sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Unix domain sockets inside the private runtime dir (no ports, nothing on the network).
@@ -25,8 +25,9 @@ pub enum Transport {
 const DIR_PREFIX: &str = "kernel-mcp-";
 
 /// The contents of a Jupyter connection file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
+    #[serde(default)]
     pub transport: Transport,
     pub ip: String,
     pub shell_port: u16,
@@ -34,9 +35,16 @@ pub struct ConnectionInfo {
     pub stdin_port: u16,
     pub control_port: u16,
     pub hb_port: u16,
+    #[serde(default)]
     pub key: String,
+    #[serde(default = "default_scheme")]
     pub signature_scheme: String,
+    #[serde(default)]
     pub kernel_name: String,
+}
+
+fn default_scheme() -> String {
+    "hmac-sha256".into()
 }
 
 impl ConnectionInfo {
@@ -69,8 +77,70 @@ impl ConnectionInfo {
     fn endpoint(&self, port: u16) -> String {
         match self.transport {
             Transport::Ipc => format!("ipc://{}-{}", self.ip, port),
+            // A kernel bound to every interface is reached on loopback (as jupyter_client does).
+            Transport::Tcp if matches!(self.ip.as_str(), "0.0.0.0" | "*" | "") => {
+                format!("tcp://127.0.0.1:{port}")
+            }
+            Transport::Tcp if self.ip.contains(':') => format!("tcp://[{}]:{}", self.ip, port),
             Transport::Tcp => format!("tcp://{}:{}", self.ip, port),
         }
+    }
+
+    /// Reads a connection file written by another Jupyter client or kernel (`--existing`).
+    ///
+    /// # Errors
+    /// An unreadable, oversized or malformed file, named with the field at fault.
+    pub fn read(path: &Path) -> Result<ConnectionInfo, KernelError> {
+        use std::io::Read;
+        let what = || format!("reading connection file {}", path.display());
+        let f = std::fs::File::open(path).map_err(|source| KernelError::Io {
+            what: what(),
+            source,
+        })?;
+        // A connection file is a few hundred bytes; refuse anything that is not.
+        let mut text = Vec::new();
+        f.take(64 * 1024 + 1)
+            .read_to_end(&mut text)
+            .map_err(|source| KernelError::Io {
+                what: what(),
+                source,
+            })?;
+        if text.len() > 64 * 1024 {
+            return Err(KernelError::Unavailable {
+                reason: format!("connection file {} is larger than 64 KiB", path.display()),
+            });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&text);
+        let info: ConnectionInfo =
+            serde_path_to_error::deserialize(de).map_err(|e| KernelError::Unavailable {
+                reason: format!(
+                    "connection file {} is not a valid Jupyter connection file: `{}`: {}",
+                    path.display(),
+                    e.path(),
+                    e.inner()
+                ),
+            })?;
+        let ports = [
+            info.shell_port,
+            info.iopub_port,
+            info.stdin_port,
+            info.control_port,
+            info.hb_port,
+        ];
+        if info.transport == Transport::Tcp && ports.contains(&0) {
+            return Err(KernelError::Unavailable {
+                reason: format!(
+                    "connection file {} names port 0; the kernel has not bound its ports yet",
+                    path.display()
+                ),
+            });
+        }
+        if info.ip.len() > 4096 || info.ip.contains('\0') {
+            return Err(KernelError::Unavailable {
+                reason: format!("connection file {} has an invalid ip", path.display()),
+            });
+        }
+        Ok(info)
     }
 
     /// The five zeromq endpoints.

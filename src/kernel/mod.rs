@@ -1,8 +1,12 @@
-//! The kernel: spec, connection file, process, client, and `KernelHandle`, the one handle tools
-//! use. The handle serializes calls, restarts dead or stuck kernels and backs off crash loops.
+//! The kernel: `KernelHandle`, the one handle tools use, over a `Backend` (local process,
+//! existing kernel, Jupyter gateway). The handle serializes calls, restarts dead or stuck
+//! kernels it owns, backs off crash loops and keeps a warm spare.
 
+pub mod backend;
 pub mod client;
 pub mod connection;
+pub mod existing;
+pub mod local;
 pub mod process;
 pub mod sandbox;
 pub mod spec;
@@ -14,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use client::{
-    Ending, ExecLimits, Execution, Kernel, LocalLauncher, OutputSink, SandboxConfig, StopReason,
-};
+pub use backend::{Backend, BackendInfo, BackendKind, Gone, Ownership};
+pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
+pub use local::{LocalBackend, LocalLauncher, SandboxConfig};
 pub use spec::{InterruptMode, KernelSpec};
 
 use crate::error::KernelError;
@@ -43,6 +47,18 @@ struct Slot {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: String,
+    /// Set when a kernel we do not own went away: calls report it until restart_kernel
+    /// reattaches (it is never restarted behind its owner's back).
+    detached: Option<String>,
+}
+
+/// How restart_kernel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restarted {
+    /// A fresh kernel replaced the old one (state lost).
+    Fresh { took: Duration },
+    /// The kernel belongs to someone else: kernel-mcp reconnected to it, its state untouched.
+    Reattached { took: Duration },
 }
 
 /// The warm spare: a kernel started ahead of need, swapped in by restart and recovery.
@@ -68,7 +84,7 @@ pub struct KernelHandle {
     spare_cfg: SpareConfig,
     spare: StdMutex<Option<Spare>>,
     spare_filling: AtomicBool,
-    launcher: StdMutex<LocalLauncher>,
+    backend: Arc<dyn Backend>,
     /// Set after an install: the next call first clears Python's import caches.
     invalidate_imports: AtomicBool,
     /// True while restart_kernel is replacing the kernel.
@@ -83,14 +99,27 @@ pub struct KernelHandle {
 }
 
 impl KernelHandle {
-    /// A handle that will launch kernels with `launcher`; nothing is started yet.
+    /// A handle that will launch local kernels with `launcher`; nothing is started yet.
     pub fn new(launcher: LocalLauncher, max_queue: usize, spare: SpareConfig) -> Arc<KernelHandle> {
+        Self::with_backend(Arc::new(LocalBackend::new(launcher)), max_queue, spare)
+    }
+
+    /// A handle over any backend; nothing is started yet.
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        max_queue: usize,
+        spare: SpareConfig,
+    ) -> Arc<KernelHandle> {
+        let spare = SpareConfig {
+            enabled: spare.enabled && backend.spares(),
+            ..spare
+        };
         Arc::new_cyclic(|me| KernelHandle {
             me: me.clone(),
             spare_cfg: spare,
             spare: StdMutex::new(None),
             spare_filling: AtomicBool::new(false),
-            launcher: StdMutex::new(launcher),
+            backend,
             invalidate_imports: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
             env_error: StdMutex::new(None),
@@ -101,9 +130,13 @@ impl KernelHandle {
         })
     }
 
-    /// A copy of the launcher's settings.
-    pub fn launcher(&self) -> Option<LocalLauncher> {
-        self.launcher.lock().ok().map(|l| l.clone())
+    /// The backend the kernels come from.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    fn owned(&self) -> bool {
+        self.backend.describe().ownership == Ownership::Owned
     }
 
     /// Makes the next call clear the kernel's import caches (new packages importable at once).
@@ -113,12 +146,7 @@ impl KernelHandle {
 
     /// Sets the interpreter once the environment is ready (first run), without a restart.
     pub fn set_python(&self, python: PathBuf, paths: Vec<PathBuf>) {
-        if let Ok(mut l) = self.launcher.lock() {
-            l.python = python;
-            if let Some(sb) = l.sandbox.as_mut() {
-                sb.python_paths = paths;
-            }
-        }
+        self.backend.set_python(python, paths);
     }
 
     /// Records that the environment could not be created, for every later call to report.
@@ -135,13 +163,16 @@ impl KernelHandle {
         python: PathBuf,
         paths: Vec<PathBuf>,
     ) -> Result<Duration, KernelError> {
-        if let Ok(mut l) = self.launcher.lock() {
-            l.python = python;
-            if let Some(sb) = l.sandbox.as_mut() {
-                sb.python_paths = paths;
-            }
+        if !self.backend.set_python(python, paths) {
+            return Err(KernelError::Unavailable {
+                reason:
+                    "this kernel's interpreter is chosen where the kernel runs, not by kernel-mcp"
+                        .into(),
+            });
         }
-        self.restart().await
+        match self.restart().await? {
+            Restarted::Fresh { took } | Restarted::Reattached { took } => Ok(took),
+        }
     }
 
     /// Evaluates an expression in the kernel if it becomes free within `wait`.
@@ -184,17 +215,14 @@ impl KernelHandle {
         };
         tokio::spawn(async move {
             let result = async {
-                let launcher = me.launcher()?;
-                let k = Kernel::start(&launcher).await.ok()?;
+                let python = me.backend.python().unwrap_or_default();
+                let k = me.backend.start().await.ok()?;
                 if let Some(code) = &me.spare_cfg.preload {
                     if let Err(e) = k.run_silent(code, Duration::from_secs(120)).await {
                         tracing::warn!(error = %e, "spare kernel preload failed");
                     }
                 }
-                Some(Spare {
-                    kernel: k,
-                    python: launcher.python,
-                })
+                Some(Spare { kernel: k, python })
             }
             .await;
             match result {
@@ -239,10 +267,13 @@ impl KernelHandle {
                 });
             }
         }
-        let launcher = self.launcher().ok_or_else(|| KernelError::Unavailable {
-            reason: "launcher state is poisoned".into(),
-        })?;
-        if launcher.python.as_os_str().is_empty() {
+        if let Some(reason) = &slot.detached {
+            return Err(KernelError::Unavailable {
+                reason: reason.clone(),
+            });
+        }
+        let python = self.backend.python();
+        if python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             // First run: the managed environment is still being created in the background.
             let reason = match self.env_error.lock().ok().and_then(|e| e.clone()) {
                 Some(e) => format!("the Python environment could not be created: {e}"),
@@ -250,12 +281,13 @@ impl KernelHandle {
             };
             return Err(KernelError::Unavailable { reason });
         }
-        let started = match self.take_spare(&launcher.python) {
+        let spare = python.as_deref().and_then(|p| self.take_spare(p));
+        let started = match spare {
             Some(k) => {
                 tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");
                 Ok(k)
             }
-            None => Kernel::start(&launcher).await,
+            None => self.backend.start().await,
         };
         match started {
             Ok(k) => {
@@ -290,6 +322,13 @@ impl KernelHandle {
         if let Some(k) = &slot.kernel {
             match k.exited() {
                 None => return Ok(k.clone()),
+                Some(cause) if !self.owned() => {
+                    slot.kernel = None;
+                    self.set_current(None);
+                    let reason = self.detach_reason(&cause);
+                    slot.detached = Some(reason.clone());
+                    return Err(KernelError::Unavailable { reason });
+                }
                 Some(cause) => {
                     if k.age() < EARLY_DEATH {
                         slot.failures += 1;
@@ -365,6 +404,19 @@ impl KernelHandle {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
             }
+            Ending::Unresponsive { .. } if !self.owned() => {
+                report.notes.push(
+                    "The kernel did not stop when interrupted. It belongs to someone else, so kernel-mcp did not kill it: it may still be running this code, and later calls wait behind it."
+                        .to_owned(),
+                );
+            }
+            Ending::Died { cause } if !self.owned() => {
+                slot.kernel = None;
+                self.set_current(None);
+                let reason = self.detach_reason(cause);
+                report.notes.push(format!("{reason}."));
+                slot.detached = Some(reason);
+            }
             Ending::Unresponsive { reason } => {
                 let why = match reason {
                     StopReason::Timeout => {
@@ -424,9 +476,21 @@ impl KernelHandle {
         }
     }
 
-    /// Kills the kernel (ending any running call) and starts a fresh one.
-    pub async fn restart(&self) -> Result<Duration, KernelError> {
+    /// Kills the kernel (ending any running call) and starts a fresh one. A kernel kernel-mcp
+    /// does not own is never killed: the handle reconnects to it instead.
+    pub async fn restart(&self) -> Result<Restarted, KernelError> {
         let t = Instant::now();
+        if !self.owned() {
+            let mut slot = self.slot.lock().await;
+            slot.detached = None;
+            slot.retry_at = None;
+            if let Some(old) = slot.kernel.take() {
+                self.set_current(None);
+                old.shutdown().await;
+            }
+            self.start_into(&mut slot).await?;
+            return Ok(Restarted::Reattached { took: t.elapsed() });
+        }
         self.restarting.store(true, Ordering::SeqCst);
         // Kill first, so a running call ends now instead of holding the slot. A kernel that
         // was still starting becomes current later, and a call may start on it meanwhile:
@@ -445,11 +509,18 @@ impl KernelHandle {
         let result = self.replace(&mut slot).await;
         self.restarting.store(false, Ordering::SeqCst);
         result?;
-        Ok(t.elapsed())
+        Ok(Restarted::Fresh { took: t.elapsed() })
+    }
+
+    fn detach_reason(&self, cause: &dyn std::fmt::Display) -> String {
+        let target = self.backend.describe().target.unwrap_or_default();
+        format!(
+            "the kernel from {target} went away ({cause}); kernel-mcp does not own it and did not restart it. Start it again, then call restart_kernel to reconnect"
+        )
     }
 
     /// kernel_info of the running kernel, starting one if needed.
-    pub async fn info(&self) -> Result<(KernelInfoReply, i32), KernelError> {
+    pub async fn info(&self) -> Result<(KernelInfoReply, Option<i32>), KernelError> {
         let mut slot = self.slot.lock().await;
         let mut report = Report::default();
         let k = self.ensure(&mut slot, &mut report).await?;
@@ -466,11 +537,22 @@ impl KernelHandle {
         self.current().map(|k| k.heartbeat())
     }
 
-    /// The pid of the running kernel, if one runs.
+    /// The pid of the running kernel, if one runs locally.
     pub fn pid(&self) -> Option<i32> {
         self.current()
             .filter(|k| k.exited().is_none())
-            .map(|k| k.pid())
+            .and_then(|k| k.pid())
+    }
+
+    /// True while a kernel is connected and not known to be gone.
+    pub fn running(&self) -> bool {
+        self.current().is_some_and(|k| k.exited().is_none())
+    }
+
+    /// The remote kernel id, when the running kernel lives on a gateway.
+    pub fn kernel_id(&self) -> Option<String> {
+        self.current()
+            .and_then(|k| k.kernel_id().map(str::to_owned))
     }
 
     /// Shuts the kernel down cleanly (bounded), then kills what is left.

@@ -189,14 +189,12 @@ impl KernelProcess {
 
     /// The last lines the kernel wrote to stderr, formatted for an error message.
     pub fn stderr_hint(&self) -> String {
-        let Ok(tail) = self.stderr_tail.lock() else {
-            return String::new();
-        };
-        if tail.is_empty() {
-            return String::new();
-        }
-        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
-        format!("; kernel stderr: {}", lines.join(" | "))
+        self.stderr_source().hint()
+    }
+
+    /// A handle on the kernel's stderr tail that outlives borrows of the process.
+    pub fn stderr_source(&self) -> StderrTail {
+        StderrTail(self.stderr_tail.clone())
     }
 
     /// The kernel's pid (also its process group id).
@@ -331,4 +329,22 @@ pub fn kernel_env(extra: &BTreeMap<String, String>, python: &Path) -> BTreeMap<S
     }
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     env
+}
+
+/// The last lines a kernel wrote to stderr.
+#[derive(Clone)]
+pub struct StderrTail(Arc<StdMutex<VecDeque<String>>>);
+
+impl StderrTail {
+    /// The tail formatted for an error message ("; kernel stderr: a | b"), or "".
+    pub fn hint(&self) -> String {
+        let Ok(tail) = self.0.lock() else {
+            return String::new();
+        };
+        if tail.is_empty() {
+            return String::new();
+        }
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; kernel stderr: {}", lines.join(" | "))
+    }
 }

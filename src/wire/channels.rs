@@ -1,18 +1,17 @@
 //! The five kernel sockets. Exactly one reader task per socket; readers route each message to
 //! the caller waiting on its `parent_header.msg_id`. Only this module touches `zeromq` sockets.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use zeromq::prelude::*;
 use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, ZmqMessage};
 
 use super::frames::Frames;
 use super::message::{Channel, Content, InputReply, Message, MsgId};
+use super::router::{Heartbeat, Router, Subscription};
 use super::signer::Signer;
 use crate::error::WireError;
 
@@ -26,100 +25,13 @@ pub struct Endpoints {
     pub heartbeat: String,
 }
 
-/// A message delivered to a waiting request, with the channel it came on.
-#[derive(Debug)]
-pub struct Incoming {
-    pub channel: Channel,
-    pub message: Message,
-}
-
-/// How many messages may wait for one request before the reader applies back-pressure.
-/// Small on purpose: stream messages can be tens of MB each, and the consumer is fast.
-const ROUTE_CAPACITY: usize = 4;
-
-#[derive(Default)]
-struct Routes {
-    /// `None` once a reader has died: new subscriptions fail instead of hanging.
-    map: StdMutex<Option<HashMap<MsgId, mpsc::Sender<Incoming>>>>,
-    closed_by: StdMutex<Option<&'static str>>,
-}
-
-impl Routes {
-    fn new() -> Self {
-        Routes {
-            map: StdMutex::new(Some(HashMap::new())),
-            closed_by: StdMutex::new(None),
-        }
-    }
-
-    fn sender(&self, id: &MsgId) -> Option<mpsc::Sender<Incoming>> {
-        let guard = self.map.lock().ok()?;
-        guard.as_ref()?.get(id).cloned()
-    }
-
-    fn close(&self, channel: &'static str) {
-        if let Ok(mut m) = self.map.lock() {
-            *m = None;
-        }
-        if let Ok(mut c) = self.closed_by.lock() {
-            c.get_or_insert(channel);
-        }
-    }
-
-    fn closed_by(&self) -> Option<&'static str> {
-        self.closed_by.lock().ok().and_then(|c| *c)
-    }
-}
-
-/// Messages for one request; the route is removed when this is dropped.
-pub struct Subscription {
-    id: MsgId,
-    rx: mpsc::Receiver<Incoming>,
-    routes: Arc<Routes>,
-}
-
-impl Subscription {
-    /// The next message for this request; an error when the connection is gone.
-    pub async fn recv(&mut self) -> Result<Incoming, WireError> {
-        match self.rx.recv().await {
-            Some(m) => Ok(m),
-            None => Err(WireError::ReaderGone {
-                channel: self.routes.closed_by().unwrap_or("kernel"),
-            }),
-        }
-    }
-
-    /// The request id this subscription listens for.
-    pub fn id(&self) -> &MsgId {
-        &self.id
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.routes.map.lock() {
-            if let Some(map) = m.as_mut() {
-                map.remove(&self.id);
-            }
-        }
-    }
-}
-
-/// Heartbeat state published by the heartbeat task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    Unknown,
-    Alive,
-    Missed(u32),
-}
-
 /// An open connection to one kernel: send halves behind locks, one reader task per socket.
 pub struct Connection {
     session: String,
     signer: Signer,
     shell: Mutex<DealerSendHalf>,
     control: Mutex<DealerSendHalf>,
-    routes: Arc<Routes>,
+    routes: Router,
     heartbeat: watch::Receiver<Heartbeat>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -178,42 +90,16 @@ fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Messag
     }
 }
 
-async fn route(routes: &Routes, channel: Channel, message: Message) {
-    let Some(parent) = message.parent_id().cloned() else {
-        tracing::trace!(
-            channel = channel.name(),
-            msg_type = message.header.msg_type,
-            "message without parent"
-        );
-        return;
-    };
-    match routes.sender(&parent) {
-        Some(tx) => {
-            // A closed receiver means the request finished; dropping is right.
-            let _ = tx.send(Incoming { channel, message }).await;
-        }
-        None => {
-            tracing::debug!(
-                channel = channel.name(),
-                msg_type = message.header.msg_type,
-                parent = %parent,
-                "dropped a message whose request is not live"
-            );
-        }
-    }
-}
-
 impl Connection {
     /// Connects all five channels and starts their reader tasks.
     pub async fn open(
         endpoints: &Endpoints,
-        key: &[u8],
+        signer: Signer,
         timeout: Duration,
     ) -> Result<Connection, WireError> {
-        let signer = Signer::new(key);
         let session = uuid::Uuid::new_v4().to_string();
         let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
-        let routes = Arc::new(Routes::new());
+        let routes = Router::new();
         let mut tasks = Vec::new();
 
         let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
@@ -231,8 +117,6 @@ impl Connection {
             .subscribe("")
             .await
             .map_err(zmq_err("subscribe", Channel::IoPub))?;
-        let mut hb = ReqSocket::with_options(options(format!("{identity}-h").as_bytes(), timeout));
-        connect(&mut hb, &endpoints.heartbeat, Channel::Heartbeat, timeout).await?;
 
         let (shell_tx, shell_rx) = shell.split();
         let (control_tx, control_rx) = control.split();
@@ -291,7 +175,6 @@ impl Connection {
         }
         let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
         tasks.push(tokio::spawn(heartbeat_loop(
-            hb,
             endpoints.heartbeat.clone(),
             hb_tx,
         )));
@@ -314,23 +197,7 @@ impl Connection {
 
     /// Registers interest in messages whose parent is `id`. Call before sending the request.
     pub fn subscribe(&self, id: &MsgId) -> Result<Subscription, WireError> {
-        let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
-        let mut guard = self
-            .routes
-            .map
-            .lock()
-            .map_err(|_| WireError::ReaderGone { channel: "router" })?;
-        let Some(map) = guard.as_mut() else {
-            return Err(WireError::ReaderGone {
-                channel: self.routes.closed_by().unwrap_or("kernel"),
-            });
-        };
-        map.insert(id.clone(), tx);
-        Ok(Subscription {
-            id: id.clone(),
-            rx,
-            routes: self.routes.clone(),
-        })
+        self.routes.subscribe(id)
     }
 
     /// Signs and sends `message` on `channel` (shell or control).
@@ -348,6 +215,11 @@ impl Connection {
             .map_err(zmq_err("send", channel))
     }
 
+    /// True once a reader has stopped: the connection can never answer again.
+    pub fn closed(&self) -> bool {
+        self.routes.is_closed()
+    }
+
     /// The latest heartbeat state.
     pub fn heartbeat(&self) -> Heartbeat {
         *self.heartbeat.borrow()
@@ -355,17 +227,12 @@ impl Connection {
 }
 
 /// The one reader of a socket: decode, verify, route by parent; on a socket error close all routes.
-async fn read_loop<S: SocketRecv>(
-    mut socket: S,
-    channel: Channel,
-    routes: Arc<Routes>,
-    signer: Signer,
-) {
+async fn read_loop<S: SocketRecv>(mut socket: S, channel: Channel, routes: Router, signer: Signer) {
     loop {
         match socket.recv().await {
             Ok(parts) => {
                 if let Some(m) = decode(parts, &signer, channel) {
-                    route(&routes, channel, m).await;
+                    routes.route(channel, m).await;
                 }
             }
             Err(e) => {
@@ -378,34 +245,45 @@ async fn read_loop<S: SocketRecv>(
 }
 
 /// Pings the kernel's heartbeat (REQ/REP echo) once a second and publishes the result.
-async fn heartbeat_loop(mut hb: ReqSocket, endpoint: String, tx: watch::Sender<Heartbeat>) {
+///
+/// The heartbeat is advisory, as in jupyter_client: the socket is connected here, not in
+/// `Connection::open`, so a kernel whose heartbeat port does not answer still runs code; its
+/// state only reads `Missed`.
+async fn heartbeat_loop(endpoint: String, tx: watch::Sender<Heartbeat>) {
     let mut missed = 0u32;
+    let mut hb: Option<ReqSocket> = None;
     loop {
-        let ok = async {
-            hb.send(ZmqMessage::from(b"ping".to_vec())).await.ok()?;
-            tokio::time::timeout(Duration::from_secs(3), hb.recv())
-                .await
-                .ok()?
-                .ok()
-        }
-        .await
-        .is_some();
-        if ok {
-            missed = 0;
-            let _ = tx.send(Heartbeat::Alive);
-        } else {
-            missed += 1;
-            let _ = tx.send(Heartbeat::Missed(missed));
-            tracing::debug!(missed, "heartbeat missed");
-            // A REQ socket that lost its reply stays in the "awaiting reply" state
-            // (ZeroMQ REQ/REP lockstep), so start over with a fresh socket.
+        if hb.is_none() {
             let mut fresh = ReqSocket::new();
             if tokio::time::timeout(Duration::from_secs(3), fresh.connect(&endpoint))
                 .await
                 .is_ok_and(|r| r.is_ok())
             {
-                hb = fresh;
+                hb = Some(fresh);
             }
+        }
+        let ok = match hb.as_mut() {
+            Some(sock) => async {
+                sock.send(ZmqMessage::from(b"ping".to_vec())).await.ok()?;
+                tokio::time::timeout(Duration::from_secs(3), sock.recv())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+            .await
+            .is_some(),
+            None => false,
+        };
+        if ok {
+            missed = 0;
+            let _ = tx.send(Heartbeat::Alive);
+        } else {
+            missed = missed.saturating_add(1);
+            let _ = tx.send(Heartbeat::Missed(missed));
+            tracing::debug!(missed, "heartbeat missed");
+            // A REQ socket that lost its reply stays in the "awaiting reply" state
+            // (ZeroMQ REQ/REP lockstep), so start over with a fresh socket.
+            hb = None;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -4,9 +4,11 @@
 pub mod channels;
 pub mod frames;
 pub mod message;
+pub mod router;
 pub mod signer;
 
-pub use channels::{Connection, Endpoints, Heartbeat, Incoming, Subscription};
+pub use channels::{Connection, Endpoints};
 pub use frames::Frames;
 pub use message::{Channel, Content, ExecutionState, Header, Message, MsgId};
+pub use router::{Heartbeat, Incoming, Router, Subscription};
 pub use signer::Signer;

@@ -2,11 +2,48 @@
 //! The only place that touches `hmac` and `sha2`; it knows nothing about sockets.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Sha224, Sha256, Sha384, Sha512};
 
 use crate::error::WireError;
 
-type HmacSha256 = Hmac<Sha256>;
+/// One keyed HMAC state per supported `signature_scheme`.
+#[derive(Clone)]
+enum Keyed {
+    Sha224(Hmac<Sha224>),
+    Sha256(Hmac<Sha256>),
+    Sha384(Hmac<Sha384>),
+    Sha512(Hmac<Sha512>),
+}
+
+impl Keyed {
+    fn update(&mut self, part: &[u8]) {
+        match self {
+            Keyed::Sha224(m) => m.update(part),
+            Keyed::Sha256(m) => m.update(part),
+            Keyed::Sha384(m) => m.update(part),
+            Keyed::Sha512(m) => m.update(part),
+        }
+    }
+
+    fn finalize(self) -> Vec<u8> {
+        match self {
+            Keyed::Sha224(m) => m.finalize().into_bytes().to_vec(),
+            Keyed::Sha256(m) => m.finalize().into_bytes().to_vec(),
+            Keyed::Sha384(m) => m.finalize().into_bytes().to_vec(),
+            Keyed::Sha512(m) => m.finalize().into_bytes().to_vec(),
+        }
+    }
+
+    /// Constant-time comparison (`Mac::verify_slice`).
+    fn verify(self, raw: &[u8]) -> bool {
+        match self {
+            Keyed::Sha224(m) => m.verify_slice(raw).is_ok(),
+            Keyed::Sha256(m) => m.verify_slice(raw).is_ok(),
+            Keyed::Sha384(m) => m.verify_slice(raw).is_ok(),
+            Keyed::Sha512(m) => m.verify_slice(raw).is_ok(),
+        }
+    }
+}
 
 /// Signs and verifies the four signed frames of a message with the connection key.
 ///
@@ -15,7 +52,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// An empty key means messages are unsigned (the signature frame is empty).
 #[derive(Clone)]
 pub struct Signer {
-    mac: Option<HmacSha256>,
+    mac: Option<Keyed>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -26,19 +63,46 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// The `signature_scheme` values of connection files that kernel-mcp can speak.
+pub const SCHEMES: [&str; 4] = ["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224"];
+
 impl Signer {
-    /// Makes a signer for `key`; an empty key disables signing.
+    /// Makes an HMAC-SHA256 signer for `key`; an empty key disables signing.
     pub fn new(key: &[u8]) -> Self {
-        let mac = if key.is_empty() {
-            None
-        } else {
-            // HMAC accepts keys of any length, so this cannot fail.
-            HmacSha256::new_from_slice(key).ok()
-        };
-        Self { mac }
+        Self {
+            mac: (!key.is_empty())
+                .then(|| Hmac::<Sha256>::new_from_slice(key).ok().map(Keyed::Sha256))
+                .flatten(),
+        }
     }
 
-    fn mac_over(&self, parts: [&[u8]; 4]) -> Option<HmacSha256> {
+    /// Makes a signer for a connection file's `signature_scheme` (for example `hmac-sha512`).
+    ///
+    /// # Errors
+    /// A scheme other than the HMAC-SHA2 family is refused (named in the error).
+    pub fn with_scheme(scheme: &str, key: &[u8]) -> Result<Self, WireError> {
+        let unsupported = || WireError::Scheme {
+            scheme: scheme.chars().take(40).collect(),
+        };
+        if key.is_empty() {
+            // Unsigned messages: the scheme is irrelevant, but it must still be one we know.
+            return SCHEMES
+                .contains(&scheme)
+                .then_some(Self { mac: None })
+                .ok_or_else(unsupported);
+        }
+        // HMAC accepts keys of any length, so new_from_slice cannot fail.
+        let mac = match scheme {
+            "hmac-sha256" => Hmac::<Sha256>::new_from_slice(key).ok().map(Keyed::Sha256),
+            "hmac-sha512" => Hmac::<Sha512>::new_from_slice(key).ok().map(Keyed::Sha512),
+            "hmac-sha384" => Hmac::<Sha384>::new_from_slice(key).ok().map(Keyed::Sha384),
+            "hmac-sha224" => Hmac::<Sha224>::new_from_slice(key).ok().map(Keyed::Sha224),
+            _ => return Err(unsupported()),
+        };
+        Ok(Self { mac })
+    }
+
+    fn mac_over(&self, parts: [&[u8]; 4]) -> Option<Keyed> {
         let mut mac = self.mac.clone()?;
         for part in parts {
             mac.update(part);
@@ -49,7 +113,7 @@ impl Signer {
     /// Returns the lowercase hex signature of the four parts (empty when unsigned).
     pub fn sign(&self, parts: [&[u8]; 4]) -> String {
         match self.mac_over(parts) {
-            Some(mac) => hex::encode(mac.finalize().into_bytes()),
+            Some(mac) => hex::encode(mac.finalize()),
             None => String::new(),
         }
     }
@@ -60,11 +124,16 @@ impl Signer {
             return Ok(());
         };
         let raw = hex::decode(signature).map_err(|_| WireError::BadSignature)?;
-        mac.verify_slice(&raw).map_err(|_| WireError::BadSignature)
+        if mac.verify(&raw) {
+            Ok(())
+        } else {
+            Err(WireError::BadSignature)
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -97,5 +166,25 @@ mod tests {
         let signer = Signer::new(b"");
         assert_eq!(signer.sign([b"h", b"p", b"m", b"c"]), "");
         assert!(signer.verify([b"h", b"p", b"m", b"c"], b"anything").is_ok());
+    }
+
+    #[test]
+    fn sha512_scheme_matches_independent_vector() {
+        // hmac.new(b"secret-key", <same parts>, hashlib.sha512).hexdigest()
+        let signer = Signer::with_scheme("hmac-sha512", b"secret-key").unwrap();
+        let sig = signer.sign([b"{\"a\":1}", b"{}", b"{}", b"{\"b\":2}"]);
+        assert_eq!(sig, "8ef944f17f0cc1d54f6e8fe810e2c39a5204fe0d07de0a46c0d6595d50ed7173a2483f85333547a01659a4a77d9962a9966a11a92540e2ffe3cce01685bfbe4a");
+        assert!(signer
+            .verify([b"{\"a\":1}", b"{}", b"{}", b"{\"b\":2}"], sig.as_bytes())
+            .is_ok());
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_by_name() {
+        for bad in ["hmac-md5", "hmac-sha1", "", "rsa"] {
+            let e = Signer::with_scheme(bad, b"k").err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("not supported")), "{bad}");
+        }
+        assert!(Signer::with_scheme("hmac-sha256", b"").is_ok());
     }
 }

@@ -1,0 +1,292 @@
+//! The local backend: kernels started as child processes of this server, inside the OS sandbox,
+//! with the managed (or a chosen) Python environment. Owns the process, its runtime dir and
+//! its sandbox status; the protocol lives in `client`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
+use super::client::Kernel;
+use super::connection::{ConnectionInfo, RuntimeDir, Transport};
+use super::process::{kernel_env, ExitCause, KernelProcess, LaunchCommand};
+use super::spec::{InterruptMode, KernelSpec};
+use crate::error::KernelError;
+use crate::wire::message::ShutdownRequest;
+use crate::wire::{Channel, Connection, Content, Message};
+
+/// Everything needed to start a kernel locally.
+#[derive(Debug, Clone)]
+pub struct LocalLauncher {
+    pub spec: KernelSpec,
+    pub python: PathBuf,
+    pub workspace: PathBuf,
+    pub transport: Transport,
+    pub startup_timeout: Duration,
+    pub extra_env: BTreeMap<String, String>,
+    /// The launch helper (this binary); `None` starts the kernel directly.
+    pub helper: Option<PathBuf>,
+    /// The OS sandbox (needs the helper); `None` runs the kernel unconfined.
+    pub sandbox: Option<SandboxConfig>,
+}
+
+/// Sandbox settings that do not change from one kernel to the next.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Paths the interpreter reads (from the environment probe).
+    pub python_paths: Vec<PathBuf>,
+    /// Extra read-only directories (`--allow-read`).
+    pub extra_read: Vec<PathBuf>,
+    pub network: bool,
+    pub memory_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub require: bool,
+    /// A prebuilt matplotlib font cache copied into each kernel's scratch config dir.
+    pub mpl_cache: Option<PathBuf>,
+}
+
+/// Starts kernels as local child processes.
+pub struct LocalBackend {
+    launcher: StdMutex<LocalLauncher>,
+}
+
+impl LocalBackend {
+    /// A backend that launches kernels with `launcher`.
+    pub fn new(launcher: LocalLauncher) -> LocalBackend {
+        LocalBackend {
+            launcher: StdMutex::new(launcher),
+        }
+    }
+
+    /// A copy of the launcher's settings.
+    pub fn launcher(&self) -> Option<LocalLauncher> {
+        self.launcher.lock().ok().map(|l| l.clone())
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn start(&self) -> Result<Kernel, KernelError> {
+        let l = self.launcher().ok_or_else(|| KernelError::Unavailable {
+            reason: "launcher state is poisoned".into(),
+        })?;
+        start(&l).await
+    }
+
+    fn describe(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Local,
+            ownership: Ownership::Owned,
+            target: None,
+            kernel_name: self.launcher().map(|l| l.spec.display_name.clone()),
+        }
+    }
+
+    fn python(&self) -> Option<PathBuf> {
+        self.launcher().map(|l| l.python)
+    }
+
+    fn set_python(&self, python: PathBuf, paths: Vec<PathBuf>) -> bool {
+        if let Ok(mut l) = self.launcher.lock() {
+            l.python = python;
+            if let Some(sb) = l.sandbox.as_mut() {
+                sb.python_paths = paths;
+            }
+        }
+        true
+    }
+
+    fn sandboxed(&self) -> bool {
+        self.launcher().is_some_and(|l| l.sandbox.is_some())
+    }
+}
+
+/// A local kernel process: the process group, its runtime dir and what its sandbox enforces.
+/// Field order is drop order: the process group dies, then the files go.
+struct LocalProcess {
+    process: KernelProcess,
+    runtime: RuntimeDir,
+    sandbox: Option<super::sandbox::Status>,
+    interrupt_mode: InterruptMode,
+}
+
+#[async_trait]
+impl Lifecycle for LocalProcess {
+    async fn gone(&self) -> Gone {
+        Gone::Exited(self.process.wait().await)
+    }
+
+    fn is_gone(&self) -> Option<Gone> {
+        self.process.exited().map(Gone::Exited)
+    }
+
+    async fn interrupt(&self, chan: &dyn Channels) {
+        match self.interrupt_mode {
+            InterruptMode::Signal => self.process.interrupt(),
+            InterruptMode::Message => {
+                let msg = Message::request(chan.session(), Content::InterruptRequest);
+                if let Err(e) = chan.send(Channel::Control, &msg).await {
+                    tracing::warn!(error = %e, "interrupt_request failed; sending SIGINT");
+                    self.process.interrupt();
+                }
+            }
+        }
+    }
+
+    fn kill(&self) {
+        self.process.kill();
+    }
+
+    async fn shutdown(&self, chan: &dyn Channels) {
+        if self.process.exited().is_none() {
+            let msg = Message::request(
+                chan.session(),
+                Content::ShutdownRequest(ShutdownRequest { restart: false }),
+            );
+            if let Ok(mut sub) = chan.subscribe(&msg.header.msg_id) {
+                if chan.send(Channel::Control, &msg).await.is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_millis(1500), async {
+                        while let Ok(m) = sub.recv().await {
+                            if matches!(m.message.content, Content::ShutdownReply(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
+            }
+            if self
+                .process
+                .wait_for(Duration::from_secs(2))
+                .await
+                .is_none()
+            {
+                tracing::warn!(
+                    pid = self.process.pid(),
+                    "kernel did not exit after shutdown_request; killing"
+                );
+            }
+        }
+        self.process.kill();
+        self.runtime.remove_now();
+    }
+
+    fn pid(&self) -> Option<i32> {
+        Some(self.process.pid())
+    }
+
+    fn sandbox(&self) -> Option<&super::sandbox::Status> {
+        self.sandbox.as_ref()
+    }
+}
+
+/// Spawns a kernel (inside the sandbox when configured) and completes the handshake.
+pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
+    let started = Instant::now();
+    let runtime = RuntimeDir::create()?;
+    let info = ConnectionInfo::new(l.transport, runtime.path())?;
+    let conn_file = runtime.path().join("kernel.json");
+    info.write(&conn_file)?;
+    let mut env = kernel_env(&l.spec.env, &l.python);
+    env.extend(l.extra_env.clone());
+    let mut argv = l.spec.expand_argv(&l.python, &conn_file);
+    let status_file = runtime.path().join("sandbox.json");
+    if let (Some(sb), Some(_)) = (&l.sandbox, &l.helper) {
+        let scratch = runtime.path().join("home");
+        for sub in ["", "tmp", "ipython", "mpl", "cache", "config"] {
+            let _ = std::fs::create_dir_all(scratch.join(sub));
+        }
+        if let Some(cache) = &sb.mpl_cache {
+            copy_font_cache(cache, &scratch.join("mpl"));
+        }
+        let s = |p: &str| scratch.join(p).to_string_lossy().into_owned();
+        env.insert("HOME".into(), s(""));
+        env.insert("TMPDIR".into(), s("tmp"));
+        env.insert("IPYTHONDIR".into(), s("ipython"));
+        env.insert("MPLCONFIGDIR".into(), s("mpl"));
+        env.insert("XDG_CACHE_HOME".into(), s("cache"));
+        env.insert("XDG_CONFIG_HOME".into(), s("config"));
+        env.insert("PYTHONNOUSERSITE".into(), "1".into());
+        let mut policy = super::sandbox::Policy::for_kernel(
+            &sb.python_paths,
+            &sb.extra_read,
+            &l.workspace,
+            runtime.path(),
+        );
+        policy.network = sb.network;
+        policy.memory_bytes = sb.memory_bytes;
+        policy.file_size_bytes = sb.file_size_bytes;
+        policy.open_files = Some(4096);
+        policy.require = sb.require;
+        policy.status_file = Some(status_file.clone());
+        if info.transport == Transport::Tcp {
+            policy.bind_ports = vec![
+                info.shell_port,
+                info.iopub_port,
+                info.stdin_port,
+                info.control_port,
+                info.hb_port,
+            ];
+        }
+        let json =
+            serde_json::to_string(&policy).map_err(|e| KernelError::Protocol(e.to_string()))?;
+        argv = ["--policy".to_owned(), json, "--".to_owned()]
+            .into_iter()
+            .chain(argv)
+            .collect();
+    }
+    let cmd = LaunchCommand {
+        argv,
+        cwd: l.workspace.clone(),
+        env,
+        helper: l.helper.clone(),
+    };
+    let process = KernelProcess::spawn(&cmd)?;
+    let deadline = started + l.startup_timeout;
+    let died = |cause: ExitCause, process: &KernelProcess| KernelError::Unavailable {
+        reason: format!(
+            "the kernel exited during start-up ({cause}){}",
+            process.stderr_hint()
+        ),
+    };
+    let endpoints = info.endpoints();
+    let conn = tokio::select! {
+        c = Connection::open(&endpoints, crate::wire::Signer::new(info.key.as_bytes()), l.startup_timeout) => c?,
+        cause = process.wait() => return Err(died(cause, &process)),
+    };
+    let sandbox = std::fs::read(&status_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<super::sandbox::Status>(&b).ok());
+    match &sandbox {
+        Some(st) if st.complete() => tracing::info!(sandbox = %st.summary(), "kernel sandbox"),
+        Some(st) => tracing::warn!(sandbox = %st.summary(), "kernel sandbox is INCOMPLETE"),
+        None if l.sandbox.is_some() => tracing::warn!("kernel sandbox status unknown"),
+        None => {}
+    }
+    let life = LocalProcess {
+        process,
+        runtime,
+        sandbox,
+        interrupt_mode: l.spec.interrupt_mode,
+    };
+    let stderr = life.process.stderr_source();
+    let hint = move || stderr.hint();
+    Kernel::connect(Arc::new(conn), Box::new(life), started, deadline, &hint).await
+}
+
+/// Copies matplotlib's prebuilt font list into a fresh config dir, so the first plot in a new
+/// kernel does not rebuild it (about a second).
+fn copy_font_cache(from: &std::path::Path, to: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("fontlist") {
+            let _ = std::fs::copy(e.path(), to.join(name));
+        }
+    }
+}

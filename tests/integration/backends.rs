@@ -1,0 +1,227 @@
+//! Kernel backends other than the local launcher: `--existing` (a kernel started by someone
+//! else, reached through its connection file) and `--gateway-url` (a real Jupyter Kernel
+//! Gateway started on 127.0.0.1 by the test).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{alive, eventually, is_error, text, Server};
+
+const HANG: Duration = Duration::from_secs(60);
+
+/// The managed environment's interpreter, as `kernel-mcp setup` reports it.
+pub fn managed_python() -> PathBuf {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .arg("setup")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kernel-mcp setup");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("python:"))
+        .expect("setup names the interpreter; run `cargo run -- setup`");
+    PathBuf::from(line.trim())
+}
+
+/// An ipykernel started the way another Jupyter client would start it, outside kernel-mcp.
+pub struct ExternalKernel {
+    child: std::process::Child,
+    pub file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ExternalKernel {
+    /// Starts `python -m ipykernel_launcher -f FILE` and waits for it to write FILE.
+    pub async fn start() -> ExternalKernel {
+        let dir = tempfile::Builder::new()
+            .prefix("kmcp-ext-")
+            .tempdir()
+            .unwrap();
+        let file = dir.path().join("kernel-ext.json");
+        let child = std::process::Command::new(managed_python())
+            .args(["-m", "ipykernel_launcher", "-f"])
+            .arg(&file)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // ipykernel writes the connection file once its sockets are bound.
+        let written = eventually(HANG, || {
+            std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v.get("hb_port").and_then(|p| p.as_u64()).unwrap_or(0) > 0)
+        })
+        .await;
+        assert!(
+            written,
+            "the external kernel never wrote {}",
+            file.display()
+        );
+        ExternalKernel {
+            child,
+            file,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// A copy of the connection file with its fields changed by `edit`.
+    pub fn variant(&self, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.file).unwrap()).unwrap();
+        edit(&mut v);
+        let path = self.file.with_file_name(name);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for ExternalKernel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn existing_kernel_shares_state_and_outlives_the_server() {
+    let k = ExternalKernel::start().await;
+    let file = arg(&k.file);
+    let a = Server::start_with(&["--existing", &file]).await;
+    let r = a.exec("shared = 41\nshared + 1").await;
+    assert_eq!(text(&r), "42", "{r:?}");
+
+    // A second client of the same kernel sees the variable, and its changes are seen back.
+    let b = Server::start_with(&["--existing", &file]).await;
+    let r = b.exec("shared += 100\nshared").await;
+    assert_eq!(text(&r), "141", "{r:?}");
+    let r = a.exec("shared").await;
+    assert_eq!(text(&r), "141", "{r:?}");
+
+    // get_environment names the backend and that the kernel is someone else's.
+    let env = a.call("get_environment", json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&env)).unwrap();
+    assert_eq!(v["backend"]["kind"], "existing", "{v}");
+    assert_eq!(v["backend"]["ownership"], "borrowed", "{v}");
+    assert_eq!(v["backend"]["target"], file.as_str(), "{v}");
+
+    // restart_kernel never restarts a kernel we do not own: it reconnects, state kept.
+    let r = a.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{r:?}");
+    assert!(text(&r).contains("belongs to someone else"), "{}", text(&r));
+    assert_eq!(text(&a.exec("shared").await), "141");
+
+    // The servers leave; the kernel keeps running and still answers a new client.
+    a.close().await;
+    b.close().await;
+    assert!(
+        alive(k.pid()),
+        "the existing kernel was stopped by kernel-mcp"
+    );
+    let c = Server::start_with(&["--existing", &file]).await;
+    assert_eq!(text(&c.exec("shared").await), "141");
+    c.close().await;
+    assert!(alive(k.pid()));
+}
+
+#[tokio::test]
+async fn existing_kernel_timeout_interrupts_with_a_message_and_keeps_state() {
+    let k = ExternalKernel::start().await;
+    let s = Server::start_with(&["--existing", &arg(&k.file)]).await;
+    s.exec("kept = 'yes'").await;
+    let r = s
+        .call(
+            "execute_python",
+            json!({"code": "import time\nfor _ in range(600): time.sleep(0.1)", "timeout_seconds": 1}),
+        )
+        .await;
+    assert!(is_error(&r), "{r:?}");
+    assert!(
+        text(&r).contains("the 1 s timeout was reached; variables kept"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(text(&s.exec("kept").await), "'yes'");
+    assert!(
+        s.log().contains("interrupt"),
+        "the server never logged the interrupt"
+    );
+    s.close().await;
+    assert!(alive(k.pid()));
+}
+
+#[tokio::test]
+async fn existing_kernel_without_a_heartbeat_still_runs_code() {
+    let k = ExternalKernel::start().await;
+    // Point the heartbeat at a port nothing listens on (bound then released here).
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = k.variant("no-hb.json", |v| v["hb_port"] = json!(dead_port));
+    let t = std::time::Instant::now();
+    let s = Server::start_with(&["--existing", &arg(&file)]).await;
+    assert_eq!(text(&s.exec("6 * 7").await), "42");
+    // Start must not wait out a heartbeat connect timeout.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn existing_kernel_that_goes_away_is_reported_not_restarted() {
+    let mut k = ExternalKernel::start().await;
+    let s = Server::start_with(&["--existing", &arg(&k.file)]).await;
+    assert_eq!(text(&s.exec("1 + 1").await), "2");
+    k.child.kill().unwrap();
+    k.child.wait().unwrap();
+    // Wait for the server to notice (heartbeat), then the next call reports it.
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + HANG;
+    while std::time::Instant::now() < deadline {
+        let r = s.exec("1 + 1").await;
+        last = text(&r);
+        if is_error(&r) {
+            break;
+        }
+    }
+    assert!(last.contains("went away"), "{last}");
+    assert!(last.contains("did not restart it"), "{last}");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn bad_connection_files_give_clear_errors() {
+    let k = ExternalKernel::start().await;
+    let md5 = k.variant("md5.json", |v| v["signature_scheme"] = json!("hmac-md5"));
+    let s = Server::start_with(&["--existing", &arg(&md5)]).await;
+    let r = s.exec("1").await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("\"hmac-md5\" is not supported"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+
+    let garbage = k.variant("bad.json", |v| v["shell_port"] = json!("not a port"));
+    let s = Server::start_with(&["--existing", &arg(&garbage)]).await;
+    let r = s.exec("1").await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("`shell_port`"), "{}", text(&r));
+    s.close().await;
+}
