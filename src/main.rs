@@ -359,6 +359,16 @@ fn remote_backend(
             kernel_mcp::kernel::existing::ExistingBackend::new(path.clone(), startup_timeout),
         )));
     }
+    if let Some(url) = &o.gateway_url {
+        let cfg = kernel_mcp::kernel::gateway::GatewayConfig {
+            url: url.clone(),
+            token: o.gateway_token.clone().filter(|t| !t.is_empty()),
+            kernel_name: o.kernel_name.clone(),
+            startup_timeout,
+        };
+        let backend = kernel_mcp::kernel::gateway::GatewayBackend::new(cfg)?;
+        return Ok(Some(Arc::new(backend)));
+    }
     Ok(None)
 }
 

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod connection;
 pub mod existing;
+pub mod gateway;
 pub mod local;
 pub mod process;
 pub mod sandbox;
@@ -558,11 +559,21 @@ impl KernelHandle {
     /// Shuts the kernel down cleanly (bounded), then kills what is left.
     pub async fn shutdown(&self) {
         let spare = self.spare.lock().ok().and_then(|mut s| s.take());
-        // Dropping a kernel kills its process group and removes its runtime dir.
-        drop(spare);
-        if let Some(k) = self.current() {
-            k.shutdown().await;
-        }
+        // Both are ended before the server exits: a local kernel's process group dies, a
+        // gateway kernel is deleted on the gateway.
+        let current = self.current();
+        tokio::join!(
+            async {
+                if let Some(s) = spare {
+                    s.kernel.shutdown().await;
+                }
+            },
+            async {
+                if let Some(k) = current {
+                    k.shutdown().await;
+                }
+            }
+        );
         self.set_current(None);
         if let Ok(mut slot) = self.slot.try_lock() {
             slot.kernel = None;

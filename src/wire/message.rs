@@ -313,7 +313,8 @@ impl Content {
         }
     }
 
-    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+    /// The content as JSON bytes (as it goes into the content frame).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         match self {
             Content::KernelInfoRequest | Content::InterruptRequest => Ok(b"{}".to_vec()),
             Content::KernelInfoReply(c) => serde_json::to_vec(c),

@@ -225,3 +225,236 @@ async fn bad_connection_files_give_clear_errors() {
     assert!(text(&r).contains("`shell_port`"), "{}", text(&r));
     s.close().await;
 }
+
+/// A Python environment with Jupyter Kernel Gateway, created once and reused (CI caches it).
+fn gateway_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::env::var_os("KERNEL_MCP_TEST_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kernel-mcp-ci")
+            });
+        let venv = root.join("kg");
+        let bin = venv.join("bin/jupyter-kernelgateway");
+        // Written after a complete install; bump it when the package list changes.
+        let ready = venv.join(".ready-1");
+        if !ready.exists() {
+            std::fs::create_dir_all(&root).unwrap();
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap()
+                .success()
+                && std::process::Command::new(venv.join("bin/pip"))
+                    .args([
+                        "install",
+                        "-q",
+                        "jupyter-kernel-gateway",
+                        "ipykernel",
+                        "matplotlib",
+                        "pandas",
+                    ])
+                    .status()
+                    .unwrap()
+                    .success();
+            assert!(
+                ok,
+                "could not install jupyter-kernel-gateway into {}",
+                venv.display()
+            );
+            std::fs::write(&ready, b"").unwrap();
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A real Jupyter Kernel Gateway on 127.0.0.1 with a token, stopped on drop.
+pub struct Gateway {
+    child: std::process::Child,
+    pub url: String,
+    pub token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        let bin = gateway_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("kmcp-kg-")
+            .tempdir()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let log = std::fs::File::create(dir.path().join("kg.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("--KernelGatewayApp.ip=127.0.0.1")
+            .arg(format!("--KernelGatewayApp.port={port}"))
+            .arg(format!("--KernelGatewayApp.auth_token={token}"))
+            .arg("--JupyterWebsocketPersonality.list_kernels=True")
+            .current_dir(dir.path())
+            .env("JUPYTER_RUNTIME_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let g = Gateway {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            _dir: dir,
+        };
+        // Ready when its REST API answers.
+        let deadline = std::time::Instant::now() + HANG;
+        while g.kernels().await.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel gateway never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        g
+    }
+
+    /// The ids of the kernels the gateway runs (None while it does not answer).
+    pub async fn kernels(&self) -> Option<Vec<String>> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/kernels", self.url))
+            .header("Authorization", format!("token {}", self.token))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = resp.json().await.ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .filter_map(|k| k["id"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    pub async fn server(&self, extra: &[&str]) -> Server {
+        let mut args = vec!["--gateway-url", &self.url, "--gateway-token", &self.token];
+        args.extend_from_slice(extra);
+        Server::start_with(&args).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn gateway_runs_a_stateful_analysis_with_a_plot_and_leaves_no_kernel() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    let r = s
+        .exec("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3], 'y': [2, 4, 8]})\nlen(df)")
+        .await;
+    assert_eq!(text(&r), "3", "{r:?}");
+    let r = s.exec("print(df['y'].sum())").await;
+    assert_eq!(text(&r), "14\n", "{r:?}");
+    let r = s
+        .exec("import matplotlib.pyplot as plt\nplt.plot(df['x'], df['y'])\nplt.show()")
+        .await;
+    let images: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(images.len(), 1, "{r:?}");
+    assert_eq!(images[0].mime_type, "image/png");
+
+    let env = s.call("get_environment", json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&env)).unwrap();
+    assert_eq!(v["backend"]["kind"], "gateway", "{v}");
+    assert_eq!(v["backend"]["target"], g.url.as_str(), "{v}");
+    let id = v["kernel_id"].as_str().unwrap().to_owned();
+    assert_eq!(g.kernels().await.unwrap(), vec![id.clone()]);
+    assert!(
+        !text(&env).contains(&g.token),
+        "the token leaked into get_environment"
+    );
+
+    s.close().await;
+    let gone = async {
+        while !g.kernels().await.unwrap_or_default().is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(HANG, gone)
+        .await
+        .expect("the gateway kernel outlived the server");
+}
+
+#[tokio::test]
+async fn gateway_timeout_interrupts_and_restart_gives_a_fresh_kernel() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    s.exec("kept = 7").await;
+    let r = s
+        .call(
+            "execute_python",
+            json!({"code": "import time\nfor _ in range(600): time.sleep(0.1)", "timeout_seconds": 1}),
+        )
+        .await;
+    assert!(is_error(&r), "{r:?}");
+    assert!(text(&r).contains("variables kept"), "{}", text(&r));
+    assert_eq!(text(&s.exec("kept").await), "7");
+
+    let before = g.kernels().await.unwrap();
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{r:?}");
+    let r = s.exec("'kept' in globals()").await;
+    assert_eq!(text(&r), "False");
+    let after = g.kernels().await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(before, after, "restart kept the same gateway kernel");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn gateway_errors_name_the_url_and_the_fix_never_the_token() {
+    let g = Gateway::start().await;
+    let s = Server::start_with(&[
+        "--gateway-url",
+        &g.url,
+        "--gateway-token",
+        "wrong-token-123",
+    ])
+    .await;
+    let r = s.exec("1").await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(t.contains(&g.url), "{t}");
+    assert!(t.contains("check the token"), "{t}");
+    assert!(!t.contains("wrong-token-123"), "{t}");
+    assert!(
+        !s.log().contains("wrong-token-123"),
+        "the token reached the log"
+    );
+    // The file tools still work without a kernel.
+    let r = s.call("list_files", json!({})).await;
+    assert!(!is_error(&r), "{r:?}");
+    s.close().await;
+
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let s = Server::start_with(&["--gateway-url", &dead, "--gateway-token", "x"]).await;
+    let r = s.exec("1").await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(t.contains(&dead) && t.contains("not reachable"), "{t}");
+    s.close().await;
+}
