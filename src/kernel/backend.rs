@@ -26,6 +26,10 @@ pub trait Channels: Send + Sync {
     fn heartbeat(&self) -> Heartbeat;
     /// True once the connection is gone for good (its readers stopped).
     fn closed(&self) -> bool;
+    /// How often a dropped connection was re-established with the kernel kept.
+    fn reconnects(&self) -> u32 {
+        0
+    }
 }
 
 #[async_trait]

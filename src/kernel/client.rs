@@ -214,6 +214,11 @@ impl Kernel {
         self.life.kernel_id()
     }
 
+    /// How often the connection dropped and was re-established with the kernel kept.
+    pub fn reconnects(&self) -> u32 {
+        self.chan.reconnects()
+    }
+
     /// How long ago this kernel was started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()

@@ -316,16 +316,18 @@ impl Backend for GatewayBackend {
     }
 }
 
-type WsSink = futures::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    WsMessage,
->;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures::stream::SplitSink<WsStream, WsMessage>;
 
 /// The kernel's channels multiplexed over one WebSocket (JSON messages with a `channel` key).
+/// A dropped socket is reconnected once per drop; if that fails the router closes and the
+/// kernel counts as gone.
 struct WsChannels {
     session: String,
-    sink: Mutex<WsSink>,
+    sink: Arc<Mutex<WsSink>>,
     router: Router,
+    reconnects: Arc<std::sync::atomic::AtomicU32>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -335,65 +337,105 @@ impl Drop for WsChannels {
     }
 }
 
+/// Opens the kernel's channels WebSocket for `session`.
+async fn connect_ws(rest: &Rest, id: &str, session: &str) -> Result<WsStream, KernelError> {
+    let mut url = rest.url(&format!("api/kernels/{id}/channels"))?;
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    let _ = url.set_scheme(scheme);
+    url.query_pairs_mut().append_pair("session_id", session);
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| KernelError::Unavailable {
+            reason: format!("bad WebSocket URL for {}: {e}", rest.shown),
+        })?;
+    if let Some(t) = &rest.token {
+        if let Ok(v) = format!("token {t}").parse() {
+            req.headers_mut().insert("Authorization", v);
+        }
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE))
+        .max_frame_size(Some(MAX_WS_MESSAGE));
+    let (ws, _) = tokio::time::timeout(
+        REST_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+    )
+    .await
+    .map_err(|_| KernelError::Unavailable {
+        reason: format!(
+            "the Jupyter gateway at {} did not open the kernel's WebSocket within {} s",
+            rest.shown,
+            REST_TIMEOUT.as_secs()
+        ),
+    })?
+    .map_err(|e| KernelError::Unavailable {
+        reason: format!(
+            "the Jupyter gateway at {} refused the kernel's WebSocket ({e}); check the token and that the gateway allows WebSocket connections",
+            rest.shown
+        ),
+    })?;
+    Ok(ws)
+}
+
+/// Routes messages from `stream` until it ends (true) or the router was closed on purpose.
+async fn pump(stream: &mut futures::stream::SplitStream<WsStream>, r: &Router) {
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(WsMessage::Text(t)) => match decode(t.as_bytes()) {
+                Ok((channel, m)) => r.route(channel, m).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropped a malformed message from the gateway")
+                }
+            },
+            Ok(WsMessage::Binary(_)) => {
+                // Binary frames carry messages with buffers (comms, widgets); the outputs
+                // kernel-mcp returns never need them.
+                tracing::debug!("ignored a binary WebSocket message");
+            }
+            Ok(WsMessage::Close(_)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the gateway's WebSocket failed");
+                return;
+            }
+        }
+    }
+}
+
 impl WsChannels {
     async fn open(rest: &Rest, id: &str, router: Router) -> Result<WsChannels, KernelError> {
         let session = uuid::Uuid::new_v4().to_string();
-        let mut url = rest.url(&format!("api/kernels/{id}/channels"))?;
-        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        let _ = url.set_scheme(scheme);
-        url.query_pairs_mut().append_pair("session_id", &session);
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| KernelError::Unavailable {
-                reason: format!("bad WebSocket URL for {}: {e}", rest.shown),
-            })?;
-        if let Some(t) = &rest.token {
-            if let Ok(v) = format!("token {t}").parse() {
-                req.headers_mut().insert("Authorization", v);
-            }
-        }
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_WS_MESSAGE))
-            .max_frame_size(Some(MAX_WS_MESSAGE));
-        let (ws, _) = tokio::time::timeout(
-            REST_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-        )
-        .await
-        .map_err(|_| KernelError::Unavailable {
-            reason: format!(
-                "the Jupyter gateway at {} did not open the kernel's WebSocket within {} s",
-                rest.shown,
-                REST_TIMEOUT.as_secs()
-            ),
-        })?
-        .map_err(|e| KernelError::Unavailable {
-            reason: format!(
-                "the Jupyter gateway at {} refused the kernel's WebSocket ({e}); check the token and that the gateway allows WebSocket connections",
-                rest.shown
-            ),
-        })?;
+        let ws = connect_ws(rest, id, &session).await?;
         let (sink, mut stream) = ws.split();
-        let r = router.clone();
+        let sink = Arc::new(Mutex::new(sink));
+        let reconnects = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (r, rest, id, sess, snk, count) = (
+            router.clone(),
+            rest.clone(),
+            id.to_owned(),
+            session.clone(),
+            sink.clone(),
+            reconnects.clone(),
+        );
         let reader = tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(WsMessage::Text(t)) => match decode(t.as_bytes()) {
-                        Ok((channel, m)) => r.route(channel, m).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dropped a malformed message from the gateway")
-                        }
-                    },
-                    Ok(WsMessage::Binary(_)) => {
-                        // Binary frames carry messages with buffers (comms, widgets); the
-                        // outputs kernel-mcp returns never need them.
-                        tracing::debug!("ignored a binary WebSocket message");
+            loop {
+                pump(&mut stream, &r).await;
+                if r.is_closed() {
+                    return;
+                }
+                // One reconnect per drop, with the same session id: the gateway keeps the
+                // kernel (and its state) while no client is connected.
+                match connect_ws(&rest, &id, &sess).await {
+                    Ok(ws) => {
+                        let (new_sink, new_stream) = ws.split();
+                        *snk.lock().await = new_sink;
+                        stream = new_stream;
+                        count.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!(kernel_id = %id, "the gateway's WebSocket dropped and was reconnected");
                     }
-                    Ok(WsMessage::Close(_)) => break,
-                    Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "the gateway's WebSocket failed");
+                        tracing::error!(kernel_id = %id, error = %e, "the gateway's WebSocket dropped and could not be reconnected");
                         break;
                     }
                 }
@@ -402,8 +444,9 @@ impl WsChannels {
         });
         Ok(WsChannels {
             session,
-            sink: Mutex::new(sink),
+            sink,
             router,
+            reconnects,
             reader,
         })
     }
@@ -515,6 +558,10 @@ impl Channels for WsChannels {
 
     fn closed(&self) -> bool {
         self.router.is_closed()
+    }
+
+    fn reconnects(&self) -> u32 {
+        self.reconnects.load(Ordering::SeqCst)
     }
 }
 

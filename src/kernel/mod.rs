@@ -48,6 +48,8 @@ struct Slot {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: String,
+    /// Reconnects of the slot's kernel already reported to a call.
+    reconnects_seen: u32,
     /// Set when a kernel we do not own went away: calls report it until restart_kernel
     /// reattaches (it is never restarted behind its owner's back).
     detached: Option<String>,
@@ -295,6 +297,7 @@ impl KernelHandle {
                 let k = Arc::new(k);
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
+                slot.reconnects_seen = 0;
                 self.set_current(Some(k.clone()));
                 self.refill_spare();
                 Ok(k)
@@ -385,6 +388,7 @@ impl KernelHandle {
                 tracing::warn!(error = %e, "could not invalidate import caches");
             }
         }
+        Self::note_reconnects(&kernel, &mut slot, &mut report);
         let exec = match kernel.execute(code, limits, cancel, sink).await {
             Ok(e) => e,
             Err(e) => {
@@ -401,6 +405,7 @@ impl KernelHandle {
                 });
             }
         };
+        Self::note_reconnects(&kernel, &mut slot, &mut report);
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
@@ -511,6 +516,19 @@ impl KernelHandle {
         self.restarting.store(false, Ordering::SeqCst);
         result?;
         Ok(Restarted::Fresh { took: t.elapsed() })
+    }
+
+    /// Adds a note when the kernel's connection dropped and was re-established since the last
+    /// report (a gateway WebSocket); the kernel and its variables were kept.
+    fn note_reconnects(kernel: &Kernel, slot: &mut Slot, report: &mut Report) {
+        let n = kernel.reconnects();
+        if n > slot.reconnects_seen {
+            slot.reconnects_seen = n;
+            report.notes.push(
+                "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing)."
+                    .to_owned(),
+            );
+        }
     }
 
     fn detach_reason(&self, cause: &dyn std::fmt::Display) -> String {

@@ -458,3 +458,71 @@ async fn gateway_errors_name_the_url_and_the_fix_never_the_token() {
     assert!(t.contains(&dead) && t.contains("not reachable"), "{t}");
     s.close().await;
 }
+
+/// A TCP relay on 127.0.0.1 whose open connections the test can cut (a network drop between
+/// kernel-mcp and a real gateway); new connections pass again at once.
+struct CuttableRelay {
+    url: String,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableRelay {
+    async fn start(target: &str) -> CuttableRelay {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, rx) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let mut rx = rx.clone();
+                let born = *rx.borrow();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|g| *g != born) => {}
+                    }
+                });
+            }
+        });
+        CuttableRelay { url, cut, task }
+    }
+
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+impl Drop for CuttableRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn gateway_websocket_drop_is_reconnected_with_state_kept() {
+    let g = Gateway::start().await;
+    let relay = CuttableRelay::start(&g.url).await;
+    let s = Server::start_with(&["--gateway-url", &relay.url, "--gateway-token", &g.token]).await;
+    assert_eq!(
+        text(&s.exec("survivor = 'still here'\nsurvivor").await),
+        "'still here'"
+    );
+    relay.cut();
+    // Wait for the server to reconnect (it logs it), then the next result says so.
+    let reconnected = eventually(HANG, || s.log().contains("dropped and was reconnected")).await;
+    assert!(reconnected, "no reconnect in the log:\n{}", s.log());
+    let r = s.exec("survivor").await;
+    let t = crate::harness::texts(&r);
+    assert!(t.iter().any(|x| x == "'still here'"), "{t:?}");
+    assert!(
+        t.iter()
+            .any(|x| x.contains("dropped and was re-established")),
+        "{t:?}"
+    );
+    s.close().await;
+}
