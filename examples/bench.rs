@@ -364,6 +364,141 @@ async fn main() -> anyhow::Result<()> {
         "a cold ipykernel start",
     );
     m.client.cancel().await?;
+    gateway_rows(&bin, &ws, mcp_med).await?;
     let _ = std::fs::remove_dir_all(&ws);
+    Ok(())
+}
+
+/// A minimal Jupyter client over the gateway's channels WebSocket (tornado, which the gateway's
+/// own environment has): `x + 1` N times, waiting for execute_reply and idle, median in ms.
+const WS_CLIENT: &str = r#"
+import json, sys, time, uuid, statistics
+from tornado.ioloop import IOLoop
+from tornado.websocket import websocket_connect
+from tornado.httpclient import HTTPRequest
+url, token, kid, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+async def main():
+    req = HTTPRequest(url.replace('http', 'ws', 1) + '/api/kernels/' + kid + '/channels', headers={'Authorization': 'token ' + token})
+    ws = await websocket_connect(req)
+    session = uuid.uuid4().hex
+    async def run(code):
+        mid = uuid.uuid4().hex
+        msg = {'header': {'msg_id': mid, 'session': session, 'username': 'b', 'msg_type': 'execute_request', 'version': '5.3', 'date': ''}, 'parent_header': {}, 'metadata': {}, 'content': {'code': code, 'silent': False, 'store_history': True, 'user_expressions': {}, 'allow_stdin': False, 'stop_on_error': False}, 'channel': 'shell', 'buffers': []}
+        ws.write_message(json.dumps(msg))
+        reply = idle = False
+        while not (reply and idle):
+            m = json.loads(await ws.read_message())
+            if m.get('parent_header', {}).get('msg_id') != mid: continue
+            t = m['header']['msg_type']
+            reply = reply or t == 'execute_reply'
+            idle = idle or (t == 'status' and m['content']['execution_state'] == 'idle')
+    await run('x = 1')
+    for _ in range(20): await run('x + 1')
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); await run('x + 1'); ts.append((time.perf_counter() - t) * 1000)
+    print(statistics.median(ts))
+IOLoop.current().run_sync(main)
+"#;
+
+/// `x + 1` through MCP over a Jupyter Kernel Gateway vs the local backend and vs a plain
+/// WebSocket client of the same gateway. Needs the gateway's environment (the integration tests
+/// create it in ~/.cache/kernel-mcp-ci/kg); skipped with a note otherwise.
+async fn gateway_rows(bin: &Path, ws: &Path, local_med: f64) -> anyhow::Result<()> {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let venv = home.join(".cache/kernel-mcp-ci/kg");
+    let kg = venv.join("bin/jupyter-kernelgateway");
+    if !kg.exists() {
+        println!(
+            "(gateway rows skipped: run the integration tests once to create {})",
+            venv.display()
+        );
+        return Ok(());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(&kg)
+        .arg("--KernelGatewayApp.ip=127.0.0.1")
+        .arg(format!("--KernelGatewayApp.port={port}"))
+        .arg(format!("--KernelGatewayApp.auth_token={token}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = http
+            .get(format!("{url}/api/kernelspecs"))
+            .header("Authorization", format!("token {token}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the kernel gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = 300;
+    let m = start_server(bin, ws, &["--gateway-url", &url, "--gateway-token", &token]).await?;
+    exec(&m, "x = 1").await?;
+    for _ in 0..20 {
+        exec(&m, "x + 1").await?;
+    }
+    let mut through = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        exec(&m, "x + 1").await?;
+        through.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let gw_med = median(&mut through);
+    m.client.cancel().await?;
+    // The same gateway, a kernel of its own, driven by a bare WebSocket client.
+    let model: serde_json::Value = http
+        .post(format!("{url}/api/kernels"))
+        .header("Authorization", format!("token {token}"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let kid = model["id"].as_str().context("kernel id")?.to_owned();
+    let out = tokio::process::Command::new(venv.join("bin/python"))
+        .args(["-c", WS_CLIENT, &url, &token, &kid, &n.to_string()])
+        .output()
+        .await?;
+    let ws_med: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
+    let _ = http
+        .delete(format!("{url}/api/kernels/{kid}"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await;
+    row(
+        "`x + 1` via bare WebSocket client of the gateway (median)",
+        format!("{ws_med:.2} ms"),
+        "baseline for the gateway path (tornado client, same gateway)",
+    );
+    row(
+        "`x + 1` through MCP over the gateway (median)",
+        format!("{gw_med:.2} ms"),
+        &format!(
+            "{:.2}× the bare gateway client; {:.2}× the local backend",
+            gw_med / ws_med,
+            gw_med / local_med
+        ),
+    );
+    let _ = child.kill().await;
     Ok(())
 }

@@ -317,6 +317,31 @@ pub async fn installed(
         .collect())
 }
 
+/// Python that installs `specs` with pip into the kernel's own interpreter, run as a cell in a
+/// kernel that lives elsewhere (an existing or gateway kernel). The specs are validated, so each
+/// is a plain ASCII string; they are embedded as JSON string literals, which Python reads as-is.
+/// Leaves no names behind.
+pub fn kernel_install_code(specs: &[PackageSpec]) -> String {
+    let list = serde_json::to_string(&specs.iter().map(|s| s.raw.as_str()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into());
+    format!(
+        r#"def __kernel_mcp_pip(specs):
+    import importlib, subprocess, sys
+    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--disable-pip-version-check', '--no-input', *specs], capture_output=True, text=True)
+    lines = [l for l in (r.stdout or '').splitlines() if l.startswith(('Successfully', 'Requirement already'))]
+    print('\n'.join(lines[-40:]) or (r.stdout or '')[-2000:])
+    if r.returncode != 0:
+        err = [l for l in (r.stderr or '').splitlines() if l.strip()]
+        raise RuntimeError('pip install failed (exit %d) in %s: %s' % (r.returncode, sys.executable, ' | '.join(err[-5:])))
+    importlib.invalidate_caches()
+try:
+    __kernel_mcp_pip({list})
+finally:
+    del __kernel_mcp_pip
+"#
+    )
+}
+
 /// Which installer runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Installer {

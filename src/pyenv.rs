@@ -206,6 +206,21 @@ pub fn remote(kind: &str) -> EnvInfo {
 /// the executable, version and installed distributions (hex, so its repr needs no unescaping).
 pub const KERNEL_PROBE_EXPR: &str = "__import__('json').dumps({'python': __import__('sys').executable, 'version': __import__('platform').python_version(), 'packages': {str(d.metadata['Name'] or '').lower(): d.version for d in __import__('importlib.metadata', fromlist=['x']).distributions()}}).encode().hex()";
 
+fn decode_probe<T: serde::de::DeserializeOwned>(repr: &str) -> Option<T> {
+    let hex_text = repr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let bytes = hex::decode(hex_text).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The installed distributions (name → version) from an answer to `KERNEL_PROBE_EXPR`.
+pub fn parse_kernel_packages(repr: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    #[derive(Deserialize)]
+    struct Probe {
+        packages: std::collections::BTreeMap<String, String>,
+    }
+    decode_probe::<Probe>(repr).map(|p| p.packages)
+}
+
 /// Reads the answer to `KERNEL_PROBE_EXPR` (the repr of a hex string) into an `EnvInfo`.
 pub fn parse_kernel_probe(repr: &str, kind: &str) -> Option<EnvInfo> {
     #[derive(Deserialize)]
@@ -214,9 +229,7 @@ pub fn parse_kernel_probe(repr: &str, kind: &str) -> Option<EnvInfo> {
         version: String,
         packages: std::collections::BTreeMap<String, String>,
     }
-    let hex_text = repr.trim().trim_matches(|c| c == '\'' || c == '"');
-    let bytes = hex::decode(hex_text).ok()?;
-    let p: Probe = serde_json::from_slice(&bytes).ok()?;
+    let p: Probe = decode_probe(repr)?;
     Some(EnvInfo {
         python: p.python,
         python_version: p.version.chars().take(40).collect(),

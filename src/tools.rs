@@ -335,9 +335,33 @@ impl Server {
     async fn installed_packages(
         &self,
     ) -> Result<std::collections::BTreeMap<String, (String, String)>, CallToolResult> {
+        if self.kernel_elsewhere() {
+            // The interpreter lives with the kernel: ask the kernel.
+            let repr = self
+                .inner
+                .kernel
+                .evaluate(crate::pyenv::KERNEL_PROBE_EXPR, Duration::from_secs(30))
+                .await
+                .map_err(|e| tool_error(format!("could not list the kernel's packages: {e}")))?;
+            let raw = crate::pyenv::parse_kernel_packages(&repr).ok_or_else(|| {
+                tool_error(
+                    "could not list the kernel's packages: unexpected answer from the kernel",
+                )
+            })?;
+            return Ok(raw
+                .into_iter()
+                .map(|(n, v)| (packages::normalize(&n), (n, v)))
+                .collect());
+        }
         packages::installed(&self.env_info().python)
             .await
             .map_err(|e| tool_error(format!("could not list the installed packages: {e}")))
+    }
+
+    /// True when the kernel runs somewhere kernel-mcp does not launch it (existing, gateway):
+    /// its interpreter is not ours to run.
+    fn kernel_elsewhere(&self) -> bool {
+        self.inner.kernel.backend().describe().kind != crate::kernel::BackendKind::Local
     }
 
     fn env_info(&self) -> EnvInfo {
@@ -739,6 +763,15 @@ impl Server {
             )));
         }
         let _one_at_a_time = self.inner.install_lock.lock().await;
+        if self.kernel_elsewhere() {
+            // pip runs inside the kernel, so it installs into the kernel's own interpreter
+            // wherever that is; the result is that cell's output.
+            let code = packages::kernel_install_code(&specs);
+            let secs = self.inner.settings.install_timeout.as_secs_f64();
+            let out = self.run_code(&code, Some(secs), &ctx).await;
+            self.inner.kernel.invalidate_imports();
+            return out;
+        }
         let python = self.env_info().python;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let progress = ctx.meta.get_progress_token().map(|token| {

@@ -526,3 +526,36 @@ async fn gateway_websocket_drop_is_reconnected_with_state_kept() {
     );
     s.close().await;
 }
+
+#[tokio::test]
+async fn gateway_installs_packages_into_the_kernels_own_interpreter() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    let r = s
+        .call("install_package", json!({"packages": ["tabulate"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.exec("import tabulate, sys\nsys.prefix").await;
+    let venv = gateway_bin().parent().unwrap().parent().unwrap().to_owned();
+    assert_eq!(
+        text(&r),
+        format!("{:?}", venv.to_string_lossy()).replace('"', "'")
+    );
+    let r = s
+        .call(
+            "check_packages",
+            json!({"packages": ["tabulate", "surely-not-installed-xyz"]}),
+        )
+        .await;
+    let t = text(&r);
+    assert!(t.contains("tabulate") && t.contains("not installed"), "{t}");
+    // Bad specs are refused before anything reaches the kernel.
+    let r = s
+        .call(
+            "install_package",
+            json!({"packages": ["tabulate; import os"]}),
+        )
+        .await;
+    assert!(is_error(&r), "{}", text(&r));
+    s.close().await;
+}
