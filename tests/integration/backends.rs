@@ -35,8 +35,13 @@ pub struct ExternalKernel {
 }
 
 impl ExternalKernel {
-    /// Starts `python -m ipykernel_launcher -f FILE` and waits for it to write FILE.
+    /// Starts `python -m ipykernel_launcher -f FILE` (tcp) and waits for it to write FILE.
     pub async fn start() -> ExternalKernel {
+        Self::start_with(&[]).await
+    }
+
+    /// The same with extra ipykernel arguments (for example `--transport=ipc`).
+    pub async fn start_with(extra: &[&str]) -> ExternalKernel {
         let dir = tempfile::Builder::new()
             .prefix("kmcp-ext-")
             .tempdir()
@@ -45,6 +50,7 @@ impl ExternalKernel {
         let child = std::process::Command::new(managed_python())
             .args(["-m", "ipykernel_launcher", "-f"])
             .arg(&file)
+            .args(extra)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -57,6 +63,7 @@ impl ExternalKernel {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .is_some_and(|v| v.get("hb_port").and_then(|p| p.as_u64()).unwrap_or(0) > 0)
+                && (extra.is_empty() || k_sockets_bound(&file))
         })
         .await;
         assert!(
@@ -91,6 +98,21 @@ impl Drop for ExternalKernel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// For the ipc transport, the socket files exist once the kernel has bound them.
+fn k_sockets_bound(file: &Path) -> bool {
+    let Some(v) = std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return false;
+    };
+    let ip = v["ip"].as_str().unwrap_or("");
+    v["transport"] != "ipc"
+        || ["shell_port", "iopub_port", "hb_port"]
+            .iter()
+            .all(|p| Path::new(&format!("{ip}-{}", v[p])).exists())
 }
 
 fn arg(p: &Path) -> String {
@@ -135,6 +157,20 @@ async fn existing_kernel_shares_state_and_outlives_the_server() {
     let c = Server::start_with(&["--existing", &file]).await;
     assert_eq!(text(&c.exec("shared").await), "141");
     c.close().await;
+    assert!(alive(k.pid()));
+}
+
+#[tokio::test]
+async fn existing_kernel_over_ipc_runs_code() {
+    let k = ExternalKernel::start_with(&["--transport=ipc"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&k.file).unwrap()).unwrap();
+    assert_eq!(v["transport"], "ipc", "{v}");
+    let s = Server::start_with(&["--existing", &arg(&k.file)]).await;
+    assert_eq!(
+        text(&s.exec("import os\nos.getpid()").await),
+        k.pid().to_string()
+    );
+    s.close().await;
     assert!(alive(k.pid()));
 }
 
@@ -226,64 +262,93 @@ async fn bad_connection_files_give_clear_errors() {
     s.close().await;
 }
 
-/// A Python environment with Jupyter Kernel Gateway, created once and reused (CI caches it).
-fn gateway_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = std::env::var_os("KERNEL_MCP_TEST_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kernel-mcp-ci")
-            });
-        let venv = root.join("kg");
-        let bin = venv.join("bin/jupyter-kernelgateway");
-        // Written after a complete install; bump it when the package list changes.
-        let ready = venv.join(".ready-1");
-        if !ready.exists() {
-            std::fs::create_dir_all(&root).unwrap();
-            let ok = std::process::Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap()
-                .success()
-                && std::process::Command::new(venv.join("bin/pip"))
-                    .args([
-                        "install",
-                        "-q",
-                        "jupyter-kernel-gateway",
-                        "ipykernel",
-                        "matplotlib",
-                        "pandas",
-                    ])
-                    .status()
-                    .unwrap()
-                    .success();
-            assert!(
-                ok,
-                "could not install jupyter-kernel-gateway into {}",
-                venv.display()
-            );
-            std::fs::write(&ready, b"").unwrap();
-        }
-        bin
-    })
-    .clone()
+/// The Jupyter servers the gateway backend is tested against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    KernelGateway,
+    JupyterServer,
+    EnterpriseGateway,
 }
 
-/// A real Jupyter Kernel Gateway on 127.0.0.1 with a token, stopped on drop.
+/// A venv under the test cache with `packages`, created once per process and reused across
+/// runs (CI keeps the cache). Enterprise Gateway pins older jupyter_client/jupyter_server than
+/// Kernel Gateway 3, so each gets its own.
+fn cached_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let root = std::env::var_os("KERNEL_MCP_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kernel-mcp-ci")
+        });
+    let venv = root.join(name);
+    // Written after a complete install; bump it when the package list changes.
+    let ready = venv.join(".ready-1");
+    if !ready.exists() {
+        std::fs::create_dir_all(&root).unwrap();
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "-q"])
+                .args(packages)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "could not install {packages:?} into {}", venv.display());
+        std::fs::write(&ready, b"").unwrap();
+    }
+    venv
+}
+
+fn venv_for(kind: Kind) -> PathBuf {
+    static KG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static EG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let stack = ["ipykernel", "matplotlib", "pandas"];
+    match kind {
+        // jupyter-kernel-gateway brings jupyter_server with it.
+        Kind::KernelGateway | Kind::JupyterServer => KG
+            .get_or_init(|| {
+                cached_venv(
+                    "kg",
+                    &[&["jupyter-kernel-gateway"][..], &stack[..]].concat(),
+                )
+            })
+            .clone(),
+        Kind::EnterpriseGateway => EG
+            .get_or_init(|| {
+                cached_venv(
+                    "eg",
+                    &[&["jupyter-enterprise-gateway"][..], &stack[..]].concat(),
+                )
+            })
+            .clone(),
+    }
+}
+
+/// The Kernel Gateway's environment (also the kernels' interpreter).
+fn gateway_bin() -> PathBuf {
+    venv_for(Kind::KernelGateway).join("bin/jupyter-kernelgateway")
+}
+
+/// A real Jupyter server on 127.0.0.1 with a token, stopped on drop.
 pub struct Gateway {
     child: std::process::Child,
     pub url: String,
     pub token: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
     pub async fn start() -> Gateway {
-        let bin = gateway_bin();
+        Self::start_kind(Kind::KernelGateway).await
+    }
+
+    pub async fn start_kind(kind: Kind) -> Gateway {
+        let venv = venv_for(kind);
         let dir = tempfile::Builder::new()
-            .prefix("kmcp-kg-")
+            .prefix("kmcp-gw-")
             .tempdir()
             .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -292,14 +357,44 @@ impl Gateway {
             .unwrap()
             .port();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let log = std::fs::File::create(dir.path().join("kg.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .arg("--KernelGatewayApp.ip=127.0.0.1")
-            .arg(format!("--KernelGatewayApp.port={port}"))
-            .arg(format!("--KernelGatewayApp.auth_token={token}"))
-            .arg("--JupyterWebsocketPersonality.list_kernels=True")
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut cmd = match kind {
+            Kind::KernelGateway => {
+                let mut c = std::process::Command::new(venv.join("bin/jupyter-kernelgateway"));
+                c.arg("--KernelGatewayApp.ip=127.0.0.1")
+                    .arg(format!("--KernelGatewayApp.port={port}"))
+                    .arg(format!("--KernelGatewayApp.auth_token={token}"))
+                    .arg("--JupyterWebsocketPersonality.list_kernels=True");
+                c
+            }
+            Kind::JupyterServer => {
+                let mut c = std::process::Command::new(venv.join("bin/jupyter-server"));
+                c.arg("--ServerApp.ip=127.0.0.1")
+                    .arg(format!("--ServerApp.port={port}"))
+                    .arg(format!("--IdentityProvider.token={token}"))
+                    .arg("--ServerApp.open_browser=False")
+                    .arg(format!("--ServerApp.root_dir={}", dir.path().display()))
+                    .arg("--allow-root");
+                c
+            }
+            Kind::EnterpriseGateway => {
+                let mut c = std::process::Command::new(venv.join("bin/jupyter-enterprisegateway"));
+                // As root, Enterprise Gateway refuses kernels for "root" unless told otherwise.
+                c.arg("--EnterpriseGatewayApp.ip=127.0.0.1")
+                    .arg(format!("--EnterpriseGatewayApp.port={port}"))
+                    .arg(format!("--EnterpriseGatewayApp.auth_token={token}"))
+                    .arg("--EnterpriseGatewayApp.list_kernels=True")
+                    .arg("--EnterpriseGatewayApp.unauthorized_users=nobody-at-all");
+                c
+            }
+        };
+        let child = cmd
             .current_dir(dir.path())
             .env("JUPYTER_RUNTIME_DIR", dir.path())
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", venv.join("bin").display()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -309,18 +404,23 @@ impl Gateway {
             child,
             url: format!("http://127.0.0.1:{port}"),
             token,
-            _dir: dir,
+            dir,
         };
         // Ready when its REST API answers.
         let deadline = std::time::Instant::now() + HANG;
         while g.kernels().await.is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the kernel gateway never answered"
+                "{kind:?} never answered; its log:\n{}",
+                g.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         g
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
     /// The ids of the kernels the gateway runs (None while it does not answer).
@@ -356,7 +456,21 @@ impl Drop for Gateway {
 
 #[tokio::test]
 async fn gateway_runs_a_stateful_analysis_with_a_plot_and_leaves_no_kernel() {
-    let g = Gateway::start().await;
+    analysis_through(Kind::KernelGateway).await;
+}
+
+#[tokio::test]
+async fn jupyter_server_runs_a_stateful_analysis_with_a_plot_and_leaves_no_kernel() {
+    analysis_through(Kind::JupyterServer).await;
+}
+
+#[tokio::test]
+async fn enterprise_gateway_runs_a_stateful_analysis_with_a_plot_and_leaves_no_kernel() {
+    analysis_through(Kind::EnterpriseGateway).await;
+}
+
+async fn analysis_through(kind: Kind) {
+    let g = Gateway::start_kind(kind).await;
     let s = g.server(&[]).await;
     let r = s
         .exec("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3], 'y': [2, 4, 8]})\nlen(df)")
