@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod error;
 pub mod kernel;
+pub mod limits;
 pub mod output;
 pub mod packages;
 pub mod pyenv;

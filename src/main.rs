@@ -12,6 +12,7 @@ use rmcp::ServiceExt;
 
 use kernel_mcp::kernel::connection::RuntimeDir;
 use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher, Transport};
+use kernel_mcp::limits::{self, SizeLimit};
 use kernel_mcp::output::OutputLimits;
 use kernel_mcp::pyenv;
 use kernel_mcp::tools::{Environments, Server, Settings};
@@ -48,29 +49,29 @@ struct Opts {
     #[arg(long = "env", value_name = "NAME=PATH", global = true)]
     envs: Vec<String>,
     /// Seconds an install_package run may take before the installer is killed.
-    #[arg(long, default_value_t = 300.0, global = true)]
-    install_timeout: f64,
+    #[arg(long, default_value = "300", value_parser = limits::parse_seconds, global = true)]
+    install_timeout: Duration,
     /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
     #[arg(long, global = true)]
     kernel_spec: Option<PathBuf>,
-    /// Default execute_python timeout in seconds.
-    #[arg(long, default_value_t = 60.0, global = true)]
-    timeout: f64,
+    /// Default execute_python timeout in seconds (at most 30 days, like every duration flag).
+    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
+    timeout: Duration,
     /// Largest timeout_seconds a call may ask for.
-    #[arg(long, default_value_t = 3600.0, global = true)]
-    max_timeout: f64,
+    #[arg(long, default_value = "3600", value_parser = limits::parse_seconds, global = true)]
+    max_timeout: Duration,
     /// Seconds to wait after an interrupt before the kernel is killed and restarted.
-    #[arg(long, default_value_t = 3.0, global = true)]
-    interrupt_grace: f64,
-    /// Characters of text output returned per call before head/tail truncation.
-    #[arg(long, default_value_t = 20_000, global = true)]
+    #[arg(long, default_value = "3", value_parser = limits::parse_seconds, global = true)]
+    interrupt_grace: Duration,
+    /// Characters of text output returned per call before head/tail truncation (1000 to 100,000,000).
+    #[arg(long, default_value = "20000", value_parser = |s: &str| limits::parse_count(s, limits::MAX_OUTPUT_BUDGET), global = true)]
     output_budget: usize,
     /// Most images returned per call.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, default_value = "10", value_parser = |s: &str| limits::parse_count(s, limits::MAX_IMAGES), global = true)]
     max_images: usize,
     /// Seconds the kernel may take to start.
-    #[arg(long, default_value_t = 60.0, global = true)]
-    startup_timeout: f64,
+    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
+    startup_timeout: Duration,
     /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
     #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
     transport: Transport,
@@ -85,11 +86,11 @@ struct Opts {
     #[arg(long, value_name = "DIR", global = true)]
     allow_read: Vec<PathBuf>,
     /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
-    #[arg(long, default_value = "4G", global = true)]
-    memory_limit: String,
+    #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
+    memory_limit: SizeLimit,
     /// Largest file the kernel may write, e.g. 8G (0 = none).
-    #[arg(long, default_value = "8G", global = true)]
-    max_file_size: String,
+    #[arg(long, default_value = "8G", value_parser = limits::parse_size, global = true)]
+    max_file_size: SizeLimit,
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
@@ -97,7 +98,7 @@ struct Opts {
     #[arg(long, global = true)]
     no_preload: bool,
     /// Most execute calls waiting behind the running one before "busy" is returned.
-    #[arg(long, default_value_t = 16, global = true)]
+    #[arg(long, default_value = "16", value_parser = |s: &str| limits::parse_count(s, limits::MAX_QUEUE), global = true)]
     max_queue: usize,
 }
 
@@ -106,28 +107,6 @@ enum SandboxMode {
     Strict,
     Require,
     Off,
-}
-
-fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let units = [
-        ('k', 1u64 << 10),
-        ('m', 1 << 20),
-        ('g', 1 << 30),
-        ('t', 1 << 40),
-    ];
-    let (num, mult) = units
-        .iter()
-        .find_map(|&(u, m)| t.strip_suffix(u).map(|n| (n, m)))
-        .unwrap_or((t, 1));
-    let n: f64 = num
-        .trim()
-        .parse()
-        .with_context(|| format!("{s:?} is not a size like 4G or 512M"))?;
-    anyhow::ensure!(n.is_finite() && n >= 0.0, "{s:?} is not a size");
-    let bytes = (n * mult as f64) as u64;
-    Ok((bytes > 0).then_some(bytes))
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,14 +156,6 @@ fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
     Ok(named)
 }
 
-fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(
-        v.is_finite() && v > 0.0,
-        "--{name} must be a positive number of seconds"
-    );
-    Ok(Duration::from_secs_f64(v))
-}
-
 async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
@@ -197,8 +168,8 @@ async fn sandbox_config(
         python_paths: env.paths.clone(),
         extra_read: o.allow_read.clone(),
         network: o.allow_network,
-        memory_bytes: parse_size(&o.memory_limit).context("--memory-limit")?,
-        file_size_bytes: parse_size(&o.max_file_size).context("--max-file-size")?,
+        memory_bytes: o.memory_limit.0,
+        file_size_bytes: o.max_file_size.0,
         require: o.sandbox == SandboxMode::Require,
         mpl_cache: pyenv::font_cache(env).await,
     };
@@ -239,7 +210,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         python: env.python.clone(),
         workspace: workspace.root().to_path_buf(),
         transport: o.transport,
-        startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
+        startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
         helper: std::env::current_exe().ok(),
         sandbox: sandbox_config(&o, &env).await?,
@@ -251,16 +222,29 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     // Start the kernel while the client does the MCP handshake.
     kernel.warm_up();
+    if o.timeout > o.max_timeout {
+        tracing::warn!(
+            timeout = o.timeout.as_secs_f64(),
+            max_timeout = o.max_timeout.as_secs_f64(),
+            "--timeout is above --max-timeout; calls use --max-timeout"
+        );
+    }
+    if o.output_budget < 1000 {
+        tracing::warn!(
+            output_budget = o.output_budget,
+            "--output-budget is below 1000 characters; 1000 is used"
+        );
+    }
     let settings = Settings {
-        default_timeout: secs(o.timeout, "timeout")?,
-        max_timeout: secs(o.max_timeout, "max-timeout")?,
-        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
+        default_timeout: o.timeout.min(o.max_timeout),
+        max_timeout: o.max_timeout,
+        interrupt_grace: o.interrupt_grace,
         output: OutputLimits {
             text_budget: o.output_budget.max(1000),
             max_images: o.max_images,
             ..OutputLimits::default()
         },
-        install_timeout: secs(o.install_timeout, "install-timeout")?,
+        install_timeout: o.install_timeout,
     };
     let envs = Environments {
         active: "default".into(),

@@ -70,28 +70,49 @@ fn reject(mut msg: serde_json::Value, reason: &str) -> Option<String> {
     serde_json::to_string(&msg).ok()
 }
 
-/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
-fn oversized(prefix: &str, len: usize) -> Option<String> {
-    let find = |key: &str| -> Option<serde_json::Value> {
-        let at = prefix.find(&format!("\"{key}\""))?;
-        let rest = prefix
-            .get(at + key.len() + 2..)?
-            .trim_start()
-            .strip_prefix(':')?;
-        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
-        de.next()?.ok()
-    };
-    let id = find("id")?;
-    let name = find("name").unwrap_or(serde_json::Value::String("unknown".into()));
+/// The first JSON value after `"key":` in `text` (a best-effort look into a request that does
+/// not parse as a whole).
+fn find_value(text: &str, key: &str) -> Option<serde_json::Value> {
+    let at = text.find(&format!("\"{key}\""))?;
+    let rest = text
+        .get(at + key.len() + 2..)?
+        .trim_start()
+        .strip_prefix(':')?;
+    let mut de = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+    de.next()?.ok()
+}
+
+/// A small stand-in for a tools/call request that cannot be passed on, keeping its id and tool
+/// name when they can be found, and carrying `reason` to the tool.
+fn stand_in(text: &str, reason: &str) -> Option<String> {
+    let id = find_value(text, "id")?;
+    let name = find_value(text, "name").unwrap_or(serde_json::Value::String("unknown".into()));
     let msg = serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
         "method": "tools/call",
         "params": {"name": name, "arguments": {}}
     });
-    reject(
-        msg,
+    reject(msg, reason)
+}
+
+/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
+fn oversized(prefix: &str, len: usize) -> Option<String> {
+    stand_in(
+        prefix,
         &format!("the request is {len} bytes, over the {MAX_LINE} byte limit; send less data per call (write big files in parts with append=true)"),
+    )
+}
+
+/// A stand-in for a tools/call line that is not valid JSON as a whole, so a strict parser
+/// would drop it silently (for example a number such as `1e999` that no f64 can hold).
+fn unparsable(line: &str, error: &serde_json::Error) -> Option<String> {
+    if find_value(line, "method")?.as_str() != Some("tools/call") {
+        return None;
+    }
+    stand_in(
+        line,
+        &format!("the request is not valid JSON ({error}); numbers must fit a 64-bit float, strings must be closed. Nothing was done."),
     )
 }
 
@@ -103,7 +124,12 @@ pub fn repair(raw: &[u8]) -> Option<String> {
     };
     let fixed = fix_surrogates(&text);
     if !bad_utf8 && fixed.is_none() {
-        return None;
+        // Blank lines and garbage without an id are left to the transport, as before.
+        return match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(_) => None,
+            Err(e) if e.is_syntax() || e.is_data() => unparsable(&text, &e),
+            Err(_) => None,
+        };
     }
     let line = fixed.unwrap_or_else(|| text.into_owned());
     let msg: serde_json::Value = serde_json::from_str(&line).ok()?;
@@ -205,6 +231,23 @@ mod tests {
         let bad_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"c\":\"\xff\"}}}";
         assert!(repair(bad_utf8).is_some());
         assert_eq!(repair(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), None);
+    }
+
+    #[test]
+    fn unrepresentable_numbers_get_a_rejection() {
+        let line = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1","timeout_seconds":1e999}}}"#;
+        let fixed = repair(line).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&fixed).unwrap_or_default();
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["params"]["name"], "execute_python");
+        let reason = v["params"]["arguments"][REJECT_KEY].as_str().unwrap_or("");
+        assert!(reason.contains("number out of range"), "{reason}");
+        // Not a tool call, or no id to answer: left alone.
+        assert_eq!(
+            repair(br#"{"jsonrpc":"2.0","id":1,"method":"ping","x":1e999}"#),
+            None
+        );
+        assert_eq!(repair(b"this is not json"), None);
     }
 
     #[test]

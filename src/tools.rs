@@ -356,22 +356,12 @@ impl Server {
     ) -> Result<CallToolResult, ErrorData> {
         let s = &self.inner.settings;
         let mut notes = Vec::new();
-        let timeout = match timeout {
-            None => s.default_timeout,
-            Some(t) if !t.is_finite() || t <= 0.0 => {
-                return Ok(tool_error(format!(
-                    "timeout_seconds must be a positive number of seconds (got {t}); at most {}. Nothing was run.",
-                    s.max_timeout.as_secs()
-                )))
+        let timeout = match crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout) {
+            Ok((t, note)) => {
+                notes.extend(note.map(|n| format!("[{n}]")));
+                t
             }
-            Some(t) if t > s.max_timeout.as_secs_f64() => {
-                notes.push(format!(
-                    "[timeout_seconds={t} is above the server maximum; {} s was used]",
-                    s.max_timeout.as_secs()
-                ));
-                s.max_timeout
-            }
-            Some(t) => Duration::from_secs_f64(t.max(0.1)),
+            Err(e) => return Ok(tool_error(e)),
         };
         let progress = progress_fn(ctx);
         let limits = ExecLimits {

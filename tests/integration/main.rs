@@ -6,6 +6,7 @@ mod control;
 mod execute;
 mod files;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod outputs;
 mod packages;

@@ -1,0 +1,130 @@
+//! Untrusted on both sides: extreme numbers from the client and the command line, schemas
+//! strict clients accept, and kernel output that tries to mislead.
+
+use crate::harness::{is_error, text, texts, Raw, Server};
+
+/// Every duration, size and count flag with values that used to panic or make no sense: the
+/// binary exits with clap's usage error naming the flag, never a panic.
+#[tokio::test]
+async fn extreme_flag_values_are_refused_without_a_panic() {
+    let seconds = [
+        "timeout",
+        "max-timeout",
+        "interrupt-grace",
+        "startup-timeout",
+        "install-timeout",
+    ];
+    let mut cases: Vec<(&str, &str)> = Vec::new();
+    for f in seconds {
+        for v in ["1e308", "-1", "0", "nan", "inf", "soon", "2592001"] {
+            cases.push((f, v));
+        }
+    }
+    for f in ["memory-limit", "max-file-size"] {
+        for v in ["1e308G", "-1G", "nan", "inf", "lots", "1e400"] {
+            cases.push((f, v));
+        }
+    }
+    for f in ["output-budget", "max-images", "max-queue"] {
+        for v in ["1e308", "-1", "0", "99999999999999999999999", "many"] {
+            cases.push((f, v));
+        }
+    }
+    for (flag, value) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+            .arg(format!("--{flag}={value}"))
+            .arg("setup")
+            .stdin(std::process::Stdio::null())
+            .output();
+        let out = tokio::time::timeout(crate::harness::HANG, out)
+            .await
+            .expect("kernel-mcp hung on a bad flag")
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--{flag}={value}: {err}");
+        assert!(!err.contains("panicked"), "--{flag}={value}: {err}");
+        assert!(
+            err.contains(&format!("--{flag}")),
+            "--{flag}={value}: the error does not name the flag: {err}"
+        );
+    }
+}
+
+/// timeout_seconds: out-of-range numbers are refused or clamped, and the result says which.
+#[tokio::test]
+async fn timeout_seconds_extremes_are_refused_or_clamped_visibly() {
+    let s = Server::start().await;
+    let r = s
+        .call(
+            "execute_python",
+            serde_json::json!({"code": "6*7", "timeout_seconds": 1e308}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(
+        texts(&r),
+        vec![
+            "42",
+            "[timeout_seconds=1e308 is above the server maximum; 3600 s was used]"
+        ]
+    );
+    let r = s
+        .call(
+            "execute_python",
+            serde_json::json!({"code": "6*7", "timeout_seconds": 1e-300}),
+        )
+        .await;
+    assert_eq!(
+        texts(&r),
+        vec![
+            "42",
+            "[timeout_seconds=1e-300 is below the 0.1 s minimum; 0.1 s was used]"
+        ]
+    );
+    for bad in [serde_json::json!(0), serde_json::json!(-1e308)] {
+        let r = s
+            .call(
+                "execute_python",
+                serde_json::json!({"code": "ran = True", "timeout_seconds": bad}),
+            )
+            .await;
+        assert!(is_error(&r), "{bad}: {}", text(&r));
+        assert!(
+            text(&r).starts_with("timeout_seconds must be a positive number of seconds"),
+            "{bad}: {}",
+            text(&r)
+        );
+    }
+    let r = s
+        .call(
+            "execute_python",
+            serde_json::json!({"code": "1", "timeout_seconds": "soon"}),
+        )
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("`timeout_seconds`"), "{}", text(&r));
+    // Nothing above ran.
+    let r = s.exec("'ran' in dir()").await;
+    assert_eq!(texts(&r), vec!["False"]);
+    s.close().await;
+}
+
+/// A number JSON can spell but f64 cannot hold (1e999) still gets an answer.
+#[tokio::test]
+async fn an_unrepresentable_number_still_gets_an_answer() {
+    let mut raw = Raw::start().await;
+    raw.send(br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1","timeout_seconds":1e999}}}"#).await;
+    let r = raw.response(5).await;
+    let msg = r.to_string();
+    assert!(
+        r["result"]["isError"] == true || r["error"].is_object(),
+        "no error for 1e999: {msg}"
+    );
+    assert!(
+        msg.contains("timeout_seconds") || msg.contains("number"),
+        "{msg}"
+    );
+    raw.send(br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6*7"}}}"#).await;
+    let r = raw.response(6).await;
+    assert_eq!(r["result"]["content"][0]["text"], "42", "{r}");
+}
