@@ -39,7 +39,61 @@ impl<P: JsonSchema> JsonSchema for Parameters<P> {
     }
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        P::json_schema(generator)
+        let mut schema = serde_json::Value::from(P::json_schema(generator));
+        strip_null(&mut schema);
+        // Referenced definitions (enums such as `Encoding`) live in the generator until the end.
+        for def in generator.definitions_mut().values_mut() {
+            strip_null(def);
+        }
+        // A schema that was an object stays one after the rewrite.
+        schemars::Schema::try_from(schema).unwrap_or_default()
+    }
+}
+
+/// Rewrites a schema so optional fields are plain types: `"type": ["number", "null"]` becomes
+/// `"type": "number"`, `anyOf: [X, {"type": "null"}]` becomes X, and `"default": null` goes.
+/// Optional fields are already absent from `required`; some clients' function-calling layers
+/// reject type arrays (MCP Inspector's `--strict` warns about them), and a client sends nothing
+/// rather than null for a field it leaves out.
+pub fn strip_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let is_null_type = |s: &Value| s.get("type").and_then(Value::as_str) == Some("null");
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t.as_str() != Some("null"));
+                if let [only] = types.as_slice() {
+                    let only = only.clone();
+                    map.insert("type".into(), only);
+                }
+            }
+            for key in ["anyOf", "oneOf"] {
+                let Some(Value::Array(alts)) = map.get_mut(key) else {
+                    continue;
+                };
+                let before = alts.len();
+                alts.retain(|a| !is_null_type(a));
+                if alts.len() == 1 && before > 1 {
+                    if let Some(Value::Object(only)) = alts.pop() {
+                        map.remove(key);
+                        for (k, val) in only {
+                            map.entry(k).or_insert(val);
+                        }
+                    }
+                }
+            }
+            if let Some(Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|e| !e.is_null());
+            }
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            for child in map.values_mut() {
+                strip_null(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
     }
 }
 
@@ -1211,5 +1265,70 @@ impl ServerHandler for Server {
             },
         };
         Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `"type"` in the schema, wherever it sits.
+    fn types(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(t) = m.get("type") {
+                    out.push(t.clone());
+                }
+                m.values().for_each(|c| types(c, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| types(c, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn optional_fields_have_plain_types_and_are_not_required() {
+        use rmcp::handler::server::common::schema_for_type;
+        let write =
+            serde_json::Value::Object((*schema_for_type::<Parameters<WriteParams>>()).clone());
+        assert_eq!(write["required"], serde_json::json!(["path", "content"]));
+        assert_eq!(write["properties"]["append"]["type"], "boolean");
+        let exec =
+            serde_json::Value::Object((*schema_for_type::<Parameters<ExecuteParams>>()).clone());
+        assert_eq!(exec["properties"]["timeout_seconds"]["type"], "number");
+        assert_eq!(exec["required"], serde_json::json!(["code"]));
+        for schema in [&write, &exec] {
+            let mut found = Vec::new();
+            types(schema, &mut found);
+            assert!(
+                found.iter().all(|t| t.is_string() && t != "null"),
+                "{schema}"
+            );
+            assert!(!schema.to_string().contains("null"), "{schema}");
+        }
+    }
+
+    #[test]
+    fn strip_null_rewrites_every_nullable_form() {
+        let mut v = serde_json::json!({
+            "properties": {
+                "a": {"type": ["array", "null"], "items": {"type": "string"}, "default": null},
+                "b": {"anyOf": [{"$ref": "#/$defs/E"}, {"type": "null"}], "description": "d"},
+                "c": {"type": ["string", "integer", "null"]},
+                "d": {"enum": ["x", null]}
+            }
+        });
+        strip_null(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "properties": {
+                    "a": {"type": "array", "items": {"type": "string"}},
+                    "b": {"$ref": "#/$defs/E", "description": "d"},
+                    "c": {"type": ["string", "integer"]},
+                    "d": {"enum": ["x"]}
+                }
+            })
+        );
     }
 }

@@ -128,3 +128,80 @@ async fn an_unrepresentable_number_still_gets_an_answer() {
     let r = raw.response(6).await;
     assert_eq!(r["result"]["content"][0]["text"], "42", "{r}");
 }
+
+/// Every `"type"` value anywhere in a schema, with the path to it.
+fn schema_types(v: &serde_json::Value, at: &str, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(t) = m.get("type") {
+                out.push((at.to_owned(), t.clone()));
+            }
+            for (k, c) in m {
+                schema_types(c, &format!("{at}/{k}"), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                schema_types(c, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Strict function-calling layers reject `"type": [..., "null"]`: every tool's input schema has
+/// plain string types, no null anywhere, and only the fields a call must give in `required`.
+#[tokio::test]
+async fn tool_input_schemas_have_no_type_arrays_or_nulls() {
+    let s = Server::start().await;
+    let tools = tokio::time::timeout(crate::harness::HANG, s.client.list_all_tools())
+        .await
+        .expect("tools/list hung")
+        .unwrap();
+    assert!(tools.len() >= 12, "{} tools", tools.len());
+    let mut required = std::collections::BTreeMap::new();
+    for t in &tools {
+        let schema = serde_json::Value::Object((*t.input_schema).clone());
+        let mut found = Vec::new();
+        schema_types(&schema, &t.name, &mut found);
+        for (at, ty) in &found {
+            assert!(
+                ty.is_string() && ty != "null",
+                "{at}: \"type\": {ty} in {schema}"
+            );
+        }
+        assert!(!schema.to_string().contains("null"), "{}: {schema}", t.name);
+        let names: Vec<String> = schema["required"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        required.insert(t.name.to_string(), names);
+    }
+    let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(required["execute_python"], want(&["code"]));
+    assert_eq!(required["read_file"], want(&["path"]));
+    assert_eq!(required["write_file"], want(&["path", "content"]));
+    assert_eq!(required["list_files"], want(&[]));
+    assert_eq!(required["run_file"], want(&["path"]));
+    assert_eq!(required["list_packages"], want(&[]));
+    // The enum behind write_file's optional encoding is still offered, without null.
+    let write = tools.iter().find(|t| t.name == "write_file").unwrap();
+    let schema = serde_json::Value::Object((*write.input_schema).clone()).to_string();
+    assert!(
+        schema.contains("base64") && schema.contains("utf-8"),
+        "{schema}"
+    );
+    // And an omitted optional field still works.
+    let r = s
+        .call(
+            "write_file",
+            serde_json::json!({"path": "a.txt", "content": "hi"}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    s.close().await;
+}
