@@ -12,6 +12,7 @@ pub mod output;
 pub mod packages;
 pub mod pyenv;
 pub mod stdin_guard;
+pub mod text;
 pub mod tools;
 pub mod wire;
 pub mod workspace;

@@ -449,7 +449,7 @@ impl Kernel {
                         }
                         (Channel::IoPub, Content::ExecuteInput(_)) => {}
                         (Channel::IoPub, other) => sink.output(&other),
-                        (ch, other) => tracing::debug!(channel = ch.name(), msg_type = other.msg_type(), "ignored"),
+                        (ch, other) => tracing::debug!(channel = ch.name(), msg_type = %crate::text::sanitize(other.msg_type()), "ignored"),
                     }
                 }
                 cause = self.process.wait() => {

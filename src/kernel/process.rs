@@ -300,7 +300,9 @@ async fn log_lines<R: AsyncRead + Unpin>(
 
 fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecDeque<String>>>) {
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_end();
+    // Escape sequences and bidi overrides would mislead whoever reads the log in a terminal.
+    let text = crate::text::sanitize(text.trim_end());
+    let text = text.as_ref();
     tracing::info!(target: "kernel", pid, stream, "{text}");
     // The helper's own sandbox report is in the log; it is not the kernel's error.
     if let (Some(tail), false) = (

@@ -172,7 +172,8 @@ fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Messag
     match Frames::parse(frames, signer).and_then(Message::from_frames) {
         Ok(m) => Some(m),
         Err(e) => {
-            tracing::warn!(channel = channel.name(), error = %e, "dropped a malformed message from the kernel");
+            let error = e.to_string();
+            tracing::warn!(channel = channel.name(), error = %crate::text::sanitize(&error), "dropped a malformed message from the kernel");
             None
         }
     }
@@ -182,7 +183,7 @@ async fn route(routes: &Routes, channel: Channel, message: Message) {
     let Some(parent) = message.parent_id().cloned() else {
         tracing::trace!(
             channel = channel.name(),
-            msg_type = message.header.msg_type,
+            msg_type = %crate::text::sanitize(&message.header.msg_type),
             "message without parent"
         );
         return;
@@ -195,8 +196,8 @@ async fn route(routes: &Routes, channel: Channel, message: Message) {
         None => {
             tracing::debug!(
                 channel = channel.name(),
-                msg_type = message.header.msg_type,
-                parent = %parent,
+                msg_type = %crate::text::sanitize(&message.header.msg_type),
+                parent = %crate::text::sanitize(&parent.to_string()),
                 "dropped a message whose request is not live"
             );
         }

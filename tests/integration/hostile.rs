@@ -205,3 +205,54 @@ async fn tool_input_schemas_have_no_type_arrays_or_nulls() {
     assert!(!is_error(&r), "{}", text(&r));
     s.close().await;
 }
+
+/// Escape sequences (OSC 52 clipboard writes, screen clears), other control characters and bidi
+/// overrides printed by the kernel are removed or shown escaped, in results and in the log.
+#[tokio::test]
+async fn kernel_text_cannot_carry_terminal_controls_or_bidi_overrides() {
+    let s = Server::start().await;
+    let r = s
+        .exec(r#"print("A\x1b]52;c;ZXZpbA==\x07B\x1b[2J\x1b[HC\u202eD\x07E\x9b31mF\tG")"#)
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(texts(&r), vec!["ABC\\u202eD\\x07EF\tG\n"]);
+    let r = s
+        .exec(r#"display({"text/plain": "\x1b]0;title\x07shown \u2066x\u2069"}, raw=True)"#)
+        .await;
+    assert_eq!(texts(&r), vec!["shown \\u2066x\\u2069"]);
+    let r = s.exec(r#"raise ValueError("\x1b[2Jgone\u202e")"#).await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(t.starts_with("ValueError: gone\\u202e"), "{t}");
+    for bad in ['\u{1b}', '\u{202e}', '\u{7}', '\u{9b}'] {
+        assert!(!t.contains(bad), "{bad:?} in {t:?}");
+    }
+    // A message type with an OSC 52 write in it, forged by kernel code, reaches only the log,
+    // with the write removed and the override shown.
+    let r = s
+        .exec(
+            "k = get_ipython().kernel\n\
+             k.session.send(k.iopub_socket, '\\x1b]52;c;ZXZpbA==\\x07\\u202eforged', {}, parent=dict(k.get_parent()['header'], msg_id='not-live'))\n\
+             'sent'",
+        )
+        .await;
+    assert_eq!(texts(&r), vec!["'sent'"]);
+    let log_has = |needle: &str| s.log().contains(needle);
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || log_has(
+            "msg_type=\\u202eforged parent=not-live"
+        ))
+        .await,
+        "the forged message type is not in the log, escaped: {}",
+        s.log()
+            .lines()
+            .filter(|l| l.contains("dropped") || l.contains("forged"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = s.log();
+    for bad in ['\u{1b}', '\u{202e}', '\u{7}'] {
+        assert!(!log.contains(bad), "{bad:?} in the server log");
+    }
+    s.close().await;
+}
