@@ -13,6 +13,7 @@ use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, 
 
 use super::frames::Frames;
 use super::message::{Channel, Content, InputReply, Message, MsgId};
+use super::replay::DigestHistory;
 use super::signer::Signer;
 use crate::error::WireError;
 
@@ -163,13 +164,37 @@ fn options(identity: &[u8], timeout: Duration) -> SocketOptions {
     o
 }
 
-fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Message> {
+/// Signature check plus replay check, shared by every reader of one connection (jupyter_client's
+/// Session keeps one digest history for all channels too).
+#[derive(Clone)]
+struct Verifier {
+    signer: Signer,
+    history: Arc<StdMutex<DigestHistory>>,
+}
+
+fn decode(parts: ZmqMessage, verifier: &Verifier, channel: Channel) -> Option<Message> {
     let frames: Vec<Bytes> = parts.into_vec();
     let size: usize = frames.iter().map(Bytes::len).sum();
     if size > 1 << 20 {
         tracing::debug!(channel = channel.name(), size, "large message");
     }
-    match Frames::parse(frames, signer).and_then(Message::from_frames) {
+    let signature = Frames::signature(&frames).cloned();
+    let frames = Frames::parse(frames, &verifier.signer);
+    // Only a verified signature is recorded: a garbled message cannot evict real ones.
+    if let (Ok(_), Some(sig)) = (&frames, &signature) {
+        let fresh = match verifier.history.lock() {
+            Ok(mut h) => h.accept(sig),
+            Err(poisoned) => poisoned.into_inner().accept(sig),
+        };
+        if !fresh {
+            tracing::warn!(
+                channel = channel.name(),
+                "dropped a replayed message from the kernel (its signature was seen before)"
+            );
+            return None;
+        }
+    }
+    match frames.and_then(Message::from_frames) {
         Ok(m) => Some(m),
         Err(e) => {
             let error = e.to_string();
@@ -212,6 +237,10 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Connection, WireError> {
         let signer = Signer::new(key);
+        let verifier = Verifier {
+            signer: signer.clone(),
+            history: Arc::new(StdMutex::new(DigestHistory::default())),
+        };
         let session = uuid::Uuid::new_v4().to_string();
         let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
         let routes = Arc::new(Routes::new());
@@ -243,29 +272,30 @@ impl Connection {
             shell_rx,
             Channel::Shell,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         tasks.push(tokio::spawn(read_loop(
             control_rx,
             Channel::Control,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         tasks.push(tokio::spawn(read_loop(
             iopub,
             Channel::IoPub,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         {
             // We always send allow_stdin=false, so a conforming kernel never asks. If one
             // does anyway, answer with an empty line rather than leave it blocked forever.
             let signer = signer.clone();
+            let verifier = verifier.clone();
             let session = session.clone();
             let mut stdin_tx = stdin_tx;
             tasks.push(tokio::spawn(async move {
                 while let Ok(parts) = stdin_rx.recv().await {
-                    let Some(req) = decode(parts, &signer, Channel::Stdin) else {
+                    let Some(req) = decode(parts, &verifier, Channel::Stdin) else {
                         continue;
                     };
                     if !matches!(req.content, Content::InputRequest(_)) {
@@ -360,12 +390,12 @@ async fn read_loop<S: SocketRecv>(
     mut socket: S,
     channel: Channel,
     routes: Arc<Routes>,
-    signer: Signer,
+    verifier: Verifier,
 ) {
     loop {
         match socket.recv().await {
             Ok(parts) => {
-                if let Some(m) = decode(parts, &signer, channel) {
+                if let Some(m) = decode(parts, &verifier, channel) {
                     route(&routes, channel, m).await;
                 }
             }
@@ -409,5 +439,46 @@ async fn heartbeat_loop(mut hb: ReqSocket, endpoint: String, tx: watch::Sender<H
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(key: &[u8]) -> Verifier {
+        Verifier {
+            signer: Signer::new(key),
+            history: Arc::new(StdMutex::new(DigestHistory::default())),
+        }
+    }
+
+    fn wire(msg: &Message, signer: &Signer) -> Option<ZmqMessage> {
+        let frames = msg.to_frames().ok()?.encode(signer);
+        ZmqMessage::try_from(frames).ok()
+    }
+
+    #[test]
+    fn a_replayed_message_is_dropped() {
+        let v = verifier(b"key");
+        let msg = Message::request("s", Content::KernelInfoRequest);
+        let other = Message::request("s", Content::KernelInfoRequest);
+        let (Some(a), Some(a_again), Some(b)) = (
+            wire(&msg, &v.signer),
+            wire(&msg, &v.signer),
+            wire(&other, &v.signer),
+        ) else {
+            panic!("could not encode the test messages");
+        };
+        assert!(decode(a, &v, Channel::IoPub).is_some());
+        assert!(
+            decode(a_again, &v, Channel::Shell).is_none(),
+            "a replay was accepted"
+        );
+        assert!(decode(b, &v, Channel::IoPub).is_some());
+        // A badly signed copy is rejected without touching the history.
+        let forged = wire(&other, &Signer::new(b"wrong"));
+        assert!(forged.is_some_and(|f| decode(f, &v, Channel::IoPub).is_none()));
+        assert_eq!(v.history.lock().map(|h| h.len()).unwrap_or(0), 2);
     }
 }

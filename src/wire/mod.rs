@@ -4,6 +4,7 @@
 pub mod channels;
 pub mod frames;
 pub mod message;
+pub mod replay;
 pub mod signer;
 
 pub use channels::{Connection, Endpoints, Heartbeat, Incoming, Subscription};

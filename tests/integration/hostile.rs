@@ -256,3 +256,72 @@ async fn kernel_text_cannot_carry_terminal_controls_or_bidi_overrides() {
     }
     s.close().await;
 }
+
+/// Output whose parent is not the live request never shows up in a result, however it is timed:
+/// a thread of an earlier cell printing, and kernel code forging stream messages with a finished
+/// request's parent and with an invented one, all while the live cell prints.
+#[tokio::test]
+async fn output_of_other_parents_never_reaches_the_live_result() {
+    let s = Server::start().await;
+    let r = s
+        .exec(
+            "import threading, time, uuid\n\
+             k = get_ipython().kernel\n\
+             old = k.get_parent()['header']\n\
+             go, stop = threading.Event(), threading.Event()\n\
+             def chatter():\n\
+             \x20   go.wait()\n\
+             \x20   while not stop.is_set():\n\
+             \x20       print('EARLIER THREAD', flush=True)\n\
+             \x20       time.sleep(0.001)\n\
+             earlier = threading.Thread(target=chatter, daemon=True)\n\
+             earlier.start()\n\
+             'started'",
+        )
+        .await;
+    assert_eq!(texts(&r), vec!["'started'"]);
+    let r = s
+        .exec(
+            "def forge():\n\
+             \x20   for i in range(300):\n\
+             \x20       for parent in (old, dict(old, msg_id=str(uuid.uuid4()))):\n\
+             \x20           k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'FORGED\\n'}, parent=parent)\n\
+             t = threading.Thread(target=forge)\n\
+             go.set()\n\
+             t.start()\n\
+             for i in range(300):\n\
+             \x20   print(f'live {i}', flush=True)\n\
+             t.join()\n\
+             stop.set()\n\
+             earlier.join()",
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let want: String = (0..300).map(|i| format!("live {i}\n")).collect();
+    assert_eq!(text(&r), want);
+    s.close().await;
+}
+
+/// A message the kernel sends twice with the same signature is accepted once.
+#[tokio::test]
+async fn a_replayed_kernel_message_is_dropped() {
+    let s = Server::start().await;
+    let r = s
+        .exec(
+            "k = get_ipython().kernel\n\
+             msg = k.session.msg('stream', {'name': 'stdout', 'text': 'once\\n'}, parent=k.get_parent())\n\
+             for _ in range(3):\n\
+             \x20   k.session.send(k.iopub_socket, msg)\n\
+             print('end', flush=True)",
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(text(&r), "once\nend\n");
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || s
+            .log()
+            .contains("dropped a replayed message"))
+        .await
+    );
+    s.close().await;
+}
