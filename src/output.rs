@@ -476,8 +476,15 @@ impl Collector {
                         out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
                     }
                 }
+                // kernel-mcp's start-up code sets keepkernel_on_exit, and ipykernel echoes it
+                // here; a kernel without it really is going away.
+                Some("ask_exit") if p.get("keepkernel").and_then(|k| k.as_bool()) == Some(true) => {
+                    out.push(McpContent::text(
+                        "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]",
+                    ))
+                }
                 Some("ask_exit") => out.push(McpContent::text(
-                    "[exit() does not stop the kernel here; call restart_kernel for a fresh session]",
+                    "[exit() asked the kernel to stop: it is shutting down and its variables are lost; the next call starts a new kernel]",
                 )),
                 _ => {}
             }

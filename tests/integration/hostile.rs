@@ -325,3 +325,31 @@ async fn a_replayed_kernel_message_is_dropped() {
     );
     s.close().await;
 }
+
+/// The pid of the running kernel, from get_environment.
+async fn kernel_pid(s: &Server) -> i64 {
+    let r = s.call("get_environment", serde_json::json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    v["kernel_pid"].as_i64().expect("a kernel pid")
+}
+
+/// exit() and quit() say the kernel keeps running, and it does: across a pause longer than
+/// ipykernel's own exit takes (0.1 s to stop its loop, 0.5–3 s to be gone), the same kernel
+/// process still holds the variables.
+#[tokio::test]
+async fn exit_and_quit_keep_the_kernel_and_its_variables() {
+    let s = Server::start().await;
+    assert_eq!(texts(&s.exec("kept = 41").await), vec!["[no output]"]);
+    let pid = kernel_pid(&s).await;
+    let note = "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]";
+    assert_eq!(texts(&s.exec("exit()").await), vec![note]);
+    // The pause runs inside the kernel: an exiting kernel would die during it.
+    let r = s.exec("import time\ntime.sleep(4)\nkept + 1").await;
+    assert_eq!(texts(&r), vec!["42"], "{}", text(&r));
+    assert_eq!(texts(&s.exec("quit()").await), vec![note]);
+    let r = s.exec("time.sleep(4)\nkept").await;
+    assert_eq!(texts(&r), vec!["41"], "{}", text(&r));
+    assert_eq!(kernel_pid(&s).await, pid);
+    assert!(crate::harness::alive(pid as i32));
+    s.close().await;
+}
