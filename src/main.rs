@@ -33,9 +33,10 @@ struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Opts {
-    /// Folder the file tools are jailed to and the kernel's working directory (created if missing).
-    #[arg(long, default_value = "./workspace", global = true)]
-    workspace: PathBuf,
+    /// Folder the file tools are jailed to and the kernel's working directory (created if
+    /// missing). Default ./workspace, or a per-user data folder when that is not writable.
+    #[arg(long, global = true)]
+    workspace: Option<PathBuf>,
     /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.
     #[arg(long, global = true)]
     python: Option<PathBuf>,
@@ -181,6 +182,53 @@ async fn sandbox_config(
     Ok(Some(cfg))
 }
 
+/// The default workspace, relative to where the server was started.
+const DEFAULT_WORKSPACE: &str = "./workspace";
+
+/// True when a file can be created in `dir`.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".kernel-mcp-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// Opens the workspace. Without --workspace, ./workspace is used unless it cannot be created or
+/// written (desktop hosts often start servers in `/`): then a per-user data folder is, and the
+/// note says so for the log and the instructions.
+fn open_workspace(given: Option<&std::path::Path>) -> anyhow::Result<(Workspace, Option<String>)> {
+    if let Some(dir) = given {
+        let ws = Workspace::open(dir).context("opening the workspace")?;
+        return Ok((ws, None));
+    }
+    let default = std::path::Path::new(DEFAULT_WORKSPACE);
+    let problem = match Workspace::open(default) {
+        Ok(ws) => match writable(ws.root()) {
+            Ok(()) => return Ok((ws, None)),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "the current folder".into());
+    let fallback = pyenv::data_dir()?.join("workspace");
+    let ws = Workspace::open(&fallback).with_context(|| {
+        format!(
+            "opening the fallback workspace {} (./workspace in {cwd} was not usable: {problem})",
+            fallback.display()
+        )
+    })?;
+    let note = format!(
+        "The default ./workspace in {cwd} is not writable ({problem}), so the workspace is {}",
+        ws.root().display()
+    );
+    tracing::warn!("{note}");
+    Ok((ws, Some(note)))
+}
+
 async fn serve(o: Opts) -> anyhow::Result<()> {
     let swept = RuntimeDir::sweep_stale();
     if swept > 0 {
@@ -189,16 +237,28 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             "removed runtime dirs of kernel-mcp servers that are gone"
         );
     }
-    let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
+    let (workspace, workspace_note) = open_workspace(o.workspace.as_deref())?;
+    let workspace = Arc::new(workspace);
     // On a first run the managed environment takes a minute to create: serve MCP at once and
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);
     let background = source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    // An unusable interpreter must not stop the server: the file tools still work, and
+    // execute_python says what is wrong and how to fix it.
+    let mut env_problem = None;
     let env = if background {
         tracing::warn!("first run: creating the managed Python environment in the background");
         pyenv::preparing()
     } else {
-        resolve_env(&o).await?
+        match pyenv::resolve(&source).await {
+            Ok(env) => env,
+            Err(e) => {
+                let reason = pyenv::explain(&e);
+                tracing::error!(%reason, "the Python environment is not usable; serving without a kernel");
+                env_problem = Some(reason.clone());
+                pyenv::unavailable(&reason)
+            }
+        }
     };
     tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
     let spec = match &o.kernel_spec {
@@ -220,8 +280,11 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
     };
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
-    // Start the kernel while the client does the MCP handshake.
-    kernel.warm_up();
+    match env_problem {
+        Some(reason) => kernel.set_env_error(Some(reason)),
+        // Start the kernel while the client does the MCP handshake.
+        None => kernel.warm_up(),
+    }
     if o.timeout > o.max_timeout {
         tracing::warn!(
             timeout = o.timeout.as_secs_f64(),
@@ -245,6 +308,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             ..OutputLimits::default()
         },
         install_timeout: o.install_timeout,
+        workspace_note,
     };
     let envs = Environments {
         active: "default".into(),
@@ -263,7 +327,10 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not create the managed Python environment");
-                    kernel.set_env_error(e.to_string());
+                    kernel.set_env_error(Some(format!(
+                        "the Python environment could not be created: {}",
+                        pyenv::explain(&e)
+                    )));
                 }
             }
         });
@@ -356,7 +423,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             None | Some(Command::Serve) => serve(cli.opts).await,
             Some(Command::Setup) => setup(cli.opts).await,
-            Some(Command::Demo) => kernel_mcp::demo::run(&cli.opts.workspace).await,
+            Some(Command::Demo) => {
+                let ws = cli.opts.workspace.clone();
+                kernel_mcp::demo::run(&ws.unwrap_or_else(|| DEFAULT_WORKSPACE.into())).await
+            }
         }
     });
     // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.

@@ -190,6 +190,32 @@ pub fn preparing() -> EnvInfo {
     }
 }
 
+/// A stand-in for an environment that cannot be used; `reason` says why (and how to fix it).
+pub fn unavailable(reason: &str) -> EnvInfo {
+    EnvInfo {
+        python: PathBuf::new(),
+        python_version: "(unavailable)".into(),
+        packages: Vec::new(),
+        requirements_hash: String::new(),
+        kind: format!("unavailable: {reason}"),
+        paths: Vec::new(),
+    }
+}
+
+/// Why an environment cannot be used, ending with the command that fixes it.
+pub fn explain(e: &EnvError) -> String {
+    match e {
+        // The message already names the fix.
+        EnvError::NoIpykernel { .. } | EnvError::NoDataDir => e.to_string(),
+        EnvError::BadInterpreter { .. } | EnvError::Io { .. } => format!(
+            "{e}; fix: point --python, --venv or --conda-env at an interpreter that runs and has ipykernel (`python3 -m venv ~/.venvs/kmcp && ~/.venvs/kmcp/bin/pip install ipykernel`), or leave them out to use the managed environment (`kernel-mcp setup`)"
+        ),
+        EnvError::Create { .. } => {
+            format!("{e}; fix: run `kernel-mcp setup` in a terminal to see the whole error")
+        }
+    }
+}
+
 /// Finds the managed environment, creating it on first use; safe against concurrent first runs.
 pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
     let env = managed_env_dir()?;

@@ -148,6 +148,8 @@ pub struct Settings {
     pub interrupt_grace: Duration,
     pub output: OutputLimits,
     pub install_timeout: Duration,
+    /// Said in the instructions when the workspace is not where it would normally be.
+    pub workspace_note: Option<String>,
 }
 
 impl Default for Settings {
@@ -158,6 +160,7 @@ impl Default for Settings {
             interrupt_grace: Duration::from_secs(3),
             output: OutputLimits::default(),
             install_timeout: Duration::from_secs(300),
+            workspace_note: None,
         }
     }
 }
@@ -293,7 +296,7 @@ fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
         KernelError::Busy { .. } => "",
         KernelError::Unavailable { .. } => {
-            " The file tools still work; call restart_kernel to try again."
+            " The file tools still work; call restart_kernel to try again (after the fix, if one is named)."
         }
         _ => " Call restart_kernel to start a fresh kernel.",
     };
@@ -721,6 +724,37 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if self.inner.kernel.env_error().is_some() {
+            // The interpreter was unusable: look again, in case it was fixed meanwhile.
+            let source = {
+                let envs = self
+                    .inner
+                    .envs
+                    .read()
+                    .map(|e| e.clone())
+                    .unwrap_or_else(|e| e.into_inner().clone());
+                envs.named.get(&envs.active).cloned()
+            };
+            let Some(source) = source else {
+                return Ok(kernel_error(KernelError::Unavailable {
+                    reason: "no environment is configured".into(),
+                }));
+            };
+            match pyenv::resolve(&source).await {
+                Ok(info) => {
+                    self.inner
+                        .kernel
+                        .set_python(info.python.clone(), info.paths.clone());
+                    self.inner.kernel.set_env_error(None);
+                    self.set_env_info(info);
+                }
+                Err(e) => {
+                    let reason = pyenv::explain(&e);
+                    self.inner.kernel.set_env_error(Some(reason.clone()));
+                    return Ok(kernel_error(KernelError::Unavailable { reason }));
+                }
+            }
+        }
         match self.inner.kernel.restart().await {
             Ok(d) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
@@ -1154,7 +1188,7 @@ impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
         let env = self.env_info();
         let env = &env;
-        let instructions = format!(
+        let mut instructions = format!(
             "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
              Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \
              use write_file/read_file/list_files for files there and run_file to run scripts. \
@@ -1163,6 +1197,15 @@ impl ServerHandler for Server {
             env.package_summary(),
             self.inner.workspace.root().display()
         );
+        if let Some(reason) = self.inner.kernel.env_error() {
+            instructions.push_str(&format!(
+                " The Python kernel is unavailable right now: {reason}. The file tools work; \
+                 call restart_kernel after the fix."
+            ));
+        }
+        if let Some(note) = &self.inner.settings.workspace_note {
+            instructions.push_str(&format!(" {note}."));
+        }
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()

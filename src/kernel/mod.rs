@@ -121,11 +121,16 @@ impl KernelHandle {
         }
     }
 
-    /// Records that the environment could not be created, for every later call to report.
-    pub fn set_env_error(&self, reason: String) {
+    /// Records why there is no usable interpreter (every later call reports it), or clears it.
+    pub fn set_env_error(&self, reason: Option<String>) {
         if let Ok(mut e) = self.env_error.lock() {
-            *e = Some(reason);
+            *e = reason;
         }
+    }
+
+    /// Why there is no usable interpreter, if that is the case.
+    pub fn env_error(&self) -> Option<String> {
+        self.env_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders
@@ -245,7 +250,7 @@ impl KernelHandle {
         if launcher.python.as_os_str().is_empty() {
             // First run: the managed environment is still being created in the background.
             let reason = match self.env_error.lock().ok().and_then(|e| e.clone()) {
-                Some(e) => format!("the Python environment could not be created: {e}"),
+                Some(e) => e,
                 None => "the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile".into(),
             };
             return Err(KernelError::Unavailable { reason });

@@ -353,3 +353,130 @@ async fn exit_and_quit_keep_the_kernel_and_its_variables() {
     assert!(crate::harness::alive(pid as i32));
     s.close().await;
 }
+
+/// An interpreter without ipykernel: the server still starts and serves; execute_python says
+/// what is wrong and names the fix; the file tools work; after the fix, restart_kernel starts a
+/// kernel without restarting the server.
+#[tokio::test]
+async fn an_interpreter_without_ipykernel_still_serves_and_names_the_fix() {
+    let managed = kernel_mcp::pyenv::managed_env_dir()
+        .unwrap()
+        .join("bin/python");
+    let tools = tempfile::tempdir().unwrap();
+    let python = tools.path().join("python");
+    // `-S` hides site-packages, so this interpreter has no ipykernel until the script changes.
+    let write_script = |flags: &str| {
+        let tmp = tools.path().join("python.tmp");
+        std::fs::write(
+            &tmp,
+            format!("#!/bin/sh\nexec {} {flags} \"$@\"\n", managed.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &python).unwrap();
+    };
+    write_script("-S");
+    let py = python.to_str().unwrap();
+    let s = Server::start_with(&["--python", py, "--sandbox", "off"]).await;
+    let instructions = s
+        .client
+        .peer_info()
+        .and_then(|i| i.instructions.clone())
+        .unwrap_or_default();
+    assert!(
+        instructions.contains(&format!(
+            "The Python kernel is unavailable right now: ipykernel is not installed for {py}"
+        )),
+        "{instructions}"
+    );
+    let r = s.exec("1 + 1").await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with(&format!(
+            "kernel unavailable: ipykernel is not installed for {py}; fix: `{py} -m pip install ipykernel`"
+        )),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call(
+            "write_file",
+            serde_json::json!({"path": "a.txt", "content": "still here"}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s
+        .call("read_file", serde_json::json!({"path": "a.txt"}))
+        .await;
+    assert_eq!(texts(&r), vec!["still here"]);
+    // Not fixed yet: restart_kernel says so again.
+    let r = s.call("restart_kernel", serde_json::json!({})).await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("-m pip install ipykernel"),
+        "{}",
+        text(&r)
+    );
+    // Fixed: the same server runs code.
+    write_script("");
+    let r = s.call("restart_kernel", serde_json::json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(texts(&s.exec("1 + 1").await), vec!["2"]);
+    s.close().await;
+}
+
+/// Started in a folder it cannot write (desktop hosts often use `/`) without --workspace, the
+/// server falls back to a per-user data folder and says where, in the log and the instructions.
+#[tokio::test]
+async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
+    use rmcp::ServiceExt;
+    let managed = kernel_mcp::pyenv::managed_env_dir()
+        .unwrap()
+        .join("bin/python");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
+    // Even root cannot create ./workspace in /proc.
+    cmd.current_dir("/proc")
+        .args(["--no-spare", "--sandbox", "off", "--python"])
+        .arg(&managed)
+        .env("KERNEL_MCP_DATA_DIR", &data);
+    let (proc, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let client = tokio::time::timeout(crate::harness::HANG, ().serve(proc))
+        .await
+        .expect("MCP initialize hung")
+        .unwrap();
+    let fallback = data.join("workspace").canonicalize().unwrap();
+    let instructions = client
+        .peer_info()
+        .and_then(|i| i.instructions.clone())
+        .unwrap_or_default();
+    let note = format!("The default ./workspace in /proc is not writable");
+    assert!(instructions.contains(&note), "{instructions}");
+    assert!(
+        instructions.contains(&format!("so the workspace is {}", fallback.display())),
+        "{instructions}"
+    );
+    let call = |code: &str| {
+        crate::harness::params("execute_python", serde_json::json!({ "code": code }), false)
+    };
+    let r = tokio::time::timeout(
+        crate::harness::HANG,
+        client.call_tool(call(
+            "import os\nopen('made.txt', 'w').write('x')\nos.getcwd()",
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(texts(&r), vec![format!("'{}'", fallback.display())]);
+    assert!(fallback.join("made.txt").exists());
+    let logged = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(logged.contains(&note), "{logged}");
+    let _ = tokio::time::timeout(crate::harness::HANG, client.cancel()).await;
+}
