@@ -456,7 +456,7 @@ async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
         .peer_info()
         .and_then(|i| i.instructions.clone())
         .unwrap_or_default();
-    let note = format!("The default ./workspace in /proc is not writable");
+    let note = "The default ./workspace in /proc is not writable";
     assert!(instructions.contains(&note), "{instructions}");
     assert!(
         instructions.contains(&format!("so the workspace is {}", fallback.display())),
