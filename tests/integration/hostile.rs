@@ -457,7 +457,7 @@ async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
         .and_then(|i| i.instructions.clone())
         .unwrap_or_default();
     let note = "The default ./workspace in /proc is not writable";
-    assert!(instructions.contains(&note), "{instructions}");
+    assert!(instructions.contains(note), "{instructions}");
     assert!(
         instructions.contains(&format!("so the workspace is {}", fallback.display())),
         "{instructions}"
@@ -477,6 +477,6 @@ async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
     assert_eq!(texts(&r), vec![format!("'{}'", fallback.display())]);
     assert!(fallback.join("made.txt").exists());
     let logged = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
-    assert!(logged.contains(&note), "{logged}");
+    assert!(logged.contains(note), "{logged}");
     let _ = tokio::time::timeout(crate::harness::HANG, client.cancel()).await;
 }
