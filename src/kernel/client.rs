@@ -318,6 +318,11 @@ impl Kernel {
         self.started.elapsed()
     }
 
+    /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when there are none).
+    pub fn stderr_hint(&self) -> String {
+        self.process.stderr_hint()
+    }
+
     /// Why the kernel process ended, if it has.
     pub fn exited(&self) -> Option<ExitCause> {
         self.process.exited()

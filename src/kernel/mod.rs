@@ -37,12 +37,80 @@ pub struct Report {
     pub state_lost: bool,
 }
 
+/// Deaths further back than this do not count towards a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(300);
+/// Deaths within [`CRASH_WINDOW`] that make a crash loop.
+const CRASH_LOOP: usize = 3;
+/// Deaths remembered.
+const MAX_DEATHS: usize = 16;
+
 #[derive(Default)]
 struct Slot {
     kernel: Option<Arc<Kernel>>,
     failures: u32,
     retry_at: Option<Instant>,
     last_error: String,
+    /// Recent failed starts and early deaths, oldest first: when, and why.
+    deaths: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl Slot {
+    /// Records a failed start or an early death.
+    fn died(&mut self, cause: &str) {
+        if self.deaths.len() >= MAX_DEATHS {
+            self.deaths.pop_front();
+        }
+        self.deaths.push_back((Instant::now(), cause.to_owned()));
+    }
+
+    /// How many deaths fell in the crash window, and how long ago the first of them was.
+    fn recent_deaths(&self) -> (usize, Duration) {
+        let now = Instant::now();
+        let recent: Vec<&Instant> = self
+            .deaths
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| now.saturating_duration_since(**t) <= CRASH_WINDOW)
+            .collect();
+        let span = recent
+            .first()
+            .map(|t| now.saturating_duration_since(**t))
+            .unwrap_or_default();
+        (recent.len(), span)
+    }
+
+    /// Schedules the next start attempt after a back-off that grows with the failures.
+    fn back_off(&mut self) -> Duration {
+        let backoff = Duration::from_secs(1u64 << self.failures.min(5)).min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + backoff);
+        backoff
+    }
+
+    /// A sentence about a crash loop, or `None` when the kernel is not in one.
+    fn crash_loop(&self) -> Option<String> {
+        let (n, span) = self.recent_deaths();
+        if n < CRASH_LOOP {
+            return None;
+        }
+        let last = self.deaths.back().map(|(_, c)| c.as_str()).unwrap_or("");
+        let next = match self.retry_at {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                let when =
+                    chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                format!(
+                    "the next start attempt is in {:.0} s (at {} UTC)",
+                    wait.as_secs_f64().ceil(),
+                    when.format("%H:%M:%S")
+                )
+            }
+            None => "the next call starts it again".to_owned(),
+        };
+        Some(format!(
+            "the kernel is crash-looping: it failed or died {n} times in the last {:.0} s (last cause: {last}); {next}",
+            span.as_secs_f64().ceil().max(1.0)
+        ))
+    }
 }
 
 /// The warm spare: a kernel started ahead of need, swapped in by restart and recovery.
@@ -235,13 +303,15 @@ impl KernelHandle {
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
             if at > now {
-                return Err(KernelError::Unavailable {
-                    reason: format!(
+                let reason = match slot.crash_loop() {
+                    Some(looping) => looping,
+                    None => format!(
                         "{}; the next start attempt is in {:.0} s",
                         slot.last_error,
                         (at - now).as_secs_f64().ceil()
                     ),
-                });
+                };
+                return Err(KernelError::Unavailable { reason });
             }
         }
         let launcher = self.launcher().ok_or_else(|| KernelError::Unavailable {
@@ -273,14 +343,16 @@ impl KernelHandle {
             }
             Err(e) => {
                 slot.failures += 1;
-                let backoff = Duration::from_secs(1u64 << slot.failures.min(5)).min(MAX_BACKOFF);
-                slot.retry_at = Some(Instant::now() + backoff);
+                slot.back_off();
                 let reason = match e {
                     KernelError::Unavailable { reason } => reason,
                     other => other.to_string(),
                 };
+                slot.died(&reason);
                 slot.last_error = reason.clone();
                 tracing::error!(%reason, failures = slot.failures, "kernel start failed");
+                // A crash loop's report names the latest cause itself.
+                let reason = slot.crash_loop().unwrap_or(reason);
                 Err(KernelError::Unavailable { reason })
             }
         }
@@ -292,19 +364,32 @@ impl KernelHandle {
         slot: &mut Slot,
         report: &mut Report,
     ) -> Result<Arc<Kernel>, KernelError> {
-        if let Some(k) = &slot.kernel {
+        if let Some(k) = slot.kernel.clone() {
             match k.exited() {
                 None => return Ok(k.clone()),
                 Some(cause) => {
+                    report.state_lost = true;
+                    slot.kernel = None;
+                    self.set_current(None);
                     if k.age() < EARLY_DEATH {
                         slot.failures += 1;
+                        slot.died(&format!("{cause}{}", k.stderr_hint()));
+                        if let Some(looping) = slot.crash_loop() {
+                            // Dying again and again right after start: wait before the next try.
+                            slot.back_off();
+                            slot.last_error = format!("the kernel died ({cause})");
+                            let looping = slot.crash_loop().unwrap_or(looping);
+                            tracing::error!(%looping, "kernel crash loop");
+                            return Err(KernelError::Unavailable {
+                                reason: format!(
+                                    "the kernel had died since the last call ({cause}) and all variables were lost; {looping}"
+                                ),
+                            });
+                        }
                     }
                     report.notes.push(format!(
                         "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
                     ));
-                    report.state_lost = true;
-                    slot.kernel = None;
-                    self.set_current(None);
                 }
             }
         }
@@ -402,6 +487,7 @@ impl KernelHandle {
                 report.state_lost = true;
                 if kernel.age() < EARLY_DEATH {
                     slot.failures += 1;
+                    slot.died(cause);
                 }
                 slot.kernel = None;
                 self.set_current(None);
@@ -498,5 +584,54 @@ struct Decrement<'a>(&'a AtomicUsize);
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_recent_deaths_make_a_crash_loop_report() {
+        let mut slot = Slot::default();
+        slot.died("exit code 1");
+        slot.died("exit code 2");
+        assert_eq!(slot.crash_loop(), None);
+        slot.died("killed by signal 9 (SIGKILL)");
+        slot.failures = 3;
+        let wait = slot.back_off();
+        assert_eq!(wait, Duration::from_secs(8));
+        let report = slot.crash_loop().unwrap_or_default();
+        assert!(
+            report.starts_with("the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: killed by signal 9 (SIGKILL)); the next start attempt is in 8 s (at "),
+            "{report}"
+        );
+        assert!(report.ends_with(" UTC)"), "{report}");
+    }
+
+    #[test]
+    fn old_deaths_do_not_count_and_history_is_bounded() {
+        let mut slot = Slot::default();
+        let long_ago = Instant::now()
+            .checked_sub(CRASH_WINDOW + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        for _ in 0..3 {
+            slot.deaths.push_back((long_ago, "old".into()));
+        }
+        assert_eq!(slot.recent_deaths().0, 0);
+        assert_eq!(slot.crash_loop(), None);
+        for i in 0..100 {
+            slot.died(&format!("death {i}"));
+        }
+        assert_eq!(slot.deaths.len(), MAX_DEATHS);
+        let report = slot.crash_loop().unwrap_or_default();
+        assert!(
+            report.contains("16 times") && report.contains("(last cause: death 99)"),
+            "{report}"
+        );
+        assert!(
+            report.ends_with("the next call starts it again"),
+            "{report}"
+        );
     }
 }

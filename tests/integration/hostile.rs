@@ -480,3 +480,55 @@ async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
     assert!(logged.contains(note), "{logged}");
     let _ = tokio::time::timeout(crate::harness::HANG, client.cancel()).await;
 }
+
+/// A kernel that dies at every start is reported as crash-looping: how many deaths in how
+/// long, the last cause, and when the next attempt is; the server keeps serving meanwhile.
+#[tokio::test]
+async fn a_crash_looping_kernel_is_reported_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("kernel.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!({
+            "argv": ["python", "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)", "{connection_file}"],
+            "display_name": "dies at start",
+            "language": "python"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let s = Server::start_with(&["--kernel-spec", spec.to_str().unwrap()]).await;
+    // Each start fails at once; back-off spaces the attempts 2, 4 s apart. Poll the reports
+    // until the third death is in (about 6 s), with a generous bound.
+    let deadline = std::time::Instant::now() + crate::harness::HANG;
+    let report = loop {
+        let r = s.exec("1").await;
+        assert!(is_error(&r), "{}", text(&r));
+        let t = text(&r);
+        if t.contains("crash-looping") {
+            break t;
+        }
+        assert!(t.starts_with("kernel unavailable: "), "{t}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported as a crash loop: {t}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(report.starts_with("kernel unavailable: the kernel is crash-looping: it failed or died 3 times in the last "), "{report}");
+    assert!(
+        report.contains(
+            "(last cause: the kernel exited during start-up (exit code 3); kernel stderr: boom)"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("; the next start attempt is in "),
+        "{report}"
+    );
+    assert!(report.contains(" UTC)"), "{report}");
+    // The file tools are unaffected.
+    let r = s.call("list_files", serde_json::json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    s.close().await;
+}
