@@ -101,6 +101,8 @@ pub struct Kernel {
     info: KernelInfoReply,
     interrupt_mode: InterruptMode,
     started: Instant,
+    /// Processes under the kernel at the last look (see [`Kernel::new_processes`]).
+    known_processes: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl Kernel {
@@ -210,6 +212,7 @@ impl Kernel {
             info: kinfo,
             interrupt_mode: l.spec.interrupt_mode,
             started,
+            known_processes: Default::default(),
         };
         if kernel_startup {
             if let Err(e) = kernel
@@ -219,6 +222,8 @@ impl Kernel {
                 tracing::warn!(error = %e, "kernel start-up code failed; continuing without it");
             }
         }
+        // The kernel itself (under the launch helper) is not something a call left behind.
+        let _ = kernel.new_processes();
         Ok(kernel)
     }
 
@@ -321,6 +326,22 @@ impl Kernel {
     /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when there are none).
     pub fn stderr_hint(&self) -> String {
         self.process.stderr_hint()
+    }
+
+    /// Processes under the kernel that were not there at the last look (pid and command
+    /// line), still running: what a call left behind (pool workers, background subprocesses).
+    pub fn new_processes(&self) -> Vec<(i32, String)> {
+        let now = super::process::descendants(self.pid());
+        let Ok(mut known) = self.known_processes.lock() else {
+            return Vec::new();
+        };
+        let fresh = now
+            .iter()
+            .filter(|(pid, _)| !known.contains(pid))
+            .map(|(pid, cmd)| (*pid, cmd.clone()))
+            .collect();
+        *known = now.into_keys().collect();
+        fresh
     }
 
     /// Why the kernel process ended, if it has.

@@ -454,6 +454,9 @@ impl KernelHandle {
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
+                if let Some(note) = left_behind(&kernel.new_processes()) {
+                    report.notes.push(note);
+                }
             }
             Ending::Unresponsive { reason } => {
                 let why = match reason {
@@ -579,6 +582,29 @@ impl KernelHandle {
     }
 }
 
+/// Most processes named in a result; the rest are counted.
+const MAX_LISTED: usize = 10;
+
+/// A note naming the processes a call started that are still running, if any.
+fn left_behind(processes: &[(i32, String)]) -> Option<String> {
+    if processes.is_empty() {
+        return None;
+    }
+    let mut named: Vec<String> = processes
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
+        .collect();
+    if processes.len() > MAX_LISTED {
+        named.push(format!("and {} more", processes.len() - MAX_LISTED));
+    }
+    Some(format!(
+        "This call left {} process(es) running under the kernel: {}. They keep running until they end or the kernel is restarted",
+        processes.len(),
+        named.join(", ")
+    ))
+}
+
 struct Decrement<'a>(&'a AtomicUsize);
 
 impl Drop for Decrement<'_> {
@@ -590,6 +616,22 @@ impl Drop for Decrement<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_left_behind_are_named_and_capped() {
+        assert_eq!(left_behind(&[]), None);
+        assert_eq!(
+            left_behind(&[(12, "sleep 300".into())]).as_deref(),
+            Some("This call left 1 process(es) running under the kernel: pid 12 `sleep 300`. They keep running until they end or the kernel is restarted")
+        );
+        let many: Vec<(i32, String)> = (0..25).map(|i| (i, format!("w{i}"))).collect();
+        let note = left_behind(&many).unwrap_or_default();
+        assert!(
+            note.contains("left 25 process(es)") && note.contains("pid 9 `w9`, and 15 more"),
+            "{note}"
+        );
+        assert!(!note.contains("pid 10 "), "{note}");
+    }
 
     #[test]
     fn three_recent_deaths_make_a_crash_loop_report() {

@@ -318,6 +318,54 @@ fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecD
     }
 }
 
+/// Most processes [`descendants`] reports; a fork bomb must not make the server walk forever.
+const MAX_DESCENDANTS: usize = 256;
+
+/// The live descendants of `root` (not `root` itself) with their command lines, read from
+/// `/proc/<pid>/task/<tid>/children`. Processes re-parented to `root` (the launch helper is a
+/// child subreaper) are found too. Empty where /proc does not say.
+pub fn descendants(root: i32) -> BTreeMap<i32, String> {
+    let mut found = BTreeMap::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if found.len() >= MAX_DESCENDANTS || found.contains_key(&child) {
+                    continue;
+                }
+                found.insert(child, command_line(child));
+                todo.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// A process's command line for a report: arguments joined by spaces, at most 120 characters.
+fn command_line(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = crate::text::sanitize(&text).into_owned();
+    if text.chars().count() > 120 {
+        format!("{}...", text.chars().take(117).collect::<String>())
+    } else {
+        text
+    }
+}
+
 /// The kernel's environment: the allow-listed server variables plus the spec's and ours.
 pub fn kernel_env(extra: &BTreeMap<String, String>, python: &Path) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = std::env::vars()

@@ -532,3 +532,34 @@ async fn a_crash_looping_kernel_is_reported_as_one() {
     assert!(!is_error(&r), "{}", text(&r));
     s.close().await;
 }
+
+/// Processes a call starts and leaves running are named in that call's result, once.
+#[tokio::test]
+async fn processes_a_call_leaves_behind_are_listed_in_its_result() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import subprocess\np = subprocess.Popen(['sleep', '300'])\np.pid")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let t = texts(&r);
+    let pid = t[0].clone();
+    assert_eq!(
+        t[1],
+        format!("[This call left 1 process(es) running under the kernel: pid {pid} `sleep 300`. They keep running until they end or the kernel is restarted]")
+    );
+    // Not named again by the next call.
+    assert_eq!(texts(&s.exec("1").await), vec!["1"]);
+    // A double fork (re-parented to the launch helper) is found too.
+    let r = s
+        .exec("import os\nsubprocess.run(['sh', '-c', 'sleep 301 >/dev/null 2>&1 & echo $!'], capture_output=True, text=True).stdout.strip()")
+        .await;
+    let t = texts(&r);
+    let pid = t[0].trim_matches('\'').to_owned();
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert!(t[1].contains(&format!("pid {pid} `sleep 301`")), "{t:?}");
+    // Processes that end during the call are not listed.
+    let r = s.exec("subprocess.run(['true']).returncode").await;
+    assert_eq!(texts(&r), vec!["0"]);
+    s.exec("p.kill()").await;
+    s.close().await;
+}
