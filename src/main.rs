@@ -336,9 +336,9 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         });
     }
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
-    let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
+    let guarded = kernel_mcp::stdin_guard::spawn(tokio::io::stdin(), tokio::io::stdout());
     let transport =
-        rmcp::transport::async_rw::AsyncRwTransport::new_server(input, tokio::io::stdout())
+        rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
             .with_max_line_length(kernel_mcp::stdin_guard::MAX_LINE + 1024 * 1024);
     let service = server.serve(transport).await;
     let outcome = match service {
@@ -356,6 +356,8 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     kernel.shutdown().await;
+    // Whatever the transport wrote last still reaches stdout.
+    let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
     outcome
 }
 

@@ -563,3 +563,29 @@ async fn processes_a_call_leaves_behind_are_listed_in_its_result() {
     s.exec("p.kill()").await;
     s.close().await;
 }
+
+/// Two requests in flight with the same JSON-RPC id: the second gets an error at once, the
+/// first still gets its result, and the id can be used again afterwards.
+#[tokio::test]
+async fn a_duplicate_request_id_in_flight_gets_an_error_and_the_first_its_result() {
+    let mut raw = Raw::start().await;
+    let go = raw.dir.path().join("ws/go");
+    // The first call waits for a file the test writes only after the duplicate was answered.
+    raw.send(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\n'first'"}}}"#).await;
+    raw.send(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"'second'"}}}"#).await;
+    let r = raw.response(7).await;
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().starts_with(
+            "request id 7 is already in use by a request that has not been answered yet"
+        ),
+        "{r}"
+    );
+    std::fs::write(&go, "").unwrap();
+    let r = raw.response(7).await;
+    assert_eq!(r["result"]["content"][0]["text"], "'first'", "{r}");
+    // Answered, so the id is free again.
+    raw.send(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"'third'"}}}"#).await;
+    let r = raw.response(7).await;
+    assert_eq!(r["result"]["content"][0]["text"], "'third'", "{r}");
+}
