@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 use zeromq::prelude::*;
 use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, ZmqMessage};
 
-use super::frames::Frames;
+use super::frames::{Frames, MAX_MESSAGE_BYTES};
+use super::guard;
 use super::message::{Channel, Content, InputReply, Message, MsgId};
 use super::replay::DigestHistory;
 use super::signer::Signer;
@@ -43,6 +44,8 @@ struct Routes {
     /// `None` once a reader has died: new subscriptions fail instead of hanging.
     map: StdMutex<Option<HashMap<MsgId, mpsc::Sender<Incoming>>>>,
     closed_by: StdMutex<Option<&'static str>>,
+    /// Set when a relay cut a connection that broke the frame limits.
+    corrupt: StdMutex<Option<String>>,
 }
 
 impl Routes {
@@ -50,6 +53,17 @@ impl Routes {
         Routes {
             map: StdMutex::new(Some(HashMap::new())),
             closed_by: StdMutex::new(None),
+            corrupt: StdMutex::new(None),
+        }
+    }
+
+    /// The error for callers once the routes are closed.
+    fn gone(&self) -> WireError {
+        match self.corrupt.lock().ok().and_then(|c| c.clone()) {
+            Some(reason) => WireError::Corrupt { reason },
+            None => WireError::ReaderGone {
+                channel: self.closed_by().unwrap_or("kernel"),
+            },
         }
     }
 
@@ -84,9 +98,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Result<Incoming, WireError> {
         match self.rx.recv().await {
             Some(m) => Ok(m),
-            None => Err(WireError::ReaderGone {
-                channel: self.routes.closed_by().unwrap_or("kernel"),
-            }),
+            None => Err(self.routes.gone()),
         }
     }
 
@@ -246,23 +258,64 @@ impl Connection {
         let routes = Arc::new(Routes::new());
         let mut tasks = Vec::new();
 
+        // Every socket is reached through a bounded relay (see guard.rs): a forged frame
+        // header can then cut the connection, never abort the server.
+        let (corrupt_tx, mut corrupt_rx) = watch::channel(None::<String>);
+        let mut relayed = Vec::new();
+        for (endpoint, channel) in [
+            (&endpoints.shell, Channel::Shell),
+            (&endpoints.control, Channel::Control),
+            (&endpoints.stdin, Channel::Stdin),
+            (&endpoints.iopub, Channel::IoPub),
+            (&endpoints.heartbeat, Channel::Heartbeat),
+        ] {
+            let r = guard::relay(
+                endpoint,
+                channel.name(),
+                MAX_MESSAGE_BYTES,
+                corrupt_tx.clone(),
+            )
+            .await?;
+            tasks.push(r.task);
+            relayed.push(r.endpoint);
+        }
+        let [shell_ep, control_ep, stdin_ep, iopub_ep, hb_ep] = relayed.as_slice() else {
+            return Err(WireError::Relay {
+                channel: "kernel",
+                reason: "expected five relays".into(),
+            });
+        };
+        {
+            let routes = routes.clone();
+            tasks.push(tokio::spawn(async move {
+                let _keep_sender = corrupt_tx;
+                if corrupt_rx.wait_for(Option::is_some).await.is_ok() {
+                    let reason = corrupt_rx.borrow().clone().unwrap_or_default();
+                    if let Ok(mut c) = routes.corrupt.lock() {
+                        *c = Some(reason);
+                    }
+                    routes.close("relay");
+                }
+            }));
+        }
+
         let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut shell, &endpoints.shell, Channel::Shell, timeout).await?;
+        connect(&mut shell, shell_ep, Channel::Shell, timeout).await?;
         let mut control =
             DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
-        connect(&mut control, &endpoints.control, Channel::Control, timeout).await?;
+        connect(&mut control, control_ep, Channel::Control, timeout).await?;
         // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
         let mut stdin = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut stdin, &endpoints.stdin, Channel::Stdin, timeout).await?;
+        connect(&mut stdin, stdin_ep, Channel::Stdin, timeout).await?;
         let mut iopub =
             SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
-        connect(&mut iopub, &endpoints.iopub, Channel::IoPub, timeout).await?;
+        connect(&mut iopub, iopub_ep, Channel::IoPub, timeout).await?;
         iopub
             .subscribe("")
             .await
             .map_err(zmq_err("subscribe", Channel::IoPub))?;
         let mut hb = ReqSocket::with_options(options(format!("{identity}-h").as_bytes(), timeout));
-        connect(&mut hb, &endpoints.heartbeat, Channel::Heartbeat, timeout).await?;
+        connect(&mut hb, hb_ep, Channel::Heartbeat, timeout).await?;
 
         let (shell_tx, shell_rx) = shell.split();
         let (control_tx, control_rx) = control.split();
@@ -321,11 +374,7 @@ impl Connection {
             }));
         }
         let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
-        tasks.push(tokio::spawn(heartbeat_loop(
-            hb,
-            endpoints.heartbeat.clone(),
-            hb_tx,
-        )));
+        tasks.push(tokio::spawn(heartbeat_loop(hb, hb_ep.clone(), hb_tx)));
 
         Ok(Connection {
             session,
@@ -352,9 +401,7 @@ impl Connection {
             .lock()
             .map_err(|_| WireError::ReaderGone { channel: "router" })?;
         let Some(map) = guard.as_mut() else {
-            return Err(WireError::ReaderGone {
-                channel: self.routes.closed_by().unwrap_or("kernel"),
-            });
+            return Err(self.routes.gone());
         };
         map.insert(id.clone(), tx);
         Ok(Subscription {

@@ -3,6 +3,7 @@
 
 pub mod channels;
 pub mod frames;
+pub mod guard;
 pub mod message;
 pub mod replay;
 pub mod signer;

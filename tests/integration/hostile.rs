@@ -589,3 +589,64 @@ async fn a_duplicate_request_id_in_flight_gets_an_error_and_the_first_its_result
     let r = raw.response(7).await;
     assert_eq!(r["result"]["content"][0]["text"], "'third'", "{r}");
 }
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Kernel code writes a frame header announcing 2^62 bytes straight into its own socket to the
+/// server. The server neither aborts nor reserves the memory: the connection is cut, the call
+/// says the kernel was stopped, and the next call gets a fresh kernel.
+#[tokio::test]
+async fn a_forged_giant_frame_from_the_kernel_cuts_the_connection_not_the_server() {
+    let s = Server::start().await;
+    assert_eq!(texts(&s.exec("kept = 1").await), vec!["[no output]"]);
+    let forge = r#"
+import os, socket
+from ipykernel.kernelapp import IPKernelApp
+app = IPKernelApp.instance()
+# The stdin channel is idle (allow_stdin is false), so the bytes start a frame.
+target = f"{app.ip}-{app.stdin_port}"
+hits = 0
+for name in os.listdir('/proc/self/fd'):
+    try:
+        s = socket.fromfd(int(name), socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        continue
+    try:
+        if s.getsockname() == target:
+            s.sendall(b'\x02' + (1 << 62).to_bytes(8, 'big'))
+            hits += 1
+    except OSError:
+        pass
+    finally:
+        s.close()
+print('forged', hits, flush=True)
+import time
+time.sleep(60)
+"#;
+    let r = s.exec(forge).await;
+    assert!(is_error(&r), "{}", text(&r));
+    assert_eq!(
+        text(&r),
+        "kernel unavailable: lost the connection to the kernel (the kernel sent a message of at least 4611686018427387904 bytes (limit 536870912) on stdin; that connection is corrupt and was cut); it was stopped, all variables were lost, and the next call starts a new kernel. The file tools still work; call restart_kernel to try again (after the fix, if one is named)."
+    );
+    let rss = rss_kib(s.pid);
+    eprintln!("server RSS after the forged frame: {rss} KiB");
+    assert!(rss < 100 * 1024, "server RSS {rss} KiB");
+    let r = s.exec("'kept' in dir()").await;
+    assert_eq!(
+        texts(&r).last().map(String::as_str),
+        Some("False"),
+        "{}",
+        text(&r)
+    );
+    assert!(s.log().contains("kernel connection is corrupt; cutting it"));
+    s.close().await;
+}
