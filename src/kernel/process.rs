@@ -339,7 +339,7 @@ pub fn descendants(root: i32) -> BTreeMap<i32, String> {
                 .split_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok())
             {
-                if found.len() >= MAX_DESCENDANTS || found.contains_key(&child) {
+                if found.len() >= MAX_DESCENDANTS || found.contains_key(&child) || ended(child) {
                     continue;
                 }
                 found.insert(child, command_line(child));
@@ -350,6 +350,13 @@ pub fn descendants(root: i32) -> BTreeMap<i32, String> {
     found
 }
 
+/// True for a process that has ended but not been reaped yet (a zombie): nothing runs.
+fn ended(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    state.starts_with('Z') || state.starts_with('X') || stat.is_empty()
+}
+
 /// A process's command line for a report: arguments joined by spaces, at most 120 characters.
 fn command_line(pid: i32) -> String {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -358,6 +365,13 @@ fn command_line(pid: i32) -> String {
         .filter(|a| !a.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
+    // Empty while the process is in the middle of exec: fall back to its name.
+    let text = if text.is_empty() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        format!("[{}]", comm.trim())
+    } else {
+        text
+    };
     let text = crate::text::sanitize(&text).into_owned();
     if text.chars().count() > 120 {
         format!("{}...", text.chars().take(117).collect::<String>())

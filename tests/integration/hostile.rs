@@ -556,7 +556,13 @@ async fn processes_a_call_leaves_behind_are_listed_in_its_result() {
     let t = texts(&r);
     let pid = t[0].trim_matches('\'').to_owned();
     assert_eq!(t.len(), 2, "{t:?}");
-    assert!(t[1].contains(&format!("pid {pid} `sleep 301`")), "{t:?}");
+    // (Its command line may be caught mid-exec, so only the pid is certain.)
+    assert!(
+        t[1].starts_with(&format!(
+            "[This call left 1 process(es) running under the kernel: pid {pid} `"
+        )),
+        "{t:?}"
+    );
     // Processes that end during the call are not listed.
     let r = s.exec("subprocess.run(['true']).returncode").await;
     assert_eq!(texts(&r), vec!["0"]);
