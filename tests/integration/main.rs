@@ -2,6 +2,7 @@
 //! ipykernel. One test binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod compat;
 mod control;
 mod execute;
 mod files;
