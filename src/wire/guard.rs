@@ -233,6 +233,9 @@ pub async fn relay(
             let task = tokio::spawn(async move {
                 let mut conns = JoinSet::new();
                 while let Ok((down, _)) = listener.accept().await {
+                    // Reconnects (the heartbeat opens a fresh socket after a miss) must not
+                    // pile up finished entries.
+                    while conns.try_join_next().is_some() {}
                     let path = path.clone();
                     let corrupt = corrupt.clone();
                     conns.spawn(async move {
@@ -252,6 +255,9 @@ pub async fn relay(
             let task = tokio::spawn(async move {
                 let mut conns = JoinSet::new();
                 while let Ok((down, _)) = listener.accept().await {
+                    // Reconnects (the heartbeat opens a fresh socket after a miss) must not
+                    // pile up finished entries.
+                    while conns.try_join_next().is_some() {}
                     let addr = addr.clone();
                     let corrupt = corrupt.clone();
                     conns.spawn(async move {
