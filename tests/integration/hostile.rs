@@ -654,5 +654,20 @@ time.sleep(60)
         text(&r)
     );
     assert!(s.log().contains("kernel connection is corrupt; cutting it"));
+    // The new kernel's heartbeat answers through its relay too (pinged once a second).
+    let deadline = std::time::Instant::now() + crate::harness::HANG;
+    loop {
+        let r = s.call("get_environment", serde_json::json!({})).await;
+        let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+        if v["kernel_heartbeat"] == "alive" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heartbeat: {}",
+            v["kernel_heartbeat"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     s.close().await;
 }
