@@ -24,6 +24,20 @@ def __kernel_mcp_setup():
 
     threading.Thread.start = start_in_creator_context
 
+    # exit() and quit() would stop ipykernel's event loop a moment after the call returns
+    # (ZMQInteractiveShell.ask_exit sets exit_now), and the next call would find a dead kernel.
+    # Kept alive, the result can truthfully say the kernel keeps running. The exiter (the
+    # object behind `exit` and `quit`) resets keepkernel_on_exit on every call, so its class
+    # is patched rather than the flag alone.
+    shell = get_ipython()
+    shell.keepkernel_on_exit = True
+
+    def keep_kernel_on_exit(self, *args, **kwargs):
+        self._ip.keepkernel_on_exit = True
+        self._ip.ask_exit()
+
+    type(shell.exiter).__call__ = keep_kernel_on_exit
+
     # ipykernel sends buffered output every flush_interval (0.2 s): a fast printer then makes
     # messages of ~50 MB, which every hop must hold in memory at once. Flushing four times as
     # often keeps messages around 10 MB at full speed and costs nothing measurable.

@@ -45,6 +45,13 @@ pub enum WireError {
     ConnectTimeout { channel: &'static str },
     #[error("the {channel} reader has stopped; the connection to the kernel is gone")]
     ReaderGone { channel: &'static str },
+    #[error("could not relay the kernel's {channel} socket: {reason}")]
+    Relay {
+        channel: &'static str,
+        reason: String,
+    },
+    #[error("{reason}; that connection is corrupt and was cut")]
+    Corrupt { reason: String },
 }
 
 /// Errors from starting, talking to and stopping the kernel.

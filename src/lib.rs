@@ -7,10 +7,12 @@
 pub mod demo;
 pub mod error;
 pub mod kernel;
+pub mod limits;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
 pub mod stdin_guard;
+pub mod text;
 pub mod tools;
 pub mod wire;
 pub mod workspace;

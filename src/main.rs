@@ -12,6 +12,7 @@ use rmcp::ServiceExt;
 
 use kernel_mcp::kernel::connection::RuntimeDir;
 use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher, Transport};
+use kernel_mcp::limits::{self, SizeLimit};
 use kernel_mcp::output::OutputLimits;
 use kernel_mcp::pyenv;
 use kernel_mcp::tools::{Environments, Server, Settings};
@@ -32,9 +33,10 @@ struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Opts {
-    /// Folder the file tools are jailed to and the kernel's working directory (created if missing).
-    #[arg(long, default_value = "./workspace", global = true)]
-    workspace: PathBuf,
+    /// Folder the file tools are jailed to and the kernel's working directory (created if
+    /// missing). Default ./workspace, or a per-user data folder when that is not writable.
+    #[arg(long, global = true)]
+    workspace: Option<PathBuf>,
     /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.
     #[arg(long, global = true)]
     python: Option<PathBuf>,
@@ -48,29 +50,29 @@ struct Opts {
     #[arg(long = "env", value_name = "NAME=PATH", global = true)]
     envs: Vec<String>,
     /// Seconds an install_package run may take before the installer is killed.
-    #[arg(long, default_value_t = 300.0, global = true)]
-    install_timeout: f64,
+    #[arg(long, default_value = "300", value_parser = limits::parse_seconds, global = true)]
+    install_timeout: Duration,
     /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
     #[arg(long, global = true)]
     kernel_spec: Option<PathBuf>,
-    /// Default execute_python timeout in seconds.
-    #[arg(long, default_value_t = 60.0, global = true)]
-    timeout: f64,
+    /// Default execute_python timeout in seconds (at most 30 days, like every duration flag).
+    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
+    timeout: Duration,
     /// Largest timeout_seconds a call may ask for.
-    #[arg(long, default_value_t = 3600.0, global = true)]
-    max_timeout: f64,
+    #[arg(long, default_value = "3600", value_parser = limits::parse_seconds, global = true)]
+    max_timeout: Duration,
     /// Seconds to wait after an interrupt before the kernel is killed and restarted.
-    #[arg(long, default_value_t = 3.0, global = true)]
-    interrupt_grace: f64,
-    /// Characters of text output returned per call before head/tail truncation.
-    #[arg(long, default_value_t = 20_000, global = true)]
+    #[arg(long, default_value = "3", value_parser = limits::parse_seconds, global = true)]
+    interrupt_grace: Duration,
+    /// Characters of text output returned per call before head/tail truncation (1000 to 100,000,000).
+    #[arg(long, default_value = "20000", value_parser = |s: &str| limits::parse_count(s, limits::MAX_OUTPUT_BUDGET), global = true)]
     output_budget: usize,
     /// Most images returned per call.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, default_value = "10", value_parser = |s: &str| limits::parse_count(s, limits::MAX_IMAGES), global = true)]
     max_images: usize,
     /// Seconds the kernel may take to start.
-    #[arg(long, default_value_t = 60.0, global = true)]
-    startup_timeout: f64,
+    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
+    startup_timeout: Duration,
     /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
     #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
     transport: Transport,
@@ -85,11 +87,11 @@ struct Opts {
     #[arg(long, value_name = "DIR", global = true)]
     allow_read: Vec<PathBuf>,
     /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
-    #[arg(long, default_value = "4G", global = true)]
-    memory_limit: String,
+    #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
+    memory_limit: SizeLimit,
     /// Largest file the kernel may write, e.g. 8G (0 = none).
-    #[arg(long, default_value = "8G", global = true)]
-    max_file_size: String,
+    #[arg(long, default_value = "8G", value_parser = limits::parse_size, global = true)]
+    max_file_size: SizeLimit,
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
@@ -97,7 +99,7 @@ struct Opts {
     #[arg(long, global = true)]
     no_preload: bool,
     /// Most execute calls waiting behind the running one before "busy" is returned.
-    #[arg(long, default_value_t = 16, global = true)]
+    #[arg(long, default_value = "16", value_parser = |s: &str| limits::parse_count(s, limits::MAX_QUEUE), global = true)]
     max_queue: usize,
     /// Attach to a running kernel through its connection file (as `jupyter console --existing`).
     /// kernel-mcp does not own that kernel: it keeps running when the server exits.
@@ -126,28 +128,6 @@ enum SandboxMode {
     Strict,
     Require,
     Off,
-}
-
-fn parse_size(s: &str) -> anyhow::Result<Option<u64>> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let units = [
-        ('k', 1u64 << 10),
-        ('m', 1 << 20),
-        ('g', 1 << 30),
-        ('t', 1 << 40),
-    ];
-    let (num, mult) = units
-        .iter()
-        .find_map(|&(u, m)| t.strip_suffix(u).map(|n| (n, m)))
-        .unwrap_or((t, 1));
-    let n: f64 = num
-        .trim()
-        .parse()
-        .with_context(|| format!("{s:?} is not a size like 4G or 512M"))?;
-    anyhow::ensure!(n.is_finite() && n >= 0.0, "{s:?} is not a size");
-    let bytes = (n * mult as f64) as u64;
-    Ok((bytes > 0).then_some(bytes))
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,14 +177,6 @@ fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
     Ok(named)
 }
 
-fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(
-        v.is_finite() && v > 0.0,
-        "--{name} must be a positive number of seconds"
-    );
-    Ok(Duration::from_secs_f64(v))
-}
-
 async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
@@ -217,8 +189,8 @@ async fn sandbox_config(
         python_paths: env.paths.clone(),
         extra_read: o.allow_read.clone(),
         network: o.allow_network,
-        memory_bytes: parse_size(&o.memory_limit).context("--memory-limit")?,
-        file_size_bytes: parse_size(&o.max_file_size).context("--max-file-size")?,
+        memory_bytes: o.memory_limit.0,
+        file_size_bytes: o.max_file_size.0,
         require: o.sandbox == SandboxMode::Require,
         mpl_cache: pyenv::font_cache(env).await,
     };
@@ -230,6 +202,53 @@ async fn sandbox_config(
     Ok(Some(cfg))
 }
 
+/// The default workspace, relative to where the server was started.
+const DEFAULT_WORKSPACE: &str = "./workspace";
+
+/// True when a file can be created in `dir`.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".kernel-mcp-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// Opens the workspace. Without --workspace, ./workspace is used unless it cannot be created or
+/// written (desktop hosts often start servers in `/`): then a per-user data folder is, and the
+/// note says so for the log and the instructions.
+fn open_workspace(given: Option<&std::path::Path>) -> anyhow::Result<(Workspace, Option<String>)> {
+    if let Some(dir) = given {
+        let ws = Workspace::open(dir).context("opening the workspace")?;
+        return Ok((ws, None));
+    }
+    let default = std::path::Path::new(DEFAULT_WORKSPACE);
+    let problem = match Workspace::open(default) {
+        Ok(ws) => match writable(ws.root()) {
+            Ok(()) => return Ok((ws, None)),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "the current folder".into());
+    let fallback = pyenv::data_dir()?.join("workspace");
+    let ws = Workspace::open(&fallback).with_context(|| {
+        format!(
+            "opening the fallback workspace {} (./workspace in {cwd} was not usable: {problem})",
+            fallback.display()
+        )
+    })?;
+    let note = format!(
+        "The default ./workspace in {cwd} is not writable ({problem}), so the workspace is {}",
+        ws.root().display()
+    );
+    tracing::warn!("{note}");
+    Ok((ws, Some(note)))
+}
+
 async fn serve(o: Opts) -> anyhow::Result<()> {
     let swept = RuntimeDir::sweep_stale();
     if swept > 0 {
@@ -238,25 +257,39 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             "removed runtime dirs of kernel-mcp servers that are gone"
         );
     }
-    let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
-    let startup_timeout = secs(o.startup_timeout, "startup-timeout")?;
-    let spare = kernel_mcp::kernel::SpareConfig {
-        enabled: !o.no_spare,
-        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
-    };
+    let (workspace, workspace_note) = open_workspace(o.workspace.as_deref())?;
+    let workspace = Arc::new(workspace);
+    if o.timeout > o.max_timeout {
+        tracing::warn!(
+            timeout = o.timeout.as_secs_f64(),
+            max_timeout = o.max_timeout.as_secs_f64(),
+            "--timeout is above --max-timeout; calls use --max-timeout"
+        );
+    }
+    if o.output_budget < 1000 {
+        tracing::warn!(
+            output_budget = o.output_budget,
+            "--output-budget is below 1000 characters; 1000 is used"
+        );
+    }
     let settings = Settings {
-        default_timeout: secs(o.timeout, "timeout")?,
-        max_timeout: secs(o.max_timeout, "max-timeout")?,
-        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
+        default_timeout: o.timeout.min(o.max_timeout),
+        max_timeout: o.max_timeout,
+        interrupt_grace: o.interrupt_grace,
         output: OutputLimits {
             text_budget: o.output_budget.max(1000),
             max_images: o.max_images,
             ..OutputLimits::default()
         },
-        install_timeout: secs(o.install_timeout, "install-timeout")?,
+        install_timeout: o.install_timeout,
+        workspace_note,
+    };
+    let spare = kernel_mcp::kernel::SpareConfig {
+        enabled: !o.no_spare,
+        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
     };
     // A kernel someone else runs: no local environment, sandbox or spare of ours.
-    if let Some(remote) = remote_backend(&o, startup_timeout)? {
+    if let Some(remote) = remote_backend(&o)? {
         let kind = match remote.describe().kind {
             kernel_mcp::kernel::BackendKind::Gateway => "gateway kernel",
             _ => "existing kernel",
@@ -295,11 +328,22 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);
     let background = source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    // An unusable interpreter must not stop the server: the file tools still work, and
+    // execute_python says what is wrong and how to fix it.
+    let mut env_problem = None;
     let env = if background {
         tracing::warn!("first run: creating the managed Python environment in the background");
         pyenv::preparing()
     } else {
-        resolve_env(&o).await?
+        match pyenv::resolve(&source).await {
+            Ok(env) => env,
+            Err(e) => {
+                let reason = pyenv::explain(&e);
+                tracing::error!(%reason, "the Python environment is not usable; serving without a kernel");
+                env_problem = Some(reason.clone());
+                pyenv::unavailable(&reason)
+            }
+        }
     };
     tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
     let spec = match &o.kernel_spec {
@@ -311,14 +355,17 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         python: env.python.clone(),
         workspace: workspace.root().to_path_buf(),
         transport: o.transport,
-        startup_timeout,
+        startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
         helper: std::env::current_exe().ok(),
         sandbox: sandbox_config(&o, &env).await?,
     };
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
-    // Start the kernel while the client does the MCP handshake.
-    kernel.warm_up();
+    match env_problem {
+        Some(reason) => kernel.set_env_error(Some(reason)),
+        // Start the kernel while the client does the MCP handshake.
+        None => kernel.warm_up(),
+    }
     let envs = Environments {
         active: "default".into(),
         info: env,
@@ -336,7 +383,10 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not create the managed Python environment");
-                    kernel.set_env_error(e.to_string());
+                    kernel.set_env_error(Some(format!(
+                        "the Python environment could not be created: {}",
+                        pyenv::explain(&e)
+                    )));
                 }
             }
         });
@@ -345,10 +395,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
 }
 
 /// The backend for `--existing` or `--gateway-url`, if one was asked for.
-fn remote_backend(
-    o: &Opts,
-    startup_timeout: Duration,
-) -> anyhow::Result<Option<Arc<dyn kernel_mcp::kernel::Backend>>> {
+fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn kernel_mcp::kernel::Backend>>> {
     if let Some(path) = &o.existing {
         anyhow::ensure!(
             path.is_file(),
@@ -356,7 +403,7 @@ fn remote_backend(
             path.display()
         );
         return Ok(Some(Arc::new(
-            kernel_mcp::kernel::existing::ExistingBackend::new(path.clone(), startup_timeout),
+            kernel_mcp::kernel::existing::ExistingBackend::new(path.clone(), o.startup_timeout),
         )));
     }
     if let Some(url) = &o.gateway_url {
@@ -364,7 +411,7 @@ fn remote_backend(
             url: url.clone(),
             token: o.gateway_token.clone().filter(|t| !t.is_empty()),
             kernel_name: o.kernel_name.clone(),
-            startup_timeout,
+            startup_timeout: o.startup_timeout,
         };
         let backend = kernel_mcp::kernel::gateway::GatewayBackend::new(cfg)?;
         return Ok(Some(Arc::new(backend)));
@@ -375,9 +422,9 @@ fn remote_backend(
 /// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
 async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
-    let input = kernel_mcp::stdin_guard::spawn(tokio::io::stdin());
+    let guarded = kernel_mcp::stdin_guard::spawn(tokio::io::stdin(), tokio::io::stdout());
     let transport =
-        rmcp::transport::async_rw::AsyncRwTransport::new_server(input, tokio::io::stdout())
+        rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
             .with_max_line_length(kernel_mcp::stdin_guard::MAX_LINE + 1024 * 1024);
     let service = server.serve(transport).await;
     let outcome = match service {
@@ -395,6 +442,8 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     kernel.shutdown().await;
+    // Whatever the transport wrote last still reaches stdout.
+    let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
     outcome
 }
 
@@ -462,7 +511,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             None | Some(Command::Serve) => serve(cli.opts).await,
             Some(Command::Setup) => setup(cli.opts).await,
-            Some(Command::Demo) => kernel_mcp::demo::run(&cli.opts.workspace).await,
+            Some(Command::Demo) => {
+                let ws = cli.opts.workspace.clone();
+                kernel_mcp::demo::run(&ws.unwrap_or_else(|| DEFAULT_WORKSPACE.into())).await
+            }
         }
     });
     // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.

@@ -88,46 +88,10 @@ pub struct Collector {
     progress: Option<ProgressFn>,
 }
 
-/// Removes ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, and two-byte escapes).
+/// Kernel text made safe to show: escape sequences removed, other controls and bidi overrides
+/// made visible (see [`crate::text::sanitize`]).
 pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('\u{1b}') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match it.peek() {
-            Some('[') => {
-                it.next();
-                for c in it.by_ref() {
-                    if ('\u{40}'..='\u{7e}').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            Some(']') => {
-                it.next();
-                while let Some(c) = it.next() {
-                    if c == '\u{7}' {
-                        break;
-                    }
-                    if c == '\u{1b}' && it.peek() == Some(&'\\') {
-                        it.next();
-                        break;
-                    }
-                }
-            }
-            Some(_) => {
-                it.next();
-            }
-            None => {}
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    crate::text::sanitize(s)
 }
 
 /// Appends `text` to `buf`, applying carriage returns the way a terminal shows them:
@@ -512,8 +476,15 @@ impl Collector {
                         out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
                     }
                 }
+                // kernel-mcp's start-up code sets keepkernel_on_exit, and ipykernel echoes it
+                // here; a kernel without it really is going away.
+                Some("ask_exit") if p.get("keepkernel").and_then(|k| k.as_bool()) == Some(true) => {
+                    out.push(McpContent::text(
+                        "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]",
+                    ))
+                }
                 Some("ask_exit") => out.push(McpContent::text(
-                    "[exit() does not stop the kernel here; call restart_kernel for a fresh session]",
+                    "[exit() asked the kernel to stop: it is shutting down and its variables are lost; the next call starts a new kernel]",
                 )),
                 _ => {}
             }
@@ -524,7 +495,7 @@ impl Collector {
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
                 let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
-                let mut text = format!("{}: {}", e.ename, e.evalue);
+                let mut text = format!("{}: {}", strip_ansi(&e.ename), strip_ansi(&e.evalue));
                 if !tb.trim().is_empty() {
                     let tb = if tb.len() > 8000 {
                         let head = char_floor(&tb, 2000);
@@ -607,7 +578,9 @@ impl OutputSink for Collector {
                     self.clear();
                 }
             }
-            other => tracing::trace!(msg_type = other.msg_type(), "output ignored"),
+            other => {
+                tracing::trace!(msg_type = %crate::text::sanitize(other.msg_type()), "output ignored")
+            }
         }
     }
 

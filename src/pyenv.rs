@@ -202,6 +202,18 @@ pub fn remote(kind: &str) -> EnvInfo {
     }
 }
 
+/// A stand-in for an environment that cannot be used; `reason` says why (and how to fix it).
+pub fn unavailable(reason: &str) -> EnvInfo {
+    EnvInfo {
+        python: PathBuf::new(),
+        python_version: "(unavailable)".into(),
+        packages: Vec::new(),
+        requirements_hash: String::new(),
+        kind: format!("unavailable: {reason}"),
+        paths: Vec::new(),
+    }
+}
+
 /// A Python expression that describes the kernel's own interpreter: hex of a JSON object with
 /// the executable, version and installed distributions (hex, so its repr needs no unescaping).
 pub const KERNEL_PROBE_EXPR: &str = "__import__('json').dumps({'python': __import__('sys').executable, 'version': __import__('platform').python_version(), 'packages': {str(d.metadata['Name'] or '').lower(): d.version for d in __import__('importlib.metadata', fromlist=['x']).distributions()}}).encode().hex()";
@@ -246,6 +258,20 @@ pub fn parse_kernel_probe(repr: &str, kind: &str) -> Option<EnvInfo> {
         kind: kind.into(),
         paths: Vec::new(),
     })
+}
+
+/// Why an environment cannot be used, ending with the command that fixes it.
+pub fn explain(e: &EnvError) -> String {
+    match e {
+        // The message already names the fix.
+        EnvError::NoIpykernel { .. } | EnvError::NoDataDir => e.to_string(),
+        EnvError::BadInterpreter { .. } | EnvError::Io { .. } => format!(
+            "{e}; fix: point --python, --venv or --conda-env at an interpreter that runs and has ipykernel (`python3 -m venv ~/.venvs/kmcp && ~/.venvs/kmcp/bin/pip install ipykernel`), or leave them out to use the managed environment (`kernel-mcp setup`)"
+        ),
+        EnvError::Create { .. } => {
+            format!("{e}; fix: run `kernel-mcp setup` in a terminal to see the whole error")
+        }
+    }
 }
 
 /// Finds the managed environment, creating it on first use; safe against concurrent first runs.

@@ -1,8 +1,10 @@
 //! A line filter between the process's stdin and the MCP transport. JSON-RPC requests that a
 //! strict parser would silently drop (so the client waits forever) are turned into requests the
-//! tools reject with a clear error: invalid UTF-8, lone UTF-16 surrogate escapes, and oversized lines.
+//! tools reject with a clear error: invalid UTF-8, lone UTF-16 surrogate escapes, numbers no
+//! float can hold, and oversized lines. It also writes stdout, so a request reusing the id of
+//! one still in flight gets an error at once instead of being passed on.
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 
 /// The argument key that carries a rejection reason to the tools' argument extractor.
 pub const REJECT_KEY: &str = "__kernel_mcp_rejected";
@@ -70,106 +72,342 @@ fn reject(mut msg: serde_json::Value, reason: &str) -> Option<String> {
     serde_json::to_string(&msg).ok()
 }
 
-/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
-fn oversized(prefix: &str, len: usize) -> Option<String> {
-    let find = |key: &str| -> Option<serde_json::Value> {
-        let at = prefix.find(&format!("\"{key}\""))?;
-        let rest = prefix
-            .get(at + key.len() + 2..)?
-            .trim_start()
-            .strip_prefix(':')?;
-        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
-        de.next()?.ok()
-    };
-    let id = find("id")?;
-    let name = find("name").unwrap_or(serde_json::Value::String("unknown".into()));
+/// The first JSON value after `"key":` in `text` (a best-effort look into a request that does
+/// not parse as a whole).
+fn find_value(text: &str, key: &str) -> Option<serde_json::Value> {
+    let at = text.find(&format!("\"{key}\""))?;
+    let rest = text
+        .get(at + key.len() + 2..)?
+        .trim_start()
+        .strip_prefix(':')?;
+    let mut de = serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Value>();
+    de.next()?.ok()
+}
+
+/// A small stand-in for a tools/call request that cannot be passed on, keeping its id and tool
+/// name when they can be found, and carrying `reason` to the tool.
+fn stand_in(text: &str, reason: &str) -> Option<String> {
+    let id = find_value(text, "id")?;
+    let name = find_value(text, "name").unwrap_or(serde_json::Value::String("unknown".into()));
     let msg = serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
         "method": "tools/call",
         "params": {"name": name, "arguments": {}}
     });
-    reject(
-        msg,
+    reject(msg, reason)
+}
+
+/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
+fn oversized(prefix: &str, len: usize) -> Option<String> {
+    stand_in(
+        prefix,
         &format!("the request is {len} bytes, over the {MAX_LINE} byte limit; send less data per call (write big files in parts with append=true)"),
+    )
+}
+
+/// A stand-in for a tools/call line that is not valid JSON as a whole, so a strict parser
+/// would drop it silently (for example a number such as `1e999` that no f64 can hold).
+fn unparsable(line: &str, error: &serde_json::Error) -> Option<String> {
+    if find_value(line, "method")?.as_str() != Some("tools/call") {
+        return None;
+    }
+    stand_in(
+        line,
+        &format!("the request is not valid JSON ({error}); numbers must fit a 64-bit float, strings must be closed. Nothing was done."),
     )
 }
 
 /// Repairs one line, or returns it unchanged (`None`).
 pub fn repair(raw: &[u8]) -> Option<String> {
+    inspect(raw).0
+}
+
+/// Repairs one line (`Some` replacement) and returns the parsed message when the line itself
+/// was valid JSON (so it is parsed once).
+fn inspect(raw: &[u8]) -> (Option<String>, Option<serde_json::Value>) {
     let (text, bad_utf8) = match std::str::from_utf8(raw) {
         Ok(t) => (std::borrow::Cow::Borrowed(t), false),
         Err(_) => (String::from_utf8_lossy(raw), true),
     };
     let fixed = fix_surrogates(&text);
     if !bad_utf8 && fixed.is_none() {
-        return None;
+        // Blank lines and garbage without an id are left to the transport, as before.
+        return match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => (None, Some(v)),
+            Err(e) if e.is_syntax() || e.is_data() => (unparsable(&text, &e), None),
+            Err(_) => (None, None),
+        };
     }
     let line = fixed.unwrap_or_else(|| text.into_owned());
-    let msg: serde_json::Value = serde_json::from_str(&line).ok()?;
-    reject(
-        msg,
-        "the arguments contain text that is not valid Unicode (invalid UTF-8 or a lone surrogate escape); send valid UTF-8 text, or binary data with encoding=\"base64\". Nothing was done.",
+    let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+        return (None, None);
+    };
+    (
+        reject(
+            msg,
+            "the arguments contain text that is not valid Unicode (invalid UTF-8 or a lone surrogate escape); send valid UTF-8 text, or binary data with encoding=\"base64\". Nothing was done.",
+        ),
+        None,
     )
 }
 
-/// Copies `input` to the returned stream line by line, repairing or rejecting bad requests.
-pub fn spawn(input: impl AsyncRead + Unpin + Send + 'static) -> DuplexStream {
-    let (mut tx, rx) = tokio::io::duplex(1 << 20);
-    tokio::spawn(async move {
-        let mut r = BufReader::with_capacity(1 << 16, input);
-        let mut line: Vec<u8> = Vec::new();
-        let mut total = 0usize;
-        loop {
-            let chunk = match r.fill_buf().await {
-                Ok([]) | Err(_) => break,
-                Ok(c) => c,
-            };
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (chunk.len(), false),
-            };
-            total += take;
-            // Past the limit, keep only a prefix to find the id in.
-            let keep = if total > MAX_LINE {
-                PREFIX.saturating_sub(line.len())
-            } else {
-                take
-            };
-            line.extend_from_slice(chunk.get(..take.min(keep)).unwrap_or_default());
-            if total > MAX_LINE && line.len() > PREFIX {
-                line.truncate(PREFIX);
+/// Most requests awaiting an answer at once; more get an error at once (bounded memory).
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// What one client line means for the ids in flight.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// A request with this id (its canonical JSON text).
+    Request(String, serde_json::Value),
+    /// `notifications/cancelled` for this id: the client stopped waiting for it.
+    Cancelled(String),
+    Other,
+}
+
+fn id_key(id: &serde_json::Value) -> String {
+    serde_json::to_string(id).unwrap_or_default()
+}
+
+fn classify(msg: &serde_json::Value) -> Seen {
+    let method = msg.get("method").and_then(|m| m.as_str());
+    match (method, msg.get("id")) {
+        (Some(_), Some(id)) if !id.is_null() => Seen::Request(id_key(id), id.clone()),
+        (Some("notifications/cancelled"), _) => {
+            match msg.get("params").and_then(|p| p.get("requestId")) {
+                Some(id) => Seen::Cancelled(id_key(id)),
+                None => Seen::Other,
             }
-            r.consume(take);
-            if !done {
-                continue;
-            }
-            let out = if total > MAX_LINE {
-                let prefix = String::from_utf8_lossy(&line);
-                tracing::warn!(bytes = total, "rejected an oversized request");
-                oversized(&prefix, total)
-            } else {
-                let body = line.strip_suffix(b"\n").unwrap_or(&line);
-                repair(body)
-            };
-            let res = match out {
-                Some(s) => {
-                    let mut s = s.into_bytes();
-                    s.push(b'\n');
-                    tx.write_all(&s).await
-                }
-                None if total > MAX_LINE => Ok(()),
-                None => tx.write_all(&line).await,
-            };
-            if res.is_err() {
-                break;
-            }
-            line.clear();
-            total = 0;
         }
-        let _ = tx.shutdown().await;
-    });
-    rx
+        _ => Seen::Other,
+    }
+}
+
+/// The id of a response the server writes (`None` for requests and notifications). rmcp
+/// writes `{"jsonrpc":"2.0","id":...,"result"|"error":...}`, read from the front without
+/// walking a large result; anything else is parsed whole.
+fn response_id(line: &[u8]) -> Option<String> {
+    const HEAD: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
+    if let Some(rest) = line.strip_prefix(HEAD) {
+        let mut values =
+            serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
+        if let Some(Ok(id)) = values.next() {
+            let after = rest.get(values.byte_offset()..).unwrap_or_default();
+            if after.starts_with(br#","result""#) || after.starts_with(br#","error""#) {
+                return Some(id_key(&id));
+            }
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        id: Option<serde_json::Value>,
+        method: Option<serde::de::IgnoredAny>,
+    }
+    let p: Peek = serde_json::from_slice(line).ok()?;
+    match (p.id, p.method) {
+        (Some(id), None) if !id.is_null() => Some(id_key(&id)),
+        _ => None,
+    }
+}
+
+/// The JSON-RPC error sent for a request that cannot be passed on.
+fn refusal(id: &serde_json::Value, message: &str) -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": -32600, "message": message}
+    })
+    .to_string()
+}
+
+/// Ids of the requests passed on and not answered yet.
+type InFlight = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// The two ends the MCP transport uses, and the task that writes stdout.
+pub struct Guarded {
+    /// Requests for the transport to read.
+    pub input: DuplexStream,
+    /// Where the transport writes its messages.
+    pub output: DuplexStream,
+    /// Ends once the transport's output is closed and all of it has reached stdout.
+    pub writer: tokio::task::JoinHandle<()>,
+}
+
+/// Puts the filter between stdin/stdout and the transport. Requests a strict parser would drop
+/// are repaired or rejected (see the module doc); a request reusing the id of one still in
+/// flight is answered at once with an error instead of being passed on, so both get an answer.
+pub fn spawn(
+    input: impl AsyncRead + Unpin + Send + 'static,
+    output: impl AsyncWrite + Unpin + Send + 'static,
+) -> Guarded {
+    let in_flight: InFlight = Default::default();
+    let (refusals_tx, refusals_rx) = tokio::sync::mpsc::channel::<String>(64);
+    let (to_transport, input_end) = tokio::io::duplex(1 << 20);
+    let (output_end, from_transport) = tokio::io::duplex(1 << 20);
+    tokio::spawn(read_client(
+        input,
+        to_transport,
+        in_flight.clone(),
+        refusals_tx,
+    ));
+    let writer = tokio::spawn(write_client(from_transport, output, in_flight, refusals_rx));
+    Guarded {
+        input: input_end,
+        output: output_end,
+        writer,
+    }
+}
+
+/// Copies the transport's messages and the refusals to `out`, a whole line at a time, and
+/// marks answered requests as no longer in flight.
+async fn write_client(
+    from_transport: DuplexStream,
+    mut out: impl AsyncWrite + Unpin,
+    in_flight: InFlight,
+    mut refusals: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut lines = BufReader::with_capacity(1 << 16, from_transport);
+    // `read_until` keeps what it read when `select!` drops it, so a line is only written
+    // (and cleared) once it is complete, and refusals never land inside one.
+    let mut pending = Vec::new();
+    let mut transport_open = true;
+    loop {
+        let write = tokio::select! {
+            n = lines.read_until(b'\n', &mut pending), if transport_open => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    transport_open = false;
+                    // Refusals already queued are still written; then the writer ends.
+                    refusals.close();
+                }
+                if pending.is_empty() || (transport_open && !pending.ends_with(b"\n")) {
+                    continue;
+                }
+                let body = pending.strip_suffix(b"\n").unwrap_or(&pending);
+                if let Some(id) = response_id(body) {
+                    if let Ok(mut f) = in_flight.lock() {
+                        f.remove(&id);
+                    }
+                }
+                std::mem::take(&mut pending)
+            }
+            r = refusals.recv() => match r {
+                Some(text) => {
+                    let mut l = text.into_bytes();
+                    l.push(b'\n');
+                    l
+                }
+                None if transport_open => {
+                    // The client's input has ended: copy the rest of the transport's output.
+                    let _ = out.write_all(&pending).await;
+                    let _ = tokio::io::copy(&mut lines, &mut out).await;
+                    let _ = out.flush().await;
+                    return;
+                }
+                None => break,
+            },
+        };
+        if out.write_all(&write).await.is_err() || out.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+}
+
+/// Reads client lines, repairs or rejects bad ones, refuses duplicate ids in flight, and
+/// passes the rest to the transport.
+async fn read_client(
+    input: impl AsyncRead + Unpin,
+    mut tx: DuplexStream,
+    in_flight: InFlight,
+    refusals: tokio::sync::mpsc::Sender<String>,
+) {
+    let mut r = BufReader::with_capacity(1 << 16, input);
+    let mut line: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let chunk = match r.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
+        };
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        total += take;
+        // Past the limit, keep only a prefix to find the id in.
+        let keep = if total > MAX_LINE {
+            PREFIX.saturating_sub(line.len())
+        } else {
+            take
+        };
+        line.extend_from_slice(chunk.get(..take.min(keep)).unwrap_or_default());
+        if total > MAX_LINE && line.len() > PREFIX {
+            line.truncate(PREFIX);
+        }
+        r.consume(take);
+        if !done {
+            continue;
+        }
+        let (out, parsed) = if total > MAX_LINE {
+            let prefix = String::from_utf8_lossy(&line);
+            tracing::warn!(bytes = total, "rejected an oversized request");
+            (oversized(&prefix, total), None)
+        } else {
+            let body = line.strip_suffix(b"\n").unwrap_or(&line);
+            inspect(body)
+        };
+        let parsed = match (&out, parsed) {
+            (Some(replacement), _) => serde_json::from_str(replacement).ok(),
+            (None, p) => p,
+        };
+        let seen = parsed.as_ref().map(classify).unwrap_or(Seen::Other);
+        let refused = match &seen {
+            Seen::Request(key, id) => match in_flight.lock() {
+                Ok(f) if f.contains(key) => Some(refusal(
+                    id,
+                    &format!("request id {key} is already in use by a request that has not been answered yet; use a new id for each request (the earlier request is still running and will be answered)"),
+                )),
+                Ok(f) if f.len() >= MAX_IN_FLIGHT => Some(refusal(
+                    id,
+                    &format!("{MAX_IN_FLIGHT} requests are already waiting for an answer; wait for some to finish"),
+                )),
+                Ok(mut f) => {
+                    f.insert(key.clone());
+                    None
+                }
+                Err(_) => None,
+            },
+            Seen::Cancelled(key) => {
+                if let Ok(mut f) = in_flight.lock() {
+                    f.remove(key);
+                }
+                None
+            }
+            Seen::Other => None,
+        };
+        let res = match (refused, out) {
+            (Some(refusal), _) => {
+                tracing::warn!("refused a request whose id is already in flight");
+                if refusals.send(refusal).await.is_err() {
+                    break;
+                }
+                Ok(())
+            }
+            (None, Some(s)) => {
+                let mut s = s.into_bytes();
+                s.push(b'\n');
+                tx.write_all(&s).await
+            }
+            (None, None) if total > MAX_LINE => Ok(()),
+            (None, None) => tx.write_all(&line).await,
+        };
+        if res.is_err() {
+            break;
+        }
+        line.clear();
+        total = 0;
+    }
+    let _ = tx.shutdown().await;
 }
 
 #[cfg(test)]
@@ -205,6 +443,119 @@ mod tests {
         let bad_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{\"name\":\"x\",\"arguments\":{\"c\":\"\xff\"}}}";
         assert!(repair(bad_utf8).is_some());
         assert_eq!(repair(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#), None);
+    }
+
+    #[test]
+    fn unrepresentable_numbers_get_a_rejection() {
+        let line = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1","timeout_seconds":1e999}}}"#;
+        let fixed = repair(line).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&fixed).unwrap_or_default();
+        assert_eq!(v["id"], 5);
+        assert_eq!(v["params"]["name"], "execute_python");
+        let reason = v["params"]["arguments"][REJECT_KEY].as_str().unwrap_or("");
+        assert!(reason.contains("number out of range"), "{reason}");
+        // Not a tool call, or no id to answer: left alone.
+        assert_eq!(
+            repair(br#"{"jsonrpc":"2.0","id":1,"method":"ping","x":1e999}"#),
+            None
+        );
+        assert_eq!(repair(b"this is not json"), None);
+    }
+
+    #[test]
+    fn requests_cancellations_and_responses_are_told_apart() {
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+        assert_eq!(
+            classify(&v(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#)),
+            Seen::Request("7".into(), serde_json::json!(7))
+        );
+        // 7 and "7" are different ids.
+        assert_eq!(
+            classify(&v(r#"{"jsonrpc":"2.0","id":"7","method":"ping"}"#)),
+            Seen::Request("\"7\"".into(), serde_json::json!("7"))
+        );
+        assert_eq!(
+            classify(&v(
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#
+            )),
+            Seen::Cancelled("7".into())
+        );
+        assert_eq!(
+            classify(&v(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#)),
+            Seen::Other
+        );
+        assert_eq!(
+            classify(&v(
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+            )),
+            Seen::Other
+        );
+
+        assert_eq!(
+            response_id(br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#).as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            response_id(br#"{"jsonrpc":"2.0","id":"a b","error":{"code":1}}"#).as_deref(),
+            Some("\"a b\"")
+        );
+        assert_eq!(
+            response_id(br#"{"id":3,"jsonrpc":"2.0","result":1}"#).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            response_id(br#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#),
+            None
+        );
+        assert_eq!(
+            response_id(
+                br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"id":1}}"#
+            ),
+            None
+        );
+        assert_eq!(response_id(b"garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_in_flight_is_refused_and_both_are_answered() {
+        let (mut client_in, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, client_out) = tokio::io::duplex(1 << 16);
+        let g = spawn(server_in, server_out);
+        let mut transport_out = g.output;
+        let mut transport_in = BufReader::new(g.input).lines();
+        let mut client_out = BufReader::new(client_out).lines();
+        let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+        client_in
+            .write_all(format!("{ping}{ping}").as_bytes())
+            .await
+            .unwrap_or_default();
+        // The first reaches the transport; the second is answered by the guard.
+        let first = transport_in.next_line().await.ok().flatten();
+        assert_eq!(first.as_deref(), ping.strip_suffix('\n'));
+        let refusal = client_out
+            .next_line()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            refusal.contains("\"id\":1") && refusal.contains("already in use"),
+            "{refusal}"
+        );
+        // Once the first is answered, the id is free again.
+        let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+        transport_out
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .unwrap_or_default();
+        let got = client_out.next_line().await.ok().flatten();
+        assert_eq!(got.as_deref(), Some(answer));
+        client_in
+            .write_all(ping.as_bytes())
+            .await
+            .unwrap_or_default();
+        let again = transport_in.next_line().await.ok().flatten();
+        assert_eq!(again.as_deref(), ping.strip_suffix('\n'));
     }
 
     #[test]

@@ -39,7 +39,61 @@ impl<P: JsonSchema> JsonSchema for Parameters<P> {
     }
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        P::json_schema(generator)
+        let mut schema = serde_json::Value::from(P::json_schema(generator));
+        strip_null(&mut schema);
+        // Referenced definitions (enums such as `Encoding`) live in the generator until the end.
+        for def in generator.definitions_mut().values_mut() {
+            strip_null(def);
+        }
+        // A schema that was an object stays one after the rewrite.
+        schemars::Schema::try_from(schema).unwrap_or_default()
+    }
+}
+
+/// Rewrites a schema so optional fields are plain types: `"type": ["number", "null"]` becomes
+/// `"type": "number"`, `anyOf: [X, {"type": "null"}]` becomes X, and `"default": null` goes.
+/// Optional fields are already absent from `required`; some clients' function-calling layers
+/// reject type arrays (MCP Inspector's `--strict` warns about them), and a client sends nothing
+/// rather than null for a field it leaves out.
+pub fn strip_null(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let is_null_type = |s: &Value| s.get("type").and_then(Value::as_str) == Some("null");
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t.as_str() != Some("null"));
+                if let [only] = types.as_slice() {
+                    let only = only.clone();
+                    map.insert("type".into(), only);
+                }
+            }
+            for key in ["anyOf", "oneOf"] {
+                let Some(Value::Array(alts)) = map.get_mut(key) else {
+                    continue;
+                };
+                let before = alts.len();
+                alts.retain(|a| !is_null_type(a));
+                if alts.len() == 1 && before > 1 {
+                    if let Some(Value::Object(only)) = alts.pop() {
+                        map.remove(key);
+                        for (k, val) in only {
+                            map.entry(k).or_insert(val);
+                        }
+                    }
+                }
+            }
+            if let Some(Value::Array(values)) = map.get_mut("enum") {
+                values.retain(|e| !e.is_null());
+            }
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            for child in map.values_mut() {
+                strip_null(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_null),
+        _ => {}
     }
 }
 
@@ -94,6 +148,8 @@ pub struct Settings {
     pub interrupt_grace: Duration,
     pub output: OutputLimits,
     pub install_timeout: Duration,
+    /// Said in the instructions when the workspace is not where it would normally be.
+    pub workspace_note: Option<String>,
 }
 
 impl Default for Settings {
@@ -104,6 +160,7 @@ impl Default for Settings {
             interrupt_grace: Duration::from_secs(3),
             output: OutputLimits::default(),
             install_timeout: Duration::from_secs(300),
+            workspace_note: None,
         }
     }
 }
@@ -239,7 +296,7 @@ fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
         KernelError::Busy { .. } => "",
         KernelError::Unavailable { .. } => {
-            " The file tools still work; call restart_kernel to try again."
+            " The file tools still work; call restart_kernel to try again (after the fix, if one is named)."
         }
         _ => " Call restart_kernel to start a fresh kernel.",
     };
@@ -380,22 +437,12 @@ impl Server {
     ) -> Result<CallToolResult, ErrorData> {
         let s = &self.inner.settings;
         let mut notes = Vec::new();
-        let timeout = match timeout {
-            None => s.default_timeout,
-            Some(t) if !t.is_finite() || t <= 0.0 => {
-                return Ok(tool_error(format!(
-                    "timeout_seconds must be a positive number of seconds (got {t}); at most {}. Nothing was run.",
-                    s.max_timeout.as_secs()
-                )))
+        let timeout = match crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout) {
+            Ok((t, note)) => {
+                notes.extend(note.map(|n| format!("[{n}]")));
+                t
             }
-            Some(t) if t > s.max_timeout.as_secs_f64() => {
-                notes.push(format!(
-                    "[timeout_seconds={t} is above the server maximum; {} s was used]",
-                    s.max_timeout.as_secs()
-                ));
-                s.max_timeout
-            }
-            Some(t) => Duration::from_secs_f64(t.max(0.1)),
+            Err(e) => return Ok(tool_error(e)),
         };
         let progress = progress_fn(ctx);
         let limits = ExecLimits {
@@ -701,6 +748,37 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if self.inner.kernel.env_error().is_some() {
+            // The interpreter was unusable: look again, in case it was fixed meanwhile.
+            let source = {
+                let envs = self
+                    .inner
+                    .envs
+                    .read()
+                    .map(|e| e.clone())
+                    .unwrap_or_else(|e| e.into_inner().clone());
+                envs.named.get(&envs.active).cloned()
+            };
+            let Some(source) = source else {
+                return Ok(kernel_error(KernelError::Unavailable {
+                    reason: "no environment is configured".into(),
+                }));
+            };
+            match pyenv::resolve(&source).await {
+                Ok(info) => {
+                    self.inner
+                        .kernel
+                        .set_python(info.python.clone(), info.paths.clone());
+                    self.inner.kernel.set_env_error(None);
+                    self.set_env_info(info);
+                }
+                Err(e) => {
+                    let reason = pyenv::explain(&e);
+                    self.inner.kernel.set_env_error(Some(reason.clone()));
+                    return Ok(kernel_error(KernelError::Unavailable { reason }));
+                }
+            }
+        }
         match self.inner.kernel.restart().await {
             Ok(Restarted::Fresh { took }) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
@@ -1148,7 +1226,7 @@ impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
         let env = self.env_info();
         let env = &env;
-        let instructions = format!(
+        let mut instructions = format!(
             "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
              Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \
              use write_file/read_file/list_files for files there and run_file to run scripts. \
@@ -1157,6 +1235,15 @@ impl ServerHandler for Server {
             env.package_summary(),
             self.inner.workspace.root().display()
         );
+        if let Some(reason) = self.inner.kernel.env_error() {
+            instructions.push_str(&format!(
+                " The Python kernel is unavailable right now: {reason}. The file tools work; \
+                 call restart_kernel after the fix."
+            ));
+        }
+        if let Some(note) = &self.inner.settings.workspace_note {
+            instructions.push_str(&format!(" {note}."));
+        }
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
@@ -1259,5 +1346,70 @@ impl ServerHandler for Server {
             },
         };
         Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `"type"` in the schema, wherever it sits.
+    fn types(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(t) = m.get("type") {
+                    out.push(t.clone());
+                }
+                m.values().for_each(|c| types(c, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| types(c, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn optional_fields_have_plain_types_and_are_not_required() {
+        use rmcp::handler::server::common::schema_for_type;
+        let write =
+            serde_json::Value::Object((*schema_for_type::<Parameters<WriteParams>>()).clone());
+        assert_eq!(write["required"], serde_json::json!(["path", "content"]));
+        assert_eq!(write["properties"]["append"]["type"], "boolean");
+        let exec =
+            serde_json::Value::Object((*schema_for_type::<Parameters<ExecuteParams>>()).clone());
+        assert_eq!(exec["properties"]["timeout_seconds"]["type"], "number");
+        assert_eq!(exec["required"], serde_json::json!(["code"]));
+        for schema in [&write, &exec] {
+            let mut found = Vec::new();
+            types(schema, &mut found);
+            assert!(
+                found.iter().all(|t| t.is_string() && t != "null"),
+                "{schema}"
+            );
+            assert!(!schema.to_string().contains("null"), "{schema}");
+        }
+    }
+
+    #[test]
+    fn strip_null_rewrites_every_nullable_form() {
+        let mut v = serde_json::json!({
+            "properties": {
+                "a": {"type": ["array", "null"], "items": {"type": "string"}, "default": null},
+                "b": {"anyOf": [{"$ref": "#/$defs/E"}, {"type": "null"}], "description": "d"},
+                "c": {"type": ["string", "integer", "null"]},
+                "d": {"enum": ["x", null]}
+            }
+        });
+        strip_null(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "properties": {
+                    "a": {"type": "array", "items": {"type": "string"}},
+                    "b": {"$ref": "#/$defs/E", "description": "d"},
+                    "c": {"type": ["string", "integer"]},
+                    "d": {"enum": ["x"]}
+                }
+            })
+        );
     }
 }

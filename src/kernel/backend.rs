@@ -97,6 +97,10 @@ pub trait Lifecycle: Send + Sync {
     fn owned(&self) -> bool {
         true
     }
+    /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when unknown).
+    fn stderr_hint(&self) -> String {
+        String::new()
+    }
     /// The local process id, when the kernel is a local process.
     fn pid(&self) -> Option<i32> {
         None

@@ -67,6 +67,8 @@ pub struct Kernel {
     life: Box<dyn Lifecycle>,
     info: KernelInfoReply,
     started: Instant,
+    /// Processes under the kernel at the last look (see [`Kernel::new_processes`]).
+    known_processes: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl Kernel {
@@ -106,6 +108,7 @@ impl Kernel {
             life,
             info: kinfo,
             started,
+            known_processes: Default::default(),
         };
         if kernel_startup {
             if let Err(e) = kernel
@@ -115,6 +118,8 @@ impl Kernel {
                 tracing::warn!(error = %e, "kernel start-up code failed; continuing without it");
             }
         }
+        // The kernel itself (under the launch helper) is not something a call left behind.
+        let _ = kernel.new_processes();
         Ok(kernel)
     }
 
@@ -229,6 +234,30 @@ impl Kernel {
         self.life.is_gone()
     }
 
+    /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when there are none).
+    pub fn stderr_hint(&self) -> String {
+        self.life.stderr_hint()
+    }
+
+    /// Processes under the kernel that were not there at the last look (pid and command
+    /// line), still running: what a call left behind (pool workers, background subprocesses).
+    pub fn new_processes(&self) -> Vec<(i32, String)> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        let now = super::process::descendants(pid);
+        let Ok(mut known) = self.known_processes.lock() else {
+            return Vec::new();
+        };
+        let fresh = now
+            .iter()
+            .filter(|(pid, _)| !known.contains(pid))
+            .map(|(pid, cmd)| (*pid, cmd.clone()))
+            .collect();
+        *known = now.into_keys().collect();
+        fresh
+    }
+
     /// Interrupts the running cell as the backend does it.
     pub async fn interrupt(&self) {
         self.life.interrupt(&*self.chan).await;
@@ -316,7 +345,7 @@ impl Kernel {
                         }
                         (Channel::IoPub, Content::ExecuteInput(_)) => {}
                         (Channel::IoPub, other) => sink.output(&other),
-                        (ch, other) => tracing::debug!(channel = ch.name(), msg_type = other.msg_type(), "ignored"),
+                        (ch, other) => tracing::debug!(channel = ch.name(), msg_type = %crate::text::sanitize(other.msg_type()), "ignored"),
                     }
                 }
                 cause = self.life.gone() => {

@@ -178,6 +178,10 @@ impl Lifecycle for LocalProcess {
         Some(self.process.pid())
     }
 
+    fn stderr_hint(&self) -> String {
+        self.process.stderr_hint()
+    }
+
     fn sandbox(&self) -> Option<&super::sandbox::Status> {
         self.sandbox.as_ref()
     }

@@ -42,6 +42,13 @@ pub struct Report {
     pub state_lost: bool,
 }
 
+/// Deaths further back than this do not count towards a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(300);
+/// Deaths within [`CRASH_WINDOW`] that make a crash loop.
+const CRASH_LOOP: usize = 3;
+/// Deaths remembered.
+const MAX_DEATHS: usize = 16;
+
 #[derive(Default)]
 struct Slot {
     kernel: Option<Arc<Kernel>>,
@@ -53,6 +60,67 @@ struct Slot {
     /// Set when a kernel we do not own went away: calls report it until restart_kernel
     /// reattaches (it is never restarted behind its owner's back).
     detached: Option<String>,
+    /// Recent failed starts and early deaths, oldest first: when, and why.
+    deaths: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl Slot {
+    /// Records a failed start or an early death.
+    fn died(&mut self, cause: &str) {
+        if self.deaths.len() >= MAX_DEATHS {
+            self.deaths.pop_front();
+        }
+        self.deaths.push_back((Instant::now(), cause.to_owned()));
+    }
+
+    /// How many deaths fell in the crash window, and how long ago the first of them was.
+    fn recent_deaths(&self) -> (usize, Duration) {
+        let now = Instant::now();
+        let recent: Vec<&Instant> = self
+            .deaths
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| now.saturating_duration_since(**t) <= CRASH_WINDOW)
+            .collect();
+        let span = recent
+            .first()
+            .map(|t| now.saturating_duration_since(**t))
+            .unwrap_or_default();
+        (recent.len(), span)
+    }
+
+    /// Schedules the next start attempt after a back-off that grows with the failures.
+    fn back_off(&mut self) -> Duration {
+        let backoff = Duration::from_secs(1u64 << self.failures.min(5)).min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + backoff);
+        backoff
+    }
+
+    /// A sentence about a crash loop, or `None` when the kernel is not in one.
+    fn crash_loop(&self) -> Option<String> {
+        let (n, span) = self.recent_deaths();
+        if n < CRASH_LOOP {
+            return None;
+        }
+        let last = self.deaths.back().map(|(_, c)| c.as_str()).unwrap_or("");
+        let next = match self.retry_at {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                let when =
+                    chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                format!(
+                    "the next start attempt is in {:.0} s (at {} UTC)",
+                    wait.as_secs_f64().ceil(),
+                    when.format("%H:%M:%S")
+                )
+            }
+            None => "the next call starts it again".to_owned(),
+        };
+        Some(format!(
+            "the kernel is crash-looping: it failed or died {n} times in the last {:.0} s (last cause: {last}); {next}",
+            span.as_secs_f64().ceil().max(1.0)
+        ))
+    }
 }
 
 /// How restart_kernel ended.
@@ -152,11 +220,16 @@ impl KernelHandle {
         self.backend.set_python(python, paths);
     }
 
-    /// Records that the environment could not be created, for every later call to report.
-    pub fn set_env_error(&self, reason: String) {
+    /// Records why there is no usable interpreter (every later call reports it), or clears it.
+    pub fn set_env_error(&self, reason: Option<String>) {
         if let Ok(mut e) = self.env_error.lock() {
-            *e = Some(reason);
+            *e = reason;
         }
+    }
+
+    /// Why there is no usable interpreter, if that is the case.
+    pub fn env_error(&self) -> Option<String> {
+        self.env_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders
@@ -261,13 +334,15 @@ impl KernelHandle {
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
             if at > now {
-                return Err(KernelError::Unavailable {
-                    reason: format!(
+                let reason = match slot.crash_loop() {
+                    Some(looping) => looping,
+                    None => format!(
                         "{}; the next start attempt is in {:.0} s",
                         slot.last_error,
                         (at - now).as_secs_f64().ceil()
                     ),
-                });
+                };
+                return Err(KernelError::Unavailable { reason });
             }
         }
         if let Some(reason) = &slot.detached {
@@ -279,7 +354,7 @@ impl KernelHandle {
         if python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             // First run: the managed environment is still being created in the background.
             let reason = match self.env_error.lock().ok().and_then(|e| e.clone()) {
-                Some(e) => format!("the Python environment could not be created: {e}"),
+                Some(e) => e,
                 None => "the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile".into(),
             };
             return Err(KernelError::Unavailable { reason });
@@ -304,14 +379,16 @@ impl KernelHandle {
             }
             Err(e) => {
                 slot.failures += 1;
-                let backoff = Duration::from_secs(1u64 << slot.failures.min(5)).min(MAX_BACKOFF);
-                slot.retry_at = Some(Instant::now() + backoff);
+                slot.back_off();
                 let reason = match e {
                     KernelError::Unavailable { reason } => reason,
                     other => other.to_string(),
                 };
+                slot.died(&reason);
                 slot.last_error = reason.clone();
                 tracing::error!(%reason, failures = slot.failures, "kernel start failed");
+                // A crash loop's report names the latest cause itself.
+                let reason = slot.crash_loop().unwrap_or(reason);
                 Err(KernelError::Unavailable { reason })
             }
         }
@@ -323,7 +400,7 @@ impl KernelHandle {
         slot: &mut Slot,
         report: &mut Report,
     ) -> Result<Arc<Kernel>, KernelError> {
-        if let Some(k) = &slot.kernel {
+        if let Some(k) = slot.kernel.clone() {
             match k.exited() {
                 None => return Ok(k.clone()),
                 Some(cause) if !self.owned() => {
@@ -334,15 +411,28 @@ impl KernelHandle {
                     return Err(KernelError::Unavailable { reason });
                 }
                 Some(cause) => {
+                    report.state_lost = true;
+                    slot.kernel = None;
+                    self.set_current(None);
                     if k.age() < EARLY_DEATH {
                         slot.failures += 1;
+                        slot.died(&format!("{cause}{}", k.stderr_hint()));
+                        if let Some(looping) = slot.crash_loop() {
+                            // Dying again and again right after start: wait before the next try.
+                            slot.back_off();
+                            slot.last_error = format!("the kernel died ({cause})");
+                            let looping = slot.crash_loop().unwrap_or(looping);
+                            tracing::error!(%looping, "kernel crash loop");
+                            return Err(KernelError::Unavailable {
+                                reason: format!(
+                                    "the kernel had died since the last call ({cause}) and all variables were lost; {looping}"
+                                ),
+                            });
+                        }
                     }
                     report.notes.push(format!(
                         "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
                     ));
-                    report.state_lost = true;
-                    slot.kernel = None;
-                    self.set_current(None);
                 }
             }
         }
@@ -409,6 +499,9 @@ impl KernelHandle {
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
+                if let Some(note) = left_behind(&kernel.new_processes()) {
+                    report.notes.push(note);
+                }
             }
             Ending::Unresponsive { .. } if !self.owned() => {
                 report.notes.push(
@@ -455,6 +548,7 @@ impl KernelHandle {
                 report.state_lost = true;
                 if kernel.age() < EARLY_DEATH {
                     slot.failures += 1;
+                    slot.died(cause);
                 }
                 slot.kernel = None;
                 self.set_current(None);
@@ -599,10 +693,98 @@ impl KernelHandle {
     }
 }
 
+/// Most processes named in a result; the rest are counted.
+const MAX_LISTED: usize = 10;
+
+/// A note naming the processes a call started that are still running, if any.
+fn left_behind(processes: &[(i32, String)]) -> Option<String> {
+    if processes.is_empty() {
+        return None;
+    }
+    let mut named: Vec<String> = processes
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
+        .collect();
+    if processes.len() > MAX_LISTED {
+        named.push(format!("and {} more", processes.len() - MAX_LISTED));
+    }
+    Some(format!(
+        "This call left {} process(es) running under the kernel: {}. They keep running until they end or the kernel is restarted",
+        processes.len(),
+        named.join(", ")
+    ))
+}
+
 struct Decrement<'a>(&'a AtomicUsize);
 
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_left_behind_are_named_and_capped() {
+        assert_eq!(left_behind(&[]), None);
+        assert_eq!(
+            left_behind(&[(12, "sleep 300".into())]).as_deref(),
+            Some("This call left 1 process(es) running under the kernel: pid 12 `sleep 300`. They keep running until they end or the kernel is restarted")
+        );
+        let many: Vec<(i32, String)> = (0..25).map(|i| (i, format!("w{i}"))).collect();
+        let note = left_behind(&many).unwrap_or_default();
+        assert!(
+            note.contains("left 25 process(es)") && note.contains("pid 9 `w9`, and 15 more"),
+            "{note}"
+        );
+        assert!(!note.contains("pid 10 "), "{note}");
+    }
+
+    #[test]
+    fn three_recent_deaths_make_a_crash_loop_report() {
+        let mut slot = Slot::default();
+        slot.died("exit code 1");
+        slot.died("exit code 2");
+        assert_eq!(slot.crash_loop(), None);
+        slot.died("killed by signal 9 (SIGKILL)");
+        slot.failures = 3;
+        let wait = slot.back_off();
+        assert_eq!(wait, Duration::from_secs(8));
+        let report = slot.crash_loop().unwrap_or_default();
+        assert!(
+            report.starts_with("the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: killed by signal 9 (SIGKILL)); the next start attempt is in 8 s (at "),
+            "{report}"
+        );
+        assert!(report.ends_with(" UTC)"), "{report}");
+    }
+
+    #[test]
+    fn old_deaths_do_not_count_and_history_is_bounded() {
+        let mut slot = Slot::default();
+        let long_ago = Instant::now()
+            .checked_sub(CRASH_WINDOW + Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        for _ in 0..3 {
+            slot.deaths.push_back((long_ago, "old".into()));
+        }
+        assert_eq!(slot.recent_deaths().0, 0);
+        assert_eq!(slot.crash_loop(), None);
+        for i in 0..100 {
+            slot.died(&format!("death {i}"));
+        }
+        assert_eq!(slot.deaths.len(), MAX_DEATHS);
+        let report = slot.crash_loop().unwrap_or_default();
+        assert!(
+            report.contains("16 times") && report.contains("(last cause: death 99)"),
+            "{report}"
+        );
+        assert!(
+            report.ends_with("the next call starts it again"),
+            "{report}"
+        );
     }
 }

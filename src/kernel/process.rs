@@ -298,7 +298,9 @@ async fn log_lines<R: AsyncRead + Unpin>(
 
 fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecDeque<String>>>) {
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_end();
+    // Escape sequences and bidi overrides would mislead whoever reads the log in a terminal.
+    let text = crate::text::sanitize(text.trim_end());
+    let text = text.as_ref();
     tracing::info!(target: "kernel", pid, stream, "{text}");
     // The helper's own sandbox report is in the log; it is not the kernel's error.
     if let (Some(tail), false) = (
@@ -311,6 +313,68 @@ fn emit(line: &[u8], pid: i32, stream: &'static str, tail: Option<&StdMutex<VecD
             }
             t.push_back(text.chars().take(300).collect());
         }
+    }
+}
+
+/// Most processes [`descendants`] reports; a fork bomb must not make the server walk forever.
+const MAX_DESCENDANTS: usize = 256;
+
+/// The live descendants of `root` (not `root` itself) with their command lines, read from
+/// `/proc/<pid>/task/<tid>/children`. Processes re-parented to `root` (the launch helper is a
+/// child subreaper) are found too. Empty where /proc does not say.
+pub fn descendants(root: i32) -> BTreeMap<i32, String> {
+    let mut found = BTreeMap::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if found.len() >= MAX_DESCENDANTS || found.contains_key(&child) || ended(child) {
+                    continue;
+                }
+                found.insert(child, command_line(child));
+                todo.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// True for a process that has ended but not been reaped yet (a zombie): nothing runs.
+fn ended(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+    state.starts_with('Z') || state.starts_with('X') || stat.is_empty()
+}
+
+/// A process's command line for a report: arguments joined by spaces, at most 120 characters.
+fn command_line(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Empty while the process is in the middle of exec: fall back to its name.
+    let text = if text.is_empty() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        format!("[{}]", comm.trim())
+    } else {
+        text
+    };
+    let text = crate::text::sanitize(&text).into_owned();
+    if text.chars().count() > 120 {
+        format!("{}...", text.chars().take(117).collect::<String>())
+    } else {
+        text
     }
 }
 

@@ -1,6 +1,7 @@
 //! The five kernel sockets. Exactly one reader task per socket; readers route each message to
 //! the caller waiting on its `parent_header.msg_id`. Only this module touches `zeromq` sockets.
 
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,8 +10,10 @@ use tokio::task::JoinHandle;
 use zeromq::prelude::*;
 use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, ZmqMessage};
 
-use super::frames::Frames;
+use super::frames::{Frames, MAX_MESSAGE_BYTES};
+use super::guard;
 use super::message::{Channel, Content, InputReply, Message, MsgId};
+use super::replay::DigestHistory;
 use super::router::{Heartbeat, Router, Subscription};
 use super::signer::Signer;
 use crate::error::WireError;
@@ -75,16 +78,41 @@ fn options(identity: &[u8], timeout: Duration) -> SocketOptions {
     o
 }
 
-fn decode(parts: ZmqMessage, signer: &Signer, channel: Channel) -> Option<Message> {
+/// Signature check plus replay check, shared by every reader of one connection (jupyter_client's
+/// Session keeps one digest history for all channels too).
+#[derive(Clone)]
+struct Verifier {
+    signer: Signer,
+    history: Arc<StdMutex<DigestHistory>>,
+}
+
+fn decode(parts: ZmqMessage, verifier: &Verifier, channel: Channel) -> Option<Message> {
     let frames: Vec<Bytes> = parts.into_vec();
     let size: usize = frames.iter().map(Bytes::len).sum();
     if size > 1 << 20 {
         tracing::debug!(channel = channel.name(), size, "large message");
     }
-    match Frames::parse(frames, signer).and_then(Message::from_frames) {
+    let signature = Frames::signature(&frames).cloned();
+    let frames = Frames::parse(frames, &verifier.signer);
+    // Only a verified signature is recorded: a garbled message cannot evict real ones.
+    if let (Ok(_), Some(sig)) = (&frames, &signature) {
+        let fresh = match verifier.history.lock() {
+            Ok(mut h) => h.accept(sig),
+            Err(poisoned) => poisoned.into_inner().accept(sig),
+        };
+        if !fresh {
+            tracing::warn!(
+                channel = channel.name(),
+                "dropped a replayed message from the kernel (its signature was seen before)"
+            );
+            return None;
+        }
+    }
+    match frames.and_then(Message::from_frames) {
         Ok(m) => Some(m),
         Err(e) => {
-            tracing::warn!(channel = channel.name(), error = %e, "dropped a malformed message from the kernel");
+            let error = e.to_string();
+            tracing::warn!(channel = channel.name(), error = %crate::text::sanitize(&error), "dropped a malformed message from the kernel");
             None
         }
     }
@@ -97,22 +125,65 @@ impl Connection {
         signer: Signer,
         timeout: Duration,
     ) -> Result<Connection, WireError> {
+        let verifier = Verifier {
+            signer: signer.clone(),
+            history: Arc::new(StdMutex::new(DigestHistory::default())),
+        };
         let session = uuid::Uuid::new_v4().to_string();
         let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
         let routes = Router::new();
         let mut tasks = Vec::new();
 
+        // Every socket is reached through a bounded relay (see guard.rs): a forged frame
+        // header can then cut the connection, never abort the server.
+        let (corrupt_tx, mut corrupt_rx) = watch::channel(None::<String>);
+        let mut relayed = Vec::new();
+        for (endpoint, channel) in [
+            (&endpoints.shell, Channel::Shell),
+            (&endpoints.control, Channel::Control),
+            (&endpoints.stdin, Channel::Stdin),
+            (&endpoints.iopub, Channel::IoPub),
+            (&endpoints.heartbeat, Channel::Heartbeat),
+        ] {
+            let r = guard::relay(
+                endpoint,
+                channel.name(),
+                MAX_MESSAGE_BYTES,
+                corrupt_tx.clone(),
+            )
+            .await?;
+            tasks.push(r.task);
+            relayed.push(r.endpoint);
+        }
+        let [shell_ep, control_ep, stdin_ep, iopub_ep, hb_ep] = relayed.as_slice() else {
+            return Err(WireError::Relay {
+                channel: "kernel",
+                reason: "expected five relays".into(),
+            });
+        };
+        {
+            let routes = routes.clone();
+            tasks.push(tokio::spawn(async move {
+                let _keep_sender = corrupt_tx;
+                if corrupt_rx.wait_for(Option::is_some).await.is_ok() {
+                    let reason = corrupt_rx.borrow().clone().unwrap_or_default();
+                    routes.set_corrupt(reason);
+                    routes.close("relay");
+                }
+            }));
+        }
+
         let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut shell, &endpoints.shell, Channel::Shell, timeout).await?;
+        connect(&mut shell, shell_ep, Channel::Shell, timeout).await?;
         let mut control =
             DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
-        connect(&mut control, &endpoints.control, Channel::Control, timeout).await?;
+        connect(&mut control, control_ep, Channel::Control, timeout).await?;
         // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
         let mut stdin = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut stdin, &endpoints.stdin, Channel::Stdin, timeout).await?;
+        connect(&mut stdin, stdin_ep, Channel::Stdin, timeout).await?;
         let mut iopub =
             SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
-        connect(&mut iopub, &endpoints.iopub, Channel::IoPub, timeout).await?;
+        connect(&mut iopub, iopub_ep, Channel::IoPub, timeout).await?;
         iopub
             .subscribe("")
             .await
@@ -126,29 +197,30 @@ impl Connection {
             shell_rx,
             Channel::Shell,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         tasks.push(tokio::spawn(read_loop(
             control_rx,
             Channel::Control,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         tasks.push(tokio::spawn(read_loop(
             iopub,
             Channel::IoPub,
             routes.clone(),
-            signer.clone(),
+            verifier.clone(),
         )));
         {
             // We always send allow_stdin=false, so a conforming kernel never asks. If one
             // does anyway, answer with an empty line rather than leave it blocked forever.
             let signer = signer.clone();
+            let verifier = verifier.clone();
             let session = session.clone();
             let mut stdin_tx = stdin_tx;
             tasks.push(tokio::spawn(async move {
                 while let Ok(parts) = stdin_rx.recv().await {
-                    let Some(req) = decode(parts, &signer, Channel::Stdin) else {
+                    let Some(req) = decode(parts, &verifier, Channel::Stdin) else {
                         continue;
                     };
                     if !matches!(req.content, Content::InputRequest(_)) {
@@ -174,10 +246,7 @@ impl Connection {
             }));
         }
         let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
-        tasks.push(tokio::spawn(heartbeat_loop(
-            endpoints.heartbeat.clone(),
-            hb_tx,
-        )));
+        tasks.push(tokio::spawn(heartbeat_loop(hb_ep.clone(), hb_tx)));
 
         Ok(Connection {
             session,
@@ -227,11 +296,16 @@ impl Connection {
 }
 
 /// The one reader of a socket: decode, verify, route by parent; on a socket error close all routes.
-async fn read_loop<S: SocketRecv>(mut socket: S, channel: Channel, routes: Router, signer: Signer) {
+async fn read_loop<S: SocketRecv>(
+    mut socket: S,
+    channel: Channel,
+    routes: Router,
+    verifier: Verifier,
+) {
     loop {
         match socket.recv().await {
             Ok(parts) => {
-                if let Some(m) = decode(parts, &signer, channel) {
+                if let Some(m) = decode(parts, &verifier, channel) {
                     routes.route(channel, m).await;
                 }
             }
@@ -286,5 +360,46 @@ async fn heartbeat_loop(endpoint: String, tx: watch::Sender<Heartbeat>) {
             hb = None;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(key: &[u8]) -> Verifier {
+        Verifier {
+            signer: Signer::new(key),
+            history: Arc::new(StdMutex::new(DigestHistory::default())),
+        }
+    }
+
+    fn wire(msg: &Message, signer: &Signer) -> Option<ZmqMessage> {
+        let frames = msg.to_frames().ok()?.encode(signer);
+        ZmqMessage::try_from(frames).ok()
+    }
+
+    #[test]
+    fn a_replayed_message_is_dropped() {
+        let v = verifier(b"key");
+        let msg = Message::request("s", Content::KernelInfoRequest);
+        let other = Message::request("s", Content::KernelInfoRequest);
+        let (Some(a), Some(a_again), Some(b)) = (
+            wire(&msg, &v.signer),
+            wire(&msg, &v.signer),
+            wire(&other, &v.signer),
+        ) else {
+            panic!("could not encode the test messages");
+        };
+        assert!(decode(a, &v, Channel::IoPub).is_some());
+        assert!(
+            decode(a_again, &v, Channel::Shell).is_none(),
+            "a replay was accepted"
+        );
+        assert!(decode(b, &v, Channel::IoPub).is_some());
+        // A badly signed copy is rejected without touching the history.
+        let forged = wire(&other, &Signer::new(b"wrong"));
+        assert!(forged.is_some_and(|f| decode(f, &v, Channel::IoPub).is_none()));
+        assert_eq!(v.history.lock().map(|h| h.len()).unwrap_or(0), 2);
     }
 }

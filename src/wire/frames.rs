@@ -76,6 +76,12 @@ impl Frames {
         })
     }
 
+    /// The signature frame of a multipart message (the frame after the delimiter), if any.
+    pub fn signature(parts: &[Bytes]) -> Option<&Bytes> {
+        let delim = parts.iter().position(|p| p.as_ref() == DELIMITER)?;
+        parts.get(delim.checked_add(1)?)
+    }
+
     /// Builds the multipart message, signing it with `signer`.
     pub fn encode(&self, signer: &Signer) -> Vec<Bytes> {
         let signature = signer.sign([

@@ -3,7 +3,9 @@
 
 pub mod channels;
 pub mod frames;
+pub mod guard;
 pub mod message;
+pub mod replay;
 pub mod router;
 pub mod signer;
 

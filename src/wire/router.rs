@@ -35,6 +35,8 @@ struct Routes {
     /// `None` once a reader has died: new subscriptions fail instead of hanging.
     map: StdMutex<Option<HashMap<MsgId, mpsc::Sender<Incoming>>>>,
     closed_by: StdMutex<Option<&'static str>>,
+    /// Set when the connection was cut because the peer broke the frame limits.
+    corrupt: StdMutex<Option<String>>,
 }
 
 /// The routing table shared by a connection's readers and its callers.
@@ -50,6 +52,7 @@ impl Router {
             routes: Arc::new(Routes {
                 map: StdMutex::new(Some(HashMap::new())),
                 closed_by: StdMutex::new(None),
+                corrupt: StdMutex::new(None),
             }),
         }
     }
@@ -66,6 +69,23 @@ impl Router {
         }
         if let Ok(mut c) = self.routes.closed_by.lock() {
             c.get_or_insert(channel);
+        }
+    }
+
+    /// Records why the connection is corrupt (call before `close`).
+    pub fn set_corrupt(&self, reason: String) {
+        if let Ok(mut c) = self.routes.corrupt.lock() {
+            *c = Some(reason);
+        }
+    }
+
+    /// The error for callers once the router is closed.
+    fn gone(&self) -> WireError {
+        match self.routes.corrupt.lock().ok().and_then(|c| c.clone()) {
+            Some(reason) => WireError::Corrupt { reason },
+            None => WireError::ReaderGone {
+                channel: self.closed_by().unwrap_or("kernel"),
+            },
         }
     }
 
@@ -88,9 +108,7 @@ impl Router {
             .lock()
             .map_err(|_| WireError::ReaderGone { channel: "router" })?;
         let Some(map) = guard.as_mut() else {
-            return Err(WireError::ReaderGone {
-                channel: self.closed_by().unwrap_or("kernel"),
-            });
+            return Err(self.gone());
         };
         map.insert(id.clone(), tx);
         Ok(Subscription {
@@ -105,7 +123,7 @@ impl Router {
         let Some(parent) = message.parent_id().cloned() else {
             tracing::trace!(
                 channel = channel.name(),
-                msg_type = message.header.msg_type,
+                msg_type = %crate::text::sanitize(&message.header.msg_type),
                 "message without parent"
             );
             return;
@@ -118,8 +136,8 @@ impl Router {
             None => {
                 tracing::debug!(
                     channel = channel.name(),
-                    msg_type = message.header.msg_type,
-                    parent = %parent,
+                    msg_type = %crate::text::sanitize(&message.header.msg_type),
+                    parent = %crate::text::sanitize(&parent.to_string()),
                     "dropped a message whose request is not live"
                 );
             }
@@ -139,9 +157,7 @@ impl Subscription {
     pub async fn recv(&mut self) -> Result<Incoming, WireError> {
         match self.rx.recv().await {
             Some(m) => Ok(m),
-            None => Err(WireError::ReaderGone {
-                channel: self.router.closed_by().unwrap_or("kernel"),
-            }),
+            None => Err(self.router.gone()),
         }
     }
 

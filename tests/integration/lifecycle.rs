@@ -73,14 +73,20 @@ async fn sigkill_of_the_server_leaves_no_kernel() {
     let r = s
         .exec("import subprocess\np = subprocess.Popen(['sleep', '300'])\np.pid")
         .await;
-    let child: i32 = text(&r).trim().parse().unwrap();
+    let child: i32 = texts(&r)[0].trim().parse().unwrap();
     assert!(alive(child));
     // And one that left the process group and session, as daemons do.
     let r = s
         .exec("d = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
         .await;
-    let daemon: i32 = text(&r).trim().parse().unwrap();
+    let daemon: i32 = texts(&r)[0].trim().parse().unwrap();
     assert!(alive(daemon));
+    // The call that left it running says so (it was re-parented to the launch helper).
+    assert!(
+        text(&r).contains(&format!("running under the kernel: pid {daemon} `")),
+        "{}",
+        text(&r)
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(s.pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -107,7 +113,7 @@ async fn restart_kernel_clears_state() {
     let r = s
         .exec("import subprocess\nd = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
         .await;
-    let daemon: i32 = text(&r).trim().parse().unwrap();
+    let daemon: i32 = texts(&r)[0].trim().parse().unwrap();
     let r = s.call("restart_kernel", serde_json::json!({})).await;
     assert!(!is_error(&r));
     assert!(

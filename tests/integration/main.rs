@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backends;
+mod compat;
 mod control;
 mod execute;
 mod files;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod outputs;
 mod packages;

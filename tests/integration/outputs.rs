@@ -137,7 +137,7 @@ async fn help_pages_and_exit_are_handled() {
     let r = s.exec("exit()").await;
     assert_eq!(
         texts(&r),
-        vec!["[exit() does not stop the kernel here; call restart_kernel for a fresh session]"]
+        vec!["[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]"]
     );
     assert_eq!(texts(&s.exec("kept").await), vec!["1"]);
     s.close().await;

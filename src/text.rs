@@ -1,0 +1,156 @@
+//! Text from the kernel made safe to show: terminal escape sequences removed, other control
+//! characters and bidi overrides made visible. Pure string work; used for tool results and for
+//! the server log, never for bytes written to files.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// Longest CSI sequence (`ESC [` parameters and final byte) removed as one.
+const MAX_CSI: usize = 64;
+
+/// True for the characters [`sanitize`] must act on.
+fn special(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A visible stand-in for one control character or bidi override: `\x07`, `\u202e`.
+fn visible(out: &mut String, c: char) {
+    let n = c as u32;
+    let _ = if n < 0x100 {
+        write!(out, "\\x{n:02x}")
+    } else {
+        write!(out, "\\u{n:04x}")
+    };
+}
+
+/// Where a string sequence (OSC, DCS, SOS, PM, APC) that starts at `from` ends: just past its
+/// terminator (BEL, `ESC \` or ST), or `None` when it is not terminated in `s`.
+fn string_end(s: &str, from: usize) -> Option<usize> {
+    let rest = s.get(from..)?;
+    let mut it = rest.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        match c {
+            '\u{7}' | '\u{9c}' => return Some(from + i + c.len_utf8()),
+            '\u{1b}' if it.peek().map(|&(_, n)| n) == Some('\\') => return Some(from + i + 2),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where a CSI sequence whose parameters start at `from` ends (just past its final byte), or
+/// `None` when it is malformed, unterminated or longer than [`MAX_CSI`].
+fn csi_end(s: &str, from: usize) -> Option<usize> {
+    let rest = s.get(from..)?;
+    for (i, c) in rest.char_indices().take(MAX_CSI) {
+        match c {
+            '\u{20}'..='\u{3f}' => {}
+            '\u{40}'..='\u{7e}' => return Some(from + i + 1),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Removes terminal escape sequences (CSI such as colours and screen clears; OSC such as
+/// window titles and OSC 52 clipboard writes; DCS, SOS, PM, APC; two-character escapes), in
+/// both their `ESC` and 8-bit C1 forms, and shows every other control character except `\n`,
+/// `\t` and `\r` as `\xNN`, and bidi overrides and isolates (U+202A–U+202E, U+2066–U+2069) as
+/// `\uNNNN`. An escape that is not complete within `s` is shown, not removed, so no text after
+/// it can be hidden.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
+    // Fast path: only these lead bytes can start a character that needs work.
+    let maybe = s
+        .bytes()
+        .any(|b| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f | 0xc2 | 0xe2));
+    if !maybe || !s.chars().any(special) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(c) = s.get(i..).and_then(|r| r.chars().next()) {
+        let next = i + c.len_utf8();
+        if !special(c) {
+            out.push(c);
+            i = next;
+            continue;
+        }
+        // Where the escape sequence starting here ends, when it is one and it is complete.
+        let after_esc = s.get(next..).and_then(|r| r.chars().next());
+        let skip_to = match (c, after_esc) {
+            ('\u{1b}', Some('[')) => csi_end(s, next + 1),
+            ('\u{9b}', _) => csi_end(s, next),
+            ('\u{1b}', Some(']' | 'P' | 'X' | '^' | '_')) => string_end(s, next + 1),
+            ('\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}', _) => string_end(s, next),
+            // Two-character escapes such as `ESC c` (full reset) or `ESC 7`.
+            ('\u{1b}', Some(n)) if ('\u{20}'..='\u{7e}').contains(&n) => Some(next + n.len_utf8()),
+            _ => None,
+        };
+        match skip_to {
+            Some(end) => i = end,
+            None => {
+                visible(&mut out, c);
+                i = next;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        for s in ["plain", "é ü — “quotes” ✓ ©", "tab\tnew\nline\r", ""] {
+            assert!(matches!(sanitize(s), std::borrow::Cow::Borrowed(_)), "{s}");
+        }
+    }
+
+    #[test]
+    fn escape_sequences_are_removed() {
+        let cases = [
+            ("\u{1b}[0;31mred\u{1b}[0m plain", "red plain"),
+            ("\u{1b}]0;title\u{7}x", "x"),
+            // OSC 52: write "evil" to the clipboard, terminated by ST.
+            ("a\u{1b}]52;c;ZXZpbA==\u{1b}\\b", "ab"),
+            // Screen clear and cursor home.
+            ("\u{1b}[2J\u{1b}[Hclean", "clean"),
+            // 8-bit CSI and OSC.
+            ("\u{9b}31mred\u{9b}0m", "red"),
+            ("\u{9d}52;c;eA==\u{9c}ok", "ok"),
+            // DCS and APC strings; a two-character reset.
+            ("\u{1b}Pq#0\u{1b}\\x\u{1b}_apc\u{7}y\u{1b}cz", "xyz"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sanitize(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn incomplete_escapes_and_controls_are_shown() {
+        let cases = [
+            // An unterminated OSC must not swallow the text after it.
+            ("\u{1b}]52;c;secret", "\\x1b]52;c;secret"),
+            ("\u{9d}title", "\\x9dtitle"),
+            // A CSI broken by a newline.
+            ("\u{1b}[31\nnext", "\\x1b[31\nnext"),
+            (
+                "bell\u{7} bs\u{8} nul\u{0} del\u{7f} nel\u{85}",
+                "bell\\x07 bs\\x08 nul\\x00 del\\x7f nel\\x85",
+            ),
+            ("trailing \u{1b}", "trailing \\x1b"),
+            // Bidi overrides and isolates: "evil.exe" that reads as "exe.live".
+            ("\u{202e}exe.live\u{202c}", "\\u202eexe.live\\u202c"),
+            ("\u{2066}a\u{2069}\u{202a}", "\\u2066a\\u2069\\u202a"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(sanitize(input), want, "{input:?}");
+        }
+        // Kept as they are: newline, tab, carriage return, and ordinary non-ASCII.
+        assert_eq!(sanitize("a\tb\r\nc\u{85}é"), "a\tb\r\nc\\x85é");
+    }
+}
