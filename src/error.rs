@@ -39,7 +39,7 @@ pub enum WireError {
         op: &'static str,
         channel: &'static str,
         #[source]
-        source: zeromq::ZmqError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("timed out connecting to the kernel's {channel} channel")]
     ConnectTimeout { channel: &'static str },

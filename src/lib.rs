@@ -1,10 +1,10 @@
 //! kernel-mcp: an MCP server that gives an LLM a stateful Python interpreter backed by a real
 //! Jupyter kernel, spoken to over the Jupyter wire protocol (ZeroMQ, HMAC-SHA256 signed).
 //!
-//! Layers, dependencies pointing down: `tools` (MCP) → `kernel`, `output`, `workspace`,
-//! `packages`, `pyenv` → `wire`. `demo` is an MCP client that drives the server binary.
+//! Layers, dependencies pointing down: `tools` (MCP) → `kernel` (one handle over the local,
+//! existing and gateway backends), `output`, `workspace`, `packages`, `pyenv` → `wire`. The
+//! binary's `demo` (an MCP client that drives the server) is not part of the library.
 
-pub mod demo;
 pub mod error;
 pub mod kernel;
 pub mod limits;

@@ -1,6 +1,8 @@
 //! The `kernel-mcp` binary: parse flags, log to stderr, pick the Python environment, start the
 //! kernel in the background and serve MCP on stdio until stdin closes or a signal arrives.
 
+mod demo;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -513,7 +515,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Setup) => setup(cli.opts).await,
             Some(Command::Demo) => {
                 let ws = cli.opts.workspace.clone();
-                kernel_mcp::demo::run(&ws.unwrap_or_else(|| DEFAULT_WORKSPACE.into())).await
+                demo::run(&ws.unwrap_or_else(|| DEFAULT_WORKSPACE.into())).await
             }
         }
     });

@@ -73,8 +73,7 @@ pub fn managed_env_dir() -> Result<PathBuf, EnvError> {
 }
 
 fn requirements_hash() -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(REQUIREMENTS.as_bytes()))
+    crate::wire::signer::sha256_hex(REQUIREMENTS.as_bytes())
 }
 
 fn venv_python(env: &Path) -> PathBuf {

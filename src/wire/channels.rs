@@ -51,7 +51,7 @@ fn zmq_err(op: &'static str, channel: Channel) -> impl FnOnce(zeromq::ZmqError) 
     move |source| WireError::Zmq {
         op,
         channel: channel.name(),
-        source,
+        source: Box::new(source),
     }
 }
 

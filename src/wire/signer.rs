@@ -6,6 +6,13 @@ use sha2::{Sha224, Sha256, Sha384, Sha512};
 
 use crate::error::WireError;
 
+/// Hex SHA-256 of `data` (unkeyed). Kept here so that only `wire/` links the digest crates; the
+/// managed environment uses it to fingerprint its requirements list.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(data))
+}
+
 /// One keyed HMAC state per supported `signature_scheme`.
 #[derive(Clone)]
 enum Keyed {
