@@ -536,7 +536,7 @@ impl Collector {
             }
         }
         for n in &report.notes {
-            out.push(McpContent::text(format!("[{n}]")));
+            out.push(McpContent::text(format!("[{}]", notice(n))));
         }
         if out.is_empty() {
             out.push(McpContent::text("[no output]"));
@@ -588,6 +588,48 @@ impl OutputSink for Collector {
         let line = self.last_line.clone();
         if let Some(p) = self.progress.as_mut() {
             p(elapsed, &line);
+        }
+    }
+}
+
+/// A kernel event around a call, in words for the model.
+pub fn notice(n: &crate::kernel::Notice) -> String {
+    use crate::kernel::Notice;
+    match n {
+        Notice::DiedBetweenCalls { cause } => format!(
+            "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
+        ),
+        Notice::Unresponsive { reason, timeout, restart } => {
+            let why = match reason {
+                StopReason::Timeout => format!("timed out after {:.0} s", timeout.as_secs_f64()),
+                StopReason::Cancelled => "was cancelled".to_owned(),
+            };
+            match restart {
+                Ok(()) => format!("The code {why} and did not stop when interrupted, so the kernel was killed and restarted; all variables were lost."),
+                Err(e) => format!("The code {why} and did not stop when interrupted, so the kernel was killed; all variables were lost, and a new kernel could not be started: {e}."),
+            }
+        }
+        Notice::UnresponsiveNotOwned => "The kernel did not stop when interrupted. It belongs to someone else, so kernel-mcp did not kill it: it may still be running this code, and later calls wait behind it.".to_owned(),
+        Notice::RestartedDuringCall => "restart_kernel was called while this code ran: the kernel was restarted and all variables were lost.".to_owned(),
+        Notice::DiedDuringCall { cause, restart } => match restart {
+            Ok(()) => format!("The kernel died while running this code ({cause}); it was restarted and all variables were lost."),
+            Err(e) => format!("The kernel died while running this code ({cause}); all variables were lost and it could not be restarted: {e}."),
+        },
+        Notice::Detached { reason } => format!("{reason}."),
+        Notice::Reconnected => "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing).".to_owned(),
+        Notice::LeftBehind { processes, more } => {
+            let mut named: Vec<String> = processes
+                .iter()
+                .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
+                .collect();
+            if *more > 0 {
+                named.push(format!("and {more} more"));
+            }
+            format!(
+                "This call left {} process(es) running under the kernel: {}. They keep running until they end or the kernel is restarted",
+                processes.len() + more,
+                named.join(", ")
+            )
         }
     }
 }

@@ -1069,10 +1069,10 @@ impl Server {
             },
             "kernel": kernel_state,
             "kernel_heartbeat": match self.inner.kernel.heartbeat() {
-                Some(crate::wire::Heartbeat::Alive) => "alive".to_owned(),
-                Some(crate::wire::Heartbeat::Missed(n)) => format!("missed {n} (the kernel may be frozen)"),
-                Some(crate::wire::Heartbeat::Unknown) => "not checked yet".to_owned(),
-                Some(crate::wire::Heartbeat::NotApplicable) => "not used (the connection itself shows liveness)".to_owned(),
+                Some(crate::kernel::Health::Alive) => "alive".to_owned(),
+                Some(crate::kernel::Health::Missed(n)) => format!("missed {n} (the kernel may be frozen)"),
+                Some(crate::kernel::Health::Unknown) => "not checked yet".to_owned(),
+                Some(crate::kernel::Health::NotApplicable) => "not used (the connection itself shows liveness)".to_owned(),
                 None => "no kernel".to_owned(),
             },
             "sandbox": match (self.inner.kernel.sandbox(), sandbox_configured) {

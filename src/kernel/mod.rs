@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+/// Kernel liveness as the handle reports it (the wire layer's heartbeat state).
+pub use crate::wire::Heartbeat as Health;
 pub use backend::{Backend, BackendInfo, BackendKind, Gone, Ownership};
 pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
@@ -33,13 +35,45 @@ const EARLY_DEATH: Duration = Duration::from_secs(10);
 /// Longest wait between start attempts of a crash-looping kernel.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What happened to the kernel around one call, for the model to read.
+/// What happened to the kernel around one call (typed; `output` words it for the model).
 #[derive(Debug, Default, Clone)]
 pub struct Report {
-    /// Plain sentences about restarts and state loss, in order.
-    pub notes: Vec<String>,
+    /// Events around the call, in order.
+    pub notes: Vec<Notice>,
     /// True when the variables of the session were lost during this call.
     pub state_lost: bool,
+}
+
+/// One thing that happened to the kernel around a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The kernel had died since the last call; a new one was started (state lost).
+    DiedBetweenCalls { cause: String },
+    /// The code ignored the interrupt; the kernel was killed and (if `restart` is Ok) replaced.
+    Unresponsive {
+        reason: StopReason,
+        timeout: Duration,
+        restart: Result<(), String>,
+    },
+    /// The code ignored the interrupt, and the kernel is not ours to kill.
+    UnresponsiveNotOwned,
+    /// restart_kernel ended this call's kernel on purpose.
+    RestartedDuringCall,
+    /// The kernel died while running this call; `restart` says whether a new one started.
+    DiedDuringCall {
+        cause: String,
+        restart: Result<(), String>,
+    },
+    /// A kernel we do not own went away; it is not restarted.
+    Detached { reason: String },
+    /// The connection dropped and was re-established; the kernel and its state were kept.
+    Reconnected,
+    /// Processes this call left running under the kernel (pid, command line), and how many
+    /// more were not listed.
+    LeftBehind {
+        processes: Vec<(i32, String)>,
+        more: usize,
+    },
 }
 
 /// Deaths further back than this do not count towards a crash loop.
@@ -430,9 +464,9 @@ impl KernelHandle {
                             });
                         }
                     }
-                    report.notes.push(format!(
-                        "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
-                    ));
+                    report.notes.push(Notice::DiedBetweenCalls {
+                        cause: cause.to_string(),
+                    });
                 }
             }
         }
@@ -499,50 +533,42 @@ impl KernelHandle {
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;
-                if let Some(note) = left_behind(&kernel.new_processes()) {
+                if let Some(note) = left_behind(kernel.new_processes()) {
                     report.notes.push(note);
                 }
             }
             Ending::Unresponsive { .. } if !self.owned() => {
-                report.notes.push(
-                    "The kernel did not stop when interrupted. It belongs to someone else, so kernel-mcp did not kill it: it may still be running this code, and later calls wait behind it."
-                        .to_owned(),
-                );
+                report.notes.push(Notice::UnresponsiveNotOwned);
             }
             Ending::Died { cause } if !self.owned() => {
                 slot.kernel = None;
                 self.set_current(None);
                 let reason = self.detach_reason(cause);
-                report.notes.push(format!("{reason}."));
+                report.notes.push(Notice::Detached {
+                    reason: reason.clone(),
+                });
                 slot.detached = Some(reason);
             }
             Ending::Unresponsive { reason } => {
-                let why = match reason {
-                    StopReason::Timeout => {
-                        format!("timed out after {:.0} s", limits.timeout.as_secs_f64())
-                    }
-                    StopReason::Cancelled => "was cancelled".to_owned(),
-                };
                 tracing::warn!("kernel ignored the interrupt; killing and restarting it");
                 report.state_lost = true;
-                match self.replace(&mut slot).await {
-                    Ok(_) => report.notes.push(format!(
-                        "The code {why} and did not stop when interrupted, so the kernel was killed and restarted; all variables were lost."
-                    )),
-                    Err(e) => report.notes.push(format!(
-                        "The code {why} and did not stop when interrupted, so the kernel was killed; all variables were lost, and a new kernel could not be started: {e}."
-                    )),
-                }
+                let restart = self
+                    .replace(&mut slot)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                report.notes.push(Notice::Unresponsive {
+                    reason: *reason,
+                    timeout: limits.timeout,
+                    restart,
+                });
             }
             Ending::Died { .. } if self.restarting.load(Ordering::SeqCst) => {
                 // restart_kernel killed it on purpose and starts the next kernel itself.
                 report.state_lost = true;
                 slot.kernel = None;
                 self.set_current(None);
-                report.notes.push(
-                    "restart_kernel was called while this code ran: the kernel was restarted and all variables were lost."
-                        .to_owned(),
-                );
+                report.notes.push(Notice::RestartedDuringCall);
             }
             Ending::Died { cause } => {
                 report.state_lost = true;
@@ -552,14 +578,15 @@ impl KernelHandle {
                 }
                 slot.kernel = None;
                 self.set_current(None);
-                match self.start_into(&mut slot).await {
-                    Ok(_) => report.notes.push(format!(
-                        "The kernel died while running this code ({cause}); it was restarted and all variables were lost."
-                    )),
-                    Err(e) => report.notes.push(format!(
-                        "The kernel died while running this code ({cause}); all variables were lost and it could not be restarted: {e}."
-                    )),
-                }
+                let restart = self
+                    .start_into(&mut slot)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                report.notes.push(Notice::DiedDuringCall {
+                    cause: cause.clone(),
+                    restart,
+                });
             }
         }
         Ok((exec, report))
@@ -618,10 +645,7 @@ impl KernelHandle {
         let n = kernel.reconnects();
         if n > slot.reconnects_seen {
             slot.reconnects_seen = n;
-            report.notes.push(
-                "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing)."
-                    .to_owned(),
-            );
+            report.notes.push(Notice::Reconnected);
         }
     }
 
@@ -646,7 +670,7 @@ impl KernelHandle {
     }
 
     /// The heartbeat of the running kernel, if one runs.
-    pub fn heartbeat(&self) -> Option<crate::wire::Heartbeat> {
+    pub fn heartbeat(&self) -> Option<Health> {
         self.current().map(|k| k.heartbeat())
     }
 
@@ -697,23 +721,13 @@ impl KernelHandle {
 const MAX_LISTED: usize = 10;
 
 /// A note naming the processes a call started that are still running, if any.
-fn left_behind(processes: &[(i32, String)]) -> Option<String> {
+fn left_behind(mut processes: Vec<(i32, String)>) -> Option<Notice> {
     if processes.is_empty() {
         return None;
     }
-    let mut named: Vec<String> = processes
-        .iter()
-        .take(MAX_LISTED)
-        .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
-        .collect();
-    if processes.len() > MAX_LISTED {
-        named.push(format!("and {} more", processes.len() - MAX_LISTED));
-    }
-    Some(format!(
-        "This call left {} process(es) running under the kernel: {}. They keep running until they end or the kernel is restarted",
-        processes.len(),
-        named.join(", ")
-    ))
+    let more = processes.len().saturating_sub(MAX_LISTED);
+    processes.truncate(MAX_LISTED);
+    Some(Notice::LeftBehind { processes, more })
 }
 
 struct Decrement<'a>(&'a AtomicUsize);
@@ -730,13 +744,14 @@ mod tests {
 
     #[test]
     fn processes_left_behind_are_named_and_capped() {
-        assert_eq!(left_behind(&[]), None);
+        let words = |p: Vec<(i32, String)>| left_behind(p).map(|n| crate::output::notice(&n));
+        assert_eq!(words(Vec::new()), None);
         assert_eq!(
-            left_behind(&[(12, "sleep 300".into())]).as_deref(),
+            words(vec![(12, "sleep 300".into())]).as_deref(),
             Some("This call left 1 process(es) running under the kernel: pid 12 `sleep 300`. They keep running until they end or the kernel is restarted")
         );
         let many: Vec<(i32, String)> = (0..25).map(|i| (i, format!("w{i}"))).collect();
-        let note = left_behind(&many).unwrap_or_default();
+        let note = words(many).unwrap_or_default();
         assert!(
             note.contains("left 25 process(es)") && note.contains("pid 9 `w9`, and 15 more"),
             "{note}"
