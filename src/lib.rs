@@ -7,11 +7,13 @@
 pub mod demo;
 pub mod error;
 pub mod kernel;
+pub mod notebook;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
 pub mod stdin_guard;
 pub mod tools;
+pub mod variables;
 pub mod wire;
 pub mod workspace;
 

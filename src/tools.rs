@@ -224,6 +224,13 @@ pub struct SwitchParams {
     pub name: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListVariablesParams {
+    /// Keep only names containing this text (case-insensitive), or matching it as a glob like "df*".
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
 /// Longest glob or filter accepted.
 const MAX_PATTERN: usize = 256;
 
@@ -233,6 +240,13 @@ fn pattern_problem(p: &str) -> Option<String> {
 
 fn tool_error(msg: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(msg.into())])
+}
+
+/// A result with the text for older clients and the same data as structuredContent.
+fn structured<T: serde::Serialize>(text: String, data: &T) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![Content::text(text)]);
+    r.structured_content = serde_json::to_value(data).ok();
+    r
 }
 
 fn kernel_error(e: KernelError) -> CallToolResult {
@@ -1056,6 +1070,56 @@ impl Server {
                 )))
             }
         }
+    }
+
+    /// List the variables in the Python session: name, type, shape or length, dtype(s), memory
+    /// size and a one-line value, sorted by name.
+    ///
+    /// Covers DataFrames, Series, arrays, lists, dicts, scalars, functions and models; hides
+    /// modules, IPython's own names (In, Out, _, _i1, exit, quit, get_ipython) and names starting
+    /// with '_'. At most 200 rows (a note gives the total); filter narrows by substring or glob
+    /// ("df*"). Runs silently: no execution count, nothing added to the session. Waits up to 10 s
+    /// for a running call to finish.
+    #[tool(
+        name = "list_variables",
+        annotations(
+            title = "List session variables",
+            read_only_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::variables::Listing>()
+    )]
+    async fn list_variables(
+        &self,
+        Parameters(p): Parameters<ListVariablesParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(e) = p.filter.as_deref().and_then(pattern_problem) {
+            return Ok(tool_error(e));
+        }
+        let expr = crate::variables::expression(p.filter.as_deref());
+        let raw = match self
+            .inner
+            .kernel
+            .evaluate(&expr, Duration::from_secs(10))
+            .await
+        {
+            Ok(r) => r,
+            Err(KernelError::Busy { .. }) => {
+                return Ok(tool_error(
+                    "the kernel is busy running a call; call list_variables again when it has finished (or interrupt_kernel)",
+                ))
+            }
+            Err(e) => return Ok(kernel_error(e)),
+        };
+        let listing = match crate::variables::parse(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "the variable listing could not be read ({e}); the session may have replaced a standard module"
+                )))
+            }
+        };
+        Ok(structured(listing.to_text(), &listing))
     }
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.

@@ -7,6 +7,7 @@ mod execute;
 mod files;
 mod harness;
 mod lifecycle;
+mod notebook;
 mod outputs;
 mod packages;
 mod sandbox;
