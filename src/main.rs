@@ -99,6 +99,10 @@ struct Opts {
     /// Most execute calls waiting behind the running one before "busy" is returned.
     #[arg(long, default_value_t = 16, global = true)]
     max_queue: usize,
+    /// Keep a notebook of the session at this workspace path, rewritten after every call
+    /// (e.g. "session-journal.ipynb"), so nothing is lost if the client goes away.
+    #[arg(long, value_name = "PATH", global = true)]
+    journal: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +265,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             ..OutputLimits::default()
         },
         install_timeout: secs(o.install_timeout, "install-timeout")?,
+        journal: o.journal.clone(),
     };
     let envs = Environments {
         active: "default".into(),

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::PackageError;
 use crate::error::{KernelError, WorkspaceError};
 use crate::kernel::{ExecLimits, KernelHandle};
+use crate::notebook::{Journal, Recorder, MAX_CELL_OUTPUT_BYTES};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
 use crate::packages::{self, PackageSpec};
 use crate::pyenv::{self, EnvInfo, EnvSource};
@@ -94,6 +95,8 @@ pub struct Settings {
     pub interrupt_grace: Duration,
     pub output: OutputLimits,
     pub install_timeout: Duration,
+    /// Workspace path of a notebook kept up to date with the session after every call.
+    pub journal: Option<String>,
 }
 
 impl Default for Settings {
@@ -104,6 +107,7 @@ impl Default for Settings {
             interrupt_grace: Duration::from_secs(3),
             output: OutputLimits::default(),
             install_timeout: Duration::from_secs(300),
+            journal: None,
         }
     }
 }
@@ -124,6 +128,13 @@ struct Inner {
     settings: Settings,
     envs: std::sync::RwLock<Environments>,
     install_lock: tokio::sync::Mutex<()>,
+    /// Every executed cell of this server session, with restart markers.
+    journal: std::sync::Mutex<Journal>,
+    /// Notebooks this server wrote (workspace path → size and mtime after the write), so it
+    /// only ever replaces its own files.
+    written: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::SystemTime)>>,
+    /// Serializes writes of the live journal so an older state never lands last.
+    journal_write: tokio::sync::Mutex<u64>,
 }
 
 /// The MCP server.
@@ -231,6 +242,27 @@ pub struct ListVariablesParams {
     pub filter: Option<String>,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportParams {
+    /// Where to write the notebook, relative to the workspace (default "session.ipynb"; must end in ".ipynb").
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace a file that this session's export_notebook did not write (default false).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
+/// What export_notebook wrote.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct ExportReport {
+    /// Workspace path of the notebook.
+    pub path: String,
+    /// Cells written (code cells and restart markers).
+    pub cells: usize,
+    /// Size of the file in bytes.
+    pub bytes: usize,
+}
+
 /// Longest glob or filter accepted.
 const MAX_PATTERN: usize = 256;
 
@@ -289,6 +321,18 @@ fn progress_fn(ctx: &RequestContext<RoleServer>) -> Option<ProgressFn> {
     }))
 }
 
+/// Quotes a word for a `%run` line the way a POSIX shell (and IPython's shlex) reads it.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,+@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
+    }
+}
+
 fn py_str(s: &str) -> String {
     // JSON string literals are valid Python string literals.
     serde_json::to_string(s).unwrap_or_else(|_| "''".into())
@@ -321,6 +365,9 @@ impl Server {
                 settings,
                 envs: std::sync::RwLock::new(envs),
                 install_lock: tokio::sync::Mutex::new(()),
+                journal: std::sync::Mutex::new(Journal::default()),
+                written: std::sync::Mutex::new(std::collections::HashMap::new()),
+                journal_write: tokio::sync::Mutex::new(0),
             }),
             tool_router,
         }
@@ -365,6 +412,7 @@ impl Server {
     async fn run_code(
         &self,
         code: &str,
+        journal_source: &str,
         timeout: Option<f64>,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -399,19 +447,126 @@ impl Server {
             progress,
         );
         let cancel: CancellationToken = ctx.ct.clone();
+        let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
         let result = self
             .inner
             .kernel
-            .execute(code, &limits, &cancel, &mut collector)
+            .execute(code, &limits, &cancel, &mut recorder)
             .await;
+        let outputs = recorder.into_outputs();
         let mut res = match result {
-            Ok((exec, report)) => collector.finish(Some(&exec), &report, timeout),
+            Ok((exec, report)) => {
+                self.journal_cell(journal_source, &exec, outputs, &report);
+                collector.finish(Some(&exec), &report, timeout)
+            }
             Err(e) => return Ok(kernel_error(e)),
         };
         for n in notes {
             res.content.push(Content::text(n));
         }
+        self.update_live_journal().await;
         Ok(res)
+    }
+
+    /// Records one executed cell in the journal, and a marker when the kernel's state was lost.
+    fn journal_cell(
+        &self,
+        source: &str,
+        exec: &crate::kernel::Execution,
+        outputs: Vec<crate::notebook::Output>,
+        report: &crate::kernel::Report,
+    ) {
+        let count = exec.reply.as_ref().and_then(|r| r.execution_count);
+        if let Ok(mut j) = self.inner.journal.lock() {
+            j.record(source, count, outputs);
+            if report.state_lost {
+                j.marker(&format!("*{}*", report.notes.join(" ")));
+            }
+        }
+    }
+
+    /// Adds a Markdown marker to the journal (kernel restarts) and updates the live journal.
+    async fn journal_marker(&self, text: &str) {
+        if let Ok(mut j) = self.inner.journal.lock() {
+            j.marker(text);
+        }
+        self.update_live_journal().await;
+    }
+
+    /// The journal as .ipynb bytes with kernelspec and language metadata.
+    fn journal_bytes(&self) -> Result<(Vec<u8>, usize, u64), String> {
+        let meta = crate::notebook::python_metadata(&self.env_info().python_version);
+        let j = self
+            .inner
+            .journal
+            .lock()
+            .map_err(|_| "the session journal is unavailable".to_owned())?;
+        let bytes = j.to_bytes(meta).map_err(|e| e.to_string())?;
+        Ok((bytes, j.len(), j.version()))
+    }
+
+    /// Writes a notebook into the workspace, refusing to replace a file this server did not
+    /// write unless `overwrite`. Returns the workspace path written.
+    async fn write_notebook(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        overwrite: bool,
+    ) -> Result<Result<String, WorkspaceError>, ErrorData> {
+        let path = path.to_owned();
+        let inner = self.inner.clone();
+        self.on_workspace(move |ws| {
+            let p = ws.path(&path)?;
+            let key = p.display();
+            let ours = |stamp: &(u64, std::time::SystemTime)| {
+                inner
+                    .written
+                    .lock()
+                    .map(|w| w.get(&key) == Some(stamp))
+                    .unwrap_or(false)
+            };
+            if let Some(stamp) = ws.stamp(&p)? {
+                if !overwrite && !ours(&stamp) {
+                    return Err(WorkspaceError::Denied {
+                        path: key,
+                        reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
+                    });
+                }
+            }
+            ws.write_limited(&p, &bytes, false, crate::notebook::MAX_NOTEBOOK_BYTES as usize)?;
+            if let Some(stamp) = ws.stamp(&p)? {
+                if let Ok(mut w) = inner.written.lock() {
+                    w.insert(key.clone(), stamp);
+                }
+            }
+            Ok(key)
+        })
+        .await
+    }
+
+    /// Rewrites the live journal notebook (`--journal`), if one is configured.
+    async fn update_live_journal(&self) {
+        let Some(path) = self.inner.settings.journal.clone() else {
+            return;
+        };
+        let mut last = self.inner.journal_write.lock().await;
+        let (bytes, _, version) = match self.journal_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build the journal notebook");
+                return;
+            }
+        };
+        if version == *last {
+            return;
+        }
+        match self.write_notebook(&path, bytes, false).await {
+            Ok(Ok(_)) => *last = version,
+            Ok(Err(e)) => tracing::warn!(error = %e, path, "could not write the journal notebook"),
+            Err(e) => {
+                tracing::warn!(error = %e.message, path, "could not write the journal notebook")
+            }
+        }
     }
 }
 
@@ -451,7 +606,8 @@ impl Server {
                 "code is empty; pass the Python source to run in the code argument",
             ));
         }
-        self.run_code(&p.code, p.timeout_seconds, &ctx).await
+        self.run_code(&p.code, &p.code, p.timeout_seconds, &ctx)
+            .await
     }
 
     /// Read a file from the workspace.
@@ -671,7 +827,13 @@ impl Server {
             "import shlex as __kmcp_shlex\nget_ipython().run_line_magic('run', ' '.join(__kmcp_shlex.quote(__a) for __a in [{}]))\ndel __kmcp_shlex",
             list.join(", ")
         );
-        self.run_code(&code, None, &ctx).await
+        // The notebook shows what the call meant: IPython's %run with the workspace path.
+        let run_line: Vec<String> = std::iter::once(p.path.as_str())
+            .chain(argv.iter().skip(1).map(String::as_str))
+            .map(shell_quote)
+            .collect();
+        let journal_source = format!("%run {}", run_line.join(" "));
+        self.run_code(&code, &journal_source, None, &ctx).await
     }
 
     /// Restart the Python kernel: all variables, imports and loaded data are lost.
@@ -691,7 +853,10 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        match self.inner.kernel.restart().await {
+        let r = self.inner.kernel.restart().await;
+        self.journal_marker("*Kernel restarted (restart_kernel): all variables were cleared.*")
+            .await;
+        match r {
             Ok(d) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
                 d.as_secs_f64()
@@ -1047,6 +1212,11 @@ impl Server {
                     e.active = p.name.clone();
                     e.info = info;
                 }
+                self.journal_marker(&format!(
+                    "*Kernel restarted in environment {} (switch_environment): all variables were cleared.*",
+                    p.name
+                ))
+                .await;
                 Ok(CallToolResult::success(vec![Content::text(text)]))
             }
             Err(e) => {
@@ -1064,6 +1234,10 @@ impl Server {
                     }
                     Err(e2) => format!("restarting the previous environment failed too: {e2}"),
                 };
+                self.journal_marker(
+                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
+                )
+                .await;
                 Ok(tool_error(format!(
                     "could not start a kernel in environment {}: {e}; {restored}",
                     p.name
@@ -1120,6 +1294,63 @@ impl Server {
             }
         };
         Ok(structured(listing.to_text(), &listing))
+    }
+
+    /// Save the session so far as a Jupyter notebook (.ipynb, nbformat 4.5) in the workspace.
+    ///
+    /// Every cell run since the server started, in order, with its execution count, source and
+    /// outputs (printed text, results, figures as PNG, errors with tracebacks); run_file calls
+    /// appear as `%run` cells and kernel restarts as Markdown notes. Default path
+    /// "session.ipynb". A file that this session did not write is not replaced unless
+    /// overwrite is true. Open the file in Jupyter, or read it back with run_notebook.
+    #[tool(
+        name = "export_notebook",
+        annotations(
+            title = "Export the session as a notebook",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<ExportReport>()
+    )]
+    async fn export_notebook(
+        &self,
+        Parameters(p): Parameters<ExportParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let path = p.path.unwrap_or_else(|| "session.ipynb".into());
+        if !path.to_ascii_lowercase().ends_with(".ipynb") {
+            return Ok(tool_error(format!(
+                "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
+            )));
+        }
+        let started = std::time::Instant::now();
+        let (bytes, cells, _) = match self.journal_bytes() {
+            Ok(b) => b,
+            Err(e) => return Ok(tool_error(format!("could not build the notebook: {e}"))),
+        };
+        let size = bytes.len();
+        match self
+            .write_notebook(&path, bytes, p.overwrite.unwrap_or(false))
+            .await?
+        {
+            Ok(path) => {
+                let report = ExportReport {
+                    path,
+                    cells,
+                    bytes: size,
+                };
+                let text = format!(
+                    "wrote {} ({} cells, {} bytes) in {} ms",
+                    report.path,
+                    report.cells,
+                    report.bytes,
+                    started.elapsed().as_millis()
+                );
+                Ok(structured(text, &report))
+            }
+            Err(e) => Ok(workspace_error(e)),
+        }
     }
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.

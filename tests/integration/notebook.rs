@@ -70,3 +70,205 @@ async fn list_variables_refuses_a_huge_filter() {
     assert!(text(&r).contains("longer than 256"), "{}", text(&r));
     s.close().await;
 }
+
+/// A Python with nbformat, in a venv of the tests' own under target/tmp (created once, from
+/// PyPI; the managed kernel environment is left alone).
+fn nbformat_python() -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nbformat-venv");
+    let py = dir.join("bin").join("python");
+    let ok = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import nbformat"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ok(&py) {
+        let venv = std::process::Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir)
+            .output()
+            .expect("python3 -m venv");
+        assert!(venv.status.success(), "{venv:?}");
+        let pip = std::process::Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "nbformat"])
+            .output()
+            .expect("pip install nbformat");
+        assert!(
+            pip.status.success(),
+            "installing nbformat for the notebook tests failed: {}",
+            String::from_utf8_lossy(&pip.stderr)
+        );
+    }
+    py
+}
+
+/// Validates a notebook with nbformat and returns, per cell:
+/// [cell_type, source, execution_count, [[output_type, detail], ...]].
+async fn validated(path: &std::path::Path) -> serde_json::Value {
+    let py = nbformat_python();
+    let script = r#"
+import json, sys, nbformat
+nb = nbformat.read(sys.argv[1], as_version=nbformat.NO_CONVERT)
+nbformat.validate(nb)
+assert (nb.nbformat, nb.nbformat_minor) == (4, 5), (nb.nbformat, nb.nbformat_minor)
+assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
+def detail(o):
+    if o.output_type == "stream":
+        return [o.name, o.text]
+    if o.output_type == "error":
+        return [o.ename, o.evalue, len(o.traceback) > 0]
+    return sorted(o.data)
+print(json.dumps([[c.cell_type, c.source, c.get("execution_count"),
+                   [[o.output_type, detail(o)] for o in c.get("outputs", [])]] for c in nb.cells]))
+"#;
+    let out = tokio::time::timeout(
+        crate::harness::HANG,
+        tokio::process::Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .arg(path)
+            .output(),
+    )
+    .await
+    .expect("nbformat hung")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "nbformat rejected the notebook: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn export_notebook_writes_the_session_as_a_valid_notebook() {
+    let s = Server::start().await;
+    s.exec("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\ndf")
+        .await;
+    s.exec("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        .await;
+    let r = s.exec("print('hi')\n1/0").await;
+    assert!(is_error(&r));
+    s.call(
+        "write_file",
+        json!({"path": "script.py", "content": "import sys\nprint('args', sys.argv[1:])\n"}),
+    )
+    .await;
+    let r = s
+        .call(
+            "run_file",
+            json!({"path": "script.py", "args": ["--n", "a b"]}),
+        )
+        .await;
+    assert_eq!(text(&r), "args ['--n', 'a b']\n");
+    s.call("restart_kernel", json!({})).await;
+    s.exec("2 + 2").await;
+
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let data = r.structured_content.clone().unwrap();
+    assert_eq!(data["path"], "session.ipynb");
+    assert_eq!(data["cells"], 6);
+    let cells = validated(&s.ws().join("session.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([
+            [
+                "code",
+                "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\ndf",
+                1,
+                [["execute_result", ["text/html", "text/plain"]]]
+            ],
+            [
+                "code",
+                "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+                2,
+                [["display_data", ["image/png", "text/plain"]]]
+            ],
+            [
+                "code",
+                "print('hi')\n1/0",
+                3,
+                [
+                    ["stream", ["stdout", "hi\n"]],
+                    ["error", ["ZeroDivisionError", "division by zero", true]]
+                ]
+            ],
+            [
+                "code",
+                "%run script.py --n 'a b'",
+                4,
+                [["stream", ["stdout", "args ['--n', 'a b']\n"]]]
+            ],
+            [
+                "markdown",
+                "*Kernel restarted (restart_kernel): all variables were cleared.*",
+                null,
+                []
+            ],
+            ["code", "2 + 2", 1, [["execute_result", ["text/plain"]]]],
+        ])
+    );
+
+    // Its own file is replaced freely; a file it did not write only with overwrite.
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    s.call(
+        "write_file",
+        json!({"path": "mine.ipynb", "content": "{\"precious\": true}"}),
+    )
+    .await;
+    let r = s
+        .call("export_notebook", json!({"path": "mine.ipynb"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("overwrite: true"), "{}", text(&r));
+    assert_eq!(
+        std::fs::read_to_string(s.ws().join("mine.ipynb")).unwrap(),
+        "{\"precious\": true}"
+    );
+    let r = s
+        .call(
+            "export_notebook",
+            json!({"path": "mine.ipynb", "overwrite": true}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    validated(&s.ws().join("mine.ipynb")).await;
+    // A notebook it wrote and the user then changed is theirs now.
+    s.call(
+        "write_file",
+        json!({"path": "session.ipynb", "content": "edited by hand"}),
+    )
+    .await;
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(is_error(&r), "{}", text(&r));
+    let r = s
+        .call("export_notebook", json!({"path": "notes.txt"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("must end in .ipynb"), "{}", text(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn journal_flag_keeps_a_live_notebook() {
+    let s = Server::start_with(&["--journal", "journal/live.ipynb"]).await;
+    s.exec("x = 6 * 7\nprint(x)").await;
+    let cells = validated(&s.ws().join("journal/live.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([[
+            "code",
+            "x = 6 * 7\nprint(x)",
+            1,
+            [["stream", ["stdout", "42\n"]]]
+        ]])
+    );
+    s.exec("x").await;
+    let cells = validated(&s.ws().join("journal/live.ipynb")).await;
+    assert_eq!(cells.as_array().unwrap().len(), 2);
+    s.close().await;
+}
