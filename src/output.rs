@@ -49,6 +49,8 @@ enum Kind {
     Stdout,
     Stderr,
     Result,
+    /// A section label or an earlier section's error: never merged with other text.
+    Note,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,10 @@ pub struct Collector {
     pending_cr: bool,
     last_line: String,
     progress: Option<ProgressFn>,
+    /// Blocks before this index belong to earlier sections; clear_output keeps them.
+    floor: usize,
+    /// An earlier section ended in an error (rendered in place).
+    section_error: bool,
 }
 
 /// Removes ANSI escape sequences (CSI `ESC [ ... final`, OSC `ESC ] ... BEL|ST`, and two-byte escapes).
@@ -193,6 +199,27 @@ fn pick_text(data: &MimeBundle) -> Option<String> {
     None
 }
 
+/// `ename: evalue` and the ANSI-stripped traceback, shortened when very long.
+fn error_text(e: &ErrorContent) -> String {
+    let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
+    let mut text = format!("{}: {}", e.ename, e.evalue);
+    if !tb.trim().is_empty() {
+        let tb = if tb.len() > 8000 {
+            let head = char_floor(&tb, 2000);
+            let tail = char_floor(&tb, tb.len() - 5000);
+            format!(
+                "{}\n[... traceback shortened ...]\n{}",
+                tb.get(..head).unwrap_or(""),
+                tb.get(tail..).unwrap_or("")
+            )
+        } else {
+            tb
+        };
+        text = format!("{text}\n{tb}");
+    }
+    text
+}
+
 fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
     transient
         .as_ref()
@@ -222,7 +249,22 @@ impl Collector {
             pending_cr: false,
             last_line: String::new(),
             progress,
+            floor: 0,
+            section_error: false,
         }
+    }
+
+    /// Starts a new labelled section (run_notebook's `[cell N]`). The previous section's error
+    /// is rendered in place first; clear_output from now on keeps earlier sections.
+    pub fn section(&mut self, label: &str) {
+        self.clear_pending = false;
+        if let Some(e) = self.error.take() {
+            self.section_error = true;
+            let text = format!("{}\n", error_text(&e));
+            self.push_text(Kind::Note, &text, None);
+        }
+        self.push_text(Kind::Note, label, None);
+        self.floor = self.blocks.len();
     }
 
     fn head_budget(&self) -> usize {
@@ -234,10 +276,19 @@ impl Collector {
     }
 
     fn clear(&mut self) {
-        self.blocks.clear();
+        self.blocks.truncate(self.floor);
         self.head_chars = 0;
         self.images = 0;
         self.image_bytes = 0;
+        for b in &self.blocks {
+            match b {
+                Block::Text { text, .. } => self.head_chars += text.len(),
+                Block::Image { data, .. } => {
+                    self.images += 1;
+                    self.image_bytes += data.len();
+                }
+            }
+        }
         if let Some(s) = self.spill.as_mut() {
             s.tail.clear();
         }
@@ -294,7 +345,7 @@ impl Collector {
                     .unwrap_or(cut);
                 (text.get(..cut).unwrap_or(""), text.get(cut..).unwrap_or(""))
             };
-            let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result)
+            let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result && kind != Kind::Note)
                 && display_id.is_none();
             if merge {
                 if let Some(Block::Text { text: buf, .. }) = self.blocks.last_mut() {
@@ -478,7 +529,7 @@ impl Collector {
                 self.dropped_images.join("; ")
             )));
         }
-        let mut is_error = false;
+        let mut is_error = self.section_error;
         let error = self.error.take().or_else(|| {
             let r = exec?.reply.as_ref()?;
             if r.status == crate::wire::message::ReplyStatus::Error {
@@ -523,23 +574,7 @@ impl Collector {
             // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
-                let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
-                let mut text = format!("{}: {}", e.ename, e.evalue);
-                if !tb.trim().is_empty() {
-                    let tb = if tb.len() > 8000 {
-                        let head = char_floor(&tb, 2000);
-                        let tail = char_floor(&tb, tb.len() - 5000);
-                        format!(
-                            "{}\n[... traceback shortened ...]\n{}",
-                            tb.get(..head).unwrap_or(""),
-                            tb.get(tail..).unwrap_or("")
-                        )
-                    } else {
-                        tb
-                    };
-                    text = format!("{text}\n{tb}");
-                }
-                out.push(McpContent::text(text));
+                out.push(McpContent::text(error_text(&e)));
             }
         }
         if let Some(exec) = exec {
@@ -724,6 +759,36 @@ mod tests {
         assert_eq!(pick_text(&b).as_deref(), Some("<b>hi</b>"));
         b.insert("text/plain".into(), serde_json::json!("   a\n0  1"));
         assert_eq!(pick_text(&b).as_deref(), Some("   a\n0  1"));
+    }
+
+    #[test]
+    fn sections_keep_their_errors_and_survive_clear_output() {
+        let mut c = Collector::new(OutputLimits::default(), None, None);
+        c.section("[cell 1]\n");
+        c.output(&stream(StreamName::Stdout, "one\n"));
+        c.output(&Content::Error(ErrorContent {
+            ename: "ValueError".into(),
+            evalue: "bad".into(),
+            traceback: vec![],
+        }));
+        c.section("[cell 2]\n");
+        c.output(&stream(StreamName::Stdout, "old\n"));
+        c.output(&Content::ClearOutput(crate::wire::message::ClearOutput {
+            wait: false,
+        }));
+        c.output(&stream(StreamName::Stdout, "new\n"));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(
+            texts(&r),
+            vec![
+                "[cell 1]\n",
+                "one\n",
+                "ValueError: bad\n",
+                "[cell 2]\n",
+                "new\n"
+            ]
+        );
+        assert_eq!(r.is_error, Some(true));
     }
 
     #[test]

@@ -252,6 +252,21 @@ pub struct ExportParams {
     pub overwrite: Option<bool>,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunNotebookParams {
+    /// Workspace path of the .ipynb notebook to run.
+    pub path: String,
+    /// Write the executed notebook, with its new outputs, to this workspace path (may equal path).
+    #[serde(default)]
+    pub save_to: Option<String>,
+    /// Stop at the first cell that raises (default true); false runs every cell.
+    #[serde(default)]
+    pub stop_on_error: Option<bool>,
+    /// Let save_to replace a file this session did not write (default false).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
 /// What export_notebook wrote.
 #[derive(Debug, serde::Serialize, JsonSchema)]
 pub struct ExportReport {
@@ -1351,6 +1366,173 @@ impl Server {
             }
             Err(e) => Ok(workspace_error(e)),
         }
+    }
+
+    /// Run the code cells of a workspace notebook (.ipynb) in the live session, in order.
+    ///
+    /// Variables defined by the notebook stay in the session afterwards, as if each cell had been
+    /// sent to execute_python. Each cell's output follows a `[cell N]` marker (N counts all cells
+    /// from 1, Markdown included), within the usual output budget; each cell has the usual
+    /// timeout. Stops at the first error unless stop_on_error is false; a timeout or a kernel
+    /// restart always stops the run. save_to writes the executed notebook with its new outputs
+    /// (a file this session did not write is replaced only with overwrite: true).
+    #[tool(
+        name = "run_notebook",
+        annotations(
+            title = "Run a notebook",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn run_notebook(
+        &self,
+        Parameters(p): Parameters<RunNotebookParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(to) = &p.save_to {
+            if !to.to_ascii_lowercase().ends_with(".ipynb") {
+                return Ok(tool_error(format!(
+                    "save_to {to}: a notebook path must end in .ipynb; nothing was run"
+                )));
+            }
+        }
+        let rel = p.path.clone();
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(&rel)?;
+                ws.read_bytes(&path, crate::notebook::MAX_NOTEBOOK_BYTES)
+            })
+            .await?;
+        let bytes = match r {
+            Ok(b) => b,
+            Err(e) => return Ok(workspace_error(e)),
+        };
+        let mut nb = match crate::notebook::Notebook::parse(&bytes) {
+            Ok(nb) => nb,
+            Err(e) => return Ok(tool_error(format!("{}: {e}; nothing was run", p.path))),
+        };
+        drop(bytes);
+        let stop_on_error = p.stop_on_error.unwrap_or(true);
+        let s = &self.inner.settings;
+        let limits = ExecLimits {
+            timeout: s.default_timeout,
+            grace: s.interrupt_grace,
+            progress: false,
+        };
+        let mut collector = Collector::new(
+            s.output.clone(),
+            Some(Box::new(WorkspaceSpill(self.inner.workspace.clone()))),
+            None,
+        );
+        let mut report = crate::kernel::Report::default();
+        let mut last_exec = None;
+        let mut ran = 0usize;
+        let mut stopped: Option<String> = None;
+        let code_cells = nb
+            .cells
+            .iter()
+            .filter(|c| matches!(c, crate::notebook::Cell::Code { .. }))
+            .count();
+        for (i, cell) in nb.cells.iter_mut().enumerate() {
+            let crate::notebook::Cell::Code {
+                source,
+                execution_count,
+                outputs,
+                ..
+            } = cell
+            else {
+                continue;
+            };
+            if ctx.ct.is_cancelled() {
+                stopped = Some("the call was cancelled".into());
+                break;
+            }
+            collector.section(&format!("[cell {}]\n", i + 1));
+            if source.0.trim().is_empty() {
+                *execution_count = None;
+                outputs.clear();
+                continue;
+            }
+            let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
+            let result = self
+                .inner
+                .kernel
+                .execute(&source.0, &limits, &ctx.ct, &mut recorder)
+                .await;
+            let recorded = recorder.into_outputs();
+            let (exec, cell_report) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    stopped = Some(format!("the kernel could not run cell {}: {e}", i + 1));
+                    break;
+                }
+            };
+            ran += 1;
+            self.journal_cell(&source.0, &exec, recorded.clone(), &cell_report);
+            *execution_count = exec.reply.as_ref().and_then(|r| r.execution_count);
+            *outputs = recorded;
+            report.notes.extend(cell_report.notes);
+            report.state_lost |= cell_report.state_lost;
+            let failed = exec
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.status == crate::wire::message::ReplyStatus::Error);
+            let completed = exec.ending == crate::kernel::Ending::Completed;
+            last_exec = Some(exec);
+            if !completed || cell_report.state_lost {
+                stopped = Some(format!("cell {} did not complete", i + 1));
+                break;
+            }
+            if failed && stop_on_error {
+                stopped = Some(format!(
+                    "cell {} raised an error (pass stop_on_error: false to run past errors)",
+                    i + 1
+                ));
+                break;
+            }
+        }
+        self.update_live_journal().await;
+        let mut res = collector.finish(last_exec.as_ref(), &report, limits.timeout);
+        let mut summary = format!("[ran {ran} of {code_cells} code cells of {}", p.path);
+        if let Some(why) = &stopped {
+            summary.push_str(&format!("; stopped: {why}"));
+            res.is_error = Some(true);
+        }
+        summary.push(']');
+        res.content.push(Content::text(summary));
+        if let Some(to) = &p.save_to {
+            // A notebook without kernel metadata gets ours, so Jupyter opens it with Python.
+            let ours = crate::notebook::python_metadata(&self.env_info().python_version);
+            if let (Some(meta), serde_json::Value::Object(ours)) =
+                (nb.metadata.as_object_mut(), ours)
+            {
+                for (k, v) in ours {
+                    meta.entry(k).or_insert(v);
+                }
+            }
+            let bytes = match nb.to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    res.content.push(Content::text(format!(
+                        "[the executed notebook could not be saved: {e}]"
+                    )));
+                    return Ok(res);
+                }
+            };
+            let note = match self
+                .write_notebook(to, bytes, p.overwrite.unwrap_or(false))
+                .await?
+            {
+                Ok(path) => format!("[executed notebook saved as {path}]"),
+                Err(e) => {
+                    res.is_error = Some(true);
+                    format!("[the executed notebook was not saved: {e}]")
+                }
+            };
+            res.content.push(Content::text(note));
+        }
+        Ok(res)
     }
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.

@@ -272,3 +272,108 @@ async fn journal_flag_keeps_a_live_notebook() {
     assert_eq!(cells.as_array().unwrap().len(), 2);
     s.close().await;
 }
+
+#[tokio::test]
+async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
+    let s = Server::start().await;
+    let nb = json!({
+        "nbformat": 4, "nbformat_minor": 4, "metadata": {},
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": "# Analysis"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": ["a = 20\n"]},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "print(a + 1)"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "a * 2"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "1/0"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "b = a + 1"},
+        ]
+    });
+    std::fs::write(s.ws().join("nb.ipynb"), nb.to_string()).unwrap();
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "save_to": "out/nb-run.ipynb"}),
+        )
+        .await;
+    assert!(is_error(&r));
+    let t = crate::harness::texts(&r);
+    assert_eq!(
+        t[..6],
+        [
+            "[cell 2]\n",
+            "[cell 3]\n",
+            "21\n",
+            "[cell 4]\n",
+            "40",
+            "[cell 5]\n"
+        ]
+    );
+    assert!(
+        t[6].starts_with("ZeroDivisionError: division by zero\n"),
+        "{t:?}"
+    );
+    assert_eq!(
+        t[7..],
+        [
+            "[ran 4 of 5 code cells of nb.ipynb; stopped: cell 5 raised an error (pass stop_on_error: false to run past errors)]",
+            "[executed notebook saved as out/nb-run.ipynb]"
+        ]
+    );
+    let cells = validated(&s.ws().join("out/nb-run.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([
+            ["markdown", "# Analysis", null, []],
+            ["code", "a = 20\n", 1, []],
+            ["code", "print(a + 1)", 2, [["stream", ["stdout", "21\n"]]]],
+            ["code", "a * 2", 3, [["execute_result", ["text/plain"]]]],
+            [
+                "code",
+                "1/0",
+                4,
+                [["error", ["ZeroDivisionError", "division by zero", true]]]
+            ],
+            ["code", "b = a + 1", null, []],
+        ])
+    );
+    // The notebook's variables are in the session.
+    assert_eq!(text(&s.exec("a").await), "20");
+
+    // Past errors, and the input notebook itself is not replaced without overwrite.
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "stop_on_error": false, "save_to": "nb.ipynb"}),
+        )
+        .await;
+    let t = crate::harness::texts(&r);
+    assert!(
+        t.iter().any(|x| x.starts_with("ZeroDivisionError")),
+        "{t:?}"
+    );
+    assert_eq!(t.iter().filter(|x| x.starts_with("[cell ")).count(), 5);
+    assert!(
+        t.contains(&"[ran 5 of 5 code cells of nb.ipynb]".to_owned()),
+        "{t:?}"
+    );
+    assert!(
+        t.last()
+            .unwrap()
+            .starts_with("[the executed notebook was not saved:"),
+        "{t:?}"
+    );
+    assert_eq!(text(&s.exec("b").await), "21");
+    assert_eq!(
+        std::fs::read_to_string(s.ws().join("nb.ipynb")).unwrap(),
+        nb.to_string()
+    );
+
+    std::fs::write(s.ws().join("bad.ipynb"), "{not json").unwrap();
+    let r = s.call("run_notebook", json!({"path": "bad.ipynb"})).await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with("bad.ipynb: not a Jupyter notebook:"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
