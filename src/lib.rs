@@ -11,6 +11,7 @@ pub mod notebook;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
+pub mod rich;
 pub mod stdin_guard;
 pub mod tools;
 pub mod variables;

@@ -169,36 +169,6 @@ fn char_floor(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn pick_text(data: &MimeBundle) -> Option<String> {
-    // `HTML(...)`, `SVG(...)` and many rich objects carry only a useless "<... object>" repr as
-    // text/plain; their HTML says more.
-    let bare_repr = matches!(data.get("text/plain"), Some(serde_json::Value::String(t))
-        if t.starts_with('<') && t.ends_with(" object>") && !t.contains('\n'));
-    if bare_repr {
-        if let Some(serde_json::Value::String(h)) = data.get("text/html") {
-            return Some(h.clone());
-        }
-    }
-    for mime in [
-        "text/markdown",
-        "text/plain",
-        "application/json",
-        "text/latex",
-        "text/html",
-    ] {
-        match data.get(mime) {
-            Some(serde_json::Value::String(s)) => return Some(s.clone()),
-            Some(serde_json::Value::Array(parts)) => {
-                // nbformat allows multi-line strings as lists of lines.
-                return Some(parts.iter().filter_map(|p| p.as_str()).collect());
-            }
-            Some(other) if mime == "application/json" => return Some(other.to_string()),
-            _ => {}
-        }
-    }
-    None
-}
-
 /// `ename: evalue` and the ANSI-stripped traceback, shortened when very long.
 fn error_text(e: &ErrorContent) -> String {
     let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
@@ -438,22 +408,14 @@ impl Collector {
     }
 
     fn push_bundle(&mut self, data: &MimeBundle, display_id: Option<String>) {
-        for mime in ["image/png", "image/jpeg"] {
-            if let Some(serde_json::Value::String(b64)) = data.get(mime) {
-                self.push_image(mime, b64, display_id);
-                return;
+        match crate::rich::choose(data) {
+            Some(crate::rich::Form::Image { mime, data }) => {
+                self.push_image(&mime, &data, display_id)
             }
-        }
-        match pick_text(data) {
-            Some(t) => self.push_text(Kind::Result, &strip_ansi(&t), display_id),
-            None => {
-                let types: Vec<&str> = data.keys().map(String::as_str).collect();
-                let note = format!(
-                    "[display of type {} has no text or image form to show]\n",
-                    types.join(", ")
-                );
-                self.push_text(Kind::Result, &note, display_id);
+            Some(crate::rich::Form::Text(t)) => {
+                self.push_text(Kind::Result, &strip_ansi(&t), display_id)
             }
+            None => {}
         }
     }
 
@@ -746,49 +708,6 @@ mod tests {
             "{:?}",
             t.last()
         );
-    }
-
-    #[test]
-    fn html_beats_a_bare_object_repr() {
-        let mut b = MimeBundle::new();
-        b.insert(
-            "text/plain".into(),
-            serde_json::json!("<IPython.core.display.HTML object>"),
-        );
-        b.insert("text/html".into(), serde_json::json!("<b>hi</b>"));
-        assert_eq!(pick_text(&b).as_deref(), Some("<b>hi</b>"));
-        b.insert("text/plain".into(), serde_json::json!("   a\n0  1"));
-        assert_eq!(pick_text(&b).as_deref(), Some("   a\n0  1"));
-    }
-
-    #[test]
-    fn sections_keep_their_errors_and_survive_clear_output() {
-        let mut c = Collector::new(OutputLimits::default(), None, None);
-        c.section("[cell 1]\n");
-        c.output(&stream(StreamName::Stdout, "one\n"));
-        c.output(&Content::Error(ErrorContent {
-            ename: "ValueError".into(),
-            evalue: "bad".into(),
-            traceback: vec![],
-        }));
-        c.section("[cell 2]\n");
-        c.output(&stream(StreamName::Stdout, "old\n"));
-        c.output(&Content::ClearOutput(crate::wire::message::ClearOutput {
-            wait: false,
-        }));
-        c.output(&stream(StreamName::Stdout, "new\n"));
-        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
-        assert_eq!(
-            texts(&r),
-            vec![
-                "[cell 1]\n",
-                "one\n",
-                "ValueError: bad\n",
-                "[cell 2]\n",
-                "new\n"
-            ]
-        );
-        assert_eq!(r.is_error, Some(true));
     }
 
     #[test]

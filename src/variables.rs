@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(human(180), "180 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 * 1024 * 1024), "3.0 MiB");
-        assert_eq!(human(u64::MAX), "16384.0 TiB");
+        assert_eq!(human(u64::MAX), "16777216.0 TiB");
     }
 
     #[test]

@@ -10,4 +10,5 @@ mod lifecycle;
 mod notebook;
 mod outputs;
 mod packages;
+mod rich;
 mod sandbox;
