@@ -14,6 +14,7 @@ pub mod pyenv;
 pub mod rich;
 pub mod stdin_guard;
 pub mod tools;
+pub mod traceback;
 pub mod variables;
 pub mod wire;
 pub mod workspace;

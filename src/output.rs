@@ -169,27 +169,6 @@ fn char_floor(s: &str, mut i: usize) -> usize {
     i
 }
 
-/// `ename: evalue` and the ANSI-stripped traceback, shortened when very long.
-fn error_text(e: &ErrorContent) -> String {
-    let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
-    let mut text = format!("{}: {}", e.ename, e.evalue);
-    if !tb.trim().is_empty() {
-        let tb = if tb.len() > 8000 {
-            let head = char_floor(&tb, 2000);
-            let tail = char_floor(&tb, tb.len() - 5000);
-            format!(
-                "{}\n[... traceback shortened ...]\n{}",
-                tb.get(..head).unwrap_or(""),
-                tb.get(tail..).unwrap_or("")
-            )
-        } else {
-            tb
-        };
-        text = format!("{text}\n{tb}");
-    }
-    text
-}
-
 fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
     transient
         .as_ref()
@@ -230,11 +209,39 @@ impl Collector {
         self.clear_pending = false;
         if let Some(e) = self.error.take() {
             self.section_error = true;
-            let text = format!("{}\n", error_text(&e));
+            let text = format!("{}\n", self.error_text(&e));
             self.push_text(Kind::Note, &text, None);
         }
         self.push_text(Kind::Note, label, None);
         self.floor = self.blocks.len();
+    }
+
+    /// `ename: evalue` and the traceback shortened for a model (see [`crate::traceback`]);
+    /// when frames were left out, the full traceback is saved to a file the text names.
+    fn error_text(&mut self, e: &ErrorContent) -> String {
+        let chunks: Vec<String> = e
+            .traceback
+            .iter()
+            .map(|c| strip_ansi(c).into_owned())
+            .collect();
+        let short = crate::traceback::for_model(&chunks, crate::traceback::MAX_TRACEBACK_CHARS);
+        let mut text = format!("{}: {}", e.ename, e.evalue);
+        if short.text.trim().is_empty() {
+            return text;
+        }
+        text = format!("{text}\n{}", short.text);
+        if short.shortened {
+            let saved = self.spill_target.as_mut().and_then(|t| {
+                let (path, mut f) = t.create(".txt").ok()?;
+                f.write_all(chunks.join("\n").as_bytes()).ok()?;
+                Some(path)
+            });
+            text.push_str(&match saved {
+                Some(path) => format!("\n[traceback shortened: library frames collapsed to their location; the full traceback is saved in {path} (read it with read_file)]"),
+                None => "\n[traceback shortened: library frames collapsed to their location]".to_owned(),
+            });
+        }
+        text
     }
 
     fn head_budget(&self) -> usize {
@@ -536,7 +543,8 @@ impl Collector {
             // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
-                out.push(McpContent::text(error_text(&e)));
+                let text = self.error_text(&e);
+                out.push(McpContent::text(text));
             }
         }
         if let Some(exec) = exec {

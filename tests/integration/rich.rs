@@ -56,3 +56,46 @@ async fn a_wide_describe_is_one_table() {
     assert!(!t.contains('\\'), "{t}");
     s.close().await;
 }
+
+#[tokio::test]
+async fn a_pandas_key_error_keeps_the_users_frame_and_saves_the_rest() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import pandas as pd\ndef load():\n    df = pd.DataFrame({'a': [1]})\n    return df['b']\nload()")
+        .await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(t.starts_with("KeyError: 'b'\n"), "{t}");
+    // The user's frames, with their source.
+    assert!(
+        t.contains("Cell In[1], line 4, in load()\n      2 def load():\n      3     df = pd.DataFrame({'a': [1]})\n----> 4     return df['b']\n"),
+        "{t}"
+    );
+    // The frame that raised keeps its line; no IPython filler; library source is gone.
+    assert!(t.contains("raise KeyError(key) from err"), "{t}");
+    assert!(!t.contains("Could not get source"), "{t}");
+    assert!(!t.contains("_check_indexing_error"), "{t}");
+    assert!(t.len() < 3000, "{} chars:\n{t}", t.len());
+    // Every library frame is one line: a "File ..." line is followed by another frame,
+    // the raising line, or the exception.
+    let lines: Vec<&str> = t.lines().collect();
+    for w in lines.windows(2) {
+        if w[0].starts_with("File ") && !w[0].contains("in Index.get_loc") {
+            assert!(
+                w[1].starts_with("File ")
+                    || w[1].starts_with("KeyError")
+                    || w[1].starts_with("Cell"),
+                "{t}"
+            );
+        }
+    }
+    let saved = t
+        .split("the full traceback is saved in ")
+        .nth(1)
+        .and_then(|x| x.split(' ').next())
+        .expect("a saved traceback");
+    let full = std::fs::read_to_string(s.ws().join(saved)).unwrap();
+    assert!(full.contains("_check_indexing_error"), "{full}");
+    assert!(full.contains("----> 4     return df['b']"), "{full}");
+    s.close().await;
+}
