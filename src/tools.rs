@@ -278,6 +278,92 @@ pub struct ExportReport {
     pub bytes: usize,
 }
 
+/// list_files as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct FileListing {
+    /// Entries sorted by path.
+    pub entries: Vec<FileEntry>,
+    /// True when more than 1000 entries matched and the rest were left out.
+    pub truncated: bool,
+    /// Folders that could not be read (permissions).
+    pub skipped_folders: usize,
+}
+
+/// One listed file or folder.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct FileEntry {
+    /// Path relative to the workspace root.
+    pub path: String,
+    /// "file", "dir", "symlink" or "other".
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, UTC, "YYYY-MM-DD HH:MM".
+    pub modified: Option<String>,
+}
+
+/// check_packages as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageCheck {
+    /// One entry per name asked about, in order.
+    pub packages: Vec<PackageStatus>,
+}
+
+/// Whether one package is installed.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageStatus {
+    /// The name as given (a distribution name or an import name).
+    pub name: String,
+    /// True when installed.
+    pub installed: bool,
+    /// The distribution that provides it, when installed or known.
+    pub distribution: Option<String>,
+    /// Installed version.
+    pub version: Option<String>,
+}
+
+/// list_packages as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageList {
+    /// Matching distributions (at most 500).
+    pub packages: Vec<PackageVersion>,
+    /// How many matched.
+    pub total: usize,
+}
+
+/// A distribution and its version.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageVersion {
+    pub name: String,
+    pub version: String,
+}
+
+/// get_environment's output schema: an object with the fields the tool documents.
+fn environment_schema() -> std::sync::Arc<rmcp::model::JsonObject> {
+    let v = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "active_environment": {"type": "string"},
+            "kind": {"type": "string"},
+            "python_version": {"type": "string"},
+            "python_executable": {"type": "string"},
+            "key_packages": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+            "kernel_pid": {"type": ["integer", "null"]},
+            "workspace": {"type": "string"},
+            "limits": {"type": "object"},
+            "kernel": {"type": "string"},
+            "kernel_heartbeat": {"type": "string"},
+            "sandbox": {},
+            "named_environments": {"type": "object", "additionalProperties": {"type": "string"}}
+        },
+        "required": ["active_environment", "python_version", "python_executable", "workspace", "kernel"]
+    });
+    match v {
+        serde_json::Value::Object(m) => std::sync::Arc::new(m),
+        _ => std::sync::Arc::new(rmcp::model::JsonObject::new()),
+    }
+}
+
 /// Longest glob or filter accepted.
 const MAX_PATTERN: usize = 256;
 
@@ -744,7 +830,8 @@ impl Server {
             title = "List workspace files",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<FileListing>()
     )]
     async fn list_files(
         &self,
@@ -764,15 +851,24 @@ impl Server {
             Err(e) => return Ok(workspace_error(e)),
         };
         let mut lines = Vec::with_capacity(listing.entries.len() + 1);
+        let mut data = FileListing {
+            entries: Vec::with_capacity(listing.entries.len()),
+            truncated: listing.truncated,
+            skipped_folders: listing.skipped,
+        };
         for e in &listing.entries {
-            let when = e
-                .modified
-                .map(|t| {
-                    chrono::DateTime::<chrono::Utc>::from(t)
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string()
-                })
-                .unwrap_or_else(|| "-".into());
+            let modified = e.modified.map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            });
+            data.entries.push(FileEntry {
+                path: e.path.clone(),
+                kind: e.kind.to_owned(),
+                size: e.size,
+                modified: modified.clone(),
+            });
+            let when = modified.unwrap_or_else(|| "-".into());
             let name = if e.kind == "dir" {
                 format!("{}/", e.path)
             } else {
@@ -795,9 +891,7 @@ impl Server {
                 crate::workspace::MAX_LIST_ENTRIES
             ));
         }
-        Ok(CallToolResult::success(vec![Content::text(
-            lines.join("\n"),
-        )]))
+        Ok(structured(lines.join("\n"), &data))
     }
 
     /// Run a Python script from the workspace in the kernel, like IPython's `%run`.
@@ -916,12 +1010,27 @@ impl Server {
         }
         let mut specs: Vec<PackageSpec> = Vec::new();
         let mut problems = Vec::new();
+        let mut renamed = Vec::new();
         for raw in &p.packages {
             match packages::validate_spec(raw) {
-                Ok(s) => specs.push(s),
+                Ok(s) => match packages::translate_import_name(&s) {
+                    Some(dist) => {
+                        renamed.push(format!(
+                            "{} is the import name of {}; installing {}",
+                            s.raw, dist.name, dist.raw
+                        ));
+                        specs.push(dist);
+                    }
+                    None => specs.push(s),
+                },
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        let renamed = if renamed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", renamed.join("; "))
+        };
         if !problems.is_empty() {
             return Ok(tool_error(format!(
                 "nothing was installed: {}",
@@ -956,17 +1065,21 @@ impl Server {
         let report = match result {
             Ok(r) => r,
             Err(e @ PackageError::Failed(_)) => {
-                return Ok(tool_error(format!("nothing was changed: {e}")));
+                return Ok(tool_error(format!("nothing was changed{renamed}: {e}")));
             }
             Err(e) => {
                 return Ok(tool_error(format!(
-                    "{e}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
+                    "{e}{renamed}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
                 )))
             }
         };
         self.inner.kernel.invalidate_imports();
         let (lines, added, changed) = (report.requested, report.added, report.changed);
-        let mut text = format!("installed into {}:\n{}", python.display(), lines.join("\n"));
+        let mut text = format!(
+            "installed into {}{renamed}:\n{}",
+            python.display(),
+            lines.join("\n")
+        );
         if !added.is_empty() {
             text.push_str(&format!(
                 "\nnewly installed (with dependencies): {}",
@@ -998,13 +1111,18 @@ impl Server {
     }
 
     /// Check whether packages are installed in the kernel's environment, and which version.
+    ///
+    /// Accepts distribution names ("scikit-learn") and import names ("sklearn", "cv2", "PIL",
+    /// "yaml", "bs4"): an import name is answered with the distribution that provides it.
+    /// At most 100 names per call.
     #[tool(
         name = "check_packages",
         annotations(
             title = "Check installed packages",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<PackageCheck>()
     )]
     async fn check_packages(
         &self,
@@ -1026,21 +1144,83 @@ impl Server {
                 "{bad:?} is not a package name (letters, digits, '-', '_' and '.' only)"
             )));
         }
+        if p.packages.len() > 100 {
+            return Ok(tool_error(format!(
+                "{} names given; check at most 100 per call",
+                p.packages.len()
+            )));
+        }
         let installed = match self.installed_packages().await {
             Ok(i) => i,
             Err(e) => return Ok(e),
         };
-        let lines: Vec<String> = p
+        // Names that are not distributions may be import names: ask the environment which
+        // distributions provide them (importlib.metadata.packages_distributions()).
+        let unknown: Vec<String> = p
             .packages
             .iter()
-            .map(|n| match installed.get(&packages::normalize(n)) {
-                Some((name, v)) => format!("{name}: {v}"),
-                None => format!("{n}: not installed"),
-            })
+            .filter(|n| !installed.contains_key(&packages::normalize(n)))
+            .cloned()
             .collect();
-        Ok(CallToolResult::success(vec![Content::text(
-            lines.join("\n"),
-        )]))
+        let owners = if unknown.is_empty() {
+            Default::default()
+        } else {
+            packages::import_owners(&self.env_info().python, &unknown)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not map import names to distributions");
+                    Default::default()
+                })
+        };
+        let mut lines = Vec::new();
+        let mut data = PackageCheck {
+            packages: Vec::new(),
+        };
+        for n in &p.packages {
+            if let Some((name, v)) = installed.get(&packages::normalize(n)) {
+                lines.push(format!("{name}: {v}"));
+                data.packages.push(PackageStatus {
+                    name: n.clone(),
+                    installed: true,
+                    distribution: Some(name.clone()),
+                    version: Some(v.clone()),
+                });
+                continue;
+            }
+            let owner = owners
+                .get(n)
+                .and_then(|o| o.first().cloned())
+                .or_else(|| packages::distribution_for_import(n).map(str::to_owned));
+            match owner
+                .as_deref()
+                .and_then(|o| installed.get(&packages::normalize(o)))
+            {
+                Some((dist, v)) => {
+                    lines.push(format!("{n}: {v} (import name of {dist})"));
+                    data.packages.push(PackageStatus {
+                        name: n.clone(),
+                        installed: true,
+                        distribution: Some(dist.clone()),
+                        version: Some(v.clone()),
+                    });
+                }
+                None => {
+                    lines.push(match &owner {
+                        Some(dist) => format!(
+                            "{n}: not installed ({n} is the import name of {dist}; install_package([\"{dist}\"]))"
+                        ),
+                        None => format!("{n}: not installed"),
+                    });
+                    data.packages.push(PackageStatus {
+                        name: n.clone(),
+                        installed: false,
+                        distribution: owner,
+                        version: None,
+                    });
+                }
+            }
+        }
+        Ok(structured(lines.join("\n"), &data))
     }
 
     /// List the distributions installed in the kernel's environment (name and version).
@@ -1052,7 +1232,8 @@ impl Server {
             title = "List installed packages",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<PackageList>()
     )]
     async fn list_packages(
         &self,
@@ -1066,7 +1247,7 @@ impl Server {
             Err(e) => return Ok(e),
         };
         let filter = p.filter.as_deref().map(str::to_ascii_lowercase);
-        let rows: Vec<String> = installed
+        let matching: Vec<&(String, String)> = installed
             .values()
             .filter(|(n, _)| match &filter {
                 None => true,
@@ -1075,8 +1256,19 @@ impl Server {
                 }
                 Some(f) => n.to_ascii_lowercase().contains(f.as_str()),
             })
-            .map(|(n, v)| format!("{n}=={v}"))
             .collect();
+        let data = PackageList {
+            packages: matching
+                .iter()
+                .take(500)
+                .map(|(n, v)| PackageVersion {
+                    name: n.clone(),
+                    version: v.clone(),
+                })
+                .collect(),
+            total: matching.len(),
+        };
+        let rows: Vec<String> = matching.iter().map(|(n, v)| format!("{n}=={v}")).collect();
         let total = rows.len();
         let mut text = rows.into_iter().take(500).collect::<Vec<_>>().join("\n");
         if total > 500 {
@@ -1085,7 +1277,7 @@ impl Server {
         if total == 0 {
             text = "(no matching packages)".into();
         }
-        Ok(CallToolResult::success(vec![Content::text(text)]))
+        Ok(structured(text, &data))
     }
 
     /// Describe the kernel's environment: Python version and executable, key packages, the
@@ -1096,7 +1288,8 @@ impl Server {
             title = "Describe the Python environment",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = environment_schema()
     )]
     async fn get_environment(
         &self,
@@ -1162,7 +1355,7 @@ impl Server {
             "named_environments": named,
         });
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        Ok(CallToolResult::success(vec![Content::text(text)]))
+        Ok(structured(text, &v))
     }
 
     /// Restart the kernel in another named environment (see get_environment for the names).

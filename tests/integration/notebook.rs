@@ -377,3 +377,49 @@ async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
     );
     s.close().await;
 }
+
+#[tokio::test]
+async fn data_tools_return_structured_content_with_an_output_schema() {
+    let s = Server::start().await;
+    let tools = s.client.list_all_tools().await.unwrap();
+    let mut with_schema: Vec<&str> = tools
+        .iter()
+        .filter(|t| t.output_schema.is_some())
+        .map(|t| t.name.as_ref())
+        .collect();
+    with_schema.sort();
+    assert_eq!(
+        with_schema,
+        vec![
+            "check_packages",
+            "export_notebook",
+            "get_environment",
+            "list_files",
+            "list_packages",
+            "list_variables"
+        ]
+    );
+    std::fs::write(s.ws().join("a.csv"), "x\n1\n").unwrap();
+    let r = s.call("list_files", json!({})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(d["entries"][0]["path"], "a.csv");
+    assert_eq!(d["entries"][0]["kind"], "file");
+    assert_eq!(d["entries"][0]["size"], 4);
+    assert_eq!(d["truncated"], false);
+    let r = s.call("list_packages", json!({"filter": "numpy"})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(d["total"], 1);
+    assert_eq!(d["packages"][0]["name"], "numpy");
+    assert_eq!(
+        text(&r),
+        format!("numpy=={}", d["packages"][0]["version"].as_str().unwrap())
+    );
+    let r = s.call("get_environment", json!({})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text(&r)).unwrap(),
+        d
+    );
+    assert_eq!(d["active_environment"], "default");
+    s.close().await;
+}
