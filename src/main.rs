@@ -93,7 +93,7 @@ struct Opts {
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
-    /// Do not pre-import numpy, pandas and matplotlib in the spare kernel.
+    /// Do not pre-import numpy, pandas and matplotlib (in the background in a new kernel, and in the spare).
     #[arg(long, global = true)]
     no_preload: bool,
     /// Most execute calls waiting behind the running one before "busy" is returned.

@@ -62,6 +62,24 @@ struct Spare {
     python: PathBuf,
 }
 
+/// Imports the analysis stack in a fresh kernel without waiting for it (silent: no history, no
+/// execution count), so the session's first plot does not pay for the imports. A call that
+/// arrives meanwhile queues behind it in the kernel.
+fn preload_in_background(k: &Arc<Kernel>, code: Option<String>) {
+    let Some(code) = code else { return };
+    let k = k.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        match k.run_silent(&code, Duration::from_secs(120)).await {
+            Ok(()) => tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                "analysis stack imported in the background"
+            ),
+            Err(e) => tracing::warn!(error = %e, "background import of the analysis stack failed"),
+        }
+    });
+}
+
 /// The single handle to "the kernel", however it was started.
 pub struct KernelHandle {
     me: Weak<KernelHandle>,
@@ -250,16 +268,19 @@ impl KernelHandle {
             };
             return Err(KernelError::Unavailable { reason });
         }
-        let started = match self.take_spare(&launcher.python) {
+        let (started, fresh) = match self.take_spare(&launcher.python) {
             Some(k) => {
                 tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");
-                Ok(k)
+                (Ok(k), false)
             }
-            None => Kernel::start(&launcher).await,
+            None => (Kernel::start(&launcher).await, true),
         };
         match started {
             Ok(k) => {
                 let k = Arc::new(k);
+                if fresh {
+                    preload_in_background(&k, self.spare_cfg.preload.clone());
+                }
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
                 self.set_current(Some(k.clone()));

@@ -423,3 +423,34 @@ async fn data_tools_return_structured_content_with_an_output_schema() {
     assert_eq!(d["active_environment"], "default");
     s.close().await;
 }
+
+#[tokio::test]
+async fn the_analysis_stack_is_imported_in_the_background_without_a_trace() {
+    let s = Server::start_with(&["--preload"]).await;
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || s
+            .log()
+            .contains("analysis stack imported in the background"))
+        .await,
+        "{}",
+        s.log()
+    );
+    let probe = "import sys\n(sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules), get_ipython().execution_count, len(In), [k for k in ('np', 'pd', 'plt', '__m') if k in get_ipython().user_ns])";
+    let r = s.exec(probe).await;
+    // The same probe in a kernel without the preload: only the imported modules differ.
+    let plain = Server::start().await;
+    let p = plain.exec(probe).await;
+    let (with, without) = (text(&r), text(&p));
+    assert!(
+        with.starts_with("(['matplotlib.pyplot', 'numpy', 'pandas'], "),
+        "{with}"
+    );
+    assert!(without.starts_with("([], "), "{without}");
+    assert_eq!(
+        with.split_once("], ").unwrap().1,
+        without.split_once("], ").unwrap().1
+    );
+    assert!(with.ends_with(", [])"), "{with}");
+    s.close().await;
+    plain.close().await;
+}
