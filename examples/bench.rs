@@ -379,28 +379,37 @@ async fn main() -> anyhow::Result<()> {
 /// 1,000 names.
 async fn notebook_figures(bin: &Path, ws: &Path) -> anyhow::Result<()> {
     let plot = "import matplotlib.pyplot as plt\nplt.figure(figsize=(4, 3))\nplt.plot([1, 3, 2])\nplt.show()";
-    for (flags, what) in [
-        (&["--no-spare"][..], "background import of the stack"),
-        (&["--no-spare", "--no-preload"][..], "no background import"),
-    ] {
-        let m = start_server(bin, ws, flags).await?;
-        // The first call arrives a second and a half after start, as a person's would.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let t = Instant::now();
-        let r = exec(&m, plot).await?;
-        let ms = t.elapsed().as_secs_f64() * 1000.0;
-        let figs = r.content.iter().filter(|c| c.as_image().is_some()).count();
-        anyhow::ensure!(figs == 1, "the first plot returned {figs} images");
-        row(
-            "first plot, 1.5 s after server start",
-            format!("{ms:.0} ms"),
-            &format!("{what} (target <= 150 ms with it)"),
-        );
-        m.client.cancel().await?;
+    for delay in [1.5, 5.0] {
+        for (flags, what) in [
+            (&["--no-spare"][..], "background import of the stack"),
+            (&["--no-spare", "--no-preload"][..], "no background import"),
+        ] {
+            let m = start_server(bin, ws, flags).await?;
+            // The first call arrives a while after start, as a person's would.
+            tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+            let t = Instant::now();
+            let r = exec(&m, plot).await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let figs = r.content.iter().filter(|c| c.as_image().is_some()).count();
+            anyhow::ensure!(figs == 1, "the first plot returned {figs} images");
+            let t = Instant::now();
+            exec(&m, plot).await?;
+            let again = t.elapsed().as_secs_f64() * 1000.0;
+            row(
+                &format!("first plot, {delay} s after server start"),
+                format!("{ms:.0} ms"),
+                &format!("{what}; the next plot {again:.0} ms (target <= 150 ms with it)"),
+            );
+            m.client.cancel().await?;
+        }
     }
 
     let m = start_server(bin, ws, &["--no-spare"]).await?;
-    exec(&m, "import pandas as pd, numpy as np\nimport matplotlib.pyplot as plt").await?;
+    exec(
+        &m,
+        "import pandas as pd, numpy as np\nimport matplotlib.pyplot as plt",
+    )
+    .await?;
     for i in 0..200 {
         let code = if i % 20 == 0 {
             format!("plt.figure(figsize=(3, 2))\nplt.plot(range({i} + 2))\nplt.show()")

@@ -74,7 +74,11 @@ def _value(v):
         if _is_pandas(v) and hasattr(v, "columns") and hasattr(v, "iloc"):
             if len(v) == 0:
                 return "(no rows)"
-            return _cut("first row: " + _repr.repr(v.iloc[0].to_dict()))
+            row = v.iloc[0]
+            # In column order (reprlib would sort a dict's keys).
+            items = ["%r: %s" % (k, _repr.repr(x)) for k, x in list(row.to_dict().items())[:6]]
+            more = ", ..." if len(row) > 6 else ""
+            return _cut("first row: {" + ", ".join(items) + more + "}")
         if _is_pandas(v) and hasattr(v, "head") and hasattr(v, "tolist"):
             return _cut(_repr.repr(v.head(6).tolist()))
         if isinstance(v, types.FunctionType):

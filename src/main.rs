@@ -223,6 +223,15 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         );
     }
     let workspace = Arc::new(Workspace::open(&o.workspace).context("opening the workspace")?);
+    if let Some(j) = &o.journal {
+        anyhow::ensure!(
+            j.to_ascii_lowercase().ends_with(".ipynb"),
+            "--journal {j:?}: the journal is a notebook; give a path ending in .ipynb"
+        );
+        workspace
+            .path(j)
+            .map_err(|e| anyhow::anyhow!("--journal {j:?}: {e}"))?;
+    }
     // On a first run the managed environment takes a minute to create: serve MCP at once and
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);

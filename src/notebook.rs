@@ -17,7 +17,9 @@ pub const MAX_CELLS: usize = 10_000;
 /// Output bytes kept per recorded cell; later output is replaced by one note.
 pub const MAX_CELL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Output bytes kept by the whole journal; later cells keep their source only.
-pub const MAX_JOURNAL_BYTES: usize = 128 * 1024 * 1024;
+pub const MAX_JOURNAL_BYTES: usize = 64 * 1024 * 1024;
+/// Largest notebook file written (JSON and line splitting add to the journal's bytes).
+pub const MAX_WRITE_NOTEBOOK_BYTES: usize = 256 * 1024 * 1024;
 
 /// Text that is a string or a list of lines in the file, one `String` in memory (nbformat's
 /// "multiline_string"). Written as a list of lines, as Jupyter writes it.
@@ -521,15 +523,27 @@ impl Journal {
         self.version
     }
 
-    /// The journal as nbformat 4.5 bytes.
+    /// The journal as nbformat 4.5 bytes (its cells already carry ids; nothing is copied).
     pub fn to_bytes(&self, metadata: Value) -> Result<Vec<u8>, serde_json::Error> {
-        let mut nb = Notebook {
+        #[derive(Serialize)]
+        struct NotebookRef<'a> {
+            metadata: Value,
+            nbformat: u32,
+            nbformat_minor: u32,
+            cells: &'a [Cell],
+        }
+        let nb = NotebookRef {
             metadata,
             nbformat: 4,
             nbformat_minor: 5,
-            cells: self.cells.clone(),
+            cells: &self.cells,
         };
-        nb.to_bytes()
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        nb.serialize(&mut ser)?;
+        out.push(b'\n');
+        Ok(out)
     }
 }
 

@@ -634,7 +634,7 @@ impl Server {
                     });
                 }
             }
-            ws.write_limited(&p, &bytes, false, crate::notebook::MAX_NOTEBOOK_BYTES as usize)?;
+            ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
             if let Some(stamp) = ws.stamp(&p)? {
                 if let Ok(mut w) = inner.written.lock() {
                     w.insert(key.clone(), stamp);

@@ -54,8 +54,10 @@ pub struct SpareConfig {
     pub preload: Option<String>,
 }
 
-/// The code that pre-imports the analysis stack in a spare kernel (names are not bound).
-pub const PRELOAD_ANALYSIS_STACK: &str = "for __m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n    try:\n        __import__(__m)\n    except Exception:\n        pass\ndel __m";
+/// The code that pre-imports the analysis stack in a new kernel (names are not bound): the
+/// imports, then one off-screen Agg render so fonts and the PNG path are warm for the first plot
+/// (without pyplot, so figure numbers and the inline backend are untouched).
+pub const PRELOAD_ANALYSIS_STACK: &str = "def __kmcp_preload():\n    import importlib\n    for m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n        try:\n            importlib.import_module(m)\n        except Exception:\n            pass\n    try:\n        import io\n        from matplotlib.figure import Figure\n        from matplotlib.backends.backend_agg import FigureCanvasAgg\n        fig = Figure(figsize=(2, 2))\n        fig.add_subplot().plot([0, 1])\n        FigureCanvasAgg(fig).print_png(io.BytesIO())\n    except Exception:\n        pass\ntry:\n    __kmcp_preload()\nfinally:\n    del __kmcp_preload";
 
 struct Spare {
     kernel: Kernel,

@@ -435,7 +435,7 @@ async fn the_analysis_stack_is_imported_in_the_background_without_a_trace() {
         "{}",
         s.log()
     );
-    let probe = "import sys\n(sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules), get_ipython().execution_count, len(In), [k for k in ('np', 'pd', 'plt', '__m') if k in get_ipython().user_ns])";
+    let probe = "import sys\n(sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules), get_ipython().execution_count, len(In), [k for k in ('np', 'pd', 'plt', '__m', '__kmcp_preload', 'fig', 'Figure') if k in get_ipython().user_ns])";
     let r = s.exec(probe).await;
     // The same probe in a kernel without the preload: only the imported modules differ.
     let plain = Server::start().await;
