@@ -71,8 +71,8 @@ async fn list_variables_refuses_a_huge_filter() {
     s.close().await;
 }
 
-/// A Python with nbformat, in a venv of the tests' own under target/tmp (created once, from
-/// PyPI; the managed kernel environment is left alone).
+/// A Python with nbformat and nbconvert, in a venv of the tests' own under target/tmp (created
+/// once, from PyPI; the managed kernel environment is left alone).
 fn nbformat_python() -> std::path::PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +80,7 @@ fn nbformat_python() -> std::path::PathBuf {
     let py = dir.join("bin").join("python");
     let ok = |py: &std::path::Path| {
         std::process::Command::new(py)
-            .args(["-c", "import nbformat"])
+            .args(["-c", "import nbformat, nbconvert"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -92,12 +92,12 @@ fn nbformat_python() -> std::path::PathBuf {
             .expect("python3 -m venv");
         assert!(venv.status.success(), "{venv:?}");
         let pip = std::process::Command::new(&py)
-            .args(["-m", "pip", "install", "-q", "nbformat"])
+            .args(["-m", "pip", "install", "-q", "nbformat", "nbconvert"])
             .output()
-            .expect("pip install nbformat");
+            .expect("pip install nbformat nbconvert");
         assert!(
             pip.status.success(),
-            "installing nbformat for the notebook tests failed: {}",
+            "installing nbformat and nbconvert for the notebook tests failed: {}",
             String::from_utf8_lossy(&pip.stderr)
         );
     }
@@ -211,6 +211,32 @@ async fn export_notebook_writes_the_session_as_a_valid_notebook() {
             ["code", "2 + 2", 1, [["execute_result", ["text/plain"]]]],
         ])
     );
+
+    // Jupyter's own converter reads it too.
+    let md = tokio::time::timeout(
+        crate::harness::HANG,
+        tokio::process::Command::new(nbformat_python())
+            .args(["-m", "nbconvert", "--to", "markdown", "--stdout"])
+            .arg(s.ws().join("session.ipynb"))
+            .output(),
+    )
+    .await
+    .expect("nbconvert hung")
+    .unwrap();
+    assert!(
+        md.status.success(),
+        "{}",
+        String::from_utf8_lossy(&md.stderr)
+    );
+    let md = String::from_utf8_lossy(&md.stdout);
+    for part in [
+        "```python\n%run script.py --n 'a b'\n```",
+        "ZeroDivisionError",
+        "![png](",
+        "*Kernel restarted (restart_kernel): all variables were cleared.*",
+    ] {
+        assert!(md.contains(part), "{part:?} not in:\n{md}");
+    }
 
     // Its own file is replaced freely; a file it did not write only with overwrite.
     let r = s.call("export_notebook", json!({})).await;
