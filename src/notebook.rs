@@ -271,7 +271,8 @@ fn bundle_bytes(data: &MimeBundle) -> usize {
         .sum()
 }
 
-fn output_bytes(o: &Output) -> usize {
+/// Approximate bytes an output holds in memory.
+pub fn output_bytes(o: &Output) -> usize {
     match o {
         Output::Stream { text, .. } => text.0.len(),
         Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => bundle_bytes(data),
@@ -330,13 +331,9 @@ impl<'a> Recorder<'a> {
         }
         if self.bytes + n > self.cap {
             self.full = true;
-            self.outputs.push(Output::Stream {
-                name: StreamName::Stderr,
-                text: MultiLine(
-                    "[kernel-mcp: further output of this cell is not kept in the notebook]\n"
-                        .into(),
-                ),
-            });
+            self.outputs.push(note_output(
+                "further output of this cell is not kept in the notebook",
+            ));
             self.ids.push(None);
             return;
         }
@@ -427,6 +424,14 @@ impl<'a> Recorder<'a> {
     }
 }
 
+/// A stderr note standing in for outputs that were not kept.
+pub fn note_output(text: &str) -> Output {
+    Output::Stream {
+        name: StreamName::Stderr,
+        text: MultiLine(format!("[kernel-mcp: {text}]\n")),
+    }
+}
+
 fn object_or_empty(v: &Value) -> Value {
     if v.is_object() {
         v.clone()
@@ -486,13 +491,9 @@ impl Journal {
     pub fn record(&mut self, source: &str, execution_count: Option<i64>, outputs: Vec<Output>) {
         let n: usize = outputs.iter().map(output_bytes).sum::<usize>() + source.len();
         let outputs = if self.bytes + n > self.cap {
-            vec![Output::Stream {
-                name: StreamName::Stderr,
-                text: MultiLine(
-                    "[kernel-mcp: the session journal is full; this cell's output was not kept]\n"
-                        .into(),
-                ),
-            }]
+            vec![note_output(
+                "the session journal is full; this cell's output was not kept",
+            )]
         } else {
             self.bytes += n;
             outputs

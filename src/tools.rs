@@ -1621,6 +1621,7 @@ impl Server {
         let mut report = crate::kernel::Report::default();
         let mut last_exec = None;
         let mut ran = 0usize;
+        let mut kept = 0usize;
         let mut stopped: Option<String> = None;
         let code_cells = nb
             .cells
@@ -1664,7 +1665,16 @@ impl Server {
             ran += 1;
             self.journal_cell(&source.0, &exec, recorded.clone(), &cell_report);
             *execution_count = exec.reply.as_ref().and_then(|r| r.execution_count);
-            *outputs = recorded;
+            // The executed notebook is held until it is saved: bounded like the journal.
+            let n: usize = recorded.iter().map(crate::notebook::output_bytes).sum();
+            *outputs = if kept + n > crate::notebook::MAX_JOURNAL_BYTES {
+                vec![crate::notebook::note_output(
+                    "this cell's output was not kept; the notebook's outputs passed the size limit",
+                )]
+            } else {
+                kept += n;
+                recorded
+            };
             report.notes.extend(cell_report.notes);
             report.state_lost |= cell_report.state_lost;
             let failed = exec
