@@ -32,7 +32,8 @@ fn text_of(v: &Value) -> Option<String> {
 }
 
 /// True for text/plain that says nothing but the object's type, such as
-/// `<IPython.core.display.Latex object>` or `<pandas.io.formats.style.Styler object at 0x7f...>`.
+/// `<IPython.core.display.Latex object>`, `<pandas.io.formats.style.Styler object at 0x7f...>`
+/// or IPython's `<__main__.Report at 0x7f...>`.
 fn bare_repr(t: &str) -> bool {
     let Some(inner) = t.strip_prefix('<').and_then(|t| t.strip_suffix('>')) else {
         return false;
@@ -40,11 +41,12 @@ fn bare_repr(t: &str) -> bool {
     if inner.contains(['\n', '<', '>']) {
         return false;
     }
-    let inner = match inner.rsplit_once(" at 0x") {
-        Some((head, addr)) if addr.chars().all(|c| c.is_ascii_hexdigit()) => head,
-        _ => inner,
-    };
-    inner.ends_with(" object")
+    match inner.rsplit_once(" at 0x") {
+        Some((head, addr)) if addr.chars().all(|c| c.is_ascii_hexdigit()) => {
+            !head.contains(' ') || head.ends_with(" object")
+        }
+        _ => inner.ends_with(" object"),
+    }
 }
 
 /// A note for interactive chart libraries whose displays carry no static image.
@@ -113,7 +115,10 @@ pub fn choose(data: &MimeBundle) -> Option<Form> {
             return Some(Form::Text(md));
         }
     }
-    // Only a bare "<... object>" is left: say what the display holds instead.
+    // Nothing richer could be shown: a bare repr is still better than nothing.
+    if let Some(p) = plain {
+        return Some(Form::Text(p));
+    }
     let types: Vec<&str> = data.keys().map(String::as_str).collect();
     if types.is_empty() {
         return None;
@@ -213,6 +218,8 @@ mod tests {
         assert!(!bare_repr("   a\n0  1"));
         assert!(!bare_repr("<Figure size 640x480 with 1 Axes>"));
         assert!(!bare_repr("<b>hi</b> object>"));
+        assert!(bare_repr("<__main__.W at 0x7fa802bc6b50>"));
+        assert!(!bare_repr("<Figure size 640x480 with 1 Axes at 0x7f>"));
     }
 
     #[test]
@@ -248,6 +255,20 @@ mod tests {
         assert!(md.contains("| 1 | x |"), "{md}");
         assert!(md.contains("Some **bold** text"), "{md}");
         assert!(!md.contains("color:red"), "{md}");
+    }
+
+    #[test]
+    fn a_bare_repr_is_kept_when_nothing_else_is_there() {
+        let b = bundle(&[("text/plain", json_str("<object object at 0x7f00>"))]);
+        assert_eq!(
+            choose(&b),
+            Some(Form::Text("<object object at 0x7f00>".into()))
+        );
+        let b = bundle(&[
+            ("text/plain", json_str("<__main__.W at 0x7f00>")),
+            ("text/html", json_str("<ul><li>a</li></ul>")),
+        ]);
+        assert_eq!(choose(&b), Some(Form::Text("*   a".into())));
     }
 
     #[test]
