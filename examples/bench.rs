@@ -1,6 +1,7 @@
 //! Benchmark: what kernel-mcp adds on top of the kernel, measured in one run on this machine.
 //!
-//! Run: `cargo run --release --example bench` (add `-- --quick` to skip the 1 GB print).
+//! Run: `cargo run --release --example bench` (add `-- --quick` to skip the 1 GB print, or
+//! `-- --notebook` for only the notebook figures: first plot, export, list_variables).
 //! It builds the server binary if needed, uses the managed Python environment, and prints a
 //! table of medians and ratios: MCP round trip vs kernel-mcp's direct wire client vs a fresh
 //! `python -c` per call; output throughput and the server's peak memory; start-up, restart and
@@ -139,6 +140,11 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| measurement | value | note |");
     println!("|---|---:|---|");
+    if std::env::args().any(|a| a == "--notebook") {
+        notebook_figures(&bin, &ws).await?;
+        let _ = std::fs::remove_dir_all(&ws);
+        return Ok(());
+    }
 
     // 1. Direct wire client, no MCP: the baseline the server's own cost is measured against.
     let launcher = LocalLauncher {
@@ -365,6 +371,7 @@ async fn main() -> anyhow::Result<()> {
     );
     m.client.cancel().await?;
     gateway_rows(&bin, &ws, mcp_med).await?;
+    notebook_figures(&bin, &ws).await?;
     let _ = std::fs::remove_dir_all(&ws);
     Ok(())
 }
@@ -500,5 +507,112 @@ async fn gateway_rows(bin: &Path, ws: &Path, local_med: f64) -> anyhow::Result<(
         ),
     );
     let _ = child.kill().await;
+    Ok(())
+}
+
+/// The first plot of a session, export_notebook of a 200-cell session, list_variables over
+/// 1,000 names.
+async fn notebook_figures(bin: &Path, ws: &Path) -> anyhow::Result<()> {
+    let plot = "import matplotlib.pyplot as plt\nplt.figure(figsize=(4, 3))\nplt.plot([1, 3, 2])\nplt.show()";
+    for delay in [1.5, 5.0] {
+        for (flags, what) in [
+            (&["--no-spare"][..], "background import of the stack"),
+            (&["--no-spare", "--no-preload"][..], "no background import"),
+        ] {
+            let m = start_server(bin, ws, flags).await?;
+            // The first call arrives a while after start, as a person's would.
+            tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+            let t = Instant::now();
+            let r = exec(&m, plot).await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let figs = r.content.iter().filter(|c| c.as_image().is_some()).count();
+            anyhow::ensure!(figs == 1, "the first plot returned {figs} images");
+            let t = Instant::now();
+            exec(&m, plot).await?;
+            let again = t.elapsed().as_secs_f64() * 1000.0;
+            row(
+                &format!("first plot, {delay} s after server start"),
+                format!("{ms:.0} ms"),
+                &format!("{what}; the next plot {again:.0} ms (target <= 150 ms with it)"),
+            );
+            m.client.cancel().await?;
+        }
+    }
+
+    let m = start_server(bin, ws, &["--no-spare"]).await?;
+    exec(
+        &m,
+        "import pandas as pd, numpy as np\nimport matplotlib.pyplot as plt",
+    )
+    .await?;
+    for i in 0..200 {
+        let code = if i % 20 == 0 {
+            format!("plt.figure(figsize=(3, 2))\nplt.plot(range({i} + 2))\nplt.show()")
+        } else if i % 3 == 0 {
+            format!("pd.DataFrame({{'a': range({i} % 7 + 3), 'b': 1.5}})")
+        } else {
+            format!("x{i} = {i} ** 2\nprint('cell', {i}, x{i})")
+        };
+        exec(&m, &code).await?;
+    }
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = call(
+            &m,
+            "export_notebook",
+            serde_json::json!({"path": "bench-session.ipynb"}),
+        )
+        .await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        size = r
+            .structured_content
+            .as_ref()
+            .and_then(|v| v.get("bytes"))
+            .and_then(|b| b.as_u64())
+            .unwrap_or(0);
+    }
+    row(
+        "export_notebook, 201-cell session (median of 5)",
+        format!("{:.1} ms", median(&mut times)),
+        &format!(
+            "MCP round trip; {:.0} KiB .ipynb with 10 PNG figures",
+            size as f64 / 1024.0
+        ),
+    );
+    exec(
+        &m,
+        "for __i in range(1000):\n    globals()[f'v{__i}'] = ([__i] * 10 if __i % 4 == 0 else np.arange(__i) if __i % 4 == 1 else pd.DataFrame({'a': range(__i % 50)}) if __i % 4 == 2 else str(__i))\ndel __i",
+    )
+    .await?;
+    let mut times = Vec::new();
+    let mut total = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = call(&m, "list_variables", serde_json::json!({})).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        total = r
+            .structured_content
+            .as_ref()
+            .and_then(|v| v.get("total"))
+            .and_then(|b| b.as_u64())
+            .unwrap_or(0);
+    }
+    let mut filtered = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        call(&m, "list_variables", serde_json::json!({"filter": "v99*"})).await?;
+        filtered.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    row(
+        "list_variables with 1,000+ names (median of 5)",
+        format!("{:.0} ms", median(&mut times)),
+        &format!(
+            "{total} names, 200 described; with filter \"v99*\": {:.0} ms",
+            median(&mut filtered)
+        ),
+    );
+    m.client.cancel().await?;
     Ok(())
 }

@@ -48,5 +48,45 @@ def __kernel_mcp_setup():
             stream.flush_interval = 0.05
 
 
+    # pandas, for a model reading text: a wide frame prints as one table instead of 80-column
+    # blocks, with up to 50 columns. Applied when pandas is first imported (a one-shot import
+    # hook), so a kernel that never uses pandas does not pay for importing it.
+    import importlib.abc
+    import importlib.util
+
+    def configure_pandas(pd):
+        try:
+            pd.set_option("display.expand_frame_repr", False)
+            pd.set_option("display.max_columns", 50)
+            pd.set_option("display.width", 1000)
+        except Exception:
+            pass
+
+    class PandasOptions(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "pandas":
+                return None
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+            spec = importlib.util.find_spec(name)
+            loader = getattr(spec, "loader", None)
+            if loader is not None and hasattr(loader, "exec_module"):
+                exec_module = loader.exec_module
+
+                def exec_and_configure(module):
+                    exec_module(module)
+                    configure_pandas(module)
+
+                loader.exec_module = exec_and_configure
+            return spec
+
+    if "pandas" in sys.modules:
+        configure_pandas(sys.modules["pandas"])
+    else:
+        sys.meta_path.insert(0, PandasOptions())
+
+
 __kernel_mcp_setup()
 del __kernel_mcp_setup

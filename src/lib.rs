@@ -8,12 +8,16 @@
 pub mod error;
 pub mod kernel;
 pub mod limits;
+pub mod notebook;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
+pub mod rich;
 pub mod stdin_guard;
 pub mod text;
 pub mod tools;
+pub mod traceback;
+pub mod variables;
 pub mod wire;
 pub mod workspace;
 

@@ -97,7 +97,7 @@ struct Opts {
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
-    /// Do not pre-import numpy, pandas and matplotlib in the spare kernel.
+    /// Do not pre-import numpy, pandas and matplotlib (in the background in a new kernel, and in the spare).
     #[arg(long, global = true)]
     no_preload: bool,
     /// Most execute calls waiting behind the running one before "busy" is returned.
@@ -123,6 +123,10 @@ struct Opts {
     /// Kernelspec to start on the gateway (default: the gateway's default kernelspec).
     #[arg(long, global = true)]
     kernel_name: Option<String>,
+    /// Keep a notebook of the session at this workspace path, rewritten after every call
+    /// (e.g. "session-journal.ipynb"), so nothing is lost if the client goes away.
+    #[arg(long, value_name = "PATH", global = true)]
+    journal: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +265,15 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     }
     let (workspace, workspace_note) = open_workspace(o.workspace.as_deref())?;
     let workspace = Arc::new(workspace);
+    if let Some(j) = &o.journal {
+        anyhow::ensure!(
+            j.to_ascii_lowercase().ends_with(".ipynb"),
+            "--journal {j:?}: the journal is a notebook; give a path ending in .ipynb"
+        );
+        workspace
+            .path(j)
+            .map_err(|e| anyhow::anyhow!("--journal {j:?}: {e}"))?;
+    }
     if o.timeout > o.max_timeout {
         tracing::warn!(
             timeout = o.timeout.as_secs_f64(),
@@ -285,6 +298,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         },
         install_timeout: o.install_timeout,
         workspace_note,
+        journal: o.journal.clone(),
     };
     let spare = kernel_mcp::kernel::SpareConfig {
         enabled: !o.no_spare,

@@ -49,6 +49,8 @@ enum Kind {
     Stdout,
     Stderr,
     Result,
+    /// A section label or an earlier section's error: never merged with other text.
+    Note,
 }
 
 #[derive(Debug)]
@@ -86,6 +88,10 @@ pub struct Collector {
     pending_cr: bool,
     last_line: String,
     progress: Option<ProgressFn>,
+    /// Blocks before this index belong to earlier sections; clear_output keeps them.
+    floor: usize,
+    /// An earlier section ended in an error (rendered in place).
+    section_error: bool,
 }
 
 /// Kernel text made safe to show: escape sequences removed, other controls and bidi overrides
@@ -127,36 +133,6 @@ fn char_floor(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn pick_text(data: &MimeBundle) -> Option<String> {
-    // `HTML(...)`, `SVG(...)` and many rich objects carry only a useless "<... object>" repr as
-    // text/plain; their HTML says more.
-    let bare_repr = matches!(data.get("text/plain"), Some(serde_json::Value::String(t))
-        if t.starts_with('<') && t.ends_with(" object>") && !t.contains('\n'));
-    if bare_repr {
-        if let Some(serde_json::Value::String(h)) = data.get("text/html") {
-            return Some(h.clone());
-        }
-    }
-    for mime in [
-        "text/markdown",
-        "text/plain",
-        "application/json",
-        "text/latex",
-        "text/html",
-    ] {
-        match data.get(mime) {
-            Some(serde_json::Value::String(s)) => return Some(s.clone()),
-            Some(serde_json::Value::Array(parts)) => {
-                // nbformat allows multi-line strings as lists of lines.
-                return Some(parts.iter().filter_map(|p| p.as_str()).collect());
-            }
-            Some(other) if mime == "application/json" => return Some(other.to_string()),
-            _ => {}
-        }
-    }
-    None
-}
-
 fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
     transient
         .as_ref()
@@ -186,7 +162,50 @@ impl Collector {
             pending_cr: false,
             last_line: String::new(),
             progress,
+            floor: 0,
+            section_error: false,
         }
+    }
+
+    /// Starts a new labelled section (run_notebook's `[cell N]`). The previous section's error
+    /// is rendered in place first; clear_output from now on keeps earlier sections.
+    pub fn section(&mut self, label: &str) {
+        self.clear_pending = false;
+        if let Some(e) = self.error.take() {
+            self.section_error = true;
+            let text = format!("{}\n", self.error_text(&e));
+            self.push_text(Kind::Note, &text, None);
+        }
+        self.push_text(Kind::Note, label, None);
+        self.floor = self.blocks.len();
+    }
+
+    /// `ename: evalue` and the traceback shortened for a model (see [`crate::traceback`]);
+    /// when frames were left out, the full traceback is saved to a file the text names.
+    fn error_text(&mut self, e: &ErrorContent) -> String {
+        let chunks: Vec<String> = e
+            .traceback
+            .iter()
+            .map(|c| strip_ansi(c).into_owned())
+            .collect();
+        let short = crate::traceback::for_model(&chunks, crate::traceback::MAX_TRACEBACK_CHARS);
+        let mut text = format!("{}: {}", e.ename, e.evalue);
+        if short.text.trim().is_empty() {
+            return text;
+        }
+        text = format!("{text}\n{}", short.text);
+        if short.shortened {
+            let saved = self.spill_target.as_mut().and_then(|t| {
+                let (path, mut f) = t.create(".txt").ok()?;
+                f.write_all(chunks.join("\n").as_bytes()).ok()?;
+                Some(path)
+            });
+            text.push_str(&match saved {
+                Some(path) => format!("\n[traceback shortened: library frames collapsed to their location; the full traceback is saved in {path} (read it with read_file)]"),
+                None => "\n[traceback shortened: library frames collapsed to their location]".to_owned(),
+            });
+        }
+        text
     }
 
     fn head_budget(&self) -> usize {
@@ -198,10 +217,19 @@ impl Collector {
     }
 
     fn clear(&mut self) {
-        self.blocks.clear();
+        self.blocks.truncate(self.floor);
         self.head_chars = 0;
         self.images = 0;
         self.image_bytes = 0;
+        for b in &self.blocks {
+            match b {
+                Block::Text { text, .. } => self.head_chars += text.len(),
+                Block::Image { data, .. } => {
+                    self.images += 1;
+                    self.image_bytes += data.len();
+                }
+            }
+        }
         if let Some(s) = self.spill.as_mut() {
             s.tail.clear();
         }
@@ -258,7 +286,7 @@ impl Collector {
                     .unwrap_or(cut);
                 (text.get(..cut).unwrap_or(""), text.get(cut..).unwrap_or(""))
             };
-            let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result)
+            let merge = matches!(self.blocks.last(), Some(Block::Text { kind: k, display_id: None, .. }) if *k == kind && kind != Kind::Result && kind != Kind::Note)
                 && display_id.is_none();
             if merge {
                 if let Some(Block::Text { text: buf, .. }) = self.blocks.last_mut() {
@@ -351,22 +379,14 @@ impl Collector {
     }
 
     fn push_bundle(&mut self, data: &MimeBundle, display_id: Option<String>) {
-        for mime in ["image/png", "image/jpeg"] {
-            if let Some(serde_json::Value::String(b64)) = data.get(mime) {
-                self.push_image(mime, b64, display_id);
-                return;
+        match crate::rich::choose(data) {
+            Some(crate::rich::Form::Image { mime, data }) => {
+                self.push_image(&mime, &data, display_id)
             }
-        }
-        match pick_text(data) {
-            Some(t) => self.push_text(Kind::Result, &strip_ansi(&t), display_id),
-            None => {
-                let types: Vec<&str> = data.keys().map(String::as_str).collect();
-                let note = format!(
-                    "[display of type {} has no text or image form to show]\n",
-                    types.join(", ")
-                );
-                self.push_text(Kind::Result, &note, display_id);
+            Some(crate::rich::Form::Text(t)) => {
+                self.push_text(Kind::Result, &strip_ansi(&t), display_id)
             }
+            None => {}
         }
     }
 
@@ -442,7 +462,7 @@ impl Collector {
                 self.dropped_images.join("; ")
             )));
         }
-        let mut is_error = false;
+        let mut is_error = self.section_error;
         let error = self.error.take().or_else(|| {
             let r = exec?.reply.as_ref()?;
             if r.status == crate::wire::message::ReplyStatus::Error {
@@ -494,22 +514,7 @@ impl Collector {
             // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
-                let tb = strip_ansi(&e.traceback.join("\n")).into_owned();
-                let mut text = format!("{}: {}", strip_ansi(&e.ename), strip_ansi(&e.evalue));
-                if !tb.trim().is_empty() {
-                    let tb = if tb.len() > 8000 {
-                        let head = char_floor(&tb, 2000);
-                        let tail = char_floor(&tb, tb.len() - 5000);
-                        format!(
-                            "{}\n[... traceback shortened ...]\n{}",
-                            tb.get(..head).unwrap_or(""),
-                            tb.get(tail..).unwrap_or("")
-                        )
-                    } else {
-                        tb
-                    };
-                    text = format!("{text}\n{tb}");
-                }
+                let text = self.error_text(&e);
                 out.push(McpContent::text(text));
             }
         }
@@ -726,19 +731,6 @@ mod tests {
             "{:?}",
             t.last()
         );
-    }
-
-    #[test]
-    fn html_beats_a_bare_object_repr() {
-        let mut b = MimeBundle::new();
-        b.insert(
-            "text/plain".into(),
-            serde_json::json!("<IPython.core.display.HTML object>"),
-        );
-        b.insert("text/html".into(), serde_json::json!("<b>hi</b>"));
-        assert_eq!(pick_text(&b).as_deref(), Some("<b>hi</b>"));
-        b.insert("text/plain".into(), serde_json::json!("   a\n0  1"));
-        assert_eq!(pick_text(&b).as_deref(), Some("   a\n0  1"));
     }
 
     #[test]

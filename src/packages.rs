@@ -262,6 +262,72 @@ pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
     })
 }
 
+/// Import names whose distribution is named differently: the usual surprises.
+pub const IMPORT_NAMES: &[(&str, &str)] = &[
+    ("sklearn", "scikit-learn"),
+    ("cv2", "opencv-python"),
+    ("PIL", "pillow"),
+    ("yaml", "pyyaml"),
+    ("bs4", "beautifulsoup4"),
+    ("skimage", "scikit-image"),
+    ("dateutil", "python-dateutil"),
+    ("dotenv", "python-dotenv"),
+    ("docx", "python-docx"),
+    ("pptx", "python-pptx"),
+    ("fitz", "pymupdf"),
+    ("Crypto", "pycryptodome"),
+    ("serial", "pyserial"),
+    ("jwt", "pyjwt"),
+    ("OpenSSL", "pyopenssl"),
+    ("Levenshtein", "python-levenshtein"),
+];
+
+/// The distribution to install for a known import name, e.g. "sklearn" → "scikit-learn".
+pub fn distribution_for_import(name: &str) -> Option<&'static str> {
+    let n = normalize(name);
+    IMPORT_NAMES
+        .iter()
+        .find(|(import, _)| normalize(import) == n)
+        .map(|(_, dist)| *dist)
+}
+
+/// A spec naming a known import name, rewritten to its distribution (extras and versions kept).
+pub fn translate_import_name(spec: &PackageSpec) -> Option<PackageSpec> {
+    let dist = distribution_for_import(&spec.name)?;
+    let name_len = spec
+        .raw
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(spec.raw.len());
+    let rest = spec.raw.get(name_len..).unwrap_or("");
+    validate_spec(&format!("{dist}{rest}")).ok()
+}
+
+const OWNERS_PROBE: &str = r#"
+import json, sys
+from importlib import metadata
+m = metadata.packages_distributions()
+print(json.dumps({n: m.get(n, []) for n in sys.argv[1:]}))
+"#;
+
+/// The installed distributions that provide each import name (`packages_distributions()`).
+pub async fn import_owners(
+    python: &std::path::Path,
+    names: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, PackageError> {
+    let mut argv = vec![
+        python.to_string_lossy().into_owned(),
+        "-c".into(),
+        OWNERS_PROBE.into(),
+    ];
+    argv.extend(names.iter().cloned());
+    let out = run_logged(&argv, Duration::from_secs(60), false).await?;
+    if !out.success {
+        return Err(PackageError::Failed(out.tail()));
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| PackageError::Failed(format!("unexpected output finding import names: {e}")))
+}
+
 /// Normalizes a distribution name (PEP 503).
 pub fn normalize(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -512,6 +578,16 @@ pub fn explain_failure(out: &RunOutput) -> String {
             names.join(" | ").trim()
         );
     }
+    // A failed build (`× python setup.py egg_info did not run successfully`, `× Building wheel
+    // ... did not run successfully`) prints the real reason inside a "[N lines of output]" block.
+    if let Some(reason) = build_output_reason(&all) {
+        let headline = all
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with('×'))
+            .unwrap_or("the package failed to build");
+        return format!("{headline}\nreason (the build's last lines):\n{reason}");
+    }
     let lines: Vec<&str> = all
         .lines()
         .filter(|l| {
@@ -531,9 +607,67 @@ pub fn explain_failure(out: &RunOutput) -> String {
     }
 }
 
+/// The last lines of the first "[N lines of output]" ... "[end of output]" block pip prints
+/// for a failed build step.
+fn build_output_reason(all: &str) -> Option<String> {
+    let mut inside = false;
+    let mut block: Vec<&str> = Vec::new();
+    for line in all.lines() {
+        let t = line.trim();
+        if !inside {
+            if t.ends_with("lines of output]") {
+                inside = true;
+            }
+            continue;
+        }
+        if t == "[end of output]" {
+            break;
+        }
+        if !t.is_empty() {
+            block.push(t);
+        }
+    }
+    if block.is_empty() {
+        return None;
+    }
+    let start = block.len().saturating_sub(8);
+    Some(block.get(start..).unwrap_or_default().join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_build_gives_its_real_reason() {
+        let out = RunOutput {
+            success: false,
+            code: Some(1),
+            stdout: "Collecting sklearn\n  Downloading sklearn-0.0.post12.tar.gz (2.6 kB)\n".into(),
+            stderr: "  error: subprocess-exited-with-error\n  \n  × python setup.py egg_info did not run successfully.\n  │ exit code: 1\n  ╰─> [15 lines of output]\n      The 'sklearn' PyPI package is deprecated, use 'scikit-learn'\n      rather than 'sklearn' for pip commands.\n      \n      [end of output]\n  \n  note: This error originates from a subprocess, and is likely not a problem with pip.\nerror: metadata-generation-failed\n".into(),
+        };
+        assert_eq!(
+            explain_failure(&out),
+            "× python setup.py egg_info did not run successfully.\nreason (the build's last lines):\nThe 'sklearn' PyPI package is deprecated, use 'scikit-learn'\nrather than 'sklearn' for pip commands."
+        );
+    }
+
+    #[test]
+    fn import_names_become_distributions() {
+        let t = |s: &str| {
+            validate_spec(s)
+                .ok()
+                .and_then(|s| translate_import_name(&s))
+                .map(|s| s.raw)
+        };
+        assert_eq!(t("sklearn").as_deref(), Some("scikit-learn"));
+        assert_eq!(t("sklearn>=1.4").as_deref(), Some("scikit-learn>=1.4"));
+        assert_eq!(t("PIL").as_deref(), Some("pillow"));
+        assert_eq!(t("cv2").as_deref(), Some("opencv-python"));
+        assert_eq!(t("yaml").as_deref(), Some("pyyaml"));
+        assert_eq!(t("bs4[lxml]").as_deref(), Some("beautifulsoup4[lxml]"));
+        assert_eq!(t("pandas"), None);
+    }
 
     #[test]
     fn accepts_plain_specs() {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::PackageError;
 use crate::error::{KernelError, WorkspaceError};
 use crate::kernel::{ExecLimits, KernelHandle, Restarted};
+use crate::notebook::{Journal, Recorder, MAX_CELL_OUTPUT_BYTES};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
 use crate::packages::{self, PackageSpec};
 use crate::pyenv::{self, EnvInfo, EnvSource};
@@ -150,6 +151,8 @@ pub struct Settings {
     pub install_timeout: Duration,
     /// Said in the instructions when the workspace is not where it would normally be.
     pub workspace_note: Option<String>,
+    /// Workspace path of a notebook kept up to date with the session after every call.
+    pub journal: Option<String>,
 }
 
 impl Default for Settings {
@@ -161,6 +164,7 @@ impl Default for Settings {
             output: OutputLimits::default(),
             install_timeout: Duration::from_secs(300),
             workspace_note: None,
+            journal: None,
         }
     }
 }
@@ -181,6 +185,13 @@ struct Inner {
     settings: Settings,
     envs: std::sync::RwLock<Environments>,
     install_lock: tokio::sync::Mutex<()>,
+    /// Every executed cell of this server session, with restart markers.
+    journal: std::sync::Mutex<Journal>,
+    /// Notebooks this server wrote (workspace path → size and mtime after the write), so it
+    /// only ever replaces its own files.
+    written: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::SystemTime)>>,
+    /// Serializes writes of the live journal so an older state never lands last.
+    journal_write: tokio::sync::Mutex<u64>,
 }
 
 /// The MCP server.
@@ -281,6 +292,135 @@ pub struct SwitchParams {
     pub name: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListVariablesParams {
+    /// Keep only names containing this text (case-insensitive), or matching it as a glob like "df*".
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportParams {
+    /// Where to write the notebook, relative to the workspace (default "session.ipynb"; must end in ".ipynb").
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace a file that this session's export_notebook did not write (default false).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunNotebookParams {
+    /// Workspace path of the .ipynb notebook to run.
+    pub path: String,
+    /// Write the executed notebook, with its new outputs, to this workspace path (may equal path).
+    #[serde(default)]
+    pub save_to: Option<String>,
+    /// Stop at the first cell that raises (default true); false runs every cell.
+    #[serde(default)]
+    pub stop_on_error: Option<bool>,
+    /// Let save_to replace a file this session did not write (default false).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+}
+
+/// What export_notebook wrote.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct ExportReport {
+    /// Workspace path of the notebook.
+    pub path: String,
+    /// Cells written (code cells and restart markers).
+    pub cells: usize,
+    /// Size of the file in bytes.
+    pub bytes: usize,
+}
+
+/// list_files as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct FileListing {
+    /// Entries sorted by path.
+    pub entries: Vec<FileEntry>,
+    /// True when more than 1000 entries matched and the rest were left out.
+    pub truncated: bool,
+    /// Folders that could not be read (permissions).
+    pub skipped_folders: usize,
+}
+
+/// One listed file or folder.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct FileEntry {
+    /// Path relative to the workspace root.
+    pub path: String,
+    /// "file", "dir", "symlink" or "other".
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, UTC, "YYYY-MM-DD HH:MM".
+    pub modified: Option<String>,
+}
+
+/// check_packages as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageCheck {
+    /// One entry per name asked about, in order.
+    pub packages: Vec<PackageStatus>,
+}
+
+/// Whether one package is installed.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageStatus {
+    /// The name as given (a distribution name or an import name).
+    pub name: String,
+    /// True when installed.
+    pub installed: bool,
+    /// The distribution that provides it, when installed or known.
+    pub distribution: Option<String>,
+    /// Installed version.
+    pub version: Option<String>,
+}
+
+/// list_packages as data.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageList {
+    /// Matching distributions (at most 500).
+    pub packages: Vec<PackageVersion>,
+    /// How many matched.
+    pub total: usize,
+}
+
+/// A distribution and its version.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct PackageVersion {
+    pub name: String,
+    pub version: String,
+}
+
+/// get_environment's output schema: an object with the fields the tool documents.
+fn environment_schema() -> std::sync::Arc<rmcp::model::JsonObject> {
+    let v = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "active_environment": {"type": "string"},
+            "kind": {"type": "string"},
+            "python_version": {"type": "string"},
+            "python_executable": {"type": "string"},
+            "key_packages": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+            "kernel_pid": {"type": ["integer", "null"]},
+            "workspace": {"type": "string"},
+            "limits": {"type": "object"},
+            "kernel": {"type": "string"},
+            "kernel_heartbeat": {"type": "string"},
+            "sandbox": {},
+            "named_environments": {"type": "object", "additionalProperties": {"type": "string"}}
+        },
+        "required": ["active_environment", "python_version", "python_executable", "workspace", "kernel"]
+    });
+    match v {
+        serde_json::Value::Object(m) => std::sync::Arc::new(m),
+        _ => std::sync::Arc::new(rmcp::model::JsonObject::new()),
+    }
+}
+
 /// Longest glob or filter accepted.
 const MAX_PATTERN: usize = 256;
 
@@ -290,6 +430,13 @@ fn pattern_problem(p: &str) -> Option<String> {
 
 fn tool_error(msg: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(msg.into())])
+}
+
+/// A result with the text for older clients and the same data as structuredContent.
+fn structured<T: serde::Serialize>(text: String, data: &T) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![Content::text(text)]);
+    r.structured_content = serde_json::to_value(data).ok();
+    r
 }
 
 fn kernel_error(e: KernelError) -> CallToolResult {
@@ -332,6 +479,18 @@ fn progress_fn(ctx: &RequestContext<RoleServer>) -> Option<ProgressFn> {
     }))
 }
 
+/// Quotes a word for a `%run` line the way a POSIX shell (and IPython's shlex) reads it.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,+@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
+    }
+}
+
 fn py_str(s: &str) -> String {
     // JSON string literals are valid Python string literals.
     serde_json::to_string(s).unwrap_or_else(|_| "''".into())
@@ -364,6 +523,9 @@ impl Server {
                 settings,
                 envs: std::sync::RwLock::new(envs),
                 install_lock: tokio::sync::Mutex::new(()),
+                journal: std::sync::Mutex::new(Journal::default()),
+                written: std::sync::Mutex::new(std::collections::HashMap::new()),
+                journal_write: tokio::sync::Mutex::new(0),
             }),
             tool_router,
         }
@@ -432,6 +594,7 @@ impl Server {
     async fn run_code(
         &self,
         code: &str,
+        journal_source: &str,
         timeout: Option<f64>,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -456,19 +619,127 @@ impl Server {
             progress,
         );
         let cancel: CancellationToken = ctx.ct.clone();
+        let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
         let result = self
             .inner
             .kernel
-            .execute(code, &limits, &cancel, &mut collector)
+            .execute(code, &limits, &cancel, &mut recorder)
             .await;
+        let outputs = recorder.into_outputs();
         let mut res = match result {
-            Ok((exec, report)) => collector.finish(Some(&exec), &report, timeout),
+            Ok((exec, report)) => {
+                self.journal_cell(journal_source, &exec, outputs, &report);
+                collector.finish(Some(&exec), &report, timeout)
+            }
             Err(e) => return Ok(kernel_error(e)),
         };
         for n in notes {
             res.content.push(Content::text(n));
         }
+        self.update_live_journal().await;
         Ok(res)
+    }
+
+    /// Records one executed cell in the journal, and a marker when the kernel's state was lost.
+    fn journal_cell(
+        &self,
+        source: &str,
+        exec: &crate::kernel::Execution,
+        outputs: Vec<crate::notebook::Output>,
+        report: &crate::kernel::Report,
+    ) {
+        let count = exec.reply.as_ref().and_then(|r| r.execution_count);
+        if let Ok(mut j) = self.inner.journal.lock() {
+            j.record(source, count, outputs);
+            if report.state_lost {
+                let words: Vec<String> = report.notes.iter().map(crate::output::notice).collect();
+                j.marker(&format!("*{}*", words.join(" ")));
+            }
+        }
+    }
+
+    /// Adds a Markdown marker to the journal (kernel restarts) and updates the live journal.
+    async fn journal_marker(&self, text: &str) {
+        if let Ok(mut j) = self.inner.journal.lock() {
+            j.marker(text);
+        }
+        self.update_live_journal().await;
+    }
+
+    /// The journal as .ipynb bytes with kernelspec and language metadata.
+    fn journal_bytes(&self) -> Result<(Vec<u8>, usize, u64), String> {
+        let meta = crate::notebook::python_metadata(&self.env_info().python_version);
+        let j = self
+            .inner
+            .journal
+            .lock()
+            .map_err(|_| "the session journal is unavailable".to_owned())?;
+        let bytes = j.to_bytes(meta).map_err(|e| e.to_string())?;
+        Ok((bytes, j.len(), j.version()))
+    }
+
+    /// Writes a notebook into the workspace, refusing to replace a file this server did not
+    /// write unless `overwrite`. Returns the workspace path written.
+    async fn write_notebook(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        overwrite: bool,
+    ) -> Result<Result<String, WorkspaceError>, ErrorData> {
+        let path = path.to_owned();
+        let inner = self.inner.clone();
+        self.on_workspace(move |ws| {
+            let p = ws.path(&path)?;
+            let key = p.display();
+            let ours = |stamp: &(u64, std::time::SystemTime)| {
+                inner
+                    .written
+                    .lock()
+                    .map(|w| w.get(&key) == Some(stamp))
+                    .unwrap_or(false)
+            };
+            if let Some(stamp) = ws.stamp(&p)? {
+                if !overwrite && !ours(&stamp) {
+                    return Err(WorkspaceError::Denied {
+                        path: key,
+                        reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
+                    });
+                }
+            }
+            ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
+            if let Some(stamp) = ws.stamp(&p)? {
+                if let Ok(mut w) = inner.written.lock() {
+                    w.insert(key.clone(), stamp);
+                }
+            }
+            Ok(key)
+        })
+        .await
+    }
+
+    /// Rewrites the live journal notebook (`--journal`), if one is configured.
+    async fn update_live_journal(&self) {
+        let Some(path) = self.inner.settings.journal.clone() else {
+            return;
+        };
+        let mut last = self.inner.journal_write.lock().await;
+        let (bytes, _, version) = match self.journal_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build the journal notebook");
+                return;
+            }
+        };
+        if version == *last {
+            return;
+        }
+        match self.write_notebook(&path, bytes, false).await {
+            Ok(Ok(_)) => *last = version,
+            Ok(Err(e)) => tracing::warn!(error = %e, path, "could not write the journal notebook"),
+            Err(e) => {
+                tracing::warn!(error = %e.message, path, "could not write the journal notebook")
+            }
+        }
     }
 }
 
@@ -508,7 +779,8 @@ impl Server {
                 "code is empty; pass the Python source to run in the code argument",
             ));
         }
-        self.run_code(&p.code, p.timeout_seconds, &ctx).await
+        self.run_code(&p.code, &p.code, p.timeout_seconds, &ctx)
+            .await
     }
 
     /// Read a file from the workspace.
@@ -630,7 +902,8 @@ impl Server {
             title = "List workspace files",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<FileListing>()
     )]
     async fn list_files(
         &self,
@@ -650,15 +923,24 @@ impl Server {
             Err(e) => return Ok(workspace_error(e)),
         };
         let mut lines = Vec::with_capacity(listing.entries.len() + 1);
+        let mut data = FileListing {
+            entries: Vec::with_capacity(listing.entries.len()),
+            truncated: listing.truncated,
+            skipped_folders: listing.skipped,
+        };
         for e in &listing.entries {
-            let when = e
-                .modified
-                .map(|t| {
-                    chrono::DateTime::<chrono::Utc>::from(t)
-                        .format("%Y-%m-%d %H:%M")
-                        .to_string()
-                })
-                .unwrap_or_else(|| "-".into());
+            let modified = e.modified.map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            });
+            data.entries.push(FileEntry {
+                path: e.path.clone(),
+                kind: e.kind.to_owned(),
+                size: e.size,
+                modified: modified.clone(),
+            });
+            let when = modified.unwrap_or_else(|| "-".into());
             let name = if e.kind == "dir" {
                 format!("{}/", e.path)
             } else {
@@ -681,9 +963,7 @@ impl Server {
                 crate::workspace::MAX_LIST_ENTRIES
             ));
         }
-        Ok(CallToolResult::success(vec![Content::text(
-            lines.join("\n"),
-        )]))
+        Ok(structured(lines.join("\n"), &data))
     }
 
     /// Run a Python script from the workspace in the kernel, like IPython's `%run`.
@@ -728,7 +1008,13 @@ impl Server {
             "import shlex as __kmcp_shlex\nget_ipython().run_line_magic('run', ' '.join(__kmcp_shlex.quote(__a) for __a in [{}]))\ndel __kmcp_shlex",
             list.join(", ")
         );
-        self.run_code(&code, None, &ctx).await
+        // The notebook shows what the call meant: IPython's %run with the workspace path.
+        let run_line: Vec<String> = std::iter::once(p.path.as_str())
+            .chain(argv.iter().skip(1).map(String::as_str))
+            .map(shell_quote)
+            .collect();
+        let journal_source = format!("%run {}", run_line.join(" "));
+        self.run_code(&code, &journal_source, None, &ctx).await
     }
 
     /// Restart the Python kernel: all variables, imports and loaded data are lost.
@@ -779,7 +1065,12 @@ impl Server {
                 }
             }
         }
-        match self.inner.kernel.restart().await {
+        let r = self.inner.kernel.restart().await;
+        if matches!(r, Ok(Restarted::Fresh { .. })) {
+            self.journal_marker("*Kernel restarted (restart_kernel): all variables were cleared.*")
+                .await;
+        }
+        match r {
             Ok(Restarted::Fresh { took }) => Ok(CallToolResult::success(vec![Content::text(format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
                 took.as_secs_f64()
@@ -828,12 +1119,27 @@ impl Server {
         }
         let mut specs: Vec<PackageSpec> = Vec::new();
         let mut problems = Vec::new();
+        let mut renamed = Vec::new();
         for raw in &p.packages {
             match packages::validate_spec(raw) {
-                Ok(s) => specs.push(s),
+                Ok(s) => match packages::translate_import_name(&s) {
+                    Some(dist) => {
+                        renamed.push(format!(
+                            "{} is the import name of {}; installing {}",
+                            s.raw, dist.name, dist.raw
+                        ));
+                        specs.push(dist);
+                    }
+                    None => specs.push(s),
+                },
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        let renamed = if renamed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", renamed.join("; "))
+        };
         if !problems.is_empty() {
             return Ok(tool_error(format!(
                 "nothing was installed: {}",
@@ -846,7 +1152,15 @@ impl Server {
             // wherever that is; the result is that cell's output.
             let code = packages::kernel_install_code(&specs);
             let secs = self.inner.settings.install_timeout.as_secs_f64();
-            let out = self.run_code(&code, Some(secs), &ctx).await;
+            let shown = format!(
+                "%pip install {}",
+                specs
+                    .iter()
+                    .map(|s| s.raw.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            let out = self.run_code(&code, &shown, Some(secs), &ctx).await;
             self.inner.kernel.invalidate_imports();
             return out;
         }
@@ -877,17 +1191,21 @@ impl Server {
         let report = match result {
             Ok(r) => r,
             Err(e @ PackageError::Failed(_)) => {
-                return Ok(tool_error(format!("nothing was changed: {e}")));
+                return Ok(tool_error(format!("nothing was changed{renamed}: {e}")));
             }
             Err(e) => {
                 return Ok(tool_error(format!(
-                    "{e}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
+                    "{e}{renamed}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
                 )))
             }
         };
         self.inner.kernel.invalidate_imports();
         let (lines, added, changed) = (report.requested, report.added, report.changed);
-        let mut text = format!("installed into {}:\n{}", python.display(), lines.join("\n"));
+        let mut text = format!(
+            "installed into {}{renamed}:\n{}",
+            python.display(),
+            lines.join("\n")
+        );
         if !added.is_empty() {
             text.push_str(&format!(
                 "\nnewly installed (with dependencies): {}",
@@ -919,13 +1237,18 @@ impl Server {
     }
 
     /// Check whether packages are installed in the kernel's environment, and which version.
+    ///
+    /// Accepts distribution names ("scikit-learn") and import names ("sklearn", "cv2", "PIL",
+    /// "yaml", "bs4"): an import name is answered with the distribution that provides it.
+    /// At most 100 names per call.
     #[tool(
         name = "check_packages",
         annotations(
             title = "Check installed packages",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<PackageCheck>()
     )]
     async fn check_packages(
         &self,
@@ -947,21 +1270,83 @@ impl Server {
                 "{bad:?} is not a package name (letters, digits, '-', '_' and '.' only)"
             )));
         }
+        if p.packages.len() > 100 {
+            return Ok(tool_error(format!(
+                "{} names given; check at most 100 per call",
+                p.packages.len()
+            )));
+        }
         let installed = match self.installed_packages().await {
             Ok(i) => i,
             Err(e) => return Ok(e),
         };
-        let lines: Vec<String> = p
+        // Names that are not distributions may be import names: ask the environment which
+        // distributions provide them (importlib.metadata.packages_distributions()).
+        let unknown: Vec<String> = p
             .packages
             .iter()
-            .map(|n| match installed.get(&packages::normalize(n)) {
-                Some((name, v)) => format!("{name}: {v}"),
-                None => format!("{n}: not installed"),
-            })
+            .filter(|n| !installed.contains_key(&packages::normalize(n)))
+            .cloned()
             .collect();
-        Ok(CallToolResult::success(vec![Content::text(
-            lines.join("\n"),
-        )]))
+        let owners = if unknown.is_empty() {
+            Default::default()
+        } else {
+            packages::import_owners(&self.env_info().python, &unknown)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not map import names to distributions");
+                    Default::default()
+                })
+        };
+        let mut lines = Vec::new();
+        let mut data = PackageCheck {
+            packages: Vec::new(),
+        };
+        for n in &p.packages {
+            if let Some((name, v)) = installed.get(&packages::normalize(n)) {
+                lines.push(format!("{name}: {v}"));
+                data.packages.push(PackageStatus {
+                    name: n.clone(),
+                    installed: true,
+                    distribution: Some(name.clone()),
+                    version: Some(v.clone()),
+                });
+                continue;
+            }
+            let owner = owners
+                .get(n)
+                .and_then(|o| o.first().cloned())
+                .or_else(|| packages::distribution_for_import(n).map(str::to_owned));
+            match owner
+                .as_deref()
+                .and_then(|o| installed.get(&packages::normalize(o)))
+            {
+                Some((dist, v)) => {
+                    lines.push(format!("{n}: {v} (import name of {dist})"));
+                    data.packages.push(PackageStatus {
+                        name: n.clone(),
+                        installed: true,
+                        distribution: Some(dist.clone()),
+                        version: Some(v.clone()),
+                    });
+                }
+                None => {
+                    lines.push(match &owner {
+                        Some(dist) => format!(
+                            "{n}: not installed ({n} is the import name of {dist}; install_package([\"{dist}\"]))"
+                        ),
+                        None => format!("{n}: not installed"),
+                    });
+                    data.packages.push(PackageStatus {
+                        name: n.clone(),
+                        installed: false,
+                        distribution: owner,
+                        version: None,
+                    });
+                }
+            }
+        }
+        Ok(structured(lines.join("\n"), &data))
     }
 
     /// List the distributions installed in the kernel's environment (name and version).
@@ -973,7 +1358,8 @@ impl Server {
             title = "List installed packages",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<PackageList>()
     )]
     async fn list_packages(
         &self,
@@ -987,7 +1373,7 @@ impl Server {
             Err(e) => return Ok(e),
         };
         let filter = p.filter.as_deref().map(str::to_ascii_lowercase);
-        let rows: Vec<String> = installed
+        let matching: Vec<&(String, String)> = installed
             .values()
             .filter(|(n, _)| match &filter {
                 None => true,
@@ -996,8 +1382,19 @@ impl Server {
                 }
                 Some(f) => n.to_ascii_lowercase().contains(f.as_str()),
             })
-            .map(|(n, v)| format!("{n}=={v}"))
             .collect();
+        let data = PackageList {
+            packages: matching
+                .iter()
+                .take(500)
+                .map(|(n, v)| PackageVersion {
+                    name: n.clone(),
+                    version: v.clone(),
+                })
+                .collect(),
+            total: matching.len(),
+        };
+        let rows: Vec<String> = matching.iter().map(|(n, v)| format!("{n}=={v}")).collect();
         let total = rows.len();
         let mut text = rows.into_iter().take(500).collect::<Vec<_>>().join("\n");
         if total > 500 {
@@ -1006,7 +1403,7 @@ impl Server {
         if total == 0 {
             text = "(no matching packages)".into();
         }
-        Ok(CallToolResult::success(vec![Content::text(text)]))
+        Ok(structured(text, &data))
     }
 
     /// Describe the kernel's environment: Python version and executable, key packages, the
@@ -1017,7 +1414,8 @@ impl Server {
             title = "Describe the Python environment",
             read_only_hint = true,
             open_world_hint = false
-        )
+        ),
+        output_schema = environment_schema()
     )]
     async fn get_environment(
         &self,
@@ -1084,7 +1482,7 @@ impl Server {
             "named_environments": named,
         });
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        Ok(CallToolResult::success(vec![Content::text(text)]))
+        Ok(structured(text, &v))
     }
 
     /// Restart the kernel in another named environment (see get_environment for the names).
@@ -1149,6 +1547,11 @@ impl Server {
                     e.active = p.name.clone();
                     e.info = info;
                 }
+                self.journal_marker(&format!(
+                    "*Kernel restarted in environment {} (switch_environment): all variables were cleared.*",
+                    p.name
+                ))
+                .await;
                 Ok(CallToolResult::success(vec![Content::text(text)]))
             }
             Err(e) => {
@@ -1166,12 +1569,300 @@ impl Server {
                     }
                     Err(e2) => format!("restarting the previous environment failed too: {e2}"),
                 };
+                self.journal_marker(
+                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
+                )
+                .await;
                 Ok(tool_error(format!(
                     "could not start a kernel in environment {}: {e}; {restored}",
                     p.name
                 )))
             }
         }
+    }
+
+    /// List the variables in the Python session: name, type, shape or length, dtype(s), memory
+    /// size and a one-line value, sorted by name.
+    ///
+    /// Covers DataFrames, Series, arrays, lists, dicts, scalars, functions and models; hides
+    /// modules, IPython's own names (In, Out, _, _i1, exit, quit, get_ipython) and names starting
+    /// with '_'. At most 200 rows (a note gives the total); filter narrows by substring or glob
+    /// ("df*"). Runs silently: no execution count, nothing added to the session. Waits up to 10 s
+    /// for a running call to finish.
+    #[tool(
+        name = "list_variables",
+        annotations(
+            title = "List session variables",
+            read_only_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::variables::Listing>()
+    )]
+    async fn list_variables(
+        &self,
+        Parameters(p): Parameters<ListVariablesParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(e) = p.filter.as_deref().and_then(pattern_problem) {
+            return Ok(tool_error(e));
+        }
+        let expr = crate::variables::expression(p.filter.as_deref());
+        let raw = match self
+            .inner
+            .kernel
+            .evaluate(&expr, Duration::from_secs(10))
+            .await
+        {
+            Ok(r) => r,
+            Err(KernelError::Busy { .. }) => {
+                return Ok(tool_error(
+                    "the kernel is busy running a call; call list_variables again when it has finished (or interrupt_kernel)",
+                ))
+            }
+            Err(e) => return Ok(kernel_error(e)),
+        };
+        let listing = match crate::variables::parse(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                return Ok(tool_error(format!(
+                    "the variable listing could not be read ({e}); the session may have replaced a standard module"
+                )))
+            }
+        };
+        Ok(structured(listing.to_text(), &listing))
+    }
+
+    /// Save the session so far as a Jupyter notebook (.ipynb, nbformat 4.5) in the workspace.
+    ///
+    /// Every cell run since the server started, in order, with its execution count, source and
+    /// outputs (printed text, results, figures as PNG, errors with tracebacks); run_file calls
+    /// appear as `%run` cells and kernel restarts as Markdown notes. Default path
+    /// "session.ipynb". A file that this session did not write is not replaced unless
+    /// overwrite is true. Open the file in Jupyter, or read it back with run_notebook.
+    #[tool(
+        name = "export_notebook",
+        annotations(
+            title = "Export the session as a notebook",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<ExportReport>()
+    )]
+    async fn export_notebook(
+        &self,
+        Parameters(p): Parameters<ExportParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let path = p.path.unwrap_or_else(|| "session.ipynb".into());
+        if !path.to_ascii_lowercase().ends_with(".ipynb") {
+            return Ok(tool_error(format!(
+                "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
+            )));
+        }
+        let started = std::time::Instant::now();
+        let (bytes, cells, _) = match self.journal_bytes() {
+            Ok(b) => b,
+            Err(e) => return Ok(tool_error(format!("could not build the notebook: {e}"))),
+        };
+        let size = bytes.len();
+        match self
+            .write_notebook(&path, bytes, p.overwrite.unwrap_or(false))
+            .await?
+        {
+            Ok(path) => {
+                let report = ExportReport {
+                    path,
+                    cells,
+                    bytes: size,
+                };
+                let text = format!(
+                    "wrote {} ({} cells, {} bytes) in {} ms",
+                    report.path,
+                    report.cells,
+                    report.bytes,
+                    started.elapsed().as_millis()
+                );
+                Ok(structured(text, &report))
+            }
+            Err(e) => Ok(workspace_error(e)),
+        }
+    }
+
+    /// Run the code cells of a workspace notebook (.ipynb) in the live session, in order.
+    ///
+    /// Variables defined by the notebook stay in the session afterwards, as if each cell had been
+    /// sent to execute_python. Each cell's output follows a `[cell N]` marker (N counts all cells
+    /// from 1, Markdown included), within the usual output budget; each cell has the usual
+    /// timeout. Stops at the first error unless stop_on_error is false; a timeout or a kernel
+    /// restart always stops the run. save_to writes the executed notebook with its new outputs
+    /// (a file this session did not write is replaced only with overwrite: true).
+    #[tool(
+        name = "run_notebook",
+        annotations(
+            title = "Run a notebook",
+            read_only_hint = false,
+            destructive_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn run_notebook(
+        &self,
+        Parameters(p): Parameters<RunNotebookParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(to) = &p.save_to {
+            if !to.to_ascii_lowercase().ends_with(".ipynb") {
+                return Ok(tool_error(format!(
+                    "save_to {to}: a notebook path must end in .ipynb; nothing was run"
+                )));
+            }
+        }
+        let rel = p.path.clone();
+        let r = self
+            .on_workspace(move |ws| {
+                let path = ws.path(&rel)?;
+                ws.read_bytes(&path, crate::notebook::MAX_NOTEBOOK_BYTES)
+            })
+            .await?;
+        let bytes = match r {
+            Ok(b) => b,
+            Err(e) => return Ok(workspace_error(e)),
+        };
+        let mut nb = match crate::notebook::Notebook::parse(&bytes) {
+            Ok(nb) => nb,
+            Err(e) => return Ok(tool_error(format!("{}: {e}; nothing was run", p.path))),
+        };
+        drop(bytes);
+        let stop_on_error = p.stop_on_error.unwrap_or(true);
+        let s = &self.inner.settings;
+        let limits = ExecLimits {
+            timeout: s.default_timeout,
+            grace: s.interrupt_grace,
+            progress: false,
+        };
+        let mut collector = Collector::new(
+            s.output.clone(),
+            Some(Box::new(WorkspaceSpill(self.inner.workspace.clone()))),
+            None,
+        );
+        let mut report = crate::kernel::Report::default();
+        let mut last_exec = None;
+        let mut ran = 0usize;
+        let mut kept = 0usize;
+        let mut stopped: Option<String> = None;
+        let code_cells = nb
+            .cells
+            .iter()
+            .filter(|c| matches!(c, crate::notebook::Cell::Code { .. }))
+            .count();
+        for (i, cell) in nb.cells.iter_mut().enumerate() {
+            let crate::notebook::Cell::Code {
+                source,
+                execution_count,
+                outputs,
+                ..
+            } = cell
+            else {
+                continue;
+            };
+            if ctx.ct.is_cancelled() {
+                stopped = Some("the call was cancelled".into());
+                break;
+            }
+            collector.section(&format!("[cell {}]\n", i + 1));
+            if source.0.trim().is_empty() {
+                *execution_count = None;
+                outputs.clear();
+                continue;
+            }
+            let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
+            let result = self
+                .inner
+                .kernel
+                .execute(&source.0, &limits, &ctx.ct, &mut recorder)
+                .await;
+            let recorded = recorder.into_outputs();
+            let (exec, cell_report) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    stopped = Some(format!("the kernel could not run cell {}: {e}", i + 1));
+                    break;
+                }
+            };
+            ran += 1;
+            self.journal_cell(&source.0, &exec, recorded.clone(), &cell_report);
+            *execution_count = exec.reply.as_ref().and_then(|r| r.execution_count);
+            // The executed notebook is held until it is saved: bounded like the journal.
+            let n: usize = recorded.iter().map(crate::notebook::output_bytes).sum();
+            *outputs = if kept + n > crate::notebook::MAX_JOURNAL_BYTES {
+                vec![crate::notebook::note_output(
+                    "this cell's output was not kept; the notebook's outputs passed the size limit",
+                )]
+            } else {
+                kept += n;
+                recorded
+            };
+            report.notes.extend(cell_report.notes);
+            report.state_lost |= cell_report.state_lost;
+            let failed = exec
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.status == crate::wire::message::ReplyStatus::Error);
+            let completed = exec.ending == crate::kernel::Ending::Completed;
+            last_exec = Some(exec);
+            if !completed || cell_report.state_lost {
+                stopped = Some(format!("cell {} did not complete", i + 1));
+                break;
+            }
+            if failed && stop_on_error {
+                stopped = Some(format!(
+                    "cell {} raised an error (pass stop_on_error: false to run past errors)",
+                    i + 1
+                ));
+                break;
+            }
+        }
+        self.update_live_journal().await;
+        let mut res = collector.finish(last_exec.as_ref(), &report, limits.timeout);
+        let mut summary = format!("[ran {ran} of {code_cells} code cells of {}", p.path);
+        if let Some(why) = &stopped {
+            summary.push_str(&format!("; stopped: {why}"));
+            res.is_error = Some(true);
+        }
+        summary.push(']');
+        res.content.push(Content::text(summary));
+        if let Some(to) = &p.save_to {
+            // A notebook without kernel metadata gets ours, so Jupyter opens it with Python.
+            let ours = crate::notebook::python_metadata(&self.env_info().python_version);
+            if let (Some(meta), serde_json::Value::Object(ours)) =
+                (nb.metadata.as_object_mut(), ours)
+            {
+                for (k, v) in ours {
+                    meta.entry(k).or_insert(v);
+                }
+            }
+            let bytes = match nb.to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    res.content.push(Content::text(format!(
+                        "[the executed notebook could not be saved: {e}]"
+                    )));
+                    return Ok(res);
+                }
+            };
+            let note = match self
+                .write_notebook(to, bytes, p.overwrite.unwrap_or(false))
+                .await?
+            {
+                Ok(path) => format!("[executed notebook saved as {path}]"),
+                Err(e) => {
+                    res.is_error = Some(true);
+                    format!("[the executed notebook was not saved: {e}]")
+                }
+            };
+            res.content.push(Content::text(note));
+        }
+        Ok(res)
     }
 
     /// Interrupt the code running in the kernel (like Ctrl-C); variables are kept.

@@ -615,15 +615,47 @@ impl Workspace {
         data: &[u8],
         append: bool,
     ) -> Result<u64, WorkspaceError> {
+        self.write_limited(path, data, append, MAX_WRITE_BYTES)
+    }
+
+    /// The size and modification time of a regular file, or `None` when there is no file.
+    pub fn stamp(
+        &self,
+        path: &WorkspacePath,
+    ) -> Result<Option<(u64, std::time::SystemTime)>, WorkspaceError> {
+        match self.dir.metadata(&path.rel) {
+            Ok(m) if m.is_file() => Ok(Some((
+                m.len(),
+                m.modified().map_err(io_err(path))?.into_std(),
+            ))),
+            Ok(m) if m.is_dir() => Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            }),
+            Ok(_) => Err(WorkspaceError::NotRegular {
+                path: path.display(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_io(path, e)),
+        }
+    }
+
+    /// [`Workspace::write`] with another size limit (notebooks written by the server).
+    pub fn write_limited(
+        &self,
+        path: &WorkspacePath,
+        data: &[u8],
+        append: bool,
+        limit: usize,
+    ) -> Result<u64, WorkspaceError> {
         if path.is_root() {
             return Err(WorkspaceError::IsDirectory {
                 path: path.display(),
             });
         }
-        if data.len() > MAX_WRITE_BYTES {
+        if data.len() > limit {
             return Err(WorkspaceError::TooLarge {
                 what: format!(
-                    "content is {} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes (write large data from Python, or append in parts)",
+                    "content is {} bytes; the limit per write is {limit} bytes (write large data from Python, or append in parts)",
                     data.len()
                 ),
             });

@@ -175,12 +175,32 @@ pub struct SpareConfig {
     pub preload: Option<String>,
 }
 
-/// The code that pre-imports the analysis stack in a spare kernel (names are not bound).
-pub const PRELOAD_ANALYSIS_STACK: &str = "for __m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n    try:\n        __import__(__m)\n    except Exception:\n        pass\ndel __m";
+/// The code that pre-imports the analysis stack in a new kernel (names are not bound): the
+/// imports, then one off-screen Agg render so fonts and the PNG path are warm for the first plot
+/// (without pyplot, so figure numbers and the inline backend are untouched).
+pub const PRELOAD_ANALYSIS_STACK: &str = "def __kmcp_preload():\n    import importlib\n    for m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n        try:\n            importlib.import_module(m)\n        except Exception:\n            pass\n    try:\n        import io\n        from matplotlib.figure import Figure\n        from matplotlib.backends.backend_agg import FigureCanvasAgg\n        fig = Figure(figsize=(2, 2))\n        fig.add_subplot().plot([0, 1])\n        FigureCanvasAgg(fig).print_png(io.BytesIO())\n    except Exception:\n        pass\ntry:\n    __kmcp_preload()\nfinally:\n    del __kmcp_preload";
 
 struct Spare {
     kernel: Kernel,
     python: PathBuf,
+}
+
+/// Imports the analysis stack in a fresh kernel without waiting for it (silent: no history, no
+/// execution count), so the session's first plot does not pay for the imports. A call that
+/// arrives meanwhile queues behind it in the kernel.
+fn preload_in_background(k: &Arc<Kernel>, code: Option<String>) {
+    let Some(code) = code else { return };
+    let k = k.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        match k.run_silent(&code, Duration::from_secs(120)).await {
+            Ok(()) => tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                "analysis stack imported in the background"
+            ),
+            Err(e) => tracing::warn!(error = %e, "background import of the analysis stack failed"),
+        }
+    });
 }
 
 /// The single handle to "the kernel", however it was started.
@@ -394,16 +414,19 @@ impl KernelHandle {
             return Err(KernelError::Unavailable { reason });
         }
         let spare = python.as_deref().and_then(|p| self.take_spare(p));
-        let started = match spare {
+        let (started, fresh) = match spare {
             Some(k) => {
                 tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");
-                Ok(k)
+                (Ok(k), false)
             }
-            None => self.backend.start().await,
+            None => (self.backend.start().await, true),
         };
         match started {
             Ok(k) => {
                 let k = Arc::new(k);
+                if fresh {
+                    preload_in_background(&k, self.spare_cfg.preload.clone());
+                }
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
                 slot.reconnects_seen = 0;

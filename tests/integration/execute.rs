@@ -214,14 +214,17 @@ async fn tools_keep_their_contract_names_and_hints() {
         vec![
             "check_packages",
             "execute_python",
+            "export_notebook",
             "get_environment",
             "install_package",
             "interrupt_kernel",
             "list_files",
             "list_packages",
+            "list_variables",
             "read_file",
             "restart_kernel",
             "run_file",
+            "run_notebook",
             "switch_environment",
             "write_file"
         ]
@@ -230,7 +233,12 @@ async fn tools_keep_their_contract_names_and_hints() {
         let ro = t.annotations.as_ref().and_then(|a| a.read_only_hint);
         let expect_ro = matches!(
             t.name.as_ref(),
-            "read_file" | "list_files" | "check_packages" | "list_packages" | "get_environment"
+            "read_file"
+                | "list_files"
+                | "check_packages"
+                | "list_packages"
+                | "get_environment"
+                | "list_variables"
         );
         assert_eq!(ro, Some(expect_ro), "{}", t.name);
         assert!(

@@ -81,7 +81,14 @@ impl Server {
         if !args.contains(&"--spare") {
             cmd.arg("--no-spare");
         }
-        cmd.args(args.iter().filter(|a| **a != "--spare"));
+        // Nor the background import of numpy/pandas/matplotlib, unless a test asks ("--preload").
+        if !args.contains(&"--preload") && !args.contains(&"--spare") {
+            cmd.arg("--no-preload");
+        }
+        cmd.args(
+            args.iter()
+                .filter(|a| **a != "--spare" && **a != "--preload"),
+        );
         cmd.env("KERNEL_MCP_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);

@@ -10,6 +10,8 @@ mod files;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod notebook;
 mod outputs;
 mod packages;
+mod rich;
 mod sandbox;

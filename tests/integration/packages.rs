@@ -322,3 +322,79 @@ async fn an_interpreter_without_ipykernel_gets_a_clear_error() {
     );
     assert!(err.contains("-m pip install ipykernel"), "{err}");
 }
+
+/// A package index on 127.0.0.1 that knows no packages (every page is a 404).
+async fn empty_index() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/simple", l.local_addr().unwrap());
+    let h = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, h)
+}
+
+#[tokio::test]
+async fn import_names_are_understood() {
+    let (url, _index) = empty_index().await;
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("PIP_INDEX_URL", &url),
+            ("UV_INDEX_URL", &url),
+            ("PIP_RETRIES", "0"),
+        ],
+    )
+    .await;
+    // The index is empty, so nothing is installed; the result shows what was asked of it.
+    let r = s
+        .call("install_package", json!({"packages": ["sklearn"]}))
+        .await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(
+        t.starts_with("nothing was changed (sklearn is the import name of scikit-learn; installing scikit-learn): installer failed: not found on the package index:"),
+        "{t}"
+    );
+    assert!(
+        t.ends_with("No matching distribution found for scikit-learn"),
+        "{t}"
+    );
+
+    let r = s
+        .call(
+            "check_packages",
+            json!({"packages": ["PIL", "mpl_toolkits", "sklearn", "numpy", "no-such-pkg"]}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let t = text(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.len(), 5, "{t}");
+    assert!(
+        lines[0].starts_with("PIL: ") && lines[0].ends_with(" (import name of pillow)"),
+        "{t}"
+    );
+    assert!(lines[1].ends_with(" (import name of matplotlib)"), "{t}");
+    assert_eq!(
+        lines[2],
+        "sklearn: not installed (sklearn is the import name of scikit-learn; install_package([\"scikit-learn\"]))"
+    );
+    assert!(lines[3].starts_with("numpy: "), "{t}");
+    assert_eq!(lines[4], "no-such-pkg: not installed");
+    let data = r.structured_content.clone().unwrap();
+    assert_eq!(data["packages"][0]["distribution"], "pillow");
+    assert_eq!(data["packages"][2]["installed"], false);
+    assert_eq!(data["packages"][2]["distribution"], "scikit-learn");
+    s.close().await;
+}

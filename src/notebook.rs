@@ -1,0 +1,695 @@
+//! The session as a notebook: nbformat 4.5 types (read and write), the journal of executed
+//! cells, and a recording output sink. Knows Jupyter's formats; knows nothing about MCP or files.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::kernel::OutputSink;
+use crate::wire::message::{MimeBundle, StreamName};
+use crate::wire::Content;
+
+/// Largest notebook read by run_notebook.
+pub const MAX_NOTEBOOK_BYTES: u64 = 64 * 1024 * 1024;
+/// Most cells read from one notebook.
+pub const MAX_CELLS: usize = 10_000;
+/// Output bytes kept per recorded cell; later output is replaced by one note.
+pub const MAX_CELL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Output bytes kept by the whole journal; later cells keep their source only.
+pub const MAX_JOURNAL_BYTES: usize = 64 * 1024 * 1024;
+/// Largest notebook file written (JSON and line splitting add to the journal's bytes).
+pub const MAX_WRITE_NOTEBOOK_BYTES: usize = 256 * 1024 * 1024;
+
+/// Text that is a string or a list of lines in the file, one `String` in memory (nbformat's
+/// "multiline_string"). Written as a list of lines, as Jupyter writes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MultiLine(pub String);
+
+impl Serialize for MultiLine {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.split_inclusive('\n'))
+    }
+}
+
+impl<'de> Deserialize<'de> for MultiLine {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Lines(Vec<String>),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::One(s) => MultiLine(s),
+            Either::Lines(l) => MultiLine(l.concat()),
+        })
+    }
+}
+
+/// One output of a code cell (nbformat v4 "output" union, keyed by `output_type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "output_type", rename_all = "snake_case")]
+pub enum Output {
+    Stream {
+        name: StreamName,
+        text: MultiLine,
+    },
+    DisplayData {
+        data: MimeBundle,
+        #[serde(default = "empty_object")]
+        metadata: Value,
+    },
+    ExecuteResult {
+        execution_count: Option<i64>,
+        data: MimeBundle,
+        #[serde(default = "empty_object")]
+        metadata: Value,
+    },
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// One notebook cell (nbformat v4, keyed by `cell_type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cell_type", rename_all = "snake_case")]
+pub enum Cell {
+    Code {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default = "empty_object")]
+        metadata: Value,
+        source: MultiLine,
+        #[serde(default)]
+        execution_count: Option<i64>,
+        #[serde(default)]
+        outputs: Vec<Output>,
+    },
+    Markdown {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default = "empty_object")]
+        metadata: Value,
+        source: MultiLine,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachments: Option<Value>,
+    },
+    Raw {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default = "empty_object")]
+        metadata: Value,
+        source: MultiLine,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachments: Option<Value>,
+    },
+}
+
+impl Cell {
+    /// A code cell with a fresh id.
+    pub fn code(source: &str, execution_count: Option<i64>, outputs: Vec<Output>) -> Cell {
+        Cell::Code {
+            id: Some(new_id()),
+            metadata: empty_object(),
+            source: MultiLine(source.to_owned()),
+            execution_count,
+            outputs,
+        }
+    }
+
+    /// A Markdown cell with a fresh id.
+    pub fn markdown(source: &str) -> Cell {
+        Cell::Markdown {
+            id: Some(new_id()),
+            metadata: empty_object(),
+            source: MultiLine(source.to_owned()),
+            attachments: None,
+        }
+    }
+
+    fn id_mut(&mut self) -> &mut Option<String> {
+        match self {
+            Cell::Code { id, .. } | Cell::Markdown { id, .. } | Cell::Raw { id, .. } => id,
+        }
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A whole notebook (nbformat 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notebook {
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+    pub nbformat: u32,
+    pub nbformat_minor: u32,
+    pub cells: Vec<Cell>,
+}
+
+/// Why a notebook could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NotebookError {
+    #[error("not a Jupyter notebook: {0}")]
+    Invalid(String),
+    #[error(
+        "nbformat {0} notebooks are not supported; save it as nbformat 4 (Jupyter 4 or later)"
+    )]
+    Version(u32),
+    #[error("the notebook has {0} cells; at most {MAX_CELLS} are read")]
+    TooManyCells(usize),
+}
+
+/// The notebook metadata kernel-mcp writes: kernelspec and language_info for Python.
+pub fn python_metadata(python_version: &str) -> Value {
+    serde_json::json!({
+        "kernelspec": {
+            "name": "python3",
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+        },
+        "language_info": {
+            "name": "python",
+            "version": python_version,
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "ipython3",
+            "codemirror_mode": {"name": "ipython", "version": 3},
+            "nbconvert_exporter": "python",
+        },
+    })
+}
+
+impl Notebook {
+    /// Parses an `.ipynb` file's bytes (nbformat 4 only).
+    pub fn parse(bytes: &[u8]) -> Result<Notebook, NotebookError> {
+        #[derive(Deserialize)]
+        struct Version {
+            nbformat: Option<u32>,
+        }
+        let v: Version =
+            serde_json::from_slice(bytes).map_err(|e| NotebookError::Invalid(e.to_string()))?;
+        match v.nbformat {
+            Some(4) => {}
+            Some(n) => return Err(NotebookError::Version(n)),
+            None => return Err(NotebookError::Invalid("no \"nbformat\" field".into())),
+        }
+        let nb: Notebook =
+            serde_json::from_slice(bytes).map_err(|e| NotebookError::Invalid(e.to_string()))?;
+        if nb.cells.len() > MAX_CELLS {
+            return Err(NotebookError::TooManyCells(nb.cells.len()));
+        }
+        Ok(nb)
+    }
+
+    /// Serializes as nbformat 4.5 (cell ids added where missing), indented like Jupyter.
+    pub fn to_bytes(&mut self) -> Result<Vec<u8>, serde_json::Error> {
+        self.nbformat = 4;
+        if self.nbformat_minor < 5 {
+            self.nbformat_minor = 5;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &mut self.cells {
+            let id = c.id_mut();
+            // nbformat 4.5: ids are 1-64 chars of [a-zA-Z0-9-_], unique in the notebook.
+            let ok = id.as_ref().is_some_and(|i| {
+                (1..=64).contains(&i.len())
+                    && i.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                    && !seen.contains(i)
+            });
+            if !ok {
+                *id = Some(new_id());
+            }
+            if let Some(i) = id {
+                seen.insert(i.clone());
+            }
+        }
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        self.serialize(&mut ser)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+}
+
+/// Makes a MIME bundle valid for nbformat: JSON types (`application/json`, `*+json`) stay as
+/// they are, every other value must be a string.
+fn clean_bundle(data: &MimeBundle) -> MimeBundle {
+    data.iter()
+        .map(|(k, v)| {
+            let json = k == "application/json" || k.ends_with("+json");
+            let v = match v {
+                _ if json => v.clone(),
+                Value::String(_) => v.clone(),
+                Value::Array(parts) if parts.iter().all(Value::is_string) => v.clone(),
+                other => Value::String(other.to_string()),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn bundle_bytes(data: &MimeBundle) -> usize {
+    data.iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    Value::String(s) => s.len(),
+                    other => other.to_string().len(),
+                }
+        })
+        .sum()
+}
+
+/// Approximate bytes an output holds in memory.
+pub fn output_bytes(o: &Output) -> usize {
+    match o {
+        Output::Stream { text, .. } => text.0.len(),
+        Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => bundle_bytes(data),
+        Output::Error {
+            ename,
+            evalue,
+            traceback,
+        } => ename.len() + evalue.len() + traceback.iter().map(String::len).sum::<usize>(),
+    }
+}
+
+/// Records one execution's IOPub output as notebook outputs while passing everything on to
+/// another sink (the MCP result). Memory is bounded by [`MAX_CELL_OUTPUT_BYTES`].
+pub struct Recorder<'a> {
+    inner: &'a mut dyn OutputSink,
+    outputs: Vec<Output>,
+    /// The display id of each output, for update_display_data.
+    ids: Vec<Option<String>>,
+    bytes: usize,
+    cap: usize,
+    full: bool,
+    clear_pending: bool,
+}
+
+impl<'a> Recorder<'a> {
+    /// A recorder passing output on to `inner`, keeping at most `cap` bytes.
+    pub fn new(inner: &'a mut dyn OutputSink, cap: usize) -> Self {
+        Recorder {
+            inner,
+            outputs: Vec::new(),
+            ids: Vec::new(),
+            bytes: 0,
+            cap,
+            full: false,
+            clear_pending: false,
+        }
+    }
+
+    /// The outputs recorded, in kernel order.
+    pub fn into_outputs(self) -> Vec<Output> {
+        self.outputs
+    }
+
+    fn clear(&mut self) {
+        self.outputs.clear();
+        self.ids.clear();
+        self.bytes = 0;
+        self.full = false;
+        self.clear_pending = false;
+    }
+
+    fn push(&mut self, o: Output, id: Option<String>) {
+        let n = output_bytes(&o);
+        if self.full {
+            return;
+        }
+        if self.bytes + n > self.cap {
+            self.full = true;
+            self.outputs.push(note_output(
+                "further output of this cell is not kept in the notebook",
+            ));
+            self.ids.push(None);
+            return;
+        }
+        self.bytes += n;
+        // Consecutive stream chunks of one stream become one output, as Jupyter shows them.
+        if let (
+            Output::Stream { name, text },
+            Some(Output::Stream {
+                name: last,
+                text: buf,
+            }),
+        ) = (&o, self.outputs.last_mut())
+        {
+            if name == last {
+                buf.0.push_str(&text.0);
+                return;
+            }
+        }
+        self.outputs.push(o);
+        self.ids.push(id);
+    }
+
+    fn record(&mut self, content: &Content) {
+        if self.clear_pending && !matches!(content, Content::ClearOutput(_)) {
+            self.clear();
+        }
+        match content {
+            Content::Stream(s) => self.push(
+                Output::Stream {
+                    name: s.name,
+                    text: MultiLine(s.text.clone()),
+                },
+                None,
+            ),
+            Content::ExecuteResult(r) => self.push(
+                Output::ExecuteResult {
+                    execution_count: r.execution_count,
+                    data: clean_bundle(&r.data),
+                    metadata: object_or_empty(&r.metadata),
+                },
+                None,
+            ),
+            Content::DisplayData(d) => {
+                let id = display_id(&d.transient);
+                self.push(
+                    Output::DisplayData {
+                        data: clean_bundle(&d.data),
+                        metadata: object_or_empty(&d.metadata),
+                    },
+                    id,
+                )
+            }
+            Content::UpdateDisplayData(d) => {
+                let Some(id) = display_id(&d.transient) else {
+                    return;
+                };
+                let new = clean_bundle(&d.data);
+                let add = bundle_bytes(&new);
+                for (o, oid) in self.outputs.iter_mut().zip(&self.ids) {
+                    if oid.as_deref() == Some(id.as_str()) {
+                        if let Output::DisplayData { data, .. } = o {
+                            let old = bundle_bytes(data);
+                            if self.bytes - old.min(self.bytes) + add <= self.cap {
+                                self.bytes = self.bytes - old.min(self.bytes) + add;
+                                *data = new.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            Content::Error(e) => self.push(
+                Output::Error {
+                    ename: e.ename.clone(),
+                    evalue: e.evalue.clone(),
+                    traceback: e.traceback.clone(),
+                },
+                None,
+            ),
+            Content::ClearOutput(c) => {
+                if c.wait {
+                    self.clear_pending = true;
+                } else {
+                    self.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A stderr note standing in for outputs that were not kept.
+pub fn note_output(text: &str) -> Output {
+    Output::Stream {
+        name: StreamName::Stderr,
+        text: MultiLine(format!("[kernel-mcp: {text}]\n")),
+    }
+}
+
+fn object_or_empty(v: &Value) -> Value {
+    if v.is_object() {
+        v.clone()
+    } else {
+        empty_object()
+    }
+}
+
+fn display_id(transient: &Option<Value>) -> Option<String> {
+    transient
+        .as_ref()
+        .and_then(|t| t.get("display_id"))
+        .and_then(|d| d.as_str())
+        .map(str::to_owned)
+}
+
+impl OutputSink for Recorder<'_> {
+    fn output(&mut self, content: &Content) {
+        self.inner.output(content);
+        self.record(content);
+    }
+
+    fn tick(&mut self, elapsed: Duration) {
+        self.inner.tick(elapsed);
+    }
+}
+
+/// The cells executed in this server session, in order, with restart markers. Bounded: past
+/// [`MAX_JOURNAL_BYTES`] of output, new cells keep their source and a note instead of outputs.
+#[derive(Debug)]
+pub struct Journal {
+    cells: Vec<Cell>,
+    bytes: usize,
+    cap: usize,
+    /// Bumped on every change, so writers can tell whether the file is current.
+    version: u64,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal::with_cap(MAX_JOURNAL_BYTES)
+    }
+}
+
+impl Journal {
+    /// An empty journal keeping at most `cap` bytes of output.
+    pub fn with_cap(cap: usize) -> Journal {
+        Journal {
+            cells: Vec::new(),
+            bytes: 0,
+            cap,
+            version: 0,
+        }
+    }
+
+    /// Adds an executed code cell.
+    pub fn record(&mut self, source: &str, execution_count: Option<i64>, outputs: Vec<Output>) {
+        let n: usize = outputs.iter().map(output_bytes).sum::<usize>() + source.len();
+        let outputs = if self.bytes + n > self.cap {
+            vec![note_output(
+                "the session journal is full; this cell's output was not kept",
+            )]
+        } else {
+            self.bytes += n;
+            outputs
+        };
+        self.cells
+            .push(Cell::code(source, execution_count, outputs));
+        self.version += 1;
+    }
+
+    /// Adds a Markdown note, e.g. that the kernel was restarted here.
+    pub fn marker(&mut self, text: &str) {
+        self.cells.push(Cell::markdown(text));
+        self.version += 1;
+    }
+
+    /// Number of cells so far.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// True when nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The change counter.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The journal as nbformat 4.5 bytes (its cells already carry ids; nothing is copied).
+    pub fn to_bytes(&self, metadata: Value) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        struct NotebookRef<'a> {
+            metadata: Value,
+            nbformat: u32,
+            nbformat_minor: u32,
+            cells: &'a [Cell],
+        }
+        let nb = NotebookRef {
+            metadata,
+            nbformat: 4,
+            nbformat_minor: 5,
+            cells: &self.cells,
+        };
+        let mut out = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+        nb.serialize(&mut ser)?;
+        out.push(b'\n');
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::wire::message::{ClearOutput, DisplayData, Stream};
+
+    struct Null;
+    impl OutputSink for Null {
+        fn output(&mut self, _: &Content) {}
+    }
+
+    fn stream(name: StreamName, text: &str) -> Content {
+        Content::Stream(Stream {
+            name,
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn multiline_reads_both_forms_and_writes_lines() {
+        let a: MultiLine = serde_json::from_str(r#""x = 1\ny = 2""#).unwrap();
+        let b: MultiLine = serde_json::from_str(r#"["x = 1\n", "y = 2"]"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"["x = 1\n","y = 2"]"#);
+        assert_eq!(serde_json::to_string(&MultiLine::default()).unwrap(), "[]");
+    }
+
+    #[test]
+    fn recorder_merges_streams_and_honours_clear_output() {
+        let mut null = Null;
+        let mut r = Recorder::new(&mut null, 1000);
+        r.output(&stream(StreamName::Stdout, "a\n"));
+        r.output(&stream(StreamName::Stdout, "b\n"));
+        r.output(&stream(StreamName::Stderr, "e\n"));
+        assert_eq!(r.outputs.len(), 2);
+        r.output(&Content::ClearOutput(ClearOutput { wait: true }));
+        assert_eq!(r.outputs.len(), 2);
+        r.output(&stream(StreamName::Stdout, "c\n"));
+        assert_eq!(
+            r.into_outputs(),
+            vec![Output::Stream {
+                name: StreamName::Stdout,
+                text: MultiLine("c\n".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn recorder_is_bounded() {
+        let mut null = Null;
+        let mut r = Recorder::new(&mut null, 100);
+        for _ in 0..1000 {
+            r.output(&stream(StreamName::Stdout, "0123456789"));
+        }
+        let out = r.into_outputs();
+        assert_eq!(out.len(), 2);
+        assert!(output_bytes(&out[0]) <= 100);
+    }
+
+    #[test]
+    fn update_display_replaces_in_place() {
+        let mut null = Null;
+        let mut r = Recorder::new(&mut null, 1000);
+        let d = |t: &str| DisplayData {
+            data: [("text/plain".to_owned(), Value::String(t.into()))]
+                .into_iter()
+                .collect(),
+            metadata: Value::Null,
+            transient: Some(serde_json::json!({"display_id": "p"})),
+        };
+        r.output(&Content::DisplayData(d("0%")));
+        r.output(&Content::UpdateDisplayData(d("100%")));
+        let out = r.into_outputs();
+        assert_eq!(out.len(), 1);
+        let Output::DisplayData { data, metadata } = &out[0] else {
+            panic!()
+        };
+        assert_eq!(data.get("text/plain"), Some(&Value::String("100%".into())));
+        assert_eq!(metadata, &empty_object());
+    }
+
+    #[test]
+    fn bundles_become_valid() {
+        let b: MimeBundle = [
+            ("text/plain".to_owned(), serde_json::json!(5)),
+            ("application/json".to_owned(), serde_json::json!({"a": 1})),
+        ]
+        .into_iter()
+        .collect();
+        let c = clean_bundle(&b);
+        assert_eq!(c.get("text/plain"), Some(&serde_json::json!("5")));
+        assert_eq!(
+            c.get("application/json"),
+            Some(&serde_json::json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    fn parse_adds_ids_and_upgrades_minor() {
+        let src = br##"{"nbformat": 4, "nbformat_minor": 2, "metadata": {},
+            "cells": [{"cell_type": "code", "metadata": {}, "source": ["1+1"], "outputs": [], "execution_count": null},
+                      {"cell_type": "markdown", "metadata": {}, "source": "# hi"}]}"##;
+        let mut nb = Notebook::parse(src).unwrap();
+        assert_eq!(nb.cells.len(), 2);
+        let out: Value = serde_json::from_slice(&nb.to_bytes().unwrap()).unwrap();
+        assert_eq!(out["nbformat_minor"], 5);
+        assert!(out["cells"][0]["id"].is_string());
+        assert!(out["cells"][1]["id"].is_string());
+        assert_ne!(out["cells"][0]["id"], out["cells"][1]["id"]);
+    }
+
+    #[test]
+    fn parse_refuses_other_versions_and_garbage() {
+        assert!(matches!(
+            Notebook::parse(br#"{"nbformat": 3, "worksheets": []}"#),
+            Err(NotebookError::Version(3))
+        ));
+        assert!(matches!(
+            Notebook::parse(b"not json"),
+            Err(NotebookError::Invalid(_))
+        ));
+        assert!(matches!(
+            Notebook::parse(br#"{"cells": []}"#),
+            Err(NotebookError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn journal_is_bounded() {
+        let mut j = Journal::with_cap(1000);
+        let big = "x".repeat(300);
+        for _ in 0..10 {
+            j.record(
+                "print(big)",
+                Some(1),
+                vec![Output::Stream {
+                    name: StreamName::Stdout,
+                    text: MultiLine(big.clone()),
+                }],
+            );
+        }
+        assert!(j.bytes <= 1000);
+        assert_eq!(j.len(), 10);
+    }
+}

@@ -1,0 +1,324 @@
+//! Rich displays in a form a model can read: chooses among a MIME bundle's types, turns HTML
+//! into Markdown, pretty-prints JSON and rasterises SVG to PNG. Pure functions: no MCP, no I/O.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::wire::message::MimeBundle;
+
+/// Largest HTML converted to Markdown; longer HTML is cut first (html5ever copes with the cut).
+const MAX_HTML_BYTES: usize = 1024 * 1024;
+/// Largest SVG rasterised.
+const MAX_SVG_BYTES: usize = 4 * 1024 * 1024;
+/// Longest side of a rasterised SVG, in pixels.
+const MAX_SVG_SIDE: f32 = 2048.0;
+
+/// What to show for one display.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Form {
+    /// An image: MIME type and base64 data.
+    Image { mime: String, data: String },
+    /// Text for the model.
+    Text(String),
+}
+
+/// Text of a MIME value: a string, or nbformat's list of lines.
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(parts.iter().filter_map(|p| p.as_str()).collect()),
+        _ => None,
+    }
+}
+
+/// True for text/plain that says nothing but the object's type, such as
+/// `<IPython.core.display.Latex object>`, `<pandas.io.formats.style.Styler object at 0x7f...>`
+/// or IPython's `<__main__.Report at 0x7f...>`.
+fn bare_repr(t: &str) -> bool {
+    let Some(inner) = t.strip_prefix('<').and_then(|t| t.strip_suffix('>')) else {
+        return false;
+    };
+    if inner.contains(['\n', '<', '>']) {
+        return false;
+    }
+    match inner.rsplit_once(" at 0x") {
+        Some((head, addr)) if addr.chars().all(|c| c.is_ascii_hexdigit()) => {
+            !head.contains(' ') || head.ends_with(" object")
+        }
+        _ => inner.ends_with(" object"),
+    }
+}
+
+/// A note for interactive chart libraries whose displays carry no static image.
+fn chart_note(data: &MimeBundle) -> Option<String> {
+    let has = |prefix: &str| data.keys().any(|k| k.starts_with(prefix));
+    if has("application/vnd.plotly") {
+        Some("[Plotly figure: interactive only, no static image in the output. For a PNG: fig.write_image('fig.png') (needs the kaleido package; install_package([\"kaleido\"])) then read_file('fig.png'); or fig.to_dict() for the data]".into())
+    } else if has("application/vnd.vegalite") || has("application/vnd.vega.") {
+        Some("[Altair/Vega-Lite chart: interactive only, no static image in the output. For a PNG: chart.save('chart.png') (needs the vl-convert-python package) then read_file('chart.png'); or chart.to_dict() for the spec]".into())
+    } else if has("application/vnd.bokehjs") {
+        Some("[Bokeh figure: interactive only, no static image in the output. For a PNG: bokeh.io.export_png(fig, filename='fig.png') (needs selenium and a browser driver), or plot with matplotlib instead]".into())
+    } else {
+        None
+    }
+}
+
+/// Chooses how to show a display: an image when there is one, else the most readable text.
+pub fn choose(data: &MimeBundle) -> Option<Form> {
+    for mime in ["image/png", "image/jpeg"] {
+        if let Some(Value::String(b64)) = data.get(mime) {
+            return Some(Form::Image {
+                mime: mime.to_owned(),
+                data: b64.clone(),
+            });
+        }
+    }
+    if let Some(svg) = data.get("image/svg+xml").and_then(text_of) {
+        match svg_to_png(&svg) {
+            Ok(png) => {
+                return Some(Form::Image {
+                    mime: "image/png".into(),
+                    data: base64::engine::general_purpose::STANDARD.encode(png),
+                })
+            }
+            Err(e) => tracing::debug!(error = %e, "SVG could not be rasterised"),
+        }
+    }
+    if let Some(md) = data.get("text/markdown").and_then(text_of) {
+        return Some(Form::Text(md));
+    }
+    let plain = data.get("text/plain").and_then(text_of);
+    if let Some(p) = &plain {
+        if !bare_repr(p) {
+            return Some(Form::Text(p.clone()));
+        }
+    }
+    if let Some(latex) = data.get("text/latex").and_then(text_of) {
+        return Some(Form::Text(latex));
+    }
+    if let Some(json) = data.get("application/json") {
+        let text = match json {
+            Value::String(s) => serde_json::from_str::<Value>(s)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| s.clone()),
+            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+        };
+        return Some(Form::Text(text));
+    }
+    if let Some(note) = chart_note(data) {
+        return Some(Form::Text(note));
+    }
+    if let Some(html) = data.get("text/html").and_then(text_of) {
+        let md = html_to_text(&html);
+        if !md.trim().is_empty() {
+            return Some(Form::Text(md));
+        }
+    }
+    // Nothing richer could be shown: a bare repr is still better than nothing.
+    if let Some(p) = plain {
+        return Some(Form::Text(p));
+    }
+    let types: Vec<&str> = data.keys().map(String::as_str).collect();
+    if types.is_empty() {
+        return None;
+    }
+    Some(Form::Text(format!(
+        "[display of type {} has no text or image form to show]\n",
+        types.join(", ")
+    )))
+}
+
+/// HTML as Markdown: tables become Markdown tables, other markup loses its tags.
+pub fn html_to_text(html: &str) -> String {
+    let mut cut = html.len().min(MAX_HTML_BYTES);
+    while cut > 0 && !html.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let html = html.get(..cut).unwrap_or("");
+    let converter = htmd::HtmlToMarkdown::builder()
+        .skip_tags(vec!["script", "style", "head", "noscript"])
+        .build();
+    match converter.convert(html) {
+        Ok(md) => md,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTML could not be converted");
+            String::new()
+        }
+    }
+}
+
+/// The fonts SVG text is drawn with: the system's, loaded once.
+fn fonts() -> std::sync::Arc<resvg::usvg::fontdb::Database> {
+    static DB: std::sync::OnceLock<std::sync::Arc<resvg::usvg::fontdb::Database>> =
+        std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        let mut db = resvg::usvg::fontdb::Database::new();
+        db.load_system_fonts();
+        std::sync::Arc::new(db)
+    })
+    .clone()
+}
+
+/// Rasterises an SVG document to PNG bytes (at most 2048 px on its longest side).
+///
+/// The SVG comes from the kernel, so it may only embed `data:` images: a path or URL in
+/// `<image href>` is never opened (the server is not sandboxed the way the kernel is).
+pub fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    if svg.len() > MAX_SVG_BYTES {
+        return Err(format!("SVG of {} bytes is too large", svg.len()));
+    }
+    let mut opt = usvg::Options {
+        fontdb: fonts(),
+        ..usvg::Options::default()
+    };
+    opt.image_href_resolver = usvg::ImageHrefResolver {
+        resolve_data: usvg::ImageHrefResolver::default_data_resolver(),
+        resolve_string: Box::new(|_, _| None),
+    };
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| e.to_string())?;
+    let size = tree.size();
+    let (w, h) = (size.width(), size.height());
+    if !(w.is_finite() && h.is_finite() && w > 0.0 && h > 0.0) {
+        return Err("SVG has no size".into());
+    }
+    let scale = (MAX_SVG_SIDE / w.max(h)).min(1.0);
+    let pw = (w * scale).ceil().max(1.0) as u32;
+    let ph = (h * scale).ceil().max(1.0) as u32;
+    let mut pixmap = tiny_skia::Pixmap::new(pw, ph).ok_or("SVG size is not drawable")?;
+    // A white page, as a notebook shows SVG figures (transparent pixels read as black to some viewers).
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn bundle(items: &[(&str, Value)]) -> MimeBundle {
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn bare_reprs_are_recognised() {
+        assert!(bare_repr("<IPython.core.display.Latex object>"));
+        assert!(bare_repr(
+            "<pandas.io.formats.style.Styler object at 0x7f3a2c1b0d90>"
+        ));
+        assert!(!bare_repr("   a\n0  1"));
+        assert!(!bare_repr("<Figure size 640x480 with 1 Axes>"));
+        assert!(!bare_repr("<b>hi</b> object>"));
+        assert!(bare_repr("<__main__.W at 0x7fa802bc6b50>"));
+        assert!(!bare_repr("<Figure size 640x480 with 1 Axes at 0x7f>"));
+    }
+
+    #[test]
+    fn latex_and_json_come_back_as_source() {
+        let b = bundle(&[
+            (
+                "text/plain",
+                json_str("<IPython.core.display.Latex object>"),
+            ),
+            ("text/latex", json_str("$\\alpha^2$")),
+        ]);
+        assert_eq!(choose(&b), Some(Form::Text("$\\alpha^2$".into())));
+        let b = bundle(&[
+            ("text/plain", json_str("<IPython.core.display.JSON object>")),
+            ("application/json", serde_json::json!({"a": [1, 2]})),
+        ]);
+        assert_eq!(
+            choose(&b),
+            Some(Form::Text("{\n  \"a\": [\n    1,\n    2\n  ]\n}".into()))
+        );
+    }
+
+    fn json_str(s: &str) -> Value {
+        Value::String(s.into())
+    }
+
+    #[test]
+    fn html_tables_become_markdown_tables() {
+        let html = "<style>td{color:red}</style><table><thead><tr><th>a</th><th>b</th></tr></thead>\
+                    <tbody><tr><td>1</td><td>x</td></tr></tbody></table><p>Some <b>bold</b> text</p>";
+        let md = html_to_text(html);
+        assert!(md.contains("| a | b |"), "{md}");
+        assert!(md.contains("| 1 | x |"), "{md}");
+        assert!(md.contains("Some **bold** text"), "{md}");
+        assert!(!md.contains("color:red"), "{md}");
+    }
+
+    #[test]
+    fn a_bare_repr_is_kept_when_nothing_else_is_there() {
+        let b = bundle(&[("text/plain", json_str("<object object at 0x7f00>"))]);
+        assert_eq!(
+            choose(&b),
+            Some(Form::Text("<object object at 0x7f00>".into()))
+        );
+        let b = bundle(&[
+            ("text/plain", json_str("<__main__.W at 0x7f00>")),
+            ("text/html", json_str("<ul><li>a</li></ul>")),
+        ]);
+        assert_eq!(choose(&b), Some(Form::Text("*   a".into())));
+    }
+
+    #[test]
+    fn plain_text_wins_when_it_says_something() {
+        let b = bundle(&[
+            ("text/plain", json_str("   a\n0  1")),
+            ("text/html", json_str("<table></table>")),
+        ]);
+        assert_eq!(choose(&b), Some(Form::Text("   a\n0  1".into())));
+    }
+
+    #[test]
+    fn charts_get_a_note() {
+        let b = bundle(&[
+            ("application/vnd.plotly.v1+json", serde_json::json!({})),
+            ("text/html", json_str("<div>...</div><script>big</script>")),
+        ]);
+        let Some(Form::Text(t)) = choose(&b) else {
+            panic!()
+        };
+        assert!(t.starts_with("[Plotly figure"), "{t}");
+    }
+
+    #[test]
+    fn svg_rasterises_and_never_reads_files() {
+        let svg = r#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="red"/></svg>"#;
+        let png = svg_to_png(svg).unwrap();
+        assert_eq!(png.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]));
+        assert_eq!(png.get(16..24), Some(&[0, 0, 0, 40, 0, 0, 0, 20][..]));
+        // A file reference renders as nothing rather than reading the file.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.png");
+        std::fs::write(&secret, png).unwrap();
+        let refers = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="40" height="20"><image width="40" height="20" xlink:href="{}"/></svg>"#,
+            secret.display()
+        );
+        let out = svg_to_png(&refers).unwrap();
+        let blank =
+            svg_to_png(r#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"></svg>"#)
+                .unwrap();
+        assert_eq!(out, blank);
+        assert!(svg_to_png("<svg").is_err());
+        for extreme in ["1e30", "0", "-5", "NaN"] {
+            let svg = format!(
+                r#"<svg xmlns="http://www.w3.org/2000/svg" width="{extreme}" height="{extreme}"/>"#
+            );
+            if let Ok(png) = svg_to_png(&svg) {
+                assert!(png.len() < 1_000_000);
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! Notebook-native work: list_variables, export_notebook, run_notebook.
+
+use serde_json::json;
+
+use crate::harness::{is_error, text, Server};
+
+#[tokio::test]
+async fn list_variables_shows_a_dataframe_and_hides_ipython_names() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import pandas as pd\nimport numpy as np\ndf = pd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', 'z']})\nxs = [1, 2, 3]\nd = {'k': 1}\narr = np.zeros((2, 3))\ndef f(x):\n    return x\n_private = 1\ndf")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.exec("get_ipython().execution_count").await;
+    assert_eq!(text(&r), "3");
+
+    // pandas 2 says "object" for a text column, pandas 3 "str".
+    let text_dtype = text(&s.exec("print(df.b.dtype)").await).trim().to_owned();
+    let dtypes = format!("a: int64, b: {text_dtype}");
+
+    let r = s.call("list_variables", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let data = r.structured_content.clone().expect("structuredContent");
+    let names: Vec<&str> = data["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["arr", "d", "df", "f", "xs"]);
+    assert_eq!(data["total"], 5);
+    let df = data["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "df")
+        .unwrap();
+    assert_eq!(
+        df,
+        &json!({"name": "df", "type": "DataFrame", "shape": "(3, 2)", "dtype": dtypes,
+                "size_bytes": 180, "value": "first row: {'a': 1, 'b': 'x'}"})
+    );
+
+    let r = s.call("list_variables", json!({"filter": "df"})).await;
+    assert_eq!(
+        text(&r),
+        format!(
+            "name  type       shape   {:w$}  size   value\n\
+             df    DataFrame  (3, 2)  {dtypes}  180 B  first row: {{'a': 1, 'b': 'x'}}",
+            "dtype",
+            w = dtypes.len()
+        )
+    );
+
+    // Nothing was added to the session and the execution count did not move.
+    let r = s
+        .exec("[k for k in ('run', 'g', 'ALWAYS_HIDDEN', '_Listing', 'fnmatch', 'reprlib') if k in get_ipython().user_ns], get_ipython().execution_count")
+        .await;
+    assert_eq!(text(&r), "([], 5)");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn list_variables_refuses_a_huge_filter() {
+    let s = Server::start().await;
+    let r = s
+        .call("list_variables", json!({"filter": "x".repeat(300)}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("longer than 256"), "{}", text(&r));
+    s.close().await;
+}
+
+/// A Python with nbformat and nbconvert, in a venv of the tests' own under target/tmp (created
+/// once, from PyPI; the managed kernel environment is left alone).
+fn nbformat_python() -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nbformat-venv");
+    let py = dir.join("bin").join("python");
+    let ok = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import nbformat, nbconvert"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ok(&py) {
+        let venv = std::process::Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&dir)
+            .output()
+            .expect("python3 -m venv");
+        assert!(venv.status.success(), "{venv:?}");
+        let pip = std::process::Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "nbformat", "nbconvert"])
+            .output()
+            .expect("pip install nbformat nbconvert");
+        assert!(
+            pip.status.success(),
+            "installing nbformat and nbconvert for the notebook tests failed: {}",
+            String::from_utf8_lossy(&pip.stderr)
+        );
+    }
+    py
+}
+
+/// Validates a notebook with nbformat and returns, per cell:
+/// [cell_type, source, execution_count, [[output_type, detail], ...]].
+async fn validated(path: &std::path::Path) -> serde_json::Value {
+    let py = nbformat_python();
+    let script = r#"
+import json, sys, nbformat
+nb = nbformat.read(sys.argv[1], as_version=nbformat.NO_CONVERT)
+nbformat.validate(nb)
+assert (nb.nbformat, nb.nbformat_minor) == (4, 5), (nb.nbformat, nb.nbformat_minor)
+assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
+def detail(o):
+    if o.output_type == "stream":
+        return [o.name, o.text]
+    if o.output_type == "error":
+        return [o.ename, o.evalue, len(o.traceback) > 0]
+    return sorted(o.data)
+print(json.dumps([[c.cell_type, c.source, c.get("execution_count"),
+                   [[o.output_type, detail(o)] for o in c.get("outputs", [])]] for c in nb.cells]))
+"#;
+    let out = tokio::time::timeout(
+        crate::harness::HANG,
+        tokio::process::Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .arg(path)
+            .output(),
+    )
+    .await
+    .expect("nbformat hung")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "nbformat rejected the notebook: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn export_notebook_writes_the_session_as_a_valid_notebook() {
+    let s = Server::start().await;
+    s.exec("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\ndf")
+        .await;
+    s.exec("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        .await;
+    let r = s.exec("print('hi')\n1/0").await;
+    assert!(is_error(&r));
+    s.call(
+        "write_file",
+        json!({"path": "script.py", "content": "import sys\nprint('args', sys.argv[1:])\n"}),
+    )
+    .await;
+    let r = s
+        .call(
+            "run_file",
+            json!({"path": "script.py", "args": ["--n", "a b"]}),
+        )
+        .await;
+    assert_eq!(text(&r), "args ['--n', 'a b']\n");
+    s.call("restart_kernel", json!({})).await;
+    s.exec("2 + 2").await;
+
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let data = r.structured_content.clone().unwrap();
+    assert_eq!(data["path"], "session.ipynb");
+    assert_eq!(data["cells"], 6);
+    let cells = validated(&s.ws().join("session.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([
+            [
+                "code",
+                "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})\ndf",
+                1,
+                [["execute_result", ["text/html", "text/plain"]]]
+            ],
+            [
+                "code",
+                "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+                2,
+                [["display_data", ["image/png", "text/plain"]]]
+            ],
+            [
+                "code",
+                "print('hi')\n1/0",
+                3,
+                [
+                    ["stream", ["stdout", "hi\n"]],
+                    ["error", ["ZeroDivisionError", "division by zero", true]]
+                ]
+            ],
+            [
+                "code",
+                "%run script.py --n 'a b'",
+                4,
+                [["stream", ["stdout", "args ['--n', 'a b']\n"]]]
+            ],
+            [
+                "markdown",
+                "*Kernel restarted (restart_kernel): all variables were cleared.*",
+                null,
+                []
+            ],
+            ["code", "2 + 2", 1, [["execute_result", ["text/plain"]]]],
+        ])
+    );
+
+    // Jupyter's own converter reads it too.
+    let md = tokio::time::timeout(
+        crate::harness::HANG,
+        tokio::process::Command::new(nbformat_python())
+            .args(["-m", "nbconvert", "--to", "markdown", "--stdout"])
+            .arg(s.ws().join("session.ipynb"))
+            .output(),
+    )
+    .await
+    .expect("nbconvert hung")
+    .unwrap();
+    assert!(
+        md.status.success(),
+        "{}",
+        String::from_utf8_lossy(&md.stderr)
+    );
+    let md = String::from_utf8_lossy(&md.stdout);
+    for part in [
+        "```python\n%run script.py --n 'a b'\n```",
+        "ZeroDivisionError",
+        "![png](",
+        "*Kernel restarted (restart_kernel): all variables were cleared.*",
+    ] {
+        assert!(md.contains(part), "{part:?} not in:\n{md}");
+    }
+
+    // Its own file is replaced freely; a file it did not write only with overwrite.
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    s.call(
+        "write_file",
+        json!({"path": "mine.ipynb", "content": "{\"precious\": true}"}),
+    )
+    .await;
+    let r = s
+        .call("export_notebook", json!({"path": "mine.ipynb"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("overwrite: true"), "{}", text(&r));
+    assert_eq!(
+        std::fs::read_to_string(s.ws().join("mine.ipynb")).unwrap(),
+        "{\"precious\": true}"
+    );
+    let r = s
+        .call(
+            "export_notebook",
+            json!({"path": "mine.ipynb", "overwrite": true}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    validated(&s.ws().join("mine.ipynb")).await;
+    // A notebook it wrote and the user then changed is theirs now.
+    s.call(
+        "write_file",
+        json!({"path": "session.ipynb", "content": "edited by hand"}),
+    )
+    .await;
+    let r = s.call("export_notebook", json!({})).await;
+    assert!(is_error(&r), "{}", text(&r));
+    let r = s
+        .call("export_notebook", json!({"path": "notes.txt"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("must end in .ipynb"), "{}", text(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn journal_flag_keeps_a_live_notebook() {
+    let s = Server::start_with(&["--journal", "journal/live.ipynb"]).await;
+    s.exec("x = 6 * 7\nprint(x)").await;
+    let cells = validated(&s.ws().join("journal/live.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([[
+            "code",
+            "x = 6 * 7\nprint(x)",
+            1,
+            [["stream", ["stdout", "42\n"]]]
+        ]])
+    );
+    s.exec("x").await;
+    let cells = validated(&s.ws().join("journal/live.ipynb")).await;
+    assert_eq!(cells.as_array().unwrap().len(), 2);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
+    let s = Server::start().await;
+    let nb = json!({
+        "nbformat": 4, "nbformat_minor": 4, "metadata": {},
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": "# Analysis"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": ["a = 20\n"]},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "print(a + 1)"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "a * 2"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "1/0"},
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "b = a + 1"},
+        ]
+    });
+    std::fs::write(s.ws().join("nb.ipynb"), nb.to_string()).unwrap();
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "save_to": "out/nb-run.ipynb"}),
+        )
+        .await;
+    assert!(is_error(&r));
+    let t = crate::harness::texts(&r);
+    assert_eq!(
+        t[..6],
+        [
+            "[cell 2]\n",
+            "[cell 3]\n",
+            "21\n",
+            "[cell 4]\n",
+            "40",
+            "[cell 5]\n"
+        ]
+    );
+    assert!(
+        t[6].starts_with("ZeroDivisionError: division by zero\n"),
+        "{t:?}"
+    );
+    assert_eq!(
+        t[7..],
+        [
+            "[ran 4 of 5 code cells of nb.ipynb; stopped: cell 5 raised an error (pass stop_on_error: false to run past errors)]",
+            "[executed notebook saved as out/nb-run.ipynb]"
+        ]
+    );
+    let cells = validated(&s.ws().join("out/nb-run.ipynb")).await;
+    assert_eq!(
+        cells,
+        json!([
+            ["markdown", "# Analysis", null, []],
+            ["code", "a = 20\n", 1, []],
+            ["code", "print(a + 1)", 2, [["stream", ["stdout", "21\n"]]]],
+            ["code", "a * 2", 3, [["execute_result", ["text/plain"]]]],
+            [
+                "code",
+                "1/0",
+                4,
+                [["error", ["ZeroDivisionError", "division by zero", true]]]
+            ],
+            ["code", "b = a + 1", null, []],
+        ])
+    );
+    // The notebook's variables are in the session.
+    assert_eq!(text(&s.exec("a").await), "20");
+
+    // Past errors, and the input notebook itself is not replaced without overwrite.
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "stop_on_error": false, "save_to": "nb.ipynb"}),
+        )
+        .await;
+    let t = crate::harness::texts(&r);
+    assert!(
+        t.iter().any(|x| x.starts_with("ZeroDivisionError")),
+        "{t:?}"
+    );
+    assert_eq!(t.iter().filter(|x| x.starts_with("[cell ")).count(), 5);
+    assert!(
+        t.contains(&"[ran 5 of 5 code cells of nb.ipynb]".to_owned()),
+        "{t:?}"
+    );
+    assert!(
+        t.last()
+            .unwrap()
+            .starts_with("[the executed notebook was not saved:"),
+        "{t:?}"
+    );
+    assert_eq!(text(&s.exec("b").await), "21");
+    assert_eq!(
+        std::fs::read_to_string(s.ws().join("nb.ipynb")).unwrap(),
+        nb.to_string()
+    );
+
+    std::fs::write(s.ws().join("bad.ipynb"), "{not json").unwrap();
+    let r = s.call("run_notebook", json!({"path": "bad.ipynb"})).await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with("bad.ipynb: not a Jupyter notebook:"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn data_tools_return_structured_content_with_an_output_schema() {
+    let s = Server::start().await;
+    let tools = s.client.list_all_tools().await.unwrap();
+    let mut with_schema: Vec<&str> = tools
+        .iter()
+        .filter(|t| t.output_schema.is_some())
+        .map(|t| t.name.as_ref())
+        .collect();
+    with_schema.sort();
+    assert_eq!(
+        with_schema,
+        vec![
+            "check_packages",
+            "export_notebook",
+            "get_environment",
+            "list_files",
+            "list_packages",
+            "list_variables"
+        ]
+    );
+    std::fs::write(s.ws().join("a.csv"), "x\n1\n").unwrap();
+    let r = s.call("list_files", json!({})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(d["entries"][0]["path"], "a.csv");
+    assert_eq!(d["entries"][0]["kind"], "file");
+    assert_eq!(d["entries"][0]["size"], 4);
+    assert_eq!(d["truncated"], false);
+    let r = s.call("list_packages", json!({"filter": "numpy"})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(d["total"], 1);
+    assert_eq!(d["packages"][0]["name"], "numpy");
+    assert_eq!(
+        text(&r),
+        format!("numpy=={}", d["packages"][0]["version"].as_str().unwrap())
+    );
+    let r = s.call("get_environment", json!({})).await;
+    let d = r.structured_content.clone().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text(&r)).unwrap(),
+        d
+    );
+    assert_eq!(d["active_environment"], "default");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_analysis_stack_is_imported_in_the_background_without_a_trace() {
+    let s = Server::start_with(&["--preload"]).await;
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || s
+            .log()
+            .contains("analysis stack imported in the background"))
+        .await,
+        "{}",
+        s.log()
+    );
+    let probe = "import sys\n(sorted(m for m in ('numpy', 'pandas', 'matplotlib.pyplot') if m in sys.modules), get_ipython().execution_count, len(In), [k for k in ('np', 'pd', 'plt', '__m', '__kmcp_preload', 'fig', 'Figure') if k in get_ipython().user_ns])";
+    let r = s.exec(probe).await;
+    // The same probe in a kernel without the preload: only the imported modules differ.
+    let plain = Server::start().await;
+    let p = plain.exec(probe).await;
+    let (with, without) = (text(&r), text(&p));
+    assert!(
+        with.starts_with("(['matplotlib.pyplot', 'numpy', 'pandas'], "),
+        "{with}"
+    );
+    assert!(without.starts_with("([], "), "{without}");
+    assert_eq!(
+        with.split_once("], ").unwrap().1,
+        without.split_once("], ").unwrap().1
+    );
+    assert!(with.ends_with(", [])"), "{with}");
+    s.close().await;
+    plain.close().await;
+}
