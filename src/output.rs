@@ -189,7 +189,7 @@ impl Collector {
             .map(|c| strip_ansi(c).into_owned())
             .collect();
         let short = crate::traceback::for_model(&chunks, crate::traceback::MAX_TRACEBACK_CHARS);
-        let mut text = format!("{}: {}", e.ename, e.evalue);
+        let mut text = format!("{}: {}", strip_ansi(&e.ename), strip_ansi(&e.evalue));
         if short.text.trim().is_empty() {
             return text;
         }

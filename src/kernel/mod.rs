@@ -424,7 +424,8 @@ impl KernelHandle {
         match started {
             Ok(k) => {
                 let k = Arc::new(k);
-                if fresh {
+                // A borrowed kernel is left as its owner set it up: no imports of ours.
+                if fresh && self.owned() {
                     preload_in_background(&k, self.spare_cfg.preload.clone());
                 }
                 slot.kernel = Some(k.clone());
