@@ -71,8 +71,9 @@ struct Opts {
     /// Seconds the kernel may take to start.
     #[arg(long, default_value_t = 60.0, global = true)]
     startup_timeout: f64,
-    /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
-    #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
+    /// How the server talks to the kernel: ipc (unix sockets in a private dir; the default except
+    /// on Windows) or tcp (127.0.0.1; the default on Windows).
+    #[arg(long, value_enum, default_value_t = Transport::default(), global = true)]
     transport: Transport,
     /// OS sandbox for the kernel: strict (Landlock + seccomp + rlimits, best effort), require
     /// (refuse to run without every layer), or off.
@@ -189,6 +190,13 @@ async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
 ) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
+    if let Some(why) = kernel_mcp::kernel::sandbox::UNAVAILABLE {
+        if o.sandbox == SandboxMode::Require {
+            anyhow::bail!("--sandbox require: {why}");
+        }
+        tracing::warn!("NO OS SANDBOX: {why}");
+        return Ok(None);
+    }
     if o.sandbox == SandboxMode::Off {
         tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
         return Ok(None);
@@ -241,7 +249,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         transport: o.transport,
         startup_timeout: secs(o.startup_timeout, "startup-timeout")?,
         extra_env: BTreeMap::new(),
-        helper: std::env::current_exe().ok(),
+        helper: kernel_mcp::kernel::sandbox::helper_exe(),
         sandbox: sandbox_config(&o, &env).await?,
     };
     let spare = kernel_mcp::kernel::SpareConfig {
@@ -292,20 +300,46 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     let service = server.serve(transport).await;
     let outcome = match service {
         Ok(running) => {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let stop = stop_signal()?;
             tokio::select! {
                 r = running.waiting() => r.map(|reason| tracing::info!(?reason, "client disconnected")).map_err(anyhow::Error::from),
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-                _ = hup.recv() => { tracing::info!("SIGHUP: shutting down"); Ok(()) }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+                name = stop => { tracing::info!("{name}: shutting down"); Ok(()) }
             }
         }
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     kernel.shutdown().await;
     outcome
+}
+
+/// Resolves with the signal's name when the OS asks the server to stop (unix: SIGTERM, SIGHUP,
+/// SIGINT; Windows: Ctrl-C, Ctrl-Break, console close).
+#[cfg(unix)]
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        }
+    })
+}
+
+#[cfg(windows)]
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_close};
+    let mut brk = ctrl_break()?;
+    let mut close = ctrl_close()?;
+    Ok(async move {
+        tokio::select! {
+            _ = brk.recv() => "Ctrl-Break",
+            _ = close.recv() => "console close",
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        }
+    })
 }
 
 async fn setup(o: Opts) -> anyhow::Result<()> {

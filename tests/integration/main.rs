@@ -4,9 +4,14 @@
 
 mod control;
 mod execute;
+// These use unix signals, symlinks and FIFOs, and the Linux sandbox: on macOS and Windows they
+// are compiled where they can be, not run in CI (see README "Platforms").
+#[cfg(unix)]
 mod files;
 mod harness;
+#[cfg(unix)]
 mod lifecycle;
 mod outputs;
 mod packages;
+#[cfg(target_os = "linux")]
 mod sandbox;
