@@ -79,12 +79,19 @@ struct Opts {
     /// (refuse to run without every layer), or off.
     #[arg(long, value_enum, default_value_t = SandboxMode::Strict, global = true)]
     sandbox: SandboxMode,
-    /// Let the kernel use the network (off by default under the sandbox).
-    #[arg(long, global = true)]
+    /// Let the kernel use the network (off by default under the sandbox). `--allow-network=false`
+    /// is accepted too (the MCP bundle passes its checkbox that way).
+    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     allow_network: bool,
     /// Extra read-only directory for the kernel (repeatable), e.g. a shared data folder.
     #[arg(long, value_name = "DIR", global = true)]
     allow_read: Vec<PathBuf>,
+    /// Any number of extra read-only directories after one flag (put it last); the MCP bundle's
+    /// folder list arrives this way. Same as repeating --allow-read.
+    #[arg(long, value_name = "DIR", num_args = 0.., global = true)]
+    read_only_dirs: Vec<PathBuf>,
     /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
     #[arg(long, default_value = "4G", global = true)]
     memory_limit: String,
@@ -203,7 +210,12 @@ async fn sandbox_config(
     }
     let cfg = kernel_mcp::kernel::SandboxConfig {
         python_paths: env.paths.clone(),
-        extra_read: o.allow_read.clone(),
+        extra_read: o
+            .allow_read
+            .iter()
+            .chain(&o.read_only_dirs)
+            .cloned()
+            .collect(),
         network: o.allow_network,
         memory_bytes: parse_size(&o.memory_limit).context("--memory-limit")?,
         file_size_bytes: parse_size(&o.max_file_size).context("--max-file-size")?,
@@ -412,4 +424,39 @@ fn main() -> anyhow::Result<()> {
     // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.
     rt.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Result<Opts, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kernel-mcp").chain(args.iter().copied()))
+            .map(|c| c.opts)
+    }
+
+    #[test]
+    fn bundle_flags_parse() -> Result<(), clap::Error> {
+        assert!(!opts(&[])?.allow_network);
+        assert!(opts(&["--allow-network"])?.allow_network);
+        assert!(opts(&["--allow-network=true"])?.allow_network);
+        assert!(!opts(&["--allow-network=false"])?.allow_network);
+        assert!(opts(&["--allow-network=maybe"]).is_err());
+        // The bundle's folder list: any number of folders after one flag, none included.
+        let o = opts(&[
+            "--workspace",
+            "/w",
+            "--allow-network=false",
+            "--read-only-dirs",
+        ])?;
+        assert!(o.read_only_dirs.is_empty());
+        let o = opts(&["--allow-read", "/a", "--read-only-dirs", "/b", "/c d"])?;
+        assert_eq!(o.allow_read, vec![PathBuf::from("/a")]);
+        assert_eq!(
+            o.read_only_dirs,
+            vec![PathBuf::from("/b"), PathBuf::from("/c d")]
+        );
+        assert_eq!(o.workspace, PathBuf::from("./workspace"));
+        Ok(())
+    }
 }
