@@ -194,10 +194,11 @@ impl RuntimeDir {
 }
 
 /// Where runtime dirs go. macOS's per-user temp dir (`/var/folders/…/T/`) is long, and a unix
-/// socket path may hold only 104 bytes there, so macOS uses `/tmp` (the dir itself is 0700).
+/// socket path may hold only 104 bytes there, so macOS uses `/tmp` (the dir itself is 0700),
+/// resolved (`/private/tmp`) because its Seatbelt profile matches real paths.
 fn runtime_base() -> PathBuf {
     if cfg!(target_os = "macos") {
-        PathBuf::from("/tmp")
+        std::fs::canonicalize("/tmp").unwrap_or_else(|_| PathBuf::from("/tmp"))
     } else {
         std::env::temp_dir()
     }
