@@ -420,6 +420,29 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     reach.last().copied().unwrap_or(false)
 }
 
+/// `\\?\C:\x` as `C:\x` and `\\?\UNC\server\share` as `\\server\share`, when the plain form
+/// means the same path (short enough, no component that only verbatim paths allow); else `None`.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn plain_windows_path(verbatim: &str) -> Option<String> {
+    let plain = if let Some(rest) = verbatim.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else {
+        let rest = verbatim.strip_prefix(r"\\?\")?;
+        let mut c = rest.chars();
+        let drive = matches!((c.next(), c.next(), c.next()), (Some(d), Some(':'), Some('\\')) if d.is_ascii_alphabetic());
+        if !drive {
+            return None;
+        }
+        rest.to_owned()
+    };
+    // Plain paths stop at 260 characters and drop trailing dots and spaces of a component.
+    let odd = plain
+        .split('\\')
+        .skip(1)
+        .any(|c| c.ends_with('.') || c.ends_with(' '));
+    (plain.chars().count() < 260 && !odd).then_some(plain)
+}
+
 impl Workspace {
     /// Opens (creating if missing) the workspace root.
     pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
@@ -431,6 +454,14 @@ impl Workspace {
             path: root.display().to_string(),
             source,
         })?;
+        // Windows canonical paths are verbatim (`\\?\C:\data`); the model, the user and Python
+        // write `C:\data`, and absolute paths are matched against this root.
+        #[cfg(windows)]
+        let root = root
+            .to_str()
+            .and_then(plain_windows_path)
+            .map(PathBuf::from)
+            .unwrap_or(root);
         let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|source| {
             WorkspaceError::Io {
                 path: root.display().to_string(),
@@ -936,6 +967,25 @@ fn read_line_capped<R: std::io::BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbatim_windows_roots_become_plain() {
+        assert_eq!(
+            plain_windows_path(r"\\?\C:\Users\ann\data").as_deref(),
+            Some(r"C:\Users\ann\data")
+        );
+        assert_eq!(
+            plain_windows_path(r"\\?\UNC\srv\share\ws").as_deref(),
+            Some(r"\\srv\share\ws")
+        );
+        assert_eq!(plain_windows_path(r"C:\plain"), None);
+        assert_eq!(plain_windows_path(r"\\?\Volume{abc}\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir.\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir \x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:"), None);
+        let long = format!(r"\\?\C:\{}", "a".repeat(300));
+        assert_eq!(plain_windows_path(&long), None);
+    }
 
     #[test]
     fn resolve_table() {
