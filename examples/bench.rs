@@ -58,10 +58,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; 12 and 13 after the command name.
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // (/proc exists on Linux only; elsewhere this reports 0.)
+    #[cfg(unix)]
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
+    #[cfg(not(unix))]
+    let hz = 100.0;
     (ticks(11) + ticks(12)) / hz
 }
 

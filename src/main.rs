@@ -75,19 +75,27 @@ struct Opts {
     /// Seconds the kernel may take to start.
     #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
     startup_timeout: Duration,
-    /// How the server talks to the kernel: ipc (unix sockets in a private dir) or tcp (127.0.0.1).
-    #[arg(long, value_enum, default_value_t = Transport::Ipc, global = true)]
+    /// How the server talks to the kernel: ipc (unix sockets in a private dir; the default except
+    /// on Windows) or tcp (127.0.0.1; the default on Windows).
+    #[arg(long, value_enum, default_value_t = Transport::default(), global = true)]
     transport: Transport,
     /// OS sandbox for the kernel: strict (Landlock + seccomp + rlimits, best effort), require
     /// (refuse to run without every layer), or off.
     #[arg(long, value_enum, default_value_t = SandboxMode::Strict, global = true)]
     sandbox: SandboxMode,
-    /// Let the kernel use the network (off by default under the sandbox).
-    #[arg(long, global = true)]
+    /// Let the kernel use the network (off by default under the sandbox). `--allow-network=false`
+    /// is accepted too (the MCP bundle passes its checkbox that way).
+    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     allow_network: bool,
     /// Extra read-only directory for the kernel (repeatable), e.g. a shared data folder.
     #[arg(long, value_name = "DIR", global = true)]
     allow_read: Vec<PathBuf>,
+    /// Any number of extra read-only directories after one flag (put it last); the MCP bundle's
+    /// folder list arrives this way. Same as repeating --allow-read.
+    #[arg(long, value_name = "DIR", num_args = 0.., global = true)]
+    read_only_dirs: Vec<PathBuf>,
     /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
     #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
     memory_limit: SizeLimit,
@@ -187,13 +195,25 @@ async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
 ) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
+    if let Some(why) = kernel_mcp::kernel::sandbox::UNAVAILABLE {
+        if o.sandbox == SandboxMode::Require {
+            anyhow::bail!("--sandbox require: {why}");
+        }
+        tracing::warn!("NO OS SANDBOX: {why}");
+        return Ok(None);
+    }
     if o.sandbox == SandboxMode::Off {
         tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
         return Ok(None);
     }
     let cfg = kernel_mcp::kernel::SandboxConfig {
         python_paths: env.paths.clone(),
-        extra_read: o.allow_read.clone(),
+        extra_read: o
+            .allow_read
+            .iter()
+            .chain(&o.read_only_dirs)
+            .cloned()
+            .collect(),
         network: o.allow_network,
         memory_bytes: o.memory_limit.0,
         file_size_bytes: o.max_file_size.0,
@@ -373,7 +393,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         transport: o.transport,
         startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
-        helper: std::env::current_exe().ok(),
+        helper: kernel_mcp::kernel::sandbox::helper_exe(),
         sandbox: sandbox_config(&o, &env).await?,
     };
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
@@ -445,14 +465,10 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     let service = server.serve(transport).await;
     let outcome = match service {
         Ok(running) => {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let stop = stop_signal()?;
             tokio::select! {
                 r = running.waiting() => r.map(|reason| tracing::info!(?reason, "client disconnected")).map_err(anyhow::Error::from),
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-                _ = hup.recv() => { tracing::info!("SIGHUP: shutting down"); Ok(()) }
-                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+                name = stop => { tracing::info!("{name}: shutting down"); Ok(()) }
             }
         }
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
@@ -461,6 +477,36 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     // Whatever the transport wrote last still reaches stdout.
     let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
     outcome
+}
+
+/// Resolves with the signal's name when the OS asks the server to stop (unix: SIGTERM, SIGHUP,
+/// SIGINT; Windows: Ctrl-C, Ctrl-Break, console close).
+#[cfg(unix)]
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        }
+    })
+}
+
+#[cfg(windows)]
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_close};
+    let mut brk = ctrl_break()?;
+    let mut close = ctrl_close()?;
+    Ok(async move {
+        tokio::select! {
+            _ = brk.recv() => "Ctrl-Break",
+            _ = close.recv() => "console close",
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        }
+    })
 }
 
 async fn setup(o: Opts) -> anyhow::Result<()> {
@@ -536,4 +582,39 @@ fn main() -> anyhow::Result<()> {
     // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.
     rt.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Result<Opts, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kernel-mcp").chain(args.iter().copied()))
+            .map(|c| c.opts)
+    }
+
+    #[test]
+    fn bundle_flags_parse() -> Result<(), clap::Error> {
+        assert!(!opts(&[])?.allow_network);
+        assert!(opts(&["--allow-network"])?.allow_network);
+        assert!(opts(&["--allow-network=true"])?.allow_network);
+        assert!(!opts(&["--allow-network=false"])?.allow_network);
+        assert!(opts(&["--allow-network=maybe"]).is_err());
+        // The bundle's folder list: any number of folders after one flag, none included.
+        let o = opts(&[
+            "--workspace",
+            "/w",
+            "--allow-network=false",
+            "--read-only-dirs",
+        ])?;
+        assert!(o.read_only_dirs.is_empty());
+        let o = opts(&["--allow-read", "/a", "--read-only-dirs", "/b", "/c d"])?;
+        assert_eq!(o.allow_read, vec![PathBuf::from("/a")]);
+        assert_eq!(
+            o.read_only_dirs,
+            vec![PathBuf::from("/b"), PathBuf::from("/c d")]
+        );
+        assert_eq!(o.workspace, None);
+        Ok(())
+    }
 }

@@ -4,8 +4,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::error::PackageError;
@@ -93,8 +91,10 @@ pub async fn run_with_lines(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .process_group(0);
+        .kill_on_drop(true);
+    // Its own process group, so a timeout can kill everything the installer started.
+    #[cfg(unix)]
+    cmd.process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -122,9 +122,7 @@ pub async fn run_with_lines(
     let status = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(s) => s.map_err(|e| PackageError::Spawn(e.to_string()))?,
         Err(_) => {
-            if let Some(pg) = pgid {
-                let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
-            }
+            kill_group(pgid);
             let _ = child.kill().await;
             out_task.abort();
             err_task.abort();
@@ -134,9 +132,7 @@ pub async fn run_with_lines(
         }
     };
     // Children that outlived the installer must not keep the pipes (and us) waiting.
-    if let Some(pg) = pgid {
-        let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
-    }
+    kill_group(pgid);
     let stdout = out_task.await.unwrap_or_default();
     let stderr = err_task.await.unwrap_or_default();
     Ok(RunOutput {
@@ -145,6 +141,18 @@ pub async fn run_with_lines(
         stdout,
         stderr,
     })
+}
+
+/// Kills the installer's process group. (Windows: only the installer itself is killed, by
+/// `kill_on_drop`; pip starts no long-lived children there.)
+fn kill_group(pgid: Option<i32>) {
+    #[cfg(unix)]
+    if let Some(pg) = pgid {
+        use nix::sys::signal::{killpg, Signal};
+        let _ = killpg(nix::unistd::Pid::from_raw(pg), Signal::SIGKILL);
+    }
+    #[cfg(windows)]
+    let _ = pgid;
 }
 
 /// Longest accepted package spec.

@@ -53,17 +53,26 @@ impl EnvInfo {
     }
 }
 
-/// The per-user data directory (`KERNEL_MCP_DATA_DIR`, `$XDG_DATA_HOME/kernel-mcp`, or `~/.local/share/kernel-mcp`).
+/// The per-user data directory: `KERNEL_MCP_DATA_DIR`, else the platform's place for it
+/// (Linux: `$XDG_DATA_HOME/kernel-mcp` or `~/.local/share/kernel-mcp`; macOS:
+/// `~/Library/Application Support/kernel-mcp`; Windows: `%LOCALAPPDATA%\kernel-mcp`).
 pub fn data_dir() -> Result<PathBuf, EnvError> {
-    if let Some(d) = std::env::var_os("KERNEL_MCP_DATA_DIR").filter(|d| !d.is_empty()) {
+    let var = |name: &str| std::env::var_os(name).filter(|d| !d.is_empty());
+    if let Some(d) = var("KERNEL_MCP_DATA_DIR") {
         return Ok(PathBuf::from(d));
     }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+    if cfg!(windows) {
+        let local = var("LOCALAPPDATA").ok_or(EnvError::NoDataDir)?;
+        return Ok(PathBuf::from(local).join("kernel-mcp"));
+    }
+    if cfg!(target_os = "macos") {
+        let home = var("HOME").ok_or(EnvError::NoDataDir)?;
+        return Ok(PathBuf::from(home).join("Library/Application Support/kernel-mcp"));
+    }
+    if let Some(d) = var("XDG_DATA_HOME") {
         return Ok(PathBuf::from(d).join("kernel-mcp"));
     }
-    let home = std::env::var_os("HOME")
-        .filter(|d| !d.is_empty())
-        .ok_or(EnvError::NoDataDir)?;
+    let home = var("HOME").ok_or(EnvError::NoDataDir)?;
     Ok(PathBuf::from(home).join(".local/share/kernel-mcp"))
 }
 
@@ -76,14 +85,20 @@ fn requirements_hash() -> String {
     crate::wire::signer::sha256_hex(REQUIREMENTS.as_bytes())
 }
 
+/// The interpreter of a venv (`bin/python`; `Scripts\python.exe` on Windows).
 fn venv_python(env: &Path) -> PathBuf {
-    env.join("bin").join("python")
+    if cfg!(windows) {
+        env.join("Scripts").join("python.exe")
+    } else {
+        env.join("bin").join("python")
+    }
 }
 
 fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
+    let exe = format!("{program}{}", std::env::consts::EXE_SUFFIX);
     std::env::split_paths(&path)
-        .map(|d| d.join(program))
+        .map(|d| d.join(&exe))
         .find(|p| p.is_file())
 }
 
@@ -307,18 +322,16 @@ pub async fn ensure_managed() -> Result<EnvInfo, EnvError> {
         "kernel-mcp: waiting for the environment lock {}",
         lock_path.display()
     );
-    let lock = tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)
-    })
-    .await
-    .map_err(|e| EnvError::Io {
-        what: "waiting for the environment lock".into(),
-        source: std::io::Error::other(e),
-    })?
-    .map_err(|e| EnvError::Io {
-        what: format!("locking {}", lock_path.display()),
-        source: std::io::Error::from(e),
-    })?;
+    let lock = tokio::task::spawn_blocking(move || lock_file.lock().map(|()| lock_file))
+        .await
+        .map_err(|e| EnvError::Io {
+            what: "waiting for the environment lock".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| EnvError::Io {
+            what: format!("locking {}", lock_path.display()),
+            source,
+        })?;
     // Another process may have finished the job while we waited.
     if let Some(info) = read_marker(&env) {
         drop(lock);
@@ -340,7 +353,8 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
     let req = req_file.to_string_lossy().into_owned();
     let env_s = env.to_string_lossy().into_owned();
     let py_s = python.to_string_lossy().into_owned();
-    let base = std::env::var("KERNEL_MCP_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let default_base = if cfg!(windows) { "python" } else { "python3" };
+    let base = std::env::var("KERNEL_MCP_BASE_PYTHON").unwrap_or_else(|_| default_base.into());
     let steps: Vec<Vec<String>> = if let Some(uv) = which("uv") {
         let uv = uv.to_string_lossy().into_owned();
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with uv");
@@ -479,7 +493,12 @@ pub async fn conda_python(name: &str) -> Result<PathBuf, EnvError> {
                 .join(", ")
         ),
     })?;
-    Ok(prefix.join("bin").join("python"))
+    // A conda env keeps python.exe at its root on Windows.
+    Ok(if cfg!(windows) {
+        prefix.join("python.exe")
+    } else {
+        prefix.join("bin").join("python")
+    })
 }
 
 /// Resolves a source to a checked interpreter and what is in it.

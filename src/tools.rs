@@ -1477,7 +1477,10 @@ impl Server {
                 (Some(st), _) => serde_json::to_value(&st).unwrap_or_default(),
                 (None, true) => serde_json::Value::String("strict (status not known until a kernel runs)".into()),
                 (None, false) if backend.kind != crate::kernel::BackendKind::Local => serde_json::Value::String("not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into()),
-                (None, false) => serde_json::Value::String("off: the kernel runs with this user's full rights".into()),
+                (None, false) => serde_json::Value::String(match crate::kernel::sandbox::UNAVAILABLE {
+                    Some(why) => format!("none: {why}"),
+                    None => "off: the kernel runs with this user's full rights".into(),
+                }),
             },
             "named_environments": named,
         });

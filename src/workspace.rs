@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, OpenOptions};
 
 use crate::error::WorkspaceError;
 
@@ -56,7 +56,9 @@ impl WorkspacePath {
                 user.len()
             ));
         }
-        if user.contains('\\') {
+        // On Windows a backslash is the native separator (and `C:\\…` an absolute path);
+        // elsewhere it is a legal file-name byte that models mean as a separator.
+        if !cfg!(windows) && user.contains('\\') {
             return bad(format!(
                 "{user:?}: backslashes are not path separators here; use '/'"
             ));
@@ -96,6 +98,10 @@ impl WorkspacePath {
         let mut count = 0usize;
         for c in rel.components() {
             match c {
+                // Windows: "a:b" names an alternate data stream, "C:x" is drive-relative.
+                Component::Normal(n) if cfg!(windows) && n.to_string_lossy().contains(':') => {
+                    return bad(format!("{user:?}: ':' is not allowed in a file name"));
+                }
                 Component::Normal(n) => {
                     count += 1;
                     clean.push(n);
@@ -178,6 +184,51 @@ pub struct Workspace {
     dir: Dir,
 }
 
+#[derive(Clone, Copy)]
+enum OsError {
+    Loop,
+    NotDir,
+}
+
+#[cfg(unix)]
+fn is_os_error(e: &std::io::Error, which: OsError) -> bool {
+    let code = match which {
+        OsError::Loop => nix::libc::ELOOP,
+        OsError::NotDir => nix::libc::ENOTDIR,
+    };
+    e.raw_os_error() == Some(code)
+}
+
+#[cfg(windows)]
+fn is_os_error(e: &std::io::Error, which: OsError) -> bool {
+    match which {
+        // ERROR_CANT_RESOLVE_FILENAME: too many reparse points.
+        OsError::Loop => e.raw_os_error() == Some(1921),
+        OsError::NotDir => e.kind() == std::io::ErrorKind::NotADirectory,
+    }
+}
+
+/// Open flags for files the tools open: O_NONBLOCK so a FIFO with no writer cannot block the
+/// open forever, O_NOCTTY so a terminal never becomes ours. Windows has neither concern.
+fn no_block(o: &mut OpenOptions) {
+    #[cfg(unix)]
+    cap_std::fs::OpenOptionsExt::custom_flags(o, nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
+    #[cfg(windows)]
+    let _ = o;
+}
+
+/// How many names the file has. (Windows: not known from this metadata, so 1; there the kernel
+/// is not sandboxed and could make such links anyway.)
+fn hard_links(m: &cap_std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    return cap_std::fs::MetadataExt::nlink(m);
+    #[cfg(windows)]
+    {
+        let _ = m;
+        1
+    }
+}
+
 fn io_err(path: &WorkspacePath) -> impl Fn(std::io::Error) -> WorkspaceError + '_ {
     move |e| map_io(path, e)
 }
@@ -195,11 +246,11 @@ fn map_io(path: &WorkspacePath, e: std::io::Error) -> WorkspaceError {
             path: p,
             reason: "permission denied, or the path leads outside the workspace (a symlink pointing out)".into(),
         },
-        _ if e.raw_os_error() == Some(nix::libc::ELOOP) => WorkspaceError::Denied {
+        _ if is_os_error(&e, OsError::Loop) => WorkspaceError::Denied {
             path: p,
             reason: "too many levels of symbolic links (a symlink loop)".into(),
         },
-        _ if e.raw_os_error() == Some(nix::libc::ENOTDIR) => WorkspaceError::NotFound { path: p },
+        _ if is_os_error(&e, OsError::NotDir) => WorkspaceError::NotFound { path: p },
         _ => {
             // cap-std reports escapes as "a path led outside of the filesystem".
             let msg = e.to_string();
@@ -369,6 +420,29 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     reach.last().copied().unwrap_or(false)
 }
 
+/// `\\?\C:\x` as `C:\x` and `\\?\UNC\server\share` as `\\server\share`, when the plain form
+/// means the same path (short enough, no component that only verbatim paths allow); else `None`.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn plain_windows_path(verbatim: &str) -> Option<String> {
+    let plain = if let Some(rest) = verbatim.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else {
+        let rest = verbatim.strip_prefix(r"\\?\")?;
+        let mut c = rest.chars();
+        let drive = matches!((c.next(), c.next(), c.next()), (Some(d), Some(':'), Some('\\')) if d.is_ascii_alphabetic());
+        if !drive {
+            return None;
+        }
+        rest.to_owned()
+    };
+    // Plain paths stop at 260 characters and drop trailing dots and spaces of a component.
+    let odd = plain
+        .split('\\')
+        .skip(1)
+        .any(|c| c.ends_with('.') || c.ends_with(' '));
+    (plain.chars().count() < 260 && !odd).then_some(plain)
+}
+
 impl Workspace {
     /// Opens (creating if missing) the workspace root.
     pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
@@ -380,6 +454,14 @@ impl Workspace {
             path: root.display().to_string(),
             source,
         })?;
+        // Windows canonical paths are verbatim (`\\?\C:\data`); the model, the user and Python
+        // write `C:\data`, and absolute paths are matched against this root.
+        #[cfg(windows)]
+        let root = root
+            .to_str()
+            .and_then(plain_windows_path)
+            .map(PathBuf::from)
+            .unwrap_or(root);
         let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|source| {
             WorkspaceError::Io {
                 path: root.display().to_string(),
@@ -412,7 +494,7 @@ impl Workspace {
         let mut o = OpenOptions::new();
         o.read(true);
         // O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
-        o.custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
+        no_block(&mut o);
         let f = self
             .dir
             .open_with(path.for_cap(), &o)
@@ -430,6 +512,7 @@ impl Workspace {
         }
         let f = f.into_std();
         // Back to blocking mode for normal reads.
+        #[cfg(unix)]
         let _ = nix::fcntl::fcntl(
             std::os::fd::AsRawFd::as_raw_fd(&f),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
@@ -700,7 +783,7 @@ impl Workspace {
         }
         if append {
             if let Some(m) = &existing {
-                if m.nlink() > 1 {
+                if hard_links(m) > 1 {
                     return Err(WorkspaceError::Denied {
                         path: path.display(),
                         reason: "the file has other hard links; appending in place would change them too. Write the whole file instead (append=false)".into(),
@@ -709,7 +792,7 @@ impl Workspace {
             }
             let mut o = OpenOptions::new();
             o.append(true).create(true);
-            o.custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
+            no_block(&mut o);
             let f = self.dir.open_with(&path.rel, &o).map_err(io_err(path))?;
             let meta = f.metadata().map_err(io_err(path))?;
             if !meta.is_file() {
@@ -734,7 +817,8 @@ impl Workspace {
         );
         let mut o = OpenOptions::new();
         o.write(true).create_new(true);
-        o.mode(0o644);
+        #[cfg(unix)]
+        cap_std::fs::OpenOptionsExt::mode(&mut o, 0o644);
         let result = (|| -> std::io::Result<()> {
             let mut f = dir.open_with(&tmp_name, &o)?;
             f.write_all(data)?;
@@ -915,6 +999,25 @@ fn read_line_capped<R: std::io::BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbatim_windows_roots_become_plain() {
+        assert_eq!(
+            plain_windows_path(r"\\?\C:\Users\ann\data").as_deref(),
+            Some(r"C:\Users\ann\data")
+        );
+        assert_eq!(
+            plain_windows_path(r"\\?\UNC\srv\share\ws").as_deref(),
+            Some(r"\\srv\share\ws")
+        );
+        assert_eq!(plain_windows_path(r"C:\plain"), None);
+        assert_eq!(plain_windows_path(r"\\?\Volume{abc}\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir.\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir \x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:"), None);
+        let long = format!(r"\\?\C:\{}", "a".repeat(300));
+        assert_eq!(plain_windows_path(&long), None);
+    }
 
     #[test]
     fn resolve_table() {

@@ -1,7 +1,7 @@
 //! Connection info for one kernel: a private 0700 runtime dir, a fresh 32-byte key, and the
 //! user-only (0600) connection file. The dir and everything in it is removed on drop.
+//! (On Windows the dir is in the user's own temp folder, which other users cannot read.)
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -11,14 +11,24 @@ use crate::error::KernelError;
 use crate::wire::Endpoints;
 
 /// Transport for the kernel's sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Unix domain sockets inside the private runtime dir (no ports, nothing on the network).
-    #[default]
     Ipc,
     /// TCP on 127.0.0.1 with ports picked by the OS.
     Tcp,
+}
+
+impl Default for Transport {
+    /// `ipc` where zeromq has unix sockets; `tcp` on Windows.
+    fn default() -> Transport {
+        if cfg!(windows) {
+            Transport::Tcp
+        } else {
+            Transport::Ipc
+        }
+    }
 }
 
 /// Prefix of runtime dir names; the server's pid follows so stale dirs can be swept.
@@ -27,7 +37,8 @@ const DIR_PREFIX: &str = "kernel-mcp-";
 /// The contents of a Jupyter connection file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
-    #[serde(default)]
+    /// jupyter_client reads a file without `transport` as tcp.
+    #[serde(default = "default_transport")]
     pub transport: Transport,
     pub ip: String,
     pub shell_port: u16,
@@ -41,6 +52,10 @@ pub struct ConnectionInfo {
     pub signature_scheme: String,
     #[serde(default)]
     pub kernel_name: String,
+}
+
+fn default_transport() -> Transport {
+    Transport::Tcp
 }
 
 fn default_scheme() -> String {
@@ -161,12 +176,11 @@ impl ConnectionInfo {
             source,
         };
         let json = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(path).map_err(io)?;
         std::io::Write::write_all(&mut f, &json).map_err(io)
     }
 }
@@ -195,7 +209,7 @@ pub struct RuntimeDir {
 impl RuntimeDir {
     /// Creates a new private dir under the system temp dir, named after this process.
     pub fn create() -> Result<RuntimeDir, KernelError> {
-        let base = std::env::temp_dir();
+        let base = runtime_base();
         let mut rnd = [0u8; 6];
         rand::rng().fill_bytes(&mut rnd);
         let path = base.join(format!(
@@ -203,15 +217,18 @@ impl RuntimeDir {
             std::process::id(),
             hex::encode(rnd)
         ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| KernelError::Io {
-                what: format!("creating runtime dir {}", path.display()),
-                source,
-            })?;
+        #[cfg_attr(windows, allow(unused_mut))]
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(&path).map_err(|source| KernelError::Io {
+            what: format!("creating runtime dir {}", path.display()),
+            source,
+        })?;
         // DirBuilder's mode is filtered by the umask; make sure it is exactly 0700.
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+        #[cfg(unix)]
+        let _ =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         Ok(RuntimeDir { path })
     }
 
@@ -227,10 +244,9 @@ impl RuntimeDir {
 
     /// Removes runtime dirs left behind by kernel-mcp servers that no longer run.
     pub fn sweep_stale() -> usize {
-        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        let Ok(entries) = std::fs::read_dir(runtime_base()) else {
             return 0;
         };
-        let me = nix::unistd::getuid();
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -241,15 +257,63 @@ impl RuntimeDir {
                 continue;
             };
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != me.as_raw() {
+            if !meta.is_dir() || !owned_by_me(&meta) {
                 continue;
             }
-            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            if !pid_alive(pid) && std::fs::remove_dir_all(entry.path()).is_ok() {
                 removed += 1;
             }
         }
         removed
+    }
+}
+
+/// Where runtime dirs go. macOS's per-user temp dir (`/var/folders/…/T/`) is long, and a unix
+/// socket path may hold only 104 bytes there, so macOS uses `/tmp` (the dir itself is 0700),
+/// resolved (`/private/tmp`) because its Seatbelt profile matches real paths.
+fn runtime_base() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        std::fs::canonicalize("/tmp").unwrap_or_else(|_| PathBuf::from("/tmp"))
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+#[cfg(unix)]
+fn owned_by_me(meta: &std::fs::Metadata) -> bool {
+    std::os::unix::fs::MetadataExt::uid(meta) == nix::unistd::getuid().as_raw()
+}
+
+#[cfg(unix)]
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+// Windows: the temp dir is the user's own.
+#[cfg(windows)]
+fn owned_by_me(_meta: &std::fs::Metadata) -> bool {
+    true
+}
+
+#[cfg(windows)]
+fn pid_alive(pid: i32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: plain Win32 calls; the handle is closed before returning.
+    unsafe {
+        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if h.is_null() {
+            return false;
+        }
+        let mut code = 0u32;
+        let ok = GetExitCodeProcess(h, &mut code) != 0;
+        CloseHandle(h);
+        ok && code == STILL_ACTIVE as u32
     }
 }
 
@@ -265,11 +329,11 @@ impl Drop for RuntimeDir {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
+    #[cfg(unix)]
     #[test]
     fn connection_file_is_private_and_complete() -> Result<(), Box<dyn std::error::Error>> {
+        use super::*;
+        use std::os::unix::fs::MetadataExt;
         let dir = RuntimeDir::create()?;
         let mode = std::fs::metadata(dir.path())?.mode() & 0o777;
         assert_eq!(mode, 0o700);

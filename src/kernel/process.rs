@@ -7,13 +7,20 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::KernelError;
+
+// Process-tree lifetime and interrupt delivery, chosen once: a process group and signals on
+// unix, a Job Object and an interrupt event on Windows.
+#[cfg(unix)]
+#[path = "process/unix.rs"]
+mod tree;
+#[cfg(windows)]
+#[path = "process/windows.rs"]
+mod tree;
 
 /// Environment variables passed from the server to the kernel; everything else is dropped
 /// so tokens and agent sockets in the server's environment do not reach model-run code.
@@ -42,9 +49,7 @@ impl std::fmt::Display for ExitCause {
         match self {
             ExitCause::Code(c) => write!(f, "exit code {c}"),
             ExitCause::Signal(s) => {
-                let name = Signal::try_from(*s)
-                    .map(|s| s.as_str())
-                    .unwrap_or("unknown");
+                let name = tree::signal_name(*s);
                 let hint = match *s {
                     9 => ", possibly the out-of-memory killer",
                     11 => ", a segmentation fault",
@@ -68,10 +73,11 @@ pub struct LaunchCommand {
     pub env: BTreeMap<String, String>,
 }
 
-/// A running kernel process that leads its own process group.
+/// A running kernel process that leads its own process tree (group or job).
 #[derive(Debug)]
 pub struct KernelProcess {
     pid: i32,
+    tree: tree::Tree,
     /// Write end of the helper's lifeline pipe: closing it makes the helper kill the kernel and
     /// every descendant (also detached ones). Closed by `kill`, on drop, and when we exit.
     lifeline: StdMutex<Option<tokio::process::ChildStdin>>,
@@ -84,7 +90,7 @@ pub struct KernelProcess {
 }
 
 impl KernelProcess {
-    /// Starts the kernel in a new process group with a parent-death signal.
+    /// Starts the kernel in its own process tree (a process group, or a Job Object on Windows).
     pub fn spawn(cmd: &LaunchCommand) -> Result<KernelProcess, KernelError> {
         let helper_argv;
         let argv: &[String] = match &cmd.helper {
@@ -122,19 +128,12 @@ impl KernelProcess {
             .stderr(Stdio::piped())
             // With the helper, dropping must not SIGKILL it: it needs a moment to tear down
             // detached descendants after the lifeline closes, and then exits by itself.
-            .kill_on_drop(cmd.helper.is_none())
-            .process_group(0);
-        if cmd.helper.is_none() {
-            // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-            // async-signal-safe. PDEATHSIG kills the kernel if the server thread that spawned it
-            // dies. With the helper, its lifeline pipe does this for the whole process group.
-            unsafe {
-                c.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))
-                        .map_err(std::io::Error::from)
-                });
-            }
-        }
+            .kill_on_drop(cmd.helper.is_none());
+        let spawn_err = |source| KernelError::Spawn {
+            program: program.clone(),
+            source,
+        };
+        let pending = tree::prepare(&mut c, cmd.helper.is_some()).map_err(spawn_err)?;
         let mut child = c.spawn().map_err(|source| KernelError::Spawn {
             program: program.clone(),
             source,
@@ -146,6 +145,7 @@ impl KernelProcess {
                 program: program.clone(),
                 source: std::io::Error::other("kernel exited at once"),
             })?;
+        let tree = pending.adopt(pid, &child).map_err(spawn_err)?;
         let lifeline = child.stdin.take();
         let mut tasks = Vec::new();
         let stderr_tail = Arc::new(StdMutex::new(VecDeque::new()));
@@ -163,14 +163,7 @@ impl KernelProcess {
         let (tx, rx) = watch::channel(None);
         tasks.push(tokio::spawn(async move {
             let cause = match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match (status.code(), status.signal()) {
-                        (Some(c), _) => ExitCause::Code(c),
-                        (None, Some(s)) => ExitCause::Signal(s),
-                        _ => ExitCause::Unknown(status.to_string()),
-                    }
-                }
+                Ok(status) => tree::exit_cause(status),
                 Err(e) => ExitCause::Unknown(e.to_string()),
             };
             tracing::info!(pid, %cause, "kernel process ended");
@@ -179,6 +172,7 @@ impl KernelProcess {
         tracing::info!(pid, argv = ?cmd.argv, "kernel process started");
         Ok(KernelProcess {
             pid,
+            tree,
             helper: lifeline.is_some(),
             lifeline: StdMutex::new(lifeline),
             stderr_tail,
@@ -228,11 +222,10 @@ impl KernelProcess {
         tokio::time::timeout(limit, self.wait()).await.ok()
     }
 
-    /// Sends SIGINT to the kernel's process group (interrupt_mode `signal`).
+    /// Interrupts the kernel (interrupt_mode `signal`): SIGINT to its process group on unix,
+    /// its interrupt event on Windows.
     pub fn interrupt(&self) {
-        if let Err(e) = killpg(Pid::from_raw(self.pid), Signal::SIGINT) {
-            tracing::debug!(pid = self.pid, error = %e, "SIGINT failed");
-        }
+        self.tree.interrupt();
     }
 
     /// Kills the kernel, its process group and (through the helper) every descendant.
@@ -242,7 +235,7 @@ impl KernelProcess {
             // The helper sees EOF at once and tears the whole tree down, then exits.
             drop(lifeline);
         } else if self.exit.borrow().is_none() {
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.tree.kill();
         }
     }
 }
@@ -253,7 +246,7 @@ impl Drop for KernelProcess {
         // signal the group directly, even if the kernel itself has exited.
         self.kill();
         if !self.helper {
-            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            self.tree.kill();
         }
         // The helper exits by itself once the lifeline is closed; its watcher and log readers
         // then end on their own (and log the exit). Without a helper, stop them now.
@@ -381,15 +374,25 @@ fn command_line(pid: i32) -> String {
 /// The kernel's environment: the allow-listed server variables plus the spec's and ours.
 pub fn kernel_env(extra: &BTreeMap<String, String>, python: &Path) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| ENV_ALLOW.contains(&k.as_str()) || k.starts_with("LC_"))
+        .filter_map(|(k, v)| {
+            // Windows names are case-insensitive ("Path"); keep them in upper case there.
+            let k = if cfg!(windows) {
+                k.to_ascii_uppercase()
+            } else {
+                k
+            };
+            let allowed = ENV_ALLOW.iter().chain(tree::ENV_ALLOW).any(|a| *a == k);
+            (allowed || k.starts_with("LC_")).then_some((k, v))
+        })
         .collect();
     // Put the interpreter's bin dir first so `!pip` and subprocesses use the kernel's env.
     if let Some(bin) = python.parent() {
         let path = env
             .get("PATH")
             .cloned()
-            .unwrap_or_else(|| "/usr/bin:/bin".into());
-        env.insert("PATH".into(), format!("{}:{path}", bin.display()));
+            .unwrap_or_else(|| tree::DEFAULT_PATH.into());
+        let sep = tree::PATH_SEP;
+        env.insert("PATH".into(), format!("{}{sep}{path}", bin.display()));
     }
     env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     env

@@ -223,6 +223,15 @@ pub async fn relay(
         });
     };
     match upstream {
+        #[cfg(not(unix))]
+        Target::Ipc(path) => Err(WireError::Relay {
+            channel,
+            reason: format!(
+                "the ipc transport ({}) needs unix sockets; use --transport tcp",
+                path.display()
+            ),
+        }),
+        #[cfg(unix)]
         Target::Ipc(path) => {
             let mut local = path.clone().into_os_string();
             local.push(".relay");

@@ -1,4 +1,6 @@
 //! Starts the built `kernel-mcp` binary in a temp workspace and talks MCP to it with rmcp's client.
+// The process helpers serve the unix-only modules (lifecycle, files).
+#![cfg_attr(not(unix), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -6,12 +6,18 @@ mod backends;
 mod compat;
 mod control;
 mod execute;
+// These use unix signals, symlinks and FIFOs, and the Linux sandbox: on macOS and Windows they
+// are compiled where they can be, not run in CI (see README "Platforms").
+#[cfg(unix)]
 mod files;
 mod harness;
+#[cfg(unix)]
 mod hostile;
+#[cfg(unix)]
 mod lifecycle;
 mod notebook;
 mod outputs;
 mod packages;
 mod rich;
+#[cfg(target_os = "linux")]
 mod sandbox;

@@ -1,0 +1,122 @@
+//! What Linux and macOS helpers share: rlimits, and the supervisor that starts the kernel in
+//! the helper's process group, holds the lifeline pipe (stdin) and tears the tree down.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::Pid;
+
+use super::{Policy, Status};
+
+extern "C" fn ignore_signal(_: nix::libc::c_int) {}
+
+/// Sets the policy's rlimits on the calling process (inherited by the kernel).
+pub(super) fn apply_limits(p: &Policy, st: &mut Status) {
+    use nix::sys::resource::{setrlimit, Resource};
+    let mut applied = Vec::new();
+    let mut set = |r: Resource, v: u64, name: &str| match setrlimit(r, v, v) {
+        Ok(()) => applied.push(format!("{name}={v}")),
+        Err(e) => st.warnings.push(format!("could not set {name}: {e}")),
+    };
+    if let Some(m) = p.memory_bytes {
+        set(Resource::RLIMIT_AS, m, "address space");
+    }
+    if let Some(f) = p.file_size_bytes {
+        set(Resource::RLIMIT_FSIZE, f, "file size");
+    }
+    if let Some(n) = p.open_files {
+        set(Resource::RLIMIT_NOFILE, n, "open files");
+    }
+    set(Resource::RLIMIT_CORE, 0, "core dumps");
+    st.limits = applied.join(", ");
+}
+
+/// The platform's part of supervising the kernel.
+pub(super) struct Hooks {
+    /// Runs in the helper before the kernel is spawned (Linux: become a subreaper).
+    pub before_spawn: fn(),
+    /// Runs in the child between fork and exec; must be async-signal-safe (Linux: PDEATHSIG).
+    pub in_child: Option<fn() -> std::io::Result<()>>,
+    /// Kills every process of the tree except the helper itself.
+    pub kill_descendants: fn(),
+}
+
+/// Starts `argv`, then waits for the kernel or for the lifeline to close; never returns.
+pub(super) fn supervise(argv: &[String], hooks: &Hooks) -> ! {
+    let Some((program, args)) = argv.split_first() else {
+        eprintln!("kernel-mcp helper: no kernel command given");
+        std::process::exit(2);
+    };
+    // The server interrupts the kernel with SIGINT to our process group; the helper itself must
+    // survive that. A handler (not SIG_IGN) is reset to the default on exec, so the kernel still
+    // gets a normal SIGINT.
+    let noop = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe {
+        let _ = signal::sigaction(Signal::SIGINT, &noop);
+    }
+    (hooks.before_spawn)();
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(f) = hooks.in_child {
+        // SAFETY: the hook is async-signal-safe (its contract); it runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(f);
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kernel-mcp helper: could not start {program}: {e}");
+            std::process::exit(127);
+        }
+    };
+    // Lifeline: the server holds the write end of our stdin. EOF (or an error) means the server
+    // is gone, so take the whole process tree down, the kernel and everything it started.
+    let teardown = hooks.kill_descendants;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        teardown();
+        std::process::exit(137);
+    });
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kernel-mcp helper: wait failed: {e}");
+            teardown();
+            std::process::exit(1);
+        }
+    };
+    // The kernel is gone; nothing it started may outlive it.
+    teardown();
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    if let Some(sig) = status.signal() {
+        // Die of the same signal so the server reports the kernel's real cause of death.
+        if let Ok(s) = Signal::try_from(sig) {
+            let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+            // SAFETY: restoring the default disposition is always sound.
+            unsafe {
+                let _ = signal::sigaction(s, &dfl);
+            }
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            let _ = signal::kill(Pid::this(), s);
+        }
+        std::process::exit(128 + sig);
+    }
+    std::process::exit(1);
+}
