@@ -302,6 +302,12 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
             }
         }
+        // A 2026-07-28 client may probe with `server/discover` (answered inside rmcp's start-up
+        // loop) and close without ever choosing a lifecycle: that is a normal end, not a failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+            tracing::info!("client closed the connection before starting a session");
+            Ok(())
+        }
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     kernel.shutdown().await;
