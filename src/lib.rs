@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
+pub mod serve;
 pub mod stdin_guard;
 pub mod tools;
 pub mod wire;

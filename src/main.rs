@@ -99,6 +99,29 @@ struct Opts {
     /// Most execute calls waiting behind the running one before "busy" is returned.
     #[arg(long, default_value_t = 16, global = true)]
     max_queue: usize,
+    /// Serve MCP over Streamable HTTP at http://HOST:PORT/mcp instead of stdio, with a kernel
+    /// and a workspace folder per session.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    listen: Option<String>,
+    /// File holding the bearer token HTTP clients must send (default: env KERNEL_MCP_TOKEN).
+    /// Required when --listen is not a loopback address.
+    #[arg(long, value_name = "PATH", global = true)]
+    token_file: Option<PathBuf>,
+    /// A browser origin allowed to call the HTTP endpoint, e.g. https://app.example.com (repeatable).
+    #[arg(long, value_name = "ORIGIN", global = true)]
+    allow_origin: Vec<String>,
+    /// Most HTTP sessions at once; beyond it a new session gets HTTP 503.
+    #[arg(long, default_value_t = 8, global = true)]
+    max_sessions: usize,
+    /// Seconds without a request after which an HTTP session and its kernel end.
+    #[arg(long, default_value_t = 1800.0, global = true)]
+    session_idle_timeout: f64,
+    /// HTTP sessions share the workspace root instead of each getting its own folder in it.
+    #[arg(long, global = true)]
+    shared_workspace: bool,
+    /// Largest HTTP request body, e.g. 32M.
+    #[arg(long, default_value = "32M", global = true)]
+    max_body: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,7 +245,9 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     // On a first run the managed environment takes a minute to create: serve MCP at once and
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);
-    let background = source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    // Over HTTP the environment is created before listening: sessions all need it at once.
+    let background =
+        o.listen.is_none() && source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
     let env = if background {
         tracing::warn!("first run: creating the managed Python environment in the background");
         pyenv::preparing()
@@ -248,26 +273,21 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         enabled: !o.no_spare,
         preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
     };
+    if let Some(listen) = o.listen.clone() {
+        return serve_http(
+            &o,
+            &listen,
+            workspace,
+            launcher,
+            settings(&o)?,
+            envs(&o, env)?,
+        )
+        .await;
+    }
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     // Start the kernel while the client does the MCP handshake.
     kernel.warm_up();
-    let settings = Settings {
-        default_timeout: secs(o.timeout, "timeout")?,
-        max_timeout: secs(o.max_timeout, "max-timeout")?,
-        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
-        output: OutputLimits {
-            text_budget: o.output_budget.max(1000),
-            max_images: o.max_images,
-            ..OutputLimits::default()
-        },
-        install_timeout: secs(o.install_timeout, "install-timeout")?,
-    };
-    let envs = Environments {
-        active: "default".into(),
-        info: env,
-        named: named_envs(&o)?,
-    };
-    let server = Server::new(kernel.clone(), workspace, settings, envs);
+    let server = Server::new(kernel.clone(), workspace, settings(&o)?, envs(&o, env)?);
     if background {
         let (kernel, server) = (kernel.clone(), server.clone());
         tokio::spawn(async move {
@@ -312,6 +332,119 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     };
     kernel.shutdown().await;
     outcome
+}
+
+fn settings(o: &Opts) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        default_timeout: secs(o.timeout, "timeout")?,
+        max_timeout: secs(o.max_timeout, "max-timeout")?,
+        interrupt_grace: secs(o.interrupt_grace, "interrupt-grace")?,
+        output: OutputLimits {
+            text_budget: o.output_budget.max(1000),
+            max_images: o.max_images,
+            ..OutputLimits::default()
+        },
+        install_timeout: secs(o.install_timeout, "install-timeout")?,
+    })
+}
+
+fn envs(o: &Opts, env: pyenv::EnvInfo) -> anyhow::Result<Environments> {
+    Ok(Environments {
+        active: "default".into(),
+        info: env,
+        named: named_envs(o)?,
+    })
+}
+
+/// The bearer token from --token-file, else KERNEL_MCP_TOKEN (surrounding whitespace ignored).
+fn bearer_token(o: &Opts) -> anyhow::Result<Option<String>> {
+    let raw = match &o.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?,
+        ),
+        None => std::env::var("KERNEL_MCP_TOKEN").ok(),
+    };
+    Ok(raw.map(|t| t.trim().to_owned()))
+}
+
+async fn listen_addr(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?} is not HOST:PORT"))?;
+    addrs
+        .next()
+        .with_context(|| format!("--listen {listen:?} names no address"))
+}
+
+async fn serve_http(
+    o: &Opts,
+    listen: &str,
+    workspace: Arc<Workspace>,
+    launcher: LocalLauncher,
+    settings: Settings,
+    envs: Environments,
+) -> anyhow::Result<()> {
+    use kernel_mcp::serve::{http, sessions};
+    let opts = http::HttpOptions {
+        listen: listen_addr(listen).await?,
+        token: bearer_token(o)?,
+        allow_origins: o.allow_origin.clone(),
+        max_body: parse_size(&o.max_body)
+            .context("--max-body")?
+            .and_then(|b| usize::try_from(b).ok())
+            .unwrap_or(usize::MAX),
+    };
+    opts.check()?;
+    anyhow::ensure!(o.max_sessions > 0, "--max-sessions must be at least 1");
+    let template = sessions::SessionTemplate {
+        launcher: launcher.clone(),
+        max_queue: o.max_queue,
+        settings: settings.clone(),
+        envs: envs.clone(),
+        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
+    };
+    let limits = sessions::SessionLimits {
+        max_sessions: o.max_sessions,
+        idle_timeout: secs(o.session_idle_timeout, "session-idle-timeout")?,
+        shared_workspace: o.shared_workspace,
+        spares: if o.no_spare { 0 } else { 1 },
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    // The tool list comes from a server whose kernel is never started.
+    let template_server = Server::new(
+        KernelHandle::new(launcher, o.max_queue, Default::default()),
+        workspace.clone(),
+        settings,
+        envs,
+    );
+    let reg = sessions::Registry::new(template, workspace, limits);
+    let front = sessions::Front::new(reg.clone(), template_server);
+    tracing::info!(
+        url = %format!("http://{bound}{}", http::MCP_PATH),
+        auth = if opts.token.is_some() { "bearer token" } else { "none (loopback only)" },
+        max_sessions = o.max_sessions,
+        "serving MCP over Streamable HTTP"
+    );
+    let stop = async {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        match (term, hup) {
+            (Ok(mut term), Ok(mut hup)) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = hup.recv() => tracing::info!("SIGHUP: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            },
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    http::serve(listener, opts, reg, front, stop).await?;
+    Ok(())
 }
 
 async fn setup(o: Opts) -> anyhow::Result<()> {

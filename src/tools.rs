@@ -319,6 +319,16 @@ impl Server {
         }
     }
 
+    /// The tools this server offers, as `tools/list` returns them.
+    pub fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.tool_router.list_all()
+    }
+
+    /// The workspace this server's file tools and kernel use.
+    pub fn workspace_root(&self) -> &std::path::Path {
+        self.inner.workspace.root()
+    }
+
     /// Runs blocking file work on the workspace off the async threads.
     async fn on_workspace<T, F>(&self, f: F) -> Result<Result<T, WorkspaceError>, ErrorData>
     where

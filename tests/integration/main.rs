@@ -7,6 +7,7 @@ mod eras;
 mod execute;
 mod files;
 mod harness;
+mod http;
 mod lifecycle;
 mod outputs;
 mod packages;
