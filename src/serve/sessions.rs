@@ -544,6 +544,8 @@ pub struct Front {
     reg: Arc<Registry>,
     template: Server,
     info: ServerConfig,
+    /// The tool list for handle-era clients (built once; rmcp asks for it on every request).
+    handle_tools: Arc<Vec<Tool>>,
 }
 
 impl Front {
@@ -571,11 +573,14 @@ impl Front {
             "kernel-mcp",
             env!("CARGO_PKG_VERSION"),
         ));
-        Front {
+        let mut front = Front {
             reg,
             template,
             info,
-        }
+            handle_tools: Arc::default(),
+        };
+        front.handle_tools = Arc::new(front.build_handle_tools());
+        front
     }
 
     /// The 2025-11-25 session named by the request's `Mcp-Session-Id` header.
@@ -593,7 +598,7 @@ impl Front {
 
     /// The tools for clients that name sessions by handle: a `session` argument on each, plus
     /// `new_session`.
-    fn handle_tools(&self) -> Vec<Tool> {
+    fn build_handle_tools(&self) -> Vec<Tool> {
         let idle = self.reg.limits.idle_timeout.as_secs();
         let mut tools: Vec<Tool> = self
             .template
@@ -670,13 +675,13 @@ impl ServerHandler for Front {
         let tools = match self.legacy_session(&ctx) {
             Some(s) => s.server.tools(),
             None if Self::has_session_header(&ctx) => self.template.tools(),
-            None => self.handle_tools(),
+            None => self.handle_tools.to_vec(),
         };
         Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.handle_tools().into_iter().find(|t| t.name == name)
+        self.handle_tools.iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
