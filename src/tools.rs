@@ -1195,7 +1195,7 @@ impl ServerHandler for Server {
             Err(WorkspaceError::NotFound { path }) => {
                 return Err(ErrorData::resource_not_found(
                     format!("{path}: not found in the workspace"),
-                    None,
+                    Some(serde_json::json!({ "uri": uri })),
                 ))
             }
             Err(e) => return Err(ErrorData::invalid_params(e.to_string(), None)),
