@@ -80,9 +80,10 @@ impl Srv {
     }
 
     async fn session(&self) -> anyhow::Result<Client> {
-        Ok(()
-            .serve(StreamableHttpClientTransport::from_uri(self.url.as_str()))
-            .await?)
+        Ok(
+            ().serve(StreamableHttpClientTransport::from_uri(self.url.as_str()))
+                .await?,
+        )
     }
 
     async fn stop(mut self) {
@@ -223,10 +224,12 @@ async fn main() -> anyhow::Result<()> {
     row(
         "PSS per idle session, preloaded kernel (server + kernels)",
         format!("{pre:.0} MiB"),
-        &format!("{:.1} sessions per GiB; {n} sessions; server + spare at rest {base_pre:.0} MiB", 1024.0 / pre),
+        &format!(
+            "{:.1} sessions per GiB; {n} sessions; server + spare at rest {base_pre:.0} MiB",
+            1024.0 / pre
+        ),
     );
-    let (bare, _) =
-        per_session_mib(&bin, &["--max-sessions", "16", "--no-preload"], n).await?;
+    let (bare, _) = per_session_mib(&bin, &["--max-sessions", "16", "--no-preload"], n).await?;
     row(
         "PSS per idle session, --no-preload",
         format!("{bare:.0} MiB"),
@@ -255,7 +258,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = 5.0;
     let one = throughput(&sessions, 1, secs).await?;
-    row("`x + 1` throughput, 1 session", format!("{one:.0}/s"), "1.00x");
+    row(
+        "`x + 1` throughput, 1 session",
+        format!("{one:.0}/s"),
+        "1.00x",
+    );
     for k in [2, 4] {
         let t = throughput(&sessions, k, secs).await?;
         row(

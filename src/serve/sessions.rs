@@ -96,6 +96,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// How the log names the session: an MCP session id in full, a handle by its first 12
+    /// characters (a handle is the session's credential; the log is not a place for it).
+    pub fn log_name(&self) -> String {
+        log_name(&self.id, self.era)
+    }
+
     fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();
@@ -151,6 +157,13 @@ impl Session {
             }
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+fn log_name(id: &str, era: Era) -> String {
+    match era {
+        Era::Legacy => id.to_owned(),
+        Era::Handle => format!("handle:{}…", id.chars().take(12).collect::<String>()),
     }
 }
 
@@ -336,7 +349,7 @@ impl Registry {
             });
             sessions.insert(id.clone(), s.clone());
             tracing::info!(
-                session = %id,
+                session = %s.log_name(),
                 kind = era.describe(),
                 workspace = %s.server.workspace_root().display(),
                 warm_kernel = spare_was_ready,
@@ -358,7 +371,7 @@ impl Registry {
             return;
         };
         s.closed.store(true, Ordering::SeqCst);
-        tracing::info!(session = %id, reason, lived_seconds = s.started.elapsed().as_secs(), "session ended");
+        tracing::info!(session = %s.log_name(), reason, lived_seconds = s.started.elapsed().as_secs(), "session ended");
         tokio::spawn(async move {
             s.kernel.shutdown().await;
             remove_if_empty(s.folder.as_ref());
@@ -397,7 +410,7 @@ impl Registry {
         let mut ends = Vec::new();
         for s in sessions {
             s.closed.store(true, Ordering::SeqCst);
-            tracing::info!(session = %s.id, "session ended: server stopping");
+            tracing::info!(session = %s.log_name(), "session ended: server stopping");
             ends.push((s.kernel.clone(), s.folder.clone()));
         }
         for p in spares {
@@ -446,7 +459,7 @@ impl Manager {
                 _ = tokio::time::sleep(every) => {}
             }
             for (id, era) in self.reg.idle() {
-                tracing::info!(session = %id, "session idle past --session-idle-timeout");
+                tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
                 match era {
                     Era::Legacy => {
                         let _ = self.close_session(&SessionId::from(id)).await;

@@ -271,6 +271,20 @@ async fn handles_have_separate_state_and_files() {
         "{}",
         text(&r)
     );
+    // The log names sessions, but a handle (the session's credential) only by a prefix. (At
+    // debug level, which the tests use, rmcp itself logs whole messages; that is not checked.)
+    let log = srv.log();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kernel_mcp::serve"))
+        .collect();
+    assert!(ours
+        .iter()
+        .any(|l| l.contains(&format!("handle:{}", &h1[..12]))));
+    assert!(
+        !ours.iter().any(|l| l.contains(&h1)),
+        "a full handle reached the log"
+    );
     let _ = c.cancel().await;
     assert!(srv.stop().await.success());
 }
