@@ -533,3 +533,61 @@ async fn server_exit_leaves_no_kernel() {
     drop(a);
     drop(c);
 }
+
+/// The README demo's three steps (load, summarise with the same variables, plot) over HTTP.
+async fn three_steps(c: &Client, session: Value) {
+    let with = |mut v: Value| {
+        if let (Some(a), Some(e)) = (v.as_object_mut(), session.as_object()) {
+            a.extend(e.clone());
+        }
+        v
+    };
+    let csv = "month,region,revenue\n2026-01,north,120\n2026-01,south,95\n2026-02,north,135\n2026-02,south,101\n";
+    let r = call(
+        c,
+        "write_file",
+        with(json!({"path": "sales.csv", "content": csv})),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(
+        c,
+        "execute_python",
+        with(
+            json!({"code": "import pandas as pd\ndf = pd.read_csv('sales.csv')\nprint(df.shape)"}),
+        ),
+    )
+    .await;
+    assert_eq!(text(&r), "(4, 3)\n");
+    let r = call(
+        c,
+        "execute_python",
+        with(json!({"code": "print(df.groupby('region')['revenue'].sum().to_dict())"})),
+    )
+    .await;
+    assert_eq!(text(&r), "{'north': 255, 'south': 196}\n");
+    let r = call(
+        c,
+        "execute_python",
+        with(
+            json!({"code": "import matplotlib.pyplot as plt\nplt.plot(df['revenue'])\nplt.show()"}),
+        ),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let image = r.content.iter().find_map(|c| c.as_image()).expect("a plot");
+    assert_eq!(image.mime_type, "image/png");
+}
+
+#[tokio::test]
+async fn three_step_analysis_over_http_in_both_eras() {
+    let srv = Http::start(&[], Some(TOKEN)).await;
+    let legacy = srv.session().await;
+    three_steps(&legacy, json!({})).await;
+    let modern = srv.modern().await;
+    let h = handle_of(&call(&modern, "new_session", json!({})).await);
+    three_steps(&modern, json!({ "session": h })).await;
+    let _ = legacy.cancel().await;
+    let _ = modern.cancel().await;
+    assert!(srv.stop().await.success());
+}
