@@ -163,6 +163,21 @@ async fn kernel_pid(c: &Client, extra: Value) -> i32 {
         .expect("a kernel pid") as i32
 }
 
+/// Live processes whose command line names `path` (kernels and helpers name their workspace).
+fn naming(path: &std::path::Path) -> Vec<i32> {
+    let path = path.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (alive(pid) && String::from_utf8_lossy(&cmd).contains(&path)).then_some(pid)
+        })
+        .collect()
+}
+
 /// The handle a `new_session` result names.
 fn handle_of(r: &CallToolResult) -> String {
     let t = text(r);
@@ -512,23 +527,10 @@ async fn server_exit_leaves_no_kernel() {
             "kernel {pid} outlived the server"
         );
     }
-    let ws = ws.display().to_string();
-    let named = || {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                (alive(pid) && String::from_utf8_lossy(&cmd).contains(&ws)).then_some(pid)
-            })
-            .collect::<Vec<_>>()
-    };
     assert!(
-        eventually(HANG, || named().is_empty()).await,
-        "processes still name the workspace: {:?}",
-        named()
+        eventually(HANG, || naming(&ws).is_empty()).await,
+        "processes still name the workspace (the spare's kernel too): {:?}",
+        naming(&ws)
     );
     drop(a);
     drop(c);
@@ -590,4 +592,29 @@ async fn three_step_analysis_over_http_in_both_eras() {
     let _ = legacy.cancel().await;
     let _ = modern.cancel().await;
     assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_no_kernel() {
+    let mut srv = Http::start(&[], None).await;
+    let a = srv.session().await;
+    let pid = kernel_pid(&a, json!({})).await;
+    let ws = srv.dir.path().join("ws");
+    assert!(
+        naming(&ws).contains(&pid),
+        "the process scan must see the kernel"
+    );
+    srv.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(HANG, srv.child.wait()).await.unwrap();
+    // No shutdown ran: the kernel helper's lifeline pipe ends the kernel.
+    assert!(
+        eventually(HANG, || !alive(pid)).await,
+        "kernel {pid} outlived a SIGKILLed server"
+    );
+    assert!(
+        eventually(HANG, || naming(&ws).is_empty()).await,
+        "processes outlived a SIGKILLed server (the spare's kernel too): {:?}",
+        naming(&ws)
+    );
+    drop(a);
 }
