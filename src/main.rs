@@ -402,7 +402,7 @@ async fn serve_http(
         max_queue: o.max_queue,
         settings: settings.clone(),
         envs: envs.clone(),
-        preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
+        preload: !o.no_preload,
     };
     let limits = sessions::SessionLimits {
         max_sessions: o.max_sessions,

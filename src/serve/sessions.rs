@@ -39,8 +39,8 @@ pub struct SessionTemplate {
     pub max_queue: usize,
     pub settings: Settings,
     pub envs: Environments,
-    /// Python run silently in a spare kernel before a session takes it.
-    pub preload: Option<String>,
+    /// Pre-import numpy, pandas and matplotlib in a spare kernel before a session takes it.
+    pub preload: bool,
 }
 
 /// Limits and layout of the sessions.
@@ -175,6 +175,8 @@ pub struct Registry {
     limits: SessionLimits,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pool: Mutex<Vec<Prepared>>,
+    /// True while one thread fills the pool (so two opens do not both add a spare).
+    filling: AtomicBool,
     stopping: AtomicBool,
 }
 
@@ -207,6 +209,7 @@ impl Registry {
             limits,
             sessions: Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
         reg.fill_pool();
@@ -270,16 +273,22 @@ impl Registry {
         })
     }
 
+    fn pool_short(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst)
+            && self.pool.lock().map(|p| p.len()).unwrap_or(usize::MAX) < self.limits.spares
+    }
+
     /// Starts spare kernels until the pool holds `spares` of them.
     fn fill_pool(&self) {
-        loop {
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            let have = self.pool.lock().map(|p| p.len()).unwrap_or(usize::MAX);
-            if have >= self.limits.spares {
-                return;
-            }
+        // Whoever holds `filling` fills; a spare taken meanwhile is seen by the re-check below.
+        while self.pool_short() && !self.filling.swap(true, Ordering::SeqCst) {
+            self.fill_pool_once();
+            self.filling.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn fill_pool_once(&self) {
+        while self.pool_short() {
             let prepared = match self.prepare() {
                 Ok(p) => p,
                 Err(e) => {
@@ -287,12 +296,12 @@ impl Registry {
                     return;
                 }
             };
-            if let Some(code) = self.template.preload.as_ref().map(|_| PRELOAD_EXPR) {
+            if self.template.preload {
                 let k = prepared.kernel.clone();
                 tokio::spawn(async move {
                     // Waits for the kernel the warm-up is starting, then imports in it.
                     if k.info().await.is_ok() {
-                        if let Err(e) = k.evaluate(code, Duration::from_secs(120)).await {
+                        if let Err(e) = k.evaluate(PRELOAD_EXPR, Duration::from_secs(120)).await {
                             tracing::debug!(error = %e, "spare session preload failed");
                         }
                     }
