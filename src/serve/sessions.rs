@@ -625,11 +625,17 @@ impl Front {
     /// `new_session`.
     fn build_handle_tools(&self) -> Vec<Tool> {
         let idle = self.reg.limits.idle_timeout.as_secs();
+        let root = self.template.workspace_root().display().to_string();
+        let own_folders = !self.reg.limits.shared_workspace;
         let mut tools: Vec<Tool> = self
             .template
             .tools()
             .into_iter()
             .map(|mut t| {
+                // The template names the workspace root; each session works in its own folder.
+                if let Some(d) = t.description.as_mut().filter(|_| own_folders) {
+                    *d = d.replace(&root, "the session's own folder").into();
+                }
                 let mut schema = (*t.input_schema).clone();
                 let props = schema
                     .entry("properties")

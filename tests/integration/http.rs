@@ -221,6 +221,11 @@ async fn legacy_sessions_have_separate_state_and_files() {
     let r = exec(&b, &format!("open({:?}).read()", format!("{a_ws}/a.txt"))).await;
     assert!(is_error(&r), "b's kernel read a's file: {}", text(&r));
     assert_eq!(text(&exec(&a, "print(x)").await), "from a\n");
+    // get_environment describes the session itself.
+    let r = call(&a, "get_environment", json!({})).await;
+    let facts: Value = serde_json::from_str(&r.content[1].as_text().unwrap().text).unwrap();
+    assert_eq!(facts["session"]["kind"], "MCP session (Mcp-Session-Id)");
+    assert_eq!(facts["session"]["own_workspace_folder"], true);
     assert!(srv.log().contains("session opened"));
     let _ = a.cancel().await;
     let _ = b.cancel().await;
@@ -237,6 +242,16 @@ async fn handles_have_separate_state_and_files() {
         .unwrap();
     let exec_tool = tools.iter().find(|t| t.name == "execute_python").unwrap();
     assert!(exec_tool.input_schema["properties"]["session"].is_object());
+    let required = exec_tool.input_schema["required"].as_array().unwrap();
+    assert!(
+        !required.contains(&json!("session")),
+        "session must be optional"
+    );
+    assert!(exec_tool
+        .description
+        .as_deref()
+        .unwrap()
+        .contains("Working directory: the session's own folder."));
     assert!(tools.iter().any(|t| t.name == "new_session"));
     let h1 = handle_of(&call(&c, "new_session", json!({})).await);
     let h2 = handle_of(&call(&c, "new_session", json!({})).await);
