@@ -165,23 +165,78 @@ fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
 
 struct State {
     opts: HttpOptions,
+    /// Origins answered with CORS headers (the same list rmcp validates `Origin` against).
+    allowed_origins: Vec<String>,
     reg: Arc<Registry>,
     mcp: StreamableHttpService<Front, Manager>,
 }
 
+/// The request's `Origin` when it is one the endpoint allows (for CORS answers).
+fn cors_origin(req: &Request<Incoming>, allowed: &[String]) -> Option<http::HeaderValue> {
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let o = origin.to_str().ok()?.trim_end_matches('/');
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        .then(|| origin.clone())
+}
+
+/// Headers a browser client may send (CORS preflight answer).
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id";
+
 async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let cors = cors_origin(&req, &st.allowed_origins);
+    let mut resp = route(req, &st, cors.is_some()).await;
+    if let Some(origin) = cors {
+        let h = resp.headers_mut();
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static("mcp-session-id"),
+        );
+        h.insert(http::header::VARY, http::HeaderValue::from_static("Origin"));
+    }
+    Ok(resp)
+}
+
+async fn route(req: Request<Incoming>, st: &State, cors: bool) -> Response<Body> {
+    // A browser's preflight carries no credentials; answer it for allowed origins only.
+    if req.method() == http::Method::OPTIONS && req.uri().path() == MCP_PATH {
+        if !cors {
+            return text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: Origin header is not allowed\n",
+            );
+        }
+        let mut r = text(StatusCode::NO_CONTENT, "");
+        let h = r.headers_mut();
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            http::HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            http::HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_MAX_AGE,
+            http::HeaderValue::from_static("600"),
+        );
+        return r;
+    }
+    serve_mcp(req, st).await
+}
+
+async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
     let path = req.uri().path();
     if path == HEALTH_PATH {
-        return Ok(match *req.method() {
+        return match *req.method() {
             http::Method::GET | http::Method::HEAD => text(StatusCode::OK, "ok\n"),
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"),
-        });
+        };
     }
     if path != MCP_PATH {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            "Not Found: MCP is served at /mcp\n",
-        ));
+        return text(StatusCode::NOT_FOUND, "Not Found: MCP is served at /mcp\n");
     }
     if let Some(token) = &st.opts.token {
         let header = req
@@ -198,7 +253,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"kernel-mcp\""),
             );
-            return Ok(r);
+            return r;
         }
     }
     let session = req
@@ -212,7 +267,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         Err(e) => {
             let too_big = e.is::<http_body_util::LengthLimitError>();
             tracing::warn!(session = ?session, error = %e, "request body rejected");
-            return Ok(if too_big {
+            return if too_big {
                 text(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!(
@@ -225,7 +280,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
                     StatusCode::BAD_REQUEST,
                     "Bad Request: the body could not be read\n",
                 )
-            });
+            };
         }
     };
     match &session {
@@ -247,14 +302,14 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
                         http::header::RETRY_AFTER,
                         http::HeaderValue::from_static("30"),
                     );
-                    return Ok(r);
+                    return r;
                 }
             }
         }
         None => {}
     }
     let req = Request::from_parts(parts, Full::new(bytes));
-    Ok(st.mcp.handle(req).await)
+    st.mcp.handle(req).await
 }
 
 /// Serves MCP on `listener` until `stop` resolves, then ends every session and its kernel.
@@ -279,6 +334,7 @@ pub async fn serve(
     let mcp = StreamableHttpService::new(move || Ok(front.clone()), manager.clone(), config);
     let reaper = tokio::spawn(manager.clone().reap(ct.clone()));
     let st = Arc::new(State {
+        allowed_origins: opts.allowed_origins(),
         opts,
         reg: reg.clone(),
         mcp,

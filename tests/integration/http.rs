@@ -633,3 +633,43 @@ async fn a_killed_server_leaves_no_kernel() {
     );
     drop(a);
 }
+
+#[tokio::test]
+async fn allowed_browser_origins_get_cors_answers() {
+    let ui = "http://localhost:6274";
+    let srv = Http::start(&["--allow-origin", ui], Some(TOKEN)).await;
+    let preflight = |origin: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, &srv.url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    // A preflight carries no token; it is answered for an allowed origin only.
+    let r = preflight(ui).await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], ui);
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("mcp-session-id"));
+    let r = preflight("http://evil.example").await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // The real request from the allowed origin, with the token, is served and readable.
+    let r = post(&srv.url)
+        .header("origin", ui)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], ui);
+    assert!(r.headers().contains_key("mcp-session-id"));
+    assert!(srv.stop().await.success());
+}
