@@ -356,7 +356,8 @@ fn envs(o: &Opts, env: pyenv::EnvInfo) -> anyhow::Result<Environments> {
     })
 }
 
-/// The bearer token from --token-file, else KERNEL_MCP_TOKEN (surrounding whitespace ignored).
+/// The bearer token: the first line of --token-file, else KERNEL_MCP_TOKEN (surrounding
+/// whitespace ignored).
 fn bearer_token(o: &Opts) -> anyhow::Result<Option<String>> {
     let raw = match &o.token_file {
         Some(p) => Some(
@@ -365,7 +366,7 @@ fn bearer_token(o: &Opts) -> anyhow::Result<Option<String>> {
         ),
         None => std::env::var("KERNEL_MCP_TOKEN").ok(),
     };
-    Ok(raw.map(|t| t.trim().to_owned()))
+    Ok(raw.map(|t| t.lines().next().unwrap_or_default().trim().to_owned()))
 }
 
 async fn listen_addr(listen: &str) -> anyhow::Result<std::net::SocketAddr> {

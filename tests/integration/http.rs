@@ -673,3 +673,18 @@ async fn allowed_browser_origins_get_cors_answers() {
     assert!(r.headers().contains_key("mcp-session-id"));
     assert!(srv.stop().await.success());
 }
+
+#[tokio::test]
+async fn token_file_first_line_is_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("token");
+    std::fs::write(&file, "file-token-77\nnot part of it\n").unwrap();
+    let mut srv = Http::start(&["--token-file", file.to_str().unwrap()], None).await;
+    let r = post(&srv.url).body(INIT).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    srv.token = Some("file-token-77".into());
+    let a = srv.session().await;
+    assert_eq!(text(&exec(&a, "print(7)").await), "7\n");
+    let _ = a.cancel().await;
+    assert!(srv.stop().await.success());
+}
