@@ -291,7 +291,7 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         None if parts.method == http::Method::POST => {
             if let Some(id) = initialize_id(&bytes) {
                 let max = st.reg.limits().max_sessions;
-                if st.reg.count() >= max {
+                if st.reg.full() {
                     tracing::warn!(max, "refused a new session: --max-sessions reached");
                     let mut r = jsonrpc_error(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -93,9 +93,21 @@ pub struct Session {
     last_used: Mutex<Instant>,
     active: AtomicUsize,
     closed: AtomicBool,
+    /// Started by a handle-era call made without `session` (not by new_session or initialize).
+    implicit: bool,
+    /// Tool calls made in the session.
+    calls: AtomicUsize,
 }
 
 impl Session {
+    /// A session a forgetful client started and never came back to: given up first when the
+    /// server is full.
+    fn orphaned(&self) -> bool {
+        self.implicit
+            && self.calls.load(Ordering::SeqCst) <= 1
+            && self.active.load(Ordering::SeqCst) == 0
+    }
+
     /// How the log names the session: an MCP session id in full, a handle by its first 12
     /// characters (a handle is the session's credential; the log is not a place for it).
     pub fn log_name(&self) -> String {
@@ -128,6 +140,7 @@ impl Session {
         idle_timeout: Duration,
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = request.name.clone();
+        self.calls.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
         self.touch();
         let result = ServerHandler::call_tool(&self.server, request, ctx).await;
@@ -226,6 +239,14 @@ impl Registry {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// True when a new session would be refused (orphaned sessions give way; see `open`).
+    pub fn full(&self) -> bool {
+        self.sessions
+            .lock()
+            .map(|m| m.len() >= self.limits.max_sessions && !m.values().any(|s| s.orphaned()))
+            .unwrap_or(true)
+    }
+
     /// The open session with this id.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions.lock().ok()?.get(id).cloned()
@@ -313,17 +334,28 @@ impl Registry {
         }
     }
 
-    /// Opens a session named `id`, on a warm spare when one is ready.
-    pub fn open(&self, id: String, era: Era) -> Result<Arc<Session>, OpenError> {
+    /// Opens a session named `id`, on a warm spare when one is ready. At the limit, the least
+    /// recently used orphaned session (started by a call without `session`, never used again,
+    /// nothing running) is ended to make room; otherwise the server is full.
+    pub fn open(&self, id: String, era: Era, implicit: bool) -> Result<Arc<Session>, OpenError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(OpenError::Stopping);
         }
+        let mut evicted = None;
         let session = {
             let mut sessions = self.sessions.lock().map_err(|_| OpenError::Stopping)?;
             if sessions.len() >= self.limits.max_sessions {
-                return Err(OpenError::Full {
-                    max: self.limits.max_sessions,
-                });
+                let oldest = sessions
+                    .values()
+                    .filter(|s| s.orphaned())
+                    .max_by_key(|s| s.idle_for())
+                    .map(|s| s.id.clone());
+                let Some(old) = oldest.and_then(|o| sessions.remove(&o)) else {
+                    return Err(OpenError::Full {
+                        max: self.limits.max_sessions,
+                    });
+                };
+                evicted = Some(old);
             }
             let spare = self.pool.lock().ok().and_then(|mut p| {
                 let at = p.iter().position(|s| s.kernel.pid().is_some())?;
@@ -355,6 +387,8 @@ impl Registry {
                 last_used: Mutex::new(Instant::now()),
                 active: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
+                implicit,
+                calls: AtomicUsize::new(0),
             });
             sessions.insert(id.clone(), s.clone());
             tracing::info!(
@@ -367,6 +401,14 @@ impl Registry {
             );
             s
         };
+        if let Some(old) = evicted {
+            old.closed.store(true, Ordering::SeqCst);
+            tracing::info!(session = %old.log_name(), "session ended: --max-sessions reached and it was started by a call without `session` and never used again");
+            tokio::spawn(async move {
+                old.kernel.shutdown().await;
+                remove_if_empty(old.folder.as_ref());
+            });
+        }
         if let Some(me) = self.me.upgrade() {
             // Starting the next spare does file work; keep it off the caller's path.
             tokio::task::spawn_blocking(move || me.fill_pool());
@@ -490,7 +532,7 @@ impl SessionManager for Manager {
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let (id, transport) = self.inner.create_session().await.map_err(io_err)?;
-        if let Err(e) = self.reg.open(id.to_string(), Era::Legacy) {
+        if let Err(e) = self.reg.open(id.to_string(), Era::Legacy, false) {
             let _ = self.inner.close_session(&id).await;
             return Err(io_err(e));
         }
@@ -671,9 +713,9 @@ impl Front {
         tools
     }
 
-    fn open_handle(&self) -> Result<Arc<Session>, OpenError> {
+    fn open_handle(&self, implicit: bool) -> Result<Arc<Session>, OpenError> {
         let handle = hex::encode(rand::random::<[u8; 32]>());
-        self.reg.open(handle, Era::Handle)
+        self.reg.open(handle, Era::Handle, implicit)
     }
 
     fn handle_note(&self, s: &Session, why: &str) -> String {
@@ -739,7 +781,7 @@ impl ServerHandler for Front {
             ));
         }
         if request.name == NEW_SESSION_TOOL {
-            return Ok(match self.open_handle() {
+            return Ok(match self.open_handle(false) {
                 Ok(s) => CallToolResult::success(vec![Content::text(
                     self.handle_note(&s, "a new session was started"),
                 )])
@@ -749,7 +791,7 @@ impl ServerHandler for Front {
         }
         let mut args = request.arguments.take().unwrap_or_default();
         let (session, note) = match args.remove(SESSION_ARG) {
-            None => match self.open_handle() {
+            None => match self.open_handle(true) {
                 Ok(s) => {
                     let note = self.handle_note(&s, "this call started a new session");
                     (s, Some(note))

@@ -688,3 +688,47 @@ async fn token_file_first_line_is_the_token() {
     let _ = a.cancel().await;
     assert!(srv.stop().await.success());
 }
+
+#[tokio::test]
+async fn orphaned_sessions_give_way_at_the_limit() {
+    let srv = Http::start(&["--max-sessions", "2"], None).await;
+    let c = srv.modern().await;
+    // Two calls without `session`: two sessions; the second is used again, the first never.
+    let r1 = call(&c, "execute_python", json!({"code": "a = 1"})).await;
+    let h1 = handle_of(&r1);
+    let r2 = call(&c, "execute_python", json!({"code": "b = 2"})).await;
+    let h2 = handle_of(&r2);
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "print(b)", "session": h2}),
+    )
+    .await;
+    assert_eq!(text(&r), "2\n");
+    // Full: the orphan gives way to a new session...
+    let r = call(&c, "new_session", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&c, "execute_python", json!({"code": "a", "session": h1})).await;
+    assert!(
+        text(&r).starts_with("unknown or expired session handle"),
+        "{}",
+        text(&r)
+    );
+    // ...but sessions in use do not.
+    let r = call(&c, "new_session", json!({})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("--max-sessions"),
+        "{}",
+        text(&r)
+    );
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "print(b)", "session": h2}),
+    )
+    .await;
+    assert_eq!(text(&r), "2\n");
+    assert!(srv.log().contains("never used again"));
+    let _ = c.cancel().await;
+    assert!(srv.stop().await.success());
+}
