@@ -385,7 +385,9 @@ impl Registry {
                 folder: spare.folder,
                 started: Instant::now(),
                 last_used: Mutex::new(Instant::now()),
-                active: AtomicUsize::new(0),
+                // An implicit session is opened for a call about to run: count it as running
+                // from the start, so it is never mistaken for an orphan before the call begins.
+                active: AtomicUsize::new(usize::from(implicit)),
                 closed: AtomicBool::new(false),
                 implicit,
                 calls: AtomicUsize::new(0),
@@ -816,7 +818,12 @@ impl ServerHandler for Front {
             }
         };
         request.arguments = Some(args);
-        let mut result = session.call(request, ctx, idle).await?;
+        let result = session.call(request, ctx, idle).await;
+        if note.is_some() {
+            // The call that opened this session has ended (see `Registry::open`).
+            session.active.fetch_sub(1, Ordering::SeqCst);
+        }
+        let mut result = result?;
         if let (Some(n), CallToolResponse::Complete(r)) = (note, &mut result) {
             r.content.push(Content::text(n));
         }
