@@ -13,6 +13,7 @@ pub mod output;
 pub mod packages;
 pub mod pyenv;
 pub mod rich;
+pub mod serve;
 pub mod stdin_guard;
 pub mod text;
 pub mod tools;

@@ -135,6 +135,29 @@ struct Opts {
     /// (e.g. "session-journal.ipynb"), so nothing is lost if the client goes away.
     #[arg(long, value_name = "PATH", global = true)]
     journal: Option<String>,
+    /// Serve MCP over Streamable HTTP at http://HOST:PORT/mcp instead of stdio, with a kernel
+    /// and a workspace folder per session.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    listen: Option<String>,
+    /// File holding the bearer token HTTP clients must send (default: env KERNEL_MCP_TOKEN).
+    /// Required when --listen is not a loopback address.
+    #[arg(long, value_name = "PATH", global = true)]
+    token_file: Option<PathBuf>,
+    /// A browser origin allowed to call the HTTP endpoint, e.g. https://app.example.com (repeatable).
+    #[arg(long, value_name = "ORIGIN", global = true)]
+    allow_origin: Vec<String>,
+    /// Most HTTP sessions at once; beyond it a new session gets HTTP 503.
+    #[arg(long, default_value_t = 8, global = true)]
+    max_sessions: usize,
+    /// Seconds without a request after which an HTTP session and its kernel end.
+    #[arg(long, default_value = "1800", value_parser = limits::parse_seconds, global = true)]
+    session_idle_timeout: Duration,
+    /// HTTP sessions share the workspace root instead of each getting its own folder in it.
+    #[arg(long, global = true)]
+    shared_workspace: bool,
+    /// Largest HTTP request body, e.g. 32M.
+    #[arg(long, default_value = "32M", value_parser = limits::parse_size, global = true)]
+    max_body: SizeLimit,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,7 +386,9 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
     // On a first run the managed environment takes a minute to create: serve MCP at once and
     // create it in the background, so a client such as Claude Desktop does not time out.
     let source = env_source(&o);
-    let background = source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    // Over HTTP the environment is created before listening: sessions all need it at once.
+    let background =
+        o.listen.is_none() && source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
     // An unusable interpreter must not stop the server: the file tools still work, and
     // execute_python says what is wrong and how to fix it.
     let mut env_problem = None;
@@ -396,17 +421,20 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         helper: kernel_mcp::kernel::sandbox::helper_exe(),
         sandbox: sandbox_config(&o, &env).await?,
     };
+    let envs = Environments {
+        active: "default".into(),
+        info: env,
+        named: named_envs(&o)?,
+    };
+    if let Some(listen) = o.listen.clone() {
+        return serve_http(&o, &listen, workspace, launcher, settings, envs).await;
+    }
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     match env_problem {
         Some(reason) => kernel.set_env_error(Some(reason)),
         // Start the kernel while the client does the MCP handshake.
         None => kernel.warm_up(),
     }
-    let envs = Environments {
-        active: "default".into(),
-        info: env,
-        named: named_envs(&o)?,
-    };
     let server = Server::new(kernel.clone(), workspace, settings, envs);
     if background {
         let (kernel, server) = (kernel.clone(), server.clone());
@@ -471,6 +499,12 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
                 name = stop => { tracing::info!("{name}: shutting down"); Ok(()) }
             }
         }
+        // A 2026-07-28 client may probe with `server/discover` (answered inside rmcp's start-up
+        // loop) and close without ever choosing a lifecycle: that is a normal end, not a failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+            tracing::info!("client closed the connection before starting a session");
+            Ok(())
+        }
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     kernel.shutdown().await;
@@ -507,6 +541,96 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static st
             _ = tokio::signal::ctrl_c() => "Ctrl-C",
         }
     })
+}
+
+/// The bearer token: the first line of --token-file, else KERNEL_MCP_TOKEN (surrounding
+/// whitespace ignored).
+fn bearer_token(o: &Opts) -> anyhow::Result<Option<String>> {
+    let raw = match &o.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?,
+        ),
+        None => std::env::var("KERNEL_MCP_TOKEN").ok(),
+    };
+    Ok(raw.map(|t| t.lines().next().unwrap_or_default().trim().to_owned()))
+}
+
+async fn listen_addr(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?} is not HOST:PORT"))?;
+    addrs
+        .next()
+        .with_context(|| format!("--listen {listen:?} names no address"))
+}
+
+async fn serve_http(
+    o: &Opts,
+    listen: &str,
+    workspace: Arc<Workspace>,
+    launcher: LocalLauncher,
+    settings: Settings,
+    envs: Environments,
+) -> anyhow::Result<()> {
+    use kernel_mcp::serve::{http, sessions};
+    let opts = http::HttpOptions {
+        listen: listen_addr(listen).await?,
+        token: bearer_token(o)?,
+        allow_origins: o.allow_origin.clone(),
+        max_body: o
+            .max_body
+            .0
+            .and_then(|b| usize::try_from(b).ok())
+            .unwrap_or(usize::MAX),
+    };
+    opts.check()?;
+    anyhow::ensure!(o.max_sessions > 0, "--max-sessions must be at least 1");
+    let template = sessions::SessionTemplate {
+        launcher: launcher.clone(),
+        max_queue: o.max_queue,
+        settings: settings.clone(),
+        envs: envs.clone(),
+        preload: !o.no_preload,
+    };
+    let limits = sessions::SessionLimits {
+        max_sessions: o.max_sessions,
+        idle_timeout: o.session_idle_timeout,
+        shared_workspace: o.shared_workspace,
+        spares: if o.no_spare { 0 } else { 1 },
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    // The tool list comes from a server whose kernel is never started.
+    let template_server = Server::new(
+        KernelHandle::new(launcher, o.max_queue, Default::default()),
+        workspace.clone(),
+        settings,
+        envs,
+    );
+    let reg = sessions::Registry::new(template, workspace, limits);
+    let front = sessions::Front::new(reg.clone(), template_server);
+    tracing::info!(
+        url = %format!("http://{bound}{}", http::MCP_PATH),
+        auth = if opts.token.is_some() { "bearer token" } else { "none (loopback only)" },
+        max_sessions = o.max_sessions,
+        "serving MCP over Streamable HTTP"
+    );
+    let stop = async {
+        match stop_signal() {
+            Ok(signal) => {
+                let name = signal.await;
+                tracing::info!("{name}: shutting down");
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    http::serve(listener, opts, reg, front, stop).await?;
+    Ok(())
 }
 
 async fn setup(o: Opts) -> anyhow::Result<()> {

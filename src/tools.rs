@@ -538,6 +538,16 @@ impl Server {
         }
     }
 
+    /// The tools this server offers, as `tools/list` returns them.
+    pub fn tools(&self) -> Vec<rmcp::model::Tool> {
+        self.tool_router.list_all()
+    }
+
+    /// The workspace this server's file tools and kernel use.
+    pub fn workspace_root(&self) -> &std::path::Path {
+        self.inner.workspace.root()
+    }
+
     /// Runs blocking file work on the workspace off the async threads.
     async fn on_workspace<T, F>(&self, f: F) -> Result<Result<T, WorkspaceError>, ErrorData>
     where
@@ -2004,7 +2014,7 @@ impl ServerHandler for Server {
             Err(WorkspaceError::NotFound { path }) => {
                 return Err(ErrorData::resource_not_found(
                     format!("{path}: not found in the workspace"),
-                    None,
+                    Some(serde_json::json!({ "uri": uri })),
                 ))
             }
             Err(e) => return Err(ErrorData::invalid_params(e.to_string(), None)),

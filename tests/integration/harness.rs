@@ -235,14 +235,24 @@ pub fn exists(p: &Path) -> bool {
 
 /// A bare JSON-RPC peer on the server's stdio, for inputs a well-behaved client cannot send.
 pub struct Raw {
-    _child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     pub dir: tempfile::TempDir,
 }
 
 impl Raw {
     pub async fn start() -> Raw {
+        let mut raw = Self::spawn().await;
+        raw.send(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
+        raw.response(0).await;
+        raw.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        raw
+    }
+
+    /// The server with nothing sent yet (no handshake).
+    pub async fn spawn() -> Raw {
         use tokio::io::AsyncBufReadExt;
         ENV_OK.call_once(check_env);
         let dir = tempfile::Builder::new()
@@ -261,24 +271,29 @@ impl Raw {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut raw = Raw {
-            _child: child,
-            stdin,
+        Raw {
+            child,
+            stdin: Some(stdin),
             lines,
             dir,
-        };
-        raw.send(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
-        raw.response(0).await;
-        raw.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-            .await;
-        raw
+        }
+    }
+
+    /// Closes the server's stdin and returns its exit status.
+    pub async fn close(mut self) -> std::process::ExitStatus {
+        self.stdin = None;
+        tokio::time::timeout(HANG, self.child.wait())
+            .await
+            .expect("the server did not exit after stdin closed")
+            .unwrap()
     }
 
     pub async fn send(&mut self, line: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        self.stdin.write_all(line).await.unwrap();
-        self.stdin.write_all(b"\n").await.unwrap();
-        self.stdin.flush().await.unwrap();
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(line).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
     }
 
     /// Every line on stdout must be JSON; returns the response with this id.

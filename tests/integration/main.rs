@@ -5,6 +5,7 @@
 mod backends;
 mod compat;
 mod control;
+mod eras;
 mod execute;
 // These use unix signals, symlinks and FIFOs, and the Linux sandbox: on macOS and Windows they
 // are compiled where they can be, not run in CI (see README "Platforms").
@@ -13,6 +14,8 @@ mod files;
 mod harness;
 #[cfg(unix)]
 mod hostile;
+#[cfg(unix)]
+mod http;
 #[cfg(unix)]
 mod lifecycle;
 mod notebook;

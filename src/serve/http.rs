@@ -1,0 +1,447 @@
+//! MCP over Streamable HTTP at `/mcp` (rmcp's server transport) behind a thin HTTP layer of our
+//! own: bearer token, body cap, the session limit's 503 and `/healthz`. Sessions and their
+//! kernels live in `sessions.rs`; TLS is left to a reverse proxy.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::sessions::{Front, Manager, Registry, SESSION_HEADER};
+
+/// The path MCP is served at.
+pub const MCP_PATH: &str = "/mcp";
+/// The unauthenticated health check path.
+pub const HEALTH_PATH: &str = "/healthz";
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// How the HTTP endpoint is exposed.
+#[derive(Clone)]
+pub struct HttpOptions {
+    pub listen: SocketAddr,
+    /// The bearer token every `/mcp` request must carry (None: no auth, loopback only).
+    pub token: Option<String>,
+    /// Browser origins allowed besides the listen address itself, e.g. `https://app.example.com`.
+    pub allow_origins: Vec<String>,
+    /// Largest request body accepted.
+    pub max_body: usize,
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("HttpOptions")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("allow_origins", &self.allow_origins)
+            .field("max_body", &self.max_body)
+            .finish()
+    }
+}
+
+/// Why the endpoint cannot start as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    #[error("listening on {0} (not a loopback address) needs a bearer token: pass --token-file PATH or set KERNEL_MCP_TOKEN; put TLS in front with a reverse proxy")]
+    TokenRequired(SocketAddr),
+    #[error("the bearer token is empty")]
+    EmptyToken,
+}
+
+impl HttpOptions {
+    /// Refuses a network-reachable endpoint without a token.
+    pub fn check(&self) -> Result<(), ExposureError> {
+        if self.token.as_deref().is_some_and(|t| t.is_empty()) {
+            return Err(ExposureError::EmptyToken);
+        }
+        if !self.listen.ip().is_loopback() && self.token.is_none() {
+            return Err(ExposureError::TokenRequired(self.listen));
+        }
+        Ok(())
+    }
+
+    /// `Host` values accepted (DNS-rebinding protection); empty accepts any.
+    fn allowed_hosts(&self) -> Vec<String> {
+        let ip = self.listen.ip();
+        if ip.is_unspecified() {
+            // Bound to every address: the names it is reached by are not known here. A token is
+            // required in this case, which a rebinding page cannot supply.
+            return Vec::new();
+        }
+        let mut hosts = vec![ip.to_string()];
+        if ip.is_loopback() {
+            hosts.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+        }
+        hosts.extend(self.allow_origins.iter().filter_map(|o| origin_host(o)));
+        hosts
+    }
+
+    /// `Origin` values accepted: the listen address's own, plus `--allow-origin`.
+    fn allowed_origins(&self) -> Vec<String> {
+        let port = self.listen.port();
+        let ip = self.listen.ip();
+        let mut origins = Vec::new();
+        if ip.is_loopback() {
+            for h in ["localhost", "127.0.0.1", "[::1]"] {
+                origins.push(format!("http://{h}:{port}"));
+            }
+        } else if !ip.is_unspecified() {
+            origins.push(format!("http://{}", self.listen));
+        }
+        origins.extend(self.allow_origins.iter().cloned());
+        origins
+    }
+}
+
+/// The host part of an origin such as `https://app.example.com:8443`.
+fn origin_host(origin: &str) -> Option<String> {
+    let rest = origin.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let uri: http::uri::Authority = authority.parse().ok()?;
+    Some(
+        uri.host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+}
+
+/// True when `header` is `Bearer <token>`, compared in constant time (over digests, so the
+/// length of the token does not leak either).
+pub fn bearer_ok(header: Option<&[u8]>, token: &str) -> bool {
+    let Some(h) = header else { return false };
+    let Some(presented) = h
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .and_then(|_| h.get(7..))
+    else {
+        return false;
+    };
+    let a = Sha256::digest(presented.trim_ascii());
+    let b = Sha256::digest(token.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A JSON-RPC error body for `id` with an HTTP status.
+fn jsonrpc_error(status: StatusCode, id: serde_json::Value, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": -32000, "message": message},
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The id of a JSON-RPC `initialize` request, if `body` is one.
+fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    (v.get("method")?.as_str()? == "initialize").then(|| v.get("id").cloned().unwrap_or_default())
+}
+
+struct State {
+    opts: HttpOptions,
+    /// Origins answered with CORS headers (the same list rmcp validates `Origin` against).
+    allowed_origins: Vec<String>,
+    reg: Arc<Registry>,
+    mcp: StreamableHttpService<Front, Manager>,
+}
+
+/// The request's `Origin` when it is one the endpoint allows (for CORS answers).
+fn cors_origin(req: &Request<Incoming>, allowed: &[String]) -> Option<http::HeaderValue> {
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let o = origin.to_str().ok()?.trim_end_matches('/');
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        .then(|| origin.clone())
+}
+
+/// Headers a browser client may send (CORS preflight answer).
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id";
+
+async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let cors = cors_origin(&req, &st.allowed_origins);
+    let mut resp = route(req, &st, cors.is_some()).await;
+    if let Some(origin) = cors {
+        let h = resp.headers_mut();
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static("mcp-session-id"),
+        );
+        h.insert(http::header::VARY, http::HeaderValue::from_static("Origin"));
+    }
+    Ok(resp)
+}
+
+async fn route(req: Request<Incoming>, st: &State, cors: bool) -> Response<Body> {
+    // A browser's preflight carries no credentials; answer it for allowed origins only.
+    if req.method() == http::Method::OPTIONS && req.uri().path() == MCP_PATH {
+        if !cors {
+            return text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: Origin header is not allowed\n",
+            );
+        }
+        let mut r = text(StatusCode::NO_CONTENT, "");
+        let h = r.headers_mut();
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            http::HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            http::HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_MAX_AGE,
+            http::HeaderValue::from_static("600"),
+        );
+        return r;
+    }
+    serve_mcp(req, st).await
+}
+
+async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
+    let path = req.uri().path();
+    if path == HEALTH_PATH {
+        return match *req.method() {
+            http::Method::GET | http::Method::HEAD => text(StatusCode::OK, "ok\n"),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n"),
+        };
+    }
+    if path != MCP_PATH {
+        return text(StatusCode::NOT_FOUND, "Not Found: MCP is served at /mcp\n");
+    }
+    if let Some(token) = &st.opts.token {
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|h| h.as_bytes());
+        if !bearer_ok(header, token) {
+            tracing::warn!(method = %req.method(), "rejected a request without a valid bearer token");
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: send Authorization: Bearer <token>\n",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"kernel-mcp\""),
+            );
+            return r;
+        }
+    }
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, st.opts.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e.is::<http_body_util::LengthLimitError>();
+            tracing::warn!(session = ?session, error = %e, "request body rejected");
+            return if too_big {
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "Payload Too Large: requests are limited to {} bytes (--max-body)\n",
+                        st.opts.max_body
+                    ),
+                )
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: the body could not be read\n",
+                )
+            };
+        }
+    };
+    match &session {
+        Some(id) => {
+            tracing::debug!(session = %id, method = %parts.method, "request");
+            st.reg.touch(id);
+        }
+        None if parts.method == http::Method::POST => {
+            if let Some(id) = initialize_id(&bytes) {
+                let max = st.reg.limits().max_sessions;
+                if st.reg.full() {
+                    tracing::warn!(max, "refused a new session: --max-sessions reached");
+                    let mut r = jsonrpc_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        id,
+                        &format!("the server already runs {max} sessions, its limit (--max-sessions); try again later"),
+                    );
+                    r.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("30"),
+                    );
+                    return r;
+                }
+            }
+        }
+        None => {}
+    }
+    let req = Request::from_parts(parts, Full::new(bytes));
+    st.mcp.handle(req).await
+}
+
+/// Serves MCP on `listener` until `stop` resolves, then ends every session and its kernel.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    opts: HttpOptions,
+    reg: Arc<Registry>,
+    front: Front,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut opts = opts;
+    // With port 0 the kernel chose the port: origins are checked against the real one.
+    opts.listen = listener.local_addr()?;
+    let ct = CancellationToken::new();
+    let manager = Arc::new(Manager::new(reg.clone()));
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(opts.allowed_hosts())
+        .with_allowed_origins(opts.allowed_origins())
+        .enforce_origin_validation()
+        .with_max_request_body_bytes(opts.max_body)
+        .with_cancellation_token(ct.clone());
+    let mcp = StreamableHttpService::new(move || Ok(front.clone()), manager.clone(), config);
+    let reaper = tokio::spawn(manager.clone().reap(ct.clone()));
+    let st = Arc::new(State {
+        allowed_origins: opts.allowed_origins(),
+        opts,
+        reg: reg.clone(),
+        mcp,
+    });
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connection tasks so the set stays small.
+        while conns.try_join_next().is_some() {}
+        let st = st.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("stopping: ending every session and its kernel");
+    ct.cancel();
+    reaper.abort();
+    reg.shutdown_all().await;
+    conns.abort_all();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_checked_exactly() {
+        assert!(bearer_ok(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(bearer_ok(Some(b"bearer s3cret"), "s3cret"));
+        assert!(!bearer_ok(Some(b"Bearer s3cre"), "s3cret"));
+        assert!(!bearer_ok(Some(b"Bearer s3cretX"), "s3cret"));
+        assert!(!bearer_ok(Some(b"Basic s3cret"), "s3cret"));
+        assert!(!bearer_ok(Some(b"Bearer"), "s3cret"));
+        assert!(!bearer_ok(Some(b""), "s3cret"));
+        assert!(!bearer_ok(None, "s3cret"));
+    }
+
+    #[test]
+    fn exposure_rules() {
+        let mut o = HttpOptions {
+            listen: "0.0.0.0:8000".parse().unwrap_or_else(|_| unreachable!()),
+            token: None,
+            allow_origins: vec![],
+            max_body: 1,
+        };
+        assert!(matches!(o.check(), Err(ExposureError::TokenRequired(_))));
+        o.token = Some(String::new());
+        assert!(matches!(o.check(), Err(ExposureError::EmptyToken)));
+        o.token = Some("t".into());
+        assert!(o.check().is_ok());
+        o.listen = "127.0.0.1:8000".parse().unwrap_or_else(|_| unreachable!());
+        o.token = None;
+        assert!(o.check().is_ok());
+        o.listen = "[::1]:8000".parse().unwrap_or_else(|_| unreachable!());
+        assert!(o.check().is_ok());
+    }
+
+    #[test]
+    fn origins_and_hosts_follow_the_listen_address() {
+        let o = HttpOptions {
+            listen: "127.0.0.1:8123".parse().unwrap_or_else(|_| unreachable!()),
+            token: None,
+            allow_origins: vec!["https://app.example.com".into()],
+            max_body: 1,
+        };
+        assert!(o
+            .allowed_origins()
+            .contains(&"http://localhost:8123".to_owned()));
+        assert!(o
+            .allowed_origins()
+            .contains(&"https://app.example.com".to_owned()));
+        assert!(o.allowed_hosts().contains(&"app.example.com".to_owned()));
+        assert!(o.allowed_hosts().contains(&"localhost".to_owned()));
+        assert_eq!(origin_host("https://[::1]:9/x").as_deref(), Some("::1"));
+        assert_eq!(origin_host("nonsense"), None);
+    }
+
+    #[test]
+    fn initialize_requests_are_recognised() {
+        assert_eq!(
+            initialize_id(br#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{}}"#),
+            Some(serde_json::json!(3))
+        );
+        assert_eq!(
+            initialize_id(br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#),
+            None
+        );
+        assert_eq!(initialize_id(b"\xff"), None);
+    }
+}

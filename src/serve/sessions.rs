@@ -1,0 +1,861 @@
+//! Sessions of the HTTP transport: one kernel handle, workspace folder and tool server per MCP
+//! session, a pool of warm spares, idle reaping, and the MCP handler that routes each request to
+//! its session. HTTP itself (auth, headers, the listener) lives in `http.rs`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock as Content,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionId, SessionManager,
+};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use tokio_util::sync::CancellationToken;
+
+use crate::kernel::{KernelHandle, LocalLauncher, SpareConfig};
+use crate::tools::{Environments, Server, Settings};
+use crate::workspace::Workspace;
+
+/// The tool argument that carries a 2026-07-28 session handle.
+pub const SESSION_ARG: &str = "session";
+/// The tool that mints a session handle.
+pub const NEW_SESSION_TOOL: &str = "new_session";
+/// The HTTP header of a 2025-11-25 MCP session.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// What every session's kernel and tools are built from.
+pub struct SessionTemplate {
+    /// The launcher; its `workspace` is replaced by the session's folder.
+    pub launcher: LocalLauncher,
+    pub max_queue: usize,
+    pub settings: Settings,
+    pub envs: Environments,
+    /// Pre-import numpy, pandas and matplotlib in a spare kernel before a session takes it.
+    pub preload: bool,
+}
+
+/// Limits and layout of the sessions.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Most sessions at once (MCP sessions and handles together).
+    pub max_sessions: usize,
+    /// A session with no request for this long is ended.
+    pub idle_timeout: Duration,
+    /// Every session works in the workspace root instead of its own folder.
+    pub shared_workspace: bool,
+    /// Warm kernels kept started for sessions to come.
+    pub spares: usize,
+}
+
+/// How a session is named by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// A 2025-11-25 session: the `Mcp-Session-Id` of the HTTP transport.
+    Legacy,
+    /// A 2026-07-28 handle passed as the `session` tool argument.
+    Handle,
+}
+
+impl Era {
+    fn describe(self) -> &'static str {
+        match self {
+            Era::Legacy => "MCP session (Mcp-Session-Id)",
+            Era::Handle => "session handle (the `session` tool argument)",
+        }
+    }
+}
+
+/// A kernel and workspace started ahead of a session.
+struct Prepared {
+    kernel: Arc<KernelHandle>,
+    workspace: Arc<Workspace>,
+    /// The session's own folder (None with a shared workspace).
+    folder: Option<PathBuf>,
+}
+
+/// One session: its kernel, its workspace and the tool server over them.
+pub struct Session {
+    pub id: String,
+    pub era: Era,
+    server: Server,
+    kernel: Arc<KernelHandle>,
+    folder: Option<PathBuf>,
+    started: Instant,
+    last_used: Mutex<Instant>,
+    active: AtomicUsize,
+    closed: AtomicBool,
+    /// Started by a handle-era call made without `session` (not by new_session or initialize).
+    implicit: bool,
+    /// Tool calls made in the session.
+    calls: AtomicUsize,
+}
+
+impl Session {
+    /// A session a forgetful client started and never came back to: given up first when the
+    /// server is full.
+    fn orphaned(&self) -> bool {
+        self.implicit
+            && self.calls.load(Ordering::SeqCst) <= 1
+            && self.active.load(Ordering::SeqCst) == 0
+    }
+
+    /// How the log names the session: an MCP session id in full, a handle by its first 12
+    /// characters (a handle is the session's credential; the log is not a place for it).
+    pub fn log_name(&self) -> String {
+        log_name(&self.id, self.era)
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// The pid of the session's kernel, if one runs.
+    pub fn kernel_pid(&self) -> Option<i32> {
+        self.kernel.pid()
+    }
+
+    /// Runs a tool call in this session, keeping it alive while the call runs.
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+        idle_timeout: Duration,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let tool = request.name.clone();
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        let result = ServerHandler::call_tool(&self.server, request, ctx).await;
+        self.touch();
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            // A call queued behind the session's end may have started a new kernel: end it too.
+            self.kernel.shutdown().await;
+        }
+        let mut result = result?;
+        if tool == "get_environment" {
+            if let CallToolResponse::Complete(r) = &mut result {
+                r.content.push(Content::text(self.facts(idle_timeout)));
+            }
+        }
+        Ok(result)
+    }
+
+    fn facts(&self, idle_timeout: Duration) -> String {
+        let v = serde_json::json!({
+            "session": {
+                "id": self.id,
+                "kind": self.era.describe(),
+                "age_seconds": self.started.elapsed().as_secs(),
+                "ends_after_idle_seconds": idle_timeout.as_secs(),
+                "own_workspace_folder": self.folder.is_some(),
+            }
+        });
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+fn log_name(id: &str, era: Era) -> String {
+    match era {
+        Era::Legacy => id.to_owned(),
+        Era::Handle => format!("handle:{}…", id.chars().take(12).collect::<String>()),
+    }
+}
+
+/// All sessions of one server, and the spares waiting for new ones.
+pub struct Registry {
+    me: Weak<Registry>,
+    template: SessionTemplate,
+    root: Arc<Workspace>,
+    limits: SessionLimits,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pool: Mutex<Vec<Prepared>>,
+    /// True while one thread fills the pool (so two opens do not both add a spare).
+    filling: AtomicBool,
+    stopping: AtomicBool,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the server already runs {max} sessions, its limit (--max-sessions); end one or try again later")]
+    Full { max: usize },
+    #[error("the server is shutting down")]
+    Stopping,
+    #[error("could not create the session's workspace folder: {0}")]
+    Workspace(String),
+}
+
+/// Python that pre-imports the analysis stack (an expression, for `KernelHandle::evaluate`).
+const PRELOAD_EXPR: &str =
+    "[__import__(m) for m in ('numpy', 'pandas', 'matplotlib.pyplot')] and None";
+
+impl Registry {
+    /// A registry for sessions under `root`; starts the spare kernels.
+    pub fn new(
+        template: SessionTemplate,
+        root: Arc<Workspace>,
+        limits: SessionLimits,
+    ) -> Arc<Self> {
+        let reg = Arc::new_cyclic(|me| Registry {
+            me: me.clone(),
+            template,
+            root,
+            limits,
+            sessions: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        reg.fill_pool();
+        reg
+    }
+
+    /// The limits the registry was built with.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// How many sessions are open.
+    pub fn count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// True when a new session would be refused (orphaned sessions give way; see `open`).
+    pub fn full(&self) -> bool {
+        self.sessions
+            .lock()
+            .map(|m| m.len() >= self.limits.max_sessions && !m.values().any(|s| s.orphaned()))
+            .unwrap_or(true)
+    }
+
+    /// The open session with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().ok()?.get(id).cloned()
+    }
+
+    /// Marks a session as used now.
+    pub fn touch(&self, id: &str) {
+        if let Some(s) = self.get(id) {
+            s.touch();
+        }
+    }
+
+    /// Pids of the kernels of open sessions and spares (for tests and the log).
+    pub fn kernel_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .sessions
+            .lock()
+            .map(|s| s.values().filter_map(|s| s.kernel.pid()).collect())
+            .unwrap_or_default();
+        if let Ok(p) = self.pool.lock() {
+            pids.extend(p.iter().filter_map(|p| p.kernel.pid()));
+        }
+        pids
+    }
+
+    /// A kernel and workspace for one session, its kernel starting in the background.
+    fn prepare(&self) -> Result<Prepared, OpenError> {
+        let (workspace, folder) = if self.limits.shared_workspace {
+            (self.root.clone(), None)
+        } else {
+            let name = format!("session-{}", hex::encode(rand::random::<[u8; 6]>()));
+            let dir = self.root.root().join(name);
+            let ws = Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?;
+            (Arc::new(ws), Some(dir))
+        };
+        let mut launcher = self.template.launcher.clone();
+        launcher.workspace = workspace.root().to_path_buf();
+        // Each session's restarts are cold: a spare per session would double the kernels.
+        let kernel = KernelHandle::new(launcher, self.template.max_queue, SpareConfig::default());
+        kernel.warm_up();
+        Ok(Prepared {
+            kernel,
+            workspace,
+            folder,
+        })
+    }
+
+    fn pool_short(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst)
+            && self.pool.lock().map(|p| p.len()).unwrap_or(usize::MAX) < self.limits.spares
+    }
+
+    /// Starts spare kernels until the pool holds `spares` of them.
+    fn fill_pool(&self) {
+        // Whoever holds `filling` fills; a spare taken meanwhile is seen by the re-check below.
+        while self.pool_short() && !self.filling.swap(true, Ordering::SeqCst) {
+            self.fill_pool_once();
+            self.filling.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn fill_pool_once(&self) {
+        while self.pool_short() {
+            let prepared = match self.prepare() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prepare a spare session");
+                    return;
+                }
+            };
+            if self.template.preload {
+                let k = prepared.kernel.clone();
+                tokio::spawn(async move {
+                    // Waits for the kernel the warm-up is starting, then imports in it.
+                    if k.info().await.is_ok() {
+                        if let Err(e) = k.evaluate(PRELOAD_EXPR, Duration::from_secs(120)).await {
+                            tracing::debug!(error = %e, "spare session preload failed");
+                        }
+                    }
+                });
+            }
+            if let Ok(mut p) = self.pool.lock() {
+                p.push(prepared);
+            }
+        }
+    }
+
+    /// Opens a session named `id`, on a warm spare when one is ready. At the limit, the least
+    /// recently used orphaned session (started by a call without `session`, never used again,
+    /// nothing running) is ended to make room; otherwise the server is full.
+    pub fn open(&self, id: String, era: Era, implicit: bool) -> Result<Arc<Session>, OpenError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(OpenError::Stopping);
+        }
+        let mut evicted = None;
+        let session = {
+            let mut sessions = self.sessions.lock().map_err(|_| OpenError::Stopping)?;
+            if sessions.len() >= self.limits.max_sessions {
+                let oldest = sessions
+                    .values()
+                    .filter(|s| s.orphaned())
+                    .max_by_key(|s| s.idle_for())
+                    .map(|s| s.id.clone());
+                let Some(old) = oldest.and_then(|o| sessions.remove(&o)) else {
+                    return Err(OpenError::Full {
+                        max: self.limits.max_sessions,
+                    });
+                };
+                evicted = Some(old);
+            }
+            let spare = self.pool.lock().ok().and_then(|mut p| {
+                let at = p.iter().position(|s| s.kernel.pid().is_some())?;
+                Some(p.remove(at))
+            });
+            let spare_was_ready = spare.is_some();
+            let spare = match spare {
+                Some(s) => s,
+                None => self
+                    .pool
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.pop())
+                    .map_or_else(|| self.prepare(), Ok)?,
+            };
+            let server = Server::new(
+                spare.kernel.clone(),
+                spare.workspace.clone(),
+                self.template.settings.clone(),
+                self.template.envs.clone(),
+            );
+            let s = Arc::new(Session {
+                id: id.clone(),
+                era,
+                server,
+                kernel: spare.kernel,
+                folder: spare.folder,
+                started: Instant::now(),
+                last_used: Mutex::new(Instant::now()),
+                // An implicit session is opened for a call about to run: count it as running
+                // from the start, so it is never mistaken for an orphan before the call begins.
+                active: AtomicUsize::new(usize::from(implicit)),
+                closed: AtomicBool::new(false),
+                implicit,
+                calls: AtomicUsize::new(0),
+            });
+            sessions.insert(id.clone(), s.clone());
+            tracing::info!(
+                session = %s.log_name(),
+                kind = era.describe(),
+                workspace = %s.server.workspace_root().display(),
+                warm_kernel = spare_was_ready,
+                open = sessions.len(),
+                "session opened"
+            );
+            s
+        };
+        if let Some(old) = evicted {
+            old.closed.store(true, Ordering::SeqCst);
+            tracing::info!(session = %old.log_name(), "session ended: --max-sessions reached and it was started by a call without `session` and never used again");
+            tokio::spawn(async move {
+                old.kernel.shutdown().await;
+                remove_if_empty(old.folder.as_ref());
+            });
+        }
+        if let Some(me) = self.me.upgrade() {
+            // Starting the next spare does file work; keep it off the caller's path.
+            tokio::task::spawn_blocking(move || me.fill_pool());
+        }
+        Ok(session)
+    }
+
+    /// Ends a session: its kernel and every process it started stop; files stay on disk.
+    pub fn close(&self, id: &str, reason: &str) {
+        let Some(s) = self.sessions.lock().ok().and_then(|mut m| m.remove(id)) else {
+            return;
+        };
+        s.closed.store(true, Ordering::SeqCst);
+        tracing::info!(session = %s.log_name(), reason, lived_seconds = s.started.elapsed().as_secs(), "session ended");
+        tokio::spawn(async move {
+            s.kernel.shutdown().await;
+            remove_if_empty(s.folder.as_ref());
+        });
+    }
+
+    /// Sessions without a request (and no call running) for longer than the idle timeout.
+    fn idle(&self) -> Vec<(String, Era)> {
+        self.sessions
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter(|s| {
+                        s.active.load(Ordering::SeqCst) == 0
+                            && s.idle_for() > self.limits.idle_timeout
+                    })
+                    .map(|s| (s.id.clone(), s.era))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ends every session and spare and waits for their kernels to stop.
+    pub async fn shutdown_all(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .map(|mut m| m.drain().map(|(_, s)| s).collect())
+            .unwrap_or_default();
+        let spares: Vec<Prepared> = self
+            .pool
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        let mut ends = Vec::new();
+        for s in sessions {
+            s.closed.store(true, Ordering::SeqCst);
+            tracing::info!(session = %s.log_name(), "session ended: server stopping");
+            ends.push((s.kernel.clone(), s.folder.clone()));
+        }
+        for p in spares {
+            ends.push((p.kernel, p.folder));
+        }
+        futures::future::join_all(ends.into_iter().map(|(k, folder)| async move {
+            k.shutdown().await;
+            remove_if_empty(folder.as_ref());
+        }))
+        .await;
+    }
+}
+
+/// Removes a session folder the session left empty (files a session wrote are kept).
+fn remove_if_empty(folder: Option<&PathBuf>) {
+    if let Some(f) = folder {
+        let _ = std::fs::remove_dir(f.join(".kernel-mcp").join("outputs"));
+        let _ = std::fs::remove_dir(f.join(".kernel-mcp"));
+        let _ = std::fs::remove_dir(f);
+    }
+}
+
+/// rmcp's in-memory session manager, with a kernel session opened and closed alongside each
+/// MCP session.
+pub struct Manager {
+    inner: LocalSessionManager,
+    reg: Arc<Registry>,
+}
+
+impl Manager {
+    /// A manager whose sessions live in `reg`.
+    pub fn new(reg: Arc<Registry>) -> Manager {
+        let mut inner = LocalSessionManager::default();
+        // Idle sessions are ended by `reap` (it knows which calls still run), not by rmcp.
+        inner.session_config.keep_alive = None;
+        Manager { inner, reg }
+    }
+
+    /// Ends idle sessions every little while until `ct` is cancelled.
+    pub async fn reap(self: Arc<Self>, ct: CancellationToken) {
+        let every = (self.reg.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = ct.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            for (id, era) in self.reg.idle() {
+                tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
+                match era {
+                    Era::Legacy => {
+                        let _ = self.close_session(&SessionId::from(id)).await;
+                    }
+                    Era::Handle => self.reg.close(&id, "idle"),
+                }
+            }
+        }
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl SessionManager for Manager {
+    type Error = std::io::Error;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let (id, transport) = self.inner.create_session().await.map_err(io_err)?;
+        if let Err(e) = self.reg.open(id.to_string(), Era::Legacy, false) {
+            let _ = self.inner.close_session(&id).await;
+            return Err(io_err(e));
+        }
+        Ok((id, transport))
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: rmcp::model::ClientJsonRpcMessage,
+    ) -> Result<rmcp::model::ServerJsonRpcMessage, Self::Error> {
+        self.inner
+            .initialize_session(id, message)
+            .await
+            .map_err(io_err)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        self.inner.has_session(id).await.map_err(io_err)
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        // Unknown ids (already ended) are not an error: the session is gone either way.
+        let _ = self.inner.close_session(id).await;
+        self.reg.close(id, "closed");
+        Ok(())
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: rmcp::model::ClientJsonRpcMessage,
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
+    {
+        self.reg.touch(id);
+        self.inner.create_stream(id, message).await.map_err(io_err)
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: rmcp::model::ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        self.reg.touch(id);
+        self.inner.accept_message(id, message).await.map_err(io_err)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
+    {
+        self.inner
+            .create_standalone_stream(id)
+            .await
+            .map_err(io_err)
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
+    {
+        self.inner.resume(id, last_event_id).await.map_err(io_err)
+    }
+}
+
+/// The MCP handler rmcp builds per session and per stateless request: it finds the request's
+/// session and hands the request to that session's tool server.
+#[derive(Clone)]
+pub struct Front {
+    reg: Arc<Registry>,
+    template: Server,
+    info: ServerConfig,
+    /// The tool list for handle-era clients (built once; rmcp asks for it on every request).
+    handle_tools: Arc<Vec<Tool>>,
+}
+
+impl Front {
+    /// The handler over `reg`; `template` supplies the tool list (it never runs a kernel).
+    pub fn new(reg: Arc<Registry>, template: Server) -> Front {
+        let env = template_env(&reg);
+        let idle = reg.limits.idle_timeout.as_secs();
+        let instructions = format!(
+            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
+             Each session has its own kernel (variables persist between execute_python calls) and its own workspace folder; \
+             use write_file/read_file/list_files for files there and run_file to run scripts. matplotlib figures come back as images. \
+             Clients without an MCP session (protocol 2026-07-28): call {NEW_SESSION_TOOL} once and pass the returned handle as the \
+             `{SESSION_ARG}` argument of every other tool; a session ends after {idle} s without a call.",
+            env.python_version,
+            env.package_summary(),
+        );
+        // An empty prompt list is declared so generic clients (and the conformance suite's
+        // caching checks) get a cacheable answer to prompts/list instead of method-not-found.
+        let info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_instructions(instructions)
+        .with_server_info(rmcp::model::Implementation::new(
+            "kernel-mcp",
+            env!("CARGO_PKG_VERSION"),
+        ));
+        let mut front = Front {
+            reg,
+            template,
+            info,
+            handle_tools: Arc::default(),
+        };
+        front.handle_tools = Arc::new(front.build_handle_tools());
+        front
+    }
+
+    /// The 2025-11-25 session named by the request's `Mcp-Session-Id` header.
+    fn legacy_session(&self, ctx: &RequestContext<RoleServer>) -> Option<Arc<Session>> {
+        let parts = ctx.extensions.get::<http::request::Parts>()?;
+        let id = parts.headers.get(SESSION_HEADER)?.to_str().ok()?;
+        self.reg.get(id).filter(|s| s.era == Era::Legacy)
+    }
+
+    fn has_session_header(ctx: &RequestContext<RoleServer>) -> bool {
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .is_some_and(|p| p.headers.contains_key(SESSION_HEADER))
+    }
+
+    /// The tools for clients that name sessions by handle: a `session` argument on each, plus
+    /// `new_session`.
+    fn build_handle_tools(&self) -> Vec<Tool> {
+        let idle = self.reg.limits.idle_timeout.as_secs();
+        let root = self.template.workspace_root().display().to_string();
+        let own_folders = !self.reg.limits.shared_workspace;
+        let mut tools: Vec<Tool> = self
+            .template
+            .tools()
+            .into_iter()
+            .map(|mut t| {
+                // The template names the workspace root; each session works in its own folder.
+                if let Some(d) = t.description.as_mut().filter(|_| own_folders) {
+                    *d = d.replace(&root, "the session's own folder").into();
+                }
+                let mut schema = (*t.input_schema).clone();
+                let props = schema
+                    .entry("properties")
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if let Some(props) = props.as_object_mut() {
+                    props.insert(
+                        SESSION_ARG.into(),
+                        serde_json::json!({
+                            "type": "string",
+                            "description": format!("Session handle from {NEW_SESSION_TOOL} (or from an earlier result). Omit it to start a new session; the result then names the handle to pass on later calls. A session ends after {idle} s without a call."),
+                        }),
+                    );
+                }
+                t.input_schema = Arc::new(schema);
+                t
+            })
+            .collect();
+        let mut schema = serde_json::Map::new();
+        schema.insert("type".into(), "object".into());
+        schema.insert("properties".into(), serde_json::json!({}));
+        let mut t = Tool::new(
+            NEW_SESSION_TOOL,
+            format!("Start an isolated Python session: its own kernel, variables and workspace folder. Returns the session handle; pass it as the `{SESSION_ARG}` argument of every other tool to keep using that session. The session ends after {idle} s without a call (its variables are then lost); an unknown or expired handle gives an error that says to call {NEW_SESSION_TOOL} again."),
+            schema,
+        );
+        t.annotations = Some(
+            rmcp::model::ToolAnnotations::new()
+                .read_only(false)
+                .destructive(false)
+                .open_world(false),
+        );
+        tools.push(t);
+        tools
+    }
+
+    fn open_handle(&self, implicit: bool) -> Result<Arc<Session>, OpenError> {
+        let handle = hex::encode(rand::random::<[u8; 32]>());
+        self.reg.open(handle, Era::Handle, implicit)
+    }
+
+    fn handle_note(&self, s: &Session, why: &str) -> String {
+        format!(
+            "[{why}: session handle \"{}\". Pass it as the `{SESSION_ARG}` argument of later calls to keep these variables and files; it ends after {} s without a call.]",
+            s.id,
+            self.reg.limits.idle_timeout.as_secs()
+        )
+    }
+}
+
+fn template_env(reg: &Registry) -> crate::pyenv::EnvInfo {
+    reg.template.envs.info.clone()
+}
+
+fn tool_error(msg: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![Content::text(msg.into())]).into()
+}
+
+impl ServerHandler for Front {
+    fn get_info(&self) -> ServerConfig {
+        self.info.clone()
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = match self.legacy_session(&ctx) {
+            Some(s) => s.server.tools(),
+            None if Self::has_session_header(&ctx) => self.template.tools(),
+            None => self.handle_tools.to_vec(),
+        };
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.handle_tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        mut request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let idle = self.reg.limits.idle_timeout;
+        if let Some(s) = self.legacy_session(&ctx) {
+            return s.call(request, ctx, idle).await;
+        }
+        if Self::has_session_header(&ctx) {
+            return Ok(tool_error(
+                "this MCP session has ended (idle timeout or DELETE); start a new session (initialize again)",
+            ));
+        }
+        let legacy_peer = ctx
+            .protocol_version()
+            .is_some_and(|v| v < ProtocolVersion::V_2026_07_28);
+        if legacy_peer {
+            return Err(ErrorData::invalid_request(
+                "no MCP session: send initialize first and pass its Mcp-Session-Id header",
+                None,
+            ));
+        }
+        if request.name == NEW_SESSION_TOOL {
+            return Ok(match self.open_handle(false) {
+                Ok(s) => CallToolResult::success(vec![Content::text(
+                    self.handle_note(&s, "a new session was started"),
+                )])
+                .into(),
+                Err(e) => tool_error(format!("no session was started: {e}")),
+            });
+        }
+        let mut args = request.arguments.take().unwrap_or_default();
+        let (session, note) = match args.remove(SESSION_ARG) {
+            None => match self.open_handle(true) {
+                Ok(s) => {
+                    let note = self.handle_note(&s, "this call started a new session");
+                    (s, Some(note))
+                }
+                Err(e) => return Ok(tool_error(format!("nothing was run: {e}"))),
+            },
+            Some(serde_json::Value::String(h)) => {
+                match self.reg.get(&h).filter(|s| s.era == Era::Handle) {
+                    Some(s) => (s, None),
+                    None => {
+                        return Ok(tool_error(format!(
+                            "unknown or expired session handle; nothing was run. Sessions end after {} s without a call or when the server restarts, and their variables are lost. Call {NEW_SESSION_TOOL} (or call this tool without `{SESSION_ARG}`) to start a new session and use the handle it returns.",
+                            idle.as_secs()
+                        )))
+                    }
+                }
+            }
+            Some(_) => {
+                return Ok(tool_error(format!(
+                    "`{SESSION_ARG}` must be the handle string returned by {NEW_SESSION_TOOL}; nothing was run"
+                )))
+            }
+        };
+        request.arguments = Some(args);
+        let result = session.call(request, ctx, idle).await;
+        if note.is_some() {
+            // The call that opened this session has ended (see `Registry::open`).
+            session.active.fetch_sub(1, Ordering::SeqCst);
+        }
+        let mut result = result?;
+        if let (Some(n), CallToolResponse::Complete(r)) = (note, &mut result) {
+            r.content.push(Content::text(n));
+        }
+        Ok(result)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        match self.legacy_session(&ctx) {
+            Some(s) => ServerHandler::list_resources(&s.server, request, ctx).await,
+            // Handles are tool arguments; resources have none, so there is no session to list.
+            None => Ok(ListResourcesResult::with_all_items(Vec::new())),
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        match self.legacy_session(&ctx) {
+            Some(s) => ServerHandler::read_resource(&s.server, request, ctx).await,
+            None => Err(ErrorData::resource_not_found(
+                format!(
+                    "{}: resources are served per MCP session; read files with read_file and a session handle",
+                    request.uri
+                ),
+                Some(serde_json::json!({ "uri": request.uri })),
+            )),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The 2026-07-28 protocol era over stdio: `server/discover` without a session, and clients that
+//! only send self-contained (stateless) requests.
+
+use rmcp::model::ProtocolVersion;
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+use rmcp::transport::TokioChildProcess;
+use serde_json::Value;
+
+use crate::harness::{text, Raw, Recorder, HANG};
+
+const META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}"#;
+
+#[tokio::test]
+async fn discover_then_close_is_a_clean_exit() {
+    let mut raw = Raw::spawn().await;
+    raw.send(
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{{{META}}}}}"#)
+            .as_bytes(),
+    )
+    .await;
+    let r = raw.response(1).await;
+    let versions = r["result"]["supportedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        versions.contains(&Value::String("2026-07-28".into())),
+        "discover result: {r}"
+    );
+    let status = raw.close().await;
+    assert!(
+        status.success(),
+        "exit status after discover + close: {status}"
+    );
+}
+
+#[tokio::test]
+async fn stateless_requests_over_stdio_share_the_kernel() {
+    let mut raw = Raw::spawn().await;
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"x = 41"}},{META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(1).await;
+    assert_eq!(r["result"]["isError"], Value::Bool(false), "{r}");
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"print(x + 1)"}},{META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(2).await;
+    assert_eq!(r["result"]["content"][0]["text"], "42\n", "{r}");
+    let status = raw.close().await;
+    assert!(status.success(), "exit status: {status}");
+}
+
+#[tokio::test]
+async fn rmcp_discover_client_over_stdio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
+    cmd.arg("--workspace").arg(dir.path()).arg("--no-spare");
+    let proc = TokioChildProcess::new(cmd).unwrap();
+    let client = tokio::time::timeout(
+        HANG,
+        Recorder::default().serve_with_lifecycle(
+            proc,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        ),
+    )
+    .await
+    .expect("discover hung")
+    .unwrap();
+    let r = tokio::time::timeout(
+        HANG,
+        client.call_tool(crate::harness::params(
+            "execute_python",
+            serde_json::json!({"code": "print(6 * 7)"}),
+            false,
+        )),
+    )
+    .await
+    .expect("call hung")
+    .unwrap();
+    assert_eq!(text(&r), "42\n");
+    let _ = tokio::time::timeout(HANG, client.cancel()).await;
+}

@@ -1,0 +1,734 @@
+//! `serve --listen`: MCP over Streamable HTTP with a kernel and a workspace per session, driven
+//! by rmcp's streamable-HTTP client (both protocol eras) and by plain HTTP for refusals.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use rmcp::model::{CallToolResult, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Value};
+
+use crate::harness::{alive, eventually, is_error, params, text, Recorder, HANG};
+
+const TOKEN: &str = "test-token-4f2a9c";
+
+/// A `kernel-mcp serve --listen 127.0.0.1:0` child and where it listens.
+struct Http {
+    child: tokio::process::Child,
+    url: String,
+    dir: tempfile::TempDir,
+    token: Option<String>,
+}
+
+type Client = RunningService<RoleClient, Recorder>;
+
+impl Http {
+    async fn start(args: &[&str], token: Option<&str>) -> Http {
+        let dir = tempfile::Builder::new()
+            .prefix("kmcp-http-")
+            .tempdir()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
+        cmd.arg("--workspace")
+            .arg(dir.path().join("ws"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--no-preload")
+            .args(args)
+            .env("KERNEL_MCP_LOG", "debug")
+            .env_remove("KERNEL_MCP_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        if let Some(t) = token {
+            cmd.env("KERNEL_MCP_TOKEN", t);
+        }
+        let child = cmd.spawn().unwrap();
+        let log_path = dir.path().join("server.log");
+        let mut url = None;
+        let found = eventually(HANG, || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            url = log
+                .lines()
+                .find(|l| l.contains("serving MCP over Streamable HTTP"))
+                .and_then(|l| l.split("url=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned);
+            url.is_some()
+        })
+        .await;
+        assert!(
+            found,
+            "the server did not start listening:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        Http {
+            child,
+            url: url.unwrap(),
+            dir,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn config(&self) -> StreamableHttpClientTransportConfig {
+        let c = StreamableHttpClientTransportConfig::with_uri(self.url.as_str());
+        match &self.token {
+            Some(t) => c.auth_header(t.clone()),
+            None => c,
+        }
+    }
+
+    /// A 2025-11-25 client: one MCP session.
+    async fn session(&self) -> Client {
+        let t = StreamableHttpClientTransport::from_config(self.config());
+        tokio::time::timeout(HANG, Recorder::default().serve(t))
+            .await
+            .expect("initialize hung")
+            .unwrap()
+    }
+
+    /// A 2026-07-28 client: `server/discover`, then self-contained requests.
+    async fn modern(&self) -> Client {
+        let t = StreamableHttpClientTransport::from_config(self.config());
+        tokio::time::timeout(
+            HANG,
+            Recorder::default().serve_with_lifecycle(
+                t,
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                },
+            ),
+        )
+        .await
+        .expect("discover hung")
+        .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tokio::time::timeout(HANG, self.child.wait())
+            .await
+            .expect("the server did not exit after SIGTERM")
+            .unwrap()
+    }
+}
+
+async fn call(c: &Client, tool: &str, args: Value) -> CallToolResult {
+    tokio::time::timeout(HANG, c.call_tool(params(tool, args, false)))
+        .await
+        .unwrap_or_else(|_| panic!("{tool} hung"))
+        .unwrap_or_else(|e| panic!("{tool} failed at the protocol level: {e}"))
+}
+
+async fn exec(c: &Client, code: &str) -> CallToolResult {
+    call(c, "execute_python", json!({ "code": code })).await
+}
+
+/// The session's environment report (the first block of get_environment).
+async fn environment(c: &Client, extra: Value) -> Value {
+    let mut args = json!({});
+    if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    let r = call(c, "get_environment", args).await;
+    let first = r.content[0].as_text().unwrap().text.clone();
+    serde_json::from_str(&first).unwrap()
+}
+
+async fn kernel_pid(c: &Client, extra: Value) -> i32 {
+    // The first call starts (or takes) the kernel; get_environment then names its pid.
+    let mut args = json!({"code": "1"});
+    if let (Some(a), Some(e)) = (args.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    let r = call(c, "execute_python", args).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    environment(c, extra).await["kernel_pid"]
+        .as_i64()
+        .expect("a kernel pid") as i32
+}
+
+/// Live processes whose command line names `path` (kernels and helpers name their workspace).
+fn naming(path: &std::path::Path) -> Vec<i32> {
+    let path = path.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (alive(pid) && String::from_utf8_lossy(&cmd).contains(&path)).then_some(pid)
+        })
+        .collect()
+}
+
+/// The handle a `new_session` result names.
+fn handle_of(r: &CallToolResult) -> String {
+    let t = text(r);
+    t.split("session handle \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no handle in {t:?}"))
+        .to_owned()
+}
+
+fn post(url: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[tokio::test]
+async fn legacy_sessions_have_separate_state_and_files() {
+    let srv = Http::start(&[], None).await;
+    let (a, b) = (srv.session().await, srv.session().await);
+    assert!(!is_error(&exec(&a, "x = 'from a'").await));
+    call(&a, "write_file", json!({"path": "a.txt", "content": "a"})).await;
+    let r = exec(&b, "x").await;
+    assert!(is_error(&r), "session b sees a's variable: {}", text(&r));
+    assert!(text(&r).starts_with("NameError"), "{}", text(&r));
+    let r = call(&b, "read_file", json!({"path": "a.txt"})).await;
+    assert!(is_error(&r), "session b reads a's file: {}", text(&r));
+    // Not from Python either: b's kernel is jailed to its own folder.
+    let a_ws = environment(&a, json!({})).await["workspace"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_ws = environment(&b, json!({})).await["workspace"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(a_ws, b_ws);
+    let r = exec(&b, &format!("open({:?}).read()", format!("{a_ws}/a.txt"))).await;
+    assert!(is_error(&r), "b's kernel read a's file: {}", text(&r));
+    assert_eq!(text(&exec(&a, "print(x)").await), "from a\n");
+    // get_environment describes the session itself.
+    let r = call(&a, "get_environment", json!({})).await;
+    let facts: Value = serde_json::from_str(&r.content[1].as_text().unwrap().text).unwrap();
+    assert_eq!(facts["session"]["kind"], "MCP session (Mcp-Session-Id)");
+    assert_eq!(facts["session"]["own_workspace_folder"], true);
+    assert!(srv.log().contains("session opened"));
+    let _ = a.cancel().await;
+    let _ = b.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn handles_have_separate_state_and_files() {
+    let srv = Http::start(&[], None).await;
+    let c = srv.modern().await;
+    let tools = tokio::time::timeout(HANG, c.list_all_tools())
+        .await
+        .unwrap()
+        .unwrap();
+    let exec_tool = tools.iter().find(|t| t.name == "execute_python").unwrap();
+    assert!(exec_tool.input_schema["properties"]["session"].is_object());
+    let required = exec_tool.input_schema["required"].as_array().unwrap();
+    assert!(
+        !required.contains(&json!("session")),
+        "session must be optional"
+    );
+    assert!(exec_tool
+        .description
+        .as_deref()
+        .unwrap()
+        .contains("Working directory: the session's own folder."));
+    assert!(tools.iter().any(|t| t.name == "new_session"));
+    let h1 = handle_of(&call(&c, "new_session", json!({})).await);
+    let h2 = handle_of(&call(&c, "new_session", json!({})).await);
+    assert_ne!(h1, h2);
+    assert!(h1.len() >= 32, "handle too short to be unguessable: {h1}");
+    assert!(!is_error(
+        &call(
+            &c,
+            "execute_python",
+            json!({"code": "y = 1", "session": h1})
+        )
+        .await
+    ));
+    call(
+        &c,
+        "write_file",
+        json!({"path": "one.txt", "content": "1", "session": h1}),
+    )
+    .await;
+    let r = call(&c, "execute_python", json!({"code": "y", "session": h2})).await;
+    assert!(text(&r).starts_with("NameError"), "{}", text(&r));
+    let r = call(&c, "read_file", json!({"path": "one.txt", "session": h2})).await;
+    assert!(is_error(&r), "{}", text(&r));
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "print(y + 1)", "session": h1}),
+    )
+    .await;
+    assert_eq!(text(&r), "2\n");
+    // A call without a handle starts a session and says which.
+    let r = call(&c, "execute_python", json!({"code": "print('fresh')"})).await;
+    assert_eq!(text(&r).lines().next(), Some("fresh"));
+    let h3 = handle_of(&r);
+    assert!(h3 != h1 && h3 != h2);
+    // An unknown handle is an error that says what to do.
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "1", "session": "nope"}),
+    )
+    .await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).starts_with("unknown or expired session handle; nothing was run.")
+            && text(&r).contains("Call new_session"),
+        "{}",
+        text(&r)
+    );
+    // The log names sessions, but a handle (the session's credential) only by a prefix. (At
+    // debug level, which the tests use, rmcp itself logs whole messages; that is not checked.)
+    let log = srv.log();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kernel_mcp::serve"))
+        .collect();
+    assert!(ours
+        .iter()
+        .any(|l| l.contains(&format!("handle:{}", &h1[..12]))));
+    assert!(
+        !ours.iter().any(|l| l.contains(&h1)),
+        "a full handle reached the log"
+    );
+    let _ = c.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn long_cells_in_two_sessions_run_at_the_same_time() {
+    // Each cell announces itself and then waits for the other's announcement; run one after
+    // the other, the first would wait out its 60 s and report "alone".
+    let srv = Http::start(&["--shared-workspace"], None).await;
+    let (a, b) = (srv.session().await, srv.session().await);
+    let cell = |me: &str, other: &str| {
+        format!(
+            "import os, time\nopen('{me}.started', 'w').close()\nend = time.time() + 60\nwhile not os.path.exists('{other}.started') and time.time() < end:\n    time.sleep(0.05)\nprint('together' if os.path.exists('{other}.started') else 'alone')"
+        )
+    };
+    let (ca, cb) = (cell("a", "b"), cell("b", "a"));
+    let (ra, rb) = tokio::join!(
+        a.call_tool(params(
+            "execute_python",
+            json!({"code": ca, "timeout_seconds": 90}),
+            false
+        )),
+        b.call_tool(params(
+            "execute_python",
+            json!({"code": cb, "timeout_seconds": 90}),
+            false
+        )),
+    );
+    assert_eq!(text(&ra.unwrap()), "together\n");
+    assert_eq!(text(&rb.unwrap()), "together\n");
+    let _ = a.cancel().await;
+    let _ = b.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn delete_ends_the_session_and_its_kernel() {
+    let srv = Http::start(&[], None).await;
+    let a = srv.session().await;
+    let pid = kernel_pid(&a, json!({})).await;
+    assert!(alive(pid));
+    // The client's close sends DELETE with its Mcp-Session-Id.
+    let _ = tokio::time::timeout(HANG, a.cancel()).await;
+    assert!(
+        eventually(HANG, || !alive(pid)).await,
+        "kernel {pid} outlived its session"
+    );
+    assert!(srv.log().contains("session ended"), "{}", srv.log());
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn idle_sessions_are_reaped() {
+    let srv = Http::start(&["--session-idle-timeout", "2"], None).await;
+    let a = srv.session().await;
+    let legacy_pid = kernel_pid(&a, json!({})).await;
+    assert!(!is_error(&exec(&a, "x = 1").await));
+    let c = srv.modern().await;
+    let h = handle_of(&call(&c, "new_session", json!({})).await);
+    let handle_pid = kernel_pid(&c, json!({"session": h})).await;
+    assert!(
+        eventually(HANG, || !alive(legacy_pid) && !alive(handle_pid)).await,
+        "idle kernels {legacy_pid}/{handle_pid} were not ended"
+    );
+    let r = call(&c, "execute_python", json!({"code": "1", "session": h})).await;
+    assert!(
+        is_error(&r) && text(&r).starts_with("unknown or expired session handle"),
+        "{}",
+        text(&r)
+    );
+    // The legacy session is gone: the server answers 404 for its id, and rmcp's client either
+    // fails or (its default) starts a new session, which has none of the old variables.
+    let r = tokio::time::timeout(
+        HANG,
+        a.call_tool(params("execute_python", json!({"code": "x"}), false)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|r| text(r).starts_with("NameError")),
+        "{r:?}"
+    );
+    assert!(srv
+        .log()
+        .contains("session idle past --session-idle-timeout"));
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_limit_get_503() {
+    let srv = Http::start(&["--max-sessions", "1"], None).await;
+    let a = srv.session().await;
+    let r = tokio::time::timeout(HANG, post(&srv.url).body(INIT).send())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 1);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-sessions"),
+        "{body}"
+    );
+    // The handle era counts against the same limit.
+    let c = srv.modern().await;
+    let r = call(&c, "new_session", json!({})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("--max-sessions"),
+        "{}",
+        text(&r)
+    );
+    // The existing session is unaffected.
+    assert_eq!(text(&exec(&a, "print(3)").await), "3\n");
+    let _ = a.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn token_is_required_on_every_request() {
+    let srv = Http::start(&[], Some(TOKEN)).await;
+    let r = post(&srv.url).body(INIT).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = post(&srv.url)
+        .header("authorization", format!("Bearer {TOKEN}x"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let health = srv.url.replace("/mcp", "/healthz");
+    let r = reqwest::get(&health).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // rmcp's client with the token works end to end.
+    let a = srv.session().await;
+    assert_eq!(text(&exec(&a, "print(5)").await), "5\n");
+    let _ = a.cancel().await;
+    assert!(!srv.log().contains(TOKEN), "the token reached the log");
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn foreign_origin_and_host_get_403() {
+    let srv = Http::start(&[], None).await;
+    let r = post(&srv.url)
+        .header("origin", "http://evil.example")
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = post(&srv.url)
+        .header("host", "evil.example")
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // The listen address's own origin is fine.
+    let port = srv.url.rsplit(':').next().unwrap().trim_end_matches("/mcp");
+    let r = post(&srv.url)
+        .header("origin", format!("http://localhost:{port}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let srv = Http::start(&["--max-body", "64K"], None).await;
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let r = post(&srv.url).body(big).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn non_loopback_without_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        HANG,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+            .arg("--workspace")
+            .arg(dir.path())
+            .args(["--listen", "0.0.0.0:0"])
+            .env_remove("KERNEL_MCP_TOKEN")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs a bearer token") && err.contains("--token-file"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_exit_leaves_no_kernel() {
+    let srv = Http::start(&[], None).await;
+    let a = srv.session().await;
+    let c = srv.modern().await;
+    let mut pids = vec![kernel_pid(&a, json!({})).await];
+    let h = handle_of(&call(&c, "new_session", json!({})).await);
+    pids.push(kernel_pid(&c, json!({"session": h})).await);
+    // The spare started for the next session must end too.
+    let ws: PathBuf = srv.dir.path().join("ws");
+    assert!(srv.stop().await.success());
+    for pid in &pids {
+        assert!(
+            eventually(HANG, || !alive(*pid)).await,
+            "kernel {pid} outlived the server"
+        );
+    }
+    assert!(
+        eventually(HANG, || naming(&ws).is_empty()).await,
+        "processes still name the workspace (the spare's kernel too): {:?}",
+        naming(&ws)
+    );
+    drop(a);
+    drop(c);
+}
+
+/// The README demo's three steps (load, summarise with the same variables, plot) over HTTP.
+async fn three_steps(c: &Client, session: Value) {
+    let with = |mut v: Value| {
+        if let (Some(a), Some(e)) = (v.as_object_mut(), session.as_object()) {
+            a.extend(e.clone());
+        }
+        v
+    };
+    let csv = "month,region,revenue\n2026-01,north,120\n2026-01,south,95\n2026-02,north,135\n2026-02,south,101\n";
+    let r = call(
+        c,
+        "write_file",
+        with(json!({"path": "sales.csv", "content": csv})),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(
+        c,
+        "execute_python",
+        with(
+            json!({"code": "import pandas as pd\ndf = pd.read_csv('sales.csv')\nprint(df.shape)"}),
+        ),
+    )
+    .await;
+    assert_eq!(text(&r), "(4, 3)\n");
+    let r = call(
+        c,
+        "execute_python",
+        with(json!({"code": "print(df.groupby('region')['revenue'].sum().to_dict())"})),
+    )
+    .await;
+    assert_eq!(text(&r), "{'north': 255, 'south': 196}\n");
+    let r = call(
+        c,
+        "execute_python",
+        with(
+            json!({"code": "import matplotlib.pyplot as plt\nplt.plot(df['revenue'])\nplt.show()"}),
+        ),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let image = r.content.iter().find_map(|c| c.as_image()).expect("a plot");
+    assert_eq!(image.mime_type, "image/png");
+}
+
+#[tokio::test]
+async fn three_step_analysis_over_http_in_both_eras() {
+    let srv = Http::start(&[], Some(TOKEN)).await;
+    let legacy = srv.session().await;
+    three_steps(&legacy, json!({})).await;
+    let modern = srv.modern().await;
+    let h = handle_of(&call(&modern, "new_session", json!({})).await);
+    three_steps(&modern, json!({ "session": h })).await;
+    let _ = legacy.cancel().await;
+    let _ = modern.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_no_kernel() {
+    let mut srv = Http::start(&[], None).await;
+    let a = srv.session().await;
+    let pid = kernel_pid(&a, json!({})).await;
+    let ws = srv.dir.path().join("ws");
+    assert!(
+        naming(&ws).contains(&pid),
+        "the process scan must see the kernel"
+    );
+    srv.child.start_kill().unwrap();
+    let _ = tokio::time::timeout(HANG, srv.child.wait()).await.unwrap();
+    // No shutdown ran: the kernel helper's lifeline pipe ends the kernel.
+    assert!(
+        eventually(HANG, || !alive(pid)).await,
+        "kernel {pid} outlived a SIGKILLed server"
+    );
+    assert!(
+        eventually(HANG, || naming(&ws).is_empty()).await,
+        "processes outlived a SIGKILLed server (the spare's kernel too): {:?}",
+        naming(&ws)
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn allowed_browser_origins_get_cors_answers() {
+    let ui = "http://localhost:6274";
+    let srv = Http::start(&["--allow-origin", ui], Some(TOKEN)).await;
+    let preflight = |origin: &str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, &srv.url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    // A preflight carries no token; it is answered for an allowed origin only.
+    let r = preflight(ui).await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], ui);
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("mcp-session-id"));
+    let r = preflight("http://evil.example").await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // The real request from the allowed origin, with the token, is served and readable.
+    let r = post(&srv.url)
+        .header("origin", ui)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(INIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], ui);
+    assert!(r.headers().contains_key("mcp-session-id"));
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn token_file_first_line_is_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("token");
+    std::fs::write(&file, "file-token-77\nnot part of it\n").unwrap();
+    let mut srv = Http::start(&["--token-file", file.to_str().unwrap()], None).await;
+    let r = post(&srv.url).body(INIT).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    srv.token = Some("file-token-77".into());
+    let a = srv.session().await;
+    assert_eq!(text(&exec(&a, "print(7)").await), "7\n");
+    let _ = a.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn orphaned_sessions_give_way_at_the_limit() {
+    let srv = Http::start(&["--max-sessions", "2"], None).await;
+    let c = srv.modern().await;
+    // Two calls without `session`: two sessions; the second is used again, the first never.
+    let r1 = call(&c, "execute_python", json!({"code": "a = 1"})).await;
+    let h1 = handle_of(&r1);
+    let r2 = call(&c, "execute_python", json!({"code": "b = 2"})).await;
+    let h2 = handle_of(&r2);
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "print(b)", "session": h2}),
+    )
+    .await;
+    assert_eq!(text(&r), "2\n");
+    // Full: the orphan gives way to a new session...
+    let r = call(&c, "new_session", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&c, "execute_python", json!({"code": "a", "session": h1})).await;
+    assert!(
+        text(&r).starts_with("unknown or expired session handle"),
+        "{}",
+        text(&r)
+    );
+    // ...but sessions in use do not.
+    let r = call(&c, "new_session", json!({})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("--max-sessions"),
+        "{}",
+        text(&r)
+    );
+    let r = call(
+        &c,
+        "execute_python",
+        json!({"code": "print(b)", "session": h2}),
+    )
+    .await;
+    assert_eq!(text(&r), "2\n");
+    assert!(srv.log().contains("never used again"));
+    let _ = c.cancel().await;
+    assert!(srv.stop().await.success());
+}
