@@ -347,6 +347,30 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         enabled: !o.no_spare,
         preload: (!o.no_preload).then(|| kernel_mcp::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
     };
+    // Over HTTP with a gateway, every session gets a gateway kernel of its own.
+    if let (Some(listen), Some(_)) = (o.listen.clone(), &o.gateway_url) {
+        let opts = o.clone();
+        let make = move || -> Result<Arc<dyn kernel_mcp::kernel::Backend>, kernel_mcp::error::KernelError> {
+            match remote_backend(&opts) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(kernel_mcp::error::KernelError::Unavailable { reason: "no gateway configured".into() }),
+                Err(e) => Err(kernel_mcp::error::KernelError::Unavailable { reason: e.to_string() }),
+            }
+        };
+        // Check the flags once now, so a bad URL stops the server at start.
+        make()?;
+        let kernels = kernel_mcp::serve::sessions::KernelSource::Remote(Arc::new(make));
+        let envs = Environments {
+            active: "default".into(),
+            info: pyenv::remote("gateway kernel"),
+            named: BTreeMap::new(),
+        };
+        return serve_http(&o, &listen, workspace, kernels, settings, envs).await;
+    }
+    anyhow::ensure!(
+        !(o.listen.is_some() && o.existing.is_some()),
+        "--existing cannot be served over --listen: every HTTP session needs a kernel of its own, and an existing kernel is one shared kernel; use --gateway-url or a local kernel"
+    );
     // A kernel someone else runs: no local environment, sandbox or spare of ours.
     if let Some(remote) = remote_backend(&o)? {
         let kind = match remote.describe().kind {
@@ -427,7 +451,8 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         named: named_envs(&o)?,
     };
     if let Some(listen) = o.listen.clone() {
-        return serve_http(&o, &listen, workspace, launcher, settings, envs).await;
+        let kernels = kernel_mcp::serve::sessions::KernelSource::Local(launcher);
+        return serve_http(&o, &listen, workspace, kernels, settings, envs).await;
     }
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);
     match env_problem {
@@ -569,7 +594,7 @@ async fn serve_http(
     o: &Opts,
     listen: &str,
     workspace: Arc<Workspace>,
-    launcher: LocalLauncher,
+    kernels: kernel_mcp::serve::sessions::KernelSource,
     settings: Settings,
     envs: Environments,
 ) -> anyhow::Result<()> {
@@ -587,7 +612,7 @@ async fn serve_http(
     opts.check()?;
     anyhow::ensure!(o.max_sessions > 0, "--max-sessions must be at least 1");
     let template = sessions::SessionTemplate {
-        launcher: launcher.clone(),
+        kernels: kernels.clone(),
         max_queue: o.max_queue,
         settings: settings.clone(),
         envs: envs.clone(),
@@ -605,7 +630,7 @@ async fn serve_http(
     let bound = listener.local_addr()?;
     // The tool list comes from a server whose kernel is never started.
     let template_server = Server::new(
-        KernelHandle::new(launcher, o.max_queue, Default::default()),
+        kernels.handle(workspace.root(), o.max_queue)?,
         workspace.clone(),
         settings,
         envs,

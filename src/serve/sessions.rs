@@ -21,7 +21,8 @@ use rmcp::transport::streamable_http_server::session::{
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
-use crate::kernel::{KernelHandle, LocalLauncher, SpareConfig};
+use crate::error::KernelError;
+use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig};
 use crate::tools::{Environments, Server, Settings};
 use crate::workspace::Workspace;
 
@@ -32,10 +33,40 @@ pub const NEW_SESSION_TOOL: &str = "new_session";
 /// The HTTP header of a 2025-11-25 MCP session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
+/// Where each session's kernel comes from.
+#[derive(Clone)]
+pub enum KernelSource {
+    /// A local kernel; the launcher's `workspace` is replaced by the session's folder.
+    Local(LocalLauncher),
+    /// A backend of its own per session (a Jupyter gateway: each session's kernel lives there).
+    Remote(Arc<dyn Fn() -> Result<Arc<dyn Backend>, KernelError> + Send + Sync>),
+}
+
+impl KernelSource {
+    /// A handle for one session working in `workspace`; its kernel is not started yet.
+    pub fn handle(
+        &self,
+        workspace: &std::path::Path,
+        max_queue: usize,
+    ) -> Result<Arc<KernelHandle>, KernelError> {
+        // Each session's restarts are cold: a spare per session would double the kernels.
+        Ok(match self {
+            KernelSource::Local(l) => {
+                let mut launcher = l.clone();
+                launcher.workspace = workspace.to_path_buf();
+                KernelHandle::new(launcher, max_queue, SpareConfig::default())
+            }
+            KernelSource::Remote(make) => {
+                KernelHandle::with_backend(make()?, max_queue, SpareConfig::default())
+            }
+        })
+    }
+}
+
 /// What every session's kernel and tools are built from.
 pub struct SessionTemplate {
-    /// The launcher; its `workspace` is replaced by the session's folder.
-    pub launcher: LocalLauncher,
+    /// Where each session's kernel comes from.
+    pub kernels: KernelSource,
     pub max_queue: usize,
     pub settings: Settings,
     pub envs: Environments,
@@ -282,10 +313,11 @@ impl Registry {
             let ws = Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?;
             (Arc::new(ws), Some(dir))
         };
-        let mut launcher = self.template.launcher.clone();
-        launcher.workspace = workspace.root().to_path_buf();
-        // Each session's restarts are cold: a spare per session would double the kernels.
-        let kernel = KernelHandle::new(launcher, self.template.max_queue, SpareConfig::default());
+        let kernel = self
+            .template
+            .kernels
+            .handle(workspace.root(), self.template.max_queue)
+            .map_err(|e| OpenError::Workspace(e.to_string()))?;
         kernel.warm_up();
         Ok(Prepared {
             kernel,

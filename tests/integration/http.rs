@@ -732,3 +732,38 @@ async fn orphaned_sessions_give_way_at_the_limit() {
     let _ = c.cancel().await;
     assert!(srv.stop().await.success());
 }
+
+#[tokio::test]
+async fn gateway_sessions_each_get_a_gateway_kernel_and_leave_none() {
+    let g = crate::backends::Gateway::start().await;
+    let srv = Http::start(
+        &[
+            "--gateway-url",
+            &g.url,
+            "--gateway-token",
+            &g.token,
+            "--no-spare",
+        ],
+        Some(TOKEN),
+    )
+    .await;
+    let a = srv.session().await;
+    let b = srv.session().await;
+    assert_eq!(text(&exec(&a, "who = 'a'\nwho").await), "'a'");
+    assert_eq!(text(&exec(&b, "'who' in globals()").await), "False");
+    let ids = g.kernels().await.unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let v = environment(&a, json!({})).await;
+    assert_eq!(v["backend"]["kind"], "gateway", "{v}");
+    let _ = a.cancel().await;
+    let _ = b.cancel().await;
+    assert!(srv.stop().await.success());
+    let gone = async {
+        while !g.kernels().await.unwrap_or_default().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(HANG, gone)
+        .await
+        .expect("a session's gateway kernel outlived the server");
+}
