@@ -451,7 +451,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         named: named_envs(&o)?,
     };
     if let Some(listen) = o.listen.clone() {
-        let kernels = kernel_mcp::serve::sessions::KernelSource::Local(launcher);
+        let kernels = kernel_mcp::serve::sessions::KernelSource::Local(Box::new(launcher));
         return serve_http(&o, &listen, workspace, kernels, settings, envs).await;
     }
     let kernel = KernelHandle::new(launcher, o.max_queue, spare);

@@ -37,7 +37,7 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 #[derive(Clone)]
 pub enum KernelSource {
     /// A local kernel; the launcher's `workspace` is replaced by the session's folder.
-    Local(LocalLauncher),
+    Local(Box<LocalLauncher>),
     /// A backend of its own per session (a Jupyter gateway: each session's kernel lives there).
     Remote(Arc<dyn Fn() -> Result<Arc<dyn Backend>, KernelError> + Send + Sync>),
 }
@@ -52,7 +52,7 @@ impl KernelSource {
         // Each session's restarts are cold: a spare per session would double the kernels.
         Ok(match self {
             KernelSource::Local(l) => {
-                let mut launcher = l.clone();
+                let mut launcher = (**l).clone();
                 launcher.workspace = workspace.to_path_buf();
                 KernelHandle::new(launcher, max_queue, SpareConfig::default())
             }
