@@ -192,6 +192,8 @@ struct Inner {
     written: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::SystemTime)>>,
     /// Serializes writes of the live journal so an older state never lands last.
     journal_write: tokio::sync::Mutex<u64>,
+    /// The client, once initialized, for notifications/tools/list_changed.
+    peer: std::sync::Mutex<Option<rmcp::Peer<RoleServer>>>,
 }
 
 /// The MCP server.
@@ -442,6 +444,10 @@ fn structured<T: serde::Serialize>(text: String, data: &T) -> CallToolResult {
 fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
         KernelError::Busy { .. } => "",
+        // The environment is still being created: the call just needs to be made again later.
+        KernelError::Unavailable { reason } if reason.contains("is being created") => {
+            " The file tools work meanwhile; the tool list is updated (notifications/tools/list_changed) when it is ready."
+        }
         KernelError::Unavailable { .. } => {
             " The file tools still work; call restart_kernel to try again (after the fix, if one is named)."
         }
@@ -504,18 +510,7 @@ impl Server {
         settings: Settings,
         envs: Environments,
     ) -> Server {
-        let env = envs.info.clone();
-        let mut tool_router = Self::tool_router();
-        let env_line = format!(
-            "\n\nEnvironment: Python {} with {}. Working directory: {}.",
-            env.python_version,
-            env.package_summary(),
-            workspace.root().display()
-        );
-        if let Some(route) = tool_router.map.get_mut("execute_python") {
-            let base = route.attr.description.clone().unwrap_or_default();
-            route.attr.description = Some(format!("{base}{env_line}").into());
-        }
+        let tool_router = Self::tool_router();
         Server {
             inner: Arc::new(Inner {
                 kernel,
@@ -526,6 +521,7 @@ impl Server {
                 journal: std::sync::Mutex::new(Journal::default()),
                 written: std::sync::Mutex::new(std::collections::HashMap::new()),
                 journal_write: tokio::sync::Mutex::new(0),
+                peer: std::sync::Mutex::new(None),
             }),
             tool_router,
         }
@@ -536,11 +532,43 @@ impl Server {
         if let Ok(mut e) = self.inner.envs.write() {
             e.info = info;
         }
+        self.tools_changed();
     }
 
-    /// The tools this server offers, as `tools/list` returns them.
+    /// Tells the client that the tool descriptions changed (they name the environment), per
+    /// MCP "Tools: List Changed Notification"; a no-op before the client has initialized.
+    fn tools_changed(&self) {
+        let peer = self.inner.peer.lock().ok().and_then(|p| p.clone());
+        if let Some(peer) = peer {
+            tokio::spawn(async move {
+                if let Err(e) = peer.notify_tool_list_changed().await {
+                    tracing::debug!(error = %e, "could not send tools/list_changed");
+                }
+            });
+        }
+    }
+
+    /// The tools this server offers, as `tools/list` returns them: execute_python's description
+    /// names the current environment and working directory.
     pub fn tools(&self) -> Vec<rmcp::model::Tool> {
-        self.tool_router.list_all()
+        let env = self.env_info();
+        let packages = env.package_summary();
+        let with = if packages.is_empty() {
+            String::new()
+        } else {
+            format!(" with {packages}")
+        };
+        let env_line = format!(
+            "\n\nEnvironment: Python {}{with}. Working directory: {}.",
+            env.python_version,
+            self.inner.workspace.root().display()
+        );
+        let mut tools = self.tool_router.list_all();
+        for t in tools.iter_mut().filter(|t| t.name == "execute_python") {
+            let base = t.description.clone().unwrap_or_default();
+            t.description = Some(format!("{base}{env_line}").into());
+        }
+        tools
     }
 
     /// The workspace this server's file tools and kernel use.
@@ -1560,6 +1588,7 @@ impl Server {
                     e.active = p.name.clone();
                     e.info = info;
                 }
+                self.tools_changed();
                 self.journal_marker(&format!(
                     "*Kernel restarted in environment {} (switch_environment): all variables were cleared.*",
                     p.name
@@ -1927,16 +1956,35 @@ const RESOURCE_MAX_BYTES: u64 = 10 * 1024 * 1024;
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Server {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        Ok(rmcp::model::ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
+        if let Ok(mut p) = self.inner.peer.lock() {
+            *p = Some(context.peer);
+        }
+    }
+
     fn get_info(&self) -> ServerConfig {
         let env = self.env_info();
         let env = &env;
+        let packages = env.package_summary();
+        let with = if packages.is_empty() {
+            String::new()
+        } else {
+            format!(" with {packages}")
+        };
         let mut instructions = format!(
-            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
+            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel{with}. \
              Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \
              use write_file/read_file/list_files for files there and run_file to run scripts. \
              matplotlib figures come back as images.",
             env.python_version,
-            env.package_summary(),
             self.inner.workspace.root().display()
         );
         if let Some(reason) = self.inner.kernel.env_error() {
@@ -1951,6 +1999,7 @@ impl ServerHandler for Server {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
                 .build(),
         )

@@ -124,8 +124,30 @@ async fn existing_kernel_shares_state_and_outlives_the_server() {
     let k = ExternalKernel::start().await;
     let file = arg(&k.file);
     let a = Server::start_with(&["--existing", &file]).await;
+    let caps = a
+        .client
+        .peer_info()
+        .and_then(|i| i.capabilities.tools.clone());
+    assert_eq!(caps.and_then(|t| t.list_changed), Some(true));
     let r = a.exec("shared = 41\nshared + 1").await;
     assert_eq!(text(&r), "42", "{r:?}");
+    // Once the server has asked the kernel about its interpreter, it tells the client to list
+    // the tools again, and execute_python's description names that interpreter.
+    let told = eventually(HANG, || {
+        a.recorder
+            .tools_changed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    })
+    .await;
+    assert!(told, "no notifications/tools/list_changed");
+    let tools = a.client.list_all_tools().await.unwrap();
+    let desc = tools
+        .iter()
+        .find(|t| t.name == "execute_python")
+        .and_then(|t| t.description.clone())
+        .unwrap_or_default();
+    assert!(desc.contains("Environment: Python 3."), "{desc}");
 
     // A second client of the same kernel sees the variable, and its changes are seen back.
     let b = Server::start_with(&["--existing", &file]).await;

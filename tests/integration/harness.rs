@@ -19,6 +19,8 @@ pub const HANG: Duration = Duration::from_secs(90);
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: std::sync::Arc<std::sync::Mutex<Vec<rmcp::model::ProgressNotificationParam>>>,
+    /// How many notifications/tools/list_changed arrived.
+    pub tools_changed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl rmcp::ClientHandler for Recorder {
@@ -32,6 +34,15 @@ impl rmcp::ClientHandler for Recorder {
         _ctx: rmcp::service::NotificationContext<RoleClient>,
     ) -> impl std::future::Future<Output = ()> + Send + '_ {
         self.progress.lock().unwrap().push(params);
+        std::future::ready(())
+    }
+
+    fn on_tool_list_changed(
+        &self,
+        _ctx: rmcp::service::NotificationContext<RoleClient>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.tools_changed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::future::ready(())
     }
 }

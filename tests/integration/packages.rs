@@ -280,6 +280,18 @@ async fn environments_can_be_chosen_and_switched_by_name() {
     let r = s.call("switch_environment", json!({"name": "other"})).await;
     assert!(!is_error(&r), "{}", text(&r));
     assert!(text(&r).contains("all variables were lost"), "{}", text(&r));
+    // The tool descriptions name the environment, so the client is told to list them again.
+    let told = crate::harness::eventually(crate::harness::HANG, || {
+        s.recorder
+            .tools_changed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    })
+    .await;
+    assert!(
+        told,
+        "no notifications/tools/list_changed after switch_environment"
+    );
     assert!(is_error(&s.exec("x").await));
     let r = s.exec("import sys, numpy\nsys.prefix").await;
     assert_eq!(texts(&r), vec![format!("'{}'", other.display())]);
