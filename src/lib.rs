@@ -12,6 +12,7 @@ pub mod notebook;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
+pub mod remote_files;
 pub mod rich;
 pub mod serve;
 pub mod stdin_guard;

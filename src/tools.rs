@@ -615,6 +615,27 @@ impl Server {
             .map_err(|e| tool_error(format!("could not list the installed packages: {e}")))
     }
 
+    /// True when the file tools act where a gateway kernel runs, not on the local workspace.
+    fn files_remote(&self) -> bool {
+        self.inner.kernel.backend().describe().kind == crate::kernel::BackendKind::Gateway
+    }
+
+    /// Runs a file operation in the gateway kernel (silently, nothing left behind).
+    async fn remote_files(
+        &self,
+        op: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, CallToolResult> {
+        let expr = crate::remote_files::expression(op, &args);
+        let repr = self
+            .inner
+            .kernel
+            .evaluate(&expr, Duration::from_secs(60))
+            .await
+            .map_err(kernel_error)?;
+        crate::remote_files::decode(&repr).map_err(workspace_error)
+    }
+
     /// True when the kernel runs somewhere kernel-mcp does not launch it (existing, gateway):
     /// its interpreter is not ours to run.
     fn kernel_elsewhere(&self) -> bool {
@@ -841,12 +862,27 @@ impl Server {
         &self,
         Parameters(p): Parameters<ReadParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let r = self
-            .on_workspace(move |ws| {
+        let r = if self.files_remote() {
+            let args = match crate::remote_files::check_path(&p.path) {
+                Ok(path) => crate::remote_files::read_args(
+                    &path,
+                    p.offset,
+                    p.limit,
+                    p.line_numbers.unwrap_or(false),
+                ),
+                Err(e) => return Ok(workspace_error(e)),
+            };
+            match self.remote_files("read", args).await {
+                Ok(v) => crate::remote_files::read_outcome(&v),
+                Err(r) => return Ok(r),
+            }
+        } else {
+            self.on_workspace(move |ws| {
                 let path = ws.path(&p.path)?;
                 ws.read(&path, p.offset, p.limit, p.line_numbers.unwrap_or(false))
             })
-            .await?;
+            .await?
+        };
         Ok(match r {
             Ok(ReadOutcome::Text { text, note }) => {
                 let mut c = vec![Content::text(text)];
@@ -894,6 +930,42 @@ impl Server {
                 "content is {} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes. Nothing was written.",
                 p.content.len()
             )));
+        }
+        if self.files_remote() {
+            let path = match crate::remote_files::check_path(&p.path) {
+                Ok(path) => path,
+                Err(e) => return Ok(workspace_error(e)),
+            };
+            let data = match encoding {
+                Encoding::Utf8 => base64::engine::general_purpose::STANDARD.encode(p.content),
+                Encoding::Base64 => {
+                    let clean: String = p.content.chars().filter(|c| !c.is_whitespace()).collect();
+                    match base64::engine::general_purpose::STANDARD.decode(&clean) {
+                        Ok(b) if b.len() <= MAX_WRITE_BYTES => clean,
+                        Ok(b) => return Ok(tool_error(format!("content is {} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes. Nothing was written.", b.len()))),
+                        Err(e) => return Ok(tool_error(format!("content is not valid base64 ({e}); nothing was written"))),
+                    }
+                }
+            };
+            let args = crate::remote_files::write_args(&path, &data, append);
+            return Ok(match self.remote_files("write", args).await {
+                Ok(v) => {
+                    let n = v
+                        .get("bytes")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
+                    let total = v
+                        .get("total")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
+                    CallToolResult::success(vec![Content::text(if append {
+                        format!("appended {n} bytes to {path} (now {total} bytes)")
+                    } else {
+                        format!("wrote {n} bytes to {path}")
+                    })])
+                }
+                Err(r) => r,
+            });
         }
         let r = self
             .on_workspace(move |ws| {
@@ -950,12 +1022,27 @@ impl Server {
         if let Some(e) = p.pattern.as_deref().and_then(pattern_problem) {
             return Ok(tool_error(e));
         }
-        let r = self
-            .on_workspace(move |ws| {
+        let r = if self.files_remote() {
+            let path = match crate::remote_files::check_path(p.path.as_deref().unwrap_or(".")) {
+                Ok(path) => path,
+                Err(e) => return Ok(workspace_error(e)),
+            };
+            let args = crate::remote_files::list_args(
+                &path,
+                p.recursive.unwrap_or(false),
+                p.pattern.as_deref(),
+            );
+            match self.remote_files("list", args).await {
+                Ok(v) => Ok(crate::remote_files::listing(&v)),
+                Err(r) => return Ok(r),
+            }
+        } else {
+            self.on_workspace(move |ws| {
                 let path = ws.path(p.path.as_deref().unwrap_or("."))?;
                 ws.list(&path, p.recursive.unwrap_or(false), p.pattern.as_deref())
             })
-            .await?;
+            .await?
+        };
         let listing = match r {
             Ok(l) => l,
             Err(e) => return Ok(workspace_error(e)),
@@ -1023,15 +1110,24 @@ impl Server {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let rel = p.path.clone();
-        let r = self
-            .on_workspace(move |ws| {
-                let path = ws.path(&rel)?;
-                ws.regular_file(&path)
-            })
-            .await?;
-        let abs = match r {
-            Ok(a) => a,
-            Err(e) => return Ok(workspace_error(e)),
+        let abs = if self.files_remote() {
+            // The script is in the kernel's working directory on the gateway; %run reports a
+            // missing file itself.
+            match crate::remote_files::check_path(&rel) {
+                Ok(path) => std::path::PathBuf::from(path),
+                Err(e) => return Ok(workspace_error(e)),
+            }
+        } else {
+            let r = self
+                .on_workspace(move |ws| {
+                    let path = ws.path(&rel)?;
+                    ws.regular_file(&path)
+                })
+                .await?;
+            match r {
+                Ok(a) => a,
+                Err(e) => return Ok(workspace_error(e)),
+            }
         };
         if abs.extension().and_then(|e| e.to_str()) != Some("py") {
             return Ok(tool_error(format!(

@@ -695,3 +695,68 @@ async fn gateway_installs_packages_into_the_kernels_own_interpreter() {
     assert!(is_error(&r), "{}", text(&r));
     s.close().await;
 }
+
+#[tokio::test]
+async fn gateway_file_tools_act_in_the_kernels_working_directory() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    let csv = "x,y\n1,2\n3,4\n";
+    let r = s
+        .call("write_file", json!({"path": "data/t.csv", "content": csv}))
+        .await;
+    assert_eq!(text(&r), "wrote 12 bytes to data/t.csv", "{r:?}");
+    // The file is where the kernel runs (the gateway's working directory), not in --workspace.
+    assert_eq!(
+        std::fs::read_to_string(g.dir.path().join("data/t.csv")).unwrap(),
+        csv
+    );
+    assert!(!s.ws().join("data/t.csv").exists());
+    let r = s
+        .exec("import pandas as pd\nint(pd.read_csv('data/t.csv')['y'].sum())")
+        .await;
+    assert_eq!(text(&r), "6", "{r:?}");
+    let r = s
+        .call(
+            "write_file",
+            json!({"path": "data/t.csv", "content": "5,6\n", "append": true}),
+        )
+        .await;
+    assert_eq!(text(&r), "appended 4 bytes to data/t.csv (now 16 bytes)");
+    let r = s
+        .call("read_file", json!({"path": "data/t.csv", "limit": 2}))
+        .await;
+    assert_eq!(
+        crate::harness::texts(&r),
+        vec!["x,y\n1,2\n", "[lines 1-2 shown; continue with offset=3]"]
+    );
+    let r = s
+        .call("list_files", json!({"recursive": true, "pattern": "*.csv"}))
+        .await;
+    assert!(text(&r).contains("data/t.csv"), "{}", text(&r));
+    s.call(
+        "write_file",
+        json!({"path": "job.py", "content": "import sys\nresult = sys.argv[1:]\nprint('ran', result)"}),
+    )
+    .await;
+    let r = s
+        .call("run_file", json!({"path": "job.py", "args": ["a b"]}))
+        .await;
+    assert_eq!(text(&r), "ran ['a b']\n", "{r:?}");
+    // The same path policy as locally, before anything is sent, and after symlinks are resolved.
+    for bad in ["../escape.txt", "/etc/passwd", "~/x"] {
+        let r = s
+            .call("write_file", json!({"path": bad, "content": "x"}))
+            .await;
+        assert!(is_error(&r), "{bad}: {r:?}");
+    }
+    s.exec("import os\nos.symlink('/etc', 'out')").await;
+    let r = s.call("read_file", json!({"path": "out/hostname"})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("outside the workspace"),
+        "{r:?}"
+    );
+    // Nothing was left in the user namespace by the file helper.
+    let r = s.exec("sorted(k for k in globals() if not k.startswith('_') and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython', 'open'))").await;
+    assert_eq!(text(&r), "['os', 'pd', 'result', 'sys']", "{r:?}");
+    s.close().await;
+}
