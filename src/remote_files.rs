@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use crate::error::WorkspaceError;
 use crate::workspace::{
-    Entry, Listing, ReadOutcome, MAX_COMPONENTS, MAX_IMAGE_BYTES, MAX_LIST_ENTRIES, MAX_PATH_BYTES,
-    MAX_READ_CHARS,
+    Entry, EntryKind, Listing, ReadOutcome, MAX_COMPONENTS, MAX_IMAGE_BYTES, MAX_LIST_ENTRIES,
+    MAX_PATH_BYTES, MAX_READ_CHARS,
 };
 
 /// The helper exec'd in a private dict by [`expression`].
@@ -171,10 +171,10 @@ pub fn listing(v: &Value) -> Listing {
                         )
                         .into_owned(),
                         kind: match e.get("kind").and_then(Value::as_str) {
-                            Some("dir") => "dir",
-                            Some("file") => "file",
-                            Some("symlink") => "symlink",
-                            _ => "other",
+                            Some("dir") => EntryKind::Dir,
+                            Some("file") => EntryKind::File,
+                            Some("symlink") => EntryKind::Symlink,
+                            _ => EntryKind::Other,
                         },
                         size: e.get("size").and_then(Value::as_u64).unwrap_or(0),
                         modified: e.get("mtime").and_then(Value::as_u64).and_then(|s| {

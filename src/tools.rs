@@ -1061,12 +1061,12 @@ impl Server {
             });
             data.entries.push(FileEntry {
                 path: e.path.clone(),
-                kind: e.kind.to_owned(),
+                kind: e.kind.as_str().to_owned(),
                 size: e.size,
                 modified: modified.clone(),
             });
             let when = modified.unwrap_or_else(|| "-".into());
-            let name = if e.kind == "dir" {
+            let name = if e.kind == crate::workspace::EntryKind::Dir {
                 format!("{}/", e.path)
             } else {
                 e.path.clone()
@@ -2123,7 +2123,7 @@ impl ServerHandler for Server {
         let resources = listing
             .entries
             .into_iter()
-            .filter(|e| e.kind == "file")
+            .filter(|e| e.kind == crate::workspace::EntryKind::File)
             .map(|e| {
                 let uri = format!("file://{}", root.join(&e.path).display());
                 Resource::new(uri, e.path.clone())

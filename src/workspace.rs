@@ -160,11 +160,40 @@ pub enum ReadOutcome {
     Binary { description: String },
 }
 
+/// What a listed entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// Listed, never followed.
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+impl EntryKind {
+    /// The word used in listings and structured results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One listed entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub path: String,
-    pub kind: &'static str,
+    pub kind: EntryKind,
     pub size: u64,
     pub modified: Option<SystemTime>,
 }
@@ -874,13 +903,13 @@ impl Workspace {
                 let rel = prefix.join(&name);
                 let ft = m.file_type();
                 let kind = if ft.is_symlink() {
-                    "symlink"
+                    EntryKind::Symlink
                 } else if ft.is_dir() {
-                    "dir"
+                    EntryKind::Dir
                 } else if ft.is_file() {
-                    "file"
+                    EntryKind::File
                 } else {
-                    "other"
+                    EntryKind::Other
                 };
                 items.push((
                     rel,
@@ -893,7 +922,7 @@ impl Workspace {
             items.sort_by(|a, b| a.0.cmp(&b.0));
             let mut subdirs = Vec::new();
             for (rel, name, kind, size, modified) in items {
-                if recursive && kind == "dir" && depth < 32 {
+                if recursive && kind == EntryKind::Dir && depth < 32 {
                     subdirs.push((name.clone(), rel.clone()));
                 }
                 let shown = rel.to_string_lossy().into_owned();
