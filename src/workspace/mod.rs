@@ -1,0 +1,344 @@
+//! The workspace jail: `WorkspacePath` validation (path.rs) plus read, write and list through a
+//! cap-std capability root, so `..`, absolute paths and symlinks can never reach outside the
+//! workspace. This file holds the root, the shared I/O helpers and the limits.
+
+mod list;
+mod path;
+mod read;
+mod write;
+
+pub use list::{glob_match, Entry, EntryKind, Listing};
+pub use path::WorkspacePath;
+pub use read::ReadOutcome;
+
+use std::path::{Path, PathBuf};
+
+use cap_std::fs::{Dir, OpenOptions};
+
+use crate::error::WorkspaceError;
+
+/// Longest accepted path, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Most components in an accepted path.
+pub const MAX_COMPONENTS: usize = 64;
+/// Largest write, in bytes (after base64 decoding).
+pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest image returned by read_file, in bytes.
+pub const MAX_IMAGE_BYTES: u64 = 5 * 1024 * 1024;
+/// Most characters of text returned by one read_file call.
+pub const MAX_READ_CHARS: usize = 100_000;
+/// How far read_file scans to reach an `offset` before giving up.
+const MAX_SKIP_BYTES: u64 = 1 << 30;
+/// Default number of lines returned by read_file.
+pub const DEFAULT_READ_LINES: usize = 2000;
+/// Most entries returned by list_files.
+pub const MAX_LIST_ENTRIES: usize = 1000;
+/// Most entries read from one folder by a listing.
+const MAX_SCAN_PER_DIR: usize = 50_000;
+/// Most entries read by one listing in all.
+const MAX_SCAN_TOTAL: usize = 200_000;
+
+/// The workspace: a root directory opened once as a capability.
+#[derive(Debug)]
+pub struct Workspace {
+    root: PathBuf,
+    dir: Dir,
+}
+
+#[derive(Clone, Copy)]
+enum OsError {
+    Loop,
+    NotDir,
+}
+
+#[cfg(unix)]
+fn is_os_error(e: &std::io::Error, which: OsError) -> bool {
+    let code = match which {
+        OsError::Loop => nix::libc::ELOOP,
+        OsError::NotDir => nix::libc::ENOTDIR,
+    };
+    e.raw_os_error() == Some(code)
+}
+
+#[cfg(windows)]
+fn is_os_error(e: &std::io::Error, which: OsError) -> bool {
+    match which {
+        // ERROR_CANT_RESOLVE_FILENAME: too many reparse points.
+        OsError::Loop => e.raw_os_error() == Some(1921),
+        OsError::NotDir => e.kind() == std::io::ErrorKind::NotADirectory,
+    }
+}
+
+/// Open flags for files the tools open: O_NONBLOCK so a FIFO with no writer cannot block the
+/// open forever, O_NOCTTY so a terminal never becomes ours. Windows has neither concern.
+fn no_block(o: &mut OpenOptions) {
+    #[cfg(unix)]
+    cap_std::fs::OpenOptionsExt::custom_flags(o, nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY);
+    #[cfg(windows)]
+    let _ = o;
+}
+
+/// How many names the file has. (Windows: not known from this metadata, so 1; there the kernel
+/// is not sandboxed and could make such links anyway.)
+fn hard_links(m: &cap_std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    return cap_std::fs::MetadataExt::nlink(m);
+    #[cfg(windows)]
+    {
+        let _ = m;
+        1
+    }
+}
+
+fn io_err(path: &WorkspacePath) -> impl Fn(std::io::Error) -> WorkspaceError + '_ {
+    move |e| map_io(path, e)
+}
+
+fn map_io(path: &WorkspacePath, e: std::io::Error) -> WorkspaceError {
+    use std::io::ErrorKind as K;
+    let p = path.display();
+    match e.kind() {
+        K::NotFound => WorkspaceError::NotFound { path: p },
+        K::AlreadyExists => WorkspaceError::Denied {
+            path: p,
+            reason: "a folder in the path is a file or a symlink leading outside the workspace".into(),
+        },
+        K::PermissionDenied => WorkspaceError::Denied {
+            path: p,
+            reason: "permission denied, or the path leads outside the workspace (a symlink pointing out)".into(),
+        },
+        _ if is_os_error(&e, OsError::Loop) => WorkspaceError::Denied {
+            path: p,
+            reason: "too many levels of symbolic links (a symlink loop)".into(),
+        },
+        _ if is_os_error(&e, OsError::NotDir) => WorkspaceError::NotFound { path: p },
+        _ => {
+            // cap-std reports escapes as "a path led outside of the filesystem".
+            let msg = e.to_string();
+            if msg.contains("outside") {
+                WorkspaceError::Denied {
+                    path: p,
+                    reason: "the path leads outside the workspace (through a symlink or '..')".into(),
+                }
+            } else {
+                WorkspaceError::Io { path: p, source: e }
+            }
+        }
+    }
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U.get(i).unwrap_or(&"B"))
+    }
+}
+
+/// `\\?\C:\x` as `C:\x` and `\\?\UNC\server\share` as `\\server\share`, when the plain form
+/// means the same path (short enough, no component that only verbatim paths allow); else `None`.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn plain_windows_path(verbatim: &str) -> Option<String> {
+    let plain = if let Some(rest) = verbatim.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else {
+        let rest = verbatim.strip_prefix(r"\\?\")?;
+        let mut c = rest.chars();
+        let drive = matches!((c.next(), c.next(), c.next()), (Some(d), Some(':'), Some('\\')) if d.is_ascii_alphabetic());
+        if !drive {
+            return None;
+        }
+        rest.to_owned()
+    };
+    // Plain paths stop at 260 characters and drop trailing dots and spaces of a component.
+    let odd = plain
+        .split('\\')
+        .skip(1)
+        .any(|c| c.ends_with('.') || c.ends_with(' '));
+    (plain.chars().count() < 260 && !odd).then_some(plain)
+}
+
+impl Workspace {
+    /// Opens (creating if missing) the workspace root.
+    pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
+        std::fs::create_dir_all(root).map_err(|source| WorkspaceError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let root = std::fs::canonicalize(root).map_err(|source| WorkspaceError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
+        // Windows canonical paths are verbatim (`\\?\C:\data`); the model, the user and Python
+        // write `C:\data`, and absolute paths are matched against this root.
+        #[cfg(windows)]
+        let root = root
+            .to_str()
+            .and_then(plain_windows_path)
+            .map(PathBuf::from)
+            .unwrap_or(root);
+        let dir = Dir::open_ambient_dir(&root, cap_std::ambient_authority()).map_err(|source| {
+            WorkspaceError::Io {
+                path: root.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(Workspace { root, dir })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Validates a user path (see [`WorkspacePath::resolve`]).
+    pub fn path(&self, user: &str) -> Result<WorkspacePath, WorkspaceError> {
+        WorkspacePath::resolve(&self.root, user)
+    }
+
+    /// Opens a regular file for reading without ever blocking on a FIFO or device.
+    fn open_regular(
+        &self,
+        path: &WorkspacePath,
+    ) -> Result<(std::fs::File, cap_std::fs::Metadata), WorkspaceError> {
+        if path.is_root() {
+            return Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            });
+        }
+        let mut o = OpenOptions::new();
+        o.read(true);
+        // O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
+        no_block(&mut o);
+        let f = self
+            .dir
+            .open_with(path.for_cap(), &o)
+            .map_err(io_err(path))?;
+        let meta = f.metadata().map_err(io_err(path))?;
+        if meta.is_dir() {
+            return Err(WorkspaceError::IsDirectory {
+                path: path.display(),
+            });
+        }
+        if !meta.is_file() {
+            return Err(WorkspaceError::NotRegular {
+                path: path.display(),
+            });
+        }
+        let f = f.into_std();
+        // Back to blocking mode for normal reads.
+        #[cfg(unix)]
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
+        Ok((f, meta))
+    }
+    /// Checks that a path names an existing regular file, returning its absolute path.
+    pub fn regular_file(&self, path: &WorkspacePath) -> Result<PathBuf, WorkspaceError> {
+        let _ = self.open_regular(path)?;
+        Ok(self.root.join(&path.rel))
+    }
+
+    /// Creates a new file under `.kernel-mcp/outputs/` for saved output; returns (relative path, file).
+    pub fn create_output_file(&self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
+        let dir_rel = Path::new(".kernel-mcp").join("outputs");
+        self.dir.create_dir_all(&dir_rel)?;
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        let name = format!(
+            "{stamp}-{}{suffix}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let rel = dir_rel.join(name);
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true);
+        let f = self.dir.open_with(&rel, &o)?;
+        Ok((rel.to_string_lossy().into_owned(), f.into_std()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbatim_windows_roots_become_plain() {
+        assert_eq!(
+            plain_windows_path(r"\\?\C:\Users\ann\data").as_deref(),
+            Some(r"C:\Users\ann\data")
+        );
+        assert_eq!(
+            plain_windows_path(r"\\?\UNC\srv\share\ws").as_deref(),
+            Some(r"\\srv\share\ws")
+        );
+        assert_eq!(plain_windows_path(r"C:\plain"), None);
+        assert_eq!(plain_windows_path(r"\\?\Volume{abc}\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir.\x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:\dir \x"), None);
+        assert_eq!(plain_windows_path(r"\\?\C:"), None);
+        let long = format!(r"\\?\C:\{}", "a".repeat(300));
+        assert_eq!(plain_windows_path(&long), None);
+    }
+
+    #[test]
+    fn resolve_table() {
+        let root = Path::new("/ws/root");
+        let ok = |p: &str, want: &str| {
+            let r = WorkspacePath::resolve(root, p);
+            assert_eq!(r.map(|w| w.display()).ok().as_deref(), Some(want), "{p}");
+        };
+        ok("a.txt", "a.txt");
+        ok("./dir/b.csv", "dir/b.csv");
+        ok("/ws/root/x/y", "x/y");
+        ok(".", ".");
+        let bad = |p: &str| {
+            assert!(
+                WorkspacePath::resolve(root, p).is_err(),
+                "{p} should be rejected"
+            )
+        };
+        for p in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "/ws/root-evil/x",
+            "~/x",
+            "~",
+            "a\\..\\b",
+            "%2e%2e/x",
+            "..%2fx",
+            "a\0b",
+            "",
+            "   ",
+            "x/../y",
+        ] {
+            bad(p);
+        }
+        bad(&"a/".repeat(3000));
+        bad(&"x".repeat(5000));
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(glob_match("*.csv", "data.csv"));
+        assert!(!glob_match("*.csv", "data.csv.bak"));
+        assert!(glob_match("d?ta.[ct]sv", "data.tsv"));
+        assert!(glob_match("[!a]*", "b"));
+        assert!(!glob_match("[!a]*", "a"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("[a-c]?", "bz"));
+        assert!(glob_match("x[", "x["));
+        // Would take forever with naive backtracking.
+        let evil = "*a".repeat(40) + "b";
+        assert!(!glob_match(&evil, &"a".repeat(250)));
+    }
+}
