@@ -2,6 +2,14 @@
 //! Memory stays bounded whatever the kernel emits: beyond the budget only a head and a tail are
 //! kept, and the full text streams to a file in the workspace.
 
+mod budget;
+mod render;
+mod text;
+
+pub use render::notice;
+pub use text::strip_ansi;
+use text::{append_terminal, char_floor};
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -94,45 +102,6 @@ pub struct Collector {
     section_error: bool,
 }
 
-/// Kernel text made safe to show: escape sequences removed, other controls and bidi overrides
-/// made visible (see [`crate::text::sanitize`]).
-pub fn strip_ansi(s: &str) -> std::borrow::Cow<'_, str> {
-    crate::text::sanitize(s)
-}
-
-/// Appends `text` to `buf`, applying carriage returns the way a terminal shows them:
-/// a lone `\r` rewinds to the start of the current line, so progress bars keep only their last state.
-fn append_terminal(buf: &mut String, text: &str, pending_cr: &mut bool) {
-    if !*pending_cr && !text.contains('\r') {
-        buf.push_str(text);
-        return;
-    }
-    for ch in text.chars() {
-        if *pending_cr {
-            *pending_cr = false;
-            if ch == '\n' {
-                buf.push('\n');
-                continue;
-            }
-            let keep = buf.rfind('\n').map(|i| i + 1).unwrap_or(0);
-            buf.truncate(keep);
-        }
-        if ch == '\r' {
-            *pending_cr = true;
-        } else {
-            buf.push(ch);
-        }
-    }
-}
-
-fn char_floor(s: &str, mut i: usize) -> usize {
-    i = i.min(s.len());
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
 fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
     transient
         .as_ref()
@@ -207,15 +176,6 @@ impl Collector {
         }
         text
     }
-
-    fn head_budget(&self) -> usize {
-        self.limits.text_budget - self.limits.text_budget / 4
-    }
-
-    fn tail_budget(&self) -> usize {
-        self.limits.text_budget / 4
-    }
-
     fn clear(&mut self) {
         self.blocks.truncate(self.floor);
         self.head_chars = 0;
@@ -241,31 +201,6 @@ impl Collector {
             self.last_line = line.chars().take(200).collect();
         }
     }
-
-    fn start_spill(&mut self) {
-        let mut file = None;
-        if let Some(t) = self.spill_target.as_mut() {
-            match t.create(".txt") {
-                Ok((path, f)) => {
-                    let mut w = std::io::BufWriter::new(f);
-                    // The full output starts with what is already in the head.
-                    for b in &self.blocks {
-                        if let Block::Text { text, .. } = b {
-                            let _ = w.write_all(text.as_bytes());
-                        }
-                    }
-                    file = Some((path, w));
-                }
-                Err(e) => tracing::warn!(error = %e, "could not create the overflow file"),
-            }
-        }
-        self.spill = Some(Spill {
-            file,
-            tail: String::new(),
-            after_switch: 0,
-        });
-    }
-
     fn push_text(&mut self, kind: Kind, text: &str, display_id: Option<String>) {
         if text.is_empty() {
             return;
@@ -326,29 +261,6 @@ impl Collector {
             self.spill_text(text);
         }
     }
-
-    fn spill_text(&mut self, text: &str) {
-        let tail_budget = self.tail_budget();
-        let Some(s) = self.spill.as_mut() else { return };
-        s.after_switch += text.len();
-        if let Some((_, w)) = s.file.as_mut() {
-            let _ = w.write_all(text.as_bytes());
-        }
-        // Only the end of a big chunk can reach the tail; never copy the whole chunk.
-        let text = if text.len() > 2 * tail_budget {
-            s.tail.clear();
-            text.get(char_floor(text, text.len() - 2 * tail_budget)..)
-                .unwrap_or("")
-        } else {
-            text
-        };
-        append_terminal(&mut s.tail, text, &mut self.pending_cr);
-        if s.tail.len() > 2 * tail_budget {
-            let cut = char_floor(&s.tail, s.tail.len() - tail_budget);
-            s.tail.drain(..cut);
-        }
-    }
-
     fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
         if self.images >= self.limits.max_images
             || self.image_bytes + data.len() > self.limits.max_image_bytes
@@ -412,146 +324,6 @@ impl Collector {
             self.blocks.insert(pos.min(self.blocks.len()), b);
         }
     }
-
-    /// Builds the tool result: outputs in order, then the error, then notes about the call.
-    pub fn finish(
-        mut self,
-        exec: Option<&Execution>,
-        report: &crate::kernel::Report,
-        timeout: Duration,
-    ) -> CallToolResult {
-        let mut out: Vec<McpContent> = Vec::new();
-        for b in self.blocks.drain(..) {
-            match b {
-                Block::Text { text, .. } => {
-                    if !text.is_empty() {
-                        out.push(McpContent::text(text));
-                    }
-                }
-                Block::Image { mime, data, .. } => out.push(McpContent::image(data, mime)),
-            }
-        }
-        if let Some(mut s) = self.spill.take() {
-            let omitted = s.after_switch.saturating_sub(s.tail.len());
-            let cut = char_floor(
-                &s.tail,
-                s.tail.len().saturating_sub(self.limits.text_budget / 4),
-            );
-            let tail = s.tail.split_off(cut);
-            let saved = match s.file.take() {
-                Some((path, mut w)) => {
-                    let _ = w.flush();
-                    format!("; the full output is saved in {path} (read it with read_file)")
-                }
-                None => String::new(),
-            };
-            out.push(McpContent::text(format!(
-                "[... output truncated: about {omitted} characters left out of the middle to stay within the {} character budget{saved} ...]",
-                self.limits.text_budget
-            )));
-            if !tail.is_empty() {
-                out.push(McpContent::text(tail));
-            }
-        }
-        if !self.dropped_images.is_empty() {
-            out.push(McpContent::text(format!(
-                "[{} image(s) not shown (limit {} images / {} MiB per call): {}]",
-                self.dropped_images.len(),
-                self.limits.max_images,
-                self.limits.max_image_bytes / (1024 * 1024),
-                self.dropped_images.join("; ")
-            )));
-        }
-        let mut is_error = self.section_error;
-        let error = self.error.take().or_else(|| {
-            let r = exec?.reply.as_ref()?;
-            if r.status == crate::wire::message::ReplyStatus::Error {
-                Some(ErrorContent {
-                    ename: r.ename.clone().unwrap_or_default(),
-                    evalue: r.evalue.clone().unwrap_or_default(),
-                    traceback: r.traceback.clone().unwrap_or_default(),
-                })
-            } else {
-                None
-            }
-        });
-        // Payloads ride on the reply: help pages (`obj?`) are output; exit() is not honoured.
-        for p in exec
-            .and_then(|e| e.reply.as_ref())
-            .and_then(|r| r.payload.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            match p.get("source").and_then(|s| s.as_str()) {
-                Some("page") => {
-                    let data = p.get("data");
-                    let text = data
-                        .and_then(|d| d.get("text/plain"))
-                        .and_then(|t| t.as_str())
-                        .or_else(|| p.get("text").and_then(|t| t.as_str()));
-                    if let Some(t) = text {
-                        let t = strip_ansi(t);
-                        let budget = self.limits.text_budget;
-                        let cut = char_floor(&t, budget);
-                        out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
-                    }
-                }
-                // kernel-mcp's start-up code sets keepkernel_on_exit, and ipykernel echoes it
-                // here; a kernel without it really is going away.
-                Some("ask_exit") if p.get("keepkernel").and_then(|k| k.as_bool()) == Some(true) => {
-                    out.push(McpContent::text(
-                        "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]",
-                    ))
-                }
-                Some("ask_exit") => out.push(McpContent::text(
-                    "[exit() asked the kernel to stop: it is shutting down and its variables are lost; the next call starts a new kernel]",
-                )),
-                _ => {}
-            }
-        }
-        let interrupted = matches!(exec.map(|e| &e.ending), Some(Ending::Interrupted { .. }));
-        if let Some(e) = error {
-            // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
-            if !(interrupted && e.ename == "KeyboardInterrupt") {
-                is_error = true;
-                let text = self.error_text(&e);
-                out.push(McpContent::text(text));
-            }
-        }
-        if let Some(exec) = exec {
-            let secs = exec.elapsed.as_secs_f64();
-            match &exec.ending {
-                Ending::Completed => {}
-                Ending::Interrupted {
-                    reason: StopReason::Timeout,
-                } => {
-                    is_error = true;
-                    out.push(McpContent::text(format!(
-                        "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
-                        timeout.as_secs_f64()
-                    )));
-                }
-                Ending::Interrupted {
-                    reason: StopReason::Cancelled,
-                } => {
-                    is_error = true;
-                    out.push(McpContent::text(format!("[interrupted after {secs:.1} s because the call was cancelled; variables kept]")));
-                }
-                Ending::Unresponsive { .. } | Ending::Died { .. } => is_error = true,
-            }
-        }
-        for n in &report.notes {
-            out.push(McpContent::text(format!("[{}]", notice(n))));
-        }
-        if out.is_empty() {
-            out.push(McpContent::text("[no output]"));
-        }
-        if is_error {
-            CallToolResult::error(out)
-        } else {
-            CallToolResult::success(out)
-        }
-    }
 }
 
 impl OutputSink for Collector {
@@ -593,48 +365,6 @@ impl OutputSink for Collector {
         let line = self.last_line.clone();
         if let Some(p) = self.progress.as_mut() {
             p(elapsed, &line);
-        }
-    }
-}
-
-/// A kernel event around a call, in words for the model.
-pub fn notice(n: &crate::kernel::Notice) -> String {
-    use crate::kernel::Notice;
-    match n {
-        Notice::DiedBetweenCalls { cause } => format!(
-            "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
-        ),
-        Notice::Unresponsive { reason, timeout, restart } => {
-            let why = match reason {
-                StopReason::Timeout => format!("timed out after {:.0} s", timeout.as_secs_f64()),
-                StopReason::Cancelled => "was cancelled".to_owned(),
-            };
-            match restart {
-                Ok(()) => format!("The code {why} and did not stop when interrupted, so the kernel was killed and restarted; all variables were lost."),
-                Err(e) => format!("The code {why} and did not stop when interrupted, so the kernel was killed; all variables were lost, and a new kernel could not be started: {e}."),
-            }
-        }
-        Notice::UnresponsiveNotOwned => "The kernel did not stop when interrupted. It belongs to someone else, so kernel-mcp did not kill it: it may still be running this code, and later calls wait behind it.".to_owned(),
-        Notice::RestartedDuringCall => "restart_kernel was called while this code ran: the kernel was restarted and all variables were lost.".to_owned(),
-        Notice::DiedDuringCall { cause, restart } => match restart {
-            Ok(()) => format!("The kernel died while running this code ({cause}); it was restarted and all variables were lost."),
-            Err(e) => format!("The kernel died while running this code ({cause}); all variables were lost and it could not be restarted: {e}."),
-        },
-        Notice::Detached { reason } => format!("{reason}."),
-        Notice::Reconnected => "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing).".to_owned(),
-        Notice::LeftBehind { processes, more } => {
-            let mut named: Vec<String> = processes
-                .iter()
-                .map(|(pid, cmd)| format!("pid {pid} `{cmd}`"))
-                .collect();
-            if *more > 0 {
-                named.push(format!("and {more} more"));
-            }
-            format!(
-                "This call left {} process(es) running under the kernel: {}. They keep running until they end or the kernel is restarted",
-                processes.len() + more,
-                named.join(", ")
-            )
         }
     }
 }
