@@ -617,7 +617,7 @@ impl Server {
 
     /// True when the file tools act where a gateway kernel runs, not on the local workspace.
     fn files_remote(&self) -> bool {
-        self.inner.kernel.backend().describe().kind == crate::kernel::BackendKind::Gateway
+        self.inner.kernel.backend().files_live_with_kernel()
     }
 
     /// Runs a file operation in the gateway kernel (silently, nothing left behind).
@@ -639,7 +639,7 @@ impl Server {
     /// True when the kernel runs somewhere kernel-mcp does not launch it (existing, gateway):
     /// its interpreter is not ours to run.
     fn kernel_elsewhere(&self) -> bool {
-        self.inner.kernel.backend().describe().kind != crate::kernel::BackendKind::Local
+        !self.inner.kernel.backend().interpreter_is_local()
     }
 
     fn env_info(&self) -> EnvInfo {
@@ -1610,7 +1610,7 @@ impl Server {
             "sandbox": match (self.inner.kernel.sandbox(), sandbox_configured) {
                 (Some(st), _) => serde_json::to_value(&st).unwrap_or_default(),
                 (None, true) => serde_json::Value::String("strict (status not known until a kernel runs)".into()),
-                (None, false) if backend.kind != crate::kernel::BackendKind::Local => serde_json::Value::String("not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into()),
+                (None, false) if !self.inner.kernel.backend().interpreter_is_local() => serde_json::Value::String("not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into()),
                 (None, false) => serde_json::Value::String(match crate::kernel::sandbox::UNAVAILABLE {
                     Some(why) => format!("none: {why}"),
                     None => "off: the kernel runs with this user's full rights".into(),

@@ -161,4 +161,14 @@ pub trait Backend: Send + Sync {
     fn sandboxed(&self) -> bool {
         false
     }
+    /// Whether the kernel's interpreter is one kernel-mcp runs on this machine (so installs and
+    /// package listings can run it directly); otherwise they go through the kernel.
+    fn interpreter_is_local(&self) -> bool {
+        false
+    }
+    /// Whether the file tools act on the kernel's own working directory (a kernel on another
+    /// machine) instead of the local workspace.
+    fn files_live_with_kernel(&self) -> bool {
+        false
+    }
 }

@@ -306,6 +306,10 @@ impl Backend for GatewayBackend {
         Kernel::connect(chan, Box::new(life), started, deadline, &hint).await
     }
 
+    fn files_live_with_kernel(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> BackendInfo {
         BackendInfo {
             kind: BackendKind::Gateway,

@@ -102,6 +102,10 @@ impl Backend for LocalBackend {
     fn sandboxed(&self) -> bool {
         self.launcher().is_some_and(|l| l.sandbox.is_some())
     }
+
+    fn interpreter_is_local(&self) -> bool {
+        true
+    }
 }
 
 /// A local kernel process: the process group, its runtime dir and what its sandbox enforces.
