@@ -481,16 +481,7 @@ fn decode(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
         "stdin" => Channel::Stdin,
         _ => Channel::IoPub,
     };
-    let parent_header = match m.parent_header {
-        Value::Object(ref o) if o.is_empty() => None,
-        Value::Null => None,
-        other => Some(
-            serde_json::from_value(other).map_err(|source| WireError::Json {
-                part: "parent_header",
-                source,
-            })?,
-        ),
-    };
+    let parent_header = Header::parent_from(m.parent_header)?;
     let content_bytes = serde_json::to_vec(&m.content).map_err(|source| WireError::Json {
         part: "content",
         source,

@@ -336,6 +336,23 @@ impl Content {
     }
 }
 
+impl Header {
+    /// A `parent_header` value: `{}` or `null` mean no parent (messaging spec, "General Message
+    /// Format"); anything else must be a header.
+    pub fn parent_from(v: Value) -> Result<Option<Header>, WireError> {
+        match v {
+            Value::Object(ref m) if m.is_empty() => Ok(None),
+            Value::Null => Ok(None),
+            other => serde_json::from_value(other)
+                .map(Some)
+                .map_err(|source| WireError::Json {
+                    part: "parent_header",
+                    source,
+                }),
+        }
+    }
+}
+
 /// A typed message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -385,16 +402,7 @@ impl Message {
                 part: "parent_header",
                 source,
             })?;
-        let parent_header = match parent {
-            Value::Object(ref m) if m.is_empty() => None,
-            Value::Null => None,
-            other => Some(
-                serde_json::from_value(other).map_err(|source| WireError::Json {
-                    part: "parent_header",
-                    source,
-                })?,
-            ),
-        };
+        let parent_header = Header::parent_from(parent)?;
         let metadata =
             serde_json::from_slice(&frames.metadata).map_err(|source| WireError::Json {
                 part: "metadata",
