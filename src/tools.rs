@@ -626,6 +626,15 @@ impl Server {
         op: &str,
         args: serde_json::Value,
     ) -> Result<serde_json::Value, CallToolResult> {
+        // The files are where the kernel runs: make sure there is one, and say why not.
+        // (Only when none runs: info() waits for the kernel, which a long cell holds.)
+        if !self.inner.kernel.running() {
+            if let Err(e) = self.inner.kernel.info().await {
+                return Err(tool_error(format!(
+                    "the file tools act on the kernel's working directory on the gateway, and no kernel is available: {e}"
+                )));
+            }
+        }
         let expr = crate::remote_files::expression(op, &args);
         let repr = self
             .inner

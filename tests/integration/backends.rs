@@ -575,9 +575,15 @@ async fn gateway_errors_name_the_url_and_the_fix_never_the_token() {
         !s.log().contains("wrong-token-123"),
         "the token reached the log"
     );
-    // The file tools still work without a kernel.
+    // On a gateway the files live with the kernel: without one, the file tools say why.
     let r = s.call("list_files", json!({})).await;
-    assert!(!is_error(&r), "{r:?}");
+    assert!(is_error(&r), "{r:?}");
+    let t = text(&r);
+    assert!(
+        t.contains("working directory on the gateway") && t.contains("check the token"),
+        "{t}"
+    );
+    assert!(!t.contains("wrong-token-123"), "{t}");
     s.close().await;
 
     // Nothing listens on this port.
