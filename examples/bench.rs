@@ -7,6 +7,10 @@
 //! `python -c` per call; output throughput and the server's peak memory; start-up, restart and
 //! idle memory.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::server_binary;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,23 +71,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     #[cfg(not(unix))]
     let hz = 100.0;
     (ticks(11) + ticks(12)) / hz
-}
-
-fn server_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .context("locating target dir")?;
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", "kernel-mcp"]);
-    if release {
-        cmd.arg("--release");
-    }
-    anyhow::ensure!(cmd.status()?.success(), "building kernel-mcp failed");
-    Ok(profile_dir.join("kernel-mcp"))
 }
 
 struct Mcp {

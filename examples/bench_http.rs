@@ -5,34 +5,20 @@
 //! Run: `cargo run --release --example bench_http`. It builds the server binary if needed and
 //! uses the managed Python environment; it prints a markdown table.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::server_binary;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 
 type Client = RunningService<RoleClient, ()>;
-
-fn server_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .context("locating target dir")?;
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", "kernel-mcp"]);
-    if release {
-        cmd.arg("--release");
-    }
-    anyhow::ensure!(cmd.status()?.success(), "building kernel-mcp failed");
-    Ok(profile_dir.join("kernel-mcp"))
-}
 
 struct Srv {
     child: tokio::process::Child,
