@@ -5,6 +5,7 @@
 //! existing and gateway backends), `output`, `workspace`, `packages`, `pyenv` → `wire`. The
 //! binary's `demo` (an MCP client that drives the server) is not part of the library.
 
+pub mod denials;
 pub mod error;
 pub mod kernel;
 pub mod limits;

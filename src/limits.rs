@@ -81,6 +81,22 @@ pub fn parse_size(s: &str) -> Result<SizeLimit, String> {
     Ok(SizeLimit((bytes > 0).then_some(bytes)))
 }
 
+/// Bytes as a person reads them: "180 B", "1.5 KiB", "2.0 GiB".
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U.get(i).unwrap_or(&"B"))
+    }
+}
+
 /// A count flag bounded to `1..=max`.
 ///
 /// # Errors

@@ -102,6 +102,21 @@ struct Opts {
     /// Largest file the kernel may write, e.g. 8G (0 = none).
     #[arg(long, default_value = "8G", value_parser = limits::parse_size, global = true)]
     max_file_size: SizeLimit,
+    /// Total bytes the kernel may add to the workspace and its HOME: auto (10 GiB, and at most
+    /// half the free space on the workspace's disk at start), a size such as 20G, or 0 for none.
+    /// Past it the kernel's writes fail with "File too large" until files are deleted.
+    #[arg(long, default_value = "auto", value_parser = parse_quota, global = true)]
+    disk_quota: DiskQuota,
+    /// CPU seconds each process that leaves the kernel's session (setsid, a daemon) may use
+    /// before it is stopped; 0 = no limit. The kernel itself and its ordinary children are not
+    /// limited.
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_cpu_seconds, global = true)]
+    detached_cpu_limit: u64,
+    /// Linux: do not put the kernel in namespaces of its own; keep only Landlock, seccomp and
+    /// rlimits (what machines without user namespaces get). Also KERNEL_MCP_NO_NAMESPACES=1.
+    #[arg(long, env = "KERNEL_MCP_NO_NAMESPACES", global = true,
+          action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
+    no_namespaces: bool,
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
@@ -160,6 +175,31 @@ struct Opts {
     max_body: SizeLimit,
 }
 
+/// `--disk-quota`: auto, or a size (0 = none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskQuota {
+    Auto,
+    Size(SizeLimit),
+}
+
+fn parse_quota(s: &str) -> Result<DiskQuota, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(DiskQuota::Auto);
+    }
+    limits::parse_size(s).map(DiskQuota::Size)
+}
+
+fn parse_cpu_seconds(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))?;
+    if n > 30 * 24 * 3600 {
+        return Err(format!("{s:?}: at most 30 days of CPU time"));
+    }
+    Ok(n)
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum SandboxMode {
     Strict,
@@ -214,9 +254,46 @@ fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
     Ok(named)
 }
 
+/// The resolved `--disk-quota` in bytes (`None`: no quota).
+fn disk_quota(o: &Opts, workspace: &std::path::Path) -> Option<u64> {
+    match o.disk_quota {
+        DiskQuota::Auto => Some(kernel_mcp::kernel::sandbox::default_disk_quota(workspace)),
+        DiskQuota::Size(s) => s.0,
+    }
+}
+
+/// What the local kernel's sandbox allows, in the terms the model is told (`None` when no
+/// sandbox of ours applies: off, unavailable on this OS, or a kernel someone else runs).
+fn sandbox_policy(
+    o: &Opts,
+    workspace: &std::path::Path,
+) -> Option<kernel_mcp::denials::SandboxPolicy> {
+    if o.sandbox == SandboxMode::Off
+        || kernel_mcp::kernel::sandbox::UNAVAILABLE.is_some()
+        || o.existing.is_some()
+        || o.gateway_url.is_some()
+    {
+        return None;
+    }
+    Some(kernel_mcp::denials::SandboxPolicy {
+        workspace: workspace.to_path_buf(),
+        extra_read: o
+            .allow_read
+            .iter()
+            .chain(&o.read_only_dirs)
+            .cloned()
+            .collect(),
+        network: o.allow_network,
+        memory_bytes: o.memory_limit.0,
+        disk_quota: disk_quota(o, workspace),
+        detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
+    })
+}
+
 async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
+    workspace: &std::path::Path,
 ) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
     if let Some(why) = kernel_mcp::kernel::sandbox::UNAVAILABLE {
         if o.sandbox == SandboxMode::Require {
@@ -229,6 +306,7 @@ async fn sandbox_config(
         tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
         return Ok(None);
     }
+    let disk_quota = disk_quota(o, workspace);
     let cfg = kernel_mcp::kernel::SandboxConfig {
         python_paths: env.paths.clone(),
         extra_read: o
@@ -242,9 +320,17 @@ async fn sandbox_config(
         file_size_bytes: o.max_file_size.0,
         require: o.sandbox == SandboxMode::Require,
         mpl_cache: pyenv::font_cache(env).await,
+        namespaces: !o.no_namespaces,
+        namespaces_off: o
+            .no_namespaces
+            .then(|| "--no-namespaces or KERNEL_MCP_NO_NAMESPACES".to_owned()),
+        disk_quota,
+        detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
+        tmpfs_bytes: kernel_mcp::kernel::sandbox::tmpfs_size(disk_quota),
+        processes: Some(1024),
     };
     if o.sandbox == SandboxMode::Require {
-        kernel_mcp::kernel::sandbox::probe(o.allow_network).map_err(|e| {
+        kernel_mcp::kernel::sandbox::probe(o.allow_network, !o.no_namespaces).map_err(|e| {
             anyhow::anyhow!("--sandbox require: not every sandbox layer is available here: {e}")
         })?;
     }
@@ -337,6 +423,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         output: OutputLimits {
             text_budget: o.output_budget.max(1000),
             max_images: o.max_images,
+            sandbox: sandbox_policy(&o, workspace.root()).map(Arc::new),
             ..OutputLimits::default()
         },
         install_timeout: o.install_timeout,
@@ -443,7 +530,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
         helper: kernel_mcp::kernel::sandbox::helper_exe(),
-        sandbox: sandbox_config(&o, &env).await?,
+        sandbox: sandbox_config(&o, &env, workspace.root()).await?,
     };
     let envs = Environments {
         active: "default".into(),

@@ -1625,6 +1625,7 @@ impl Server {
                     None => "off: the kernel runs with this user's full rights".into(),
                 }),
             },
+            "sandbox_policy": self.inner.settings.output.sandbox.as_ref().map(|p| p.paragraph()),
             "named_environments": named,
         });
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
@@ -2100,6 +2101,9 @@ impl ServerHandler for Server {
         }
         if let Some(note) = &self.inner.settings.workspace_note {
             instructions.push_str(&format!(" {note}."));
+        }
+        if let Some(p) = &self.inner.settings.output.sandbox {
+            instructions.push_str(&format!(" {}", p.paragraph()));
         }
         ServerConfig::new(
             ServerCapabilities::builder()

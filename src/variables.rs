@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::human_bytes as human;
+
 /// The helper exec'd in a private dict by [`expression`].
 const HELPER: &str = include_str!("../kernel-spec/variables.py");
 
@@ -51,24 +53,6 @@ pub fn expression(filter: Option<&str>) -> String {
 /// Parses the helper's output.
 pub fn parse(text: &str) -> Result<Listing, serde_json::Error> {
     serde_json::from_str(text)
-}
-
-/// Bytes as "180 B", "1.5 KiB", "2.0 MiB".
-fn human(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = "KiB";
-    for u in UNITS.iter().skip(1) {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
 }
 
 impl Listing {

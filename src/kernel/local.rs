@@ -46,7 +46,22 @@ pub struct SandboxConfig {
     pub require: bool,
     /// A prebuilt matplotlib font cache copied into each kernel's scratch config dir.
     pub mpl_cache: Option<PathBuf>,
+    /// Try the Linux namespace layer (user, mount, PID, IPC, UTS, network).
+    pub namespaces: bool,
+    /// Why the namespace layer is off, when `namespaces` is false (said in the status).
+    pub namespaces_off: Option<String>,
+    /// Bytes the kernel may add to the workspace and its HOME (`--disk-quota`).
+    pub disk_quota: Option<u64>,
+    /// CPU seconds each process that leaves the kernel's session may use.
+    pub detached_cpu_secs: Option<u64>,
+    /// Size of each private tmpfs (HOME, /tmp, /dev/shm) under namespaces.
+    pub tmpfs_bytes: u64,
+    /// Most processes in the sandbox (namespaces only).
+    pub processes: Option<u64>,
 }
+
+/// Set once the namespace layer failed to build on this machine: later kernels skip it.
+static NAMESPACES_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Starts kernels as local child processes.
 pub struct LocalBackend {
@@ -202,6 +217,7 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
     env.extend(l.extra_env.clone());
     let mut argv = l.spec.expand_argv(&l.python, &conn_file);
     let status_file = runtime.path().join("sandbox.json");
+    let mut ns_on = false;
     if let (Some(sb), Some(_)) = (&l.sandbox, &l.helper) {
         let scratch = runtime.path().join("home");
         for sub in ["", "tmp", "ipython", "mpl", "cache", "config"] {
@@ -230,6 +246,25 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
         policy.open_files = Some(4096);
         policy.require = sb.require;
         policy.status_file = Some(status_file.clone());
+        let failed = NAMESPACES_FAILED.get();
+        if sb.namespaces && failed.is_none() {
+            policy.namespaces = Some(super::sandbox::NsPolicy {
+                runtime: runtime.path().to_path_buf(),
+                scratch: scratch.clone(),
+                tmpfs_bytes: sb.tmpfs_bytes.max(16 << 20),
+                // The server must reach a tcp kernel's ports on the host's loopback.
+                private_network: !sb.network && info.transport != Transport::Tcp,
+            });
+        } else {
+            policy.namespaces_off = failed
+                .map(|why| format!("they failed to build here: {why}"))
+                .or_else(|| sb.namespaces_off.clone());
+        }
+        ns_on = policy.namespaces.is_some();
+        policy.disk_quota = sb.disk_quota;
+        policy.quota_paths = vec![l.workspace.clone(), scratch.clone()];
+        policy.detached_cpu_secs = sb.detached_cpu_secs;
+        policy.processes = sb.processes;
         if info.transport == Transport::Tcp {
             policy.bind_ports = vec![
                 info.shell_port,
@@ -263,7 +298,19 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
     let endpoints = info.endpoints();
     let conn = tokio::select! {
         c = Connection::open(&endpoints, crate::wire::Signer::new(info.key.as_bytes()), l.startup_timeout) => c?,
-        cause = process.wait() => return Err(died(cause, &process)),
+        cause = process.wait() => {
+            if ns_on && matches!(cause, ExitCause::Code(super::sandbox::NS_SETUP_FAILED)) {
+                let why = process.stderr_hint();
+                tracing::warn!(why = %why, "the sandbox's namespaces failed to build; starting without them");
+                let why = match why.trim() {
+                    "" => "see the server log".to_owned(),
+                    w => w.to_owned(),
+                };
+                let _ = NAMESPACES_FAILED.set(why);
+                return Box::pin(start(l)).await;
+            }
+            return Err(died(cause, &process));
+        }
     };
     let sandbox = std::fs::read(&status_file)
         .ok()

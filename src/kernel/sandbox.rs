@@ -13,6 +13,8 @@ pub mod seatbelt;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
+pub mod namespaces;
+#[cfg(target_os = "linux")]
 use linux as imp;
 
 #[cfg(target_os = "macos")]
@@ -27,6 +29,10 @@ use windows as imp;
 
 #[cfg(unix)]
 mod unix;
+
+/// Exit code of the sandbox's PID 1 when it could not build its namespaces after creating them
+/// (no way back to the host's view then); the server starts the kernel again without them.
+pub const NS_SETUP_FAILED: i32 = 122;
 
 /// The hidden subcommand name.
 pub const HELPER_ARG: &str = "__kernel-launch";
@@ -52,6 +58,37 @@ pub struct Policy {
     pub require: bool,
     /// Where to write the status report (JSON).
     pub status_file: Option<PathBuf>,
+    /// Linux: run the kernel in namespaces of its own (`None`: not asked for, or turned off).
+    #[serde(default)]
+    pub namespaces: Option<NsPolicy>,
+    /// Why the namespace layer is off, when the server turned it off (said in the status).
+    #[serde(default)]
+    pub namespaces_off: Option<String>,
+    /// Bytes the kernel may add to `quota_paths` in total (`--disk-quota`).
+    #[serde(default)]
+    pub disk_quota: Option<u64>,
+    /// The directories the disk quota watches (the workspace and the kernel's HOME).
+    #[serde(default)]
+    pub quota_paths: Vec<PathBuf>,
+    /// CPU seconds a process that left the kernel's session may use (`--detached-cpu-limit`).
+    #[serde(default)]
+    pub detached_cpu_secs: Option<u64>,
+    /// Most processes inside the sandbox (namespaces only: elsewhere the count is per user).
+    #[serde(default)]
+    pub processes: Option<u64>,
+}
+
+/// The namespace layer's settings (Linux).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NsPolicy {
+    /// The kernel's runtime dir: the new root is built below it.
+    pub runtime: PathBuf,
+    /// The kernel's HOME: a private tmpfs seeded with what the server put there.
+    pub scratch: PathBuf,
+    /// Size of each private tmpfs (HOME, /tmp, /dev/shm), in bytes.
+    pub tmpfs_bytes: u64,
+    /// A network namespace of its own, loopback only (network off, ipc transport).
+    pub private_network: bool,
 }
 
 /// What the sandbox actually enforces on this machine.
@@ -74,6 +111,12 @@ pub struct Status {
     pub seccomp: String,
     /// rlimits applied.
     pub limits: String,
+    /// Linux namespaces: which are in force, or why none.
+    #[serde(default)]
+    pub namespaces: String,
+    /// The disk quota and the detached-process CPU limit.
+    #[serde(default)]
+    pub quota: String,
     /// Every layer the platform offers is in force.
     #[serde(default)]
     pub enforced: bool,
@@ -86,8 +129,8 @@ impl Status {
     pub fn summary(&self) -> String {
         let mut s = if self.mechanism == LINUX_MECHANISM {
             format!(
-                "landlock {} (ABI {}); filesystem: {}; network: {}; scoping: {}; seccomp: {}; limits: {}",
-                self.landlock, self.landlock_abi, self.filesystem, self.network, self.scoping, self.seccomp, self.limits
+                "namespaces: {}; landlock {} (ABI {}); filesystem: {}; network: {}; scoping: {}; seccomp: {}; limits: {}; {}",
+                self.namespaces, self.landlock, self.landlock_abi, self.filesystem, self.network, self.scoping, self.seccomp, self.limits, self.quota
             )
         } else {
             format!(
@@ -141,6 +184,35 @@ impl Policy {
     }
 }
 
+/// The default disk quota: 10 GiB, and never more than half the space free on the
+/// workspace's disk at start. Big enough for ordinary data work (a few multi-GB files), small
+/// enough that a runaway cell can never fill the host's disk.
+pub fn default_disk_quota(workspace: &Path) -> u64 {
+    const CAP: u64 = 10 << 30;
+    #[cfg(unix)]
+    if let Ok(s) = nix::sys::statvfs::statvfs(workspace) {
+        let free = (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64);
+        return CAP.min(free / 2).max(64 << 20);
+    }
+    let _ = workspace;
+    CAP
+}
+
+/// Size of each private tmpfs (HOME, /tmp, /dev/shm): the quota, and at most half the RAM,
+/// since tmpfs pages live in memory.
+pub fn tmpfs_size(quota: Option<u64>) -> u64 {
+    let mut size = quota.unwrap_or(10 << 30);
+    #[cfg(target_os = "linux")]
+    if let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    }) {
+        size = size.min(total.saturating_mul(1024) / 2);
+    }
+    size.max(16 << 20)
+}
+
 /// The helper binary kernels are started through (`kernel-mcp` itself), or `None` on platforms
 /// where the server binds the kernel's lifetime directly (Windows: a Job Object).
 pub fn helper_exe() -> Option<PathBuf> {
@@ -152,22 +224,41 @@ pub fn helper_exe() -> Option<PathBuf> {
 }
 
 /// Checks, in a throwaway helper process, that every sandbox layer can be applied here.
-pub fn probe(network: bool) -> Result<(), String> {
+/// With `namespaces`, the namespace layer must build too (Linux).
+pub fn probe(network: bool, namespaces: bool) -> Result<(), String> {
     if let Some(why) = UNAVAILABLE {
         return Err(why.to_owned());
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let tmp = std::env::temp_dir();
-    let mut policy = Policy::for_kernel(&[], &[], &tmp, &tmp);
+    let dir = std::env::temp_dir().join(format!(
+        "kernel-mcp-probe-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let scratch = dir.join("home");
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let mut policy = Policy::for_kernel(&[], &[], &dir, &dir);
     policy.network = network;
-    let json = serde_json::to_string(&policy).map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .arg(HELPER_ARG)
-        .arg("--policy")
-        .arg(json)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+    if namespaces && cfg!(target_os = "linux") {
+        policy.namespaces = Some(NsPolicy {
+            runtime: dir.clone(),
+            scratch,
+            tmpfs_bytes: 16 << 20,
+            private_network: !network,
+        });
+    }
+    let json = serde_json::to_string(&policy).map_err(|e| e.to_string());
+    let out = json.and_then(|json| {
+        Command::new(exe)
+            .arg(HELPER_ARG)
+            .arg("--policy")
+            .arg(json)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
     if out.status.success() {
         Ok(())
     } else {
@@ -178,6 +269,7 @@ pub fn probe(network: bool) -> Result<(), String> {
 /// Runs the helper with the kernel's argv and never returns.
 pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
     let mut wrap = Vec::new();
+    let mut applied = None;
     if let Some(json) = policy {
         let policy: Policy = match serde_json::from_str(json) {
             Ok(p) => p,
@@ -200,11 +292,12 @@ pub fn helper_main(policy: Option<&str>, argv: &[String]) -> ! {
             // A probe: report and exit.
             std::process::exit(if status.complete() { 0 } else { 1 });
         }
+        applied = Some(policy);
     }
     if argv.is_empty() {
         eprintln!("kernel-mcp helper: no kernel command given");
         std::process::exit(2);
     }
     let full: Vec<String> = wrap.into_iter().chain(argv.iter().cloned()).collect();
-    imp::supervise(&full)
+    imp::supervise(&full, applied.as_ref())
 }

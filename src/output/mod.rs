@@ -28,6 +28,8 @@ pub struct OutputLimits {
     pub max_images: usize,
     /// Total base64 bytes of images returned per call.
     pub max_image_bytes: usize,
+    /// The kernel's sandbox policy, to explain errors that are sandbox denials (local kernels).
+    pub sandbox: Option<std::sync::Arc<crate::denials::SandboxPolicy>>,
 }
 
 impl Default for OutputLimits {
@@ -36,6 +38,7 @@ impl Default for OutputLimits {
             text_budget: 20_000,
             max_images: 10,
             max_image_bytes: 8 * 1024 * 1024,
+            sandbox: None,
         }
     }
 }

@@ -106,7 +106,11 @@ impl Collector {
             if !(interrupted && e.ename == "KeyboardInterrupt") {
                 is_error = true;
                 let text = self.error_text(&e);
+                let note = self.limits.sandbox.as_ref().and_then(|p| p.note(&text));
                 out.push(McpContent::text(text));
+                if let Some(n) = note {
+                    out.push(McpContent::text(n));
+                }
             }
         }
         if let Some(exec) = exec {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use cap_std::fs::{Dir, OpenOptions};
 
 use crate::error::WorkspaceError;
+use crate::limits::human_bytes as human;
 
 /// Longest accepted path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
@@ -124,21 +125,6 @@ fn map_io(path: &WorkspacePath, e: std::io::Error) -> WorkspaceError {
                 WorkspaceError::Io { path: p, source: e }
             }
         }
-    }
-}
-
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U.get(i).unwrap_or(&"B"))
     }
 }
 

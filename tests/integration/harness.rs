@@ -163,6 +163,15 @@ impl Server {
             .await
     }
 
+    /// `exec` with its own timeout, for cells that run long on purpose.
+    pub async fn exec_for(&self, code: &str, seconds: f64) -> CallToolResult {
+        self.call(
+            "execute_python",
+            serde_json::json!({ "code": code, "timeout_seconds": seconds }),
+        )
+        .await
+    }
+
     pub async fn close(self) -> tempfile::TempDir {
         let _ = tokio::time::timeout(HANG, self.client.cancel()).await;
         self.dir

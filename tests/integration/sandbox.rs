@@ -48,6 +48,22 @@ async fn start(c: &Canaries, args: &[&str]) -> Server {
     .await
 }
 
+/// The sandbox status from get_environment.
+async fn sandbox_status(s: &Server) -> serde_json::Value {
+    let r = s.call("get_environment", json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    v["sandbox"].clone()
+}
+
+/// The namespace layer must be in force on this machine; say so clearly when it is not.
+async fn require_namespaces(s: &Server) {
+    let sb = sandbox_status(s).await;
+    assert!(
+        sb["namespaces"].as_str().unwrap_or("").starts_with("user, mount, PID"),
+        "this machine does not give the kernel namespaces of its own (unprivileged user namespaces); these tests need them. Sandbox status: {sb}"
+    );
+}
+
 /// The sandbox must be fully in force on this machine; say so clearly when it is not.
 async fn require_landlock(s: &Server) {
     let r = s.call("get_environment", json!({})).await;
@@ -68,22 +84,20 @@ async fn secrets_outside_the_workspace_are_unreachable() {
     let key = c.home.join(".ssh/id_rsa").display().to_string();
     let r = s.exec(&format!("open({key:?}).read()")).await;
     assert!(is_error(&r));
+    // Hidden by the mount namespace: the file is not there at all for the kernel.
     assert!(
-        text(&r).starts_with("PermissionError: [Errno 13] Permission denied"),
+        text(&r).starts_with("FileNotFoundError: [Errno 2]"),
         "{}",
         text(&r)
     );
     let r = s.exec(&format!("import subprocess\np = subprocess.run(['cat', {key:?}], capture_output=True, text=True)\nprint(p.returncode, p.stdout, p.stderr)")).await;
     let t = text(&r);
     assert!(!t.contains("CANARY"), "{t}");
-    assert!(
-        t.starts_with("1 ") && t.contains("Permission denied"),
-        "{t}"
-    );
+    assert!(t.starts_with("1 ") && t.contains("No such file"), "{t}");
     let r = s
         .exec(&format!("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.open({key:?}.encode(), os.O_RDONLY)\nprint(fd, ctypes.get_errno())"))
         .await;
-    assert_eq!(text(&r), "-1 13\n");
+    assert_eq!(text(&r), "-1 2\n");
     let r = s
         .exec(&format!(
             "open({:?}, 'a').write('pwned')",
@@ -114,29 +128,51 @@ async fn the_network_is_off_by_default() {
     let c = canaries();
     let s = start(&c, &[]).await;
     require_landlock(&s).await;
+    require_namespaces(&s).await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    // The kernel's 127.0.0.1 is its own loopback: the host's listener is not there.
     let r = s
         .exec(&format!(
             "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"
         ))
         .await;
     assert!(is_error(&r));
-    assert!(text(&r).starts_with("PermissionError"), "{}", text(&r));
-    assert!(listener.accept().is_err(), "the listener saw a connection");
-    let r = s.exec("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9))").await;
-    assert!(is_error(&r));
     assert!(
-        text(&r).starts_with("PermissionError: [Errno 1]"),
+        text(&r).starts_with("ConnectionRefusedError"),
         "{}",
         text(&r)
     );
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let uport = udp.local_addr().unwrap().port();
     let r = s
-        .exec("import socket\nsrv = socket.socket()\nsrv.bind(('0.0.0.0', 0))\nsrv.listen()")
+        .exec(&format!("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {uport}))"))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let mut buf = [0u8; 8];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a datagram reached the host"
+    );
+    // Off the loopback there is no route at all, and names do not resolve: the result says why.
+    let r = s
+        .exec("import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=5)")
         .await;
     assert!(is_error(&r));
-    assert!(text(&r).starts_with("PermissionError"), "{}", text(&r));
+    assert!(text(&r).contains("Network is unreachable"), "{}", text(&r));
+    let r = s
+        .exec("import urllib.request\nurllib.request.urlopen('http://example.com', timeout=5)")
+        .await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    let note = t.last().cloned().unwrap_or_default();
+    assert!(
+        note.starts_with("[sandbox: the network is off") && note.contains("--allow-network"),
+        "{t:?}"
+    );
     let r = s
         .exec("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)")
         .await;
@@ -149,6 +185,7 @@ async fn the_kernel_cannot_signal_the_server_and_memory_is_limited() {
     let c = canaries();
     let s = start(&c, &["--memory-limit", "2G"]).await;
     require_landlock(&s).await;
+    // The server's pid means nothing in the kernel's PID namespace (or names one of its own).
     let r = s
         .exec(&format!(
             "import os, signal\nos.kill({}, signal.SIGCONT)",
@@ -156,7 +193,11 @@ async fn the_kernel_cannot_signal_the_server_and_memory_is_limited() {
         ))
         .await;
     assert!(is_error(&r));
-    assert!(text(&r).starts_with("PermissionError"), "{}", text(&r));
+    assert!(
+        text(&r).starts_with("ProcessLookupError") || text(&r).starts_with("PermissionError"),
+        "{}",
+        text(&r)
+    );
     let r = s.exec("import numpy as np\na = np.ones(2 * 1024**3)").await;
     assert!(is_error(&r));
     let t = text(&r);
@@ -164,6 +205,14 @@ async fn the_kernel_cannot_signal_the_server_and_memory_is_limited() {
         t.starts_with("MemoryError") || t.contains("all variables were lost"),
         "{t}"
     );
+    if t.contains("MemoryError") {
+        let all = texts(&r);
+        assert!(
+            all.iter()
+                .any(|x| x.contains("memory limit is 2.0 GiB") && x.contains("--memory-limit")),
+            "{all:?}"
+        );
+    }
     assert_eq!(
         texts(&s.exec("'server still up'").await),
         vec!["'server still up'"]
@@ -232,7 +281,13 @@ async fn allow_read_grants_a_read_only_folder_and_require_starts_when_complete()
         ))
         .await;
     assert!(is_error(&r));
-    assert!(text(&r).starts_with("PermissionError"), "{}", text(&r));
+    // A read-only bind (namespaces) or a Landlock denial (without them).
+    assert!(
+        text(&r).starts_with("OSError: [Errno 30] Read-only file system")
+            || text(&r).starts_with("PermissionError"),
+        "{}",
+        text(&r)
+    );
     assert!(!shared.path().join("new.txt").exists());
     // The canary home is still closed.
     let r = s
@@ -243,4 +298,256 @@ async fn allow_read_grants_a_read_only_folder_and_require_starts_when_complete()
         .await;
     assert!(is_error(&r));
     s.close().await;
+}
+
+#[tokio::test]
+async fn shell_pip_and_forked_output_work_in_the_sandbox() {
+    let c = canaries();
+    let s = start(&c, &[]).await;
+    require_namespaces(&s).await;
+    let r = s.exec("!echo hi-from-shell").await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("hi-from-shell"), "{}", text(&r));
+    let r = s.exec("%pip list").await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("numpy"), "{}", text(&r));
+    // Workers' prints reach the result (ipykernel's subprocess pipe binds on the loopback).
+    let r = s
+        .exec("import multiprocessing as mp\ndef work(i):\n    print(f'worker-{i}', flush=True)\n    return i * i\nwith mp.get_context('fork').Pool(2) as p:\n    print(sum(p.map(work, range(4))))")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let t = text(&r);
+    for i in 0..4 {
+        assert!(t.contains(&format!("worker-{i}")), "{t}");
+    }
+    assert!(t.contains("14"), "{t}");
+    let r = s
+        .exec("import os\npid = os.fork()\nif pid == 0:\n    print('from-forked-child', flush=True)\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('parent')")
+        .await;
+    assert!(text(&r).contains("from-forked-child"), "{}", text(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn host_processes_sockets_and_secrets_are_out_of_reach() {
+    let c = canaries();
+    let s = start(&c, &[]).await;
+    require_namespaces(&s).await;
+    // A UNIX socket the host listens on, outside the workspace (an ssh-agent, D-Bus, Docker).
+    let sock_dir = tempfile::Builder::new()
+        .prefix("kmcp-sock-")
+        .tempdir()
+        .unwrap();
+    let sock = sock_dir.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let r = s
+        .exec(&format!(
+            "import socket\nc = socket.socket(socket.AF_UNIX)\nc.connect({:?})",
+            sock.display().to_string()
+        ))
+        .await;
+    assert!(is_error(&r));
+    assert!(
+        listener.accept().is_err(),
+        "the host socket saw a connection"
+    );
+    // ptrace of the kernel's parent (the sandbox's init) fails.
+    let r = s
+        .exec("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.ptrace(16, os.getppid(), 0, 0), ctypes.get_errno())")
+        .await;
+    assert_eq!(text(&r), "-1 1\n", "PTRACE_ATTACH must fail with EPERM");
+    // /proc shows the sandbox only: a handful of processes, not the host's.
+    let r = s
+        .exec("import os\npids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\nprint(len(pids), pids[0])")
+        .await;
+    let t = text(&r);
+    let mut it = t.split_whitespace();
+    let n: usize = it.next().unwrap_or("0").parse().unwrap_or(0);
+    assert!((1..20).contains(&n), "{t}");
+    assert_eq!(it.next(), Some("1"), "{t}");
+    let host = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        })
+        .count();
+    assert!(host > n, "host {host} vs sandbox {n}");
+    // The server's own process is not there to read.
+    let r = s
+        .exec(&format!("open('/proc/{}/environ').read()", s.pid))
+        .await;
+    assert!(is_error(&r) || !text(&r).contains("CANARY"), "{}", text(&r));
+    // Secret system files and the real home are not in the kernel's view; the note says so.
+    let r = s.exec("open('/etc/shadow').read()").await;
+    assert!(is_error(&r));
+    assert!(text(&r).starts_with("FileNotFoundError"), "{}", text(&r));
+    let key = c.home.join(".ssh/id_rsa").display().to_string();
+    let r = s.exec(&format!("open({key:?}).read()")).await;
+    let t = texts(&r);
+    let note = t.last().cloned().unwrap_or_default();
+    assert!(
+        note.starts_with("[sandbox: ") && note.contains("--allow-read"),
+        "{t:?}"
+    );
+    // The policy is stated up front.
+    let r = s.call("get_environment", json!({})).await;
+    let v: serde_json::Value = serde_json::from_str(&text(&r)).unwrap();
+    let policy = v["sandbox_policy"].as_str().unwrap_or_default();
+    assert!(
+        policy.contains("--allow-network") && policy.contains("--disk-quota"),
+        "{policy}"
+    );
+    s.close().await;
+}
+
+/// Host processes whose command line contains `marker`.
+fn host_processes_with(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn detached_processes_are_cpu_limited_and_end_with_the_kernel() {
+    let c = canaries();
+    let s = start(&c, &["--detached-cpu-limit", "2"]).await;
+    require_namespaces(&s).await;
+    // A busy loop in a session of its own is stopped after its CPU seconds (SIGXCPU).
+    let r = s
+        .exec_for("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)\nprint(p.wait(timeout=60))", 90.0)
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let code: i32 = text(&r).trim().parse().unwrap_or(0);
+    assert!(code == -24 || code == -9, "{}", text(&r));
+    // One that only sleeps is left alone until the kernel restarts; then it is gone too.
+    let marker = format!("{}.25", 4000 + std::process::id() % 1000);
+    let r = s
+        .exec(&format!("import subprocess\nsubprocess.Popen(['setsid', 'sleep', '{marker}'], start_new_session=True)\nimport time\n"))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        crate::harness::eventually(Duration::from_secs(60), || !host_processes_with(&marker)
+            .is_empty())
+        .await,
+        "the detached sleep never showed up"
+    );
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        crate::harness::eventually(Duration::from_secs(60), || host_processes_with(&marker)
+            .is_empty())
+        .await,
+        "the detached process outlived restart_kernel: {:?}",
+        host_processes_with(&marker)
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_runaway_writer_stops_at_the_disk_quota() {
+    let c = canaries();
+    let s = start(&c, &["--disk-quota", "32M"]).await;
+    require_namespaces(&s).await;
+    std::fs::write(s.ws().join("keep.csv"), "a,b\n1,2\n").unwrap();
+    // One file: stopped exactly at the quota by the file-size limit.
+    let r = s
+        .exec("chunk = b'x' * (1 << 20)\nwith open('big.bin', 'wb') as f:\n    while True:\n        f.write(chunk)\n        f.flush()")
+        .await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    assert!(t.iter().any(|x| x.contains("File too large")), "{t:?}");
+    assert!(
+        t.iter()
+            .any(|x| x.starts_with("[sandbox: the disk quota") && x.contains("32.0 MiB")),
+        "{t:?}"
+    );
+    let big = std::fs::metadata(s.ws().join("big.bin")).unwrap().len();
+    assert!(big <= 32 << 20, "{big}");
+    // Freed from outside the kernel: the watch lets writes through again (the cell waits for it).
+    std::fs::remove_file(s.ws().join("big.bin")).unwrap();
+    // Many files: the watch stops all writes once the total passes the quota.
+    let r = s
+        .exec_for("import os, time\nfor _ in range(600):\n    try:\n        with open('probe.txt', 'w') as f:\n            f.write('x')\n        break\n    except OSError:\n        time.sleep(0.1)\nchunk = b'x' * (1 << 20)\nn = 0\ntry:\n    while n < 4000:\n        with open(f'part{n}.bin', 'wb') as f:\n            f.write(chunk)\n        n += 1\nfinally:\n    print('files', n)", 120.0)
+        .await;
+    assert!(is_error(&r), "{}", text(&r));
+    let t = texts(&r);
+    assert!(t.iter().any(|x| x.contains("File too large")), "{t:?}");
+    let total: u64 = std::fs::read_dir(s.ws())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("part"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(total >= 16 << 20 && total <= 512 << 20, "{total}");
+    assert_eq!(
+        std::fs::read_to_string(s.ws().join("keep.csv")).unwrap(),
+        "a,b\n1,2\n"
+    );
+    // Deleting files frees the quota again.
+    let r = s
+        .exec_for("import glob, os, time\nfor p in glob.glob('part*.bin'):\n    os.remove(p)\nfor _ in range(600):\n    try:\n        with open('after.txt', 'w') as f:\n            f.write('ok')\n        break\n    except OSError:\n        time.sleep(0.1)\nprint(open('after.txt').read())", 120.0)
+        .await;
+    assert_eq!(text(&r).trim(), "ok", "{}", text(&r));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn without_namespaces_the_older_layers_still_hold_and_say_so() {
+    let c = canaries();
+    let data = kernel_mcp::pyenv::data_dir().unwrap();
+    let data = data.to_string_lossy().into_owned();
+    let home = c.home.to_string_lossy().into_owned();
+    let env = [
+        ("HOME", home.as_str()),
+        ("KERNEL_MCP_DATA_DIR", data.as_str()),
+        ("KERNEL_MCP_NO_NAMESPACES", "1"),
+    ];
+    let s = Server::start_with_env(&[], &env).await;
+    require_landlock(&s).await;
+    let sb = sandbox_status(&s).await;
+    assert!(
+        sb["namespaces"].as_str().unwrap_or("").starts_with("off ("),
+        "{sb}"
+    );
+    assert!(
+        sb["warnings"].to_string().contains("namespace layer off"),
+        "{sb}"
+    );
+    let key = c.home.join(".ssh/id_rsa").display().to_string();
+    let r = s.exec(&format!("open({key:?}).read()")).await;
+    assert!(
+        text(&r).starts_with("PermissionError: [Errno 13]"),
+        "{}",
+        text(&r)
+    );
+    let t = texts(&r);
+    assert!(
+        t.last().is_some_and(|n| n.starts_with("[sandbox: ")),
+        "{t:?}"
+    );
+    let r = s
+        .exec("import numpy as np\nprint(np.arange(4).sum())")
+        .await;
+    assert_eq!(text(&r), "6\n");
+    s.close().await;
+    // `--sandbox require` refuses to start without the namespace layer.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .args(["--sandbox", "require", "--workspace"])
+        .arg(c.home.as_path())
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--sandbox require"), "{err}");
 }

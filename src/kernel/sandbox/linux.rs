@@ -8,7 +8,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::unix::{apply_limits, supervise as supervise_unix, Hooks};
-use super::{Policy, Status, LINUX_MECHANISM};
+use super::{namespaces, Policy, Status, LINUX_MECHANISM};
 
 /// The helper applies the sandbox to itself before it starts the kernel.
 pub(super) const USES_HELPER: bool = true;
@@ -52,7 +52,12 @@ fn abi_number(abi: landlock::ABI) -> i32 {
     }
 }
 
-fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
+fn apply_landlock(
+    p: &Policy,
+    net_ns: bool,
+    private_dev: bool,
+    st: &mut Status,
+) -> Result<(), String> {
     use landlock::{
         make_bitflags, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
         NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
@@ -63,7 +68,10 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
         .map_err(e)?;
-    if !p.network {
+    // In a network namespace of its own the kernel reaches nothing but its loopback, so TCP
+    // stays open there: ipykernel binds its subprocess-output pipe on 127.0.0.1.
+    let tcp_rules = !p.network && !net_ns;
+    if tcp_rules {
         rs = rs.handle_access(AccessNet::from_all(abi)).map_err(e)?;
     }
     rs = rs
@@ -78,13 +86,18 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
             AccessFs::from_read(abi),
         ))
         .map_err(e)?;
+    let mut write = existing(&p.write);
+    if private_dev {
+        // The sandbox's own devpts instance: ptys for `!shell` and `%pip`, none of the host's.
+        write.extend(existing(&[
+            PathBuf::from("/dev/pts"),
+            PathBuf::from("/dev/ptmx"),
+        ]));
+    }
     created = created
-        .add_rules(landlock::path_beneath_rules(
-            existing(&p.write),
-            AccessFs::from_all(abi),
-        ))
+        .add_rules(landlock::path_beneath_rules(write, AccessFs::from_all(abi)))
         .map_err(e)?;
-    if !p.network {
+    if tcp_rules {
         for port in &p.bind_ports {
             created = created
                 .add_rule(NetPort::new(*port, AccessNet::BindTcp))
@@ -114,6 +127,8 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
     };
     st.network = if p.network {
         "allowed (--allow-network)".into()
+    } else if net_ns {
+        "off: a network namespace with only its own loopback".into()
     } else if n >= 4 {
         "TCP connect/bind denied by Landlock".into()
     } else {
@@ -128,14 +143,19 @@ fn apply_landlock(p: &Policy, st: &mut Status) -> Result<(), String> {
         st.warnings.push(
             "Landlock is not available on this kernel: the filesystem is NOT restricted".into(),
         );
-    } else if n < 4 && !p.network {
+    } else if n < 4 && tcp_rules {
         st.warnings
             .push("Landlock ABI < 4: TCP is blocked by seccomp instead".into());
     }
     Ok(())
 }
 
-fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> Result<(), String> {
+fn apply_seccomp(
+    p: &Policy,
+    tcp_blocked_by_landlock: bool,
+    net_ns: bool,
+    st: &mut Status,
+) -> Result<(), String> {
     use nix::libc;
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
@@ -146,7 +166,9 @@ fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> 
     let domain = |d: i32| Cond::new(0, Len::Dword, Op::Eq, d as u64).map_err(e);
     let kind = |t: i32| Cond::new(1, Len::Dword, Op::MaskedEq(0xf), t as u64).map_err(e);
     let mut socket_rules = Vec::new();
-    if !p.network {
+    if net_ns {
+        socket_rules.push(SeccompRule::new(vec![domain(libc::AF_PACKET)?]).map_err(e)?);
+    } else if !p.network {
         // AF_NETLINK stays open: libzmq reads the interface list (getifaddrs) when it binds and
         // aborts the kernel if that fails. Netlink route sockets only read host network state.
         socket_rules.push(SeccompRule::new(vec![domain(libc::AF_PACKET)?]).map_err(e)?);
@@ -165,14 +187,62 @@ fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> 
     if !socket_rules.is_empty() {
         rules.insert(libc::SYS_socket, socket_rules);
     }
-    // io_uring can reach the network and files past seccomp's view of syscalls.
+    // io_uring can reach the network and files past seccomp's view of syscalls. The rest
+    // would let kernel code inspect or steer other processes (ptrace, process_vm_*), change
+    // the mount and namespace layout the sandbox is built of, or reach the kernel's attack
+    // surface a notebook never needs (keyrings, bpf, perf, userfaultfd, modules, file handles).
     for sc in [
         libc::SYS_io_uring_setup,
         libc::SYS_io_uring_enter,
         libc::SYS_io_uring_register,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_open_tree,
+        libc::SYS_move_mount,
+        libc::SYS_fsopen,
+        libc::SYS_fsmount,
+        libc::SYS_mount_setattr,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_userfaultfd,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
     ] {
         rules.insert(sc, vec![]);
     }
+    // clone(2) that makes namespaces (flags are its first argument on x86_64 and aarch64).
+    let mut clone_rules = Vec::new();
+    for flag in [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWCGROUP,
+    ] {
+        let f = flag as u64;
+        clone_rules.push(
+            SeccompRule::new(vec![
+                Cond::new(0, Len::Qword, Op::MaskedEq(f), f).map_err(e)?
+            ])
+            .map_err(e)?,
+        );
+    }
+    rules.insert(libc::SYS_clone, clone_rules);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -182,35 +252,105 @@ fn apply_seccomp(p: &Policy, tcp_blocked_by_landlock: bool, st: &mut Status) -> 
     .map_err(e)?;
     let prog: seccompiler::BpfProgram = filter.try_into().map_err(e)?;
     seccompiler::apply_filter(&prog).map_err(|x| x.to_string())?;
-    st.seccomp = if p.network {
-        "io_uring denied".into()
+    // clone3(2) passes its flags in memory seccomp cannot read: say it does not exist, and libc
+    // falls back to clone(2), which the filter above sees.
+    let mut c3 = std::collections::BTreeMap::new();
+    c3.insert(libc::SYS_clone3, vec![]);
+    let filter = SeccompFilter::new(
+        c3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(e)?;
+    let prog: seccompiler::BpfProgram = filter.try_into().map_err(e)?;
+    seccompiler::apply_filter(&prog).map_err(|x| x.to_string())?;
+    let sockets = if p.network {
+        ""
+    } else if net_ns {
+        "packet sockets, "
     } else if tcp_blocked_by_landlock {
-        "UDP, raw and packet sockets and io_uring denied".into()
+        "UDP, raw and packet sockets, "
     } else {
-        "all IP and packet sockets and io_uring denied".into()
+        "all IP and packet sockets, "
     };
+    st.seccomp =
+        format!("{sockets}io_uring, ptrace, mount and namespace calls, bpf, perf, keyrings denied");
     Ok(())
 }
 
 /// Applies `policy` to the calling (single-threaded) process. Everything started afterwards
-/// inherits it, so the kernel's argv needs no prefix.
+/// inherits it, so the kernel's argv needs no prefix. With namespaces, this returns in PID 1 of
+/// the new sandbox (the calling process stays outside and never returns).
 pub(super) fn apply(policy: &Policy) -> (Status, Vec<String>) {
     let mut st = Status {
         mechanism: LINUX_MECHANISM.into(),
         ..Status::default()
     };
-    if let Err(e) = apply_landlock(policy, &mut st) {
+    let mut net_ns = false;
+    let mut in_ns = false;
+    match &policy.namespaces {
+        Some(ns) => match namespaces::enter(policy, ns) {
+            Ok(()) => {
+                in_ns = true;
+                net_ns = ns.private_network;
+                st.namespaces = namespaces::describe(ns);
+            }
+            Err(e) => {
+                st.namespaces = format!("not available ({e})");
+                st.warnings.push(format!(
+                    "user namespaces are not available here ({e}): host processes, host UNIX \
+                     sockets and the read-only system files stay visible to the kernel"
+                ));
+            }
+        },
+        None => {
+            let why = policy
+                .namespaces_off
+                .clone()
+                .unwrap_or_else(|| "not asked for".into());
+            st.namespaces = format!("off ({why})");
+            st.warnings.push(format!("namespace layer off: {why}"));
+        }
+    }
+    if let Err(e) = apply_landlock(policy, net_ns, in_ns, &mut st) {
         st.landlock = "not enforced".into();
         st.warnings.push(format!("Landlock failed: {e}"));
     }
     let tcp_by_landlock = st.landlock_abi >= 4;
-    if let Err(e) = apply_seccomp(policy, tcp_by_landlock, &mut st) {
+    if let Err(e) = apply_seccomp(policy, tcp_by_landlock, net_ns, &mut st) {
         st.seccomp = "not applied".into();
         st.warnings.push(format!("seccomp failed: {e}"));
     }
     apply_limits(policy, &mut st);
-    st.enforced = st.landlock == "fully enforced";
+    if in_ns {
+        if let Some(n) = policy.processes {
+            // Counted per user namespace, so this bounds the sandbox, not the user's session.
+            match nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n) {
+                Ok(()) => st.limits.push_str(&format!(", processes={n}")),
+                Err(e) => st.warnings.push(format!("could not set processes: {e}")),
+            }
+        }
+        namespaces::drop_capabilities();
+    }
+    st.quota = describe_watch(policy);
+    st.enforced = st.landlock == "fully enforced" && (in_ns || policy.namespaces.is_none());
     (st, Vec::new())
+}
+
+fn describe_watch(p: &Policy) -> String {
+    let mut parts = Vec::new();
+    match p.disk_quota {
+        Some(q) => parts.push(format!(
+            "disk quota {} on what the kernel adds to the workspace and HOME",
+            crate::limits::human_bytes(q)
+        )),
+        None => parts.push("no disk quota".to_owned()),
+    }
+    if let Some(c) = p.detached_cpu_secs {
+        parts.push(format!("detached processes: {c} CPU seconds each"));
+    }
+    parts.join("; ")
 }
 
 /// Kills every process of our process group and every descendant re-parented to us, repeating
@@ -275,13 +415,236 @@ fn die_with_helper() -> std::io::Result<()> {
 }
 
 /// Starts the kernel and supervises it; never returns.
-pub(super) fn supervise(argv: &[String]) -> ! {
+pub(super) fn supervise(argv: &[String], policy: Option<&Policy>) -> ! {
+    let watch = policy.and_then(Watch::from_policy);
     supervise_unix(
         argv,
-        &Hooks {
+        Hooks {
             before_spawn: become_subreaper,
             in_child: Some(die_with_helper),
             kill_descendants,
+            after_spawn: watch.map(|w| {
+                Box::new(move |kernel: i32| {
+                    std::thread::spawn(move || w.run(kernel));
+                }) as Box<dyn FnOnce(i32) + Send>
+            }),
         },
     )
+}
+
+/// The helper's watch over what rlimits cannot bound: the disk quota across all files, and
+/// the CPU of processes that left the kernel's session.
+pub(super) struct Watch {
+    quota: Option<u64>,
+    paths: Vec<PathBuf>,
+    /// The file-size limit the kernel's processes get back once usage is under the quota.
+    file_size: u64,
+    detached_cpu: Option<u64>,
+}
+
+/// One process of the sandbox, from /proc/PID/stat.
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    session: i32,
+    start: u64,
+    cpu_ticks: u64,
+}
+
+fn read_proc(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // Fields from 3 (state) on: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+    // cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+    if f.first() == Some(&"Z") {
+        return None;
+    }
+    Some(Proc {
+        pid,
+        ppid: num(1)? as i32,
+        session: num(3)? as i32,
+        cpu_ticks: (num(11)? + num(12)?).max(0) as u64,
+        start: num(19)?.max(0) as u64,
+    })
+}
+
+/// Every live process below `root` (the helper), the kernel included.
+fn descendants(root: i32) -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<Proc> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_proc)
+        .collect();
+    let mut inside = std::collections::HashSet::from([root]);
+    // Parents are usually listed before children; a few passes settle the rest.
+    for _ in 0..8 {
+        let before = inside.len();
+        for p in &all {
+            if inside.contains(&p.ppid) {
+                inside.insert(p.pid);
+            }
+        }
+        if inside.len() == before {
+            break;
+        }
+    }
+    all.into_iter()
+        .filter(|p| p.pid != root && inside.contains(&p.pid))
+        .collect()
+}
+
+/// Bytes on disk below `paths`, not following links; bounded in the entries it visits.
+fn usage(paths: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut budget = 1_000_000usize;
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                return total;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total = total.saturating_add(m.blocks().saturating_mul(512));
+            }
+        }
+    }
+    total
+}
+
+fn set_rlimit_soft(
+    pid: i32,
+    resource: nix::libc::__rlimit_resource_t,
+    soft: u64,
+    hard: Option<u64>,
+) {
+    use nix::libc;
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 with a valid out-pointer and no new value only reads the limit.
+    if unsafe { libc::prlimit64(pid, resource, std::ptr::null(), &mut old) } != 0 {
+        return;
+    }
+    let max = hard.unwrap_or(old.rlim_max);
+    let new = libc::rlimit64 {
+        rlim_cur: soft.min(max),
+        rlim_max: max,
+    };
+    // SAFETY: a live rlimit64 value; the target is a process of our own sandbox.
+    unsafe {
+        libc::prlimit64(pid, resource, &new, std::ptr::null_mut());
+    }
+}
+
+impl Watch {
+    fn from_policy(p: &Policy) -> Option<Watch> {
+        if p.disk_quota.is_none() && p.detached_cpu_secs.is_none() {
+            return None;
+        }
+        Some(Watch {
+            quota: p.disk_quota,
+            paths: p.quota_paths.clone(),
+            file_size: super::unix::file_size_limit(p).unwrap_or(u64::MAX),
+            detached_cpu: p.detached_cpu_secs,
+        })
+    }
+
+    /// Polls until the helper exits (the thread dies with it). Cheap checks often, costly
+    /// ones only when they can have changed: free space on the watched file systems (one
+    /// statvfs each) every 50 ms, a walk of the watched folders when that space shrank by a
+    /// step or a second has passed, the process list for the CPU limit once a second.
+    fn run(self, kernel: i32) {
+        use nix::libc;
+        use std::time::{Duration, Instant};
+        let me = nix::unistd::getpid().as_raw();
+        let baseline = usage(&self.paths);
+        let free = |paths: &[PathBuf]| -> u64 {
+            paths
+                .iter()
+                .filter_map(|p| nix::sys::statvfs::statvfs(p.as_path()).ok())
+                .map(|s| (s.blocks_free() as u64).saturating_mul(s.fragment_size() as u64))
+                .fold(0u64, |a, b| a.saturating_add(b))
+        };
+        let step = self.quota.map(|q| (q / 32).clamp(256 << 10, 64 << 20));
+        let mut free_at_walk = free(&self.paths);
+        let mut walked = Instant::now();
+        let mut cpu_checked = Instant::now();
+        let mut walk_cost = Duration::ZERO;
+        let mut blocked = false;
+        let mut limited: std::collections::HashSet<(i32, u64)> = Default::default();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if let (Some(q), Some(step)) = (self.quota, step) {
+                let now_free = free(&self.paths);
+                let shrank = free_at_walk.saturating_sub(now_free) >= step;
+                // A big workspace is walked less often: at most ~5% of one core.
+                let due = walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
+                if shrank || due || (blocked && now_free > free_at_walk) {
+                    let began = Instant::now();
+                    let used = usage(&self.paths).saturating_sub(baseline);
+                    walk_cost = began.elapsed();
+                    walked = Instant::now();
+                    free_at_walk = now_free;
+                    let over = used >= q;
+                    if over != blocked {
+                        // Past the quota no process of the kernel may grow a file (EFBIG;
+                        // Python ignores SIGXFSZ, so it is an OSError); under it again, the
+                        // file-size limit comes back.
+                        let soft = if over { 0 } else { self.file_size };
+                        for p in descendants(me) {
+                            set_rlimit_soft(p.pid, libc::RLIMIT_FSIZE, soft, None);
+                        }
+                        blocked = over;
+                        eprintln!(
+                            "kernel-mcp sandbox: disk quota {}: the kernel has added {used} bytes",
+                            if over {
+                                "reached, writes stopped"
+                            } else {
+                                "free again"
+                            },
+                        );
+                    }
+                }
+            }
+            if let Some(cpu) = self.detached_cpu {
+                if cpu_checked.elapsed() >= Duration::from_secs(1) {
+                    cpu_checked = Instant::now();
+                    let procs = descendants(me);
+                    let session = procs.iter().find(|p| p.pid == kernel).map(|p| p.session);
+                    for p in &procs {
+                        let detached =
+                            p.pid != kernel && (Some(p.session) != session || p.ppid == me);
+                        if detached && limited.insert((p.pid, p.start)) {
+                            let soft = (p.cpu_ticks / hz).saturating_add(cpu);
+                            set_rlimit_soft(
+                                p.pid,
+                                libc::RLIMIT_CPU,
+                                soft,
+                                Some(soft.saturating_add(2)),
+                            );
+                        }
+                    }
+                    limited.retain(|(pid, start)| {
+                        procs.iter().any(|p| p.pid == *pid && p.start == *start)
+                    });
+                }
+            }
+        }
+    }
 }

@@ -141,13 +141,14 @@ fn kill_descendants() {
 fn nothing() {}
 
 /// Starts the kernel and supervises it; never returns.
-pub(super) fn supervise(argv: &[String]) -> ! {
+pub(super) fn supervise(argv: &[String], _policy: Option<&Policy>) -> ! {
     supervise_unix(
         argv,
-        &Hooks {
+        Hooks {
             before_spawn: nothing,
             in_child: None,
             kill_descendants,
+            after_spawn: None,
         },
     )
 }

@@ -2,7 +2,7 @@
 //! the helper's process group, holds the lifeline pipe (stdin) and tears the tree down.
 
 use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -23,7 +23,8 @@ pub(super) fn apply_limits(p: &Policy, st: &mut Status) {
     if let Some(m) = p.memory_bytes {
         set(Resource::RLIMIT_AS, m, "address space");
     }
-    if let Some(f) = p.file_size_bytes {
+    // No single file may outgrow the disk quota either.
+    if let Some(f) = file_size_limit(p) {
         set(Resource::RLIMIT_FSIZE, f, "file size");
     }
     if let Some(n) = p.open_files {
@@ -31,6 +32,14 @@ pub(super) fn apply_limits(p: &Policy, st: &mut Status) {
     }
     set(Resource::RLIMIT_CORE, 0, "core dumps");
     st.limits = applied.join(", ");
+}
+
+/// The largest file the kernel may write: the file-size limit, and never more than the quota.
+pub(super) fn file_size_limit(p: &Policy) -> Option<u64> {
+    match (p.file_size_bytes, p.disk_quota) {
+        (Some(f), Some(q)) => Some(f.min(q)),
+        (f, q) => f.or(q),
+    }
 }
 
 /// The platform's part of supervising the kernel.
@@ -41,10 +50,18 @@ pub(super) struct Hooks {
     pub in_child: Option<fn() -> std::io::Result<()>>,
     /// Kills every process of the tree except the helper itself.
     pub kill_descendants: fn(),
+    /// Runs once the kernel is running, with its pid (Linux: the quota and CPU watch).
+    pub after_spawn: Option<Box<dyn FnOnce(i32) + Send>>,
+}
+
+/// How the kernel ended.
+enum End {
+    Code(i32),
+    Signal(Signal),
 }
 
 /// Starts `argv`, then waits for the kernel or for the lifeline to close; never returns.
-pub(super) fn supervise(argv: &[String], hooks: &Hooks) -> ! {
+pub(super) fn supervise(argv: &[String], mut hooks: Hooks) -> ! {
     let Some((program, args)) = argv.split_first() else {
         eprintln!("kernel-mcp helper: no kernel command given");
         std::process::exit(2);
@@ -70,7 +87,7 @@ pub(super) fn supervise(argv: &[String], hooks: &Hooks) -> ! {
             cmd.pre_exec(f);
         }
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kernel-mcp helper: could not start {program}: {e}");
@@ -92,22 +109,34 @@ pub(super) fn supervise(argv: &[String], hooks: &Hooks) -> ! {
         teardown();
         std::process::exit(137);
     });
-    let status = match child.wait() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kernel-mcp helper: wait failed: {e}");
-            teardown();
-            std::process::exit(1);
+    let kernel = child.id() as i32;
+    drop(child);
+    if let Some(f) = hooks.after_spawn.take() {
+        f(kernel);
+    }
+    // Reap every child, not just the kernel: as a subreaper (or PID 1 of a namespace) orphans
+    // the kernel leaves are ours, and an unreaped one holds a process slot.
+    let end = loop {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == kernel => break End::Code(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == kernel => {
+                break End::Signal(sig)
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("kernel-mcp helper: wait failed: {e}");
+                teardown();
+                std::process::exit(1);
+            }
         }
     };
     // The kernel is gone; nothing it started may outlive it.
     teardown();
-    if let Some(code) = status.code() {
-        std::process::exit(code);
-    }
-    if let Some(sig) = status.signal() {
-        // Die of the same signal so the server reports the kernel's real cause of death.
-        if let Ok(s) = Signal::try_from(sig) {
+    match end {
+        End::Code(code) => std::process::exit(code),
+        End::Signal(s) => {
+            // Die of the same signal so the server reports the kernel's real cause of death.
             let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
             // SAFETY: restoring the default disposition is always sound.
             unsafe {
@@ -115,8 +144,7 @@ pub(super) fn supervise(argv: &[String], hooks: &Hooks) -> ! {
             }
             let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
             let _ = signal::kill(Pid::this(), s);
+            std::process::exit(128 + s as i32);
         }
-        std::process::exit(128 + sig);
     }
-    std::process::exit(1);
 }

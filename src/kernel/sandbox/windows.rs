@@ -32,7 +32,7 @@ pub(super) fn apply(_policy: &Policy) -> (Status, Vec<String>) {
 }
 
 /// Runs the kernel and exits with its exit code.
-pub(super) fn supervise(argv: &[String]) -> ! {
+pub(super) fn supervise(argv: &[String], _policy: Option<&Policy>) -> ! {
     let Some((program, args)) = argv.split_first() else {
         std::process::exit(2);
     };
