@@ -149,8 +149,10 @@ async fn main() -> anyhow::Result<()> {
         sandbox: Some(SandboxConfig {
             python_paths: env.paths.clone(),
             memory_bytes: Some(8 << 30),
+            namespaces: true,
             ..Default::default()
         }),
+        allow_source_builds: false,
     };
     let t = Instant::now();
     let kernel = kernel_mcp::kernel::local::start(&launcher).await?;
@@ -185,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let direct_10mb = t.elapsed().as_secs_f64();
     drop(kernel);
+    let layers = sandbox_layers(&launcher, n).await?;
 
     // 2. Through MCP: a client process talking to the built binary over stdio.
     let t = Instant::now();
@@ -321,6 +324,23 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 5. Start-up, restart, idle memory.
+    let [start_ns, start_plain, call_ns, call_plain] = layers;
+    row(
+        "kernel start, sandbox with namespaces (median of 3)",
+        format!("{start_ns:.0} ms"),
+        &format!(
+            "{:.2}x the {start_plain:.0} ms without them (Landlock, seccomp, rlimits only)",
+            start_ns / start_plain.max(1e-9)
+        ),
+    );
+    row(
+        "x + 1 direct, sandbox with namespaces (median)",
+        format!("{call_ns:.2} ms"),
+        &format!(
+            "{:.2}x the {call_plain:.2} ms without them",
+            call_ns / call_plain.max(1e-9)
+        ),
+    );
     row(
         "server start to first result (spawn + MCP init + x+1)",
         format!("{first:.0} ms"),
@@ -402,6 +422,54 @@ IOLoop.current().run_sync(main)
 /// `x + 1` through MCP over a Jupyter Kernel Gateway vs the local backend and vs a plain
 /// WebSocket client of the same gateway. Needs the gateway's environment (the integration tests
 /// create it in ~/.cache/kernel-mcp-ci/kg); skipped with a note otherwise.
+/// Kernel start and `x + 1` with the namespace layer and without it (Landlock, seccomp and
+/// rlimits only), alternating, from one run: (start ns, start plain, x+1 ns, x+1 plain) in ms.
+async fn sandbox_layers(base: &LocalLauncher, n: usize) -> anyhow::Result<[f64; 4]> {
+    let limits = ExecLimits {
+        timeout: Duration::from_secs(600),
+        grace: Duration::from_secs(3),
+        progress: false,
+    };
+    let cancel = CancellationToken::new();
+    let mut starts = [Vec::new(), Vec::new()];
+    let mut calls = [Vec::new(), Vec::new()];
+    for round in 0..6 {
+        let which = round % 2;
+        let mut l = base.clone();
+        if let Some(sb) = l.sandbox.as_mut() {
+            sb.namespaces = which == 0;
+        }
+        let t = Instant::now();
+        let kernel = kernel_mcp::kernel::local::start(&l).await?;
+        starts[which].push(t.elapsed().as_secs_f64() * 1000.0);
+        if let Some(st) = kernel.sandbox() {
+            anyhow::ensure!(
+                st.namespaces.starts_with("user,") == (which == 0),
+                "namespace layer not as asked: {}",
+                st.namespaces
+            );
+        }
+        kernel
+            .execute("x = 1", &limits, &cancel, &mut Discard)
+            .await?;
+        for _ in 0..10 {
+            kernel
+                .execute("x + 1", &limits, &cancel, &mut Discard)
+                .await?;
+        }
+        for _ in 0..n / 3 {
+            let t = Instant::now();
+            kernel
+                .execute("x + 1", &limits, &cancel, &mut Discard)
+                .await?;
+            calls[which].push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let [s0, s1] = &mut starts;
+    let [c0, c1] = &mut calls;
+    Ok([median(s0), median(s1), median(c0), median(c1)])
+}
+
 async fn gateway_rows(bin: &Path, ws: &Path, local_med: f64) -> anyhow::Result<()> {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)

@@ -117,6 +117,11 @@ struct Opts {
     #[arg(long, env = "KERNEL_MCP_NO_NAMESPACES", global = true,
           action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     no_namespaces: bool,
+    /// Let install_package build packages from source (run their build code) on platforms where
+    /// no sandbox can hold it (macOS, Windows); without it installs there take wheels only.
+    /// On Linux installs always run inside the kernel's sandbox.
+    #[arg(long, global = true)]
+    allow_source_builds: bool,
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     no_spare: bool,
@@ -531,6 +536,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         extra_env: BTreeMap::new(),
         helper: kernel_mcp::kernel::sandbox::helper_exe(),
         sandbox: sandbox_config(&o, &env, workspace.root()).await?,
+        allow_source_builds: o.allow_source_builds,
     };
     let envs = Environments {
         active: "default".into(),

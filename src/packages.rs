@@ -83,12 +83,29 @@ pub async fn run_with_lines(
     on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     env: &[(&str, &str)],
 ) -> Result<RunOutput, PackageError> {
+    run_command(argv, timeout, echo, on_line, env, false).await
+}
+
+/// The one runner. With `lifeline`, stdin is a pipe held open until the run ends: the sandbox
+/// helper takes its closing as the server's death and tears the installer down.
+async fn run_command(
+    argv: &[String],
+    timeout: Duration,
+    echo: bool,
+    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    env: &[(&str, &str)],
+    lifeline: bool,
+) -> Result<RunOutput, PackageError> {
     let Some((program, args)) = argv.split_first() else {
         return Err(PackageError::Spawn("empty command".into()));
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if lifeline {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -102,6 +119,7 @@ pub async fn run_with_lines(
         .spawn()
         .map_err(|e| PackageError::Spawn(format!("{program}: {e}")))?;
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    let _lifeline = child.stdin.take();
     let out = child.stdout.take();
     let err = child.stderr.take();
     let out_task = tokio::spawn({
@@ -493,32 +511,74 @@ pub struct InstallReport {
 }
 
 /// Installs validated `specs` into `python`, with the kernel's own packages pinned, sending
-/// each installer output line to `on_line`.
+/// each installer output line to `on_line`. `mode` says how the installer is confined.
 pub async fn install(
     python: &std::path::Path,
     specs: &[PackageSpec],
     timeout: Duration,
     on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    mode: &crate::kernel::sandbox::InstallMode,
 ) -> Result<InstallReport, PackageError> {
+    use crate::kernel::sandbox::InstallMode;
     let before = installed(python).await?;
     // Pin what the kernel runs on, so a dependency cannot upgrade it under the running kernel.
     let constraints: String = PROTECTED
         .iter()
         .filter_map(|n| before.get(*n).map(|(name, v)| format!("{name}=={v}\n")))
         .collect();
-    let cons_path = std::env::temp_dir().join(format!(
-        "kernel-mcp-constraints-{}.txt",
+    // A private dir for this run: the constraints file, and HOME/TMPDIR when sandboxed.
+    let runtime = std::env::temp_dir().join(format!(
+        "kernel-mcp-install-{}-{}",
+        std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
-    std::fs::write(&cons_path, constraints)
-        .map_err(|e| PackageError::Spawn(format!("writing the constraints file: {e}")))?;
-    let argv = Installer::detect().argv(python, &cons_path, specs);
+    std::fs::create_dir_all(&runtime)
+        .map_err(|e| PackageError::Spawn(format!("creating {}: {e}", runtime.display())))?;
+    let cons_path = runtime.join("constraints.txt");
+    if let Err(e) = std::fs::write(&cons_path, constraints) {
+        let _ = std::fs::remove_dir_all(&runtime);
+        return Err(PackageError::Spawn(format!(
+            "writing the constraints file: {e}"
+        )));
+    }
+    let mut argv = Installer::detect().argv(python, &cons_path, specs);
+    let mut env: Vec<(String, String)> = INSTALLER_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let lifeline = match mode {
+        InstallMode::Sandboxed(sb) => match sb.wrap(&argv, &runtime) {
+            Ok((wrapped, extra)) => {
+                argv = wrapped;
+                env.extend(extra);
+                true
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&runtime);
+                return Err(PackageError::Spawn(format!(
+                    "preparing the installer's sandbox: {e}"
+                )));
+            }
+        },
+        InstallMode::WheelsOnly => {
+            // Before the package names, after the installer's own options.
+            let at = argv.len().saturating_sub(specs.len());
+            argv.splice(at..at, ["--only-binary".to_owned(), ":all:".to_owned()]);
+            false
+        }
+        InstallMode::Unconfined => false,
+    };
     tracing::info!(?argv, "installer: starting");
-    let result = run_with_lines(&argv, timeout, false, on_line, INSTALLER_ENV).await;
-    let _ = std::fs::remove_file(&cons_path);
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let result = run_command(&argv, timeout, false, on_line, &env_refs, lifeline).await;
+    let _ = std::fs::remove_dir_all(&runtime);
     let out = result?;
     if !out.success {
-        return Err(PackageError::Failed(explain_failure(&out)));
+        let mut why = explain_failure(&out);
+        if matches!(mode, InstallMode::WheelsOnly) {
+            why.push_str(" (installs here take wheels only, since no sandbox can hold a package's build code on this machine: a package that has only a source distribution needs the server started with --allow-source-builds)");
+        }
+        return Err(PackageError::Failed(why));
     }
     let after = installed(python).await.unwrap_or_default();
     let requested = specs

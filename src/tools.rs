@@ -1321,11 +1321,13 @@ impl Server {
                 }
             })
         });
+        let mode = self.inner.kernel.backend().install_mode();
         let result = packages::install(
             &python,
             &specs,
             self.inner.settings.install_timeout,
             Some(tx),
+            &mode,
         )
         .await;
         if let Some(t) = progress {

@@ -161,6 +161,11 @@ pub trait Backend: Send + Sync {
     fn sandboxed(&self) -> bool {
         false
     }
+    /// How install_package confines the installer it runs for this backend's interpreter
+    /// (only asked when `interpreter_is_local`).
+    fn install_mode(&self) -> super::sandbox::InstallMode {
+        super::sandbox::InstallMode::Unconfined
+    }
     /// Whether the kernel's interpreter is one kernel-mcp runs on this machine (so installs and
     /// package listings can run it directly); otherwise they go through the kernel.
     fn interpreter_is_local(&self) -> bool {

@@ -249,10 +249,11 @@ impl Kernel {
         let Ok(mut known) = self.known_processes.lock() else {
             return Vec::new();
         };
+        // Named as the kernel sees them (its PID namespace), so code can act on them.
         let fresh = now
             .iter()
             .filter(|(pid, _)| !known.contains(pid))
-            .map(|(pid, cmd)| (*pid, cmd.clone()))
+            .map(|(pid, cmd)| (super::process::pid_as_seen_inside(*pid), cmd.clone()))
             .collect();
         *known = now.into_keys().collect();
         fresh

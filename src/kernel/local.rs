@@ -31,6 +31,10 @@ pub struct LocalLauncher {
     pub helper: Option<PathBuf>,
     /// The OS sandbox (needs the helper); `None` runs the kernel unconfined.
     pub sandbox: Option<SandboxConfig>,
+    /// Let install_package build source distributions where no sandbox can hold the build
+    /// (`--allow-source-builds`); elsewhere installs run sandboxed or, with the sandbox off,
+    /// as the user.
+    pub allow_source_builds: bool,
 }
 
 /// Sandbox settings that do not change from one kernel to the next.
@@ -102,6 +106,57 @@ impl Backend for LocalBackend {
 
     fn python(&self) -> Option<PathBuf> {
         self.launcher().map(|l| l.python)
+    }
+
+    fn install_mode(&self) -> super::sandbox::InstallMode {
+        use super::sandbox::{InstallMode, InstallerSandbox};
+        let Some(l) = self.launcher() else {
+            return InstallMode::WheelsOnly;
+        };
+        let Some(sb) = &l.sandbox else {
+            // The user turned the sandbox off: installs run as the user, as before. Where
+            // there is none to turn on, source builds wait for --allow-source-builds.
+            return if super::sandbox::UNAVAILABLE.is_some() && !l.allow_source_builds {
+                InstallMode::WheelsOnly
+            } else {
+                InstallMode::Unconfined
+            };
+        };
+        let helper = match &l.helper {
+            Some(h) if cfg!(target_os = "linux") => h.clone(),
+            _ if l.allow_source_builds => return InstallMode::Unconfined,
+            _ => return InstallMode::WheelsOnly,
+        };
+        let bin = l.python.parent();
+        let venv = bin
+            .filter(|b| b.file_name().is_some_and(|n| n == "bin" || n == "Scripts"))
+            .and_then(|b| b.parent())
+            .filter(|root| root.join("pyvenv.cfg").is_file());
+        let writable = match venv {
+            Some(root) => vec![root.to_path_buf()],
+            None => sb
+                .python_paths
+                .iter()
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().ends_with("-packages"))
+                })
+                .cloned()
+                .collect(),
+        };
+        let cache = crate::pyenv::data_dir()
+            .map(|d| d.join("install-cache"))
+            .unwrap_or_else(|_| std::env::temp_dir().join("kernel-mcp-install-cache"));
+        let mut extra_read = vec![l.workspace.clone()];
+        extra_read.extend(sb.extra_read.iter().cloned());
+        InstallMode::Sandboxed(InstallerSandbox {
+            helper,
+            python_paths: sb.python_paths.clone(),
+            extra_read,
+            writable,
+            cache,
+            namespaces: sb.namespaces && NAMESPACES_FAILED.get().is_none(),
+        })
     }
 
     fn set_python(&self, python: PathBuf, paths: Vec<PathBuf>) -> bool {

@@ -341,6 +341,20 @@ pub fn descendants(root: i32) -> BTreeMap<i32, String> {
     found
 }
 
+/// The pid `pid` has in its own (innermost) PID namespace: what the kernel itself calls it.
+/// The same number when no namespace is involved or /proc does not say.
+pub fn pid_as_seen_inside(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(pid)
+}
+
 /// True for a process that has ended but not been reaped yet (a zombie): nothing runs.
 fn ended(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

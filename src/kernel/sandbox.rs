@@ -191,6 +191,8 @@ pub fn default_disk_quota(workspace: &Path) -> u64 {
     const CAP: u64 = 10 << 30;
     #[cfg(unix)]
     if let Ok(s) = nix::sys::statvfs::statvfs(workspace) {
+        // The field types differ by platform (u32 on some).
+        #[allow(clippy::unnecessary_cast)]
         let free = (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64);
         return CAP.min(free / 2).max(64 << 20);
     }
@@ -201,16 +203,112 @@ pub fn default_disk_quota(workspace: &Path) -> u64 {
 /// Size of each private tmpfs (HOME, /tmp, /dev/shm): the quota, and at most half the RAM,
 /// since tmpfs pages live in memory.
 pub fn tmpfs_size(quota: Option<u64>) -> u64 {
-    let mut size = quota.unwrap_or(10 << 30);
-    #[cfg(target_os = "linux")]
-    if let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+    let size = quota.unwrap_or(10 << 30);
+    let half_ram = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    }) {
-        size = size.min(total.saturating_mul(1024) / 2);
+            .map(|kb| kb.saturating_mul(1024) / 2)
+    });
+    size.min(half_ram.unwrap_or(u64::MAX)).max(16 << 20)
+}
+
+/// How `install_package` runs the installer on this machine.
+#[derive(Debug, Clone)]
+pub enum InstallMode {
+    /// Inside the kernel's sandbox, with the network on for the installer alone.
+    Sandboxed(InstallerSandbox),
+    /// No sandbox for the installer here: wheels only, so no package's build code runs.
+    WheelsOnly,
+    /// As the user (the sandbox is off, or `--allow-source-builds` where none is available).
+    Unconfined,
+}
+
+/// Environment variables to set, as (name, value).
+pub type EnvVars = Vec<(String, String)>;
+
+/// Confinement for an installer run: the kernel's namespaces and inner layers, with the network
+/// on and only the environment's prefix, the download cache and a private scratch dir writable.
+/// A source distribution's build backend runs in there, so it can neither read the user's files
+/// nor write outside the environment.
+#[derive(Debug, Clone)]
+pub struct InstallerSandbox {
+    /// The launch helper (this binary).
+    pub helper: PathBuf,
+    /// What the interpreter reads (read-only).
+    pub python_paths: Vec<PathBuf>,
+    /// Also readable: the workspace (requirements files) and `--allow-read` folders.
+    pub extra_read: Vec<PathBuf>,
+    /// The environment's root (a venv: site-packages, scripts, data files), or its
+    /// site-packages folders for an interpreter that is not a venv. Writable.
+    pub writable: Vec<PathBuf>,
+    /// The installer's download and build cache. Writable.
+    pub cache: PathBuf,
+    /// Use the namespace layer (else Landlock, seccomp and rlimits only).
+    pub namespaces: bool,
+}
+
+impl InstallerSandbox {
+    /// `argv` wrapped in the helper, and the environment to add. `runtime` is a fresh private
+    /// directory (HOME and TMPDIR go there) that the caller removes afterwards.
+    pub fn wrap(&self, argv: &[String], runtime: &Path) -> Result<(Vec<String>, EnvVars), String> {
+        let home = runtime.join("home");
+        let tmp = runtime.join("tmp");
+        for d in [&home, &tmp, &self.cache] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+        read.extend(self.python_paths.iter().cloned());
+        read.extend(self.extra_read.iter().cloned());
+        // The installer binary's own folder (uv).
+        if let Some(dir) = argv
+            .first()
+            .map(Path::new)
+            .filter(|p| p.is_absolute())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            read.push(dir);
+        }
+        let mut write = self.writable.clone();
+        write.extend([self.cache.clone(), runtime.to_path_buf()]);
+        write.extend(DEV_WRITE.iter().map(PathBuf::from));
+        let policy = Policy {
+            read,
+            write,
+            network: true,
+            open_files: Some(4096),
+            status_file: Some(runtime.join("sandbox.json")),
+            namespaces: self.namespaces.then(|| NsPolicy {
+                runtime: runtime.to_path_buf(),
+                scratch: home.clone(),
+                tmpfs_bytes: 1 << 30,
+                private_network: false,
+            }),
+            namespaces_off: (!self.namespaces).then(|| "off for this server".to_owned()),
+            processes: Some(1024),
+            ..Policy::default()
+        };
+        let json = serde_json::to_string(&policy).map_err(|e| e.to_string())?;
+        let mut full = vec![
+            self.helper.to_string_lossy().into_owned(),
+            HELPER_ARG.to_owned(),
+            "--policy".to_owned(),
+            json,
+            "--".to_owned(),
+        ];
+        full.extend(argv.iter().cloned());
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let env = vec![
+            ("HOME".to_owned(), s(&home)),
+            ("TMPDIR".to_owned(), s(&tmp)),
+            ("XDG_CACHE_HOME".to_owned(), s(&home.join(".cache"))),
+            ("PIP_CACHE_DIR".to_owned(), s(&self.cache)),
+            ("UV_CACHE_DIR".to_owned(), s(&self.cache)),
+            ("PYTHONNOUSERSITE".to_owned(), "1".to_owned()),
+        ];
+        Ok((full, env))
     }
-    size.max(16 << 20)
 }
 
 /// The helper binary kernels are started through (`kernel-mcp` itself), or `None` on platforms

@@ -164,6 +164,7 @@ impl Server {
     }
 
     /// `exec` with its own timeout, for cells that run long on purpose.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub async fn exec_for(&self, code: &str, seconds: f64) -> CallToolResult {
         self.call(
             "execute_python",
@@ -235,6 +236,51 @@ pub fn alive(pid: i32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// The host pid of the process the kernel calls `inner` (its PID namespace's number), found
+/// among the server's descendants; `inner` itself when the kernel has no PID namespace. A pid
+/// that no process has (so `alive` is false) when none matches.
+#[cfg_attr(not(unix), allow(dead_code))]
+pub fn host_pid(server: u32, inner: i32) -> i32 {
+    let mut todo = vec![server as i32];
+    let mut seen = 0;
+    while let Some(pid) = todo.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ns: Vec<i32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if pid != server as i32 && ns.len() > 1 && ns.last() == Some(&inner) {
+            return pid;
+        }
+        if pid == inner && ns.len() == 1 && pid != server as i32 {
+            return pid;
+        }
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    i32::MAX
 }
 
 /// Waits up to `limit` for `cond`.

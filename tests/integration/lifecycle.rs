@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{alive, eventually, exists, is_error, text, texts, Server};
+use crate::harness::{alive, eventually, exists, host_pid, is_error, text, texts, Server};
 
 async fn kernel_facts(s: &Server) -> (i32, String) {
     let r = s
@@ -12,7 +12,8 @@ async fn kernel_facts(s: &Server) -> (i32, String) {
     let mut it = t.split_whitespace();
     let pid = it.next().unwrap().parse().unwrap();
     let conn = it.next().unwrap().to_owned();
-    (pid, conn)
+    // The kernel names itself in its own PID namespace; the test acts on the host's pid.
+    (host_pid(s.pid, pid), conn)
 }
 
 #[tokio::test]
@@ -73,17 +74,19 @@ async fn sigkill_of_the_server_leaves_no_kernel() {
     let r = s
         .exec("import subprocess\np = subprocess.Popen(['sleep', '300'])\np.pid")
         .await;
-    let child: i32 = texts(&r)[0].trim().parse().unwrap();
+    let child_inner: i32 = texts(&r)[0].trim().parse().unwrap();
+    let child = host_pid(s.pid, child_inner);
     assert!(alive(child));
     // And one that left the process group and session, as daemons do.
     let r = s
         .exec("d = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
         .await;
-    let daemon: i32 = texts(&r)[0].trim().parse().unwrap();
+    let daemon_inner: i32 = texts(&r)[0].trim().parse().unwrap();
+    let daemon = host_pid(s.pid, daemon_inner);
     assert!(alive(daemon));
     // The call that left it running says so (it was re-parented to the launch helper).
     assert!(
-        text(&r).contains(&format!("running under the kernel: pid {daemon} `")),
+        text(&r).contains(&format!("running under the kernel: pid {daemon_inner} `")),
         "{}",
         text(&r)
     );
@@ -113,7 +116,7 @@ async fn restart_kernel_clears_state() {
     let r = s
         .exec("import subprocess\nd = subprocess.Popen(['sh', '-c', 'sleep 300 & echo $!'], start_new_session=True, stdout=subprocess.PIPE, text=True)\nint(d.stdout.readline())")
         .await;
-    let daemon: i32 = texts(&r)[0].trim().parse().unwrap();
+    let daemon: i32 = host_pid(s.pid, texts(&r)[0].trim().parse().unwrap());
     let r = s.call("restart_kernel", serde_json::json!({})).await;
     assert!(!is_error(&r));
     assert!(

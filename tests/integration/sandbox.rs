@@ -487,7 +487,7 @@ async fn a_runaway_writer_stops_at_the_disk_quota() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("part"))
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
-    assert!(total >= 16 << 20 && total <= 512 << 20, "{total}");
+    assert!((16 << 20..=512 << 20).contains(&total), "{total}");
     assert_eq!(
         std::fs::read_to_string(s.ws().join("keep.csv")).unwrap(),
         "a,b\n1,2\n"
@@ -550,4 +550,159 @@ async fn without_namespaces_the_older_layers_still_hold_and_say_so() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--sandbox require"), "{err}");
+}
+
+/// A source distribution whose build backend tries to escape: write outside the workspace,
+/// append to the user's shell profile, read an ssh key into the package it builds.
+fn canary_sdist(dir: &std::path::Path, out: &std::path::Path, c: &Canaries) {
+    let backend = format!(
+        r#"import os, zipfile, base64, hashlib
+OUT = {out:?}
+RC = {rc:?}
+KEY = {key:?}
+
+def _try(f):
+    try:
+        return f()
+    except Exception as e:
+        return 'blocked: ' + type(e).__name__
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _try(lambda: os.makedirs(OUT, exist_ok=True))
+    _try(lambda: open(os.path.join(OUT, 'CANARY'), 'w').write('escaped'))
+    _try(lambda: open(RC, 'a').write('pwned'))
+    secret = _try(lambda: open(KEY).read())
+    name = 'kmcp_canary-0.1-py3-none-any.whl'
+    files = {{
+        'kmcp_canary/__init__.py': 'VALUE = 42\nSECRET = %r\n' % secret,
+        'kmcp_canary-0.1.dist-info/METADATA': 'Metadata-Version: 2.1\nName: kmcp-canary\nVersion: 0.1\n',
+        'kmcp_canary-0.1.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: canary\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), 'w') as z:
+        for path, text in files.items():
+            data = text.encode()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+            record.append('%s,sha256=%s,%d' % (path, digest, len(data)))
+        record.append('kmcp_canary-0.1.dist-info/RECORD,,')
+        z.writestr('kmcp_canary-0.1.dist-info/RECORD', '\n'.join(record) + '\n')
+    return name
+"#,
+        out = out.display().to_string(),
+        rc = c.home.join(".bashrc").display().to_string(),
+        key = c.home.join(".ssh/id_rsa").display().to_string(),
+    );
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("canary_backend.py"), backend).unwrap();
+    std::fs::write(
+        src.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"canary_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"kmcp-canary\"\nversion = \"0.1\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("PKG-INFO"),
+        "Metadata-Version: 2.1\nName: kmcp-canary\nVersion: 0.1\n",
+    )
+    .unwrap();
+    let pack = "import sys, tarfile\nwith tarfile.open(sys.argv[1], 'w:gz') as t:\n    t.add(sys.argv[2], arcname='kmcp_canary-0.1')";
+    let st = std::process::Command::new("python3")
+        .args(["-c", pack])
+        .arg(dir.join("site/kmcp_canary-0.1.tar.gz"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn a_source_build_runs_inside_the_sandbox() {
+    use std::io::BufRead;
+    let c = canaries();
+    let pkg = tempfile::Builder::new()
+        .prefix("kmcp-sdist-")
+        .tempdir()
+        .unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("kmcp-escape-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir_all(pkg.path().join("site")).unwrap();
+    canary_sdist(pkg.path(), out.path(), &c);
+    // A package index of one file, on the host's loopback (the installer has the network).
+    let mut index = std::process::Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "0",
+            "--directory",
+        ])
+        .arg(pkg.path().join("site"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(index.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split(" port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let links = format!("http://127.0.0.1:{port}/");
+    let data = kernel_mcp::pyenv::data_dir().unwrap();
+    let data = data.to_string_lossy().into_owned();
+    let home = c.home.to_string_lossy().into_owned();
+    let s = Server::start_with_env(
+        &[],
+        &[
+            ("HOME", home.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+            ("PIP_FIND_LINKS", links.as_str()),
+            ("PIP_NO_INDEX", "1"),
+            ("UV_FIND_LINKS", links.as_str()),
+            ("UV_NO_INDEX", "1"),
+        ],
+    )
+    .await;
+    require_namespaces(&s).await;
+    let r = s
+        .call("install_package", json!({"packages": ["kmcp-canary"]}))
+        .await;
+    let _ = index.kill();
+    let _ = index.wait();
+    assert!(!is_error(&r), "{}", text(&r));
+    // It built and installed: the kernel imports it...
+    let r = s
+        .exec("import kmcp_canary\nprint(kmcp_canary.VALUE, kmcp_canary.SECRET)")
+        .await;
+    let t = text(&r);
+    assert!(t.starts_with("42 blocked: "), "{t}");
+    // ...but its build code changed nothing outside the environment.
+    assert!(
+        !out.path().join("CANARY").exists(),
+        "the build backend wrote outside the sandbox"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.home.join(".bashrc")).unwrap(),
+        "CANARY-RC"
+    );
+    s.close().await;
+    // The managed environment is shared with other tests: take the package out again.
+    let py = kernel_mcp::pyenv::data_dir()
+        .unwrap()
+        .join("env/bin/python");
+    let _ = std::process::Command::new(py)
+        .args(["-m", "pip", "uninstall", "-y", "-q", "kmcp-canary"])
+        .status();
 }

@@ -576,7 +576,7 @@ impl Watch {
             paths
                 .iter()
                 .filter_map(|p| nix::sys::statvfs::statvfs(p.as_path()).ok())
-                .map(|s| (s.blocks_free() as u64).saturating_mul(s.fragment_size() as u64))
+                .map(|s| s.blocks_free().saturating_mul(s.fragment_size()))
                 .fold(0u64, |a, b| a.saturating_add(b))
         };
         let step = self.quota.map(|q| (q / 32).clamp(256 << 10, 64 << 20));

@@ -172,9 +172,20 @@ fn write_maps(uid: u32, gid: u32, in_uid: u32, in_gid: u32) -> Result<(), String
 /// The outer process: wait for PID 1 and leave the same way.
 fn mirror(child: Pid) -> ! {
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
+        let died_of = match waitpid(child, None) {
+            // PID 1 cannot die of a signal it sends itself, so it exits 128 + N for "killed by
+            // signal N" (the shell's convention); the outer process turns that back.
+            Ok(WaitStatus::Exited(_, code)) => match Signal::try_from(code - 128) {
+                Ok(sig) if code > 128 => sig,
+                _ => std::process::exit(code),
+            },
+            Ok(WaitStatus::Signaled(_, sig, _)) => sig,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => std::process::exit(1),
+        };
+        {
+            let sig = died_of;
+            {
                 let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
                 // SAFETY: restoring the default disposition is always sound.
                 unsafe {
@@ -185,9 +196,6 @@ fn mirror(child: Pid) -> ! {
                 let _ = signal::kill(Pid::this(), sig);
                 std::process::exit(128 + sig as i32);
             }
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => std::process::exit(1),
         }
     }
 }
@@ -340,9 +348,12 @@ fn bind_plan(p: &Policy) -> Vec<(PathBuf, bool)> {
     // Skip what an already-planned parent of the same mode covers.
     let mut kept: Vec<(PathBuf, bool)> = Vec::new();
     for (path, ro) in plan {
+        // Covered: by the same path, by a parent of the same mode, or by a writable parent
+        // (Landlock, the inner layer, adds rights the same way: a writable folder's
+        // read-only child stays writable).
         if kept
             .iter()
-            .any(|(k, kro)| *k == path || (*kro == ro && within(&path, k)))
+            .any(|(k, kro)| *k == path || (within(&path, k) && (*kro == ro || !*kro)))
         {
             continue;
         }
