@@ -87,6 +87,38 @@ def __kernel_mcp_setup():
     else:
         sys.meta_path.insert(0, PandasOptions())
 
+    # In kernel-mcp's sandbox the kernel is offline and its environment read-only, so
+    # `%pip install` could only fail after pip's network retries. Say at once what works.
+    import os
+
+    # The real magic, not IPython 9's lazy alias, which looks `pip` up by name again (and
+    # would find this wrapper).
+    pip_magic = shell.magics_manager.magics.get("line", {}).get("pip")
+    try:
+        pip_magic = pip_magic._resolve() if hasattr(pip_magic, "_resolve") else pip_magic
+    except Exception:
+        pip_magic = None
+    if os.environ.get("KERNEL_MCP_SANDBOX") == "1" and pip_magic is not None:
+
+        def pip_in_sandbox(line="", _pip=pip_magic):
+            words = line.split()
+            if words and words[0] in ("install", "uninstall", "download", "wheel"):
+                names = [w for w in words[1:] if not w.startswith("-")]
+                use = "the install_package tool" + (
+                    " with " + ", ".join(names) if names and words[0] == "install" else ""
+                )
+                print(
+                    f"%pip {words[0]} cannot change the kernel's environment here: "
+                    "kernel-mcp's sandbox keeps the kernel offline and its packages read-only. "
+                    f"Use {use} instead; it installs into this same environment, "
+                    "and the next import sees the package.",
+                    file=sys.stderr,
+                )
+                return None
+            return _pip(line)
+
+        shell.register_magic_function(pip_in_sandbox, "line", "pip")
+
 
 __kernel_mcp_setup()
 del __kernel_mcp_setup

@@ -148,6 +148,18 @@ impl SandboxPolicy {
     }
 }
 
+impl SandboxPolicy {
+    /// The note for a kernel that died of `cause` (an exit cause in words), if the sandbox's
+    /// memory limit may be why: SIGKILL is what the out-of-memory killer sends.
+    pub fn death_note(&self, cause: &str) -> Option<String> {
+        let m = self.memory_bytes?;
+        cause.contains("SIGKILL").then(|| format!(
+            "[sandbox: a kernel killed by SIGKILL has usually run out of memory; the sandbox allows {} per process (--memory-limit), and the machine's own memory may be less. Work on smaller pieces, or restart the server with another --memory-limit.]",
+            human_bytes(m)
+        ))
+    }
+}
+
 fn within(p: &Path, base: &Path) -> bool {
     p.starts_with(base)
         || std::fs::canonicalize(base)
@@ -279,6 +291,19 @@ mod tests {
         p.memory_bytes = None;
         assert_eq!(p.classify("MemoryError: "), None);
         assert_eq!(p.classify("ValueError: bad"), None);
+    }
+
+    #[test]
+    fn a_sigkill_death_names_the_memory_limit() {
+        let p = policy();
+        let n = p
+            .death_note("killed by signal 9 (SIGKILL, possibly the out-of-memory killer)")
+            .unwrap_or_default();
+        assert!(n.contains("4.0 GiB") && n.contains("--memory-limit"), "{n}");
+        assert_eq!(
+            p.death_note("killed by signal 11 (SIGSEGV, a segmentation fault)"),
+            None
+        );
     }
 
     #[test]

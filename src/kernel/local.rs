@@ -289,6 +289,8 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
         env.insert("XDG_CACHE_HOME".into(), s("cache"));
         env.insert("XDG_CONFIG_HOME".into(), s("config"));
         env.insert("PYTHONNOUSERSITE".into(), "1".into());
+        // Read by the start-up code: `%pip install` points to install_package instead.
+        env.insert("KERNEL_MCP_SANDBOX".into(), "1".into());
         let mut policy = super::sandbox::Policy::for_kernel(
             &sb.python_paths,
             &sb.extra_read,

@@ -137,6 +137,14 @@ impl Collector {
         }
         for n in &report.notes {
             out.push(McpContent::text(format!("[{}]", notice(n))));
+            let died = match n {
+                crate::kernel::Notice::DiedBetweenCalls { cause }
+                | crate::kernel::Notice::DiedDuringCall { cause, .. } => Some(cause),
+                _ => None,
+            };
+            if let Some(note) = died.and_then(|c| self.limits.sandbox.as_ref()?.death_note(c)) {
+                out.push(McpContent::text(note));
+            }
         }
         if out.is_empty() {
             out.push(McpContent::text("[no output]"));

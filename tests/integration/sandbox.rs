@@ -311,6 +311,13 @@ async fn shell_pip_and_forked_output_work_in_the_sandbox() {
     let r = s.exec("%pip list").await;
     assert!(!is_error(&r), "{}", text(&r));
     assert!(text(&r).contains("numpy"), "{}", text(&r));
+    // Installing from inside the offline kernel is pointed to the tool that can.
+    let r = s.exec("%pip install tabulate").await;
+    assert!(
+        text(&r).contains("Use the install_package tool with tabulate instead"),
+        "{}",
+        text(&r)
+    );
     // Workers' prints reach the result (ipykernel's subprocess pipe binds on the loopback).
     let r = s
         .exec("import multiprocessing as mp\ndef work(i):\n    print(f'worker-{i}', flush=True)\n    return i * i\nwith mp.get_context('fork').Pool(2) as p:\n    print(sum(p.map(work, range(4))))")
