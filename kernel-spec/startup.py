@@ -62,14 +62,32 @@ def __kernel_mcp_setup():
         except Exception:
             pass
 
-    class PandasOptions(importlib.abc.MetaPathFinder):
+    # tqdm.auto picks the notebook (widget) bar in a kernel; widgets do not reach a model, and
+    # without ipywidgets it warns. The text bar is what a model can read (kernel-mcp collapses
+    # its carriage-return updates to the last state).
+    def text_tqdm(autonotebook):
+        try:
+            from tqdm.std import tqdm, trange
+
+            autonotebook.tqdm = tqdm
+            autonotebook.trange = trange
+        except Exception:
+            pass
+
+    on_import = {"pandas": configure_pandas, "tqdm.autonotebook": text_tqdm}
+
+    class OnImport(importlib.abc.MetaPathFinder):
+        """Runs a configure function right after a module is first imported (one shot each)."""
+
         def find_spec(self, name, path=None, target=None):
-            if name != "pandas":
+            configure = on_import.pop(name, None)
+            if configure is None:
                 return None
-            try:
-                sys.meta_path.remove(self)
-            except ValueError:
-                pass
+            if not on_import:
+                try:
+                    sys.meta_path.remove(self)
+                except ValueError:
+                    pass
             spec = importlib.util.find_spec(name)
             loader = getattr(spec, "loader", None)
             if loader is not None and hasattr(loader, "exec_module"):
@@ -77,15 +95,16 @@ def __kernel_mcp_setup():
 
                 def exec_and_configure(module):
                     exec_module(module)
-                    configure_pandas(module)
+                    configure(module)
 
                 loader.exec_module = exec_and_configure
             return spec
 
-    if "pandas" in sys.modules:
-        configure_pandas(sys.modules["pandas"])
-    else:
-        sys.meta_path.insert(0, PandasOptions())
+    for name in list(on_import):
+        if name in sys.modules:
+            on_import.pop(name)(sys.modules[name])
+    if on_import:
+        sys.meta_path.insert(0, OnImport())
 
     # In kernel-mcp's sandbox the kernel is offline and its environment read-only, so
     # `%pip install` could only fail after pip's network retries. Say at once what works.

@@ -195,3 +195,33 @@ async fn display_updates_and_jpeg_images() {
     assert_eq!(&bytes[..3], b"\xff\xd8\xff");
     s.close().await;
 }
+
+/// The managed environment has what notebook users reach for: `df.style` (jinja2), scipy and
+/// scikit-learn; and `tqdm.auto` gives the text bar a model can read (checked with a stand-in
+/// tqdm in the workspace, so the test needs no download).
+#[tokio::test]
+async fn the_managed_environment_covers_common_notebook_code() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import pandas as pd, scipy.stats, sklearn.linear_model\nhtml = pd.DataFrame({'a': [1, 2]}).style.highlight_max().to_html()\nprint('<table' in html, round(scipy.stats.norm.cdf(0), 2), type(sklearn.linear_model.LinearRegression()).__name__)")
+        .await;
+    assert_eq!(text(&r), "True 0.5 LinearRegression\n");
+    let pkg = s.ws().join("fake_pkgs/tqdm");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("__init__.py"), "").unwrap();
+    std::fs::write(
+        pkg.join("std.py"),
+        "class tqdm:\n    kind = 'text'\ndef trange(*a):\n    return 'text-trange'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("autonotebook.py"),
+        "class tqdm:\n    kind = 'widget'\ndef trange(*a):\n    return 'widget-trange'\n",
+    )
+    .unwrap();
+    let r = s
+        .exec("import sys\nsys.path.insert(0, 'fake_pkgs')\nfrom tqdm.autonotebook import tqdm, trange\nprint(tqdm.kind, trange())")
+        .await;
+    assert_eq!(text(&r), "text text-trange\n", "{}", text(&r));
+    s.close().await;
+}
