@@ -187,7 +187,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let direct_10mb = t.elapsed().as_secs_f64();
     drop(kernel);
-    let layers = sandbox_layers(&launcher, n).await?;
+    let layers = if std::env::args().any(|a| a == "--latency") {
+        [0.0; 4]
+    } else {
+        sandbox_layers(&launcher, n).await?
+    };
 
     // 2. Through MCP: a client process talking to the built binary over stdio.
     let t = Instant::now();
@@ -213,6 +217,21 @@ async fn main() -> anyhow::Result<()> {
     let server_cpu_us = (cpu_seconds(m.pid) - cpu_before) / n as f64 * 1e6;
     let mcp_med = median(&mut mcp);
     let mcp_p90 = p90(&mut mcp);
+    if std::env::args().any(|a| a == "--latency") {
+        // Only the round trip and the server's CPU per call (a quick check while tuning).
+        row(
+            "x + 1 direct (median)",
+            format!("{direct_med:.3} ms"),
+            "baseline",
+        );
+        row(
+            "x + 1 through MCP stdio (median)",
+            format!("{mcp_med:.3} ms"),
+            &format!("p90 {mcp_p90:.3} ms; {:.3}x direct", mcp_med / direct_med),
+        );
+        row("server CPU per call", format!("{server_cpu_us:.0} µs"), "");
+        return Ok(());
+    }
     tokio::time::sleep(Duration::from_secs(8)).await; // let the spare finish starting
     let idle_rss = status_kb(m.pid, "VmRSS:");
 

@@ -601,10 +601,73 @@ fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn kernel_mcp::kernel:
     Ok(None)
 }
 
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// The process's stdin and stdout as async streams. tokio's `stdin()`/`stdout()` do every read
+/// and write on a blocking-pool thread (two thread hand-offs per call); when they are a pipe or
+/// a socket (what MCP clients give a server: Node/Electron use socketpairs), they are read and
+/// written directly on the event loop instead. Anything else (a terminal, a file) keeps the
+/// portable path.
+fn stdio() -> (Reader, Writer) {
+    #[cfg(unix)]
+    if let (Some(r), Some(w)) = (unix_stdio::reader(), unix_stdio::writer()) {
+        return (r, w);
+    }
+    (Box::new(tokio::io::stdin()), Box::new(tokio::io::stdout()))
+}
+
+#[cfg(unix)]
+mod unix_stdio {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::{Reader, Writer};
+
+    /// A duplicate of fd 0 or 1 and what kind of file it is.
+    fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Option<(OwnedFd, std::fs::FileType)> {
+        let owned = fd.try_clone_to_owned().ok()?;
+        let kind = std::fs::File::from(owned.try_clone().ok()?)
+            .metadata()
+            .ok()?
+            .file_type();
+        Some((owned, kind))
+    }
+
+    pub fn reader() -> Option<Reader> {
+        let (fd, kind) = dup(std::io::stdin().as_fd())?;
+        if kind.is_fifo() {
+            let pipe = tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd)).ok()?;
+            return Some(Box::new(pipe));
+        }
+        if kind.is_socket() {
+            let s = std::os::unix::net::UnixStream::from(fd);
+            s.set_nonblocking(true).ok()?;
+            return Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?));
+        }
+        None
+    }
+
+    pub fn writer() -> Option<Writer> {
+        let (fd, kind) = dup(std::io::stdout().as_fd())?;
+        if kind.is_fifo() {
+            let pipe = tokio::net::unix::pipe::Sender::from_file(std::fs::File::from(fd)).ok()?;
+            return Some(Box::new(pipe));
+        }
+        if kind.is_socket() {
+            let s = std::os::unix::net::UnixStream::from(fd);
+            s.set_nonblocking(true).ok()?;
+            return Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?));
+        }
+        None
+    }
+}
+
 /// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
 async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
-    let guarded = kernel_mcp::stdin_guard::spawn(tokio::io::stdin(), tokio::io::stdout());
+    let (stdin, stdout) = stdio();
+    let guarded = kernel_mcp::stdin_guard::spawn(stdin, stdout);
     let transport =
         rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
             .with_max_line_length(kernel_mcp::stdin_guard::MAX_LINE + 1024 * 1024);

@@ -69,6 +69,8 @@ pub struct Kernel {
     started: Instant,
     /// Processes under the kernel at the last look (see [`Kernel::new_processes`]).
     known_processes: std::sync::Mutex<std::collections::BTreeSet<i32>>,
+    /// The newest pid on the system at the last look (see `new_processes`).
+    last_pid_seen: std::sync::Mutex<Option<i32>>,
 }
 
 impl Kernel {
@@ -109,6 +111,7 @@ impl Kernel {
             info: kinfo,
             started,
             known_processes: Default::default(),
+            last_pid_seen: Default::default(),
         };
         if kernel_startup {
             if let Err(e) = kernel
@@ -245,6 +248,15 @@ impl Kernel {
         let Some(pid) = self.pid() else {
             return Vec::new();
         };
+        // Walking the tree reads a few /proc files per process and thread (~0.3 ms). When no
+        // pid was handed out anywhere since the last look, no process can be new: skip it.
+        let newest = super::process::newest_pid();
+        if let (Some(n), Ok(mut last)) = (newest, self.last_pid_seen.lock()) {
+            if *last == Some(n) {
+                return Vec::new();
+            }
+            *last = Some(n);
+        }
         let now = super::process::descendants(pid);
         let Ok(mut known) = self.known_processes.lock() else {
             return Vec::new();

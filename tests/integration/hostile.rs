@@ -671,3 +671,65 @@ time.sleep(60)
     }
     s.close().await;
 }
+
+/// Node and Electron hosts (Claude Desktop) give a server a socketpair, not pipes, for stdio;
+/// the server reads and writes it on its event loop, and ends when the client closes it.
+#[tokio::test]
+async fn stdio_over_a_socketpair_works_and_ends_with_the_client() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::Builder::new()
+        .prefix("kmcp-sock-")
+        .tempdir()
+        .unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let theirs_out = theirs.try_clone().unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .arg("--workspace")
+        .arg(dir.path().join("ws"))
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs_out,
+        )))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(crate::harness::HANG)).unwrap();
+    let mut w = ours.try_clone().unwrap();
+    let mut lines = std::io::BufReader::new(ours.try_clone().unwrap()).lines();
+    let mut send = |l: &str| {
+        w.write_all(l.as_bytes()).unwrap();
+        w.write_all(b"\n").unwrap();
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"sock","version":"1"}}}"#,
+    );
+    let init = lines.next().unwrap().unwrap();
+    assert!(
+        init.contains("\"id\":0") && init.contains("kernel-mcp"),
+        "{init}"
+    );
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    send(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6 * 7"}}}"#,
+    );
+    let reply = loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.contains("\"id\":1") {
+            break l;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "42", "{reply}");
+    // The client goes away: the server ends.
+    ours.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(lines);
+    let pid = child.id() as i32;
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || !crate::harness::alive(pid)).await,
+        "the server outlived its client"
+    );
+    let _ = child.wait();
+}
