@@ -52,6 +52,8 @@ pub enum WireError {
     },
     #[error("{reason}; that connection is corrupt and was cut")]
     Corrupt { reason: String },
+    #[error("malformed {0}")]
+    Framing(String),
 }
 
 /// Errors from starting, talking to and stopping the kernel.

@@ -1,7 +1,9 @@
 //! The gateway backend (`--gateway-url`): kernels started on a Jupyter Server, Kernel Gateway
 //! or Enterprise Gateway through its REST API and talked to over the kernel channels WebSocket
-//! (`/api/kernels/{id}/channels`, the JSON message protocol). The only module that speaks HTTP;
-//! it never logs or returns the token.
+//! (`/api/kernels/{id}/channels`): the `v1.kernel.websocket.jupyter.org` binary protocol where
+//! the server offers it (Jupyter Server 2, Kernel Gateway 3), the JSON protocol otherwise
+//! (older servers, Enterprise Gateway 3). The only module that speaks HTTP; it never logs or
+//! returns the token.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +26,20 @@ use crate::wire::{Channel, Content, Header, Heartbeat, Message, MsgId, Router, S
 const MAX_WS_MESSAGE: usize = 256 << 20;
 /// Bound on each REST call; kernel starts get the start-up timeout instead.
 const REST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The binary kernel WebSocket subprotocol (jupyter_server, "Kernel WebSocket protocols": each
+/// message is a table of little-endian u64 offsets, then the channel name, then the header,
+/// parent header, metadata and content as JSON, then any buffers).
+const V1_PROTOCOL: &str = "v1.kernel.websocket.jupyter.org";
+
+/// How messages are framed on the kernel's WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsProtocol {
+    /// One JSON text message per kernel message (the legacy default).
+    Json,
+    /// The v1 binary framing.
+    V1,
+}
+
 /// Characters of a gateway's error body quoted in an error.
 const BODY_SNIPPET: usize = 300;
 
@@ -329,6 +345,8 @@ type WsSink = futures::stream::SplitSink<WsStream, WsMessage>;
 /// kernel counts as gone.
 struct WsChannels {
     session: String,
+    /// Whether the current connection speaks the v1 protocol (a reconnect may change it).
+    v1: Arc<std::sync::atomic::AtomicBool>,
     sink: Arc<Mutex<WsSink>>,
     router: Router,
     reconnects: Arc<std::sync::atomic::AtomicU32>,
@@ -341,8 +359,41 @@ impl Drop for WsChannels {
     }
 }
 
-/// Opens the kernel's channels WebSocket for `session`.
-async fn connect_ws(rest: &Rest, id: &str, session: &str) -> Result<WsStream, KernelError> {
+/// Opens the kernel's channels WebSocket for `session`, offering the v1 subprotocol; a server
+/// that does not take it (the handshake fails, or it answers without one) gets the JSON
+/// protocol on a second connection.
+async fn connect_ws(
+    rest: &Rest,
+    id: &str,
+    session: &str,
+) -> Result<(WsStream, WsProtocol), KernelError> {
+    match connect_ws_with(rest, id, session, true).await {
+        Ok((ws, resp)) => {
+            let chosen = resp
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim);
+            if chosen == Some(V1_PROTOCOL) {
+                return Ok((ws, WsProtocol::V1));
+            }
+            Ok((ws, WsProtocol::Json))
+        }
+        Err(first) => match connect_ws_with(rest, id, session, false).await {
+            Ok((ws, _)) => Ok((ws, WsProtocol::Json)),
+            Err(_) => Err(first),
+        },
+    }
+}
+
+type WsResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
+
+async fn connect_ws_with(
+    rest: &Rest,
+    id: &str,
+    session: &str,
+    offer_v1: bool,
+) -> Result<(WsStream, WsResponse), KernelError> {
     let mut url = rest.url(&format!("api/kernels/{id}/channels"))?;
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     let _ = url.set_scheme(scheme);
@@ -358,10 +409,15 @@ async fn connect_ws(rest: &Rest, id: &str, session: &str) -> Result<WsStream, Ke
             req.headers_mut().insert("Authorization", v);
         }
     }
+    if offer_v1 {
+        if let Ok(v) = V1_PROTOCOL.parse() {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", v);
+        }
+    }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
         .max_frame_size(Some(MAX_WS_MESSAGE));
-    let (ws, _) = tokio::time::timeout(
+    let (ws, resp) = tokio::time::timeout(
         REST_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(req, Some(config), true),
     )
@@ -379,24 +435,37 @@ async fn connect_ws(rest: &Rest, id: &str, session: &str) -> Result<WsStream, Ke
             rest.shown
         ),
     })?;
-    Ok(ws)
+    Ok((ws, resp))
 }
 
 /// Routes messages from `stream` until it ends (true) or the router was closed on purpose.
-async fn pump(stream: &mut futures::stream::SplitStream<WsStream>, r: &Router) {
+async fn pump(
+    stream: &mut futures::stream::SplitStream<WsStream>,
+    r: &Router,
+    protocol: WsProtocol,
+) {
     while let Some(item) = stream.next().await {
-        match item {
-            Ok(WsMessage::Text(t)) => match decode(t.as_bytes()) {
+        let decoded = match (&item, protocol) {
+            (Ok(WsMessage::Text(t)), WsProtocol::Json) => Some(decode(t.as_bytes())),
+            (Ok(WsMessage::Binary(b)), WsProtocol::V1) => Some(decode_v1(b)),
+            (Ok(WsMessage::Binary(_)), WsProtocol::Json) => {
+                // JSON-protocol binary frames carry messages with buffers (comms, widgets);
+                // the outputs kernel-mcp returns never need them.
+                tracing::debug!("ignored a binary WebSocket message");
+                None
+            }
+            _ => None,
+        };
+        if let Some(d) = decoded {
+            match d {
                 Ok((channel, m)) => r.route(channel, m).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "dropped a malformed message from the gateway")
                 }
-            },
-            Ok(WsMessage::Binary(_)) => {
-                // Binary frames carry messages with buffers (comms, widgets); the outputs
-                // kernel-mcp returns never need them.
-                tracing::debug!("ignored a binary WebSocket message");
             }
+            continue;
+        }
+        match item {
             Ok(WsMessage::Close(_)) => return,
             Ok(_) => {}
             Err(e) => {
@@ -410,30 +479,40 @@ async fn pump(stream: &mut futures::stream::SplitStream<WsStream>, r: &Router) {
 impl WsChannels {
     async fn open(rest: &Rest, id: &str, router: Router) -> Result<WsChannels, KernelError> {
         let session = uuid::Uuid::new_v4().to_string();
-        let ws = connect_ws(rest, id, &session).await?;
+        let (ws, protocol) = connect_ws(rest, id, &session).await?;
+        tracing::info!(kernel_id = %id, ?protocol, "kernel WebSocket open");
+        let protocol_now = Arc::new(std::sync::atomic::AtomicBool::new(
+            protocol == WsProtocol::V1,
+        ));
         let (sink, mut stream) = ws.split();
         let sink = Arc::new(Mutex::new(sink));
         let reconnects = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let (r, rest, id, sess, snk, count) = (
+        let (r, rest, id, sess, snk, count, v1) = (
             router.clone(),
             rest.clone(),
             id.to_owned(),
             session.clone(),
             sink.clone(),
             reconnects.clone(),
+            protocol_now.clone(),
         );
         let reader = tokio::spawn(async move {
+            let mut protocol = protocol;
             loop {
-                pump(&mut stream, &r).await;
+                pump(&mut stream, &r, protocol).await;
                 if r.is_closed() {
                     return;
                 }
                 // One reconnect per drop, with the same session id: the gateway keeps the
                 // kernel (and its state) while no client is connected.
                 match connect_ws(&rest, &id, &sess).await {
-                    Ok(ws) => {
+                    Ok((ws, p)) => {
                         let (new_sink, new_stream) = ws.split();
-                        *snk.lock().await = new_sink;
+                        let mut guard = snk.lock().await;
+                        *guard = new_sink;
+                        protocol = p;
+                        v1.store(p == WsProtocol::V1, Ordering::SeqCst);
+                        drop(guard);
                         stream = new_stream;
                         count.fetch_add(1, Ordering::SeqCst);
                         tracing::warn!(kernel_id = %id, "the gateway's WebSocket dropped and was reconnected");
@@ -452,6 +531,7 @@ impl WsChannels {
             router,
             reconnects,
             reader,
+            v1: protocol_now,
         })
     }
 }
@@ -500,6 +580,112 @@ fn decode(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
     ))
 }
 
+/// Decodes one v1 binary WebSocket message. Every offset is checked against the message's
+/// length and order; buffers (parts after the content) are dropped, as in the JSON protocol.
+fn decode_v1(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
+    let bad = |why: &str| WireError::Framing(format!("v1 WebSocket message: {why}"));
+    let word = |i: usize| -> Option<u64> {
+        let b = bytes.get(i.checked_mul(8)?..i.checked_mul(8)?.checked_add(8)?)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    };
+    let n = word(0).ok_or_else(|| bad("shorter than its offset count"))?;
+    // Channel, four JSON parts and the end offset at least; a sane bound on buffers.
+    if !(6..=1024).contains(&n) {
+        return Err(bad("offset count out of range"));
+    }
+    let n = n as usize;
+    let mut offsets = Vec::with_capacity(n);
+    for i in 1..=n {
+        let o = word(i).ok_or_else(|| bad("offset table cut short"))?;
+        let o = usize::try_from(o).map_err(|_| bad("offset too large"))?;
+        if o > bytes.len() || offsets.last().is_some_and(|prev| o < *prev) {
+            return Err(bad("offset outside the message or out of order"));
+        }
+        offsets.push(o);
+    }
+    let part = |i: usize| -> Result<&[u8], WireError> {
+        let (a, b) = (offsets.get(i), offsets.get(i + 1));
+        match (a, b) {
+            (Some(&a), Some(&b)) => bytes
+                .get(a..b)
+                .ok_or_else(|| bad("part outside the message")),
+            _ => Err(bad("missing part")),
+        }
+    };
+    let channel = match part(0)? {
+        b"shell" => Channel::Shell,
+        b"iopub" => Channel::IoPub,
+        b"control" => Channel::Control,
+        b"stdin" => Channel::Stdin,
+        _ => return Err(bad("unknown channel")),
+    };
+    let json = |i: usize, what: &'static str| -> Result<Value, WireError> {
+        serde_json::from_slice(part(i)?).map_err(|source| WireError::Json { part: what, source })
+    };
+    let header: Header = serde_json::from_slice(part(1)?).map_err(|source| WireError::Json {
+        part: "header",
+        source,
+    })?;
+    let parent_header = Header::parent_from(json(2, "parent_header")?)?;
+    let metadata = json(3, "metadata")?;
+    let content = Content::parse(&header.msg_type, part(4)?)?;
+    Ok((
+        channel,
+        Message {
+            identities: Vec::new(),
+            header,
+            parent_header,
+            metadata,
+            content,
+            buffers: Vec::new(),
+        },
+    ))
+}
+
+/// Encodes a message in the v1 binary framing (no buffers).
+fn encode_v1(channel: Channel, m: &Message) -> Result<Vec<u8>, WireError> {
+    let j = |v: &Value, part: &'static str| {
+        serde_json::to_vec(v).map_err(|source| WireError::Json { part, source })
+    };
+    let header = serde_json::to_vec(&m.header).map_err(|source| WireError::Json {
+        part: "header",
+        source,
+    })?;
+    let parent = match &m.parent_header {
+        Some(h) => serde_json::to_vec(h).map_err(|source| WireError::Json {
+            part: "parent_header",
+            source,
+        })?,
+        None => b"{}".to_vec(),
+    };
+    let metadata = j(&m.metadata, "metadata")?;
+    let content = m.content.to_json().map_err(|source| WireError::Json {
+        part: "content",
+        source,
+    })?;
+    let parts: [&[u8]; 5] = [
+        channel.name().as_bytes(),
+        &header,
+        &parent,
+        &metadata,
+        &content,
+    ];
+    // Offsets: the start of each part, then the end; the table itself comes first.
+    let count = parts.len() + 1;
+    let mut offset = 8 * (1 + count);
+    let mut out = Vec::with_capacity(offset + parts.iter().map(|p| p.len()).sum::<usize>());
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    for p in &parts {
+        out.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += p.len();
+    }
+    out.extend_from_slice(&(offset as u64).to_le_bytes());
+    for p in &parts {
+        out.extend_from_slice(p);
+    }
+    Ok(out)
+}
+
 /// Encodes a message for the WebSocket.
 fn encode(channel: Channel, m: &Message) -> Result<String, WireError> {
     let content: Value =
@@ -536,15 +722,16 @@ impl Channels for WsChannels {
     }
 
     async fn send(&self, channel: Channel, message: &Message) -> Result<(), WireError> {
-        let text = encode(channel, message)?;
-        self.sink
-            .lock()
-            .await
-            .send(WsMessage::Text(text.into()))
-            .await
-            .map_err(|_| WireError::ReaderGone {
-                channel: "websocket",
-            })
+        let mut sink = self.sink.lock().await;
+        // Read under the sink's lock: a reconnect swaps both together.
+        let frame = if self.v1.load(Ordering::SeqCst) {
+            WsMessage::Binary(encode_v1(channel, message)?.into())
+        } else {
+            WsMessage::Text(encode(channel, message)?.into())
+        };
+        sink.send(frame).await.map_err(|_| WireError::ReaderGone {
+            channel: "websocket",
+        })
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -679,5 +866,31 @@ mod tests {
         assert_eq!(back, m);
         assert!(decode(b"{\"header\": 5}").is_err());
         assert!(decode(b"[]").is_err());
+    }
+
+    #[test]
+    fn v1_messages_round_trip_and_bad_offsets_are_refused() {
+        let m = Message::request("s", Content::KernelInfoRequest);
+        let bin = encode_v1(Channel::Control, &m).unwrap();
+        let (ch, back) = decode_v1(&bin).unwrap();
+        assert_eq!(ch, Channel::Control);
+        assert_eq!(back, m);
+        // The layout jupyter_server reads: count 6, first offset right after the table.
+        assert_eq!(u64::from_le_bytes(bin[..8].try_into().unwrap()), 6);
+        assert_eq!(u64::from_le_bytes(bin[8..16].try_into().unwrap()), 56);
+        assert_eq!(&bin[56..63], b"control");
+        // Truncated, out-of-range and out-of-order offsets, huge counts: errors, no panic.
+        for cut in [0, 7, 8, 40, 60, bin.len() - 1] {
+            assert!(decode_v1(&bin[..cut]).is_err(), "cut {cut}");
+        }
+        let mut huge = bin.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_v1(&huge).is_err());
+        let mut swapped = bin.clone();
+        swapped[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_v1(&swapped).is_err());
+        let mut backwards = bin.clone();
+        backwards[24..32].copy_from_slice(&1u64.to_le_bytes());
+        assert!(decode_v1(&backwards).is_err());
     }
 }

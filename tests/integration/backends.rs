@@ -396,6 +396,9 @@ impl Gateway {
                     .arg(format!("--IdentityProvider.token={token}"))
                     .arg("--ServerApp.open_browser=False")
                     .arg(format!("--ServerApp.root_dir={}", dir.path().display()))
+                    // Only the legacy JSON WebSocket protocol here, so the fallback from the
+                    // v1 subprotocol is tested against a real server too.
+                    .arg("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
                     .arg("--allow-root");
                 c
             }
@@ -516,6 +519,17 @@ async fn analysis_through(kind: Kind) {
     assert!(
         !text(&env).contains(&g.token),
         "the token leaked into get_environment"
+    );
+    // The binary v1 protocol where the server offers it (Kernel Gateway 3, Enterprise Gateway
+    // 3); the Jupyter Server here is set to the legacy protocol, and the JSON fallback is taken.
+    let expected = match kind {
+        Kind::JupyterServer => "protocol=Json",
+        _ => "protocol=V1",
+    };
+    assert!(
+        s.log().contains(expected),
+        "expected {expected} in the server log:\n{}",
+        s.log()
     );
 
     s.close().await;
