@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::error::PackageError;
 use crate::error::{KernelError, WorkspaceError};
 use crate::kernel::{ExecLimits, KernelHandle, Restarted};
+use crate::kernel::{SwitchError, Switched};
 use crate::notebook::{Journal, Recorder, MAX_CELL_OUTPUT_BYTES};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
 use crate::packages::{self, PackageSpec};
-use crate::pyenv::{self, EnvInfo, EnvSource};
+use crate::pyenv::{self, EnvInfo};
 use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
 /// Tool arguments, deserialized with the failing field named in the error
@@ -169,21 +170,12 @@ impl Default for Settings {
     }
 }
 
-/// The kernel's environment and the named ones the model may switch to.
-#[derive(Debug, Clone)]
-pub struct Environments {
-    /// Name of the active environment ("default" for the one the server started with).
-    pub active: String,
-    pub info: EnvInfo,
-    /// Environments offered to the model by name (`--env NAME=PATH`, plus "default").
-    pub named: std::collections::BTreeMap<String, EnvSource>,
-}
+pub use crate::kernel::Environments;
 
 struct Inner {
     kernel: Arc<KernelHandle>,
     workspace: Arc<Workspace>,
     settings: Settings,
-    envs: std::sync::RwLock<Environments>,
     install_lock: tokio::sync::Mutex<()>,
     /// Every executed cell of this server session, with restart markers.
     journal: std::sync::Mutex<Journal>,
@@ -511,12 +503,12 @@ impl Server {
         envs: Environments,
     ) -> Server {
         let tool_router = Self::tool_router();
+        kernel.set_environments(envs);
         Server {
             inner: Arc::new(Inner {
                 kernel,
                 workspace,
                 settings,
-                envs: std::sync::RwLock::new(envs),
                 install_lock: tokio::sync::Mutex::new(()),
                 journal: std::sync::Mutex::new(Journal::default()),
                 written: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -529,9 +521,7 @@ impl Server {
 
     /// Replaces what the server reports about the active environment (after a first-run set-up).
     pub fn set_env_info(&self, info: EnvInfo) {
-        if let Ok(mut e) = self.inner.envs.write() {
-            e.info = info;
-        }
+        self.inner.kernel.set_env_info(info);
         self.tools_changed();
     }
 
@@ -653,10 +643,9 @@ impl Server {
 
     fn env_info(&self) -> EnvInfo {
         self.inner
-            .envs
-            .read()
-            .map(|e| e.info.clone())
-            .unwrap_or_else(|e| e.into_inner().info.clone())
+            .kernel
+            .env_info()
+            .unwrap_or_else(|| pyenv::unavailable("no environment was set"))
     }
 
     async fn run_code(
@@ -1177,36 +1166,10 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        if self.inner.kernel.env_error().is_some() {
-            // The interpreter was unusable: look again, in case it was fixed meanwhile.
-            let source = {
-                let envs = self
-                    .inner
-                    .envs
-                    .read()
-                    .map(|e| e.clone())
-                    .unwrap_or_else(|e| e.into_inner().clone());
-                envs.named.get(&envs.active).cloned()
-            };
-            let Some(source) = source else {
-                return Ok(kernel_error(KernelError::Unavailable {
-                    reason: "no environment is configured".into(),
-                }));
-            };
-            match pyenv::resolve(&source).await {
-                Ok(info) => {
-                    self.inner
-                        .kernel
-                        .set_python(info.python.clone(), info.paths.clone());
-                    self.inner.kernel.set_env_error(None);
-                    self.set_env_info(info);
-                }
-                Err(e) => {
-                    let reason = pyenv::explain(&e);
-                    self.inner.kernel.set_env_error(Some(reason.clone()));
-                    return Ok(kernel_error(KernelError::Unavailable { reason }));
-                }
-            }
+        match self.inner.kernel.recheck_environment().await {
+            Ok(true) => self.tools_changed(),
+            Ok(false) => {}
+            Err(reason) => return Ok(kernel_error(KernelError::Unavailable { reason })),
         }
         let r = self.inner.kernel.restart().await;
         if matches!(r, Ok(Restarted::Fresh { .. })) {
@@ -1581,10 +1544,13 @@ impl Server {
         let backend = self.inner.kernel.backend().describe();
         let envs = self
             .inner
-            .envs
-            .read()
-            .map(|e| e.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
+            .kernel
+            .environments()
+            .unwrap_or_else(|| Environments {
+                active: "default".into(),
+                info: self.env_info(),
+                named: Default::default(),
+            });
         let s = &self.inner.settings;
         let named: serde_json::Map<String, serde_json::Value> = envs
             .named
@@ -1650,81 +1616,45 @@ impl Server {
         &self,
         Parameters(p): Parameters<SwitchParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let (source, known) = {
-            let envs = self
-                .inner
-                .envs
-                .read()
-                .map(|e| e.clone())
-                .unwrap_or_else(|e| e.into_inner().clone());
-            (
-                envs.named.get(&p.name).cloned(),
-                envs.named.keys().cloned().collect::<Vec<_>>(),
-            )
-        };
-        let Some(source) = source else {
-            return Ok(tool_error(format!(
-                "no environment named {:?}; choose one of: {}",
-                p.name,
-                known.join(", ")
-            )));
-        };
-        let info = match pyenv::resolve(&source).await {
-            Ok(i) => i,
-            Err(e) => {
-                return Ok(tool_error(format!(
-                    "environment {} is not usable: {e}; the kernel was not changed",
-                    p.name
-                )))
-            }
-        };
-        match self
-            .inner
-            .kernel
-            .switch_python(info.python.clone(), info.paths.clone())
-            .await
-        {
-            Ok(d) => {
-                let text = format!(
-                    "switched to environment {} (Python {}, {}); the kernel was restarted in {:.2} s and all variables were lost",
-                    p.name,
-                    info.python_version,
-                    info.package_summary(),
-                    d.as_secs_f64()
-                );
-                if let Ok(mut e) = self.inner.envs.write() {
-                    e.active = p.name.clone();
-                    e.info = info;
-                }
+        match self.inner.kernel.switch_environment(&p.name).await {
+            Ok(Switched { info, took }) => {
                 self.tools_changed();
                 self.journal_marker(&format!(
                     "*Kernel restarted in environment {} (switch_environment): all variables were cleared.*",
                     p.name
                 ))
                 .await;
-                Ok(CallToolResult::success(vec![Content::text(text)]))
+                Ok(CallToolResult::success(vec![Content::text(format!(
+                    "switched to environment {} (Python {}, {}); the kernel was restarted in {:.2} s and all variables were lost",
+                    p.name,
+                    info.python_version,
+                    info.package_summary(),
+                    took.as_secs_f64()
+                ))]))
             }
-            Err(e) => {
-                // Go back to the environment that worked, so the session is not left without one.
-                let current = self.env_info();
-                let back = self
-                    .inner
-                    .kernel
-                    .switch_python(current.python, current.paths)
-                    .await;
-                let restored = match back {
-                    Ok(_) => {
+            Err(SwitchError::Unknown { known }) => Ok(tool_error(format!(
+                "no environment named {:?}; choose one of: {}",
+                p.name,
+                known.join(", ")
+            ))),
+            Err(SwitchError::Unusable { reason }) => Ok(tool_error(format!(
+                "environment {} is not usable: {reason}; the kernel was not changed",
+                p.name
+            ))),
+            Err(SwitchError::StartFailed { reason, restored }) => {
+                self.journal_marker(
+                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
+                )
+                .await;
+                let restored = match restored {
+                    Ok(()) => {
                         "the previous environment was restarted instead (all variables were lost)"
                             .to_owned()
                     }
                     Err(e2) => format!("restarting the previous environment failed too: {e2}"),
                 };
-                self.journal_marker(
-                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
-                )
-                .await;
                 Ok(tool_error(format!(
-                    "could not start a kernel in environment {}: {e}; {restored}",
+                    "could not start a kernel in environment {}: {reason}; {restored}",
                     p.name
                 )))
             }

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod connection;
+pub mod environments;
 pub mod existing;
 pub mod gateway;
 pub mod local;
@@ -24,6 +25,7 @@ pub use crate::wire::Heartbeat as Health;
 pub use backend::{Backend, BackendInfo, BackendKind, Gone, Ownership};
 pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
+pub use environments::{Environments, SwitchError, Switched};
 pub use local::{LocalBackend, LocalLauncher, SandboxConfig};
 pub use spec::{InterruptMode, KernelSpec};
 
@@ -221,6 +223,8 @@ pub struct KernelHandle {
     current: StdMutex<Option<Arc<Kernel>>>,
     waiting: AtomicUsize,
     max_queue: usize,
+    /// The Python environments (one copy, here below the tools).
+    envs: std::sync::RwLock<Option<Environments>>,
 }
 
 impl KernelHandle {
@@ -252,7 +256,106 @@ impl KernelHandle {
             current: StdMutex::new(None),
             waiting: AtomicUsize::new(0),
             max_queue,
+            envs: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Sets the environments this handle's kernels run in (once, when the server is built).
+    pub fn set_environments(&self, envs: Environments) {
+        if let Ok(mut e) = self.envs.write() {
+            *e = Some(envs);
+        }
+    }
+
+    /// The environments: the active one and the named ones (`None` before they were set).
+    pub fn environments(&self) -> Option<Environments> {
+        self.envs
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// What is in the active environment.
+    pub fn env_info(&self) -> Option<crate::pyenv::EnvInfo> {
+        self.environments().map(|e| e.info)
+    }
+
+    /// Replaces what is known about the active environment (after a first-run set-up).
+    pub fn set_env_info(&self, info: crate::pyenv::EnvInfo) {
+        if let Ok(mut e) = self.envs.write() {
+            if let Some(e) = e.as_mut() {
+                e.info = info;
+            }
+        }
+    }
+
+    /// When the active environment was unusable, resolves it again (it may have been fixed
+    /// meanwhile) and points the backend at it: `Ok(true)` when it changed, `Ok(false)` when
+    /// nothing was wrong, `Err` with the reason (in words) when it is still unusable.
+    pub async fn recheck_environment(&self) -> Result<bool, String> {
+        if self.env_error().is_none() {
+            return Ok(false);
+        }
+        let source = self
+            .environments()
+            .and_then(|e| e.named.get(&e.active).cloned())
+            .ok_or_else(|| "no environment is configured".to_owned())?;
+        match crate::pyenv::resolve(&source).await {
+            Ok(info) => {
+                self.set_python(info.python.clone(), info.paths.clone());
+                self.set_env_error(None);
+                self.set_env_info(info);
+                Ok(true)
+            }
+            Err(e) => {
+                let reason = crate::pyenv::explain(&e);
+                self.set_env_error(Some(reason.clone()));
+                Err(reason)
+            }
+        }
+    }
+
+    /// Restarts the kernel in the environment named `name`. On failure the previous
+    /// environment is started again, so the session is not left without a kernel.
+    pub async fn switch_environment(&self, name: &str) -> Result<Switched, SwitchError> {
+        let envs = self
+            .environments()
+            .ok_or_else(|| SwitchError::Unknown { known: Vec::new() })?;
+        let Some(source) = envs.named.get(name).cloned() else {
+            return Err(SwitchError::Unknown {
+                known: envs.named.keys().cloned().collect(),
+            });
+        };
+        let info = crate::pyenv::resolve(&source)
+            .await
+            .map_err(|e| SwitchError::Unusable {
+                reason: e.to_string(),
+            })?;
+        match self
+            .switch_python(info.python.clone(), info.paths.clone())
+            .await
+        {
+            Ok(took) => {
+                if let Ok(mut e) = self.envs.write() {
+                    if let Some(e) = e.as_mut() {
+                        e.active = name.to_owned();
+                        e.info = info.clone();
+                    }
+                }
+                Ok(Switched { info, took })
+            }
+            Err(e) => {
+                let back = self
+                    .switch_python(envs.info.python.clone(), envs.info.paths.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e2| e2.to_string());
+                Err(SwitchError::StartFailed {
+                    reason: e.to_string(),
+                    restored: back,
+                })
+            }
+        }
     }
 
     /// The backend the kernels come from.

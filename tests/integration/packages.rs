@@ -370,23 +370,23 @@ async fn import_names_are_understood() {
     .await;
     // The index is empty, so nothing is installed; the result shows what was asked of it.
     let r = s
-        .call("install_package", json!({"packages": ["sklearn"]}))
+        .call("install_package", json!({"packages": ["bs4"]}))
         .await;
     assert!(is_error(&r));
     let t = text(&r);
     assert!(
-        t.starts_with("nothing was changed (sklearn is the import name of scikit-learn; installing scikit-learn): installer failed: not found on the package index:"),
+        t.starts_with("nothing was changed (bs4 is the import name of beautifulsoup4; installing beautifulsoup4): installer failed: not found on the package index:"),
         "{t}"
     );
     assert!(
-        t.ends_with("No matching distribution found for scikit-learn"),
+        t.ends_with("No matching distribution found for beautifulsoup4"),
         "{t}"
     );
 
     let r = s
         .call(
             "check_packages",
-            json!({"packages": ["PIL", "mpl_toolkits", "sklearn", "numpy", "no-such-pkg"]}),
+            json!({"packages": ["PIL", "mpl_toolkits", "bs4", "numpy", "no-such-pkg"]}),
         )
         .await;
     assert!(!is_error(&r), "{}", text(&r));
@@ -400,13 +400,13 @@ async fn import_names_are_understood() {
     assert!(lines[1].ends_with(" (import name of matplotlib)"), "{t}");
     assert_eq!(
         lines[2],
-        "sklearn: not installed (sklearn is the import name of scikit-learn; install_package([\"scikit-learn\"]))"
+        "bs4: not installed (bs4 is the import name of beautifulsoup4; install_package([\"beautifulsoup4\"]))"
     );
     assert!(lines[3].starts_with("numpy: "), "{t}");
     assert_eq!(lines[4], "no-such-pkg: not installed");
     let data = r.structured_content.clone().unwrap();
     assert_eq!(data["packages"][0]["distribution"], "pillow");
     assert_eq!(data["packages"][2]["installed"], false);
-    assert_eq!(data["packages"][2]["distribution"], "scikit-learn");
+    assert_eq!(data["packages"][2]["distribution"], "beautifulsoup4");
     s.close().await;
 }
