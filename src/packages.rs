@@ -510,6 +510,89 @@ pub struct InstallReport {
     pub changed: Vec<(String, String, String)>,
 }
 
+impl InstallReport {
+    /// The result text: what was installed into `python` (with the import-name note), what
+    /// came along, and which versions changed.
+    pub fn describe(&self, python: &std::path::Path, renamed: &str) -> String {
+        let mut text = format!(
+            "installed into {}{renamed}:\n{}",
+            python.display(),
+            self.requested.join("\n")
+        );
+        if !self.added.is_empty() {
+            text.push_str(&format!(
+                "\nnewly installed (with dependencies): {}",
+                self.added.join(", ")
+            ));
+        }
+        if !self.changed.is_empty() {
+            let desc: Vec<String> = self
+                .changed
+                .iter()
+                .map(|(n, a, b)| format!("{n} {a} -> {b}"))
+                .collect();
+            text.push_str(&format!("\nchanged versions: {}", desc.join(", ")));
+        }
+        text
+    }
+
+    /// A Python expression listing the modules the kernel has already imported from the
+    /// distributions whose version changed (they still run the old code), if any changed.
+    pub fn stale_imports_expr(&self) -> Option<String> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self.changed.iter().map(|(n, _, _)| normalize(n)).collect();
+        Some(format!(
+            "sorted({{m for m, ds in __import__('importlib.metadata').metadata.packages_distributions().items() for d in ds if __import__('re').sub(r'[-_.]+', '-', d).lower() in {names:?} and m in __import__('sys').modules}})"
+        ))
+    }
+}
+
+/// Checks and translates what install_package was given: the specs to install, and a note
+/// naming the import names that were translated (" (sklearn is the import name of ...)").
+/// `Err` is the sentence for the model when nothing may be installed.
+pub fn prepare(raw: &[String]) -> Result<(Vec<PackageSpec>, String), String> {
+    if raw.is_empty() {
+        return Err(
+            "packages is empty; pass a list of package names such as [\"tabulate\"]".to_owned(),
+        );
+    }
+    if raw.len() > MAX_SPECS {
+        return Err(format!(
+            "{} packages given; install at most {MAX_SPECS} per call",
+            raw.len()
+        ));
+    }
+    let mut specs = Vec::new();
+    let mut problems = Vec::new();
+    let mut renamed = Vec::new();
+    for r in raw {
+        match validate_spec(r) {
+            Ok(s) => match translate_import_name(&s) {
+                Some(dist) => {
+                    renamed.push(format!(
+                        "{} is the import name of {}; installing {}",
+                        s.raw, dist.name, dist.raw
+                    ));
+                    specs.push(dist);
+                }
+                None => specs.push(s),
+            },
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let renamed = if renamed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", renamed.join("; "))
+    };
+    if !problems.is_empty() {
+        return Err(format!("nothing was installed: {}", problems.join("; ")));
+    }
+    Ok((specs, renamed))
+}
+
 /// Installs validated `specs` into `python`, with the kernel's own packages pinned, sending
 /// each installer output line to `on_line`. `mode` says how the installer is confined.
 pub async fn install(

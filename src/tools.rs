@@ -23,7 +23,7 @@ use crate::kernel::{ExecLimits, KernelHandle, Restarted};
 use crate::kernel::{SwitchError, Switched};
 use crate::notebook::{Journal, Recorder, MAX_CELL_OUTPUT_BYTES};
 use crate::output::{Collector, OutputLimits, ProgressFn, SpillTarget};
-use crate::packages::{self, PackageSpec};
+use crate::packages;
 use crate::pyenv::{self, EnvInfo};
 use crate::workspace::{ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
@@ -1211,47 +1211,10 @@ impl Server {
         Parameters(p): Parameters<PackagesParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        if p.packages.is_empty() {
-            return Ok(tool_error(
-                "packages is empty; pass a list of package names such as [\"tabulate\"]",
-            ));
-        }
-        if p.packages.len() > packages::MAX_SPECS {
-            return Ok(tool_error(format!(
-                "{} packages given; install at most {} per call",
-                p.packages.len(),
-                packages::MAX_SPECS
-            )));
-        }
-        let mut specs: Vec<PackageSpec> = Vec::new();
-        let mut problems = Vec::new();
-        let mut renamed = Vec::new();
-        for raw in &p.packages {
-            match packages::validate_spec(raw) {
-                Ok(s) => match packages::translate_import_name(&s) {
-                    Some(dist) => {
-                        renamed.push(format!(
-                            "{} is the import name of {}; installing {}",
-                            s.raw, dist.name, dist.raw
-                        ));
-                        specs.push(dist);
-                    }
-                    None => specs.push(s),
-                },
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        let renamed = if renamed.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", renamed.join("; "))
+        let (specs, renamed) = match packages::prepare(&p.packages) {
+            Ok(prepared) => prepared,
+            Err(why) => return Ok(tool_error(why)),
         };
-        if !problems.is_empty() {
-            return Ok(tool_error(format!(
-                "nothing was installed: {}",
-                problems.join("; ")
-            )));
-        }
         let _one_at_a_time = self.inner.install_lock.lock().await;
         if self.kernel_elsewhere() {
             // pip runs inside the kernel, so it installs into the kernel's own interpreter
@@ -1308,31 +1271,8 @@ impl Server {
             }
         };
         self.inner.kernel.invalidate_imports();
-        let (lines, added, changed) = (report.requested, report.added, report.changed);
-        let mut text = format!(
-            "installed into {}{renamed}:\n{}",
-            python.display(),
-            lines.join("\n")
-        );
-        if !added.is_empty() {
-            text.push_str(&format!(
-                "\nnewly installed (with dependencies): {}",
-                added.join(", ")
-            ));
-        }
-        if !changed.is_empty() {
-            let desc: Vec<String> = changed
-                .iter()
-                .map(|(n, a, b)| format!("{n} {a} -> {b}"))
-                .collect();
-            text.push_str(&format!("\nchanged versions: {}", desc.join(", ")));
-            let names: Vec<String> = changed
-                .iter()
-                .map(|(n, _, _)| packages::normalize(n))
-                .collect();
-            let expr = format!(
-                "sorted({{m for m, ds in __import__('importlib.metadata').metadata.packages_distributions().items() for d in ds if __import__('re').sub(r'[-_.]+', '-', d).lower() in {names:?} and m in __import__('sys').modules}})"
-            );
+        let mut text = report.describe(&python, &renamed);
+        if let Some(expr) = report.stale_imports_expr() {
             match self.inner.kernel.evaluate(&expr, Duration::from_secs(3)).await {
                 Ok(v) if v != "[]" => text.push_str(&format!(
                     "\nThe kernel had already imported {v} at the old version: call restart_kernel to use the new version (this clears all variables)."
