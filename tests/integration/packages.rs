@@ -383,6 +383,16 @@ async fn import_names_are_understood() {
         "{t}"
     );
 
+    // An import name of something installed: the result names the distribution it installed.
+    let r = s
+        .call("install_package", json!({"packages": ["sklearn"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        text(&r).contains("(sklearn is the import name of scikit-learn; installing scikit-learn):"),
+        "{}",
+        text(&r)
+    );
     let r = s
         .call(
             "check_packages",
