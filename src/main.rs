@@ -259,6 +259,15 @@ fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
     Ok(named)
 }
 
+/// `--allow-read` and `--read-only-dirs` together.
+fn extra_read(o: &Opts) -> Vec<PathBuf> {
+    o.allow_read
+        .iter()
+        .chain(&o.read_only_dirs)
+        .cloned()
+        .collect()
+}
+
 /// The resolved `--disk-quota` in bytes (`None`: no quota).
 fn disk_quota(o: &Opts, workspace: &std::path::Path) -> Option<u64> {
     match o.disk_quota {
@@ -282,12 +291,7 @@ fn sandbox_policy(
     }
     Some(kernel_mcp::denials::SandboxPolicy {
         workspace: workspace.to_path_buf(),
-        extra_read: o
-            .allow_read
-            .iter()
-            .chain(&o.read_only_dirs)
-            .cloned()
-            .collect(),
+        extra_read: extra_read(o),
         network: o.allow_network,
         memory_bytes: o.memory_limit.0,
         disk_quota: disk_quota(o, workspace),
@@ -314,12 +318,7 @@ async fn sandbox_config(
     let disk_quota = disk_quota(o, workspace);
     let cfg = kernel_mcp::kernel::SandboxConfig {
         python_paths: env.paths.clone(),
-        extra_read: o
-            .allow_read
-            .iter()
-            .chain(&o.read_only_dirs)
-            .cloned()
-            .collect(),
+        extra_read: extra_read(o),
         network: o.allow_network,
         memory_bytes: o.memory_limit.0,
         file_size_bytes: o.max_file_size.0,
@@ -624,42 +623,39 @@ mod unix_stdio {
 
     use super::{Reader, Writer};
 
-    /// A duplicate of fd 0 or 1 and what kind of file it is.
-    fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Option<(OwnedFd, std::fs::FileType)> {
-        let owned = fd.try_clone_to_owned().ok()?;
-        let kind = std::fs::File::from(owned.try_clone().ok()?)
-            .metadata()
-            .ok()?
-            .file_type();
-        Some((owned, kind))
+    /// What fd 0 or 1 is, when it can be driven by the event loop (a duplicate of it).
+    enum Stream {
+        Pipe(std::fs::File),
+        Socket(std::os::unix::net::UnixStream),
+    }
+
+    fn stream(fd: std::os::fd::BorrowedFd<'_>) -> Option<Stream> {
+        let owned: OwnedFd = fd.try_clone_to_owned().ok()?;
+        let file = std::fs::File::from(owned);
+        let kind = file.metadata().ok()?.file_type();
+        if kind.is_fifo() {
+            return Some(Stream::Pipe(file));
+        }
+        if kind.is_socket() {
+            let s = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
+            s.set_nonblocking(true).ok()?;
+            return Some(Stream::Socket(s));
+        }
+        None
     }
 
     pub fn reader() -> Option<Reader> {
-        let (fd, kind) = dup(std::io::stdin().as_fd())?;
-        if kind.is_fifo() {
-            let pipe = tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd)).ok()?;
-            return Some(Box::new(pipe));
-        }
-        if kind.is_socket() {
-            let s = std::os::unix::net::UnixStream::from(fd);
-            s.set_nonblocking(true).ok()?;
-            return Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?));
-        }
-        None
+        Some(match stream(std::io::stdin().as_fd())? {
+            Stream::Pipe(f) => Box::new(tokio::net::unix::pipe::Receiver::from_file(f).ok()?),
+            Stream::Socket(s) => Box::new(tokio::net::UnixStream::from_std(s).ok()?),
+        })
     }
 
     pub fn writer() -> Option<Writer> {
-        let (fd, kind) = dup(std::io::stdout().as_fd())?;
-        if kind.is_fifo() {
-            let pipe = tokio::net::unix::pipe::Sender::from_file(std::fs::File::from(fd)).ok()?;
-            return Some(Box::new(pipe));
-        }
-        if kind.is_socket() {
-            let s = std::os::unix::net::UnixStream::from(fd);
-            s.set_nonblocking(true).ok()?;
-            return Some(Box::new(tokio::net::UnixStream::from_std(s).ok()?));
-        }
-        None
+        Some(match stream(std::io::stdout().as_fd())? {
+            Stream::Pipe(f) => Box::new(tokio::net::unix::pipe::Sender::from_file(f).ok()?),
+            Stream::Socket(s) => Box::new(tokio::net::UnixStream::from_std(s).ok()?),
+        })
     }
 }
 

@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::libc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -70,8 +70,6 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// bound (the workspace may be below /tmp: /tmp itself is a private tmpfs, mounted first).
 const OWN_VIEW: &[&str] = &["/etc", "/proc", "/sys", "/dev"];
 
-extern "C" fn ignore_signal(_: libc::c_int) {}
-
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -108,15 +106,7 @@ pub(super) fn enter(p: &Policy, ns: &NsPolicy) -> Result<(), String> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     // SIGINT goes to the whole process group (interrupts); neither process here may die of it.
-    let noop = SigAction::new(
-        SigHandler::Handler(ignore_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler does nothing, so it is async-signal-safe.
-    unsafe {
-        let _ = signal::sigaction(Signal::SIGINT, &noop);
-    }
+    super::unix::survive_sigint();
     unshare(flags(ns)).map_err(|e| err("unshare", e))?;
     // From here on the process is in a new user namespace: a failure cannot be undone.
     let fail = |m: String| -> ! {
@@ -172,30 +162,16 @@ fn write_maps(uid: u32, gid: u32, in_uid: u32, in_gid: u32) -> Result<(), String
 /// The outer process: wait for PID 1 and leave the same way.
 fn mirror(child: Pid) -> ! {
     loop {
-        let died_of = match waitpid(child, None) {
+        match waitpid(child, None) {
             // PID 1 cannot die of a signal it sends itself, so it exits 128 + N for "killed by
             // signal N" (the shell's convention); the outer process turns that back.
             Ok(WaitStatus::Exited(_, code)) => match Signal::try_from(code - 128) {
-                Ok(sig) if code > 128 => sig,
+                Ok(sig) if code > 128 => super::unix::die_of(sig),
                 _ => std::process::exit(code),
             },
-            Ok(WaitStatus::Signaled(_, sig, _)) => sig,
+            Ok(WaitStatus::Signaled(_, sig, _)) => super::unix::die_of(sig),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => std::process::exit(1),
-        };
-        {
-            let sig = died_of;
-            {
-                let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-                // SAFETY: restoring the default disposition is always sound.
-                unsafe {
-                    let _ = signal::sigaction(sig, &dfl);
-                }
-                let _ =
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-                let _ = signal::kill(Pid::this(), sig);
-                std::process::exit(128 + sig as i32);
-            }
         }
     }
 }

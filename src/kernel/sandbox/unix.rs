@@ -34,6 +34,34 @@ pub(super) fn apply_limits(p: &Policy, st: &mut Status) {
     st.limits = applied.join(", ");
 }
 
+/// The server interrupts the kernel with SIGINT to the whole process group; the helper's own
+/// processes must survive that. A handler (not SIG_IGN) is reset to the default on exec, so the
+/// kernel still gets a normal SIGINT.
+pub(super) fn survive_sigint() {
+    let noop = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe {
+        let _ = signal::sigaction(Signal::SIGINT, &noop);
+    }
+}
+
+/// Ends this process by `sig` (no core dump), or, where that is not possible (PID 1 of a
+/// namespace cannot die of a signal it sends itself), exits 128 + the signal's number.
+pub(super) fn die_of(sig: Signal) -> ! {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: restoring the default disposition is always sound.
+    unsafe {
+        let _ = signal::sigaction(sig, &dfl);
+    }
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    let _ = signal::kill(Pid::this(), sig);
+    std::process::exit(128 + sig as i32);
+}
+
 /// The largest file the kernel may write: the file-size limit, and never more than the quota.
 pub(super) fn file_size_limit(p: &Policy) -> Option<u64> {
     match (p.file_size_bytes, p.disk_quota) {
@@ -66,18 +94,7 @@ pub(super) fn supervise(argv: &[String], mut hooks: Hooks) -> ! {
         eprintln!("kernel-mcp helper: no kernel command given");
         std::process::exit(2);
     };
-    // The server interrupts the kernel with SIGINT to our process group; the helper itself must
-    // survive that. A handler (not SIG_IGN) is reset to the default on exec, so the kernel still
-    // gets a normal SIGINT.
-    let noop = SigAction::new(
-        SigHandler::Handler(ignore_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler does nothing, so it is async-signal-safe.
-    unsafe {
-        let _ = signal::sigaction(Signal::SIGINT, &noop);
-    }
+    survive_sigint();
     (hooks.before_spawn)();
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
@@ -135,16 +152,7 @@ pub(super) fn supervise(argv: &[String], mut hooks: Hooks) -> ! {
     teardown();
     match end {
         End::Code(code) => std::process::exit(code),
-        End::Signal(s) => {
-            // Die of the same signal so the server reports the kernel's real cause of death.
-            let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-            // SAFETY: restoring the default disposition is always sound.
-            unsafe {
-                let _ = signal::sigaction(s, &dfl);
-            }
-            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-            let _ = signal::kill(Pid::this(), s);
-            std::process::exit(128 + s as i32);
-        }
+        // Die of the same signal so the server reports the kernel's real cause of death.
+        End::Signal(s) => die_of(s),
     }
 }
