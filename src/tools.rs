@@ -548,11 +548,14 @@ impl Server {
         } else {
             format!(" with {packages}")
         };
-        let env_line = format!(
+        let mut env_line = format!(
             "\n\nEnvironment: Python {}{with}. Working directory: {}.",
             env.python_version,
             self.inner.workspace.root().display()
         );
+        if let Some(p) = &self.inner.settings.output.sandbox {
+            env_line.push_str(&format!("\n\n{}", p.paragraph()));
+        }
         let mut tools = self.tool_router.list_all();
         for t in tools.iter_mut().filter(|t| t.name == "execute_python") {
             let base = t.description.clone().unwrap_or_default();
@@ -1976,6 +1979,14 @@ impl ServerHandler for Server {
         }
         if let Some(p) = &self.inner.settings.output.sandbox {
             instructions.push_str(&format!(" {}", p.paragraph()));
+            // The layers themselves are known once a kernel has started (get_environment
+            // reports them at any time).
+            if let Some(st) = self.inner.kernel.sandbox() {
+                instructions.push_str(&format!(
+                    " Sandbox layers in force: namespaces: {}; Landlock {}; seccomp: {}.",
+                    st.namespaces, st.landlock, st.seccomp
+                ));
+            }
         }
         ServerConfig::new(
             ServerCapabilities::builder()
