@@ -1,7 +1,9 @@
 //! The `kernel-mcp` binary: parse flags, log to stderr, pick the Python environment, start the
 //! kernel in the background and serve MCP on stdio until stdin closes or a signal arrives.
 
+mod cli;
 mod demo;
+mod stdio;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,218 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use rmcp::ServiceExt;
 
 use kernel_mcp::kernel::connection::RuntimeDir;
-use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher, Transport};
-use kernel_mcp::limits::{self, SizeLimit};
+use kernel_mcp::kernel::{KernelHandle, KernelSpec, LocalLauncher};
 use kernel_mcp::output::OutputLimits;
 use kernel_mcp::pyenv;
 use kernel_mcp::tools::{Environments, Server, Settings};
+
+use cli::{Cli, Command, DiskQuota, Opts, SandboxMode};
 use kernel_mcp::workspace::Workspace;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "kernel-mcp",
-    version,
-    about = "MCP server: a stateful Python interpreter backed by a real Jupyter kernel"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    opts: Opts,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct Opts {
-    /// Folder the file tools are jailed to and the kernel's working directory (created if
-    /// missing). Default ./workspace, or a per-user data folder when that is not writable.
-    #[arg(long, global = true)]
-    workspace: Option<PathBuf>,
-    /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.
-    #[arg(long, global = true)]
-    python: Option<PathBuf>,
-    /// Use the Python of this virtualenv or uv venv (its bin/python).
-    #[arg(long, global = true, conflicts_with = "python")]
-    venv: Option<PathBuf>,
-    /// Use the Python of this conda environment (found with `conda env list`).
-    #[arg(long, global = true, conflicts_with_all = ["python", "venv"])]
-    conda_env: Option<String>,
-    /// Offer another environment to the model by name: NAME=PATH (a venv dir or an interpreter). Repeatable.
-    #[arg(long = "env", value_name = "NAME=PATH", global = true)]
-    envs: Vec<String>,
-    /// Seconds an install_package run may take before the installer is killed.
-    #[arg(long, default_value = "300", value_parser = limits::parse_seconds, global = true)]
-    install_timeout: Duration,
-    /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
-    #[arg(long, global = true)]
-    kernel_spec: Option<PathBuf>,
-    /// Default execute_python timeout in seconds (at most 30 days, like every duration flag).
-    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
-    timeout: Duration,
-    /// Largest timeout_seconds a call may ask for.
-    #[arg(long, default_value = "3600", value_parser = limits::parse_seconds, global = true)]
-    max_timeout: Duration,
-    /// Seconds to wait after an interrupt before the kernel is killed and restarted.
-    #[arg(long, default_value = "3", value_parser = limits::parse_seconds, global = true)]
-    interrupt_grace: Duration,
-    /// Characters of text output returned per call before head/tail truncation (1000 to 100,000,000).
-    #[arg(long, default_value = "20000", value_parser = |s: &str| limits::parse_count(s, limits::MAX_OUTPUT_BUDGET), global = true)]
-    output_budget: usize,
-    /// Most images returned per call.
-    #[arg(long, default_value = "10", value_parser = |s: &str| limits::parse_count(s, limits::MAX_IMAGES), global = true)]
-    max_images: usize,
-    /// Seconds the kernel may take to start.
-    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
-    startup_timeout: Duration,
-    /// How the server talks to the kernel: ipc (unix sockets in a private dir; the default except
-    /// on Windows) or tcp (127.0.0.1; the default on Windows).
-    #[arg(long, value_enum, default_value_t = Transport::default(), global = true)]
-    transport: Transport,
-    /// OS sandbox for the kernel: strict (Landlock + seccomp + rlimits, best effort), require
-    /// (refuse to run without every layer), or off.
-    #[arg(long, value_enum, default_value_t = SandboxMode::Strict, global = true)]
-    sandbox: SandboxMode,
-    /// Let the kernel use the network (off by default under the sandbox). `--allow-network=false`
-    /// is accepted too (the MCP bundle passes its checkbox that way).
-    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_value = "false", default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    allow_network: bool,
-    /// Extra read-only directory for the kernel (repeatable), e.g. a shared data folder.
-    #[arg(long, value_name = "DIR", global = true)]
-    allow_read: Vec<PathBuf>,
-    /// Any number of extra read-only directories after one flag (put it last); the MCP bundle's
-    /// folder list arrives this way. Same as repeating --allow-read.
-    #[arg(long, value_name = "DIR", num_args = 0.., global = true)]
-    read_only_dirs: Vec<PathBuf>,
-    /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
-    #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
-    memory_limit: SizeLimit,
-    /// Largest file the kernel may write, e.g. 8G (0 = none).
-    #[arg(long, default_value = "8G", value_parser = limits::parse_size, global = true)]
-    max_file_size: SizeLimit,
-    /// Total bytes the kernel may add to the workspace and its HOME: auto (10 GiB, and at most
-    /// half the free space on the workspace's disk at start), a size such as 20G, or 0 for none.
-    /// Past it the kernel's writes fail with "File too large" until files are deleted.
-    #[arg(long, default_value = "auto", value_parser = parse_quota, global = true)]
-    disk_quota: DiskQuota,
-    /// CPU seconds each process that leaves the kernel's session (setsid, a daemon) may use
-    /// before it is stopped; 0 = no limit. The kernel itself and its ordinary children are not
-    /// limited.
-    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_cpu_seconds, global = true)]
-    detached_cpu_limit: u64,
-    /// Linux: do not put the kernel in namespaces of its own; keep only Landlock, seccomp and
-    /// rlimits (what machines without user namespaces get). Also KERNEL_MCP_NO_NAMESPACES=1.
-    #[arg(long, env = "KERNEL_MCP_NO_NAMESPACES", global = true,
-          action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
-    no_namespaces: bool,
-    /// Let install_package build packages from source (run their build code) on platforms where
-    /// no sandbox can hold it (macOS, Windows); without it installs there take wheels only.
-    /// On Linux installs always run inside the kernel's sandbox.
-    #[arg(long, global = true)]
-    allow_source_builds: bool,
-    /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
-    #[arg(long, global = true)]
-    no_spare: bool,
-    /// Do not pre-import numpy, pandas and matplotlib (in the background in a new kernel, and in the spare).
-    #[arg(long, global = true)]
-    no_preload: bool,
-    /// Most execute calls waiting behind the running one before "busy" is returned.
-    #[arg(long, default_value = "16", value_parser = |s: &str| limits::parse_count(s, limits::MAX_QUEUE), global = true)]
-    max_queue: usize,
-    /// Attach to a running kernel through its connection file (as `jupyter console --existing`).
-    /// kernel-mcp does not own that kernel: it keeps running when the server exits.
-    #[arg(long, value_name = "CONNECTION_FILE", global = true,
-          conflicts_with_all = ["python", "venv", "conda_env", "gateway_url"])]
-    existing: Option<PathBuf>,
-    /// Start kernels on a Jupyter Server, Kernel Gateway or Enterprise Gateway at this URL.
-    #[arg(long, env = "JUPYTER_GATEWAY_URL", global = true,
-          conflicts_with_all = ["python", "venv", "conda_env"])]
-    gateway_url: Option<String>,
-    /// Token for the gateway (sent as `Authorization: token ...`; never logged).
-    #[arg(
-        long,
-        env = "JUPYTER_GATEWAY_AUTH_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    gateway_token: Option<String>,
-    /// Kernelspec to start on the gateway (default: the gateway's default kernelspec).
-    #[arg(long, global = true)]
-    kernel_name: Option<String>,
-    /// Keep a notebook of the session at this workspace path, rewritten after every call
-    /// (e.g. "session-journal.ipynb"), so nothing is lost if the client goes away.
-    #[arg(long, value_name = "PATH", global = true)]
-    journal: Option<String>,
-    /// Serve MCP over Streamable HTTP at http://HOST:PORT/mcp instead of stdio, with a kernel
-    /// and a workspace folder per session.
-    #[arg(long, value_name = "HOST:PORT", global = true)]
-    listen: Option<String>,
-    /// File holding the bearer token HTTP clients must send (default: env KERNEL_MCP_TOKEN).
-    /// Required when --listen is not a loopback address.
-    #[arg(long, value_name = "PATH", global = true)]
-    token_file: Option<PathBuf>,
-    /// A browser origin allowed to call the HTTP endpoint, e.g. https://app.example.com (repeatable).
-    #[arg(long, value_name = "ORIGIN", global = true)]
-    allow_origin: Vec<String>,
-    /// Most HTTP sessions at once; beyond it a new session gets HTTP 503.
-    #[arg(long, default_value_t = 8, global = true)]
-    max_sessions: usize,
-    /// Seconds without a request after which an HTTP session and its kernel end.
-    #[arg(long, default_value = "1800", value_parser = limits::parse_seconds, global = true)]
-    session_idle_timeout: Duration,
-    /// HTTP sessions share the workspace root instead of each getting its own folder in it.
-    #[arg(long, global = true)]
-    shared_workspace: bool,
-    /// Largest HTTP request body, e.g. 32M.
-    #[arg(long, default_value = "32M", value_parser = limits::parse_size, global = true)]
-    max_body: SizeLimit,
-}
-
-/// `--disk-quota`: auto, or a size (0 = none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DiskQuota {
-    Auto,
-    Size(SizeLimit),
-}
-
-fn parse_quota(s: &str) -> Result<DiskQuota, String> {
-    if s.trim().eq_ignore_ascii_case("auto") {
-        return Ok(DiskQuota::Auto);
-    }
-    limits::parse_size(s).map(DiskQuota::Size)
-}
-
-fn parse_cpu_seconds(s: &str) -> Result<u64, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a whole number of seconds"))?;
-    if n > 30 * 24 * 3600 {
-        return Err(format!("{s:?}: at most 30 days of CPU time"));
-    }
-    Ok(n)
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum SandboxMode {
-    Strict,
-    Require,
-    Off,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Serve MCP on stdin/stdout (the default).
-    Serve,
-    /// Create or check the managed Python environment and print what is in it.
-    Setup,
-    /// Run a three-step analysis through the server, as an MCP client would, and print each result.
-    Demo,
-}
+use stdio::{stdio, stop_signal};
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
@@ -600,65 +402,6 @@ fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn kernel_mcp::kernel:
     Ok(None)
 }
 
-type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
-type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
-
-/// The process's stdin and stdout as async streams. tokio's `stdin()`/`stdout()` do every read
-/// and write on a blocking-pool thread (two thread hand-offs per call); when they are a pipe or
-/// a socket (what MCP clients give a server: Node/Electron use socketpairs), they are read and
-/// written directly on the event loop instead. Anything else (a terminal, a file) keeps the
-/// portable path.
-fn stdio() -> (Reader, Writer) {
-    #[cfg(unix)]
-    if let (Some(r), Some(w)) = (unix_stdio::reader(), unix_stdio::writer()) {
-        return (r, w);
-    }
-    (Box::new(tokio::io::stdin()), Box::new(tokio::io::stdout()))
-}
-
-#[cfg(unix)]
-mod unix_stdio {
-    use std::os::fd::{AsFd, OwnedFd};
-    use std::os::unix::fs::FileTypeExt;
-
-    use super::{Reader, Writer};
-
-    /// What fd 0 or 1 is, when it can be driven by the event loop (a duplicate of it).
-    enum Stream {
-        Pipe(std::fs::File),
-        Socket(std::os::unix::net::UnixStream),
-    }
-
-    fn stream(fd: std::os::fd::BorrowedFd<'_>) -> Option<Stream> {
-        let owned: OwnedFd = fd.try_clone_to_owned().ok()?;
-        let file = std::fs::File::from(owned);
-        let kind = file.metadata().ok()?.file_type();
-        if kind.is_fifo() {
-            return Some(Stream::Pipe(file));
-        }
-        if kind.is_socket() {
-            let s = std::os::unix::net::UnixStream::from(OwnedFd::from(file));
-            s.set_nonblocking(true).ok()?;
-            return Some(Stream::Socket(s));
-        }
-        None
-    }
-
-    pub fn reader() -> Option<Reader> {
-        Some(match stream(std::io::stdin().as_fd())? {
-            Stream::Pipe(f) => Box::new(tokio::net::unix::pipe::Receiver::from_file(f).ok()?),
-            Stream::Socket(s) => Box::new(tokio::net::UnixStream::from_std(s).ok()?),
-        })
-    }
-
-    pub fn writer() -> Option<Writer> {
-        Some(match stream(std::io::stdout().as_fd())? {
-            Stream::Pipe(f) => Box::new(tokio::net::unix::pipe::Sender::from_file(f).ok()?),
-            Stream::Socket(s) => Box::new(tokio::net::UnixStream::from_std(s).ok()?),
-        })
-    }
-}
-
 /// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
 async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
@@ -688,36 +431,6 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     // Whatever the transport wrote last still reaches stdout.
     let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
     outcome
-}
-
-/// Resolves with the signal's name when the OS asks the server to stop (unix: SIGTERM, SIGHUP,
-/// SIGINT; Windows: Ctrl-C, Ctrl-Break, console close).
-#[cfg(unix)]
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        }
-    })
-}
-
-#[cfg(windows)]
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::windows::{ctrl_break, ctrl_close};
-    let mut brk = ctrl_break()?;
-    let mut close = ctrl_close()?;
-    Ok(async move {
-        tokio::select! {
-            _ = brk.recv() => "Ctrl-Break",
-            _ = close.recv() => "console close",
-            _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        }
-    })
 }
 
 /// The bearer token: the first line of --token-file, else KERNEL_MCP_TOKEN (surrounding
