@@ -88,8 +88,8 @@ pub(crate) struct Opts {
     /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
     #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
     pub(crate) memory_limit: SizeLimit,
-    /// Largest file the kernel may write, e.g. 8G (0 = none).
-    #[arg(long, default_value = "8G", value_parser = limits::parse_size, global = true)]
+    /// Largest file the kernel may write, e.g. 8G (0 = none; at least 16M otherwise).
+    #[arg(long, default_value = "8G", value_parser = parse_write_limit, global = true)]
     pub(crate) max_file_size: SizeLimit,
     /// Total bytes the kernel may add to the workspace and its HOME: auto (10 GiB, and at most
     /// half the free space on the workspace's disk at start), a size such as 20G, or 0 for none.
@@ -180,7 +180,22 @@ pub(crate) fn parse_quota(s: &str) -> Result<DiskQuota, String> {
     if s.trim().eq_ignore_ascii_case("auto") {
         return Ok(DiskQuota::Auto);
     }
-    limits::parse_size(s).map(DiskQuota::Size)
+    parse_write_limit(s).map(DiskQuota::Size)
+}
+
+/// The smallest write limit (`--max-file-size`, `--disk-quota`): ipykernel and matplotlib write
+/// a few MB of their own at start, and a kernel that cannot would never start.
+const MIN_WRITE_LIMIT: u64 = 16 << 20;
+
+/// A size for a limit on what the kernel writes: 0 (none) or at least [`MIN_WRITE_LIMIT`].
+pub(crate) fn parse_write_limit(s: &str) -> Result<SizeLimit, String> {
+    let v = limits::parse_size(s)?;
+    match v.0 {
+        Some(n) if n < MIN_WRITE_LIMIT => Err(format!(
+            "{s:?} is too small: the kernel writes a few MB of its own at start, so give at least 16M, or 0 for no limit"
+        )),
+        _ => Ok(v),
+    }
 }
 
 pub(crate) fn parse_cpu_seconds(s: &str) -> Result<u64, String> {

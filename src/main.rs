@@ -631,4 +631,28 @@ mod tests {
         assert_eq!(o.workspace, None);
         Ok(())
     }
+
+    #[test]
+    fn write_limits_refuse_sizes_no_kernel_could_start_with() -> Result<(), clap::Error> {
+        for bad in ["1", "1M", "15M", "-5", "nan"] {
+            assert!(opts(&["--disk-quota", bad]).is_err(), "--disk-quota {bad}");
+            assert!(
+                opts(&["--max-file-size", bad]).is_err(),
+                "--max-file-size {bad}"
+            );
+        }
+        assert_eq!(
+            opts(&["--disk-quota", "0"])?.disk_quota,
+            DiskQuota::Size(kernel_mcp::limits::SizeLimit(None))
+        );
+        assert_eq!(opts(&["--disk-quota", "auto"])?.disk_quota, DiskQuota::Auto);
+        assert_eq!(
+            opts(&["--disk-quota", "16M"])?.disk_quota,
+            DiskQuota::Size(kernel_mcp::limits::SizeLimit(Some(16 << 20)))
+        );
+        assert_eq!(opts(&["--max-file-size", "0"])?.max_file_size.0, None);
+        assert!(opts(&["--detached-cpu-limit", "99999999999999999999"]).is_err());
+        assert_eq!(opts(&["--detached-cpu-limit", "0"])?.detached_cpu_limit, 0);
+        Ok(())
+    }
 }

@@ -30,6 +30,15 @@ async fn extreme_flag_values_are_refused_without_a_panic() {
             cases.push((f, v));
         }
     }
+    // Limits on what the kernel writes: also too small for any kernel to start.
+    for f in ["disk-quota", "max-file-size"] {
+        for v in ["1", "1K", "15M", "1e400", "-1"] {
+            cases.push((f, v));
+        }
+    }
+    for v in ["-1", "1.5", "99999999999999999999", "forever"] {
+        cases.push(("detached-cpu-limit", v));
+    }
     for (flag, value) in cases {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
             .arg(format!("--{flag}={value}"))
