@@ -83,6 +83,7 @@ fn disk_quota(o: &Opts, workspace: &std::path::Path) -> Option<u64> {
 fn sandbox_policy(
     o: &Opts,
     workspace: &std::path::Path,
+    disk_quota: Option<u64>,
 ) -> Option<kernel_mcp::denials::SandboxPolicy> {
     if o.sandbox == SandboxMode::Off
         || kernel_mcp::kernel::sandbox::UNAVAILABLE.is_some()
@@ -96,7 +97,7 @@ fn sandbox_policy(
         extra_read: extra_read(o),
         network: o.allow_network,
         memory_bytes: o.memory_limit.0,
-        disk_quota: disk_quota(o, workspace),
+        disk_quota,
         detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
     })
 }
@@ -104,7 +105,7 @@ fn sandbox_policy(
 async fn sandbox_config(
     o: &Opts,
     env: &pyenv::EnvInfo,
-    workspace: &std::path::Path,
+    disk_quota: Option<u64>,
 ) -> anyhow::Result<Option<kernel_mcp::kernel::SandboxConfig>> {
     if let Some(why) = kernel_mcp::kernel::sandbox::UNAVAILABLE {
         if o.sandbox == SandboxMode::Require {
@@ -117,7 +118,6 @@ async fn sandbox_config(
         tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
         return Ok(None);
     }
-    let disk_quota = disk_quota(o, workspace);
     let cfg = kernel_mcp::kernel::SandboxConfig {
         python_paths: env.paths.clone(),
         extra_read: extra_read(o),
@@ -222,6 +222,8 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             "--output-budget is below 1000 characters; 1000 is used"
         );
     }
+    // Resolved once: the quota the model is told is the quota the sandbox enforces.
+    let quota = disk_quota(&o, workspace.root());
     let settings = Settings {
         default_timeout: o.timeout.min(o.max_timeout),
         max_timeout: o.max_timeout,
@@ -229,7 +231,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         output: OutputLimits {
             text_budget: o.output_budget.max(1000),
             max_images: o.max_images,
-            sandbox: sandbox_policy(&o, workspace.root()).map(Arc::new),
+            sandbox: sandbox_policy(&o, workspace.root(), quota).map(Arc::new),
             ..OutputLimits::default()
         },
         install_timeout: o.install_timeout,
@@ -336,7 +338,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
         helper: kernel_mcp::kernel::sandbox::helper_exe(),
-        sandbox: sandbox_config(&o, &env, workspace.root()).await?,
+        sandbox: sandbox_config(&o, &env, quota).await?,
         allow_source_builds: o.allow_source_builds,
     };
     let envs = Environments {

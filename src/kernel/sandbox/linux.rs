@@ -356,10 +356,7 @@ fn describe_watch(p: &Policy) -> String {
 /// Kills every process of our process group and every descendant re-parented to us, repeating
 /// until none is left (killing a process re-parents its children to us, the subreaper).
 fn kill_descendants() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let me = nix::unistd::getpid().as_raw();
-    let group = nix::unistd::getpgrp().as_raw();
-    for _ in 0..100 {
+    super::unix::kill_until_none_left(|me, group| {
         let mut found = false;
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
@@ -389,16 +386,8 @@ fn kill_descendants() {
                 }
             }
         }
-        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if st == WaitStatus::StillAlive {
-                break;
-            }
-        }
-        if !found {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+        found
+    });
 }
 
 fn become_subreaper() {

@@ -111,10 +111,7 @@ fn list(f: impl Fn(*mut nix::libc::c_void, nix::libc::c_int) -> nix::libc::c_int
 
 /// Kills every process of our process group and every child of ours, until none is left.
 fn kill_descendants() {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let me = nix::unistd::getpid().as_raw();
-    let group = nix::unistd::getpgrp().as_raw();
-    for _ in 0..100 {
+    super::unix::kill_until_none_left(|me, group| {
         // SAFETY: each call writes at most `bytes` bytes into the buffer `list` owns.
         let mut pids = list(|b, n| unsafe { nix::libc::proc_listpgrppids(group, b, n) });
         pids.extend(list(|b, n| unsafe {
@@ -126,16 +123,8 @@ fn kill_descendants() {
                 found = true;
             }
         }
-        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if st == WaitStatus::StillAlive {
-                break;
-            }
-        }
-        if !found {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+        found
+    });
 }
 
 fn nothing() {}

@@ -62,6 +62,27 @@ pub(super) fn die_of(sig: Signal) -> ! {
     std::process::exit(128 + sig as i32);
 }
 
+/// Kills what `kill_round` finds (it returns whether it signalled anything), reaps, and repeats
+/// until a round finds nothing: killing a process re-parents its children, so the tree is
+/// taken down level by level. Bounded at 100 rounds.
+pub(super) fn kill_until_none_left(mut kill_round: impl FnMut(i32, i32) -> bool) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let me = nix::unistd::getpid().as_raw();
+    let group = nix::unistd::getpgrp().as_raw();
+    for _ in 0..100 {
+        let found = kill_round(me, group);
+        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// The largest file the kernel may write: the file-size limit, and never more than the quota.
 pub(super) fn file_size_limit(p: &Policy) -> Option<u64> {
     match (p.file_size_bytes, p.disk_quota) {
