@@ -146,6 +146,19 @@ pub enum PackageError {
     Spawn(String),
 }
 
+/// Why a session operation (a tool's one call into `session`) did not happen. Kernel and
+/// workspace errors keep their type, so the MCP layer can add the advice each one needs.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// Anything else the model should read: one sentence saying what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// The crate error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -159,6 +172,8 @@ pub enum Error {
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
     Package(#[from] PackageError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// The crate result.

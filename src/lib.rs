@@ -2,9 +2,11 @@
 //! Jupyter kernel, spoken to over the Jupyter wire protocol (ZeroMQ, HMAC-SHA256 signed).
 //!
 //! Layers, dependencies pointing down: `tools` (MCP) → `kernel` (one handle over the local,
-//! existing and gateway backends), `output`, `workspace`, `packages`, `pyenv` → `wire`. The
-//! binary's `demo` (an MCP client that drives the server) is not part of the library.
+//! existing and gateway backends), `output`, `workspace`, `packages`, `pyenv` → `wire`. `app` sits
+//! on top: the command line, stdio and signal plumbing, and `demo` (an MCP client that drives
+//! the server); `src/main.rs` only calls `app::main`.
 
+pub mod app;
 pub mod denials;
 pub mod error;
 pub mod kernel;
@@ -13,9 +15,9 @@ pub mod notebook;
 pub mod output;
 pub mod packages;
 pub mod pyenv;
-pub mod remote_files;
 pub mod rich;
 pub mod serve;
+pub mod session;
 pub mod stdin_guard;
 pub mod text;
 pub mod tools;

@@ -354,6 +354,21 @@ pub async fn import_owners(
         .map_err(|e| PackageError::Failed(format!("unexpected output finding import names: {e}")))
 }
 
+/// The user expression that answers [`import_owners`]'s question inside a kernel (one that
+/// runs elsewhere): hex of the same JSON, read back with [`parse_import_owners`].
+pub fn import_owners_expr(names: &[String]) -> String {
+    let list = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+    format!(
+        "(lambda m: __import__('json').dumps({{n: m.get(n, []) for n in __import__('json').loads({})}}))(__import__('importlib.metadata', fromlist=['x']).packages_distributions()).encode().hex()",
+        serde_json::to_string(&list).unwrap_or_else(|_| "'[]'".into())
+    )
+}
+
+/// Reads the kernel's answer to [`import_owners_expr`].
+pub fn parse_import_owners(repr: &str) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    crate::pyenv::decode_probe(repr)
+}
+
 /// Normalizes a distribution name (PEP 503).
 pub fn normalize(name: &str) -> String {
     let mut out = String::with_capacity(name.len());

@@ -232,7 +232,7 @@ pub fn unavailable(reason: &str) -> EnvInfo {
 /// the executable, version and installed distributions (hex, so its repr needs no unescaping).
 pub const KERNEL_PROBE_EXPR: &str = "__import__('json').dumps({'python': __import__('sys').executable, 'version': __import__('platform').python_version(), 'packages': {str(d.metadata['Name'] or '').lower(): d.version for d in __import__('importlib.metadata', fromlist=['x']).distributions()}}).encode().hex()";
 
-fn decode_probe<T: serde::de::DeserializeOwned>(repr: &str) -> Option<T> {
+pub(crate) fn decode_probe<T: serde::de::DeserializeOwned>(repr: &str) -> Option<T> {
     let hex_text = repr.trim().trim_matches(|c| c == '\'' || c == '"');
     let bytes = hex::decode(hex_text).ok()?;
     serde_json::from_slice(&bytes).ok()

@@ -3,8 +3,11 @@
 //! kept, and the full text streams to a file in the workspace.
 
 mod budget;
+mod progress;
 mod render;
 mod text;
+
+pub use progress::{Progress, ProgressFn};
 
 pub use render::notice;
 pub use text::strip_ansi;
@@ -52,8 +55,13 @@ pub trait SpillTarget: Send {
     fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)>;
 }
 
-/// Called with (elapsed, latest output line) about once a second during a long cell.
-pub type ProgressFn = Box<dyn FnMut(Duration, &str) + Send>;
+/// What a session's run renders to: MCP tool-call content (this module is the renderer).
+pub type Rendered = CallToolResult;
+
+/// Adds a note (`[...]`) after a rendered result's content, as its own text block.
+pub fn append_note(r: &mut Rendered, text: &str) {
+    r.content.push(McpContent::text(text.to_owned()));
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -97,8 +105,6 @@ pub struct Collector {
     dropped_images: Vec<String>,
     clear_pending: bool,
     pending_cr: bool,
-    last_line: String,
-    progress: Option<ProgressFn>,
     /// Blocks before this index belong to earlier sections; clear_output keeps them.
     floor: usize,
     /// An earlier section ended in an error (rendered in place).
@@ -115,11 +121,7 @@ fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
 
 impl Collector {
     /// A collector with `limits`, spilling over-budget text to `spill_target` when given.
-    pub fn new(
-        limits: OutputLimits,
-        spill_target: Option<Box<dyn SpillTarget>>,
-        progress: Option<ProgressFn>,
-    ) -> Self {
+    pub fn new(limits: OutputLimits, spill_target: Option<Box<dyn SpillTarget>>) -> Self {
         Collector {
             limits,
             blocks: Vec::new(),
@@ -132,8 +134,6 @@ impl Collector {
             dropped_images: Vec::new(),
             clear_pending: false,
             pending_cr: false,
-            last_line: String::new(),
-            progress,
             floor: 0,
             section_error: false,
         }
@@ -199,16 +199,10 @@ impl Collector {
         self.clear_pending = false;
     }
 
-    fn remember_last_line(&mut self, text: &str) {
-        if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-            self.last_line = line.chars().take(200).collect();
-        }
-    }
     fn push_text(&mut self, kind: Kind, text: &str, display_id: Option<String>) {
         if text.is_empty() {
             return;
         }
-        self.remember_last_line(text);
         if self.spill.is_none() {
             let room = self.head_budget().saturating_sub(self.head_chars);
             let (now, rest) = if text.len() <= room {
@@ -363,13 +357,6 @@ impl OutputSink for Collector {
             }
         }
     }
-
-    fn tick(&mut self, elapsed: Duration) {
-        let line = self.last_line.clone();
-        if let Some(p) = self.progress.as_mut() {
-            p(elapsed, &line);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -410,7 +397,7 @@ mod tests {
 
     #[test]
     fn merges_streams_and_keeps_order() {
-        let mut c = Collector::new(OutputLimits::default(), None, None);
+        let mut c = Collector::new(OutputLimits::default(), None);
         c.output(&stream(StreamName::Stdout, "a\n"));
         c.output(&stream(StreamName::Stdout, "b\n"));
         c.output(&stream(StreamName::Stderr, "err\n"));
@@ -426,7 +413,7 @@ mod tests {
             text_budget: 1000,
             ..Default::default()
         };
-        let mut c = Collector::new(limits, None, None);
+        let mut c = Collector::new(limits, None);
         for i in 0..10_000 {
             c.output(&stream(StreamName::Stdout, &format!("line {i}\n")));
         }
@@ -441,7 +428,7 @@ mod tests {
 
     #[test]
     fn many_small_displays_stay_few_blocks() {
-        let mut c = Collector::new(OutputLimits::default(), None, None);
+        let mut c = Collector::new(OutputLimits::default(), None);
         for i in 0..1000 {
             c.output(&Content::ExecuteResult(
                 crate::wire::message::ExecuteResult {
@@ -468,7 +455,7 @@ mod tests {
 
     #[test]
     fn clear_output_drops_earlier_output() {
-        let mut c = Collector::new(OutputLimits::default(), None, None);
+        let mut c = Collector::new(OutputLimits::default(), None);
         c.output(&stream(StreamName::Stdout, "old\n"));
         c.output(&Content::ClearOutput(crate::wire::message::ClearOutput {
             wait: true,

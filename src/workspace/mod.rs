@@ -5,6 +5,7 @@
 mod list;
 mod path;
 mod read;
+pub mod remote;
 mod write;
 
 pub use list::{glob_match, Entry, EntryKind, Listing};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use kernel_mcp::kernel::Transport;
-use kernel_mcp::limits::{self, SizeLimit};
+use crate::kernel::Transport;
+use crate::limits::{self, SizeLimit};
 
 #[derive(Parser, Debug)]
 #[command(

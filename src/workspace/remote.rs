@@ -15,7 +15,7 @@ use crate::workspace::{
 };
 
 /// The helper exec'd in a private dict by [`expression`].
-const HELPER: &str = include_str!("../kernel-spec/remote_files.py");
+const HELPER: &str = include_str!("../../kernel-spec/remote_files.py");
 
 /// Most bytes of a text file read per call (the character cap applies on top).
 const MAX_READ_BYTES: usize = 4 * MAX_READ_CHARS;

@@ -1,0 +1,668 @@
+//! The `kernel-mcp` application: parse flags, log to stderr, pick the Python environment, start
+//! the kernel in the background and serve MCP on stdio (or HTTP) until stdin closes or a signal
+//! arrives; `setup` and `demo` too. In the library rather than the binary so that its generic
+//! code (rmcp's service, tokio, serde) is compiled once, not again in the binary crate: the
+//! binary is only `main`. The one library module that uses `anyhow` (its errors end the process).
+
+mod cli;
+mod demo;
+mod stdio;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rmcp::ServiceExt;
+
+use crate::kernel::connection::RuntimeDir;
+use crate::kernel::{KernelHandle, KernelSpec, LocalLauncher};
+use crate::output::OutputLimits;
+use crate::pyenv;
+use crate::tools::{Environments, Server, Settings};
+
+use crate::workspace::Workspace;
+use cli::{Cli, Command, DiskQuota, Opts, SandboxMode};
+use stdio::{stdio, stop_signal};
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+fn env_source(o: &Opts) -> pyenv::EnvSource {
+    if let Some(p) = &o.python {
+        pyenv::EnvSource::Interpreter(p.clone())
+    } else if let Some(v) = &o.venv {
+        pyenv::EnvSource::Venv(v.clone())
+    } else if let Some(c) = &o.conda_env {
+        pyenv::EnvSource::Conda(c.clone())
+    } else {
+        pyenv::EnvSource::Managed
+    }
+}
+
+async fn resolve_env(o: &Opts) -> anyhow::Result<pyenv::EnvInfo> {
+    Ok(pyenv::resolve(&env_source(o)).await?)
+}
+
+fn named_envs(o: &Opts) -> anyhow::Result<BTreeMap<String, pyenv::EnvSource>> {
+    let mut named = BTreeMap::new();
+    named.insert("default".to_owned(), env_source(o));
+    for e in &o.envs {
+        let (name, source) =
+            pyenv::parse_named(e).map_err(|m| anyhow::anyhow!("--env {e:?}: {m}"))?;
+        named.insert(name, source);
+    }
+    Ok(named)
+}
+
+/// `--allow-read` and `--read-only-dirs` together.
+fn extra_read(o: &Opts) -> Vec<PathBuf> {
+    o.allow_read
+        .iter()
+        .chain(&o.read_only_dirs)
+        .cloned()
+        .collect()
+}
+
+/// The resolved `--disk-quota` in bytes (`None`: no quota).
+fn disk_quota(o: &Opts, workspace: &std::path::Path) -> Option<u64> {
+    match o.disk_quota {
+        DiskQuota::Auto => Some(crate::kernel::sandbox::default_disk_quota(workspace)),
+        DiskQuota::Size(s) => s.0,
+    }
+}
+
+/// What the local kernel's sandbox allows, in the terms the model is told (`None` when no
+/// sandbox of ours applies: off, unavailable on this OS, or a kernel someone else runs).
+fn sandbox_policy(
+    o: &Opts,
+    workspace: &std::path::Path,
+    disk_quota: Option<u64>,
+) -> Option<crate::denials::SandboxPolicy> {
+    if o.sandbox == SandboxMode::Off
+        || crate::kernel::sandbox::UNAVAILABLE.is_some()
+        || o.existing.is_some()
+        || o.gateway_url.is_some()
+    {
+        return None;
+    }
+    Some(crate::denials::SandboxPolicy {
+        workspace: workspace.to_path_buf(),
+        extra_read: extra_read(o),
+        network: o.allow_network,
+        memory_bytes: o.memory_limit.0,
+        disk_quota,
+        detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
+    })
+}
+
+async fn sandbox_config(
+    o: &Opts,
+    env: &pyenv::EnvInfo,
+    disk_quota: Option<u64>,
+) -> anyhow::Result<Option<crate::kernel::SandboxConfig>> {
+    if let Some(why) = crate::kernel::sandbox::UNAVAILABLE {
+        if o.sandbox == SandboxMode::Require {
+            anyhow::bail!("--sandbox require: {why}");
+        }
+        tracing::warn!("NO OS SANDBOX: {why}");
+        return Ok(None);
+    }
+    if o.sandbox == SandboxMode::Off {
+        tracing::warn!("kernel sandbox is OFF (--sandbox off): the kernel can read and write everything this user can");
+        return Ok(None);
+    }
+    let cfg = crate::kernel::SandboxConfig {
+        python_paths: env.paths.clone(),
+        extra_read: extra_read(o),
+        network: o.allow_network,
+        memory_bytes: o.memory_limit.0,
+        file_size_bytes: o.max_file_size.0,
+        require: o.sandbox == SandboxMode::Require,
+        mpl_cache: pyenv::font_cache(env).await,
+        namespaces: !o.no_namespaces,
+        namespaces_off: o
+            .no_namespaces
+            .then(|| "--no-namespaces or KERNEL_MCP_NO_NAMESPACES".to_owned()),
+        disk_quota,
+        detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
+        tmpfs_bytes: crate::kernel::sandbox::tmpfs_size(disk_quota),
+        processes: Some(1024),
+    };
+    if o.sandbox == SandboxMode::Require {
+        crate::kernel::sandbox::probe(o.allow_network, !o.no_namespaces).map_err(|e| {
+            anyhow::anyhow!("--sandbox require: not every sandbox layer is available here: {e}")
+        })?;
+    }
+    Ok(Some(cfg))
+}
+
+/// The default workspace, relative to where the server was started.
+const DEFAULT_WORKSPACE: &str = "./workspace";
+
+/// True when a file can be created in `dir`.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".kernel-mcp-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// Opens the workspace. Without --workspace, ./workspace is used unless it cannot be created or
+/// written (desktop hosts often start servers in `/`): then a per-user data folder is, and the
+/// note says so for the log and the instructions.
+fn open_workspace(given: Option<&std::path::Path>) -> anyhow::Result<(Workspace, Option<String>)> {
+    if let Some(dir) = given {
+        let ws = Workspace::open(dir).context("opening the workspace")?;
+        return Ok((ws, None));
+    }
+    let default = std::path::Path::new(DEFAULT_WORKSPACE);
+    let problem = match Workspace::open(default) {
+        Ok(ws) => match writable(ws.root()) {
+            Ok(()) => return Ok((ws, None)),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "the current folder".into());
+    let fallback = pyenv::data_dir()?.join("workspace");
+    let ws = Workspace::open(&fallback).with_context(|| {
+        format!(
+            "opening the fallback workspace {} (./workspace in {cwd} was not usable: {problem})",
+            fallback.display()
+        )
+    })?;
+    let note = format!(
+        "The default ./workspace in {cwd} is not writable ({problem}), so the workspace is {}",
+        ws.root().display()
+    );
+    tracing::warn!("{note}");
+    Ok((ws, Some(note)))
+}
+
+async fn serve(o: Opts) -> anyhow::Result<()> {
+    let swept = RuntimeDir::sweep_stale();
+    if swept > 0 {
+        tracing::info!(
+            swept,
+            "removed runtime dirs of kernel-mcp servers that are gone"
+        );
+    }
+    let (workspace, workspace_note) = open_workspace(o.workspace.as_deref())?;
+    let workspace = Arc::new(workspace);
+    if let Some(j) = &o.journal {
+        anyhow::ensure!(
+            j.to_ascii_lowercase().ends_with(".ipynb"),
+            "--journal {j:?}: the journal is a notebook; give a path ending in .ipynb"
+        );
+        workspace
+            .path(j)
+            .map_err(|e| anyhow::anyhow!("--journal {j:?}: {e}"))?;
+    }
+    if o.timeout > o.max_timeout {
+        tracing::warn!(
+            timeout = o.timeout.as_secs_f64(),
+            max_timeout = o.max_timeout.as_secs_f64(),
+            "--timeout is above --max-timeout; calls use --max-timeout"
+        );
+    }
+    if o.output_budget < 1000 {
+        tracing::warn!(
+            output_budget = o.output_budget,
+            "--output-budget is below 1000 characters; 1000 is used"
+        );
+    }
+    // Resolved once: the quota the model is told is the quota the sandbox enforces.
+    let quota = disk_quota(&o, workspace.root());
+    let settings = Settings {
+        default_timeout: o.timeout.min(o.max_timeout),
+        max_timeout: o.max_timeout,
+        interrupt_grace: o.interrupt_grace,
+        output: OutputLimits {
+            text_budget: o.output_budget.max(1000),
+            max_images: o.max_images,
+            sandbox: sandbox_policy(&o, workspace.root(), quota).map(Arc::new),
+            ..OutputLimits::default()
+        },
+        install_timeout: o.install_timeout,
+        workspace_note,
+        journal: o.journal.clone(),
+    };
+    let spare = crate::kernel::SpareConfig {
+        enabled: !o.no_spare,
+        preload: (!o.no_preload).then(|| crate::kernel::PRELOAD_ANALYSIS_STACK.to_owned()),
+    };
+    // Over HTTP with a gateway, every session gets a gateway kernel of its own.
+    if let (Some(listen), Some(_)) = (o.listen.clone(), &o.gateway_url) {
+        let opts = o.clone();
+        let make = move || -> Result<Arc<dyn crate::kernel::Backend>, crate::error::KernelError> {
+            match remote_backend(&opts) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(crate::error::KernelError::Unavailable {
+                    reason: "no gateway configured".into(),
+                }),
+                Err(e) => Err(crate::error::KernelError::Unavailable {
+                    reason: e.to_string(),
+                }),
+            }
+        };
+        // Check the flags once now, so a bad URL stops the server at start.
+        make()?;
+        let kernels = crate::serve::sessions::KernelSource::Remote(Arc::new(make));
+        let envs = Environments {
+            active: "default".into(),
+            info: pyenv::remote("gateway kernel"),
+            named: BTreeMap::new(),
+        };
+        return serve_http(&o, &listen, workspace, kernels, settings, envs).await;
+    }
+    anyhow::ensure!(
+        !(o.listen.is_some() && o.existing.is_some()),
+        "--existing cannot be served over --listen: every HTTP session needs a kernel of its own, and an existing kernel is one shared kernel; use --gateway-url or a local kernel"
+    );
+    // A kernel someone else runs: no local environment, sandbox or spare of ours.
+    if let Some(remote) = remote_backend(&o)? {
+        let kind = match remote.describe().kind {
+            crate::kernel::BackendKind::Gateway => "gateway kernel",
+            _ => "existing kernel",
+        };
+        let kernel = KernelHandle::with_backend(remote, o.max_queue, spare);
+        kernel.warm_up();
+        let envs = Environments {
+            active: "default".into(),
+            info: pyenv::remote(kind),
+            named: BTreeMap::new(),
+        };
+        let server = Server::new(kernel.clone(), workspace, settings, envs);
+        {
+            // Learn the kernel's own interpreter once it answers, for descriptions and reports.
+            let (kernel, server) = (kernel.clone(), server.clone());
+            tokio::spawn(async move {
+                if kernel.info().await.is_ok() {
+                    match kernel
+                        .evaluate(pyenv::KERNEL_PROBE_EXPR, Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(repr) => match pyenv::parse_kernel_probe(&repr, kind) {
+                            Some(info) => server.set_env_info(info),
+                            None => tracing::warn!("could not read the kernel's interpreter facts"),
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not ask the kernel about its interpreter")
+                        }
+                    }
+                }
+            });
+        }
+        return run_stdio(server, kernel).await;
+    }
+    // On a first run the managed environment takes a minute to create: serve MCP at once and
+    // create it in the background, so a client such as Claude Desktop does not time out.
+    let source = env_source(&o);
+    // Over HTTP the environment is created before listening: sessions all need it at once.
+    let background =
+        o.listen.is_none() && source == pyenv::EnvSource::Managed && !pyenv::managed_ready();
+    // An unusable interpreter must not stop the server: the file tools still work, and
+    // execute_python says what is wrong and how to fix it.
+    let mut env_problem = None;
+    let env = if background {
+        tracing::warn!("first run: creating the managed Python environment in the background");
+        pyenv::preparing()
+    } else {
+        match pyenv::resolve(&source).await {
+            Ok(env) => env,
+            Err(e) => {
+                let reason = pyenv::explain(&e);
+                tracing::error!(%reason, "the Python environment is not usable; serving without a kernel");
+                env_problem = Some(reason.clone());
+                pyenv::unavailable(&reason)
+            }
+        }
+    };
+    tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
+    let spec = match &o.kernel_spec {
+        Some(p) => KernelSpec::load(p)?,
+        None => KernelSpec::builtin()?,
+    };
+    let launcher = LocalLauncher {
+        spec,
+        python: env.python.clone(),
+        workspace: workspace.root().to_path_buf(),
+        transport: o.transport,
+        startup_timeout: o.startup_timeout,
+        extra_env: BTreeMap::new(),
+        helper: crate::kernel::sandbox::helper_exe(),
+        sandbox: sandbox_config(&o, &env, quota).await?,
+        allow_source_builds: o.allow_source_builds,
+    };
+    let envs = Environments {
+        active: "default".into(),
+        info: env,
+        named: named_envs(&o)?,
+    };
+    if let Some(listen) = o.listen.clone() {
+        let kernels = crate::serve::sessions::KernelSource::Local(Box::new(launcher));
+        return serve_http(&o, &listen, workspace, kernels, settings, envs).await;
+    }
+    let kernel = KernelHandle::new(launcher, o.max_queue, spare);
+    match env_problem {
+        Some(reason) => kernel.set_env_error(Some(reason)),
+        // Start the kernel while the client does the MCP handshake.
+        None => kernel.warm_up(),
+    }
+    let server = Server::new(kernel.clone(), workspace, settings, envs);
+    if background {
+        let (kernel, server) = (kernel.clone(), server.clone());
+        tokio::spawn(async move {
+            match pyenv::ensure_managed().await {
+                Ok(info) => {
+                    kernel.set_python(info.python.clone(), info.paths.clone());
+                    server.set_env_info(info);
+                    kernel.warm_up();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not create the managed Python environment");
+                    kernel.set_env_error(Some(format!(
+                        "the Python environment could not be created: {}",
+                        pyenv::explain(&e)
+                    )));
+                }
+            }
+        });
+    }
+    run_stdio(server, kernel).await
+}
+
+/// The backend for `--existing` or `--gateway-url`, if one was asked for.
+fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn crate::kernel::Backend>>> {
+    if let Some(path) = &o.existing {
+        anyhow::ensure!(
+            path.is_file(),
+            "--existing {}: no such connection file",
+            path.display()
+        );
+        return Ok(Some(Arc::new(
+            crate::kernel::existing::ExistingBackend::new(path.clone(), o.startup_timeout),
+        )));
+    }
+    if let Some(url) = &o.gateway_url {
+        let cfg = crate::kernel::gateway::GatewayConfig {
+            url: url.clone(),
+            token: o.gateway_token.clone().filter(|t| !t.is_empty()),
+            kernel_name: o.kernel_name.clone(),
+            startup_timeout: o.startup_timeout,
+        };
+        let backend = crate::kernel::gateway::GatewayBackend::new(cfg)?;
+        return Ok(Some(Arc::new(backend)));
+    }
+    Ok(None)
+}
+
+/// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
+async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
+    // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
+    let (stdin, stdout) = stdio();
+    let guarded = crate::stdin_guard::spawn(stdin, stdout);
+    let transport =
+        rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
+            .with_max_line_length(crate::stdin_guard::MAX_LINE + 1024 * 1024);
+    let service = server.serve(transport).await;
+    let outcome = match service {
+        Ok(running) => {
+            let stop = stop_signal()?;
+            tokio::select! {
+                r = running.waiting() => r.map(|reason| tracing::info!(?reason, "client disconnected")).map_err(anyhow::Error::from),
+                name = stop => { tracing::info!("{name}: shutting down"); Ok(()) }
+            }
+        }
+        // A 2026-07-28 client may probe with `server/discover` (answered inside rmcp's start-up
+        // loop) and close without ever choosing a lifecycle: that is a normal end, not a failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+            tracing::info!("client closed the connection before starting a session");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
+    };
+    kernel.shutdown().await;
+    // Whatever the transport wrote last still reaches stdout.
+    let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
+    outcome
+}
+
+/// The bearer token: the first line of --token-file, else KERNEL_MCP_TOKEN (surrounding
+/// whitespace ignored).
+fn bearer_token(o: &Opts) -> anyhow::Result<Option<String>> {
+    let raw = match &o.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?,
+        ),
+        None => std::env::var("KERNEL_MCP_TOKEN").ok(),
+    };
+    Ok(raw.map(|t| t.lines().next().unwrap_or_default().trim().to_owned()))
+}
+
+async fn listen_addr(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?} is not HOST:PORT"))?;
+    addrs
+        .next()
+        .with_context(|| format!("--listen {listen:?} names no address"))
+}
+
+async fn serve_http(
+    o: &Opts,
+    listen: &str,
+    workspace: Arc<Workspace>,
+    kernels: crate::serve::sessions::KernelSource,
+    settings: Settings,
+    envs: Environments,
+) -> anyhow::Result<()> {
+    use crate::serve::{http, sessions};
+    let opts = http::HttpOptions {
+        listen: listen_addr(listen).await?,
+        token: bearer_token(o)?,
+        allow_origins: o.allow_origin.clone(),
+        max_body: o
+            .max_body
+            .0
+            .and_then(|b| usize::try_from(b).ok())
+            .unwrap_or(usize::MAX),
+    };
+    opts.check()?;
+    anyhow::ensure!(o.max_sessions > 0, "--max-sessions must be at least 1");
+    let template = sessions::SessionTemplate {
+        kernels: kernels.clone(),
+        max_queue: o.max_queue,
+        settings: settings.clone(),
+        envs: envs.clone(),
+        preload: !o.no_preload,
+    };
+    let limits = sessions::SessionLimits {
+        max_sessions: o.max_sessions,
+        idle_timeout: o.session_idle_timeout,
+        shared_workspace: o.shared_workspace,
+        spares: if o.no_spare { 0 } else { 1 },
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let bound = listener.local_addr()?;
+    // The tool list comes from a server whose kernel is never started.
+    let template_server = Server::new(
+        kernels.handle(workspace.root(), o.max_queue)?,
+        workspace.clone(),
+        settings,
+        envs,
+    );
+    let reg = sessions::Registry::new(template, workspace, limits);
+    let front = sessions::Front::new(reg.clone(), template_server);
+    tracing::info!(
+        url = %format!("http://{bound}{}", http::MCP_PATH),
+        auth = if opts.token.is_some() { "bearer token" } else { "none (loopback only)" },
+        max_sessions = o.max_sessions,
+        "serving MCP over Streamable HTTP"
+    );
+    let stop = async {
+        match stop_signal() {
+            Ok(signal) => {
+                let name = signal.await;
+                tracing::info!("{name}: shutting down");
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    http::serve(listener, opts, reg, front, stop).await?;
+    Ok(())
+}
+
+async fn setup(o: Opts) -> anyhow::Result<()> {
+    let env = resolve_env(&o).await?;
+    println!("python:     {}", env.python.display());
+    println!("version:    {}", env.python_version);
+    println!(
+        "kind:       {}",
+        if env.kind.is_empty() {
+            "managed"
+        } else {
+            &env.kind
+        }
+    );
+    for (name, v) in &env.packages {
+        println!("{name:<11} {}", v.as_deref().unwrap_or("(not installed)"));
+    }
+    if env_source(&o) == pyenv::EnvSource::Managed {
+        println!("env dir:    {}", pyenv::managed_env_dir()?.display());
+    }
+    Ok(())
+}
+
+/// Keeps the server's memory flat under big outputs: glibc serves large blocks from the heap once
+/// its dynamic mmap threshold has grown, and tens of MB of freed stream messages then stay
+/// resident. A fixed threshold maps every block over 1 MiB and unmaps it when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// The whole program: `src/main.rs` calls this and nothing else.
+pub fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(crate::kernel::sandbox::HELPER_ARG) {
+        let mut rest = raw.get(2..).unwrap_or_default();
+        let mut policy = None;
+        if rest.first().map(String::as_str) == Some("--policy") {
+            policy = rest.get(1).map(String::as_str);
+            rest = rest.get(2..).unwrap_or_default();
+        }
+        let argv = match rest.first().map(String::as_str) {
+            Some("--") => rest.get(1..).unwrap_or_default(),
+            _ => rest,
+        };
+        crate::kernel::sandbox::helper_main(policy, argv);
+    }
+    let cli = Cli::parse();
+    // The demo is an MCP client printing results; its own logs would only get in the way.
+    init_logging(if matches!(cli.command, Some(Command::Demo)) {
+        "warn"
+    } else {
+        "info,zeromq=error"
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        match cli.command {
+            None | Some(Command::Serve) => serve(cli.opts).await,
+            Some(Command::Setup) => setup(cli.opts).await,
+            Some(Command::Demo) => {
+                let ws = cli.opts.workspace.clone();
+                demo::run(&ws.unwrap_or_else(|| DEFAULT_WORKSPACE.into())).await
+            }
+        }
+    });
+    // The stdin reader sits in a blocking read that never returns on its own; do not wait for it.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Result<Opts, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kernel-mcp").chain(args.iter().copied()))
+            .map(|c| c.opts)
+    }
+
+    #[test]
+    fn bundle_flags_parse() -> Result<(), clap::Error> {
+        assert!(!opts(&[])?.allow_network);
+        assert!(opts(&["--allow-network"])?.allow_network);
+        assert!(opts(&["--allow-network=true"])?.allow_network);
+        assert!(!opts(&["--allow-network=false"])?.allow_network);
+        assert!(opts(&["--allow-network=maybe"]).is_err());
+        // The bundle's folder list: any number of folders after one flag, none included.
+        let o = opts(&[
+            "--workspace",
+            "/w",
+            "--allow-network=false",
+            "--read-only-dirs",
+        ])?;
+        assert!(o.read_only_dirs.is_empty());
+        let o = opts(&["--allow-read", "/a", "--read-only-dirs", "/b", "/c d"])?;
+        assert_eq!(o.allow_read, vec![PathBuf::from("/a")]);
+        assert_eq!(
+            o.read_only_dirs,
+            vec![PathBuf::from("/b"), PathBuf::from("/c d")]
+        );
+        assert_eq!(o.workspace, None);
+        Ok(())
+    }
+
+    #[test]
+    fn write_limits_refuse_sizes_no_kernel_could_start_with() -> Result<(), clap::Error> {
+        for bad in ["1", "1M", "15M", "-5", "nan"] {
+            assert!(opts(&["--disk-quota", bad]).is_err(), "--disk-quota {bad}");
+            assert!(
+                opts(&["--max-file-size", bad]).is_err(),
+                "--max-file-size {bad}"
+            );
+        }
+        assert_eq!(
+            opts(&["--disk-quota", "0"])?.disk_quota,
+            DiskQuota::Size(crate::limits::SizeLimit(None))
+        );
+        assert_eq!(opts(&["--disk-quota", "auto"])?.disk_quota, DiskQuota::Auto);
+        assert_eq!(
+            opts(&["--disk-quota", "16M"])?.disk_quota,
+            DiskQuota::Size(crate::limits::SizeLimit(Some(16 << 20)))
+        );
+        assert_eq!(opts(&["--max-file-size", "0"])?.max_file_size.0, None);
+        assert!(opts(&["--detached-cpu-limit", "99999999999999999999"]).is_err());
+        assert_eq!(opts(&["--detached-cpu-limit", "0"])?.detached_cpu_limit, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! get_environment's report: the interpreter, the backend, the kernel's health, the limits and
+//! the sandbox in force, as one JSON object (the tool's output schema names its fields).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::Session;
+use crate::kernel::{Environments, Health};
+use crate::workspace::MAX_WRITE_BYTES;
+
+/// How long the report waits for a kernel that is starting.
+const START_WAIT: Duration = Duration::from_secs(15);
+
+/// The report for `session`. A kernel that is starting is waited for (briefly), so the sandbox
+/// status is about a real kernel; a running one is not disturbed, even when it is busy.
+pub async fn environment_report(session: &Session) -> Value {
+    let kernel = &session.kernel;
+    let kernel_state = if kernel.running() {
+        "running".to_owned()
+    } else {
+        match tokio::time::timeout(START_WAIT, kernel.info()).await {
+            Ok(Ok(_)) => "running".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "busy running a call".to_owned(),
+        }
+    };
+    let backend = kernel.backend();
+    let envs = kernel.environments().unwrap_or_else(|| Environments {
+        active: "default".into(),
+        info: session.env_info(),
+        named: Default::default(),
+    });
+    let s = &session.settings;
+    let named: serde_json::Map<String, Value> = envs
+        .named
+        .iter()
+        .map(|(n, src)| (n.clone(), Value::String(src.describe())))
+        .collect();
+    let sandbox = match kernel.sandbox() {
+        Some(st) => serde_json::to_value(&st).unwrap_or_default(),
+        None if backend.sandboxed() => {
+            Value::String("strict (status not known until a kernel runs)".into())
+        }
+        None if !backend.interpreter_is_local() => Value::String(
+            "not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into(),
+        ),
+        None => Value::String(match crate::kernel::sandbox::UNAVAILABLE {
+            Some(why) => format!("none: {why}"),
+            None => "off: the kernel runs with this user's full rights".into(),
+        }),
+    };
+    json!({
+        "active_environment": envs.active,
+        "kind": envs.info.kind,
+        "python_version": envs.info.python_version,
+        "python_executable": envs.info.python,
+        "key_packages": envs.info.packages.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "backend": backend.describe(),
+        "kernel_id": kernel.kernel_id(),
+        "kernel_pid": kernel.pid(),
+        "workspace": session.workspace.root(),
+        "limits": {
+            "default_timeout_seconds": s.default_timeout.as_secs_f64(),
+            "max_timeout_seconds": s.max_timeout.as_secs_f64(),
+            "interrupt_grace_seconds": s.interrupt_grace.as_secs_f64(),
+            "output_budget_chars": s.output.text_budget,
+            "max_images_per_call": s.output.max_images,
+            "install_timeout_seconds": s.install_timeout.as_secs_f64(),
+            "max_write_bytes": MAX_WRITE_BYTES,
+        },
+        "kernel": kernel_state,
+        "kernel_heartbeat": match kernel.heartbeat() {
+            Some(Health::Alive) => "alive".to_owned(),
+            Some(Health::Missed(n)) => format!("missed {n} (the kernel may be frozen)"),
+            Some(Health::Unknown) => "not checked yet".to_owned(),
+            Some(Health::NotApplicable) => "not used (the connection itself shows liveness)".to_owned(),
+            None => "no kernel".to_owned(),
+        },
+        "sandbox": sandbox,
+        "sandbox_policy": s.output.sandbox.as_ref().map(|p| p.paragraph()),
+        "named_environments": named,
+    })
+}

@@ -1,0 +1,175 @@
+//! The file tools' operations wherever the files are: the local workspace (the cap-std jail) or,
+//! for a kernel on a gateway, the kernel's working directory on that machine (the same path
+//! policy checked here, then `workspace::remote`'s helper run silently in the kernel). Both give
+//! the same typed results. Knows nothing about MCP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::error::{SessionError, WorkspaceError};
+use crate::kernel::KernelHandle;
+use crate::workspace::{remote, Listing, ReadOutcome, Workspace};
+
+/// How long a file operation in a gateway kernel may wait (for a busy kernel, then the work).
+const REMOTE_WAIT: Duration = Duration::from_secs(60);
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The path written, relative to the workspace.
+    pub path: String,
+    /// Bytes this call wrote.
+    pub bytes: u64,
+    /// The file's size afterwards.
+    pub total: u64,
+}
+
+/// The file tools' view of the workspace: local, or where the kernel runs.
+#[derive(Clone)]
+pub struct Files {
+    kernel: Arc<KernelHandle>,
+    workspace: Arc<Workspace>,
+}
+
+impl Files {
+    /// File operations for the session's kernel and workspace.
+    pub fn new(kernel: Arc<KernelHandle>, workspace: Arc<Workspace>) -> Files {
+        Files { kernel, workspace }
+    }
+
+    /// True when the files live with the kernel (a gateway), not in the local workspace.
+    pub fn remote(&self) -> bool {
+        self.kernel.backend().files_live_with_kernel()
+    }
+
+    /// Runs blocking file work on the local workspace off the async threads.
+    pub async fn local<T, F>(&self, f: F) -> Result<T, SessionError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Workspace) -> Result<T, WorkspaceError> + Send + 'static,
+    {
+        let ws = self.workspace.clone();
+        tokio::task::spawn_blocking(move || f(&ws))
+            .await
+            .map_err(|e| SessionError::Refused(format!("the file task failed: {e}")))?
+            .map_err(SessionError::from)
+    }
+
+    /// Runs one operation of the helper in the gateway kernel (silently, nothing left behind).
+    async fn helper(&self, op: &str, args: Value) -> Result<Value, SessionError> {
+        // The files are where the kernel runs: make sure there is one, and say why not.
+        // (Only when none runs: info() waits for the kernel, which a long cell holds.)
+        if !self.kernel.running() {
+            if let Err(e) = self.kernel.info().await {
+                return Err(SessionError::Refused(format!(
+                    "the file tools act on the kernel's working directory on the gateway, and no kernel is available: {e}"
+                )));
+            }
+        }
+        let repr = self
+            .kernel
+            .evaluate(&remote::expression(op, &args), REMOTE_WAIT)
+            .await?;
+        Ok(remote::decode(&repr)?)
+    }
+
+    /// Reads a text file by lines, an image as bytes, or describes another binary file.
+    pub async fn read(
+        &self,
+        path: String,
+        offset: Option<usize>,
+        limit: Option<usize>,
+        line_numbers: bool,
+    ) -> Result<ReadOutcome, SessionError> {
+        if self.remote() {
+            let path = remote::check_path(&path)?;
+            let v = self
+                .helper(
+                    "read",
+                    remote::read_args(&path, offset, limit, line_numbers),
+                )
+                .await?;
+            return Ok(remote::read_outcome(&v)?);
+        }
+        self.local(move |ws| {
+            let path = ws.path(&path)?;
+            ws.read(&path, offset, limit, line_numbers)
+        })
+        .await
+    }
+
+    /// Writes (atomically replacing) or appends `data`.
+    pub async fn write(
+        &self,
+        path: String,
+        data: Vec<u8>,
+        append: bool,
+    ) -> Result<Written, SessionError> {
+        if self.remote() {
+            let path = remote::check_path(&path)?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            let v = self
+                .helper("write", remote::write_args(&path, &b64, append))
+                .await?;
+            let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+            return Ok(Written {
+                path,
+                bytes: num("bytes"),
+                total: num("total"),
+            });
+        }
+        self.local(move |ws| {
+            let path = ws.path(&path)?;
+            let total = ws.write(&path, &data, append)?;
+            Ok(Written {
+                path: path.display(),
+                bytes: data.len() as u64,
+                total,
+            })
+        })
+        .await
+    }
+
+    /// Lists a folder (the workspace root when `path` is None), optionally recursively and
+    /// filtered by a glob.
+    pub async fn list(
+        &self,
+        path: Option<String>,
+        recursive: bool,
+        pattern: Option<String>,
+    ) -> Result<Listing, SessionError> {
+        let path = path.unwrap_or_else(|| ".".into());
+        if self.remote() {
+            let path = remote::check_path(&path)?;
+            let v = self
+                .helper(
+                    "list",
+                    remote::list_args(&path, recursive, pattern.as_deref()),
+                )
+                .await?;
+            return Ok(remote::listing(&v));
+        }
+        self.local(move |ws| {
+            let path = ws.path(&path)?;
+            ws.list(&path, recursive, pattern.as_deref())
+        })
+        .await
+    }
+
+    /// The path the kernel should run a script by: checked to be a regular file in the local
+    /// workspace; in a gateway kernel only checked by policy (`%run` reports a missing file).
+    pub async fn script(&self, path: String) -> Result<PathBuf, SessionError> {
+        if self.remote() {
+            return Ok(PathBuf::from(remote::check_path(&path)?));
+        }
+        self.local(move |ws| {
+            let path = ws.path(&path)?;
+            ws.regular_file(&path)
+        })
+        .await
+    }
+}

@@ -1,0 +1,262 @@
+//! One analysis session below the MCP surface: a kernel handle, the workspace its files live in,
+//! the journal of every cell run, and the operations the tools are thin adapters for (run code,
+//! run a notebook, export, files, packages, describe). Returns typed results or output's
+//! rendered content; never names a backend (the kernel handle hides them) and never imports
+//! `rmcp`.
+
+mod environment;
+mod files;
+mod journal;
+mod notebooks;
+mod packages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use environment::environment_report;
+pub use files::{Files, Written};
+pub use notebooks::NotebookRun;
+pub use packages::{Installed, PackageCheck, PackageList, PackageStatus, PackageVersion};
+
+use crate::error::{SessionError, WorkspaceError};
+use crate::kernel::{ExecLimits, Execution, KernelHandle, Report};
+use crate::notebook::{Recorder, MAX_CELL_OUTPUT_BYTES};
+use crate::output::{Collector, OutputLimits, Progress, ProgressFn, Rendered, SpillTarget};
+use crate::pyenv::{self, EnvInfo};
+use crate::workspace::Workspace;
+use journal::SessionJournal;
+
+/// Server settings that shape tool behaviour.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub interrupt_grace: Duration,
+    pub output: OutputLimits,
+    pub install_timeout: Duration,
+    /// Said in the instructions when the workspace is not where it would normally be.
+    pub workspace_note: Option<String>,
+    /// Workspace path of a notebook kept up to date with the session after every call.
+    pub journal: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(3600),
+            interrupt_grace: Duration::from_secs(3),
+            output: OutputLimits::default(),
+            install_timeout: Duration::from_secs(300),
+            workspace_note: None,
+            journal: None,
+        }
+    }
+}
+
+/// Over-budget output goes to a file in the workspace.
+struct WorkspaceSpill(Arc<Workspace>);
+
+impl SpillTarget for WorkspaceSpill {
+    fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
+        self.0.create_output_file(suffix)
+    }
+}
+
+/// One client's session: kernel, workspace, settings and journal.
+pub struct Session {
+    kernel: Arc<KernelHandle>,
+    workspace: Arc<Workspace>,
+    settings: Settings,
+    files: Files,
+    journal: SessionJournal,
+    /// Installs run one at a time.
+    install_lock: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    /// A session around a kernel handle and a workspace.
+    pub fn new(kernel: Arc<KernelHandle>, workspace: Arc<Workspace>, settings: Settings) -> Self {
+        Session {
+            files: Files::new(kernel.clone(), workspace.clone()),
+            journal: SessionJournal::new(),
+            kernel,
+            workspace,
+            settings,
+            install_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The kernel handle.
+    pub fn kernel(&self) -> &Arc<KernelHandle> {
+        &self.kernel
+    }
+
+    /// The local workspace (the kernel's working directory for local kernels).
+    pub fn workspace(&self) -> &Arc<Workspace> {
+        &self.workspace
+    }
+
+    /// The settings the session runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The file operations, wherever the files live.
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
+    /// What the server reports about the active environment.
+    pub fn env_info(&self) -> EnvInfo {
+        self.kernel
+            .env_info()
+            .unwrap_or_else(|| pyenv::unavailable("no environment was set"))
+    }
+
+    /// True when the kernel runs somewhere kernel-mcp does not launch it (existing, gateway):
+    /// its interpreter is not ours to run.
+    pub fn kernel_elsewhere(&self) -> bool {
+        !self.kernel.backend().interpreter_is_local()
+    }
+
+    fn collector(&self) -> Collector {
+        Collector::new(
+            self.settings.output.clone(),
+            Some(Box::new(WorkspaceSpill(self.workspace.clone()))),
+        )
+    }
+
+    /// Runs `code` as one cell: the result in kernel order within the output budget, the cell
+    /// recorded in the journal as `journal_source`. `timeout` is the caller's, checked against
+    /// the server's bounds.
+    pub async fn run(
+        &self,
+        code: &str,
+        journal_source: &str,
+        timeout: Option<f64>,
+        progress: Option<ProgressFn>,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, SessionError> {
+        let s = &self.settings;
+        let (timeout, note) =
+            crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
+                .map_err(SessionError::Refused)?;
+        let limits = ExecLimits {
+            timeout,
+            grace: s.interrupt_grace,
+            progress: progress.is_some(),
+        };
+        let mut collector = self.collector();
+        let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
+        let mut sink = Progress::new(&mut recorder, progress);
+        let result = self.kernel.execute(code, &limits, cancel, &mut sink).await;
+        drop(sink);
+        let outputs = recorder.into_outputs();
+        let (exec, report) = result?;
+        self.journal.cell(journal_source, &exec, outputs, &report);
+        let mut res = collector.finish(Some(&exec), &report, timeout);
+        if let Some(n) = note {
+            crate::output::append_note(&mut res, &format!("[{n}]"));
+        }
+        self.update_live_journal().await;
+        Ok(res)
+    }
+
+    /// Evaluates an expression silently in the kernel (no history, no execution count).
+    pub async fn evaluate(&self, expr: &str, wait: Duration) -> Result<String, SessionError> {
+        Ok(self.kernel.evaluate(expr, wait).await?)
+    }
+
+    /// Adds a Markdown marker to the journal (kernel restarts) and updates the live journal.
+    pub async fn journal_marker(&self, text: &str) {
+        self.journal.marker(text);
+        self.update_live_journal().await;
+    }
+
+    /// Saves the session so far as a notebook at `path` (a file the session did not write is
+    /// replaced only with `overwrite`). Returns the path written, cells and bytes.
+    pub async fn export_notebook(
+        &self,
+        path: String,
+        overwrite: bool,
+    ) -> Result<(String, usize, usize), SessionError> {
+        if !path.to_ascii_lowercase().ends_with(".ipynb") {
+            return Err(SessionError::Refused(format!(
+                "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
+            )));
+        }
+        let (bytes, cells, _) = self
+            .journal
+            .bytes(&self.env_info().python_version)
+            .map_err(|e| SessionError::Refused(format!("could not build the notebook: {e}")))?;
+        let size = bytes.len();
+        let path = self.write_notebook(path, bytes, overwrite).await?;
+        Ok((path, cells, size))
+    }
+
+    /// Writes a notebook into the workspace, refusing to replace a file this session did not
+    /// write unless `overwrite`. Returns the workspace path written.
+    async fn write_notebook(
+        &self,
+        path: String,
+        bytes: Vec<u8>,
+        overwrite: bool,
+    ) -> Result<String, SessionError> {
+        let written = self.journal.written();
+        self.files
+            .local(move |ws| {
+                let p = ws.path(&path)?;
+                let key = p.display();
+                if let Some(stamp) = ws.stamp(&p)? {
+                    if !overwrite && !written.is(&key, &stamp) {
+                        return Err(WorkspaceError::Denied {
+                            path: key,
+                            reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
+                        });
+                    }
+                }
+                ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
+                if let Some(stamp) = ws.stamp(&p)? {
+                    written.insert(key.clone(), stamp);
+                }
+                Ok(key)
+            })
+            .await
+    }
+
+    /// Rewrites the live journal notebook (`--journal`), if one is configured.
+    async fn update_live_journal(&self) {
+        let Some(path) = self.settings.journal.clone() else {
+            return;
+        };
+        let mut last = self.journal.write_lock().await;
+        let (bytes, _, version) = match self.journal.bytes(&self.env_info().python_version) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not build the journal notebook");
+                return;
+            }
+        };
+        if version == *last {
+            return;
+        }
+        match self.write_notebook(path.clone(), bytes, false).await {
+            Ok(_) => *last = version,
+            Err(e) => tracing::warn!(error = %e, path, "could not write the journal notebook"),
+        }
+    }
+
+    /// Records a cell run outside [`Session::run`] (run_notebook's cells).
+    fn record(
+        &self,
+        source: &str,
+        exec: &Execution,
+        outputs: Vec<crate::notebook::Output>,
+        report: &Report,
+    ) {
+        self.journal.cell(source, exec, outputs, report);
+    }
+}
