@@ -74,6 +74,27 @@ def _write(a):
     return {"bytes": len(data), "total": len(data)}
 
 
+def _stat_op(a):
+    root, full = _inside(a["path"])
+    try:
+        st = _os.stat(full)
+    except FileNotFoundError:
+        return {"exists": False}
+    return {"exists": True, "regular": _stat.S_ISREG(st.st_mode), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def _bytes(a):
+    root, full = _inside(a["path"])
+    st = _os.stat(full)
+    if not _stat.S_ISREG(st.st_mode):
+        return {"error": "%s: not a regular file" % a["path"]}
+    if st.st_size > a["max"]:
+        return {"error": "%s: %d bytes; the limit is %d" % (a["path"], st.st_size, a["max"])}
+    with open(full, "rb") as f:
+        return {"data": _b64.b64encode(f.read(a["max"] + 1)[: a["max"]]).decode()}
+
+
 def _list(a):
     root, full = _inside(a["path"])
     out, truncated, skipped = [], False, 0
@@ -109,7 +130,8 @@ def _list(a):
 
 def run(op, args):
     try:
-        result = {"read": _read, "write": _write, "list": _list}[op](_json.loads(args))
+        result = {"read": _read, "write": _write, "list": _list, "stat": _stat_op,
+                  "bytes": _bytes}[op](_json.loads(args))
     except FileNotFoundError:
         result = {"error": "%s: not found in the workspace" % _json.loads(args).get("path")}
     except (PermissionError, OSError, ValueError) as e:

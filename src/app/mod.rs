@@ -1,8 +1,7 @@
 //! The `kernel-mcp` application: parse flags, log to stderr, pick the Python environment, start
 //! the kernel in the background and serve MCP on stdio (or HTTP) until stdin closes or a signal
-//! arrives; `setup` and `demo` too. In the library rather than the binary so that its generic
-//! code (rmcp's service, tokio, serde) is compiled once, not again in the binary crate: the
-//! binary is only `main`. The one library module that uses `anyhow` (its errors end the process).
+//! arrives; `setup`, `demo` and the sandbox helper's hidden mode too. `src/main.rs` only calls
+//! [`main`]. The one library module that uses `anyhow`: its errors end the process.
 
 mod cli;
 mod demo;

@@ -11,130 +11,109 @@ impl Collector {
         report: &crate::kernel::Report,
         timeout: Duration,
     ) -> CallToolResult {
-        let mut out: Vec<McpContent> = Vec::new();
-        for b in self.blocks.drain(..) {
-            match b {
-                Block::Text { text, .. } => {
-                    if !text.is_empty() {
-                        out.push(McpContent::text(text));
-                    }
-                }
-                Block::Image { mime, data, .. } => out.push(McpContent::image(data, mime)),
-            }
+        let mut out = self.take_blocks();
+        out.extend(self.truncation_note());
+        out.extend(self.dropped_images_note());
+        if let Some(exec) = exec {
+            out.extend(payload_blocks(exec, self.limits.text_budget));
         }
-        if let Some(mut s) = self.spill.take() {
-            let omitted = s.after_switch.saturating_sub(s.tail.len());
-            let cut = char_floor(
-                &s.tail,
-                s.tail.len().saturating_sub(self.limits.text_budget / 4),
-            );
-            let tail = s.tail.split_off(cut);
-            let saved = match s.file.take() {
-                Some((path, mut w)) => {
-                    let _ = w.flush();
-                    format!("; the full output is saved in {path} (read it with read_file)")
-                }
-                None => String::new(),
-            };
-            out.push(McpContent::text(format!(
-                "[... output truncated: about {omitted} characters left out of the middle to stay within the {} character budget{saved} ...]",
-                self.limits.text_budget
-            )));
-            if !tail.is_empty() {
-                out.push(McpContent::text(tail));
-            }
+        let mut is_error = self.section_error;
+        is_error |= self.error_blocks(exec, &mut out);
+        if let Some(exec) = exec {
+            is_error |= ending_blocks(exec, timeout, &mut out);
         }
-        if !self.dropped_images.is_empty() {
-            out.push(McpContent::text(format!(
+        self.notice_blocks(report, &mut out);
+        if out.is_empty() {
+            out.push(McpContent::text("[no output]"));
+        }
+        if is_error {
+            CallToolResult::error(out)
+        } else {
+            CallToolResult::success(out)
+        }
+    }
+
+    /// The collected text and images, in kernel order.
+    fn take_blocks(&mut self) -> Vec<McpContent> {
+        self.blocks
+            .drain(..)
+            .filter_map(|b| match b {
+                Block::Text { text, .. } if text.is_empty() => None,
+                Block::Text { text, .. } => Some(McpContent::text(text)),
+                Block::Image { mime, data, .. } => Some(McpContent::image(data, mime)),
+            })
+            .collect()
+    }
+
+    /// Past the budget: a note on what was left out (and where the whole text is), then the
+    /// tail.
+    fn truncation_note(&mut self) -> Vec<McpContent> {
+        let Some(mut s) = self.spill.take() else {
+            return Vec::new();
+        };
+        let omitted = s.after_switch.saturating_sub(s.tail.len());
+        let cut = char_floor(
+            &s.tail,
+            s.tail.len().saturating_sub(self.limits.text_budget / 4),
+        );
+        let tail = s.tail.split_off(cut);
+        let saved = match s.file.take() {
+            Some((path, mut w)) => {
+                let _ = w.flush();
+                format!("; the full output is saved in {path} (read it with read_file)")
+            }
+            None => String::new(),
+        };
+        let mut out = vec![McpContent::text(format!(
+            "[... output truncated: about {omitted} characters left out of the middle to stay within the {} character budget{saved} ...]",
+            self.limits.text_budget
+        ))];
+        if !tail.is_empty() {
+            out.push(McpContent::text(tail));
+        }
+        out
+    }
+
+    fn dropped_images_note(&self) -> Option<McpContent> {
+        (!self.dropped_images.is_empty()).then(|| {
+            McpContent::text(format!(
                 "[{} image(s) not shown (limit {} images / {} MiB per call): {}]",
                 self.dropped_images.len(),
                 self.limits.max_images,
                 self.limits.max_image_bytes / (1024 * 1024),
                 self.dropped_images.join("; ")
-            )));
-        }
-        let mut is_error = self.section_error;
+            ))
+        })
+    }
+
+    /// The cell's error (from IOPub, else from the reply) with its sandbox note; true when the
+    /// result is an error. A KeyboardInterrupt that kernel-mcp caused is reported by the
+    /// ending's note instead.
+    fn error_blocks(&mut self, exec: Option<&Execution>, out: &mut Vec<McpContent>) -> bool {
         let error = self.error.take().or_else(|| {
             let r = exec?.reply.as_ref()?;
-            if r.status == crate::wire::message::ReplyStatus::Error {
-                Some(ErrorContent {
-                    ename: r.ename.clone().unwrap_or_default(),
-                    evalue: r.evalue.clone().unwrap_or_default(),
-                    traceback: r.traceback.clone().unwrap_or_default(),
-                })
-            } else {
-                None
-            }
+            (r.status == crate::wire::message::ReplyStatus::Error).then(|| ErrorContent {
+                ename: r.ename.clone().unwrap_or_default(),
+                evalue: r.evalue.clone().unwrap_or_default(),
+                traceback: r.traceback.clone().unwrap_or_default(),
+            })
         });
-        // Payloads ride on the reply: help pages (`obj?`) are output; exit() is not honoured.
-        for p in exec
-            .and_then(|e| e.reply.as_ref())
-            .and_then(|r| r.payload.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            match p.get("source").and_then(|s| s.as_str()) {
-                Some("page") => {
-                    let data = p.get("data");
-                    let text = data
-                        .and_then(|d| d.get("text/plain"))
-                        .and_then(|t| t.as_str())
-                        .or_else(|| p.get("text").and_then(|t| t.as_str()));
-                    if let Some(t) = text {
-                        let t = strip_ansi(t);
-                        let budget = self.limits.text_budget;
-                        let cut = char_floor(&t, budget);
-                        out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
-                    }
-                }
-                // kernel-mcp's start-up code sets keepkernel_on_exit, and ipykernel echoes it
-                // here; a kernel without it really is going away.
-                Some("ask_exit") if p.get("keepkernel").and_then(|k| k.as_bool()) == Some(true) => {
-                    out.push(McpContent::text(
-                        "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]",
-                    ))
-                }
-                Some("ask_exit") => out.push(McpContent::text(
-                    "[exit() asked the kernel to stop: it is shutting down and its variables are lost; the next call starts a new kernel]",
-                )),
-                _ => {}
-            }
-        }
+        let Some(e) = error else {
+            return false;
+        };
         let interrupted = matches!(exec.map(|e| &e.ending), Some(Ending::Interrupted { .. }));
-        if let Some(e) = error {
-            // A KeyboardInterrupt we caused is reported by the note below, not as the user's error.
-            if !(interrupted && e.ename == "KeyboardInterrupt") {
-                is_error = true;
-                let text = self.error_text(&e);
-                let note = self.limits.sandbox.as_ref().and_then(|p| p.note(&text));
-                out.push(McpContent::text(text));
-                if let Some(n) = note {
-                    out.push(McpContent::text(n));
-                }
-            }
+        if interrupted && e.ename == "KeyboardInterrupt" {
+            return false;
         }
-        if let Some(exec) = exec {
-            let secs = exec.elapsed.as_secs_f64();
-            match &exec.ending {
-                Ending::Completed => {}
-                Ending::Interrupted {
-                    reason: StopReason::Timeout,
-                } => {
-                    is_error = true;
-                    out.push(McpContent::text(format!(
-                        "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
-                        timeout.as_secs_f64()
-                    )));
-                }
-                Ending::Interrupted {
-                    reason: StopReason::Cancelled,
-                } => {
-                    is_error = true;
-                    out.push(McpContent::text(format!("[interrupted after {secs:.1} s because the call was cancelled; variables kept]")));
-                }
-                Ending::Unresponsive { .. } | Ending::Died { .. } => is_error = true,
-            }
-        }
+        let text = self.error_text(&e);
+        let note = self.limits.sandbox.as_ref().and_then(|p| p.note(&text));
+        out.push(McpContent::text(text));
+        out.extend(note.map(McpContent::text));
+        true
+    }
+
+    /// The kernel's notices about this call, each with the sandbox's explanation of a death.
+    fn notice_blocks(&self, report: &crate::kernel::Report, out: &mut Vec<McpContent>) {
         for n in &report.notes {
             out.push(McpContent::text(format!("[{}]", notice(n))));
             let died = match n {
@@ -146,14 +125,71 @@ impl Collector {
                 out.push(McpContent::text(note));
             }
         }
-        if out.is_empty() {
-            out.push(McpContent::text("[no output]"));
+    }
+}
+
+/// Payloads ride on the reply: help pages (`obj?`) are output; exit() is not honoured.
+fn payload_blocks(exec: &Execution, budget: usize) -> Vec<McpContent> {
+    let mut out = Vec::new();
+    for p in exec
+        .reply
+        .as_ref()
+        .and_then(|r| r.payload.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match p.get("source").and_then(|s| s.as_str()) {
+            Some("page") => {
+                let text = p
+                    .get("data")
+                    .and_then(|d| d.get("text/plain"))
+                    .and_then(|t| t.as_str())
+                    .or_else(|| p.get("text").and_then(|t| t.as_str()));
+                if let Some(t) = text {
+                    let t = strip_ansi(t);
+                    let cut = char_floor(&t, budget);
+                    out.push(McpContent::text(t.get(..cut).unwrap_or("").to_owned()));
+                }
+            }
+            // kernel-mcp's start-up code sets keepkernel_on_exit, and ipykernel echoes it
+            // here; a kernel without it really is going away.
+            Some("ask_exit") if p.get("keepkernel").and_then(|k| k.as_bool()) == Some(true) => {
+                out.push(McpContent::text(
+                    "[exit() does not stop the kernel here; variables are kept. Call restart_kernel for a fresh session]",
+                ))
+            }
+            Some("ask_exit") => out.push(McpContent::text(
+                "[exit() asked the kernel to stop: it is shutting down and its variables are lost; the next call starts a new kernel]",
+            )),
+            _ => {}
         }
-        if is_error {
-            CallToolResult::error(out)
-        } else {
-            CallToolResult::success(out)
+    }
+    out
+}
+
+/// A note on how the call ended early; true when that makes the result an error.
+fn ending_blocks(exec: &Execution, timeout: Duration, out: &mut Vec<McpContent>) -> bool {
+    let secs = exec.elapsed.as_secs_f64();
+    match &exec.ending {
+        Ending::Completed => false,
+        Ending::Interrupted {
+            reason: StopReason::Timeout,
+        } => {
+            out.push(McpContent::text(format!(
+                "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
+                timeout.as_secs_f64()
+            )));
+            true
         }
+        Ending::Interrupted {
+            reason: StopReason::Cancelled,
+        } => {
+            out.push(McpContent::text(format!(
+                "[interrupted after {secs:.1} s because the call was cancelled; variables kept]"
+            )));
+            true
+        }
+        Ending::Unresponsive { .. } | Ending::Died { .. } => true,
     }
 }
 

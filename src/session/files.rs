@@ -10,12 +10,16 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::Value;
 
+use super::journal::WrittenFiles;
 use crate::error::{SessionError, WorkspaceError};
 use crate::kernel::KernelHandle;
 use crate::workspace::{remote, Listing, ReadOutcome, Workspace};
 
 /// How long a file operation in a gateway kernel may wait (for a busy kernel, then the work).
 const REMOTE_WAIT: Duration = Duration::from_secs(60);
+/// Largest notebook moved to or from a gateway kernel's folder in one piece (it travels as
+/// base64 inside one kernel message).
+const MAX_REMOTE_BYTES: u64 = crate::workspace::MAX_WRITE_BYTES as u64;
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +173,76 @@ impl Files {
         self.local(move |ws| {
             let path = ws.path(&path)?;
             ws.regular_file(&path)
+        })
+        .await
+    }
+
+    /// A whole file's bytes (notebooks), at most `max`.
+    pub async fn read_bytes(&self, path: String, max: u64) -> Result<Vec<u8>, SessionError> {
+        if self.remote() {
+            let path = remote::check_path(&path)?;
+            let max = max.min(MAX_REMOTE_BYTES);
+            let v = self.helper("bytes", remote::bytes_args(&path, max)).await?;
+            return Ok(remote::decode_bytes(&v)?);
+        }
+        self.local(move |ws| {
+            let path = ws.path(&path)?;
+            ws.read_bytes(&path, max)
+        })
+        .await
+    }
+
+    /// Writes a notebook, refusing to replace a file this session did not write (as recorded
+    /// in `written`) unless `overwrite`. Returns the path written.
+    pub(super) async fn write_own(
+        &self,
+        path: String,
+        bytes: Vec<u8>,
+        overwrite: bool,
+        written: WrittenFiles,
+    ) -> Result<String, SessionError> {
+        let not_ours = |path: String| {
+            WorkspaceError::Denied {
+            path,
+            reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
+        }
+        };
+        if self.remote() {
+            let path = remote::check_path(&path)?;
+            if bytes.len() as u64 > MAX_REMOTE_BYTES {
+                return Err(SessionError::Refused(format!(
+                    "{path}: the notebook is {} bytes; at most {MAX_REMOTE_BYTES} bytes are written into a gateway kernel's folder",
+                    bytes.len()
+                )));
+            }
+            let stat = |v: Value| remote::decode_stat(&v, &path);
+            let before = stat(self.helper("stat", remote::stat_args(&path)).await?)?;
+            if let Some(stamp) = before {
+                if !overwrite && !written.is(&path, &stamp) {
+                    return Err(not_ours(path).into());
+                }
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            self.helper("write", remote::write_args(&path, &b64, false))
+                .await?;
+            if let Some(stamp) = stat(self.helper("stat", remote::stat_args(&path)).await?)? {
+                written.insert(path.clone(), stamp);
+            }
+            return Ok(path);
+        }
+        self.local(move |ws| {
+            let p = ws.path(&path)?;
+            let key = p.display();
+            if let Some(stamp) = ws.stamp(&p)? {
+                if !overwrite && !written.is(&key, &stamp) {
+                    return Err(not_ours(key));
+                }
+            }
+            ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
+            if let Some(stamp) = ws.stamp(&p)? {
+                written.insert(key.clone(), stamp);
+            }
+            Ok(key)
         })
         .await
     }

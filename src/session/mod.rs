@@ -20,8 +20,10 @@ pub use files::{Files, Written};
 pub use notebooks::NotebookRun;
 pub use packages::{Installed, PackageCheck, PackageList, PackageStatus, PackageVersion};
 
-use crate::error::{SessionError, WorkspaceError};
-use crate::kernel::{ExecLimits, Execution, KernelHandle, Report};
+use crate::error::{KernelError, SessionError};
+use crate::kernel::{
+    ExecLimits, Execution, KernelHandle, Report, Restarted, SwitchError, Switched,
+};
 use crate::notebook::{Recorder, MAX_CELL_OUTPUT_BYTES};
 use crate::output::{Collector, OutputLimits, Progress, ProgressFn, Rendered, SpillTarget};
 use crate::pyenv::{self, EnvInfo};
@@ -63,6 +65,14 @@ impl SpillTarget for WorkspaceSpill {
     fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
         self.0.create_output_file(suffix)
     }
+}
+
+/// What restart_kernel did.
+#[derive(Debug)]
+pub struct Restart {
+    pub outcome: Restarted,
+    /// The environment changed since the kernel started (tool descriptions name it).
+    pub env_changed: bool,
 }
 
 /// One client's session: kernel, workspace, settings and journal.
@@ -197,33 +207,16 @@ impl Session {
         Ok((path, cells, size))
     }
 
-    /// Writes a notebook into the workspace, refusing to replace a file this session did not
-    /// write unless `overwrite`. Returns the workspace path written.
+    /// Writes a notebook where the files live, refusing to replace a file this session did
+    /// not write unless `overwrite`. Returns the workspace path written.
     async fn write_notebook(
         &self,
         path: String,
         bytes: Vec<u8>,
         overwrite: bool,
     ) -> Result<String, SessionError> {
-        let written = self.journal.written();
         self.files
-            .local(move |ws| {
-                let p = ws.path(&path)?;
-                let key = p.display();
-                if let Some(stamp) = ws.stamp(&p)? {
-                    if !overwrite && !written.is(&key, &stamp) {
-                        return Err(WorkspaceError::Denied {
-                            path: key,
-                            reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
-                        });
-                    }
-                }
-                ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
-                if let Some(stamp) = ws.stamp(&p)? {
-                    written.insert(key.clone(), stamp);
-                }
-                Ok(key)
-            })
+            .write_own(path, bytes, overwrite, self.journal.written())
             .await
     }
 
@@ -247,6 +240,47 @@ impl Session {
             Ok(_) => *last = version,
             Err(e) => tracing::warn!(error = %e, path, "could not write the journal notebook"),
         }
+    }
+
+    /// Restarts the kernel (re-checking its environment first: a changed one is reported so the
+    /// tool descriptions can be refreshed) and marks the journal when the state was cleared.
+    pub async fn restart_kernel(&self) -> Result<Restart, SessionError> {
+        let env_changed = self
+            .kernel
+            .recheck_environment()
+            .await
+            .map_err(|reason| KernelError::Unavailable { reason })?;
+        let outcome = self.kernel.restart().await?;
+        if matches!(outcome, Restarted::Fresh { .. }) {
+            self.journal_marker("*Kernel restarted (restart_kernel): all variables were cleared.*")
+                .await;
+        }
+        Ok(Restart {
+            outcome,
+            env_changed,
+        })
+    }
+
+    /// Restarts the kernel in the named environment; the journal notes that state was cleared
+    /// whenever a kernel was restarted (also when the switch failed and the old one came back).
+    pub async fn switch_environment(&self, name: &str) -> Result<Switched, SwitchError> {
+        let r = self.kernel.switch_environment(name).await;
+        match &r {
+            Ok(_) => {
+                self.journal_marker(&format!(
+                    "*Kernel restarted in environment {name} (switch_environment): all variables were cleared.*"
+                ))
+                .await
+            }
+            Err(SwitchError::StartFailed { .. }) => {
+                self.journal_marker(
+                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
+                )
+                .await
+            }
+            Err(_) => {}
+        }
+        r
     }
 
     /// Records a cell run outside [`Session::run`] (run_notebook's cells).

@@ -38,13 +38,9 @@ impl Session {
                 )));
             }
         }
-        let rel = run.path.clone();
         let bytes = self
             .files
-            .local(move |ws| {
-                let path = ws.path(&rel)?;
-                ws.read_bytes(&path, notebook::MAX_NOTEBOOK_BYTES)
-            })
+            .read_bytes(run.path.clone(), notebook::MAX_NOTEBOOK_BYTES)
             .await?;
         let mut nb = Notebook::parse(&bytes)
             .map_err(|e| SessionError::Refused(format!("{}: {e}; nothing was run", run.path)))?;

@@ -511,28 +511,23 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let kernel = self.session.kernel();
-        match kernel.recheck_environment().await {
-            Ok(true) => self.tools_changed(),
-            Ok(false) => {}
-            Err(reason) => return Ok(kernel_error(KernelError::Unavailable { reason })),
+        let restart = match self.session.restart_kernel().await {
+            Ok(r) => r,
+            Err(e) => return Ok(failure(e)),
+        };
+        if restart.env_changed {
+            self.tools_changed();
         }
-        Ok(match kernel.restart().await {
-            Ok(Restarted::Fresh { took }) => {
-                self.session
-                    .journal_marker("*Kernel restarted (restart_kernel): all variables were cleared.*")
-                    .await;
-                CallToolResult::success(vec![Content::text(format!(
-                    "the kernel was restarted in {:.2} s; all variables were cleared",
-                    took.as_secs_f64()
-                ))])
-            }
-            Ok(Restarted::Reattached { took }) => CallToolResult::success(vec![Content::text(format!(
+        Ok(CallToolResult::success(vec![Content::text(match restart.outcome {
+            Restarted::Fresh { took } => format!(
+                "the kernel was restarted in {:.2} s; all variables were cleared",
+                took.as_secs_f64()
+            ),
+            Restarted::Reattached { took } => format!(
                 "this kernel belongs to someone else (--existing), so kernel-mcp did not restart it: it reconnected in {:.2} s and the kernel's variables are unchanged. Restart it where it was started if you need a fresh one",
                 took.as_secs_f64()
-            ))]),
-            Err(e) => kernel_error(e),
-        })
+            ),
+        })]))
     }
 
     /// Install Python packages into the kernel's own environment (pip, or uv when available).
@@ -659,14 +654,9 @@ impl Server {
         &self,
         Parameters(p): Parameters<SwitchParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        match self.session.kernel().switch_environment(&p.name).await {
+        match self.session.switch_environment(&p.name).await {
             Ok(Switched { info, took }) => {
                 self.tools_changed();
-                self.session.journal_marker(&format!(
-                    "*Kernel restarted in environment {} (switch_environment): all variables were cleared.*",
-                    p.name
-                ))
-                .await;
                 Ok(CallToolResult::success(vec![Content::text(format!(
                     "switched to environment {} (Python {}, {}); the kernel was restarted in {:.2} s and all variables were lost",
                     p.name,
@@ -685,10 +675,6 @@ impl Server {
                 p.name
             ))),
             Err(SwitchError::StartFailed { reason, restored }) => {
-                self.session.journal_marker(
-                    "*Kernel restarted (a failed switch_environment): all variables were cleared.*",
-                )
-                .await;
                 let restored = match restored {
                     Ok(()) => {
                         "the previous environment was restarted instead (all variables were lost)"

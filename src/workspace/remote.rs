@@ -84,6 +84,44 @@ pub fn decode(repr: &str) -> Result<Value, WorkspaceError> {
     }
 }
 
+/// Arguments of a whole-file read (at most `max` bytes, else an error).
+pub fn bytes_args(path: &str, max: u64) -> Value {
+    json!({ "path": path, "max": max })
+}
+
+/// Arguments of a stat.
+pub fn stat_args(path: &str) -> Value {
+    json!({ "path": path })
+}
+
+/// The helper's whole-file answer as bytes.
+pub fn decode_bytes(v: &Value) -> Result<Vec<u8>, WorkspaceError> {
+    use base64::Engine;
+    let data = v.get("data").and_then(Value::as_str).unwrap_or("");
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| WorkspaceError::BadPath("the kernel sent unreadable file data".into()))
+}
+
+/// The helper's stat answer: size and modification time of a regular file, None when there is
+/// no file; something that is not a regular file is an error.
+pub fn decode_stat(v: &Value, path: &str) -> Result<Option<(u64, SystemTime)>, WorkspaceError> {
+    if v.get("exists").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
+    }
+    if v.get("regular").and_then(Value::as_bool) != Some(true) {
+        return Err(WorkspaceError::BadPath(format!(
+            "{path}: not a regular file"
+        )));
+    }
+    let size = v.get("size").and_then(Value::as_u64).unwrap_or(0);
+    let ns = v.get("mtime_ns").and_then(Value::as_u64).unwrap_or(0);
+    Ok(Some((
+        size,
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns),
+    )))
+}
+
 /// Arguments of a read.
 pub fn read_args(path: &str, offset: Option<usize>, limit: Option<usize>, numbers: bool) -> Value {
     json!({

@@ -700,11 +700,14 @@ async fn gateway_installs_packages_into_the_kernels_own_interpreter() {
     let r = s
         .call(
             "check_packages",
-            json!({"packages": ["tabulate", "surely-not-installed-xyz"]}),
+            json!({"packages": ["tabulate", "surely-not-installed-xyz", "zmq"]}),
         )
         .await;
     let t = text(&r);
     assert!(t.contains("tabulate") && t.contains("not installed"), "{t}");
+    // An import name is looked up in the kernel's own interpreter (ipykernel needs pyzmq).
+    let zmq = t.lines().find(|l| l.starts_with("zmq: ")).unwrap_or("");
+    assert!(zmq.ends_with("(import name of pyzmq)"), "{t}");
     // Bad specs are refused before anything reaches the kernel.
     let r = s
         .call(
@@ -778,5 +781,53 @@ async fn gateway_file_tools_act_in_the_kernels_working_directory() {
     // Nothing was left in the user namespace by the file helper.
     let r = s.exec("sorted(k for k in globals() if not k.startswith('_') and k not in ('In', 'Out', 'exit', 'quit', 'get_ipython', 'open'))").await;
     assert_eq!(text(&r), "['os', 'pd', 'result', 'sys']", "{r:?}");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn gateway_notebooks_are_written_and_run_where_the_kernel_runs() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    s.exec("answer = 6 * 7\nanswer").await;
+    let r = s
+        .call("export_notebook", json!({"path": "nb/session.ipynb"}))
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    // In the gateway kernel's folder, not in the local --workspace.
+    let saved = g.dir.path().join("nb/session.ipynb");
+    let nb: serde_json::Value = serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(nb["nbformat"], 4);
+    assert!(!s.ws().join("nb/session.ipynb").exists());
+    // Exporting again replaces the session's own file; a file it did not write is kept.
+    let r = s
+        .call("export_notebook", json!({"path": "nb/session.ipynb"}))
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    std::fs::write(g.dir.path().join("mine.ipynb"), "{}").unwrap();
+    let r = s
+        .call("export_notebook", json!({"path": "mine.ipynb"}))
+        .await;
+    assert!(
+        is_error(&r) && text(&r).contains("overwrite: true"),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(g.dir.path().join("mine.ipynb")).unwrap(),
+        "{}"
+    );
+    // run_notebook reads it from there and saves the executed copy there too.
+    s.exec("del answer").await;
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb/session.ipynb", "save_to": "nb/ran.ipynb"}),
+        )
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    let t = crate::harness::texts(&r);
+    assert!(t.iter().any(|x| x.contains("42")), "{t:?}");
+    assert!(g.dir.path().join("nb/ran.ipynb").exists(), "{t:?}");
+    let r = s.exec("answer").await;
+    assert_eq!(text(&r), "42");
     s.close().await;
 }

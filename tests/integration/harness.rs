@@ -112,10 +112,16 @@ impl Server {
             .unwrap();
         let pid = proc.id().unwrap();
         let recorder = Recorder::default();
-        let client = tokio::time::timeout(HANG, recorder.clone().serve(proc))
+        let client = match tokio::time::timeout(HANG, recorder.clone().serve(proc))
             .await
             .expect("MCP initialize hung")
-            .unwrap();
+        {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "MCP initialize failed: {e}; server log:\n{}",
+                std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+            ),
+        };
         Server {
             client,
             recorder,
