@@ -1,5 +1,5 @@
 //! The crate error type: one `thiserror` enum per module, wrapped here with `#[from]`.
-//! Mapping to MCP results happens in `tools.rs` only.
+//! Mapping to MCP results happens in `tools/` only.
 
 use std::path::PathBuf;
 
