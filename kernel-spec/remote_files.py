@@ -74,13 +74,23 @@ def _write(a):
     return {"bytes": len(data), "total": len(data)}
 
 
-def _stat_op(a):
+def _write_own(a):
+    # A notebook write that replaces only the session's own file: the file must be absent, be
+    # exactly as the session left it (size and mtime in "expect"), or "overwrite" must be set.
+    # Checked and written in one call, so nothing can slip in between.
     root, full = _inside(a["path"])
     try:
         st = _os.stat(full)
     except FileNotFoundError:
-        return {"exists": False}
-    return {"exists": True, "regular": _stat.S_ISREG(st.st_mode), "size": st.st_size,
+        st = None
+    if st is not None:
+        if not _stat.S_ISREG(st.st_mode):
+            return {"error": "%s: not a regular file" % a["path"]}
+        if not a["overwrite"] and a["expect"] != [st.st_size, st.st_mtime_ns]:
+            return {"not_ours": True}
+    done = _write({"path": a["path"], "data": a["data"], "append": False})
+    st = _os.stat(full)
+    return {"bytes": done["bytes"], "exists": True, "regular": True, "size": st.st_size,
             "mtime_ns": st.st_mtime_ns}
 
 
@@ -130,7 +140,7 @@ def _list(a):
 
 def run(op, args):
     try:
-        result = {"read": _read, "write": _write, "list": _list, "stat": _stat_op,
+        result = {"read": _read, "write": _write, "list": _list, "write_own": _write_own,
                   "bytes": _bytes}[op](_json.loads(args))
     except FileNotFoundError:
         result = {"error": "%s: not found in the workspace" % _json.loads(args).get("path")}

@@ -48,6 +48,15 @@ impl<'a> Progress<'a> {
         }
     }
 
+    /// A rich output's plain text, unless it is a bare object repr such as `<Figure ...>`.
+    fn remember_bundle(&mut self, data: &crate::wire::message::MimeBundle) {
+        if let Some(t) = data.get("text/plain").and_then(|v| v.as_str()) {
+            if !(t.starts_with('<') && t.trim_end().ends_with('>')) {
+                self.remember(t);
+            }
+        }
+    }
+
     /// The line the next tick would report.
     pub fn last_line(&self) -> &str {
         &self.last_line
@@ -59,11 +68,10 @@ impl OutputSink for Progress<'_> {
         if self.report.is_some() {
             match content {
                 Content::Stream(s) => self.remember(&s.text),
-                Content::ExecuteResult(r) => {
-                    if let Some(t) = r.data.get("text/plain").and_then(|v| v.as_str()) {
-                        self.remember(t);
-                    }
-                }
+                // A display updated in place (display_id) is the other way cells show progress.
+                Content::ExecuteResult(r) => self.remember_bundle(&r.data),
+                Content::DisplayData(d) => self.remember_bundle(&d.data),
+                Content::UpdateDisplayData(d) => self.remember_bundle(&d.data),
                 _ => {}
             }
         }
@@ -117,11 +125,22 @@ mod tests {
         assert_eq!(p.last_line(), "red");
         p.output(&stream("   \n"));
         assert_eq!(p.last_line(), "red");
+        let display = |text: &str| {
+            Content::UpdateDisplayData(crate::wire::message::DisplayData {
+                data: [("text/plain".to_owned(), serde_json::json!(text))].into(),
+                metadata: serde_json::Value::Null,
+                transient: None,
+            })
+        };
+        p.output(&display("step 3 of 10"));
+        assert_eq!(p.last_line(), "step 3 of 10");
+        p.output(&display("<Figure size 640x480 with 1 Axes>"));
+        assert_eq!(p.last_line(), "step 3 of 10", "a bare repr is not progress");
         p.output(&stream(&"x".repeat(500)));
         assert_eq!(p.last_line().chars().count(), MAX_LINE_CHARS);
         p.tick(Duration::from_secs(3));
         drop(p);
-        assert_eq!(inner.0, 5, "every output reaches the inner sink");
+        assert_eq!(inner.0, 7, "every output reaches the inner sink");
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(seen, vec![(3, "x".repeat(MAX_LINE_CHARS))]);
     }

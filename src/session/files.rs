@@ -17,9 +17,11 @@ use crate::workspace::{remote, Listing, ReadOutcome, Workspace};
 
 /// How long a file operation in a gateway kernel may wait (for a busy kernel, then the work).
 const REMOTE_WAIT: Duration = Duration::from_secs(60);
-/// Largest notebook moved to or from a gateway kernel's folder in one piece (it travels as
-/// base64 inside one kernel message).
-const MAX_REMOTE_BYTES: u64 = crate::workspace::MAX_WRITE_BYTES as u64;
+/// Most bytes written into a gateway kernel's folder by one call: they travel as base64 inside
+/// one WebSocket message, and Tornado-based servers (Jupyter Server, Kernel Gateway,
+/// Enterprise Gateway) refuse client messages over `websocket_max_message_size`, 10 MiB by
+/// default; 7 MiB is 9.3 MiB of base64.
+pub const MAX_REMOTE_BYTES: u64 = 7 * 1024 * 1024;
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +70,12 @@ impl Files {
         // The files are where the kernel runs: make sure there is one, and say why not.
         // (Only when none runs: info() waits for the kernel, which a long cell holds.)
         if !self.kernel.running() {
-            if let Err(e) = self.kernel.info().await {
+            let why = match tokio::time::timeout(REMOTE_WAIT, self.kernel.info()).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("none was ready within {} s", REMOTE_WAIT.as_secs())),
+            };
+            if let Some(e) = why {
                 return Err(SessionError::Refused(format!(
                     "the file tools act on the kernel's working directory on the gateway, and no kernel is available: {e}"
                 )));
@@ -115,6 +122,12 @@ impl Files {
     ) -> Result<Written, SessionError> {
         if self.remote() {
             let path = remote::check_path(&path)?;
+            if data.len() as u64 > MAX_REMOTE_BYTES {
+                return Err(SessionError::Refused(format!(
+                    "content is {} bytes; at most {MAX_REMOTE_BYTES} bytes can be written into a gateway kernel's folder per write_file call (one WebSocket message). Nothing was written; send the rest in further calls with append: true",
+                    data.len()
+                )));
+            }
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
             let v = self
                 .helper("write", remote::write_args(&path, &b64, append))
@@ -193,13 +206,15 @@ impl Files {
     }
 
     /// Writes a notebook, refusing to replace a file this session did not write (as recorded
-    /// in `written`) unless `overwrite`. Returns the path written.
+    /// in `written`) unless `overwrite`; where the files live, or in the local workspace when
+    /// `local`. Returns the path written.
     pub(super) async fn write_own(
         &self,
         path: String,
         bytes: Vec<u8>,
         overwrite: bool,
         written: WrittenFiles,
+        local: bool,
     ) -> Result<String, SessionError> {
         let not_ours = |path: String| {
             WorkspaceError::Denied {
@@ -207,25 +222,22 @@ impl Files {
             reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
         }
         };
-        if self.remote() {
+        if self.remote() && !local {
             let path = remote::check_path(&path)?;
             if bytes.len() as u64 > MAX_REMOTE_BYTES {
                 return Err(SessionError::Refused(format!(
-                    "{path}: the notebook is {} bytes; at most {MAX_REMOTE_BYTES} bytes are written into a gateway kernel's folder",
+                    "{path}: the notebook is {} bytes; at most {MAX_REMOTE_BYTES} bytes can be written into a gateway kernel's folder in one piece (it travels inside one WebSocket message)",
                     bytes.len()
                 )));
             }
-            let stat = |v: Value| remote::decode_stat(&v, &path);
-            let before = stat(self.helper("stat", remote::stat_args(&path)).await?)?;
-            if let Some(stamp) = before {
-                if !overwrite && !written.is(&path, &stamp) {
-                    return Err(not_ours(path).into());
-                }
-            }
             let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            self.helper("write", remote::write_args(&path, &b64, false))
-                .await?;
-            if let Some(stamp) = stat(self.helper("stat", remote::stat_args(&path)).await?)? {
+            let args = remote::write_own_args(&path, &b64, overwrite, written.get(&path));
+            drop(b64);
+            let v = self.helper("write_own", args).await?;
+            if v.get("not_ours").and_then(Value::as_bool) == Some(true) {
+                return Err(not_ours(path).into());
+            }
+            if let Some(stamp) = remote::decode_stat(&v, &path)? {
                 written.insert(path.clone(), stamp);
             }
             return Ok(path);

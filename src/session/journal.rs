@@ -24,6 +24,11 @@ impl WrittenFiles {
             .unwrap_or(false)
     }
 
+    /// The stamp this session left `path` with, if it wrote it.
+    pub(super) fn get(&self, path: &str) -> Option<Stamp> {
+        self.0.lock().ok().and_then(|w| w.get(path).copied())
+    }
+
     pub(super) fn insert(&self, path: String, stamp: Stamp) {
         if let Ok(mut w) = self.0.lock() {
             w.insert(path, stamp);

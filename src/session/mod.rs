@@ -70,7 +70,7 @@ impl SpillTarget for WorkspaceSpill {
 /// What restart_kernel did.
 #[derive(Debug)]
 pub struct Restart {
-    pub outcome: Restarted,
+    pub outcome: Result<Restarted, SessionError>,
     /// The environment changed since the kernel started (tool descriptions name it).
     pub env_changed: bool,
 }
@@ -216,11 +216,12 @@ impl Session {
         overwrite: bool,
     ) -> Result<String, SessionError> {
         self.files
-            .write_own(path, bytes, overwrite, self.journal.written())
+            .write_own(path, bytes, overwrite, self.journal.written(), false)
             .await
     }
 
-    /// Rewrites the live journal notebook (`--journal`), if one is configured.
+    /// Rewrites the live journal notebook (`--journal`), if one is configured, in the local
+    /// workspace.
     async fn update_live_journal(&self) {
         let Some(path) = self.settings.journal.clone() else {
             return;
@@ -236,7 +237,13 @@ impl Session {
         if version == *last {
             return;
         }
-        match self.write_notebook(path.clone(), bytes, false).await {
+        // Always in the local --workspace: the journal is for the person watching the session
+        // (and writing it into a gateway kernel's folder would cost kernel round trips on
+        // every call).
+        let write = self
+            .files
+            .write_own(path.clone(), bytes, false, self.journal.written(), true);
+        match write.await {
             Ok(_) => *last = version,
             Err(e) => tracing::warn!(error = %e, path, "could not write the journal notebook"),
         }
@@ -244,21 +251,25 @@ impl Session {
 
     /// Restarts the kernel (re-checking its environment first: a changed one is reported so the
     /// tool descriptions can be refreshed) and marks the journal when the state was cleared.
-    pub async fn restart_kernel(&self) -> Result<Restart, SessionError> {
-        let env_changed = self
-            .kernel
-            .recheck_environment()
-            .await
-            .map_err(|reason| KernelError::Unavailable { reason })?;
-        let outcome = self.kernel.restart().await?;
-        if matches!(outcome, Restarted::Fresh { .. }) {
+    pub async fn restart_kernel(&self) -> Restart {
+        let env_changed = match self.kernel.recheck_environment().await {
+            Ok(changed) => changed,
+            Err(reason) => {
+                return Restart {
+                    outcome: Err(KernelError::Unavailable { reason }.into()),
+                    env_changed: false,
+                }
+            }
+        };
+        let outcome = self.kernel.restart().await.map_err(SessionError::from);
+        if matches!(outcome, Ok(Restarted::Fresh { .. })) {
             self.journal_marker("*Kernel restarted (restart_kernel): all variables were cleared.*")
                 .await;
         }
-        Ok(Restart {
+        Restart {
             outcome,
             env_changed,
-        })
+        }
     }
 
     /// Restarts the kernel in the named environment; the journal notes that state was cleared

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Session;
 use crate::error::{PackageError, SessionError};
-use crate::output::Rendered;
+use crate::output::{ProgressFn, Rendered};
 use crate::packages;
 
 /// Most names one check_packages call may ask about.
@@ -272,11 +272,13 @@ impl Session {
     }
 
     /// Installs packages into the kernel's environment, one install at a time. Installer output
-    /// lines go to `lines` as they come.
+    /// lines go to `lines` as they come; when pip runs inside a kernel elsewhere, the cell's
+    /// progress goes to `progress` instead.
     pub async fn install_packages(
         &self,
         raw: &[String],
         lines: Option<UnboundedSender<String>>,
+        progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Installed, SessionError> {
         let (specs, renamed) = packages::prepare(raw).map_err(SessionError::Refused)?;
@@ -294,7 +296,7 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            let out = self.run(&code, &shown, Some(secs), None, cancel).await;
+            let out = self.run(&code, &shown, Some(secs), progress, cancel).await;
             self.kernel.invalidate_imports();
             return out.map(Installed::InKernel);
         }

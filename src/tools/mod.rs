@@ -511,14 +511,15 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
-        let restart = match self.session.restart_kernel().await {
-            Ok(r) => r,
-            Err(e) => return Ok(failure(e)),
-        };
+        let restart = self.session.restart_kernel().await;
         if restart.env_changed {
             self.tools_changed();
         }
-        Ok(CallToolResult::success(vec![Content::text(match restart.outcome {
+        let outcome = match restart.outcome {
+            Ok(o) => o,
+            Err(e) => return Ok(failure(e)),
+        };
+        Ok(CallToolResult::success(vec![Content::text(match outcome {
             Restarted::Fresh { took } => format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
                 took.as_secs_f64()
@@ -555,7 +556,7 @@ impl Server {
         let (tx, progress) = install_progress(&ctx);
         let result = self
             .session
-            .install_packages(&p.packages, tx, &ctx.ct)
+            .install_packages(&p.packages, tx, progress_fn(&ctx), &ctx.ct)
             .await;
         if let Some(t) = progress {
             t.abort();

@@ -89,9 +89,19 @@ pub fn bytes_args(path: &str, max: u64) -> Value {
     json!({ "path": path, "max": max })
 }
 
-/// Arguments of a stat.
-pub fn stat_args(path: &str) -> Value {
-    json!({ "path": path })
+/// Arguments of a write that replaces only the session's own file: absent, or exactly as the
+/// session left it (`expect`: size and modification time), or `overwrite`.
+pub fn write_own_args(
+    path: &str,
+    data_b64: &str,
+    overwrite: bool,
+    expect: Option<(u64, SystemTime)>,
+) -> Value {
+    let expect = expect.and_then(|(size, t)| {
+        let ns = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos();
+        Some(json!([size, u64::try_from(ns).ok()?]))
+    });
+    json!({ "path": path, "data": data_b64, "overwrite": overwrite, "expect": expect })
 }
 
 /// The helper's whole-file answer as bytes.
@@ -103,8 +113,8 @@ pub fn decode_bytes(v: &Value) -> Result<Vec<u8>, WorkspaceError> {
         .map_err(|_| WorkspaceError::BadPath("the kernel sent unreadable file data".into()))
 }
 
-/// The helper's stat answer: size and modification time of a regular file, None when there is
-/// no file; something that is not a regular file is an error.
+/// The size and modification time in a helper's answer (a write_own), None when it names no
+/// file; something that is not a regular file is an error.
 pub fn decode_stat(v: &Value, path: &str) -> Result<Option<(u64, SystemTime)>, WorkspaceError> {
     if v.get("exists").and_then(Value::as_bool) != Some(true) {
         return Ok(None);

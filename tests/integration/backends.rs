@@ -369,79 +369,112 @@ impl Gateway {
 
     pub async fn start_kind(kind: Kind) -> Gateway {
         let venv = venv_for(kind);
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("kmcp-gw-")
             .tempdir()
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let mut cmd = match kind {
-            Kind::KernelGateway => {
-                let mut c = std::process::Command::new(venv.join("bin/jupyter-kernelgateway"));
-                c.arg("--KernelGatewayApp.ip=127.0.0.1")
-                    .arg(format!("--KernelGatewayApp.port={port}"))
-                    .arg(format!("--KernelGatewayApp.auth_token={token}"))
-                    .arg("--JupyterWebsocketPersonality.list_kernels=True");
-                c
+        // A free port can be taken by another test between our probe and the server's bind;
+        // the servers are told not to wander to another port (port_retries=0) and exit
+        // instead, and then we start them again on a fresh one.
+        for attempt in 1..=5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+            let mut cmd = match kind {
+                Kind::KernelGateway => {
+                    let mut c = std::process::Command::new(venv.join("bin/jupyter-kernelgateway"));
+                    c.arg("--KernelGatewayApp.ip=127.0.0.1")
+                        .arg(format!("--KernelGatewayApp.port={port}"))
+                        .arg("--KernelGatewayApp.port_retries=0")
+                        .arg(format!("--KernelGatewayApp.auth_token={token}"))
+                        .arg("--JupyterWebsocketPersonality.list_kernels=True");
+                    c
+                }
+                Kind::JupyterServer => {
+                    let mut c = std::process::Command::new(venv.join("bin/jupyter-server"));
+                    c.arg("--ServerApp.ip=127.0.0.1")
+                        .arg(format!("--ServerApp.port={port}"))
+                        .arg("--ServerApp.port_retries=0")
+                        .arg(format!("--IdentityProvider.token={token}"))
+                        .arg("--ServerApp.open_browser=False")
+                        .arg(format!("--ServerApp.root_dir={}", dir.path().display()))
+                        // Only the legacy JSON WebSocket protocol here, so the fallback from the
+                        // v1 subprotocol is tested against a real server too.
+                        .arg("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
+                        .arg("--allow-root");
+                    c
+                }
+                Kind::EnterpriseGateway => {
+                    let mut c =
+                        std::process::Command::new(venv.join("bin/jupyter-enterprisegateway"));
+                    // As root, Enterprise Gateway refuses kernels for "root" unless told otherwise.
+                    c.arg("--EnterpriseGatewayApp.ip=127.0.0.1")
+                        .arg(format!("--EnterpriseGatewayApp.port={port}"))
+                        .arg("--EnterpriseGatewayApp.port_retries=0")
+                        .arg(format!("--EnterpriseGatewayApp.auth_token={token}"))
+                        .arg("--EnterpriseGatewayApp.list_kernels=True")
+                        .arg("--EnterpriseGatewayApp.unauthorized_users=nobody-at-all");
+                    c
+                }
+            };
+            let child = cmd
+                .current_dir(dir.path())
+                .env("JUPYTER_RUNTIME_DIR", dir.path())
+                .env(
+                    "PATH",
+                    format!("{}:/usr/bin:/bin", venv.join("bin").display()),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut g = Gateway {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+                token: token.clone(),
+                dir,
+            };
+            // Ready when its REST API answers; gone when the port was taken.
+            let deadline = std::time::Instant::now() + HANG;
+            loop {
+                if g.kernels().await.is_some() {
+                    return g;
+                }
+                if let Ok(Some(status)) = g.child.try_wait() {
+                    assert!(
+                        attempt < 5,
+                        "{kind:?} exited ({status}) five times; its log:\n{}",
+                        g.log()
+                    );
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{kind:?} never answered; its log:\n{}",
+                    g.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Kind::JupyterServer => {
-                let mut c = std::process::Command::new(venv.join("bin/jupyter-server"));
-                c.arg("--ServerApp.ip=127.0.0.1")
-                    .arg(format!("--ServerApp.port={port}"))
-                    .arg(format!("--IdentityProvider.token={token}"))
-                    .arg("--ServerApp.open_browser=False")
-                    .arg(format!("--ServerApp.root_dir={}", dir.path().display()))
-                    // Only the legacy JSON WebSocket protocol here, so the fallback from the
-                    // v1 subprotocol is tested against a real server too.
-                    .arg("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=")
-                    .arg("--allow-root");
-                c
-            }
-            Kind::EnterpriseGateway => {
-                let mut c = std::process::Command::new(venv.join("bin/jupyter-enterprisegateway"));
-                // As root, Enterprise Gateway refuses kernels for "root" unless told otherwise.
-                c.arg("--EnterpriseGatewayApp.ip=127.0.0.1")
-                    .arg(format!("--EnterpriseGatewayApp.port={port}"))
-                    .arg(format!("--EnterpriseGatewayApp.auth_token={token}"))
-                    .arg("--EnterpriseGatewayApp.list_kernels=True")
-                    .arg("--EnterpriseGatewayApp.unauthorized_users=nobody-at-all");
-                c
-            }
-        };
-        let child = cmd
-            .current_dir(dir.path())
-            .env("JUPYTER_RUNTIME_DIR", dir.path())
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin", venv.join("bin").display()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let g = Gateway {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            dir,
-        };
-        // Ready when its REST API answers.
-        let deadline = std::time::Instant::now() + HANG;
-        while g.kernels().await.is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{kind:?} never answered; its log:\n{}",
-                g.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            dir = g.take_dir();
         }
-        g
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Moves the temporary folder out of a gateway that exited, for the next attempt.
+    fn take_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.wait();
+        std::mem::replace(
+            &mut self.dir,
+            tempfile::Builder::new()
+                .prefix("kmcp-gw-")
+                .tempdir()
+                .unwrap(),
+        )
     }
 
     pub fn log(&self) -> String {
@@ -829,5 +862,41 @@ async fn gateway_notebooks_are_written_and_run_where_the_kernel_runs() {
     assert!(g.dir.path().join("nb/ran.ipynb").exists(), "{t:?}");
     let r = s.exec("answer").await;
     assert_eq!(text(&r), "42");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn gateway_writes_fit_one_websocket_message_or_are_refused_clearly() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    // 6 MiB (8 MiB of base64) reaches the gateway's kernel folder intact.
+    let big = "y".repeat(6 << 20);
+    let r = s
+        .call("write_file", json!({"path": "big.txt", "content": big}))
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    assert_eq!(
+        std::fs::metadata(g.dir.path().join("big.txt"))
+            .unwrap()
+            .len(),
+        6 << 20
+    );
+    // Over the per-call limit: refused before anything is sent, saying how to go on.
+    let too_big = "z".repeat(8 << 20);
+    let r = s
+        .call(
+            "write_file",
+            json!({"path": "bigger.txt", "content": too_big}),
+        )
+        .await;
+    assert!(
+        is_error(&r) && text(&r).contains("append: true"),
+        "{}",
+        text(&r)
+    );
+    assert!(!g.dir.path().join("bigger.txt").exists());
+    // The WebSocket survived: the kernel still answers.
+    let r = s.exec("1 + 1").await;
+    assert_eq!(text(&r), "2");
     s.close().await;
 }
