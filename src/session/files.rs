@@ -96,7 +96,8 @@ impl Files {
         limit: Option<usize>,
         line_numbers: bool,
     ) -> Result<ReadOutcome, SessionError> {
-        if self.remote() {
+        // Saved over-budget output is written by the server, so it is local in every mode.
+        if self.remote() && !crate::workspace::is_saved_output(&path) {
             let path = remote::check_path(&path)?;
             let v = self
                 .helper(

@@ -40,6 +40,18 @@ const MAX_SCAN_PER_DIR: usize = 50_000;
 /// Most entries read by one listing in all.
 const MAX_SCAN_TOTAL: usize = 200_000;
 
+/// Where over-budget output is saved, relative to the workspace root. The server writes these
+/// files itself, so they are always in the local workspace, also when the file tools act in a
+/// gateway kernel's folder.
+pub const OUTPUTS_DIR: &str = ".kernel-mcp/outputs";
+
+/// True when `user_path` names a saved-output file (under [`OUTPUTS_DIR`]).
+pub fn is_saved_output(user_path: &str) -> bool {
+    let p = user_path.trim_start_matches("./").replace('\\', "/");
+    p.strip_prefix(OUTPUTS_DIR)
+        .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+}
+
 /// The workspace: a root directory opened once as a capability.
 #[derive(Debug)]
 pub struct Workspace {
@@ -236,8 +248,8 @@ impl Workspace {
 
     /// Creates a new file under `.kernel-mcp/outputs/` for saved output; returns (relative path, file).
     pub fn create_output_file(&self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
-        let dir_rel = Path::new(".kernel-mcp").join("outputs");
-        self.dir.create_dir_all(&dir_rel)?;
+        let dir_rel = Path::new(OUTPUTS_DIR);
+        self.dir.create_dir_all(dir_rel)?;
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
         let name = format!(
             "{stamp}-{}{suffix}",
@@ -254,6 +266,17 @@ impl Workspace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_output_paths_are_recognised() {
+        assert!(is_saved_output(".kernel-mcp/outputs/20261129-x.txt"));
+        assert!(is_saved_output("./.kernel-mcp/outputs/a.txt"));
+        assert!(is_saved_output(r".kernel-mcp\outputs\a.txt"));
+        assert!(!is_saved_output(".kernel-mcp/outputs"));
+        assert!(!is_saved_output(".kernel-mcp/outputs/"));
+        assert!(!is_saved_output(".kernel-mcp/outputsX/a.txt"));
+        assert!(!is_saved_output("data/.kernel-mcp/outputs/a.txt"));
+    }
 
     #[test]
     fn verbatim_windows_roots_become_plain() {

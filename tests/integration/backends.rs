@@ -866,6 +866,29 @@ async fn gateway_notebooks_are_written_and_run_where_the_kernel_runs() {
 }
 
 #[tokio::test]
+async fn gateway_output_over_budget_is_saved_where_read_file_finds_it() {
+    let g = Gateway::start().await;
+    let s = g.server(&[]).await;
+    let r = s.exec("for i in range(20000): print('line', i)").await;
+    let saved = crate::harness::saved_output(&r);
+    assert!(saved.starts_with(".kernel-mcp/outputs/"), "{saved}");
+    // The server saved it (locally); read_file finds it although other paths go to the gateway.
+    let r = s
+        .call(
+            "read_file",
+            json!({"path": saved, "offset": 19999, "limit": 2}),
+        )
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    assert!(
+        text(&r).starts_with("line 19998\nline 19999"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+#[tokio::test]
 async fn gateway_writes_fit_one_websocket_message_or_are_refused_clearly() {
     let g = Gateway::start().await;
     let s = g.server(&[]).await;
