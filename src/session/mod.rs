@@ -67,6 +67,19 @@ impl SpillTarget for WorkspaceSpill {
     }
 }
 
+/// Where the kernel's working directory is, seen from the file tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkingDir {
+    /// The local workspace is the kernel's working directory.
+    Workspace(std::path::PathBuf),
+    /// The kernel runs elsewhere (a Jupyter server), and the file tools act in its working
+    /// directory there.
+    WithKernel { server: Option<String> },
+    /// Someone else started the kernel: its working directory is wherever they started it, and
+    /// the file tools act on the local workspace.
+    Apart { workspace: std::path::PathBuf },
+}
+
 /// What restart_kernel did.
 #[derive(Debug)]
 pub struct Restart {
@@ -124,6 +137,23 @@ impl Session {
         self.kernel
             .env_info()
             .unwrap_or_else(|| pyenv::unavailable("no environment was set"))
+    }
+
+    /// Where the kernel's working directory is, relative to the file tools.
+    pub fn working_dir(&self) -> WorkingDir {
+        let backend = self.kernel.backend();
+        let info = backend.describe();
+        if backend.files_live_with_kernel() {
+            WorkingDir::WithKernel {
+                server: info.target,
+            }
+        } else if info.ownership == crate::kernel::Ownership::Borrowed {
+            WorkingDir::Apart {
+                workspace: self.workspace.root().to_path_buf(),
+            }
+        } else {
+            WorkingDir::Workspace(self.workspace.root().to_path_buf())
+        }
     }
 
     /// True when the kernel runs somewhere kernel-mcp does not launch it (existing, gateway):

@@ -27,7 +27,9 @@ use crate::error::{KernelError, SessionError, WorkspaceError};
 use crate::kernel::{KernelHandle, Restarted, SwitchError, Switched};
 use crate::output::ProgressFn;
 use crate::pyenv::EnvInfo;
-use crate::session::{Installed, NotebookRun, PackageCheck, PackageList, Session, Written};
+use crate::session::{
+    Installed, NotebookRun, PackageCheck, PackageList, Session, WorkingDir, Written,
+};
 use crate::workspace::{Listing, ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
 /// Longest glob or filter accepted.
@@ -274,11 +276,18 @@ impl Server {
         } else {
             format!(" with {packages}")
         };
-        let mut env_line = format!(
-            "\n\nEnvironment: Python {}{with}. Working directory: {}.",
-            env.python_version,
-            self.session.workspace().root().display()
-        );
+        let wd = match self.session.working_dir() {
+            WorkingDir::Workspace(p) => format!("Working directory: {}.", p.display()),
+            WorkingDir::WithKernel { server } => format!(
+                "Working directory: the kernel's own, on the Jupyter server{}; the file tools act there.",
+                server.map(|s| format!(" {s}")).unwrap_or_default()
+            ),
+            WorkingDir::Apart { workspace } => format!(
+                "Working directory: wherever the kernel was started (another client owns it); the file tools act on {}, so use absolute paths to share files.",
+                workspace.display()
+            ),
+        };
+        let mut env_line = format!("\n\nEnvironment: Python {}{with}. {wd}", env.python_version);
         if let Some(p) = &self.session.settings().output.sandbox {
             env_line.push_str(&format!("\n\n{}", p.paragraph()));
         }
@@ -859,13 +868,25 @@ impl ServerHandler for Server {
         } else {
             format!(" with {packages}")
         };
+        let files = match self.session.working_dir() {
+            WorkingDir::Workspace(p) => format!(
+                "The kernel's working directory is the workspace ({}); use write_file/read_file/list_files for files there and run_file to run scripts.",
+                p.display()
+            ),
+            WorkingDir::WithKernel { server } => format!(
+                "The kernel runs on a Jupyter server{}; write_file/read_file/list_files/run_file act in the kernel's working directory there, where relative paths in code resolve.",
+                server.map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            WorkingDir::Apart { workspace } => format!(
+                "The kernel was started by another client, so its working directory is wherever that client started it (check with os.getcwd()); write_file/read_file/list_files/run_file act on the workspace ({}), so give code absolute paths to files there.",
+                workspace.display()
+            ),
+        };
         let mut instructions = format!(
             "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel{with}. \
-             Variables persist between execute_python calls. The kernel's working directory is the workspace ({}); \
-             use write_file/read_file/list_files for files there and run_file to run scripts. \
+             Variables persist between execute_python calls. {files} \
              matplotlib figures come back as images.",
-            env.python_version,
-            self.session.workspace().root().display()
+            env.python_version
         );
         if let Some(reason) = self.session.kernel().env_error() {
             instructions.push_str(&format!(

@@ -192,6 +192,17 @@ async fn existing_kernel_over_ipc_runs_code() {
         text(&s.exec("import os\nos.getpid()").await),
         k.pid().to_string()
     );
+    // The model is told that this kernel's working directory is not the workspace.
+    let instructions = s
+        .client
+        .peer_info()
+        .and_then(|i| i.instructions.clone())
+        .unwrap_or_default();
+    assert!(
+        instructions.contains("started by another client")
+            && instructions.contains(&s.ws().display().to_string()),
+        "{instructions}"
+    );
     s.close().await;
     assert!(alive(k.pid()));
 }
@@ -869,6 +880,16 @@ async fn gateway_notebooks_are_written_and_run_where_the_kernel_runs() {
 async fn gateway_output_over_budget_is_saved_where_read_file_finds_it() {
     let g = Gateway::start().await;
     let s = g.server(&[]).await;
+    let tools = s.client.list_all_tools().await.unwrap();
+    let exec = tools.iter().find(|t| t.name == "execute_python").unwrap();
+    let d = exec.description.as_deref().unwrap_or("");
+    assert!(
+        d.contains(&format!(
+            "on the Jupyter server {}; the file tools act there",
+            g.url
+        )),
+        "{d}"
+    );
     let r = s.exec("for i in range(20000): print('line', i)").await;
     let saved = crate::harness::saved_output(&r);
     assert!(saved.starts_with(".kernel-mcp/outputs/"), "{saved}");
