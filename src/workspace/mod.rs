@@ -48,8 +48,9 @@ pub const OUTPUTS_DIR: &str = ".kernel-mcp/outputs";
 /// True when `user_path` names a saved-output file (under [`OUTPUTS_DIR`]).
 pub fn is_saved_output(user_path: &str) -> bool {
     let p = user_path.trim_start_matches("./").replace('\\', "/");
-    p.strip_prefix(OUTPUTS_DIR)
-        .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+    p.strip_prefix(OUTPUTS_DIR).is_some_and(|rest| {
+        rest.starts_with('/') && rest.len() > 1 && !rest.split('/').any(|c| c == "..")
+    })
 }
 
 /// The workspace: a root directory opened once as a capability.
@@ -276,6 +277,7 @@ mod tests {
         assert!(!is_saved_output(".kernel-mcp/outputs/"));
         assert!(!is_saved_output(".kernel-mcp/outputsX/a.txt"));
         assert!(!is_saved_output("data/.kernel-mcp/outputs/a.txt"));
+        assert!(!is_saved_output(".kernel-mcp/outputs/../../data.csv"));
     }
 
     #[test]
