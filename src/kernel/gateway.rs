@@ -92,7 +92,7 @@ impl GatewayBackend {
     /// Checks the URL and builds the HTTP client; nothing is contacted yet.
     ///
     /// # Errors
-    /// A URL that is not `http://` (TLS is left to a proxy in this build), or has no host.
+    /// A URL that is not `http://` (or `https://` with the `tls` feature), or has no host.
     pub fn new(cfg: GatewayConfig) -> Result<GatewayBackend, KernelError> {
         let bad = |why: &str| KernelError::Unavailable {
             reason: format!("--gateway-url {}: {why}", redact(&cfg.url)),
@@ -101,7 +101,8 @@ impl GatewayBackend {
             reqwest::Url::parse(cfg.url.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
         match base.scheme() {
             "http" => {}
-            "https" => return Err(bad("https is not built into this kernel-mcp; reach the gateway through an http tunnel or proxy on 127.0.0.1 (see the README)")),
+            "https" if cfg!(feature = "tls") => {}
+            "https" => return Err(bad("https is not built into this kernel-mcp: build it with `--features tls`, or reach the gateway through an http tunnel or proxy on 127.0.0.1 (see the README)")),
             other => return Err(bad(&format!("scheme {other:?} is not http"))),
         }
         if base.host_str().is_none() {
@@ -166,12 +167,19 @@ impl Rest {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| KernelError::Unavailable {
-            reason: format!(
-                "the Jupyter gateway at {} is not reachable ({}); is it running, and is --gateway-url right?",
-                self.shown,
-                describe_http_error(&e)
-            ),
+        let resp = req.send().await.map_err(|e| {
+            let detail = describe_http_error(&e);
+            let fix = if detail.to_ascii_lowercase().contains("certificate") {
+                "its TLS certificate is not trusted here: add the CA that signed it to the system's trust store, or point SSL_CERT_FILE at a PEM file holding it"
+            } else {
+                "is it running, and is --gateway-url right?"
+            };
+            KernelError::Unavailable {
+                reason: format!(
+                    "the Jupyter gateway at {} is not reachable ({detail}); {fix}",
+                    self.shown
+                ),
+            }
         })?;
         let status = resp.status();
         // Bounded read: a gateway answer is small JSON.
@@ -848,7 +856,12 @@ mod tests {
             kernel_name: None,
             startup_timeout: Duration::from_secs(1),
         };
-        for bad in ["ftp://x", "nonsense", "https://gw:1", "http://"] {
+        let https = if cfg!(feature = "tls") {
+            None
+        } else {
+            Some("https://gw:1")
+        };
+        for bad in ["ftp://x", "nonsense", "http://"].into_iter().chain(https) {
             let e = GatewayBackend::new(cfg(bad)).err().map(|e| e.to_string());
             let e = e.unwrap_or_default();
             assert!(e.contains("--gateway-url"), "{bad}: {e}");

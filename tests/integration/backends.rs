@@ -379,12 +379,53 @@ impl Gateway {
     }
 
     pub async fn start_kind(kind: Kind) -> Gateway {
+        Self::start_with(kind, false).await
+    }
+
+    /// A Kernel Gateway serving https with a self-signed certificate for 127.0.0.1, written to
+    /// `cert.pem` in its folder.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls() -> Gateway {
+        Self::start_with(Kind::KernelGateway, true).await
+    }
+
+    async fn start_with(kind: Kind, tls: bool) -> Gateway {
         let venv = venv_for(kind);
         let mut dir = tempfile::Builder::new()
             .prefix("kmcp-gw-")
             .tempdir()
             .unwrap();
         let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut tls_args = Vec::new();
+        if tls {
+            let ok = std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .args(["-keyout", "key.pem", "-out", "cert.pem"])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "openssl could not make a test certificate");
+            tls_args.push(format!(
+                "--KernelGatewayApp.certfile={}",
+                dir.path().join("cert.pem").display()
+            ));
+            tls_args.push(format!(
+                "--KernelGatewayApp.keyfile={}",
+                dir.path().join("key.pem").display()
+            ));
+        }
+        let scheme = if tls { "https" } else { "http" };
         // A free port can be taken by another test between our probe and the server's bind;
         // the servers are told not to wander to another port (port_retries=0) and exit
         // instead, and then we start them again on a fresh one.
@@ -402,7 +443,8 @@ impl Gateway {
                         .arg(format!("--KernelGatewayApp.port={port}"))
                         .arg("--KernelGatewayApp.port_retries=0")
                         .arg(format!("--KernelGatewayApp.auth_token={token}"))
-                        .arg("--JupyterWebsocketPersonality.list_kernels=True");
+                        .arg("--JupyterWebsocketPersonality.list_kernels=True")
+                        .args(&tls_args);
                     c
                 }
                 Kind::JupyterServer => {
@@ -446,7 +488,7 @@ impl Gateway {
                 .unwrap();
             let mut g = Gateway {
                 child,
-                url: format!("http://127.0.0.1:{port}"),
+                url: format!("{scheme}://127.0.0.1:{port}"),
                 token: token.clone(),
                 dir,
             };
@@ -494,7 +536,16 @@ impl Gateway {
 
     /// The ids of the kernels the gateway runs (None while it does not answer).
     pub async fn kernels(&self) -> Option<Vec<String>> {
-        let resp = reqwest::Client::new()
+        // The test's own probe accepts the self-signed certificate of a TLS gateway; kernel-mcp
+        // is made to trust it explicitly (SSL_CERT_FILE).
+        #[cfg(feature = "tls")]
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .ok()?;
+        #[cfg(not(feature = "tls"))]
+        let client = reqwest::Client::new();
+        let resp = client
             .get(format!("{}/api/kernels", self.url))
             .header("Authorization", format!("token {}", self.token))
             .send()
@@ -942,5 +993,31 @@ async fn gateway_writes_fit_one_websocket_message_or_are_refused_clearly() {
     // The WebSocket survived: the kernel still answers.
     let r = s.exec("1 + 1").await;
     assert_eq!(text(&r), "2");
+    s.close().await;
+}
+
+/// With the `tls` feature: a gateway behind https (and wss for the channels), trusted through
+/// OpenSSL's own `SSL_CERT_FILE`; an untrusted certificate is a clear error naming the URL.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn gateway_over_https_runs_code_when_its_certificate_is_trusted() {
+    let g = Gateway::start_tls().await;
+    assert!(g.url.starts_with("https://"), "{}", g.url);
+    let cert = g.dir.path().join("cert.pem");
+    let s = Server::start_with_env(
+        &["--gateway-url", &g.url, "--gateway-token", &g.token],
+        &[("SSL_CERT_FILE", cert.to_str().unwrap())],
+    )
+    .await;
+    let r = s.exec("x = 21").await;
+    assert!(!is_error(&r), "{r:?}");
+    assert_eq!(text(&s.exec("x * 2").await), "42");
+    s.close().await;
+    assert_eq!(g.kernels().await, Some(vec![]), "the kernel was deleted");
+    let s = g.server(&[]).await;
+    let r = s.exec("1").await;
+    let t = text(&r);
+    assert!(is_error(&r) && t.contains(&g.url), "{t}");
+    assert!(t.contains("SSL_CERT_FILE"), "{t}");
     s.close().await;
 }
