@@ -65,7 +65,10 @@ async fn raw_fd_writes_never_reach_the_mcp_stream() {
         .exec("import os, subprocess\nos.write(1, b'{\"jsonrpc\": \"2.0\", \"id\": 99, \"result\": {}}\\nnot json at all\\n')\nsubprocess.run(['echo', 'from a child'])\n'ok'")
         .await;
     assert!(!is_error(&r), "{}", text(&r));
-    assert_eq!(texts(&r).last().map(String::as_str), Some("'ok'"));
+    // The result is there; the child's line may come before or after it: ipykernel's
+    // fd-capture thread publishes it when it reads the pipe, sometimes after execute_result
+    // (kernel order is kept, so then it follows the result; seen once in CI).
+    assert!(texts(&r).iter().any(|t| t == "'ok'"), "{:?}", texts(&r));
     // The protocol stream is intact: more calls work. (ipykernel's fd-capture thread may deliver
     // the child's line after the first call ended, stamped with the next call's parent, which the
     // server cannot tell apart; what matters here is that the result is well formed.)
