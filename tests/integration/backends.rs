@@ -193,11 +193,7 @@ async fn existing_kernel_over_ipc_runs_code() {
         k.pid().to_string()
     );
     // The model is told that this kernel's working directory is not the workspace.
-    let instructions = s
-        .client
-        .peer_info()
-        .and_then(|i| i.instructions.clone())
-        .unwrap_or_default();
+    let instructions = s.instructions();
     assert!(
         instructions.contains("started by another client")
             && instructions.contains(&s.ws().display().to_string()),

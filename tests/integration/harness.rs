@@ -134,6 +134,14 @@ impl Server {
         self.dir.path().join("ws")
     }
 
+    /// The instructions the server sent at initialize (empty when it sent none).
+    pub fn instructions(&self) -> String {
+        self.client
+            .peer_info()
+            .and_then(|i| i.instructions.clone())
+            .unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

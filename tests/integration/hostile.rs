@@ -388,11 +388,7 @@ async fn an_interpreter_without_ipykernel_still_serves_and_names_the_fix() {
     write_script("-S");
     let py = python.to_str().unwrap();
     let s = Server::start_with(&["--python", py, "--sandbox", "off"]).await;
-    let instructions = s
-        .client
-        .peer_info()
-        .and_then(|i| i.instructions.clone())
-        .unwrap_or_default();
+    let instructions = s.instructions();
     assert!(
         instructions.contains(&format!(
             "The Python kernel is unavailable right now: ipykernel is not installed for {py}"

@@ -407,11 +407,7 @@ async fn host_processes_sockets_and_secrets_are_out_of_reach() {
         "{policy}"
     );
     // ...in the instructions and in execute_python's description.
-    let instructions = s
-        .client
-        .peer_info()
-        .and_then(|i| i.instructions.clone())
-        .unwrap_or_default();
+    let instructions = s.instructions();
     assert!(instructions.contains(policy), "{instructions}");
     let tools = s.client.list_all_tools().await.unwrap();
     let exec = tools.iter().find(|t| t.name == "execute_python").unwrap();
