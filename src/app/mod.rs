@@ -26,14 +26,27 @@ use crate::workspace::Workspace;
 use cli::{Cli, Command, DiskQuota, Opts, SandboxMode};
 use stdio::{stdio, stop_signal};
 
+/// Logging to stderr, filtered by `KERNEL_MCP_LOG` (`level` or `target=level` directives joined
+/// by commas, e.g. `debug` or `kernel_mcp=debug,zeromq=error`); an unparsable value falls back to
+/// `default` and says so.
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KERNEL_MCP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = std::env::var("KERNEL_MCP_LOG").ok();
+    let parsed = from_env.as_deref().map(str::parse::<Targets>);
+    let fallback = || default.parse::<Targets>().unwrap_or_default();
+    let filter = match &parsed {
+        Some(Ok(t)) => t.clone(),
+        _ => fallback(),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter)
-        .init();
+        .with_ansi(false);
+    tracing_subscriber::registry().with(fmt).with(filter).init();
+    if let (Some(raw), Some(Err(e))) = (&from_env, &parsed) {
+        tracing::warn!("KERNEL_MCP_LOG={raw:?} is not a valid filter ({e}); using {default:?}");
+    }
 }
 
 fn env_source(o: &Opts) -> pyenv::EnvSource {

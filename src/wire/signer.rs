@@ -1,7 +1,7 @@
 //! HMAC-SHA256 signing and constant-time verification of Jupyter messages.
 //! The only place that touches `hmac` and `sha2`; it knows nothing about sockets.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Sha224, Sha256, Sha384, Sha512};
 
 use crate::error::WireError;

@@ -420,3 +420,152 @@ async fn import_names_are_understood() {
     assert_eq!(data["packages"][2]["distribution"], "beautifulsoup4");
     s.close().await;
 }
+
+/// The spec grammar kernel-mcp accepts (its own PEP 508/440 parser, `packages::requirement`)
+/// agrees with the reference implementation pip uses, `packaging.requirements.Requirement`, run
+/// in the real kernel, on a corpus of valid and near-valid specs (names, extras, every operator,
+/// PEP 440's non-normalized spellings, prefixes, local labels, and their broken variants).
+#[tokio::test]
+async fn spec_grammar_agrees_with_packaging() {
+    let names = [
+        "a",
+        "A1",
+        "zope.interface",
+        "Foo_Bar-baz",
+        "x-",
+        "_x",
+        "x__y",
+        "a.b-c_d",
+    ];
+    let extras = [
+        "",
+        "[a]",
+        "[ a , b ]",
+        "[]",
+        "[a,]",
+        "[-a]",
+        "[a b]",
+        " [a]",
+    ];
+    let ops = [
+        "==", "!=", "<=", ">=", "<", ">", "~=", "===", "=", "=>", "<>", "!", "~",
+    ];
+    let versions = [
+        "1",
+        "1.0",
+        "v1.0",
+        "V1",
+        "1!2.0",
+        "1!",
+        "1.0a1",
+        "1.0A1",
+        "1.0-alpha.2",
+        "1.0alpha",
+        "1.0.b2",
+        "1.0rc1",
+        "1.0c1",
+        "1.0pre1",
+        "1.0preview1",
+        "1.0.post1",
+        "1.0-1",
+        "1.0post",
+        "1.0.rev2",
+        "1.0r",
+        "1.0.dev3",
+        "1.0dev",
+        "1.0a1.post2.dev3",
+        "1.0+ubuntu.1",
+        "1.0+abc-def_g",
+        "1.0+",
+        "1.0+a..b",
+        "1.*",
+        "1.0.*",
+        "1.0.dev1.*",
+        "1.0+abc.*",
+        "1.0.*.1",
+        "1.0a1.*",
+        "1.0.post1.*",
+        "abc",
+        "1.0foo",
+        "1..0",
+        "1.0.",
+        "01.02",
+        "1.0_a_1",
+        "1.0-dev",
+        "1.0.dev-1",
+        "1_0",
+        "1.0rc",
+        "1.0-post-1",
+        "1.0.post.1",
+        "1.0..post1",
+    ];
+    let mut corpus: Vec<String> = Vec::new();
+    for n in names {
+        for e in extras {
+            corpus.push(format!("{n}{e}"));
+        }
+    }
+    for (i, o) in ops.iter().enumerate() {
+        for (j, v) in versions.iter().enumerate() {
+            let ws = [" ", ""][(i + j) % 2];
+            corpus.push(format!("x{ws}{o}{ws}{v}"));
+            // Two clauses, in parentheses every third time, after a name with extras.
+            let second = versions[(j * 7 + i) % versions.len()];
+            let op2 = ops[(i * 3 + j) % ops.len()];
+            let clauses = format!("{o}{v}, {op2}{second}");
+            let n = names[(i + j) % names.len()];
+            let e = extras[j % extras.len()];
+            if j % 3 == 0 {
+                corpus.push(format!("{n}{e} ({clauses})"));
+            } else {
+                corpus.push(format!("{n}{e}{clauses}"));
+            }
+        }
+    }
+    for odd in [
+        "x ==1.0,",
+        "x (==1.0 , )",
+        "x==1.0,,<2",
+        "x==1.0, ,<2",
+        "x[a],",
+        "x,",
+        "x (==1.0",
+        "x ==1.0)",
+    ] {
+        corpus.push(odd.into());
+    }
+
+    let s = Server::start().await;
+    let code = format!(
+        "import json\nfrom packaging.requirements import Requirement\n\
+         def ok(s):\n    try:\n        r = Requirement(s)\n    except Exception:\n        return '0'\n    \
+         return '1' if r.url is None and r.marker is None else '0'\n\
+         print(''.join(ok(s) for s in json.loads({:?})))",
+        serde_json::to_string(&corpus).unwrap_or_default()
+    );
+    let r = s.exec(&code).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let verdicts = text(&r).trim().to_owned();
+    assert_eq!(verdicts.len(), corpus.len(), "{verdicts}");
+    let mut disagree = Vec::new();
+    for (spec, py) in corpus.iter().zip(verdicts.chars()) {
+        let ours = kernel_mcp::packages::validate_spec(spec).is_ok();
+        if ours != (py == '1') {
+            disagree.push(format!("{spec:?}: packaging {py}, kernel-mcp {ours}"));
+        }
+    }
+    let accepted = verdicts.chars().filter(|c| *c == '1').count();
+    assert!(
+        accepted > 100 && accepted + 100 < corpus.len(),
+        "corpus not mixed: {accepted}/{}",
+        corpus.len()
+    );
+    assert!(
+        disagree.is_empty(),
+        "{} of {} differ:\n{}",
+        disagree.len(),
+        corpus.len(),
+        disagree.join("\n")
+    );
+    s.close().await;
+}

@@ -8,6 +8,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::error::PackageError;
 
+mod requirement;
+
 /// Output kept from a finished command (each stream capped).
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
@@ -217,7 +219,8 @@ fn bad(spec: &str, reason: impl Into<String>) -> PackageError {
     }
 }
 
-/// Validates one spec with a real PEP 508 parser, accepting only `name[extras] specifiers`.
+/// Validates one spec, accepting only PEP 508's `name [extras] version-specifiers` (with PEP 440
+/// versions, see `requirement`): no options, URLs, paths, markers or comments.
 pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
     if spec.is_empty() {
         return Err(bad(spec, "empty package name"));
@@ -261,22 +264,9 @@ pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
     if spec.contains('#') {
         return Err(bad(spec, "comments are not accepted"));
     }
-    let parsed = std::panic::catch_unwind(|| {
-        <pep508_rs::Requirement as std::str::FromStr>::from_str(spec)
-            .map_err(|e| e.message.to_string())
-    })
-    .map_err(|_| bad(spec, "could not be parsed"))?
-    .map_err(|m| bad(spec, format!("not a valid PEP 508 requirement: {m}")))?;
-    match &parsed.version_or_url {
-        None | Some(pep508_rs::VersionOrUrl::VersionSpecifier(_)) => {}
-        Some(pep508_rs::VersionOrUrl::Url(_)) => {
-            return Err(bad(spec, "URL requirements are not accepted"))
-        }
-    }
-    if !parsed.marker.is_true() {
-        return Err(bad(spec, "environment markers are not accepted"));
-    }
-    let name = parsed.name.to_string();
+    let written = requirement::parse(spec)
+        .map_err(|m| bad(spec, format!("not a valid PEP 508 requirement: {m}")))?;
+    let name = normalize(written);
     if PROTECTED.contains(&name.as_str()) {
         return Err(PackageError::Refused(format!(
             "{name} is part of the kernel's own machinery (the kernel runs on it); installing or upgrading it could break the running kernel, so it is refused"
