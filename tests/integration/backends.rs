@@ -532,28 +532,52 @@ impl Gateway {
 
     /// The ids of the kernels the gateway runs (None while it does not answer).
     pub async fn kernels(&self) -> Option<Vec<String>> {
-        // The test's own probe accepts the self-signed certificate of a TLS gateway; kernel-mcp
-        // is made to trust it explicitly (SSL_CERT_FILE).
         #[cfg(feature = "tls")]
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .build()
-            .ok()?;
-        #[cfg(not(feature = "tls"))]
-        let client = reqwest::Client::new();
-        let resp = client
+        if self.url.starts_with("https://") {
+            return ids(&self.get_tls("/api/kernels").await?);
+        }
+        let resp = reqwest::Client::new()
             .get(format!("{}/api/kernels", self.url))
             .header("Authorization", format!("token {}", self.token))
             .send()
             .await
             .ok()?;
-        let v: serde_json::Value = resp.json().await.ok()?;
-        Some(
-            v.as_array()?
-                .iter()
-                .filter_map(|k| k["id"].as_str().map(str::to_owned))
-                .collect(),
-        )
+        ids(&resp.bytes().await.ok()?)
+    }
+
+    /// A GET on a TLS gateway. The test's own probe accepts the gateway's self-signed
+    /// certificate; kernel-mcp is made to trust it explicitly (SSL_CERT_FILE).
+    #[cfg(feature = "tls")]
+    async fn get_tls(&self, path: &str) -> Option<Vec<u8>> {
+        use http_body_util::BodyExt;
+        let u = url::Url::parse(&self.url).ok()?;
+        let host = u.host_str()?.to_owned();
+        let port = u.port_or_known_default()?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        let cx = native_tls::TlsConnector::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .ok()?;
+        let tls = tokio_native_tls::TlsConnector::from(cx)
+            .connect(&host, tcp)
+            .await
+            .ok()?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .ok()?;
+        let driver = tokio::spawn(conn);
+        let req = http::Request::get(format!("{}{path}", u.path().trim_end_matches('/')))
+            .header("host", format!("{host}:{port}"))
+            .header("authorization", format!("token {}", self.token))
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .ok()?;
+        let resp = send.send_request(req).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes().to_vec();
+        driver.abort();
+        Some(body)
     }
 
     pub async fn server(&self, extra: &[&str]) -> Server {
@@ -1016,4 +1040,15 @@ async fn gateway_over_https_runs_code_when_its_certificate_is_trusted() {
     assert!(is_error(&r) && t.contains(&g.url), "{t}");
     assert!(t.contains("SSL_CERT_FILE"), "{t}");
     s.close().await;
+}
+
+/// The kernel ids in a gateway's `GET /api/kernels` answer.
+fn ids(body: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(
+        v.as_array()?
+            .iter()
+            .filter_map(|k| k["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
 }

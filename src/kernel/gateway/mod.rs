@@ -16,10 +16,15 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use url::Url;
 
-use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
-use super::client::Kernel;
+mod http1;
+
 use crate::error::{KernelError, WireError};
+use crate::kernel::backend::{
+    Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership,
+};
+use crate::kernel::client::Kernel;
 use crate::wire::{Channel, Content, Header, Heartbeat, Message, MsgId, Router, Subscription};
 
 /// Largest WebSocket message accepted from the gateway (the same order as the ZeroMQ cap).
@@ -68,7 +73,7 @@ impl std::fmt::Debug for GatewayConfig {
 
 /// The URL without user info, query or fragment: safe for logs and reports.
 pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_username("");
             let _ = u.set_password(None);
@@ -83,9 +88,8 @@ pub fn redact(url: &str) -> String {
 /// Starts kernels on a Jupyter gateway.
 pub struct GatewayBackend {
     cfg: GatewayConfig,
-    base: reqwest::Url,
+    base: Url,
     shown: String,
-    http: reqwest::Client,
 }
 
 impl GatewayBackend {
@@ -97,8 +101,7 @@ impl GatewayBackend {
         let bad = |why: &str| KernelError::Unavailable {
             reason: format!("--gateway-url {}: {why}", redact(&cfg.url)),
         };
-        let mut base =
-            reqwest::Url::parse(cfg.url.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        let mut base = Url::parse(cfg.url.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
         match base.scheme() {
             "http" => {}
             "https" if cfg!(feature = "tls") => {}
@@ -113,21 +116,11 @@ impl GatewayBackend {
             base.set_path(&p);
         }
         let shown = redact(base.as_str());
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| bad(&format!("HTTP client: {e}")))?;
-        Ok(GatewayBackend {
-            cfg,
-            base,
-            shown,
-            http,
-        })
+        Ok(GatewayBackend { cfg, base, shown })
     }
 
     fn rest(&self) -> Rest {
         Rest {
-            http: self.http.clone(),
             base: self.base.clone(),
             shown: self.shown.clone(),
             token: self.cfg.token.clone(),
@@ -138,14 +131,13 @@ impl GatewayBackend {
 /// The REST half: cheap to clone into lifecycles and background deletes.
 #[derive(Clone)]
 struct Rest {
-    http: reqwest::Client,
-    base: reqwest::Url,
+    base: Url,
     shown: String,
     token: Option<String>,
 }
 
 impl Rest {
-    fn url(&self, path: &str) -> Result<reqwest::Url, KernelError> {
+    fn url(&self, path: &str) -> Result<Url, KernelError> {
         self.base.join(path).map_err(|e| KernelError::Unavailable {
             reason: format!("bad gateway path {path}: {e}"),
         })
@@ -154,21 +146,22 @@ impl Rest {
     /// Sends one REST call and returns the JSON body (or `null` for an empty one).
     async fn call(
         &self,
-        method: reqwest::Method,
+        method: http::Method,
         path: &str,
         body: Option<Value>,
         limit: Duration,
     ) -> Result<Value, KernelError> {
         let what = format!("{method} {path}");
-        let mut req = self.http.request(method, self.url(path)?).timeout(limit);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("token {t}"));
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| {
-            let detail = describe_http_error(&e);
+        let url = self.url(path)?;
+        let body = body.map(|b| b.to_string().into_bytes());
+        // Bounded read: a gateway answer is small JSON.
+        let sent = tokio::time::timeout(
+            limit,
+            http1::exchange(&url, method, self.token.as_deref(), body, 4 << 20),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {} s", limit.as_secs())));
+        let (status, bytes) = sent.map_err(|detail| {
             let fix = if detail.to_ascii_lowercase().contains("certificate") {
                 "its TLS certificate is not trusted here: add the CA that signed it to the system's trust store, or point SSL_CERT_FILE at a PEM file holding it"
             } else {
@@ -181,10 +174,7 @@ impl Rest {
                 ),
             }
         })?;
-        let status = resp.status();
-        // Bounded read: a gateway answer is small JSON.
-        let bytes = read_capped(resp, 4 << 20).await;
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
             return Err(KernelError::Unavailable {
                 reason: format!(
                     "the Jupyter gateway at {} refused the request {what} (HTTP {}); check the token (--gateway-token or JUPYTER_GATEWAY_AUTH_TOKEN)",
@@ -221,12 +211,7 @@ impl Rest {
     async fn delete(&self, id: &str) {
         let path = format!("api/kernels/{}", path_segment(id));
         match self
-            .call(
-                reqwest::Method::DELETE,
-                &path,
-                None,
-                Duration::from_secs(10),
-            )
+            .call(http::Method::DELETE, &path, None, Duration::from_secs(10))
             .await
         {
             Ok(_) => tracing::info!(kernel_id = id, "deleted the gateway kernel"),
@@ -235,36 +220,6 @@ impl Rest {
             }
         }
     }
-}
-
-/// The error chain of a reqwest error, without the URL (which is shown separately).
-fn describe_http_error(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    if e.is_timeout() {
-        parts.insert(0, "timed out".into());
-    }
-    if parts.is_empty() {
-        "request failed".into()
-    } else {
-        parts.join(": ")
-    }
-}
-
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = cap.saturating_sub(out.len());
-        out.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
-        if out.len() >= cap {
-            break;
-        }
-    }
-    out
 }
 
 /// A kernel id as one URL path segment (ids are UUIDs; anything else is escaped).
@@ -286,7 +241,7 @@ impl Backend for GatewayBackend {
         };
         let model = rest
             .call(
-                reqwest::Method::POST,
+                http::Method::POST,
                 "api/kernels",
                 Some(body),
                 self.cfg.startup_timeout,
@@ -813,7 +768,7 @@ impl Lifecycle for Remote {
         let path = format!("api/kernels/{}/interrupt", self.id);
         if let Err(e) = self
             .rest
-            .call(reqwest::Method::POST, &path, None, REST_TIMEOUT)
+            .call(http::Method::POST, &path, None, REST_TIMEOUT)
             .await
         {
             tracing::warn!(error = %e, "gateway interrupt failed");
