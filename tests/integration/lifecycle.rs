@@ -306,3 +306,31 @@ async fn first_run_serves_at_once_while_the_environment_is_created() {
     assert!(text(&r).contains("being installed"), "{}", text(&r));
     s.close().await;
 }
+
+/// `KERNEL_MCP_LOG` takes a level or `target=level` directives; a value it cannot parse is
+/// reported on stderr and the default (`info,zeromq=error`) is used instead of going silent.
+#[tokio::test]
+async fn log_filter_directives_work_and_a_bad_one_is_reported() {
+    let s =
+        Server::start_with_env(&[], &[("KERNEL_MCP_LOG", "kernel_mcp=debug,zeromq=error")]).await;
+    assert_eq!(text(&s.exec("1 + 1").await), "2");
+    let log = s.log();
+    assert!(log.contains("DEBUG kernel_mcp"), "{log}");
+    s.close().await;
+
+    let s = Server::start_with_env(&[], &[("KERNEL_MCP_LOG", "warn")]).await;
+    assert_eq!(text(&s.exec("1 + 1").await), "2");
+    let log = s.log();
+    assert!(!log.contains(" INFO ") && !log.contains(" DEBUG "), "{log}");
+    s.close().await;
+
+    let s = Server::start_with_env(&[], &[("KERNEL_MCP_LOG", "kernel_mcp=loud")]).await;
+    assert_eq!(text(&s.exec("1 + 1").await), "2");
+    let log = s.log();
+    assert!(
+        log.contains("KERNEL_MCP_LOG=\"kernel_mcp=loud\" is not a valid filter"),
+        "{log}"
+    );
+    assert!(log.contains(" INFO ") && !log.contains(" DEBUG "), "{log}");
+    s.close().await;
+}
