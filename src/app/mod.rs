@@ -28,17 +28,16 @@ use stdio::{stdio, stop_signal};
 
 /// Logging to stderr, filtered by `KERNEL_MCP_LOG` (`level` or `target=level` directives joined
 /// by commas, e.g. `debug` or `kernel_mcp=debug,zeromq=error`); an unparsable value falls back to
-/// `default` and says so.
+/// `default` and says so. Records of crates that log through `log` (zeromq, tungstenite) are
+/// bridged in.
 fn init_logging(default: &str) {
-    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let from_env = std::env::var("KERNEL_MCP_LOG").ok();
-    let parsed = from_env.as_deref().map(str::parse::<Targets>);
-    let fallback = || default.parse::<Targets>().unwrap_or_default();
+    let parsed = from_env.as_deref().map(log_filter);
     let filter = match &parsed {
-        Some(Ok(t)) => t.clone(),
-        _ => fallback(),
+        Some(Ok(Some(t))) => t.clone(),
+        _ => log_filter(default).ok().flatten().unwrap_or_default(),
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -47,6 +46,30 @@ fn init_logging(default: &str) {
     if let (Some(raw), Some(Err(e))) = (&from_env, &parsed) {
         tracing::warn!("KERNEL_MCP_LOG={raw:?} is not a valid filter ({e}); using {default:?}");
     }
+}
+
+/// Parses a log filter: directives separated by commas, blanks around them ignored; `None` when
+/// there is none (an empty value means the default). Span and field filters (`target[span]`)
+/// are not supported and are refused rather than silently matching nothing.
+fn log_filter(raw: &str) -> Result<Option<tracing_subscriber::filter::Targets>, String> {
+    let directives: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Ok(None);
+    }
+    if let Some(d) = directives.iter().find(|d| d.contains(['[', ']', '{', '}'])) {
+        return Err(format!(
+            "span and field filters such as {d:?} are not supported"
+        ));
+    }
+    directives
+        .join(",")
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("{e}"))
 }
 
 fn env_source(o: &Opts) -> pyenv::EnvSource {
@@ -623,6 +646,28 @@ pub fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_ignore_blank_directives_and_refuse_span_filters() {
+        use tracing::Level;
+        assert!(matches!(super::log_filter(""), Ok(None)));
+        assert!(matches!(super::log_filter(" , "), Ok(None)));
+        let Ok(Some(t)) = super::log_filter("info, ") else {
+            panic!("`info, ` did not parse")
+        };
+        assert!(t.would_enable("hyper", &Level::INFO));
+        assert!(
+            !t.would_enable("hyper", &Level::TRACE),
+            "a blank directive enabled TRACE"
+        );
+        let Ok(Some(t)) = super::log_filter(" kernel_mcp=debug ,zeromq=error") else {
+            panic!("directives did not parse")
+        };
+        assert!(t.would_enable("kernel_mcp::wire", &Level::DEBUG));
+        assert!(!t.would_enable("zeromq", &Level::WARN));
+        assert!(super::log_filter("kernel_mcp[span]=debug").is_err());
+        assert!(super::log_filter("kernel_mcp=loud").is_err());
+    }
 
     fn opts(args: &[&str]) -> Result<Opts, clap::Error> {
         Cli::try_parse_from(std::iter::once("kernel-mcp").chain(args.iter().copied()))

@@ -203,6 +203,23 @@ pub const PROTECTED: &[&str] = &[
     "uv",
 ];
 
+/// The file extensions pip (`is_archive_file`) and uv take as a local archive rather than a
+/// package name.
+const ARCHIVE_EXTENSIONS: &[&str] = &[
+    ".whl",
+    ".zip",
+    ".tar.gz",
+    ".tgz",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tar.lz",
+    ".tlz",
+    ".tar.lzma",
+    ".tar",
+];
+
 /// A package spec that passed validation: a name, optional extras and version specifiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageSpec {
@@ -266,6 +283,15 @@ pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
     }
     let written = requirement::parse(spec)
         .map_err(|m| bad(spec, format!("not a valid PEP 508 requirement: {m}")))?;
+    // A valid PEP 508 name can still look like a file: pip installs `x.whl` or `x.tar.gz` from
+    // its working directory when such a file exists, and uv always reads it as a path.
+    let lower = written.to_ascii_lowercase();
+    if let Some(ext) = ARCHIVE_EXTENSIONS.iter().find(|e| lower.ends_with(*e)) {
+        return Err(bad(
+            spec,
+            format!("the name ends in {ext}, which installers read as a local archive file; local paths are not accepted"),
+        ));
+    }
     let name = normalize(written);
     if PROTECTED.contains(&name.as_str()) {
         return Err(PackageError::Refused(format!(
@@ -863,6 +889,10 @@ mod tests {
             ("pkg==1.0 # c", "comments"),
             ("pkg==", "PEP 508"),
             ("pkg extra", "PEP 508"),
+            ("evil.whl", "local archive"),
+            ("requests-2.31.0.tar.gz", "local archive"),
+            ("X.ZIP[e]>=1", "local archive"),
+            ("x.tgz", "local archive"),
             ("ipykernel", "kernel's own machinery"),
             ("PyZMQ>=20", "kernel's own machinery"),
             ("pip", "kernel's own machinery"),

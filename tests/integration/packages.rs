@@ -25,6 +25,8 @@ async fn malformed_specs_are_refused_before_any_installer_runs() {
         ("nump\u{0443}", "non-ASCII"),
         ("pkg==1.0 #x", "comments"),
         ("pkg===", "PEP 508"),
+        ("kmcp_evil-1.0-py3-none-any.whl", "local archive"),
+        ("pkg.tar.gz", "local archive"),
         ("pkg extra words", "PEP 508"),
         ("ipykernel", "kernel's own machinery"),
         ("jupyter_client>=8", "kernel's own machinery"),

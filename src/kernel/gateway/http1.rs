@@ -1,7 +1,9 @@
 //! The gateway's REST calls: one HTTP/1.1 exchange per call on its own connection, with hyper's
 //! client connection API. A gateway is asked a handful of times per kernel (start, interrupt,
 //! restart, delete), so there is no pool to keep, and no proxy: the REST calls go where the
-//! channels WebSocket goes (a proxy or tunnel is configured as `--gateway-url` itself).
+//! channels WebSocket goes (a proxy or tunnel is configured as `--gateway-url` itself). Not
+//! done, unlike reqwest: redirects are not followed (a 3xx is reported with its status), and
+//! a host's addresses are tried one after another within the connect bound, not raced.
 
 use std::time::Duration;
 
@@ -66,9 +68,12 @@ pub async fn exchange(
         #[cfg(feature = "tls")]
         "https" => {
             let tls = native_tls::TlsConnector::new().map_err(|e| format!("TLS: {e}"))?;
+            // The name to verify: an IP address without IPv6's brackets (they belong to URLs
+            // and Host headers, not to certificate checks).
             let name = match &host {
                 Host::Domain(d) => (*d).to_owned(),
-                other => other.to_string(),
+                Host::Ipv4(a) => a.to_string(),
+                Host::Ipv6(a) => a.to_string(),
             };
             let stream = tokio_native_tls::TlsConnector::from(tls)
                 .connect(&name, tcp)

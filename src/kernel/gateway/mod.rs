@@ -111,6 +111,9 @@ impl GatewayBackend {
         if base.host_str().is_none() {
             return Err(bad("no host"));
         }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(bad("a user name or password in the URL is not used by Jupyter gateways; give the token with --gateway-token (or JUPYTER_GATEWAY_AUTH_TOKEN)"));
+        }
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);
@@ -823,6 +826,18 @@ mod tests {
             assert!(!e.contains("t0ps3cret"));
         }
         assert!(GatewayBackend::new(cfg("http://127.0.0.1:9/prefix")).is_ok());
+        assert!(GatewayBackend::new(cfg("http://[::1]:9/")).is_ok());
+        // Credentials in the URL were never sent on the WebSocket; say where the token goes
+        // instead of dropping them silently, and never echo the password.
+        for creds in [
+            "http://user:pw1234@127.0.0.1:9/",
+            "http://user@127.0.0.1:9/",
+        ] {
+            let e = GatewayBackend::new(cfg(creds)).err().map(|e| e.to_string());
+            let e = e.unwrap_or_default();
+            assert!(e.contains("--gateway-token"), "{creds}: {e}");
+            assert!(!e.contains("pw1234"), "{e}");
+        }
     }
 
     #[test]
