@@ -336,11 +336,9 @@ pub fn distribution_for_import(name: &str) -> Option<&'static str> {
 /// A spec naming a known import name, rewritten to its distribution (extras and versions kept).
 pub fn translate_import_name(spec: &PackageSpec) -> Option<PackageSpec> {
     let dist = distribution_for_import(&spec.name)?;
-    let name_len = spec
-        .raw
-        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        .unwrap_or(spec.raw.len());
-    let rest = spec.raw.get(name_len..).unwrap_or("");
+    // The parser returns the name as written: a prefix of the validated spec.
+    let written = requirement::parse(&spec.raw).ok()?;
+    let rest = spec.raw.get(written.len()..).unwrap_or("");
     validate_spec(&format!("{dist}{rest}")).ok()
 }
 
