@@ -16,6 +16,7 @@ pub mod output;
 pub mod packages;
 pub mod pyenv;
 pub mod rich;
+pub mod runner;
 pub mod serve;
 pub mod session;
 pub mod stdin_guard;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EnvError;
-use crate::packages::{run_logged, RunOutput};
+use crate::runner::{run_logged, RunOutput};
 
 /// The requirements of the managed environment, compiled in.
 pub const REQUIREMENTS: &str = include_str!("../kernel-spec/requirements.txt");
@@ -117,12 +117,8 @@ print(json.dumps({"python": sys.executable, "python_version": sys.version.split(
 
 /// Asks `python` for its version and the versions of the key packages.
 pub async fn probe(python: &Path) -> Result<EnvInfo, EnvError> {
-    let mut argv = vec![
-        python.to_string_lossy().into_owned(),
-        "-c".into(),
-        PROBE.into(),
-    ];
-    argv.extend(KEY_PACKAGES.iter().map(|s| s.to_string()));
+    let keys: Vec<String> = KEY_PACKAGES.iter().map(|s| s.to_string()).collect();
+    let argv = crate::runner::probe_argv(python, PROBE, &keys);
     let out = run_logged(&argv, Duration::from_secs(60), false)
         .await
         .map_err(|e| EnvError::BadInterpreter {
@@ -380,14 +376,22 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
     } else {
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with venv + pip (this takes a minute or two the first time)");
         vec![
-            vec![base, "-m".into(), "venv".into(), env_s],
+            vec![base, "-I".into(), "-m".into(), "venv".into(), env_s],
             crate::packages::pip_install(&py_s, &["-r", &req]),
         ]
     };
     for step in &steps {
-        let out: RunOutput = run_logged(step, INSTALL_TIMEOUT, true)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let out: RunOutput = crate::runner::run_command(
+            step,
+            INSTALL_TIMEOUT,
+            true,
+            None,
+            &[],
+            crate::runner::Inherit::Installer,
+            false,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
         if !out.success {
             return Err(fail(format!("`{}` failed: {}", step.join(" "), out.tail())));
         }
@@ -541,13 +545,9 @@ pub async fn font_cache(env: &EnvInfo) -> Option<PathBuf> {
     };
     if !has(&dir) {
         std::fs::create_dir_all(&dir).ok()?;
-        let argv = vec![
-            env.python.to_string_lossy().into_owned(),
-            "-c".to_owned(),
-            "import matplotlib.font_manager".to_owned(),
-        ];
+        let argv = crate::runner::probe_argv(&env.python, "import matplotlib.font_manager", &[]);
         let d = dir.to_string_lossy().into_owned();
-        let _ = crate::packages::run_with_lines(
+        let _ = crate::runner::run_with_lines(
             &argv,
             Duration::from_secs(120),
             false,

@@ -147,8 +147,7 @@ impl Backend for LocalBackend {
         let cache = crate::pyenv::data_dir()
             .map(|d| d.join("install-cache"))
             .unwrap_or_else(|_| std::env::temp_dir().join("kernel-mcp-install-cache"));
-        let mut extra_read = vec![l.workspace.clone()];
-        extra_read.extend(sb.extra_read.iter().cloned());
+        let extra_read = sb.extra_read.clone();
         InstallMode::Sandboxed(InstallerSandbox {
             helper,
             python_paths: sb.python_paths.clone(),
@@ -319,7 +318,14 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
         }
         ns_on = policy.namespaces.is_some();
         policy.disk_quota = sb.disk_quota;
-        policy.quota_paths = vec![l.workspace.clone(), scratch.clone()];
+        // Everywhere the kernel can write: the workspace, its runtime dir (HOME is inside), and
+        // with namespaces its private /tmp and /dev/shm (the watch runs inside them).
+        policy.quota_paths = vec![l.workspace.clone(), runtime.path().to_path_buf()];
+        if ns_on {
+            policy
+                .quota_paths
+                .extend([PathBuf::from("/tmp"), PathBuf::from("/dev/shm")]);
+        }
         policy.detached_cpu_secs = sb.detached_cpu_secs;
         policy.processes = sb.processes;
         if info.transport == Transport::Tcp {

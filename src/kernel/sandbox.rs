@@ -237,7 +237,8 @@ pub struct InstallerSandbox {
     pub helper: PathBuf,
     /// What the interpreter reads (read-only).
     pub python_paths: Vec<PathBuf>,
-    /// Also readable: the workspace (requirements files) and `--allow-read` folders.
+    /// Also readable: `--allow-read` folders. Never the workspace: build code has the network,
+    /// so nothing of the user's that it could send away is shown to it.
     pub extra_read: Vec<PathBuf>,
     /// The environment's root (a venv: site-packages, scripts, data files), or its
     /// site-packages folders for an interpreter that is not a venv. Writable.
@@ -260,6 +261,30 @@ impl InstallerSandbox {
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         read.extend(self.python_paths.iter().cloned());
         read.extend(self.extra_read.iter().cloned());
+        // The user's index configuration: copies where the installer looks, and what it names.
+        let index = crate::packages::config::discover();
+        let mut env = Vec::new();
+        for (from, to) in &index.copies {
+            let dst = runtime.join(to);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::copy(from, &dst).map_err(|e| format!("{}: {e}", from.display()))?;
+        }
+        let mut xdg = Vec::new();
+        for (name, rel) in &index.env {
+            let v = runtime.join(rel).to_string_lossy().into_owned();
+            if name == "XDG_CONFIG_DIRS" {
+                xdg.push(v);
+            } else {
+                env.push((name.clone(), v));
+            }
+        }
+        if !xdg.is_empty() {
+            env.push(("XDG_CONFIG_DIRS".to_owned(), xdg.join(":")));
+        }
+        read.extend(index.read);
         // The installer binary's own folder (uv).
         if let Some(dir) = argv
             .first()
@@ -299,14 +324,14 @@ impl InstallerSandbox {
         ];
         full.extend(argv.iter().cloned());
         let s = |p: &Path| p.to_string_lossy().into_owned();
-        let env = vec![
+        env.extend([
             ("HOME".to_owned(), s(&home)),
             ("TMPDIR".to_owned(), s(&tmp)),
             ("XDG_CACHE_HOME".to_owned(), s(&home.join(".cache"))),
             ("PIP_CACHE_DIR".to_owned(), s(&self.cache)),
             ("UV_CACHE_DIR".to_owned(), s(&self.cache)),
             ("PYTHONNOUSERSITE".to_owned(), "1".to_owned()),
-        ];
+        ]);
         Ok((full, env))
     }
 }

@@ -1,179 +1,14 @@
-//! Running installers (pip / uv) as argv lists with no shell, bounded in time and output,
-//! killing the whole process tree on timeout. Package-spec validation lives here too.
+//! Package specs (validated before anything runs), the installers (pip / uv) and the probes
+//! of what is installed, run through `runner` (never from the workspace, never with the
+//! server's secrets) and, for installs, inside the sandbox.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-
 use crate::error::PackageError;
+pub use crate::runner::{run_logged, run_with_lines, RunOutput};
 
+pub mod config;
 mod requirement;
-
-/// Output kept from a finished command (each stream capped).
-#[derive(Debug, Clone, Default)]
-pub struct RunOutput {
-    pub success: bool,
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Most bytes of each stream kept in memory.
-const KEEP: usize = 256 * 1024;
-
-impl RunOutput {
-    /// The last meaningful lines of stderr (or stdout), for an error message.
-    pub fn tail(&self) -> String {
-        let src = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
-        let lines: Vec<&str> = src.lines().filter(|l| !l.trim().is_empty()).collect();
-        let start = lines.len().saturating_sub(12);
-        lines.get(start..).unwrap_or_default().join("\n")
-    }
-}
-
-async fn collect<R: AsyncRead + Unpin>(
-    r: R,
-    echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-) -> String {
-    let mut lines = BufReader::new(r).lines();
-    let mut kept = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if echo {
-            eprintln!("  {line}");
-        }
-        if let Some(tx) = &on_line {
-            let _ = tx.send(line.clone());
-        }
-        if kept.len() + line.len() < KEEP {
-            kept.push_str(&line);
-            kept.push('\n');
-        } else {
-            // Keep the end, which is where installers put the error.
-            kept.push_str(&line);
-            kept.push('\n');
-            let cut = kept.len().saturating_sub(KEEP / 2);
-            let cut = (cut..kept.len())
-                .find(|&i| kept.is_char_boundary(i))
-                .unwrap_or(0);
-            kept.drain(..cut);
-        }
-    }
-    kept
-}
-
-/// Runs `argv` (no shell) with a timeout that kills its whole process group.
-/// With `echo`, output lines are copied to our stderr (never stdout, which carries MCP).
-pub async fn run_logged(
-    argv: &[String],
-    timeout: Duration,
-    echo: bool,
-) -> Result<RunOutput, PackageError> {
-    run_with_lines(argv, timeout, echo, None, &[]).await
-}
-
-/// Like [`run_logged`], also sending each output line to `on_line` and setting `env`.
-pub async fn run_with_lines(
-    argv: &[String],
-    timeout: Duration,
-    echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    env: &[(&str, &str)],
-) -> Result<RunOutput, PackageError> {
-    run_command(argv, timeout, echo, on_line, env, false).await
-}
-
-/// The one runner. With `lifeline`, stdin is a pipe held open until the run ends: the sandbox
-/// helper takes its closing as the server's death and tears the installer down.
-async fn run_command(
-    argv: &[String],
-    timeout: Duration,
-    echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    env: &[(&str, &str)],
-    lifeline: bool,
-) -> Result<RunOutput, PackageError> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err(PackageError::Spawn("empty command".into()));
-    };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .stdin(if lifeline {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // Its own process group, so a timeout can kill everything the installer started.
-    #[cfg(unix)]
-    cmd.process_group(0);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| PackageError::Spawn(format!("{program}: {e}")))?;
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    let _lifeline = child.stdin.take();
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let out_task = tokio::spawn({
-        let tx = on_line.clone();
-        async move {
-            match out {
-                Some(o) => collect(o, echo, tx).await,
-                None => String::new(),
-            }
-        }
-    });
-    let err_task = tokio::spawn(async move {
-        match err {
-            Some(e) => collect(e, echo, on_line).await,
-            None => String::new(),
-        }
-    });
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(s) => s.map_err(|e| PackageError::Spawn(e.to_string()))?,
-        Err(_) => {
-            kill_group(pgid);
-            let _ = child.kill().await;
-            out_task.abort();
-            err_task.abort();
-            return Err(PackageError::Timeout {
-                secs: timeout.as_secs(),
-            });
-        }
-    };
-    // Children that outlived the installer must not keep the pipes (and us) waiting.
-    kill_group(pgid);
-    let stdout = out_task.await.unwrap_or_default();
-    let stderr = err_task.await.unwrap_or_default();
-    Ok(RunOutput {
-        success: status.success(),
-        code: status.code(),
-        stdout,
-        stderr,
-    })
-}
-
-/// Kills the installer's process group. (Windows: only the installer itself is killed, by
-/// `kill_on_drop`; pip starts no long-lived children there.)
-fn kill_group(pgid: Option<i32>) {
-    #[cfg(unix)]
-    if let Some(pg) = pgid {
-        use nix::sys::signal::{killpg, Signal};
-        let _ = killpg(nix::unistd::Pid::from_raw(pg), Signal::SIGKILL);
-    }
-    #[cfg(windows)]
-    let _ = pgid;
-}
 
 /// Longest accepted package spec.
 pub const MAX_SPEC_LEN: usize = 200;
@@ -354,12 +189,7 @@ pub async fn import_owners(
     python: &std::path::Path,
     names: &[String],
 ) -> Result<std::collections::BTreeMap<String, Vec<String>>, PackageError> {
-    let mut argv = vec![
-        python.to_string_lossy().into_owned(),
-        "-c".into(),
-        OWNERS_PROBE.into(),
-    ];
-    argv.extend(names.iter().cloned());
+    let argv = crate::runner::probe_argv(python, OWNERS_PROBE, names);
     let out = run_logged(&argv, Duration::from_secs(60), false).await?;
     if !out.success {
         return Err(PackageError::Failed(out.tail()));
@@ -419,11 +249,7 @@ print(json.dumps(out))
 pub async fn installed(
     python: &std::path::Path,
 ) -> Result<std::collections::BTreeMap<String, (String, String)>, PackageError> {
-    let argv = vec![
-        python.to_string_lossy().into_owned(),
-        "-c".into(),
-        VERSIONS_PROBE.into(),
-    ];
+    let argv = crate::runner::probe_argv(python, VERSIONS_PROBE, &[]);
     let out = run_logged(&argv, Duration::from_secs(60), false).await?;
     if !out.success {
         return Err(PackageError::Failed(out.tail()));
@@ -509,10 +335,13 @@ impl Installer {
     }
 }
 
-/// `python -m pip install` with no prompts, no version check and no progress bars, then `rest`.
+/// `python -I -m pip install` with no prompts, no version check and no progress bars, then
+/// `rest`. Isolated mode (`-I`): neither the working directory nor `PYTHON*` variables can put
+/// another `pip` in front of the environment's own.
 pub fn pip_install(python: &str, rest: &[&str]) -> Vec<String> {
     let mut argv: Vec<String> = [
         python,
+        "-I",
         "-m",
         "pip",
         "install",
@@ -682,7 +511,16 @@ pub async fn install(
     };
     tracing::info!(?argv, "installer: starting");
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let result = run_command(&argv, timeout, false, on_line, &env_refs, lifeline).await;
+    let result = crate::runner::run_command(
+        &argv,
+        timeout,
+        false,
+        on_line,
+        &env_refs,
+        crate::runner::Inherit::Installer,
+        lifeline,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&runtime);
     let out = result?;
     if !out.success {
@@ -737,6 +575,11 @@ pub const INSTALLER_ENV: &[(&str, &str)] = &[
 pub fn explain_failure(out: &RunOutput) -> String {
     let all = format!("{}\n{}", out.stdout, out.stderr);
     let lower = all.to_ascii_lowercase();
+    // Before "not found": pip ends a failed fetch with "no matching distribution" too, which
+    // would blame the package for what the connection did.
+    if let Some(why) = connection_failure(&all) {
+        return why;
+    }
     if lower.contains("no matching distribution found")
         || lower.contains("could not find a version that satisfies")
         || lower.contains("not found in the package registry")
@@ -787,6 +630,69 @@ pub fn explain_failure(out: &RunOutput) -> String {
     }
 }
 
+/// What kind of connection problem the installer's output shows, if any, in words.
+fn connection_failure(all: &str) -> Option<String> {
+    const TLS: &[&str] = &[
+        "certificate_verify_failed",
+        "certificate verify failed",
+        "sslerror",
+        "ssl: ",
+        "invalid peer certificate",
+        "unknownissuer",
+    ];
+    const PROXY: &[&str] = &[
+        "proxyerror",
+        "cannot connect to proxy",
+        "tunnel connection failed",
+        "proxy authentication required",
+    ];
+    const CONNECT: &[&str] = &[
+        "failed to establish a new connection",
+        "newconnectionerror",
+        "connection refused",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "network is unreachable",
+        "no route to host",
+        "connecttimeouterror",
+        "readtimeouterror",
+        "connection timed out",
+        "error sending request",
+        "dns error",
+        "connection reset",
+    ];
+    let lines: Vec<&str> = all
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let find = |signs: &[&str]| {
+        lines
+            .iter()
+            .find(|l| {
+                let l = l.to_ascii_lowercase();
+                signs.iter().any(|s| l.contains(s))
+            })
+            .map(|l| l.chars().take(400).collect::<String>())
+    };
+    if let Some(line) = find(TLS) {
+        return Some(format!(
+            "could not reach the package index: its TLS certificate was not trusted. If the index or a proxy uses a company CA, name it in pip's configuration (`cert = /path/ca.pem` in pip.conf) or in PIP_CERT / SSL_CERT_FILE / REQUESTS_CA_BUNDLE where the server starts: the installer reads those. The installer said: {line}"
+        ));
+    }
+    if let Some(line) = find(PROXY) {
+        return Some(format!(
+            "could not reach the package index through the proxy (HTTPS_PROXY / HTTP_PROXY / pip's `proxy` setting). The installer said: {line}"
+        ));
+    }
+    if let Some(line) = find(CONNECT) {
+        return Some(format!(
+            "could not reach the package index (the connection failed; the package itself was not looked up). Check the index URL in pip's configuration or PIP_INDEX_URL, the proxy settings, and that this machine is online. The installer said: {line}"
+        ));
+    }
+    None
+}
+
 /// The last lines of the first "[N lines of output]" ... "[end of output]" block pip prints
 /// for a failed build step.
 fn build_output_reason(all: &str) -> Option<String> {
@@ -829,6 +735,35 @@ mod tests {
         assert_eq!(
             explain_failure(&out),
             "× python setup.py egg_info did not run successfully.\nreason (the build's last lines):\nThe 'sklearn' PyPI package is deprecated, use 'scikit-learn'\nrather than 'sklearn' for pip commands."
+        );
+    }
+
+    #[test]
+    fn connection_failures_are_not_missing_packages() {
+        let out = |stderr: &str| RunOutput {
+            success: false,
+            code: Some(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        };
+        let tls = explain_failure(&out("WARNING: Retrying (Retry(total=0)) after connection broken by 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:1006)'))': /simple/tabulate/\nERROR: Could not find a version that satisfies the requirement tabulate (from versions: none)\nERROR: No matching distribution found for tabulate\n"));
+        assert!(
+            tls.starts_with(
+                "could not reach the package index: its TLS certificate was not trusted"
+            ),
+            "{tls}"
+        );
+        let refused = explain_failure(&out("WARNING: Retrying ... 'NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused')'\nERROR: No matching distribution found for x\n"));
+        assert!(
+            refused.starts_with("could not reach the package index (the connection failed"),
+            "{refused}"
+        );
+        let proxy = explain_failure(&out("WARNING: Retrying ... ProxyError('Cannot connect to proxy.', OSError('Tunnel connection failed: 403 Forbidden'))\nERROR: No matching distribution found for x\n"));
+        assert!(proxy.contains("through the proxy"), "{proxy}");
+        let missing = explain_failure(&out("ERROR: Could not find a version that satisfies the requirement nopkg (from versions: none)\nERROR: No matching distribution found for nopkg\n"));
+        assert!(
+            missing.starts_with("not found on the package index"),
+            "{missing}"
         );
     }
 

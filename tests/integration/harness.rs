@@ -80,6 +80,18 @@ impl Server {
     }
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_opts(args, env, &[], false).await
+    }
+
+    /// The server with `env` set, the variables in `remove` taken out of what it inherits, and,
+    /// with `in_workspace`, the workspace as its working directory (as clients that start
+    /// servers in the project folder do).
+    pub async fn start_opts(
+        args: &[&str],
+        env: &[(&str, &str)],
+        remove: &[&str],
+        in_workspace: bool,
+    ) -> Server {
         ENV_OK.call_once(check_env);
         let dir = tempfile::Builder::new()
             .prefix("kmcp-test-")
@@ -103,8 +115,14 @@ impl Server {
                 .filter(|a| **a != "--spare" && **a != "--preload"),
         );
         cmd.env("KERNEL_MCP_LOG", "debug");
+        for k in remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if in_workspace {
+            cmd.current_dir(&ws);
         }
         let (proc, _) = TokioChildProcess::builder(cmd)
             .stderr(Stdio::from(log))
