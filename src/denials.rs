@@ -122,6 +122,10 @@ impl SandboxPolicy {
     /// The note for `error`, if it looks like a sandbox denial.
     pub fn note(&self, error: &str) -> Option<String> {
         Some(match self.classify(error)? {
+            Denial::Path { path, .. } if Path::new(&path).starts_with("/tmp") => format!(
+                "[sandbox: {path} is in the host's /tmp, which the kernel may not use here (a private /tmp needs the namespace layer, which is off on this machine). Use tempfile (it writes to the kernel's own TMPDIR) or a folder in the workspace ({}).]",
+                self.workspace.display()
+            ),
             Denial::Path { path, write } => {
                 let dir = Path::new(&path)
                     .parent()
@@ -134,7 +138,7 @@ impl SandboxPolicy {
                         if self.extra_read.is_empty() { "" } else { " and the --allow-read folders" })
                 }
             }
-            Denial::Network => "[sandbox: the network is off for the kernel, so names do not resolve and connections fail. The server must be started with --allow-network to allow it; install_package still installs packages.]".to_owned(),
+            Denial::Network => "[sandbox: the network is off for the kernel, so names do not resolve and connections fail or are refused. `localhost` (127.0.0.1) inside the sandbox is the kernel's own, not this machine's: a database or web API running on the host is not reachable either. The server must be started with --allow-network to allow it; install_package still installs packages.]".to_owned(),
             Denial::Memory => format!(
                 "[sandbox: the kernel's memory limit is {} per process (--memory-limit); work on smaller pieces (chunks, fewer columns, smaller dtypes) or restart the server with a larger --memory-limit.]",
                 self.memory_bytes.map(human_bytes).unwrap_or_default()
@@ -183,6 +187,12 @@ fn network_failure(error: &str) -> bool {
         "[Errno -5]",
         "Network is unreachable",
         "[Errno 101]",
+        "Connection refused",
+        "[Errno 111]",
+        "ConnectionRefusedError",
+        "No route to host",
+        "[Errno 113]",
+        "NewConnectionError",
         "NameResolutionError",
         "Failed to resolve",
         "gaierror",

@@ -24,3 +24,5 @@ mod packages;
 mod rich;
 #[cfg(target_os = "linux")]
 mod sandbox;
+#[cfg(target_os = "linux")]
+mod seams;

@@ -109,9 +109,10 @@ async fn secrets_outside_the_workspace_are_unreachable() {
         std::fs::read_to_string(c.home.join(".bashrc")).unwrap(),
         "CANARY-RC"
     );
+    // The test's folder is below the host's /tmp: in the sandbox that is its private tmpfs, so
+    // the write may succeed there, but nothing reaches the host's file system.
     let outside = s.dir.path().join("outside.txt").display().to_string();
-    let r = s.exec(&format!("open({outside:?}, 'w').write('x')")).await;
-    assert!(is_error(&r));
+    let _ = s.exec(&format!("open({outside:?}, 'w').write('x')")).await;
     assert!(!s.dir.path().join("outside.txt").exists());
     // The environment was filtered and the user's IPython startup files did not run.
     let code = format!(

@@ -88,15 +88,27 @@ fn apply_landlock(
         .map_err(e)?;
     let mut write = existing(&p.write);
     if private_dev {
-        // The sandbox's own devpts instance: ptys for `!shell` and `%pip`, none of the host's.
+        // The sandbox's own devpts instance: ptys for `!shell` and `%pip`, none of the host's;
+        // and its own /tmp, a private tmpfs the README promises is writable.
         write.extend(existing(&[
             PathBuf::from("/dev/pts"),
             PathBuf::from("/dev/ptmx"),
+            PathBuf::from("/tmp"),
         ]));
     }
     created = created
         .add_rules(landlock::path_beneath_rules(write, AccessFs::from_all(abi)))
         .map_err(e)?;
+    if private_dev {
+        // Inside the namespaces the root holds only what the policy shows: listing folders
+        // (`ls /`, `os.walk`) reveals nothing more. File contents stay per the rules above.
+        created = created
+            .add_rules(landlock::path_beneath_rules(
+                [PathBuf::from("/")],
+                AccessFs::ReadDir,
+            ))
+            .map_err(e)?;
+    }
     if tcp_rules {
         for port in &p.bind_ports {
             created = created
@@ -182,11 +194,23 @@ fn apply_seccomp(
             }
         }
     }
+    // Address families a notebook has no use for are denied whatever the network setting:
+    // AF_VSOCK (on a VM guest it reaches the hypervisor's services past any network
+    // namespace), Bluetooth, AF_ALG, CAN, TIPC, RDS and the rest. Kept: unix, IPv4, IPv6 and
+    // netlink (libzmq reads the interface list through it). AF_PACKET is not among them.
+    let not = |d: i32| Cond::new(0, Len::Dword, Op::Ne, d as u64).map_err(e);
+    socket_rules.push(
+        SeccompRule::new(vec![
+            not(libc::AF_UNIX)?,
+            not(libc::AF_INET)?,
+            not(libc::AF_INET6)?,
+            not(libc::AF_NETLINK)?,
+        ])
+        .map_err(e)?,
+    );
     let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
         std::collections::BTreeMap::new();
-    if !socket_rules.is_empty() {
-        rules.insert(libc::SYS_socket, socket_rules);
-    }
+    rules.insert(libc::SYS_socket, socket_rules);
     // io_uring can reach the network and files past seccomp's view of syscalls. The rest
     // would let kernel code inspect or steer other processes (ptrace, process_vm_*), change
     // the mount and namespace layout the sandbox is built of, or reach the kernel's attack
@@ -274,8 +298,9 @@ fn apply_seccomp(
     } else {
         "all IP and packet sockets, "
     };
-    st.seccomp =
-        format!("{sockets}io_uring, ptrace, mount and namespace calls, bpf, perf, keyrings denied");
+    st.seccomp = format!(
+        "{sockets}address families other than unix, IP and netlink (vsock, ...), io_uring, ptrace, mount and namespace calls, bpf, perf, keyrings denied"
+    );
     Ok(())
 }
 
@@ -487,20 +512,55 @@ fn descendants(root: i32) -> Vec<Proc> {
         .collect()
 }
 
-/// Bytes on disk below `paths`, not following links; bounded in the entries it visits.
-fn usage(paths: &[PathBuf]) -> u64 {
-    use std::os::unix::fs::MetadataExt;
+/// What the kernel's files take on disk: the folders below `paths` (not following links, each
+/// folder once however it is reached), and files the sandbox's processes hold open after
+/// deleting them. Bounded in the entries it visits.
+struct Usage {
+    bytes: u64,
+    /// A folder the kernel made unreadable to the walk could not be measured even after
+    /// giving it its owner's read right back: the watch counts that as over the quota.
+    unmeasured: bool,
+}
+
+fn usage(paths: &[PathBuf], procs: &[Proc]) -> Usage {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut total = 0u64;
+    let mut unmeasured = false;
     let mut budget = 1_000_000usize;
+    let mut seen_dirs: std::collections::HashSet<(u64, u64)> = Default::default();
     let mut stack: Vec<PathBuf> = paths.to_vec();
+    let me = nix::unistd::getuid().as_raw();
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Ok(dm) = std::fs::symlink_metadata(&dir) else {
             continue;
+        };
+        if !dm.is_dir() || !seen_dirs.insert((dm.dev(), dm.ino())) {
+            continue;
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && dm.uid() == me => {
+                // A folder the kernel made unreadable (mode 0300) still holds its bytes: give
+                // the owner (the kernel's uid and ours) its rights back and look again.
+                let mode = dm.permissions().mode() | 0o700;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode));
+                match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        unmeasured = true;
+                        continue;
+                    }
+                }
+            }
+            Err(_) => continue,
         };
         for e in entries.flatten() {
             budget = budget.saturating_sub(1);
             if budget == 0 {
-                return total;
+                return Usage {
+                    bytes: total,
+                    unmeasured,
+                };
             }
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
@@ -510,7 +570,42 @@ fn usage(paths: &[PathBuf]) -> u64 {
             }
         }
     }
-    total
+    // Deleted but still open (or mapped) files keep their blocks until closed.
+    let mut seen_files: std::collections::HashSet<(u64, u64)> = Default::default();
+    for p in procs {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                break;
+            }
+            // metadata() follows the magic link to the open file itself.
+            let Ok(m) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if m.is_file() && m.nlink() == 0 && seen_files.insert((m.dev(), m.ino())) {
+                total = total.saturating_add(m.blocks().saturating_mul(512));
+            }
+        }
+    }
+    Usage {
+        bytes: total,
+        unmeasured,
+    }
+}
+
+/// A process's file-size limit (soft, hard), if it can be read.
+fn fsize_limit(pid: i32) -> Option<(u64, u64)> {
+    use nix::libc;
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 with a valid out-pointer and no new value only reads the limit.
+    let r = unsafe { libc::prlimit64(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) };
+    (r == 0).then_some((old.rlim_cur, old.rlim_max))
 }
 
 fn set_rlimit_soft(
@@ -528,7 +623,8 @@ fn set_rlimit_soft(
     if unsafe { libc::prlimit64(pid, resource, std::ptr::null(), &mut old) } != 0 {
         return;
     }
-    let max = hard.unwrap_or(old.rlim_max);
+    // A hard limit can only be lowered without privilege.
+    let max = hard.map_or(old.rlim_max, |h| h.min(old.rlim_max));
     let new = libc::rlimit64 {
         rlim_cur: soft.min(max),
         rlim_max: max,
@@ -554,13 +650,12 @@ impl Watch {
 
     /// Polls until the helper exits (the thread dies with it). Cheap checks often, costly
     /// ones only when they can have changed: free space on the watched file systems (one
-    /// statvfs each) every 50 ms, a walk of the watched folders when that space shrank by a
-    /// step or a second has passed, the process list for the CPU limit once a second.
+    /// statvfs each) every 50 ms (10 ms while files grow), a walk of the watched folders when that space shrank by a
+    /// step or a second has passed, the process list for the CPU limit four times a second.
     fn run(self, kernel: i32) {
-        use nix::libc;
         use std::time::{Duration, Instant};
         let me = nix::unistd::getpid().as_raw();
-        let baseline = usage(&self.paths);
+        let baseline = usage(&self.paths, &[]).bytes;
         let free = |paths: &[PathBuf]| -> u64 {
             paths
                 .iter()
@@ -573,67 +668,183 @@ impl Watch {
         let mut walked = Instant::now();
         let mut cpu_checked = Instant::now();
         let mut walk_cost = Duration::ZERO;
-        let mut blocked = false;
-        let mut limited: std::collections::HashSet<(i32, u64)> = Default::default();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut quota = QuotaState::default();
+        let mut cpu = CpuBudget::default();
+        let mut fast = false;
         loop {
-            std::thread::sleep(Duration::from_millis(50));
+            // While files grow fast, look five times as often: what is written between two
+            // looks is what the quota can overshoot by.
+            std::thread::sleep(Duration::from_millis(if fast { 10 } else { 50 }));
             if let (Some(q), Some(step)) = (self.quota, step) {
+                if quota.blocked {
+                    // The block is a soft limit the kernel could raise again itself: one that
+                    // does loses the right to grow files for good, and so does every process
+                    // of the sandbox (they may share the work), until the kernel restarts.
+                    quota.enforce(me);
+                }
                 let now_free = free(&self.paths);
                 let shrank = free_at_walk.saturating_sub(now_free) >= step;
+                fast = shrank;
                 // A big workspace is walked less often: at most ~5% of one core.
                 let due = walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
-                if shrank || due || (blocked && now_free > free_at_walk) {
+                if shrank || due || (quota.blocked && now_free > free_at_walk) {
                     let began = Instant::now();
-                    let used = usage(&self.paths).saturating_sub(baseline);
+                    let u = usage(&self.paths, &descendants(me));
+                    let used = u.bytes.saturating_sub(baseline);
                     walk_cost = began.elapsed();
                     walked = Instant::now();
                     free_at_walk = now_free;
-                    let over = used >= q;
-                    if over != blocked {
-                        // Past the quota no process of the kernel may grow a file (EFBIG;
-                        // Python ignores SIGXFSZ, so it is an OSError); under it again, the
-                        // file-size limit comes back.
-                        let soft = if over { 0 } else { self.file_size };
-                        for p in descendants(me) {
-                            set_rlimit_soft(p.pid, libc::RLIMIT_FSIZE, soft, None);
-                        }
-                        blocked = over;
+                    let over = used >= q || u.unmeasured;
+                    if over != quota.blocked {
+                        quota.set(me, over, self.file_size);
                         eprintln!(
-                            "kernel-mcp sandbox: disk quota {}: the kernel has added {used} bytes",
+                            "kernel-mcp sandbox: disk quota {}: the kernel has added {used} bytes{}",
                             if over {
                                 "reached, writes stopped"
                             } else {
                                 "free again"
                             },
+                            if u.unmeasured {
+                                " (and made a folder unreadable to the quota's count)"
+                            } else {
+                                ""
+                            }
                         );
                     }
                 }
             }
-            if let Some(cpu) = self.detached_cpu {
-                if cpu_checked.elapsed() >= Duration::from_secs(1) {
+            if let Some(limit) = self.detached_cpu {
+                if cpu_checked.elapsed() >= Duration::from_millis(250) {
                     cpu_checked = Instant::now();
-                    let procs = descendants(me);
-                    let session = procs.iter().find(|p| p.pid == kernel).map(|p| p.session);
-                    for p in &procs {
-                        let detached =
-                            p.pid != kernel && (Some(p.session) != session || p.ppid == me);
-                        if detached && limited.insert((p.pid, p.start)) {
-                            let soft = (p.cpu_ticks / hz).saturating_add(cpu);
-                            set_rlimit_soft(
-                                p.pid,
-                                libc::RLIMIT_CPU,
-                                soft,
-                                Some(soft.saturating_add(2)),
-                            );
-                        }
-                    }
-                    limited.retain(|(pid, start)| {
-                        procs.iter().any(|p| p.pid == *pid && p.start == *start)
-                    });
+                    cpu.check(me, kernel, limit);
                 }
             }
+        }
+    }
+}
+
+/// The disk quota's block: every sandbox process's soft file-size limit at 0 while over.
+#[derive(Default)]
+struct QuotaState {
+    blocked: bool,
+    /// A process raised its limit during a block: hard limits are 0 now, for good.
+    locked: bool,
+}
+
+impl QuotaState {
+    fn set(&mut self, me: i32, over: bool, file_size: u64) {
+        use nix::libc;
+        // Past the quota no process of the kernel may grow a file (EFBIG; Python ignores
+        // SIGXFSZ, so it is an OSError); under it again, the file-size limit comes back.
+        let soft = if over { 0 } else { file_size };
+        for p in descendants(me) {
+            set_rlimit_soft(p.pid, libc::RLIMIT_FSIZE, soft, None);
+        }
+        self.blocked = over;
+    }
+
+    fn enforce(&mut self, me: i32) {
+        use nix::libc;
+        let procs = descendants(me);
+        let lifted = procs.iter().any(|p| {
+            fsize_limit(p.pid).is_some_and(|(soft, hard)| soft > 0 || (self.locked && hard > 0))
+        });
+        if !lifted {
+            return;
+        }
+        if !self.locked {
+            eprintln!("kernel-mcp sandbox: disk quota: a process raised its own file-size limit during the block; no process of this kernel may grow files until it restarts");
+        }
+        self.locked = true;
+        for p in &procs {
+            set_rlimit_soft(p.pid, libc::RLIMIT_FSIZE, 0, Some(0));
+        }
+    }
+}
+
+/// The CPU that processes which left the kernel's session may use (`--detached-cpu-limit`),
+/// counted per detached family, not per process: a process that forks and exits hands its
+/// budget on instead of renewing it. A family starts at a process that left the session of a
+/// parent still in it; descendants join their parent's family; an orphan first seen with no
+/// known parent joins one shared family for the kernel's lifetime.
+#[derive(Default)]
+struct CpuBudget {
+    /// (pid, start time) of a known detached process -> (family, CPU ticks last seen).
+    members: std::collections::HashMap<(i32, u64), (u64, u64)>,
+    /// CPU ticks of a family's processes that are gone.
+    gone: std::collections::HashMap<u64, u64>,
+    next_family: u64,
+}
+
+/// The family of orphans first seen without a known parent.
+const ORPHANS: u64 = 0;
+
+impl CpuBudget {
+    fn check(&mut self, me: i32, kernel: i32, limit_secs: u64) {
+        use nix::libc;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let limit = limit_secs.saturating_mul(hz);
+        let procs = descendants(me);
+        let session = procs.iter().find(|p| p.pid == kernel).map(|p| p.session);
+        let by_pid: std::collections::HashMap<i32, &Proc> =
+            procs.iter().map(|p| (p.pid, p)).collect();
+        // Parents before children, so a child finds its parent's family.
+        let mut detached: Vec<&Proc> = procs
+            .iter()
+            .filter(|p| p.pid != kernel && (Some(p.session) != session || p.ppid == me))
+            .collect();
+        detached.sort_by_key(|p| p.start);
+        let mut alive = std::collections::HashSet::new();
+        for p in &detached {
+            let key = (p.pid, p.start);
+            alive.insert(key);
+            let family = match self.members.get(&key) {
+                Some((f, _)) => *f,
+                None => {
+                    let parent = by_pid
+                        .get(&p.ppid)
+                        .and_then(|pp| self.members.get(&(pp.pid, pp.start)).map(|(f, _)| *f));
+                    match parent {
+                        Some(f) => f,
+                        None if p.ppid == me => ORPHANS,
+                        None => {
+                            self.next_family += 1;
+                            self.next_family
+                        }
+                    }
+                }
+            };
+            self.members.insert(key, (family, p.cpu_ticks));
+        }
+        // The gone keep counting against their family.
+        let gone: Vec<(i32, u64)> = self
+            .members
+            .keys()
+            .filter(|k| !alive.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some((f, ticks)) = self.members.remove(&k) {
+                *self.gone.entry(f).or_default() += ticks;
+            }
+        }
+        let mut spent: std::collections::HashMap<u64, u64> = self.gone.clone();
+        for (f, ticks) in self.members.values() {
+            *spent.entry(*f).or_default() += ticks;
+        }
+        for p in &detached {
+            let Some((f, own)) = self.members.get(&(p.pid, p.start)).copied() else {
+                continue;
+            };
+            let left = limit.saturating_sub(spent.get(&f).copied().unwrap_or(0));
+            if left == 0 {
+                let _ = signal::kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+                continue;
+            }
+            // Whole seconds, rounded up, on top of what the process has used itself.
+            let soft = (own.saturating_add(left).saturating_add(hz - 1)) / hz;
+            set_rlimit_soft(p.pid, libc::RLIMIT_CPU, soft, Some(soft.saturating_add(2)));
         }
     }
 }

@@ -29,11 +29,15 @@ use super::{NsPolicy, Policy};
 use super::NS_SETUP_FAILED as SETUP_FAILED;
 
 /// The uid the kernel has inside: the server's own, except root, which becomes an ordinary
-/// user so that nothing started from the kernel keeps capabilities across exec.
+/// user so that nothing started from the kernel keeps capabilities across exec. Its files are
+/// still accessed as host root's uid (only a process outside could map it to another, and
+/// that uid could not write the user's workspace): what the sandbox shows of `/etc`, `/sys`
+/// and `/proc` is curated for that reason.
 const INSIDE_ROOT_AS: u32 = 1000;
 
 /// What `/etc` shows: what Python, SSL, DNS, time zones, locales and fonts read. Nothing secret
-/// (no shadow, sudoers, ssh or pip configuration); passwd and group are made up.
+/// (no shadow, sudoers, ssh, pip configuration or private keys: `ssl` and `pki` only as their
+/// certificate folders); passwd and group are made up.
 const ETC: &[&str] = &[
     "hosts",
     "resolv.conf",
@@ -45,10 +49,16 @@ const ETC: &[&str] = &[
     "ld.so.conf.d",
     "localtime",
     "timezone",
-    "ssl",
+    "ssl/certs",
+    "ssl/cert.pem",
+    "ssl/openssl.cnf",
     "ca-certificates",
     "ca-certificates.conf",
-    "pki",
+    "pki/tls/certs",
+    "pki/tls/cert.pem",
+    "pki/tls/openssl.cnf",
+    "pki/ca-trust/extracted",
+    "pki/ca-trust/source",
     "crypto-policies",
     "fonts",
     "mime.types",
@@ -61,6 +71,33 @@ const ETC: &[&str] = &[
     "matplotlibrc",
     "terminfo",
     "inputrc",
+];
+
+/// What `/sys` shows, read-only: what runtimes read to size themselves (CPUs, NUMA nodes, cgroup
+/// limits, transparent huge pages). Not the rest: thousands of files there are root-only, and
+/// a server started as root runs the kernel as host root's uid (see `INSIDE_ROOT_AS`).
+const SYS: &[&str] = &[
+    "devices/system/cpu",
+    "devices/system/node",
+    "fs/cgroup",
+    "kernel/mm/transparent_hugepage",
+];
+
+/// `/proc` files of the host kernel that show host-wide secrets or state to host root's uid
+/// (keyrings, kernel addresses, slab and timer internals): covered with an empty file.
+const PROC_MASKED: &[&str] = &[
+    "keys",
+    "key-users",
+    "slabinfo",
+    "kallsyms",
+    "kcore",
+    "kmsg",
+    "timer_list",
+    "sched_debug",
+    "vmallocinfo",
+    "pagetypeinfo",
+    "sysrq-trigger",
+    "config.gz",
 ];
 
 /// Host devices the private `/dev` shows.
@@ -378,6 +415,18 @@ fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), Strin
             bind(&src, &etc.join(name), true, true)?;
         }
     }
+    // Files below /etc the policy names itself (an index's CA file, an --allow-read).
+    for path in &p.read {
+        let covered = ETC.iter().any(|n| within(path, &Path::new("/etc").join(n)));
+        if within(path, Path::new("/etc"))
+            && path != Path::new("/etc")
+            && !covered
+            && path.exists()
+            && !path.components().any(|c| matches!(c, Component::ParentDir))
+        {
+            bind(path, &under(&root, path), true, true)?;
+        }
+    }
     let home = ns.scratch.to_string_lossy();
     std::fs::write(
         etc.join("passwd"),
@@ -430,9 +479,27 @@ fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), Strin
         none,
     )
     .map_err(|e| err("proc", e))?;
-    // /sys read-only (its submounts too: they are locked to it inside a user namespace).
-    if Path::new("/sys").is_dir() {
-        bind(Path::new("/sys"), &root.join("sys"), true, true)?;
+    for name in PROC_MASKED {
+        let target = proc_dir.join(name);
+        if target.exists() {
+            // Best effort: a kernel that refuses an over-mount here still has the rest.
+            let _ = mount(
+                Some("/dev/null"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                none,
+            );
+        }
+    }
+    // /sys: the few folders runtimes read, read-only (their submounts too: they are locked to
+    // them inside a user namespace).
+    std::fs::create_dir_all(root.join("sys")).map_err(|e| err("mkdir sys", e))?;
+    for name in SYS {
+        let src = Path::new("/sys").join(name);
+        if src.is_dir() {
+            bind(&src, &root.join("sys").join(name), true, true)?;
+        }
     }
 
     // HOME: a private tmpfs seeded with what the server put there (the font cache).

