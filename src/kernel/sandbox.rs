@@ -253,6 +253,16 @@ impl InstallerSandbox {
     /// `argv` wrapped in the helper, and the environment to add. `runtime` is a fresh private
     /// directory (HOME and TMPDIR go there) that the caller removes afterwards.
     pub fn wrap(&self, argv: &[String], runtime: &Path) -> Result<(Vec<String>, EnvVars), String> {
+        self.wrap_with(argv, runtime, true)
+    }
+
+    /// [`InstallerSandbox::wrap`], with the network on or off (checks and uninstalls need none).
+    pub fn wrap_with(
+        &self,
+        argv: &[String],
+        runtime: &Path,
+        network: bool,
+    ) -> Result<(Vec<String>, EnvVars), String> {
         let home = runtime.join("home");
         let tmp = runtime.join("tmp");
         for d in [&home, &tmp, &self.cache] {
@@ -301,14 +311,14 @@ impl InstallerSandbox {
         let policy = Policy {
             read,
             write,
-            network: true,
+            network,
             open_files: Some(4096),
             status_file: Some(runtime.join("sandbox.json")),
             namespaces: self.namespaces.then(|| NsPolicy {
                 runtime: runtime.to_path_buf(),
                 scratch: home.clone(),
                 tmpfs_bytes: 1 << 30,
-                private_network: false,
+                private_network: !network,
             }),
             namespaces_off: (!self.namespaces).then(|| "off for this server".to_owned()),
             processes: Some(1024),

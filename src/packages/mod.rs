@@ -8,7 +8,10 @@ use crate::error::PackageError;
 pub use crate::runner::{run_logged, run_with_lines, RunOutput};
 
 pub mod config;
+mod install;
 mod requirement;
+
+pub use install::install;
 
 /// Longest accepted package spec.
 pub const MAX_SPEC_LEN: usize = 200;
@@ -335,6 +338,52 @@ impl Installer {
     }
 }
 
+impl Installer {
+    /// The argv that removes the distributions `names` from `python`.
+    pub fn uninstall_argv(&self, python: &std::path::Path, names: &[String]) -> Vec<String> {
+        let py = python.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = match self {
+            Installer::Uv(uv) => vec![
+                uv.to_string_lossy().into_owned(),
+                "pip".into(),
+                "uninstall".into(),
+                "--python".into(),
+                py,
+            ],
+            Installer::Pip => vec![
+                py,
+                "-I".into(),
+                "-m".into(),
+                "pip".into(),
+                "uninstall".into(),
+                "--yes".into(),
+                "--disable-pip-version-check".into(),
+            ],
+        };
+        argv.extend(names.iter().cloned());
+        argv
+    }
+
+    /// The argv that puts back exact versions (`name==version`) without touching dependencies.
+    pub fn reinstall_argv(&self, python: &std::path::Path, pins: &[String]) -> Vec<String> {
+        let py = python.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = match self {
+            Installer::Uv(uv) => vec![
+                uv.to_string_lossy().into_owned(),
+                "pip".into(),
+                "install".into(),
+                "--python".into(),
+                py,
+                "--no-deps".into(),
+                "--reinstall".into(),
+            ],
+            Installer::Pip => pip_install(&py, &["--no-deps", "--force-reinstall"]),
+        };
+        argv.extend(pins.iter().cloned());
+        argv
+    }
+}
+
 /// `python -I -m pip install` with no prompts, no version check and no progress bars, then
 /// `rest`. Isolated mode (`-I`): neither the working directory nor `PYTHON*` variables can put
 /// another `pip` in front of the environment's own.
@@ -369,6 +418,43 @@ pub struct InstallReport {
 }
 
 impl InstallReport {
+    /// What changed between two listings of [`installed`], for the requested `specs`.
+    pub fn between(
+        specs: &[PackageSpec],
+        before: &std::collections::BTreeMap<String, (String, String)>,
+        after: &std::collections::BTreeMap<String, (String, String)>,
+    ) -> InstallReport {
+        let requested = specs
+            .iter()
+            .map(|s| match after.get(&s.name) {
+                Some((name, v)) => format!("{name} {v}"),
+                None => format!(
+                    "{}: the installer succeeded but it is not listed as installed",
+                    s.raw
+                ),
+            })
+            .collect();
+        let added = after
+            .iter()
+            .filter(|(k, _)| !before.contains_key(*k))
+            .map(|(_, (n, v))| format!("{n} {v}"))
+            .collect();
+        let changed = after
+            .iter()
+            .filter_map(|(k, (n, v))| {
+                before
+                    .get(k)
+                    .filter(|(_, old)| old != v)
+                    .map(|(_, old)| (n.clone(), old.clone(), v.clone()))
+            })
+            .collect();
+        InstallReport {
+            requested,
+            added,
+            changed,
+        }
+    }
+
     /// The result text: what was installed into `python` (with the import-name note), what
     /// came along, and which versions changed.
     pub fn describe(&self, python: &std::path::Path, renamed: &str) -> String {
@@ -449,117 +535,6 @@ pub fn prepare(raw: &[String]) -> Result<(Vec<PackageSpec>, String), String> {
         return Err(format!("nothing was installed: {}", problems.join("; ")));
     }
     Ok((specs, renamed))
-}
-
-/// Installs validated `specs` into `python`, with the kernel's own packages pinned, sending
-/// each installer output line to `on_line`. `mode` says how the installer is confined.
-pub async fn install(
-    python: &std::path::Path,
-    specs: &[PackageSpec],
-    timeout: Duration,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    mode: &crate::kernel::sandbox::InstallMode,
-) -> Result<InstallReport, PackageError> {
-    use crate::kernel::sandbox::InstallMode;
-    let before = installed(python).await?;
-    // Pin what the kernel runs on, so a dependency cannot upgrade it under the running kernel.
-    let constraints: String = PROTECTED
-        .iter()
-        .filter_map(|n| before.get(*n).map(|(name, v)| format!("{name}=={v}\n")))
-        .collect();
-    // A private dir for this run: the constraints file, and HOME/TMPDIR when sandboxed.
-    let runtime = std::env::temp_dir().join(format!(
-        "kernel-mcp-install-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&runtime)
-        .map_err(|e| PackageError::Spawn(format!("creating {}: {e}", runtime.display())))?;
-    let cons_path = runtime.join("constraints.txt");
-    if let Err(e) = std::fs::write(&cons_path, constraints) {
-        let _ = std::fs::remove_dir_all(&runtime);
-        return Err(PackageError::Spawn(format!(
-            "writing the constraints file: {e}"
-        )));
-    }
-    let mut argv = Installer::detect().argv(python, &cons_path, specs);
-    let mut env: Vec<(String, String)> = INSTALLER_ENV
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let lifeline = match mode {
-        InstallMode::Sandboxed(sb) => match sb.wrap(&argv, &runtime) {
-            Ok((wrapped, extra)) => {
-                argv = wrapped;
-                env.extend(extra);
-                true
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&runtime);
-                return Err(PackageError::Spawn(format!(
-                    "preparing the installer's sandbox: {e}"
-                )));
-            }
-        },
-        InstallMode::WheelsOnly => {
-            // Before the package names, after the installer's own options.
-            let at = argv.len().saturating_sub(specs.len());
-            argv.splice(at..at, ["--only-binary".to_owned(), ":all:".to_owned()]);
-            false
-        }
-        InstallMode::Unconfined => false,
-    };
-    tracing::info!(?argv, "installer: starting");
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let result = crate::runner::run_command(
-        &argv,
-        timeout,
-        false,
-        on_line,
-        &env_refs,
-        crate::runner::Inherit::Installer,
-        lifeline,
-    )
-    .await;
-    let _ = std::fs::remove_dir_all(&runtime);
-    let out = result?;
-    if !out.success {
-        let mut why = explain_failure(&out);
-        if matches!(mode, InstallMode::WheelsOnly) {
-            why.push_str(" (installs here take wheels only, since no sandbox can hold a package's build code on this machine: a package that has only a source distribution needs the server started with --allow-source-builds)");
-        }
-        return Err(PackageError::Failed(why));
-    }
-    let after = installed(python).await.unwrap_or_default();
-    let requested = specs
-        .iter()
-        .map(|s| match after.get(&s.name) {
-            Some((name, v)) => format!("{name} {v}"),
-            None => format!(
-                "{}: the installer succeeded but it is not listed as installed",
-                s.raw
-            ),
-        })
-        .collect();
-    let added = after
-        .iter()
-        .filter(|(k, _)| !before.contains_key(*k))
-        .map(|(_, (n, v))| format!("{n} {v}"))
-        .collect();
-    let changed = after
-        .iter()
-        .filter_map(|(k, (n, v))| {
-            before
-                .get(k)
-                .filter(|(_, old)| old != v)
-                .map(|(_, old)| (n.clone(), old.clone(), v.clone()))
-        })
-        .collect();
-    Ok(InstallReport {
-        requested,
-        added,
-        changed,
-    })
 }
 
 /// Environment for installers: never prompt, never ask a keyring.

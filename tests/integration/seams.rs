@@ -696,3 +696,140 @@ print('started')"#,
     );
     s.close().await;
 }
+
+/// Builds a wheel `name-version` into `site` with `requires` and extra `files` (path, text).
+fn wheel(site: &Path, name: &str, version: &str, requires: &[&str], files: &[(&str, &str)]) {
+    let module = name.replace('-', "_");
+    let mut meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n");
+    for r in requires {
+        meta.push_str(&format!("Requires-Dist: {r}\n"));
+    }
+    let mut all: Vec<(String, String)> = files
+        .iter()
+        .map(|(p, t)| ((*p).to_owned(), (*t).to_owned()))
+        .collect();
+    all.push((format!("{module}-{version}.dist-info/METADATA"), meta));
+    all.push((
+        format!("{module}-{version}.dist-info/WHEEL"),
+        "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n".into(),
+    ));
+    let spec = serde_json::to_string(&all).unwrap();
+    let make = r#"import sys, json, zipfile, base64, hashlib
+out, dist, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+record = []
+with zipfile.ZipFile(out, 'w') as z:
+    for path, text in files:
+        data = text.encode()
+        z.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record.append('%s,sha256=%s,%d' % (path, digest, len(data)))
+    record.append(dist + '/RECORD,,')
+    z.writestr(dist + '/RECORD', '\n'.join(record) + '\n')
+"#;
+    let st = std::process::Command::new("python3")
+        .args(["-c", make])
+        .arg(site.join(format!("{module}-{version}-py3-none-any.whl")))
+        .arg(format!("{module}-{version}.dist-info"))
+        .arg(spec)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn installed_version(dist: &str) -> String {
+    let py = kernel_mcp::pyenv::data_dir()
+        .unwrap()
+        .join("env/bin/python");
+    let out = std::process::Command::new(py)
+        .args([
+            "-I",
+            "-c",
+            "import sys\nfrom importlib import metadata\ntry:\n    print(metadata.version(sys.argv[1]))\nexcept Exception:\n    print('missing')",
+            dist,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn an_install_cannot_break_the_kernels_environment() {
+    let site = tempdir("kmcp-index-");
+    // A too-old pin of a dependency of the kernel's machinery (jupyter_core needs platformdirs),
+    // a package that drags it in, and one that installs fine but stops every kernel's start.
+    wheel(site.path(), "platformdirs", "0.0.1", &[], &[("platformdirs/__init__.py", "")]);
+    wheel(
+        site.path(),
+        "kmcp-needs-old",
+        "1.0",
+        &["platformdirs==0.0.1"],
+        &[("kmcp_needs_old/__init__.py", "")],
+    );
+    wheel(
+        site.path(),
+        "kmcp-breaker",
+        "1.0",
+        &[],
+        &[
+            ("kmcp_breaker/__init__.py", ""),
+            (
+                "kmcp_breaker.pth",
+                "import sys; sys.modules.__setitem__('jupyter_client', None)\n",
+            ),
+        ],
+    );
+    let index = Index::serve(site.path());
+    let home = tempdir("kmcp-home-");
+    let conf = home.path().join(".config/pip/pip.conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(
+        &conf,
+        format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
+    )
+    .unwrap();
+    let data = data_dir();
+    let home_s = home.path().to_string_lossy().into_owned();
+    let before = installed_version("platformdirs");
+    let s = Server::start_opts(
+        &[],
+        &[
+            ("HOME", home_s.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+        ],
+        INDEX_VARS,
+        false,
+    )
+    .await;
+    // Asked for by name: refused before the installer runs.
+    let r = s
+        .call("install_package", json!({"packages": ["platformdirs==0.0.1"]}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("what the kernel itself runs on"), "{}", text(&r));
+    // Dragged in by another package: the pin makes the installer refuse.
+    let r = s
+        .call("install_package", json!({"packages": ["kmcp-needs-old"]}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("pinned"), "{}", text(&r));
+    assert_eq!(installed_version("platformdirs"), before);
+    assert_eq!(installed_version("kmcp-needs-old"), "missing");
+    // Installed, then found to stop a kernel's start: rolled back.
+    let r = s
+        .call("install_package", json!({"packages": ["kmcp-breaker"]}))
+        .await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(
+        t.contains("cannot start") && t.contains("rolled back") && t.contains("works again"),
+        "{t}"
+    );
+    assert_eq!(installed_version("kmcp-breaker"), "missing");
+    // A new kernel still starts.
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.exec("import jupyter_client\n1 + 1").await;
+    assert_eq!(text(&r), "2");
+    s.close().await;
+    uninstall("kmcp-breaker");
+}
