@@ -29,6 +29,10 @@ pub enum Denial {
         path: String,
         write: bool,
     },
+    /// The host's /tmp, denied (no private /tmp without the namespace layer).
+    HostTmp {
+        path: String,
+    },
     Network,
     Memory,
     DiskQuota,
@@ -108,6 +112,9 @@ impl SandboxPolicy {
                 return None;
             }
             let write = head.contains("Read-only file system");
+            if matches!(errno, 1 | 13) && p.starts_with("/tmp") {
+                return Some(Denial::HostTmp { path });
+            }
             match errno {
                 // Denied outright (Landlock), or read-only (a mount of the sandbox).
                 1 | 13 | 30 => return Some(Denial::Path { path, write }),
@@ -122,7 +129,7 @@ impl SandboxPolicy {
     /// The note for `error`, if it looks like a sandbox denial.
     pub fn note(&self, error: &str) -> Option<String> {
         Some(match self.classify(error)? {
-            Denial::Path { path, .. } if Path::new(&path).starts_with("/tmp") => format!(
+            Denial::HostTmp { path } => format!(
                 "[sandbox: {path} is in the host's /tmp, which the kernel may not use here (a private /tmp needs the namespace layer, which is off on this machine). Use tempfile (it writes to the kernel's own TMPDIR) or a folder in the workspace ({}).]",
                 self.workspace.display()
             ),
@@ -272,6 +279,19 @@ mod tests {
             .note("PermissionError: [Errno 13] Permission denied: '/data/a.csv'")
             .unwrap_or_default();
         assert!(note.contains("--allow-read /data"), "{note}");
+        // The host's /tmp, denied (no namespaces): --allow-read would not help; say what does.
+        let tmp = "PermissionError: [Errno 13] Permission denied: '/tmp/x'";
+        assert_eq!(
+            p.classify(tmp),
+            Some(Denial::HostTmp {
+                path: "/tmp/x".into()
+            })
+        );
+        let note = p.note(tmp).unwrap_or_default();
+        assert!(
+            note.contains("tempfile") && !note.contains("--allow-read"),
+            "{note}"
+        );
     }
 
     #[test]
@@ -296,6 +316,9 @@ mod tests {
             .note("OSError: [Errno 27] File too large")
             .unwrap_or_default()
             .contains("1.0 GiB"));
+        let refused = "ConnectionRefusedError: [Errno 111] Connection refused";
+        assert_eq!(p.classify(refused), Some(Denial::Network));
+        assert!(p.note(refused).unwrap_or_default().contains("localhost"));
         p.network = true;
         assert_eq!(p.classify(dns), None);
         p.memory_bytes = None;

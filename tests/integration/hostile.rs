@@ -373,19 +373,37 @@ async fn an_interpreter_without_ipykernel_still_serves_and_names_the_fix() {
         .join("bin/python");
     let tools = tempfile::tempdir().unwrap();
     let python = tools.path().join("python");
-    // `-S` hides site-packages, so this interpreter has no ipykernel until the script changes.
-    let write_script = |flags: &str| {
+    // The managed environment's base interpreter has no ipykernel: the script runs it until it
+    // is changed to run the managed one.
+    let cfg = std::fs::read_to_string(
+        managed
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("pyvenv.cfg"),
+    )
+    .unwrap();
+    let home = cfg
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("home")
+                .map(|v| v.trim_start_matches([' ', '=']).trim())
+        })
+        .expect("pyvenv.cfg names its base interpreter's folder");
+    let base = std::path::Path::new(home).join("python3");
+    let write_script = |target: &std::path::Path| {
         let tmp = tools.path().join("python.tmp");
         std::fs::write(
             &tmp,
-            format!("#!/bin/sh\nexec {} {flags} \"$@\"\n", managed.display()),
+            format!("#!/bin/sh\nexec {} \"$@\"\n", target.display()),
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &python).unwrap();
     };
-    write_script("-S");
+    write_script(&base);
     let py = python.to_str().unwrap();
     let s = Server::start_with(&["--python", py, "--sandbox", "off"]).await;
     let instructions = s.instructions();
@@ -424,7 +442,7 @@ async fn an_interpreter_without_ipykernel_still_serves_and_names_the_fix() {
         text(&r)
     );
     // Fixed: the same server runs code.
-    write_script("");
+    write_script(&managed);
     let r = s.call("restart_kernel", serde_json::json!({})).await;
     assert!(!is_error(&r), "{}", text(&r));
     assert_eq!(texts(&s.exec("1 + 1").await), vec!["2"]);

@@ -757,7 +757,13 @@ async fn an_install_cannot_break_the_kernels_environment() {
     let site = tempdir("kmcp-index-");
     // A too-old pin of a dependency of the kernel's machinery (jupyter_core needs platformdirs),
     // a package that drags it in, and one that installs fine but stops every kernel's start.
-    wheel(site.path(), "platformdirs", "0.0.1", &[], &[("platformdirs/__init__.py", "")]);
+    wheel(
+        site.path(),
+        "platformdirs",
+        "0.0.1",
+        &[],
+        &[("platformdirs/__init__.py", "")],
+    );
     wheel(
         site.path(),
         "kmcp-needs-old",
@@ -802,10 +808,17 @@ async fn an_install_cannot_break_the_kernels_environment() {
     .await;
     // Asked for by name: refused before the installer runs.
     let r = s
-        .call("install_package", json!({"packages": ["platformdirs==0.0.1"]}))
+        .call(
+            "install_package",
+            json!({"packages": ["platformdirs==0.0.1"]}),
+        )
         .await;
     assert!(is_error(&r));
-    assert!(text(&r).contains("what the kernel itself runs on"), "{}", text(&r));
+    assert!(
+        text(&r).contains("what the kernel itself runs on"),
+        "{}",
+        text(&r)
+    );
     // Dragged in by another package: the pin makes the installer refuse.
     let r = s
         .call("install_package", json!({"packages": ["kmcp-needs-old"]}))
@@ -832,4 +845,49 @@ async fn an_install_cannot_break_the_kernels_environment() {
     assert_eq!(text(&r), "2");
     s.close().await;
     uninstall("kmcp-breaker");
+}
+
+#[tokio::test]
+async fn without_namespaces_the_seams_hold_and_tmp_says_what_works() {
+    let data = data_dir();
+    let out = tempdir("kmcp-seam-out-");
+    let s = Server::start_opts(
+        &["--no-namespaces"],
+        &[("KERNEL_MCP_DATA_DIR", data.as_str())],
+        &[],
+        true,
+    )
+    .await;
+    // The host's /tmp is denied here; the note points at what works, and that does work.
+    let name = format!("/tmp/kmcp-denied-{}", std::process::id());
+    let r = s.exec(&format!("open({name:?}, 'w')")).await;
+    assert!(is_error(&r));
+    let t = texts(&r);
+    assert!(
+        t.iter().any(|x| x.starts_with("[sandbox: ")
+            && x.contains("tempfile")
+            && !x.contains("--allow-read")),
+        "{t:?}"
+    );
+    assert!(!Path::new(&name).exists());
+    let r = s
+        .exec("import tempfile\nwith tempfile.NamedTemporaryFile() as f:\n    f.write(b'x')\nprint('tempfile ok')")
+        .await;
+    assert_eq!(text(&r).trim(), "tempfile ok", "{}", text(&r));
+    // seccomp holds without the namespaces too.
+    let r = s
+        .exec("import socket\ntry:\n    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n    print('open')\nexcept OSError as e:\n    print(e.errno)")
+        .await;
+    assert_eq!(text(&r).trim(), "1");
+    // And the host-side helpers still ignore what the kernel plants in their way.
+    let r = s.exec(&plant_code(out.path())).await;
+    assert_eq!(text(&r).trim(), "planted");
+    let r = s.call("list_packages", json!({"filter": "pandas"})).await;
+    assert!(text(&r).contains("pandas"), "{}", text(&r));
+    let r = s
+        .call("install_package", json!({"packages": ["numpy"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    s.close().await;
 }
