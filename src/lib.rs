@@ -7,6 +7,7 @@
 //! the server); `src/main.rs` only calls `app::main`.
 
 pub mod app;
+pub mod arrival;
 pub mod denials;
 pub mod error;
 pub mod kernel;

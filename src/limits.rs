@@ -25,6 +25,14 @@ pub const MAX_IMAGES: usize = 10_000;
 /// # Errors
 /// A message for clap when the text is not a number, is not finite, is zero or negative, or is
 /// above [`MAX_FLAG_SECONDS`].
+/// Like [`parse_seconds`], also taking `0` (a switch-off value, e.g. `--return-after 0`).
+pub fn parse_seconds_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_seconds(s)
+}
+
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .trim()

@@ -287,6 +287,7 @@ async fn write_client(
                     if let Ok(mut f) = in_flight.lock() {
                         f.remove(&id);
                     }
+                    crate::arrival::done(&id);
                 }
                 std::mem::take(&mut pending)
             }
@@ -373,6 +374,14 @@ async fn read_client(
                 )),
                 Ok(mut f) => {
                     f.insert(key.clone());
+                    let params = parsed.as_ref().and_then(|m| m.get("params"));
+                    let tool = params.and_then(|p| p.get("name")).and_then(|n| n.as_str());
+                    if parsed.as_ref().and_then(|m| m.get("method")).and_then(|m| m.as_str())
+                        == Some("tools/call")
+                        && tool.is_some_and(|t| crate::arrival::RUN_TOOLS.contains(&t))
+                    {
+                        crate::arrival::arrived(key.clone());
+                    }
                     None
                 }
                 Err(_) => None,
@@ -381,6 +390,7 @@ async fn read_client(
                 if let Ok(mut f) = in_flight.lock() {
                     f.remove(key);
                 }
+                crate::arrival::done(key);
                 None
             }
             Seen::Other => None,

@@ -46,9 +46,16 @@ pub(crate) struct Opts {
     /// Kernel spec: a kernel.json file or a folder holding one (default: the built-in spec).
     #[arg(long, global = true)]
     pub(crate) kernel_spec: Option<PathBuf>,
-    /// Default execute_python timeout in seconds (at most 30 days, like every duration flag).
-    #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
+    /// Default execute_python timeout in seconds, after which the kernel is interrupted (at
+    /// most 30 days, like every duration flag). Long by default: a call returns after
+    /// --return-after and the run goes on in the background until then.
+    #[arg(long, default_value = "1800", value_parser = limits::parse_seconds, global = true)]
     pub(crate) timeout: Duration,
+    /// Seconds a call to execute_python or run_file waits for its run before it returns the
+    /// output so far and leaves the run going (check_run follows it); 0 = wait until it ends.
+    /// Below the ~60 s after which desktop clients give up on a tool call.
+    #[arg(long, default_value = "45", value_parser = limits::parse_seconds_or_zero, global = true)]
+    pub(crate) return_after: Duration,
     /// Largest timeout_seconds a call may ask for.
     #[arg(long, default_value = "3600", value_parser = limits::parse_seconds, global = true)]
     pub(crate) max_timeout: Duration,

@@ -275,6 +275,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         install_timeout: o.install_timeout,
         workspace_note,
         journal: o.journal.clone(),
+        return_after: o.return_after,
     };
     let spare = crate::kernel::SpareConfig {
         enabled: !o.no_spare,

@@ -261,6 +261,11 @@ impl KernelHandle {
     }
 
     /// Sets the environments this handle's kernels run in (once, when the server is built).
+    /// Most calls that may wait for the kernel (`--max-queue`).
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+
     pub fn set_environments(&self, envs: Environments) {
         if let Ok(mut e) = self.envs.write() {
             *e = Some(envs);

@@ -58,6 +58,16 @@ pub trait SpillTarget: Send {
 /// What a session's run renders to: MCP tool-call content (this module is the renderer).
 pub type Rendered = CallToolResult;
 
+/// A result of one text block (an error result with `error`).
+pub fn text_result(text: &str, error: bool) -> Rendered {
+    let c = vec![McpContent::text(text.to_owned())];
+    if error {
+        CallToolResult::error(c)
+    } else {
+        CallToolResult::success(c)
+    }
+}
+
 /// Adds a note (`[...]`) after a rendered result's content, as its own text block.
 pub fn append_note(r: &mut Rendered, text: &str) {
     r.content.push(McpContent::text(text.to_owned()));

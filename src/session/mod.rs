@@ -9,6 +9,7 @@ mod files;
 mod journal;
 mod notebooks;
 mod packages;
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,9 @@ pub struct Settings {
     pub workspace_note: Option<String>,
     /// Workspace path of a notebook kept up to date with the session after every call.
     pub journal: Option<String>,
+    /// How long a call waits for its run before it returns what it has and leaves the run
+    /// going (`--return-after`; zero: until the run ends).
+    pub return_after: Duration,
 }
 
 impl Default for Settings {
@@ -54,6 +58,7 @@ impl Default for Settings {
             install_timeout: Duration::from_secs(300),
             workspace_note: None,
             journal: None,
+            return_after: Duration::from_secs(45),
         }
     }
 }
@@ -88,6 +93,31 @@ pub struct Restart {
     pub env_changed: bool,
 }
 
+/// One execute_python / run_file call, as the session runs it.
+pub struct RunCall<'a> {
+    /// The code the kernel runs.
+    pub code: &'a str,
+    /// What the journal records as the cell's source.
+    pub journal_source: &'a str,
+    /// The caller's timeout_seconds, checked against the server's bounds.
+    pub timeout: Option<f64>,
+    /// How long the call waits for its run (`None`: until it ends).
+    pub return_after: Option<Duration>,
+    /// The stdin filter's key for the request, to queue in arrival order.
+    pub arrival: Option<String>,
+}
+
+/// Lets later requests queue once this one has (or has failed to).
+struct Released(Option<String>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(k) = &self.0 {
+            crate::arrival::done(k);
+        }
+    }
+}
+
 /// One client's session: kernel, workspace, settings and journal.
 pub struct Session {
     kernel: Arc<KernelHandle>,
@@ -97,6 +127,8 @@ pub struct Session {
     journal: SessionJournal,
     /// Installs run one at a time.
     install_lock: tokio::sync::Mutex<()>,
+    /// Cells as runs that outlive their call, in arrival order.
+    runs: Arc<runs::Runs>,
 }
 
 impl Session {
@@ -109,6 +141,7 @@ impl Session {
             workspace,
             settings,
             install_lock: tokio::sync::Mutex::new(()),
+            runs: Arc::new(runs::Runs::default()),
         }
     }
 
@@ -169,10 +202,79 @@ impl Session {
         )
     }
 
+    /// The session's runs.
+    pub fn runs(&self) -> &runs::Runs {
+        &self.runs
+    }
+
+    /// How long a call may wait for its run: the caller's `return_after` (seconds), at most the
+    /// server's; zero or less means the server's.
+    pub fn return_after(&self, asked: Option<f64>) -> Option<Duration> {
+        let max = self.settings.return_after;
+        if max.is_zero() {
+            return None;
+        }
+        let asked = asked
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(max.as_secs_f64())));
+        Some(asked.unwrap_or(max))
+    }
+
     /// Runs `code` as one cell: the result in kernel order within the output budget, the cell
     /// recorded in the journal as `journal_source`. `timeout` is the caller's, checked against
-    /// the server's bounds.
+    /// the server's bounds. The cell is a run: queued behind earlier ones, and when it is not
+    /// done within `return_after`, the result is what it produced so far and a note naming the
+    /// run, which goes on (`check_run` follows it). `cancel` interrupts it until then.
     pub async fn run(
+        self: &Arc<Self>,
+        call: RunCall<'_>,
+        progress: Option<ProgressFn>,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, SessionError> {
+        let RunCall {
+            code,
+            journal_source,
+            timeout,
+            return_after,
+            arrival,
+        } = call;
+        // Calls queue in the order they arrived, not the order their handlers started.
+        if let Some(k) = &arrival {
+            crate::arrival::wait_turn(k).await;
+        }
+        let _released = Released(arrival);
+        let s = &self.settings;
+        let (timeout, note) =
+            crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
+                .map_err(SessionError::Refused)?;
+        let limits = ExecLimits {
+            timeout,
+            grace: s.interrupt_grace,
+            progress: progress.is_some(),
+        };
+        let (id, start) = self.runs.submit(
+            code.to_owned(),
+            journal_source.to_owned(),
+            limits,
+            note,
+            progress,
+            self.kernel.max_queue(),
+        )?;
+        drop(_released);
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.work().await });
+        }
+        let look = self
+            .runs
+            .wait(Some(id), return_after, false, cancel, true)
+            .await;
+        self.render(look, false)
+    }
+
+    /// Runs `code` now, as the call's own cell (not a run): for the session's internal cells
+    /// such as an install in a kernel that lives elsewhere, whose call waits for them.
+    pub(crate) async fn run_now(
         &self,
         code: &str,
         journal_source: &str,
@@ -203,6 +305,137 @@ impl Session {
         }
         self.update_live_journal().await;
         Ok(res)
+    }
+
+    /// What is new in run `run` (default: the latest), waiting up to `wait` for more output or
+    /// its end. Its end is reported once.
+    pub async fn check_run(
+        &self,
+        run: Option<u64>,
+        wait: Duration,
+    ) -> Result<Rendered, SessionError> {
+        let look = self
+            .runs
+            .wait(run, Some(wait), true, &CancellationToken::new(), false)
+            .await;
+        self.render(look, true)
+    }
+
+    /// Executes queued runs one at a time until the queue is empty.
+    async fn work(self: Arc<Self>) {
+        while let Some((id, job, cancel)) = self.runs.next_job() {
+            let mut keep = runs::RunSink {
+                runs: self.runs.clone(),
+                id,
+            };
+            let mut recorder = Recorder::new(&mut keep, MAX_CELL_OUTPUT_BYTES);
+            let mut sink = Progress::new(&mut recorder, job.progress);
+            let result = self
+                .kernel
+                .execute(&job.code, &job.limits, &cancel, &mut sink)
+                .await;
+            drop(sink);
+            let outputs = recorder.into_outputs();
+            match result {
+                Ok((exec, report)) => {
+                    self.journal
+                        .cell(&job.journal_source, &exec, outputs, &report);
+                    self.update_live_journal().await;
+                    self.runs.finish(
+                        id,
+                        runs::RunEnd::Done {
+                            exec: Box::new(exec),
+                            report,
+                            timeout: job.limits.timeout,
+                            note: job.note,
+                        },
+                    );
+                }
+                Err(e) => self.runs.finish(id, runs::RunEnd::Failed(e.into())),
+            }
+        }
+    }
+
+    /// A look at a run as a tool result.
+    fn render(&self, look: runs::Look, checking: bool) -> Result<Rendered, SessionError> {
+        use crate::kernel::client::OutputSink as _;
+        let mut collector = self.collector();
+        match look {
+            runs::Look::Going { outputs, note } => {
+                if outputs.is_empty() {
+                    return Ok(crate::output::text_result(&note, false));
+                }
+                for c in &outputs {
+                    collector.output(c);
+                }
+                let r = collector.finish(None, &crate::kernel::Report::default(), Duration::ZERO);
+                Ok(runs::with_note(r, &note))
+            }
+            runs::Look::Ended { outputs, end } => {
+                for c in &outputs {
+                    collector.output(c);
+                }
+                match end {
+                    runs::EndView::Done {
+                        exec,
+                        report,
+                        timeout,
+                        note,
+                    } => {
+                        let mut r = collector.finish(Some(&exec), &report, timeout);
+                        if let Some(n) = note {
+                            crate::output::append_note(&mut r, &format!("[{n}]"));
+                        }
+                        if checking {
+                            let how = match &exec.ending {
+                                crate::kernel::client::Ending::Completed
+                                    if r.is_error == Some(true) =>
+                                {
+                                    "ended with an error"
+                                }
+                                crate::kernel::client::Ending::Completed => "finished",
+                                crate::kernel::client::Ending::Interrupted { .. } => {
+                                    "was interrupted"
+                                }
+                                crate::kernel::client::Ending::Unresponsive { .. } => {
+                                    "did not stop and its kernel was restarted"
+                                }
+                                crate::kernel::client::Ending::Died { .. } => {
+                                    "ended with its kernel's death"
+                                }
+                            };
+                            crate::output::append_note(
+                                &mut r,
+                                &format!(
+                                    "[the run {how} after {:.1} s]",
+                                    exec.elapsed.as_secs_f64()
+                                ),
+                            );
+                        }
+                        Ok(r)
+                    }
+                    runs::EndView::Failed(e) => Err(e),
+                    runs::EndView::Cancelled(why) => Ok(crate::output::text_result(
+                        &format!("[the run never started: {why}]"),
+                        true,
+                    )),
+                }
+            }
+            runs::Look::Reported { id } => Ok(crate::output::text_result(
+                &format!("[run {id} has ended and its result was returned already; nothing new]"),
+                false,
+            )),
+            runs::Look::Unknown { id: Some(id) } => Err(SessionError::Refused(format!(
+                "there is no run {id} (runs are numbered from 1 in this session; the latest is {})",
+                self.runs
+                    .latest()
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "none yet".into())
+            ))),
+            runs::Look::Unknown { id: None } => Err(SessionError::Refused(
+                "no run has been started in this session yet".into(),
+            )),
+        }
     }
 
     /// Evaluates an expression silently in the kernel (no history, no execution count).

@@ -296,7 +296,9 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            let out = self.run(&code, &shown, Some(secs), progress, cancel).await;
+            let out = self
+                .run_now(&code, &shown, Some(secs), progress, cancel)
+                .await;
             self.kernel.invalidate_imports();
             return out.map(Installed::InKernel);
         }

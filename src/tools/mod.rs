@@ -28,7 +28,7 @@ use crate::kernel::{KernelHandle, Restarted, SwitchError, Switched};
 use crate::output::ProgressFn;
 use crate::pyenv::EnvInfo;
 use crate::session::{
-    Installed, NotebookRun, PackageCheck, PackageList, Session, WorkingDir, Written,
+    Installed, NotebookRun, PackageCheck, PackageList, RunCall, Session, WorkingDir, Written,
 };
 use crate::workspace::{Listing, ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
@@ -76,6 +76,13 @@ fn failure(e: SessionError) -> CallToolResult {
         SessionError::Workspace(e) => workspace_error(e),
         SessionError::Refused(why) => tool_error(why),
     }
+}
+
+/// The key the stdin filter numbered this request under (see `arrival`).
+fn arrival_key(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    serde_json::to_value(&ctx.id)
+        .ok()
+        .map(|v| crate::arrival::key(&v))
 }
 
 /// MCP progress notifications for a long cell, when the client sent a progress token.
@@ -319,9 +326,13 @@ impl Server {
     /// of the code). A Python exception sets isError and gives `ename: evalue` plus the traceback.
     /// input() and getpass() are not available (they raise at once). Output beyond about 20,000
     /// characters is cut to its head and tail, with the full text saved to a file in the workspace
-    /// whose path the result names. On timeout (default 60 s) the kernel is interrupted and the
-    /// partial output returned with a note; variables are kept unless the code would not stop,
-    /// in which case the kernel is restarted and the result says that state was lost.
+    /// whose path the result names. Code still running after about 45 s (return_after) keeps
+    /// running in the background as a numbered run: the result is the output so far and a note
+    /// with the run's number; call check_run to get the rest and the final result. Calls run
+    /// one at a time in the order they were sent; one that has to wait says it is queued. On
+    /// timeout (default 30 min) the kernel is interrupted and the partial output returned with a
+    /// note; variables are kept unless the code would not stop, in which case the kernel is
+    /// restarted and the result says that state was lost.
     #[tool(
         name = "execute_python",
         annotations(
@@ -342,9 +353,13 @@ impl Server {
             ));
         }
         let run = self.session.run(
-            &p.code,
-            &p.code,
-            p.timeout_seconds,
+            RunCall {
+                code: &p.code,
+                journal_source: &p.code,
+                timeout: p.timeout_seconds,
+                return_after: self.session.return_after(p.return_after),
+                arrival: arrival_key(&ctx),
+            },
             progress_fn(&ctx),
             &ctx.ct,
         );
@@ -497,9 +512,17 @@ impl Server {
         }
         let args = p.args.unwrap_or_default();
         let (code, shown) = run_file_code(&abs, &p.path, &args);
-        let run = self
-            .session
-            .run(&code, &shown, None, progress_fn(&ctx), &ctx.ct);
+        let run = self.session.run(
+            RunCall {
+                code: &code,
+                journal_source: &shown,
+                timeout: None,
+                return_after: self.session.return_after(p.return_after),
+                arrival: arrival_key(&ctx),
+            },
+            progress_fn(&ctx),
+            &ctx.ct,
+        );
         Ok(run.await.unwrap_or_else(failure))
     }
 
@@ -520,6 +543,9 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        self.session
+            .runs()
+            .cancel_queued("restart_kernel cleared the session before it started");
         let restart = self.session.restart_kernel().await;
         if restart.env_changed {
             self.tools_changed();
@@ -831,15 +857,60 @@ impl Server {
         &self,
         Parameters(_p): Parameters<NoParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        let cancelled = self.session.runs().cancel_queued(
+            "interrupt_kernel cancelled the calls queued behind the interrupted one",
+        );
+        let queued = if cancelled > 0 {
+            format!("; {cancelled} queued run(s) were cancelled and will not run")
+        } else {
+            String::new()
+        };
         if self.session.kernel().interrupt().await {
-            Ok(CallToolResult::success(vec![Content::text(
-                "interrupt sent to the kernel; a running call returns with its partial output",
-            )]))
+            Ok(CallToolResult::success(vec![Content::text(format!(
+                "interrupt sent to the kernel; a running call returns with its partial output (a run in the background ends as interrupted: check_run shows it){queued}"
+            ))]))
         } else {
             Ok(tool_error(
                 "no kernel is running; the next execute_python starts one",
             ))
         }
+    }
+
+    /// Follow a run that outlived its call: its new output since the last look, then its result.
+    ///
+    /// execute_python and run_file return after about 45 s with a note such as "still running
+    /// as run 3" when the code is not done. check_run waits (wait_seconds, up to 45 s) for new
+    /// output or the end and returns only what is new since the last look; when the run has
+    /// ended it returns the final part of the result (error and traceback included) with the
+    /// run's duration, once. Without `run`, the latest run.
+    #[tool(
+        name = "check_run",
+        annotations(
+            title = "Check a background run",
+            read_only_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn check_run(
+        &self,
+        Parameters(p): Parameters<CheckRunParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let max = self.session.settings().return_after;
+        let max = if max.is_zero() {
+            Duration::from_secs(45)
+        } else {
+            max
+        };
+        let wait = p
+            .wait_seconds
+            .filter(|w| w.is_finite() && *w >= 0.0)
+            .map(|w| Duration::from_secs_f64(w.min(max.as_secs_f64())))
+            .unwrap_or(max);
+        Ok(self
+            .session
+            .check_run(p.run, wait)
+            .await
+            .unwrap_or_else(failure))
     }
 }
 

@@ -124,9 +124,12 @@ where
 pub struct ExecuteParams {
     /// Python source to run in the persistent kernel (IPython syntax: `%magic` and `!shell` work).
     pub code: String,
-    /// Seconds before the run is interrupted (default 60; at most the server's maximum, 3600 by default).
+    /// Seconds before the run is interrupted (default 1800; at most the server's maximum, 3600 by default).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
+    /// Seconds to wait before returning the output so far while the code keeps running in the background as a numbered run (default and maximum: the server's --return-after, 45 s).
+    #[serde(default)]
+    pub return_after: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -187,6 +190,19 @@ pub struct RunFileParams {
     /// Command-line arguments for the script (its sys.argv[1:]).
     #[serde(default)]
     pub args: Option<Vec<String>>,
+    /// Seconds to wait before returning the output so far while the script keeps running in the background as a numbered run (default and maximum: the server's --return-after, 45 s).
+    #[serde(default)]
+    pub return_after: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct CheckRunParams {
+    /// The run to look at (the number a call's note gave); default the latest run.
+    #[serde(default)]
+    pub run: Option<u64>,
+    /// Seconds to wait for new output or the end (default and maximum: the server's --return-after, 45 s).
+    #[serde(default)]
+    pub wait_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Default)]

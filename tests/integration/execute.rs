@@ -213,6 +213,7 @@ async fn tools_keep_their_contract_names_and_hints() {
         names,
         vec![
             "check_packages",
+            "check_run",
             "execute_python",
             "export_notebook",
             "get_environment",
@@ -239,6 +240,7 @@ async fn tools_keep_their_contract_names_and_hints() {
                 | "list_packages"
                 | "get_environment"
                 | "list_variables"
+                | "check_run"
         );
         assert_eq!(ro, Some(expect_ro), "{}", t.name);
         assert!(

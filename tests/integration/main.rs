@@ -22,6 +22,7 @@ mod notebook;
 mod outputs;
 mod packages;
 mod rich;
+mod runs;
 #[cfg(target_os = "linux")]
 mod sandbox;
 #[cfg(target_os = "linux")]

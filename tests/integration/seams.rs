@@ -736,10 +736,7 @@ with zipfile.ZipFile(out, 'w') as z:
     assert!(st.success());
 }
 
-fn installed_version(dist: &str) -> String {
-    let py = kernel_mcp::pyenv::data_dir()
-        .unwrap()
-        .join("env/bin/python");
+fn installed_version_in(py: &Path, dist: &str) -> String {
     let out = std::process::Command::new(py)
         .args([
             "-I",
@@ -750,6 +747,46 @@ fn installed_version(dist: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A venv at `dir` from the managed environment's base interpreter, seeing the managed
+/// environment's packages through a `.pth` file; returns its python.
+fn own_venv(dir: &Path) -> PathBuf {
+    let managed = kernel_mcp::pyenv::managed_env_dir().unwrap();
+    let cfg = std::fs::read_to_string(managed.join("pyvenv.cfg")).unwrap();
+    let home = cfg
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("home")
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
+        })
+        .unwrap();
+    let st = std::process::Command::new(Path::new(&home).join("python3"))
+        .args(["-m", "venv", "--without-pip"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lib = std::fs::read_dir(managed.join("lib"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
+        .unwrap()
+        .file_name();
+    let site = dir.join("lib").join(&lib).join("site-packages");
+    std::fs::write(
+        site.join("kmcp-managed.pth"),
+        format!(
+            "{}\n",
+            managed
+                .join("lib")
+                .join(&lib)
+                .join("site-packages")
+                .display()
+        ),
+    )
+    .unwrap();
+    dir.join("bin/python")
 }
 
 #[tokio::test]
@@ -793,11 +830,18 @@ async fn an_install_cannot_break_the_kernels_environment() {
         format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
     )
     .unwrap();
+    // A venv of its own that sees the managed environment's packages through a .pth file: an
+    // install here cannot disturb the kernels other tests start meanwhile.
+    let venv = tempdir("kmcp-venv-");
+    let py = own_venv(venv.path());
     let data = data_dir();
     let home_s = home.path().to_string_lossy().into_owned();
-    let before = installed_version("platformdirs");
+    let venv_s = venv.path().to_string_lossy().into_owned();
+    let version = |dist: &str| installed_version_in(&py, dist);
+    let before = version("platformdirs");
+    assert_ne!(before, "missing");
     let s = Server::start_opts(
-        &[],
+        &["--venv", venv_s.as_str()],
         &[
             ("HOME", home_s.as_str()),
             ("KERNEL_MCP_DATA_DIR", data.as_str()),
@@ -825,8 +869,8 @@ async fn an_install_cannot_break_the_kernels_environment() {
         .await;
     assert!(is_error(&r));
     assert!(text(&r).contains("pinned"), "{}", text(&r));
-    assert_eq!(installed_version("platformdirs"), before);
-    assert_eq!(installed_version("kmcp-needs-old"), "missing");
+    assert_eq!(version("platformdirs"), before);
+    assert_eq!(version("kmcp-needs-old"), "missing");
     // Installed, then found to stop a kernel's start: rolled back.
     let r = s
         .call("install_package", json!({"packages": ["kmcp-breaker"]}))
@@ -837,14 +881,13 @@ async fn an_install_cannot_break_the_kernels_environment() {
         t.contains("cannot start") && t.contains("rolled back") && t.contains("works again"),
         "{t}"
     );
-    assert_eq!(installed_version("kmcp-breaker"), "missing");
+    assert_eq!(version("kmcp-breaker"), "missing");
     // A new kernel still starts.
     let r = s.call("restart_kernel", json!({})).await;
     assert!(!is_error(&r), "{}", text(&r));
     let r = s.exec("import jupyter_client\n1 + 1").await;
     assert_eq!(text(&r), "2");
     s.close().await;
-    uninstall("kmcp-breaker");
 }
 
 #[tokio::test]

@@ -1,0 +1,409 @@
+//! Runs: cells that outlive the tool call that started them.
+//!
+//! Clients cut a tool call after about a minute (Claude Desktop ~60 s, Codex 60 s), while an
+//! analysis cell may need many. Every `execute_python` / `run_file` call becomes a *run*,
+//! queued in the order the calls arrived and executed one at a time by the session's worker
+//! task. The call waits for its run up to `return_after`; a run still going then is left to
+//! finish in the background and the call returns what it has produced so far, with a note
+//! naming the run. `check_run` collects the rest: output not yet shown, then the ending, once.
+//!
+//! Output is kept as the kernel's raw messages until someone looks, then rendered through a
+//! fresh `Collector` (the same budget and spill rules as any result) and dropped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SessionError;
+use crate::kernel::client::{ExecLimits, Execution, OutputSink};
+use crate::kernel::Report;
+use crate::output::{append_note, ProgressFn, Rendered};
+use crate::wire::Content;
+
+/// Most runs remembered (finished and reported ones are forgotten first).
+const KEEP_RUNS: usize = 64;
+
+/// How a run ended.
+pub(super) enum RunEnd {
+    Done {
+        exec: Box<Execution>,
+        report: Report,
+        timeout: Duration,
+        note: Option<String>,
+    },
+    Failed(SessionError),
+    /// Never started: interrupt_kernel or restart_kernel came first.
+    Cancelled(String),
+}
+
+struct Run {
+    /// When it was queued (for the note).
+    queued_at: Instant,
+    started: Option<(Instant, SystemTime)>,
+    /// Outputs not shown yet.
+    pending: Vec<Content>,
+    end: Option<RunEnd>,
+    /// The end was shown.
+    reported: bool,
+    /// Interrupts this run's execution (the call's own cancellation, before it returned).
+    cancel: CancellationToken,
+    /// Progress goes to the call while it waits, not after it returned.
+    progress_open: Arc<std::sync::atomic::AtomicBool>,
+    job: Option<Job>,
+}
+
+/// What a queued run will execute.
+pub(super) struct Job {
+    pub(super) code: String,
+    pub(super) journal_source: String,
+    pub(super) limits: ExecLimits,
+    pub(super) note: Option<String>,
+    pub(super) progress: Option<ProgressFn>,
+}
+
+#[derive(Default)]
+struct State {
+    runs: BTreeMap<u64, Run>,
+    queue: VecDeque<u64>,
+    running: Option<u64>,
+    next: u64,
+    worker: bool,
+}
+
+/// The session's runs.
+#[derive(Default)]
+pub struct Runs {
+    state: Mutex<State>,
+    changed: tokio::sync::Notify,
+}
+
+/// What a look at a run found.
+pub enum Look {
+    /// Still going (or queued): what is new, and the note to end the result with.
+    Going {
+        outputs: Vec<Content>,
+        note: String,
+    },
+    /// Ended just now: the outputs since the last look and the ending.
+    Ended {
+        outputs: Vec<Content>,
+        end: EndView,
+    },
+    /// Its end was shown before.
+    Reported {
+        id: u64,
+    },
+    Unknown {
+        id: Option<u64>,
+    },
+}
+
+/// A run's ending, handed to the renderer.
+pub enum EndView {
+    Done {
+        exec: Box<Execution>,
+        report: Report,
+        timeout: Duration,
+        note: Option<String>,
+    },
+    Failed(SessionError),
+    Cancelled(String),
+}
+
+/// The clock time of `t` as HH:MM:SS UTC.
+fn clock(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s / 60) % 60, s % 60)
+}
+
+impl Runs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a run; returns its id and whether a worker must be started.
+    pub(super) fn submit(
+        &self,
+        code: String,
+        journal_source: String,
+        limits: ExecLimits,
+        note: Option<String>,
+        progress: Option<ProgressFn>,
+        max_queue: usize,
+    ) -> Result<(u64, bool), SessionError> {
+        let mut st = self.lock();
+        // As many may wait as --max-queue allows, the running one counted (as before runs).
+        let queued = st.queue.len() + usize::from(st.running.is_some());
+        if queued > max_queue {
+            return Err(crate::error::KernelError::Busy { queued }.into());
+        }
+        st.next += 1;
+        let id = st.next;
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let progress = progress.map(|mut f| {
+            let open = open.clone();
+            Box::new(move |d: Duration, l: &str| {
+                if open.load(std::sync::atomic::Ordering::SeqCst) {
+                    f(d, l)
+                }
+            }) as ProgressFn
+        });
+        st.runs.insert(
+            id,
+            Run {
+                queued_at: Instant::now(),
+                started: None,
+                pending: Vec::new(),
+                end: None,
+                reported: false,
+                cancel: CancellationToken::new(),
+                progress_open: open,
+                job: Some(Job {
+                    code,
+                    journal_source,
+                    limits,
+                    note,
+                    progress,
+                }),
+            },
+        );
+        st.queue.push_back(id);
+        // Forget the oldest reported runs.
+        while st.runs.len() > KEEP_RUNS {
+            let Some(old) = st.runs.iter().find(|(_, r)| r.reported).map(|(k, _)| *k) else {
+                break;
+            };
+            st.runs.remove(&old);
+        }
+        let start_worker = !st.worker;
+        st.worker = true;
+        drop(st);
+        self.changed.notify_waiters();
+        Ok((id, start_worker))
+    }
+
+    /// The next queued run to execute, marked running; `None` ends the worker.
+    pub(super) fn next_job(&self) -> Option<(u64, Job, CancellationToken)> {
+        let mut st = self.lock();
+        while let Some(id) = st.queue.pop_front() {
+            let Some(run) = st.runs.get_mut(&id) else {
+                continue;
+            };
+            let Some(job) = run.job.take() else { continue };
+            run.started = Some((Instant::now(), SystemTime::now()));
+            let cancel = run.cancel.clone();
+            st.running = Some(id);
+            drop(st);
+            self.changed.notify_waiters();
+            return Some((id, job, cancel));
+        }
+        st.worker = false;
+        None
+    }
+
+    fn output(&self, id: u64, c: &Content) {
+        if let Some(r) = self.lock().runs.get_mut(&id) {
+            r.pending.push(c.clone());
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(super) fn finish(&self, id: u64, end: RunEnd) {
+        let mut st = self.lock();
+        if let Some(r) = st.runs.get_mut(&id) {
+            r.end = Some(end);
+        }
+        if st.running == Some(id) {
+            st.running = None;
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Cancels every queued run (interrupt_kernel, restart_kernel); says how many.
+    pub fn cancel_queued(&self, why: &str) -> usize {
+        let mut st = self.lock();
+        let queued: Vec<u64> = st.queue.drain(..).collect();
+        for id in &queued {
+            if let Some(r) = st.runs.get_mut(id) {
+                r.job = None;
+                r.end = Some(RunEnd::Cancelled(why.to_owned()));
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+        queued.len()
+    }
+
+    /// The id of the latest run.
+    pub fn latest(&self) -> Option<u64> {
+        self.lock().runs.keys().next_back().copied()
+    }
+
+    /// Takes what is new in run `id` (and its end, once).
+    fn look(&self, id: Option<u64>) -> Look {
+        let mut st = self.lock();
+        let Some(id) = id.or_else(|| st.runs.keys().next_back().copied()) else {
+            return Look::Unknown { id: None };
+        };
+        let running = st.running;
+        let Some(run) = st.runs.get_mut(&id) else {
+            return Look::Unknown { id: Some(id) };
+        };
+        let outputs = std::mem::take(&mut run.pending);
+        if let Some(end) = run.end.take() {
+            run.reported = true;
+            let end = match end {
+                RunEnd::Done {
+                    exec,
+                    report,
+                    timeout,
+                    note,
+                } => EndView::Done {
+                    exec,
+                    report,
+                    timeout,
+                    note,
+                },
+                RunEnd::Failed(e) => EndView::Failed(e),
+                RunEnd::Cancelled(s) => EndView::Cancelled(s),
+            };
+            return Look::Ended { outputs, end };
+        }
+        if run.reported {
+            return Look::Reported { id };
+        }
+        let note = match run.started {
+            Some((at, wall)) => format!(
+                "[still running as run {id} (started {}, {:.0} s ago); the kernel keeps working and keeps its state. Call check_run {{\"run\": {id}}} for the rest of its output and its result; interrupt_kernel stops it.]",
+                clock(wall),
+                at.elapsed().as_secs_f64()
+            ),
+            None => {
+                let ahead = running
+                    .map(|r| format!("behind run {r}"))
+                    .unwrap_or_else(|| "behind earlier calls".to_owned());
+                format!(
+                    "[queued {ahead} for {:.0} s: this call is run {id} and starts when the kernel is free, with its state. Call check_run {{\"run\": {id}}} to follow it; interrupt_kernel stops the running code and cancels queued runs.]",
+                    run.queued_at.elapsed().as_secs_f64()
+                )
+            }
+        };
+        Look::Going { outputs, note }
+    }
+
+    /// Waits for run `id` to end, up to `wait` (`None`: until it ends). With `on_output`,
+    /// also returns soon after new output appears (`check_run`). `cancel` (the call's own
+    /// cancellation) interrupts the run.
+    pub async fn wait(
+        &self,
+        id: Option<u64>,
+        wait: Option<Duration>,
+        on_output: bool,
+        cancel: &CancellationToken,
+        detach: bool,
+    ) -> Look {
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut output_seen: Option<Instant> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (ended, has_output) = {
+                let st = self.lock();
+                let key = id.or_else(|| st.runs.keys().next_back().copied());
+                match key.and_then(|k| st.runs.get(&k)) {
+                    Some(r) => (r.end.is_some() || r.reported, !r.pending.is_empty()),
+                    None => (true, false),
+                }
+            };
+            if ended {
+                break;
+            }
+            if on_output && has_output {
+                // Gather what follows closely, then return it.
+                let seen = *output_seen.get_or_insert_with(Instant::now);
+                if seen.elapsed() >= Duration::from_secs(2) {
+                    break;
+                }
+            }
+            let mut until = deadline;
+            if let Some(seen) = output_seen {
+                let batch = seen + Duration::from_secs(2);
+                until = Some(until.map_or(batch, |d| d.min(batch)));
+            }
+            let sleep = async {
+                match until {
+                    Some(u) => tokio::time::sleep_until(u.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = sleep => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) || output_seen.is_some() {
+                        break;
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    self.cancel_run(id);
+                    // Wait for the interrupted run to end (bounded by its own grace).
+                    return Box::pin(self.wait(id, None, false, &CancellationToken::new(), detach)).await;
+                }
+            }
+        }
+        let look = self.look(id);
+        if detach && matches!(look, Look::Going { .. }) {
+            if let Some(r) =
+                id.and_then(|i| self.lock().runs.get(&i).map(|r| r.progress_open.clone()))
+            {
+                r.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        look
+    }
+
+    /// Interrupts run `id` if it runs, or drops it from the queue.
+    fn cancel_run(&self, id: Option<u64>) {
+        let mut st = self.lock();
+        let Some(id) = id.or_else(|| st.runs.keys().next_back().copied()) else {
+            return;
+        };
+        st.queue.retain(|q| *q != id);
+        if let Some(r) = st.runs.get_mut(&id) {
+            if r.job.take().is_some() {
+                r.end = Some(RunEnd::Cancelled(
+                    "the call was cancelled before it started".into(),
+                ));
+            } else {
+                r.cancel.cancel();
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The sink a run's execution writes to: every output is kept until someone looks.
+pub(super) struct RunSink {
+    pub runs: Arc<Runs>,
+    pub id: u64,
+}
+
+impl OutputSink for RunSink {
+    fn output(&mut self, content: &Content) {
+        self.runs.output(self.id, content);
+    }
+}
+
+/// Ends a result that is still going with its note.
+pub fn with_note(mut r: Rendered, note: &str) -> Rendered {
+    append_note(&mut r, note);
+    r
+}

@@ -1,0 +1,118 @@
+//! Runs that outlive their call (issue 22): a call returns after --return-after with the output
+//! so far and a note; check_run collects the rest and the end, once; queued calls say so;
+//! interrupt_kernel stops the running code and cancels the queue; calls run in the order sent.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{is_error, text, texts, Server};
+
+/// check_run until the run's end shows (each call waits up to the server's return-after).
+async fn collect(s: &Server, run: u64) -> Vec<String> {
+    let mut all = Vec::new();
+    let end = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < end {
+        let r = s.call("check_run", json!({"run": run})).await;
+        let t = texts(&r);
+        let done = t
+            .iter()
+            .any(|x| x.starts_with("[the run ") || x.starts_with("[the run never started"));
+        all.extend(t);
+        if done {
+            return all;
+        }
+    }
+    panic!("run {run} never ended: {all:?}");
+}
+
+#[tokio::test]
+async fn a_long_cell_returns_early_and_check_run_collects_the_rest() {
+    let s = Server::start_with(&["--return-after", "2"]).await;
+    let began = Instant::now();
+    let r = s
+        .exec("import time\nprint('first', flush=True)\ntime.sleep(6)\nprint('second')\nx = 41\nx")
+        .await;
+    let first_answer = began.elapsed();
+    let t = texts(&r);
+    assert!(!is_error(&r), "{t:?}");
+    assert!(first_answer < Duration::from_secs(5), "{first_answer:?}");
+    assert!(t.iter().any(|x| x.contains("first")), "{t:?}");
+    let note = t.last().cloned().unwrap_or_default();
+    assert!(note.starts_with("[still running as run 1 ("), "{t:?}");
+    assert!(note.contains("check_run"), "{note}");
+    // The rest, once: the later output, the value, and how the run ended.
+    let rest = collect(&s, 1).await;
+    let joined = rest.join("\n");
+    assert_eq!(joined.matches("second").count(), 1, "{rest:?}");
+    assert!(!joined.contains("first"), "{rest:?}");
+    assert!(rest.iter().any(|x| x == "41"), "{rest:?}");
+    assert!(joined.contains("[the run finished after "), "{rest:?}");
+    // Reported once; later looks say so.
+    let r = s.call("check_run", json!({})).await;
+    assert!(text(&r).contains("already"), "{}", text(&r));
+    // The state is kept.
+    assert_eq!(text(&s.exec("x + 1").await), "42");
+    // A short call is unchanged: no note.
+    let r = s.exec("print('quick')").await;
+    assert_eq!(texts(&r), vec!["quick\n"]);
+    // No such run.
+    let r = s.call("check_run", json!({"run": 99})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("no run 99"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+#[tokio::test]
+async fn queued_calls_say_so_and_interrupt_cancels_them() {
+    let s = Server::start_with(&["--return-after", "1"]).await;
+    let r = s.exec("import time\ntime.sleep(60)").await;
+    assert!(text(&r).contains("still running as run 1"), "{}", text(&r));
+    let r = s.exec("print('queued one ran')").await;
+    let t = text(&r);
+    assert!(
+        t.contains("queued behind run 1") && t.contains("run 2"),
+        "{t}"
+    );
+    let r = s.call("interrupt_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        text(&r).contains("1 queued run(s) were cancelled"),
+        "{}",
+        text(&r)
+    );
+    let one = collect(&s, 1).await.join("\n");
+    assert!(one.contains("KeyboardInterrupt"), "{one}");
+    let two = collect(&s, 2).await.join("\n");
+    assert!(
+        two.contains("never started") && !two.contains("queued one ran"),
+        "{two}"
+    );
+    // The kernel and its state go on.
+    assert_eq!(text(&s.exec("'still ' + 'here'").await), "'still here'");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn calls_run_in_the_order_sent() {
+    let s = Server::start().await;
+    for i in 0..8 {
+        let first = s.request(
+            "execute_python",
+            json!({"code": format!("import time\ntime.sleep(0.3)\nshared = {i}")}),
+            false,
+        );
+        let second = s.request("execute_python", json!({"code": "print(shared)"}), false);
+        let (a, b) =
+            tokio::time::timeout(crate::harness::HANG, async { tokio::join!(first, second) })
+                .await
+                .expect("the pair hung");
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(!is_error(&a), "{}", text(&a));
+        assert_eq!(text(&b), format!("{i}\n"), "pair {i}: {}", text(&b));
+    }
+    s.close().await;
+}
