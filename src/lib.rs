@@ -21,6 +21,7 @@ pub mod runner;
 pub mod serve;
 pub mod session;
 pub mod stdin_guard;
+pub mod tables;
 pub mod text;
 pub mod tools;
 pub mod traceback;

@@ -136,14 +136,19 @@ pub fn html_to_text(html: &str) -> String {
         cut -= 1;
     }
     let html = html.get(..cut).unwrap_or("");
+    // Tables are laid out exactly by `tables`; the converter handles the rest of the page.
+    let (rest, tables) = match crate::tables::split_tables(html) {
+        Some((rest, tables)) => (std::borrow::Cow::Owned(rest), tables),
+        None => (std::borrow::Cow::Borrowed(html), Vec::new()),
+    };
     let converter = htmd::HtmlToMarkdown::builder()
         .skip_tags(vec!["script", "style", "head", "noscript"])
         .build();
-    match converter.convert(html) {
-        Ok(md) => md,
+    match converter.convert(&rest) {
+        Ok(md) => crate::tables::restore_tables(md, &tables).trim().to_owned(),
         Err(e) => {
             tracing::debug!(error = %e, "HTML could not be converted");
-            String::new()
+            tables.join("\n")
         }
     }
 }

@@ -20,7 +20,7 @@ async fn latex_json_html_and_svg_displays_are_readable() {
         .await;
     assert_eq!(
         texts(&r),
-        vec!["| a | b |\n| - | - |\n| 1 | x |\n\nHello **world**"]
+        vec!["| a | b |\n| --- | --- |\n| 1 | x |\n\nHello **world**"]
     );
     let r = s
         .exec("SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"40\" height=\"20\"><rect width=\"40\" height=\"20\" fill=\"red\"/></svg>')")
@@ -97,5 +97,168 @@ async fn a_pandas_key_error_keeps_the_users_frame_and_saves_the_rest() {
     let full = std::fs::read_to_string(s.ws().join(saved)).unwrap();
     assert!(full.contains("_check_indexing_error"), "{full}");
     assert!(full.contains("----> 4     return df['b']"), "{full}");
+    s.close().await;
+}
+
+/// The corpus: pandas frames of every shape an analyst shows, each through `to_html` and through
+/// a `Styler`; the kernel says what each cell must hold, from the DataFrame itself.
+const TABLE_CORPUS: &str = r#"
+import json, math
+import numpy as np, pandas as pd
+from IPython.display import HTML, display
+_rng = np.random.default_rng(0)
+_mi = pd.MultiIndex.from_product([['p', 'q'], [1, 2]], names=['k1', 'k2'])
+_mc = pd.MultiIndex.from_product([['A', 'B'], ['x', 'y']])
+_frames = [
+    pd.DataFrame({'age': [32.0, 27.0], 'had_affair': [1, 0]}, index=['a', 'b']),
+    pd.DataFrame({'x': [1, 2, 3], 'y': [0.5, -1.25, 3e10]}),
+    pd.DataFrame({'v': [1.5, 2.5]}, index=pd.Index(['r1', 'r2'], name='key')),
+    pd.DataFrame({'a': range(4), 'b': [0.1, 0.2, 0.3, 0.4]}, index=_mi),
+    pd.DataFrame(np.arange(8).reshape(2, 4), columns=_mc),
+    pd.DataFrame(np.arange(16).reshape(4, 4) * 1.5, index=_mi, columns=_mc),
+    pd.DataFrame({'a': [1.0, np.nan, 3.0], 'b': ['x', None, 'z']}),
+    pd.DataFrame({'名前': ['Zoë', '東京'], '€': [1, 2]}),
+    pd.DataFrame({'p': ['a|b', 'c'], 'q': ['x', 'y|z|w']}),
+    pd.DataFrame(_rng.integers(0, 100, (3, 30)), columns=[f'c{i}' for i in range(30)]),
+    pd.DataFrame({'n': range(60), 'sq': [i * i for i in range(60)]}),
+    pd.DataFrame({'flag': [True, False], 'v': [0, 1]}),
+    pd.DataFrame({'d': [-1.5, -0.001, 12345.678]}),
+    pd.DataFrame({'v': [10, 20]}, index=[100, 200]),
+    pd.DataFrame({'v': [1, 2]}, index=pd.to_datetime(['2024-01-01', '2024-02-01'])),
+    pd.DataFrame({'s': ['', 'non-empty'], 't': ['a', '']}),
+    pd.DataFrame(_rng.normal(size=(5, 3)), columns=['alpha', 'beta', 'gamma']),
+]
+# (frame number, how): 'html' = to_html(), 'style' = Styler(precision=3), then Styler variants.
+_cases = [(i, 'html') for i in range(len(_frames))] + [(i, 'style') for i in range(len(_frames))]
+_cases += [(0, 'hide'), (2, 'caption'), (16, 'fmt2'), (3, 'hide'), (5, 'caption')]
+
+def _kmcp_html(n):
+    i, how = _cases[n]
+    df = _frames[i]
+    if how == 'html':
+        return df.to_html()
+    st = df.style.format(precision=3)
+    if how == 'hide':
+        st = st.hide(axis='index')
+    if how == 'caption':
+        st = st.set_caption('Quarterly | results')
+    if how == 'fmt2':
+        st = df.style.format('{:.2f}')
+    return st.to_html()
+
+def _cell(v):
+    if v is None:
+        return {'none': 1}
+    if isinstance(v, (bool, np.bool_)):
+        return {'s': str(bool(v))}
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return {'nan': 1} if math.isnan(float(v)) else {'f': float(v)}
+    return {'s': str(v)}
+
+def _kmcp_expect(n):
+    i, how = _cases[n]
+    df = _frames[i]
+    hide = how == 'hide'
+    names = ['' if x is None else str(x) for x in df.index.names]
+    cols = [' / '.join(str(l) for l in (c if isinstance(c, tuple) else (c,)) if str(l) != '') for c in df.columns]
+    header = ([] if hide else names) + cols
+    # to_html formats index labels (a date as 2024-01-01); a Styler shows str() of each.
+    levels = [df.index.get_level_values(k) for k in range(df.index.nlevels)]
+    levels = [lv.astype(str) if how == 'html' else [str(x) for x in lv] for lv in levels]
+    rows = []
+    for r in range(len(df)):
+        labels = [] if hide else [{'s': lv[r]} for lv in levels]
+        rows.append(labels + [_cell(v) for v in df.iloc[r].tolist()])
+    tol = 0.006 if how == 'fmt2' else (0.0006 if how != 'html' else 1e-5)
+    return json.dumps({'header': header, 'rows': rows, 'tol': tol, 'caption': how == 'caption'})
+print(len(_cases))
+"#;
+
+/// A Markdown table's cells, row by row (header first, separator dropped), pipes unescaped.
+fn parse_markdown_table(md: &str) -> Vec<Vec<String>> {
+    md.lines()
+        .filter(|l| l.starts_with('|'))
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| {
+            let inner = l.trim().trim_start_matches('|');
+            let inner = inner.strip_suffix('|').unwrap_or(inner);
+            let mut cells = Vec::new();
+            let mut cur = String::new();
+            let mut chars = inner.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' if chars.peek() == Some(&'|') => {
+                        cur.push('|');
+                        chars.next();
+                    }
+                    '|' => cells.push(std::mem::take(&mut cur).trim().to_owned()),
+                    _ => cur.push(c),
+                }
+            }
+            cells.push(cur.trim().to_owned());
+            cells
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pandas_tables_keep_every_value_under_its_label() {
+    let s = Server::start().await;
+    let r = s.exec(TABLE_CORPUS).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let n: usize = text(&r).trim().parse().unwrap();
+    assert!(n >= 30, "only {n} tables");
+    let mut cells_checked = 0usize;
+    for i in 0..n {
+        let r = s.exec(&format!("display(HTML(_kmcp_html({i})))")).await;
+        assert!(!is_error(&r), "table {i}: {}", text(&r));
+        let md = text(&r);
+        let e = s.exec(&format!("print(_kmcp_expect({i}))")).await;
+        let want: serde_json::Value = serde_json::from_str(text(&e).trim()).unwrap();
+        let grid = parse_markdown_table(&md);
+        let (head, body) = grid
+            .split_first()
+            .unwrap_or_else(|| panic!("table {i}: no table in {md}"));
+        let want_head: Vec<String> = want["header"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(head, &want_head, "table {i} header:\n{md}");
+        if want["caption"] == true {
+            assert!(
+                md.starts_with("Table: Quarterly | results"),
+                "table {i}:\n{md}"
+            );
+        }
+        let rows = want["rows"].as_array().unwrap();
+        assert_eq!(body.len(), rows.len(), "table {i} rows:\n{md}");
+        let tol = want["tol"].as_f64().unwrap();
+        for (r, (got, want)) in body.iter().zip(rows).enumerate() {
+            let want = want.as_array().unwrap();
+            assert_eq!(got.len(), want.len(), "table {i} row {r}: {got:?}\n{md}");
+            for (c, (g, w)) in got.iter().zip(want).enumerate() {
+                let ok = if let Some(f) = w["f"].as_f64() {
+                    g.replace(',', "")
+                        .parse::<f64>()
+                        .is_ok_and(|x| (x - f).abs() <= tol * f.abs().max(1.0))
+                } else if w["nan"] == 1 {
+                    matches!(g.as_str(), "NaN" | "nan" | "")
+                } else if w["none"] == 1 {
+                    matches!(g.as_str(), "None" | "")
+                } else {
+                    g == w["s"].as_str().unwrap()
+                };
+                assert!(
+                    ok,
+                    "table {i} row {r} column {c}: got {g:?}, want {w}\n{md}"
+                );
+                cells_checked += 1;
+            }
+        }
+    }
+    eprintln!("table corpus: {n} tables, {cells_checked} cells equal to the DataFrame's values");
     s.close().await;
 }
