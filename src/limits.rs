@@ -109,6 +109,17 @@ pub fn human_bytes(n: u64) -> String {
 ///
 /// # Errors
 /// A message for clap when the text is not a whole number in range.
+/// `--max-image-bytes`: a size from 16K to 64M.
+pub fn parse_image_bytes(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?
+        .0
+        .ok_or_else(|| format!("{s:?}: give a size from 16K to 64M"))?;
+    match usize::try_from(n) {
+        Ok(n) if ((16 << 10)..=(64 << 20)).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: give a size from 16K to 64M")),
+    }
+}
+
 pub fn parse_count(s: &str, max: usize) -> Result<usize, String> {
     let n: u128 = s
         .trim()

@@ -153,14 +153,70 @@ pub fn html_to_text(html: &str) -> String {
     }
 }
 
-/// The fonts SVG text is drawn with: the system's, loaded once.
-fn fonts() -> std::sync::Arc<resvg::usvg::fontdb::Database> {
-    static DB: std::sync::OnceLock<std::sync::Arc<resvg::usvg::fontdb::Database>> =
-        std::sync::OnceLock::new();
+/// The fonts SVG text is drawn with: the system's, loaded once, with the generic families
+/// (`sans-serif`, `serif`, `monospace`, and text with no family) mapped to installed fonts.
+/// fontdb's defaults (Arial, Times New Roman, Courier New) are missing on most Linux systems,
+/// and text set in a family that is not there is not drawn at all. Returns the database and
+/// the family for text that names none.
+fn fonts() -> (std::sync::Arc<resvg::usvg::fontdb::Database>, String) {
+    type Fonts = (std::sync::Arc<resvg::usvg::fontdb::Database>, String);
+    static DB: std::sync::OnceLock<Fonts> = std::sync::OnceLock::new();
     DB.get_or_init(|| {
         let mut db = resvg::usvg::fontdb::Database::new();
         db.load_system_fonts();
-        std::sync::Arc::new(db)
+        let installed = |names: &[&str]| -> Option<String> {
+            names
+                .iter()
+                .find(|n| {
+                    db.faces().any(|f| {
+                        f.families
+                            .iter()
+                            .any(|(fam, _)| fam.eq_ignore_ascii_case(n))
+                    })
+                })
+                .map(|n| (*n).to_owned())
+        };
+        let any = db
+            .faces()
+            .find_map(|f| f.families.first().map(|(fam, _)| fam.clone()));
+        let sans = installed(&[
+            "DejaVu Sans",
+            "Liberation Sans",
+            "Arial",
+            "Helvetica",
+            "Noto Sans",
+            "Segoe UI",
+            "Bitstream Vera Sans",
+        ])
+        .or_else(|| any.clone());
+        let serif = installed(&[
+            "DejaVu Serif",
+            "Liberation Serif",
+            "Times New Roman",
+            "Times",
+            "Noto Serif",
+        ])
+        .or_else(|| sans.clone());
+        let mono = installed(&[
+            "DejaVu Sans Mono",
+            "Liberation Mono",
+            "Courier New",
+            "Menlo",
+            "Consolas",
+            "Noto Sans Mono",
+        ])
+        .or_else(|| sans.clone());
+        if let Some(f) = &sans {
+            db.set_sans_serif_family(f.clone());
+        }
+        if let Some(f) = &serif {
+            db.set_serif_family(f.clone());
+        }
+        if let Some(f) = &mono {
+            db.set_monospace_family(f.clone());
+        }
+        let default = sans.unwrap_or_else(|| "sans-serif".to_owned());
+        (std::sync::Arc::new(db), default)
     })
     .clone()
 }
@@ -174,8 +230,10 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
     if svg.len() > MAX_SVG_BYTES {
         return Err(format!("SVG of {} bytes is too large", svg.len()));
     }
+    let (fontdb, font_family) = fonts();
     let mut opt = usvg::Options {
-        fontdb: fonts(),
+        fontdb,
+        font_family,
         ..usvg::Options::default()
     };
     opt.image_href_resolver = usvg::ImageHrefResolver {

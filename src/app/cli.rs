@@ -68,6 +68,13 @@ pub(crate) struct Opts {
     /// Most images returned per call.
     #[arg(long, default_value = "10", value_parser = |s: &str| limits::parse_count(s, limits::MAX_IMAGES), global = true)]
     pub(crate) max_images: usize,
+    /// Longest edge, in pixels, of an image returned to the client (bigger ones are downscaled;
+    /// the original is kept in the workspace). 64 to 8000.
+    #[arg(long, default_value = "1568", value_parser = |s: &str| limits::parse_count(s, 8000).and_then(|n| if n < 64 { Err(format!("{s:?}: give a number of pixels from 64 to 8000")) } else { Ok(n) }), global = true)]
+    pub(crate) max_image_px: usize,
+    /// Largest encoded image returned to the client (re-encoded smaller past it): 16K to 64M.
+    #[arg(long, default_value = "1M", value_parser = limits::parse_image_bytes, global = true)]
+    pub(crate) max_image_bytes: usize,
     /// Seconds the kernel may take to start.
     #[arg(long, default_value = "60", value_parser = limits::parse_seconds, global = true)]
     pub(crate) startup_timeout: Duration,

@@ -269,6 +269,10 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         output: OutputLimits {
             text_budget: o.output_budget.max(1000),
             max_images: o.max_images,
+            image_fit: crate::output::images::ImageFit {
+                max_px: u32::try_from(o.max_image_px).unwrap_or(1568),
+                max_bytes: o.max_image_bytes,
+            },
             sandbox: sandbox_policy(&o, workspace.root(), quota).map(Arc::new),
             ..OutputLimits::default()
         },

@@ -3,6 +3,7 @@
 //! kept, and the full text streams to a file in the workspace.
 
 mod budget;
+pub mod images;
 mod progress;
 mod render;
 mod text;
@@ -31,6 +32,8 @@ pub struct OutputLimits {
     pub max_images: usize,
     /// Total base64 bytes of images returned per call.
     pub max_image_bytes: usize,
+    /// What each image is fitted to (`--max-image-px`, `--max-image-bytes`).
+    pub image_fit: images::ImageFit,
     /// The kernel's sandbox policy, to explain errors that are sandbox denials (local kernels).
     pub sandbox: Option<std::sync::Arc<crate::denials::SandboxPolicy>>,
 }
@@ -41,8 +44,18 @@ impl Default for OutputLimits {
             text_budget: 20_000,
             max_images: 10,
             max_image_bytes: 8 * 1024 * 1024,
+            image_fit: images::ImageFit::default(),
             sandbox: None,
         }
+    }
+}
+
+/// "PNG" for image/png, "JPEG" for image/jpeg.
+fn short_type(mime: &str) -> &str {
+    match mime {
+        "image/png" => "PNG",
+        "image/jpeg" => "JPEG",
+        other => other,
     }
 }
 
@@ -268,7 +281,63 @@ impl Collector {
             self.spill_text(text);
         }
     }
+    /// Saves `bytes` as a workspace output file; its path.
+    fn save_original(&mut self, mime: &str, bytes: &[u8]) -> Option<String> {
+        let ext = if mime == "image/png" { ".png" } else { ".jpg" };
+        let (path, mut f) = self.spill_target.as_mut()?.create(ext).ok()?;
+        f.write_all(bytes).ok()?;
+        Some(path)
+    }
+
     fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+        let decoded = b64.decode(&clean).ok();
+        let fitted = decoded
+            .as_deref()
+            .map(|bytes| images::fit(mime, bytes, &self.limits.image_fit));
+        match (fitted, decoded.as_deref()) {
+            (Some(images::Fit::Fitted(f)), Some(orig)) => {
+                let saved = self
+                    .save_original(mime, orig)
+                    .map(|p| format!("; the full-size original is saved as {p} (read_file returns it fitted the same way; open it from Python for the full resolution)"))
+                    .unwrap_or_default();
+                let note = format!(
+                    "[image: {}×{} {} of {} KiB shown at {}×{} as {} of {} KiB, to fit the client's image limits (--max-image-px {}, --max-image-bytes {}){saved}]",
+                    f.from.0,
+                    f.from.1,
+                    short_type(mime),
+                    orig.len() / 1024,
+                    f.to.0,
+                    f.to.1,
+                    short_type(f.mime),
+                    f.bytes.len() / 1024,
+                    self.limits.image_fit.max_px,
+                    self.limits.image_fit.max_bytes,
+                );
+                let data = b64.encode(&f.bytes);
+                self.push_fitted_image(f.mime, &data, display_id);
+                self.push_text(Kind::Note, &format!("{note}\n"), None);
+                return;
+            }
+            (Some(images::Fit::Refused(why)), Some(orig)) => {
+                let saved = self
+                    .save_original(mime, orig)
+                    .map(|p| format!(" saved as {p}"))
+                    .unwrap_or_default();
+                self.dropped_images.push(format!(
+                    "{mime} image of {} KiB not shown: {why};{saved}",
+                    orig.len() / 1024
+                ));
+                return;
+            }
+            _ => {}
+        }
+        self.push_fitted_image(mime, data, display_id);
+    }
+
+    fn push_fitted_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
         if self.images >= self.limits.max_images
             || self.image_bytes + data.len() > self.limits.max_image_bytes
         {

@@ -399,10 +399,28 @@ impl Server {
                 CallToolResult::success(c)
             }
             Ok(ReadOutcome::Image { mime, bytes }) => {
-                CallToolResult::success(vec![Content::image(
-                    base64::engine::general_purpose::STANDARD.encode(bytes),
-                    mime,
-                )])
+                let limits = self.session.settings().output.image_fit;
+                match crate::output::images::fit(mime, &bytes, &limits) {
+                    crate::output::images::Fit::Fitted(f) => CallToolResult::success(vec![
+                        Content::image(
+                            base64::engine::general_purpose::STANDARD.encode(&f.bytes),
+                            f.mime,
+                        ),
+                        Content::text(format!(
+                            "[image: {}×{} of {} KiB shown at {}×{} ({} KiB) to fit the client's image limits (--max-image-px {}, --max-image-bytes {}); the file itself is unchanged]",
+                            f.from.0, f.from.1, bytes.len() / 1024, f.to.0, f.to.1, f.bytes.len() / 1024, limits.max_px, limits.max_bytes
+                        )),
+                    ]),
+                    crate::output::images::Fit::Refused(why) => {
+                        tool_error(format!("the image could not be shown: {why}"))
+                    }
+                    crate::output::images::Fit::Unchanged => {
+                        CallToolResult::success(vec![Content::image(
+                            base64::engine::general_purpose::STANDARD.encode(bytes),
+                            mime,
+                        )])
+                    }
+                }
             }
             Ok(ReadOutcome::Binary { description }) => {
                 CallToolResult::success(vec![Content::text(description)])

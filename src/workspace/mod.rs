@@ -26,7 +26,8 @@ pub const MAX_COMPONENTS: usize = 64;
 /// Largest write, in bytes (after base64 decoding).
 pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest image returned by read_file, in bytes.
-pub const MAX_IMAGE_BYTES: u64 = 5 * 1024 * 1024;
+/// Largest image file read_file takes (it is then fitted to the client's image limits).
+pub const MAX_IMAGE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most characters of text returned by one read_file call.
 pub const MAX_READ_CHARS: usize = 100_000;
 /// How far read_file scans to reach an `offset` before giving up.

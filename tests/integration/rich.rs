@@ -262,3 +262,94 @@ async fn pandas_tables_keep_every_value_under_its_label() {
     eprintln!("table corpus: {n} tables, {cells_checked} cells equal to the DataFrame's values");
     s.close().await;
 }
+
+fn decode_image(data: &str) -> image::DynamicImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    image::load_from_memory(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_big_figure_is_fitted_and_its_original_kept() {
+    use image::GenericImageView;
+    let s = Server::start().await;
+    let r = s
+        .exec("import matplotlib.pyplot as plt\nimport numpy as np\nfig, ax = plt.subplots(figsize=(20, 12), dpi=300)\nax.plot(np.cumsum(np.random.default_rng(0).normal(size=2000)))\nax.set_title('big figure')\nplt.show()")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1, "{:?}", texts(&r));
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&imgs[0].data)
+        .unwrap();
+    assert!(raw.len() <= 1 << 20, "{} bytes", raw.len());
+    let shown = decode_image(&imgs[0].data);
+    let (w, h) = shown.dimensions();
+    assert!(w.max(h) <= 1568 && w.max(h) >= 1000, "{w}×{h}");
+    let note = texts(&r)
+        .into_iter()
+        .find(|t| t.starts_with("[image: "))
+        .expect("a note on the fitted image");
+    assert!(note.contains(&format!("shown at {w}×{h}")), "{note}");
+    let path = note
+        .split("saved as ")
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .expect("the original's path")
+        .to_owned();
+    let original = image::open(s.ws().join(&path)).unwrap();
+    assert!(
+        original.dimensions().0 > 4000,
+        "{:?}",
+        original.dimensions()
+    );
+    // read_file shows the original fitted the same way.
+    let r = s.call("read_file", serde_json::json!({"path": path})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1);
+    assert!(decode_image(&imgs[0].data).dimensions().0 <= 1568);
+    assert!(
+        text(&r).contains("the file itself is unchanged"),
+        "{}",
+        text(&r)
+    );
+    s.close().await;
+}
+
+/// Dark pixels in a PNG display (text drawn black on the white page).
+fn dark_pixels(data: &str) -> usize {
+    decode_image(data)
+        .to_luma8()
+        .pixels()
+        .filter(|p| p.0[0] < 128)
+        .count()
+}
+
+#[tokio::test]
+async fn svg_text_in_generic_families_is_drawn() {
+    let s = Server::start().await;
+    for family in [
+        "",
+        "font-family=\"sans-serif\"",
+        "font-family=\"serif\"",
+        "font-family=\"monospace\"",
+    ] {
+        let r = s
+            .exec(&format!("from IPython.display import SVG\nSVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"240\" height=\"60\"><text x=\"5\" y=\"45\" font-size=\"36\" {}>Hello</text></svg>')", family.replace('"', "\\\"")))
+            .await;
+        let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+        assert_eq!(imgs.len(), 1, "{family}: {:?}", texts(&r));
+        let dark = dark_pixels(&imgs[0].data);
+        assert!(dark > 200, "{family}: {dark} dark pixels");
+    }
+    // matplotlib's SVG backend with text kept as text.
+    let r = s
+        .exec("import io, matplotlib.pyplot as plt\nfrom IPython.display import SVG, display\nplt.rcParams['svg.fonttype'] = 'none'\nfig = plt.figure(figsize=(3, 1))\nfig.text(0.05, 0.3, 'Quarterly', fontsize=30, family='sans-serif')\nb = io.StringIO()\nfig.savefig(b, format='svg')\nplt.close(fig)\ndisplay(SVG(b.getvalue()))")
+        .await;
+    let imgs: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(imgs.len(), 1, "{:?}", texts(&r));
+    assert!(dark_pixels(&imgs[0].data) > 200);
+    s.close().await;
+}
