@@ -98,6 +98,16 @@ def _hidden(name, value, hidden_ns):
     return name in hidden_ns and hidden_ns[name] is value
 
 
+def _imported(value):
+    """A class or function brought in by an import (defined elsewhere than the session)."""
+    try:
+        if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
+            return getattr(value, "__module__", "__main__") not in ("__main__", None)
+    except Exception:
+        pass
+    return False
+
+
 class _Listing:
     def __init__(self, text):
         self.text = text
@@ -106,16 +116,20 @@ class _Listing:
         return self.text
 
 
-def run(pattern, limit):
+def run(pattern, limit, show_all=False):
     ip = sys.modules["IPython"].get_ipython()
     ns = ip.user_ns
     hidden_ns = getattr(ip, "user_ns_hidden", {})
     names = []
+    imported = 0
     for name in list(ns):
         if not isinstance(name, str):
             continue
         value = ns.get(name)
         if _hidden(name, value, hidden_ns):
+            continue
+        if not show_all and _imported(value):
+            imported += 1
             continue
         if pattern:
             if any(c in pattern for c in "*?["):
@@ -138,4 +152,4 @@ def run(pattern, limit):
                 "value": _value(v),
             }
         )
-    return _Listing(json.dumps({"total": len(names), "variables": rows}))
+    return _Listing(json.dumps({"total": len(names), "variables": rows, "imported_hidden": imported}))

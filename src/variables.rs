@@ -37,16 +37,20 @@ pub struct Listing {
     pub total: usize,
     /// The variables, sorted by name.
     pub variables: Vec<Variable>,
+    /// Imported classes and functions left out (`all: true` lists them).
+    #[serde(default)]
+    pub imported_hidden: usize,
 }
 
 /// The user expression that produces the listing's JSON as its repr. It evaluates to a value
 /// without assigning anything in the user namespace: the helper lives in a fresh dict.
-pub fn expression(filter: Option<&str>) -> String {
+pub fn expression(filter: Option<&str>, all: bool) -> String {
     let lit = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "''".into());
     format!(
-        "(lambda g: (__import__('builtins').exec({}, g), g['run']({}, {MAX_VARIABLES}))[1])({{}})",
+        "(lambda g: (__import__('builtins').exec({}, g), g['run']({}, {MAX_VARIABLES}, {}))[1])({{}})",
         lit(HELPER),
-        lit(filter.unwrap_or(""))
+        lit(filter.unwrap_or("")),
+        if all { "True" } else { "False" }
     )
 }
 
@@ -56,52 +60,43 @@ pub fn parse(text: &str) -> Result<Listing, serde_json::Error> {
 }
 
 impl Listing {
-    /// An aligned text table, one variable per line, with a note when some were left out.
+    /// One compact line per variable (`name: type shape [dtype] size = value`, no padding: the
+    /// structured form carries the columns), with notes on what was left out.
     pub fn to_text(&self) -> String {
-        if self.variables.is_empty() {
+        if self.variables.is_empty() && self.imported_hidden == 0 {
             return "(no variables)".into();
         }
-        let header = ["name", "type", "shape", "dtype", "size", "value"];
-        let rows: Vec<[String; 6]> = self
+        let mut out: Vec<String> = self
             .variables
             .iter()
             .map(|v| {
-                [
-                    v.name.clone(),
-                    v.type_name.clone(),
-                    v.shape.clone().unwrap_or_else(|| "-".into()),
-                    v.dtype.clone().unwrap_or_else(|| "-".into()),
-                    v.size_bytes.map(human).unwrap_or_else(|| "-".into()),
-                    v.value.clone(),
-                ]
+                let mut line = format!("{}: {}", v.name, v.type_name);
+                if let Some(s) = &v.shape {
+                    line.push(' ');
+                    line.push_str(s);
+                }
+                if let Some(d) = &v.dtype {
+                    line.push_str(&format!(" [{d}]"));
+                }
+                if let Some(b) = v.size_bytes {
+                    line.push(' ');
+                    line.push_str(&human(b));
+                }
+                line.push_str(" = ");
+                line.push_str(&v.value);
+                line
             })
             .collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for r in &rows {
-            for (w, cell) in widths.iter_mut().zip(r.iter()) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: [&str; 6]| {
-            let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(widths.iter()).enumerate() {
-                if i == 5 {
-                    s.push_str(c);
-                } else {
-                    s.push_str(c);
-                    s.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 2));
-                }
-            }
-            s
-        };
-        let mut out = vec![line(header)];
-        for r in &rows {
-            out.push(line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
-        }
         if self.total > self.variables.len() {
             out.push(format!(
                 "[{} more not shown; pass filter to narrow, e.g. \"df*\"]",
                 self.total - self.variables.len()
+            ));
+        }
+        if self.imported_hidden > 0 {
+            out.push(format!(
+                "[{} imported class(es) and function(s) not shown; pass all: true to list them]",
+                self.imported_hidden
             ));
         }
         out.join("\n")
@@ -122,25 +117,25 @@ mod tests {
     }
 
     #[test]
-    fn table_aligns_and_notes_the_rest() {
+    fn lines_are_compact_and_notes_say_what_is_left_out() {
         let l = parse(
-            r#"{"total": 3, "variables": [
+            r#"{"total": 3, "imported_hidden": 2, "variables": [
             {"name": "df", "type": "DataFrame", "shape": "(3, 2)", "dtype": "a: int64", "size_bytes": 180, "value": "first row"},
             {"name": "n", "type": "int", "shape": null, "dtype": null, "size_bytes": 28, "value": "1"}]}"#,
         )
         .unwrap();
         assert_eq!(
             l.to_text(),
-            "name  type       shape   dtype     size   value\n\
-             df    DataFrame  (3, 2)  a: int64  180 B  first row\n\
-             n     int        -       -         28 B   1\n\
-             [1 more not shown; pass filter to narrow, e.g. \"df*\"]"
+            "df: DataFrame (3, 2) [a: int64] 180 B = first row\n\
+             n: int 28 B = 1\n\
+             [1 more not shown; pass filter to narrow, e.g. \"df*\"]\n\
+             [2 imported class(es) and function(s) not shown; pass all: true to list them]"
         );
     }
 
     #[test]
     fn expression_embeds_the_filter_as_a_literal() {
-        let e = expression(Some("x'); import os; ('"));
+        let e = expression(Some("x'); import os; ('"), false);
         assert!(e.contains(r#""x'); import os; ('""#));
         assert!(e.starts_with("(lambda g:"));
     }

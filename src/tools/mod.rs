@@ -43,7 +43,10 @@ fn tool_error(msg: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![Content::text(msg.into())])
 }
 
-/// A result with the text for older clients and the same data as structuredContent.
+/// A result with the text for older clients and the same data as structuredContent. The only
+/// place structuredContent is attached, and it carries text alone: some clients drop a result's
+/// content, images included, when structuredContent is present, so no result with an image
+/// ever gets it.
 fn structured<T: serde::Serialize>(text: String, data: &T) -> CallToolResult {
     let mut r = CallToolResult::success(vec![Content::text(text)]);
     r.structured_content = serde_json::to_value(data).ok();
@@ -76,6 +79,42 @@ fn failure(e: SessionError) -> CallToolResult {
         SessionError::Workspace(e) => workspace_error(e),
         SessionError::Refused(why) => tool_error(why),
     }
+}
+
+/// Most characters read_file returns: `max_chars`, else 2000 per line asked for with `limit`,
+/// never more than the workspace reader's 100,000.
+fn read_cap(limit: Option<usize>, max_chars: Option<usize>) -> usize {
+    const MAX: usize = 100_000;
+    match (max_chars, limit) {
+        (Some(m), _) => m.clamp(1, MAX),
+        (None, Some(l)) => l.saturating_mul(2000).clamp(2000, MAX),
+        (None, None) => MAX,
+    }
+}
+
+/// `text` cut to `cap` characters, the note saying where it stopped and how to read on.
+fn cap_text(
+    text: String,
+    note: Option<String>,
+    cap: usize,
+    first: usize,
+) -> (String, Option<String>) {
+    let Some((cut, _)) = text.char_indices().nth(cap) else {
+        return (text, note);
+    };
+    let shown = text.get(..cut).unwrap_or("");
+    let whole_lines = shown.matches('\n').count();
+    let cut_line = first + whole_lines;
+    let how = if whole_lines == 0 {
+        format!("line {cut_line} is longer than that and was cut; read the rest of it from Python, or raise max_chars (up to 100,000)")
+    } else {
+        format!("line {cut_line} was cut; call read_file with offset={cut_line} to read on, or raise max_chars (up to 100,000)")
+    };
+    let mut notes = vec![format!(
+        "showing the first {cap} characters (max_chars); {how}"
+    )];
+    notes.extend(note);
+    (shown.to_owned(), Some(notes.join("; ")))
 }
 
 /// The key the stdin filter numbered this request under (see `arrival`).
@@ -386,12 +425,15 @@ impl Server {
         &self,
         Parameters(p): Parameters<ReadParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        let cap = read_cap(p.limit, p.max_chars);
+        let first = p.offset.unwrap_or(1).max(1);
         let read =
             self.session
                 .files()
                 .read(p.path, p.offset, p.limit, p.line_numbers.unwrap_or(false));
         Ok(match read.await {
             Ok(ReadOutcome::Text { text, note }) => {
+                let (text, note) = cap_text(text, note, cap, first);
                 let mut c = vec![Content::text(text)];
                 if let Some(n) = note {
                     c.push(Content::text(format!("[{n}]")));
@@ -768,7 +810,7 @@ impl Server {
         if let Some(e) = p.filter.as_deref().and_then(pattern_problem) {
             return Ok(tool_error(e));
         }
-        let expr = crate::variables::expression(p.filter.as_deref());
+        let expr = crate::variables::expression(p.filter.as_deref(), p.all.unwrap_or(false));
         let raw = match self.session.evaluate(&expr, Duration::from_secs(10)).await {
             Ok(r) => r,
             Err(SessionError::Kernel(KernelError::Busy { .. })) => {
@@ -1030,6 +1072,24 @@ impl ServerHandler for Server {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_file_caps_characters_as_well_as_lines() {
+        use super::{cap_text, read_cap};
+        assert_eq!(read_cap(Some(5), None), 10_000);
+        assert_eq!(read_cap(None, None), 100_000);
+        assert_eq!(read_cap(Some(5), Some(50)), 50);
+        assert_eq!(read_cap(None, Some(10_000_000)), 100_000);
+        let (t, n) = cap_text("x".repeat(30), None, 10, 1);
+        assert_eq!(t.len(), 10);
+        assert!(n.unwrap_or_default().contains("line 1 is longer"));
+        let (t, n) = cap_text("ab\ncd\nefgh".into(), Some("more".into()), 7, 4);
+        assert_eq!(t, "ab\ncd\ne");
+        let n = n.unwrap_or_default();
+        assert!(n.contains("offset=6") && n.ends_with("; more"), "{n}");
+        let (t, n) = cap_text("short".into(), None, 10, 1);
+        assert_eq!((t.as_str(), n), ("short", None));
+    }
+
     use super::*;
 
     /// Every `"type"` in the schema, wherever it sits.

@@ -145,6 +145,9 @@ pub struct ReadParams {
     /// Prefix each line with its number (off by default).
     #[serde(default)]
     pub line_numbers: Option<bool>,
+    /// Most characters to return (default: 2000 per line asked for with `limit`, at most 100,000), so a few very long lines stay small.
+    #[serde(default)]
+    pub max_chars: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
@@ -232,6 +235,9 @@ pub struct ListVariablesParams {
     /// Keep only names containing this text (case-insensitive), or matching it as a glob like "df*".
     #[serde(default)]
     pub filter: Option<String>,
+    /// Also list imported classes and functions (left out by default).
+    #[serde(default)]
+    pub all: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

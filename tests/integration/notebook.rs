@@ -44,19 +44,37 @@ async fn list_variables_shows_a_dataframe_and_hides_ipython_names() {
     let r = s.call("list_variables", json!({"filter": "df"})).await;
     assert_eq!(
         text(&r),
-        format!(
-            "name  type       shape   {:w$}  size   value\n\
-             df    DataFrame  (3, 2)  {dtypes}  180 B  first row: {{'a': 1, 'b': 'x'}}",
-            "dtype",
-            w = dtypes.len()
+        format!("df: DataFrame (3, 2) [{dtypes}] 180 B = first row: {{'a': 1, 'b': 'x'}}")
+    );
+    // Imported classes and functions are left out unless asked for.
+    let r = s
+        .exec(
+            "from collections import OrderedDict
+from math import sqrt
+1",
         )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.call("list_variables", json!({})).await;
+    let t = text(&r);
+    assert!(!t.contains("OrderedDict") && !t.contains("sqrt"), "{t}");
+    assert!(
+        t.contains("[2 imported class(es) and function(s) not shown"),
+        "{t}"
+    );
+    assert!(t.contains("f: function"), "{t}");
+    let r = s.call("list_variables", json!({"all": true})).await;
+    let t = text(&r);
+    assert!(
+        t.contains("OrderedDict: type") && t.contains("sqrt:"),
+        "{t}"
     );
 
     // Nothing was added to the session and the execution count did not move.
     let r = s
         .exec("[k for k in ('run', 'g', 'ALWAYS_HIDDEN', '_Listing', 'fnmatch', 'reprlib') if k in get_ipython().user_ns], get_ipython().execution_count")
         .await;
-    assert_eq!(text(&r), "([], 5)");
+    assert_eq!(text(&r), "([], 6)");
     s.close().await;
 }
 
