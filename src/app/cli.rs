@@ -125,6 +125,13 @@ pub(crate) struct Opts {
     /// On Linux installs always run inside the kernel's sandbox.
     #[arg(long, global = true)]
     pub(crate) allow_source_builds: bool,
+    /// Do not snapshot the kernel's variables for the next server on this workspace.
+    #[arg(long, global = true)]
+    pub(crate) no_persist: bool,
+    /// Most bytes a snapshot of the variables may take (one object at most half of it, and
+    /// 1G); bigger ones are skipped and named. 0 = no limit.
+    #[arg(long, default_value = "2G", value_parser = limits::parse_size, global = true)]
+    pub(crate) snapshot_max: limits::SizeLimit,
     /// Do not keep a warm spare kernel (saves its memory; restarts then take a cold start).
     #[arg(long, global = true)]
     pub(crate) no_spare: bool,

@@ -280,6 +280,9 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         workspace_note,
         journal: o.journal.clone(),
         return_after: o.return_after,
+        // Over HTTP sessions come and go with their clients: not snapshotted (yet).
+        snapshot_max: (!o.no_persist && o.listen.is_none())
+            .then(|| o.snapshot_max.0.unwrap_or(u64::MAX)),
     };
     let spare = crate::kernel::SpareConfig {
         enabled: !o.no_spare,
@@ -459,6 +462,7 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     let transport =
         rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
             .with_max_line_length(crate::stdin_guard::MAX_LINE + 1024 * 1024);
+    let session = server.session().clone();
     let service = server.serve(transport).await;
     let outcome = match service {
         Ok(running) => {
@@ -476,6 +480,13 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
         }
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
+    // An orderly exit (stdin EOF, SIGTERM, SIGHUP) keeps the variables for the next server.
+    match tokio::time::timeout(Duration::from_secs(120), session.snapshot_now()).await {
+        Ok(Some(Ok(s))) => tracing::info!("at exit: {s}"),
+        Ok(Some(Err(e))) => tracing::warn!("at exit: snapshot failed: {e}"),
+        Ok(None) => {}
+        Err(_) => tracing::warn!("at exit: the snapshot took over 120 s and was abandoned"),
+    }
     kernel.shutdown().await;
     // Whatever the transport wrote last still reaches stdout.
     let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;

@@ -9,6 +9,7 @@ mod files;
 mod journal;
 mod notebooks;
 mod packages;
+pub mod persist;
 pub mod runs;
 
 use std::sync::Arc;
@@ -46,6 +47,9 @@ pub struct Settings {
     /// How long a call waits for its run before it returns what it has and leaves the run
     /// going (`--return-after`; zero: until the run ends).
     pub return_after: Duration,
+    /// Snapshots of the namespace that outlive the server: the size limit (`--snapshot-max`),
+    /// `None` with `--no-persist`.
+    pub snapshot_max: Option<u64>,
 }
 
 impl Default for Settings {
@@ -59,6 +63,7 @@ impl Default for Settings {
             workspace_note: None,
             journal: None,
             return_after: Duration::from_secs(45),
+            snapshot_max: None,
         }
     }
 }
@@ -92,6 +97,9 @@ pub struct Restart {
     /// The environment changed since the kernel started (tool descriptions name it).
     pub env_changed: bool,
 }
+
+/// How long the kernel stays idle after a run before its namespace is snapshotted.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(2);
 
 /// One execute_python / run_file call, as the session runs it.
 pub struct RunCall<'a> {
@@ -129,12 +137,22 @@ pub struct Session {
     install_lock: tokio::sync::Mutex<()>,
     /// Cells as runs that outlive their call, in arrival order.
     runs: Arc<runs::Runs>,
+    /// Snapshots of the namespace (local kernels in the workspace, unless --no-persist).
+    persist: Option<persist::Persist>,
+    /// A snapshot waits to be restored before the first run.
+    restore_pending: std::sync::atomic::AtomicBool,
+    /// The restore's note, for the first result after it.
+    restore_note: std::sync::Mutex<Option<String>>,
+    /// Counts runs submitted, so a debounced snapshot knows whether the kernel stayed idle.
+    generation: std::sync::atomic::AtomicU64,
+    /// One snapshot at a time.
+    snapshot_lock: tokio::sync::Mutex<()>,
 }
 
 impl Session {
     /// A session around a kernel handle and a workspace.
     pub fn new(kernel: Arc<KernelHandle>, workspace: Arc<Workspace>, settings: Settings) -> Self {
-        Session {
+        let mut s = Session {
             files: Files::new(kernel.clone(), workspace.clone()),
             journal: SessionJournal::new(),
             kernel,
@@ -142,6 +160,107 @@ impl Session {
             settings,
             install_lock: tokio::sync::Mutex::new(()),
             runs: Arc::new(runs::Runs::default()),
+            persist: None,
+            restore_pending: std::sync::atomic::AtomicBool::new(false),
+            restore_note: std::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+        };
+        // Only a kernel of our own working in the workspace is snapshotted and restored.
+        if let (Some(max), WorkingDir::Workspace(root), Ok(data)) = (
+            s.settings.snapshot_max,
+            s.working_dir(),
+            crate::pyenv::data_dir(),
+        ) {
+            s.persist = Some(persist::Persist::new(data, &root, max));
+            s.restore_pending
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        s
+    }
+
+    /// A line for the server instructions when a snapshot of this workspace will be restored.
+    pub fn snapshot_announcement(&self) -> Option<String> {
+        let p = self.persist.as_ref()?;
+        let m = p.pending(&self.env_info().python)?.ok()?;
+        Some(format!(
+            "The variables of this workspace's previous session (snapshot of {}: {} variable(s)) are restored into the kernel before the first call runs; that call's result says what came back.",
+            persist::when(m.unix),
+            m.saved.len()
+        ))
+    }
+
+    /// Saves the namespace as the workspace's snapshot (when snapshots are on, the kernel is
+    /// running and has run something since start). The summary, or why it failed.
+    pub async fn snapshot_now(&self) -> Option<Result<String, String>> {
+        use std::sync::atomic::Ordering;
+        let p = self.persist.as_ref()?;
+        // Before the first run the namespace is empty, and a pending snapshot is still wanted.
+        if self.restore_pending.load(Ordering::SeqCst) || !self.kernel.running() {
+            return None;
+        }
+        let _one = self.snapshot_lock.lock().await;
+        let python = self.env_info().python;
+        let began = std::time::Instant::now();
+        let result = self
+            .kernel
+            .evaluate(&p.save_expr(), Duration::from_secs(600))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|repr| p.record(&python, &repr));
+        Some(match result {
+            Ok(m) => {
+                let s = format!(
+                    "snapshot: {} variable(s), {} bytes, {} skipped, in {:.2} s",
+                    m.saved.len(),
+                    m.bytes,
+                    m.skipped.len(),
+                    began.elapsed().as_secs_f64()
+                );
+                tracing::info!("{s}");
+                Ok(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot failed");
+                Err(e)
+            }
+        })
+    }
+
+    /// Restores the workspace's snapshot into the kernel, if there is one; the note saying what
+    /// came back (or why nothing did).
+    pub async fn restore_now(&self) -> Option<String> {
+        let p = self.persist.as_ref()?;
+        let python = self.env_info().python;
+        let refused = |why: String| {
+            format!("[a snapshot of this workspace's earlier session was not restored ({why}); the kernel started fresh]")
+        };
+        let m = match p.pending(&python)? {
+            Ok(m) => m,
+            Err(why) => {
+                p.discard(&python);
+                return Some(refused(why));
+            }
+        };
+        let began = std::time::Instant::now();
+        let loaded = self
+            .kernel
+            .evaluate(&p.load_expr(&m), Duration::from_secs(600))
+            .await;
+        tracing::info!(seconds = began.elapsed().as_secs_f64(), "snapshot restore");
+        match loaded {
+            Ok(repr) => match persist::Persist::describe_restore(&m, &repr) {
+                Ok(note) => Some(note),
+                Err(why) => {
+                    p.discard(&python);
+                    Some(refused(why))
+                }
+            },
+            Err(e) => {
+                // Never a half-restored kernel: start over.
+                let _ = self.kernel.restart().await;
+                Some(refused(format!("loading failed: {e}")))
+            }
         }
     }
 
@@ -261,6 +380,8 @@ impl Session {
             self.kernel.max_queue(),
         )?;
         drop(_released);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if start {
             let me = self.clone();
             tokio::spawn(async move { me.work().await });
@@ -269,7 +390,13 @@ impl Session {
             .runs
             .wait(Some(id), return_after, false, cancel, true)
             .await;
-        self.render(look, false)
+        let mut r = self.render(look, false);
+        if let Ok(res) = r.as_mut() {
+            if let Some(note) = self.restore_note.lock().ok().and_then(|mut n| n.take()) {
+                crate::output::append_note(res, &note);
+            }
+        }
+        r
     }
 
     /// Runs `code` now, as the call's own cell (not a run): for the session's internal cells
@@ -324,6 +451,16 @@ impl Session {
     /// Executes queued runs one at a time until the queue is empty.
     async fn work(self: Arc<Self>) {
         while let Some((id, job, cancel)) = self.runs.next_job() {
+            if self
+                .restore_pending
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                if let Some(note) = self.restore_now().await {
+                    if let Ok(mut n) = self.restore_note.lock() {
+                        *n = Some(note);
+                    }
+                }
+            }
             let mut keep = runs::RunSink {
                 runs: self.runs.clone(),
                 id,
@@ -353,6 +490,17 @@ impl Session {
                 }
                 Err(e) => self.runs.finish(id, runs::RunEnd::Failed(e.into())),
             }
+        }
+        // Idle now: a snapshot once the kernel has stayed idle for a moment.
+        if self.persist.is_some() {
+            let seen = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SNAPSHOT_IDLE).await;
+                if me.generation.load(std::sync::atomic::Ordering::SeqCst) == seen {
+                    let _ = me.snapshot_now().await;
+                }
+            });
         }
     }
 

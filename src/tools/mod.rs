@@ -345,6 +345,11 @@ impl Server {
         tools
     }
 
+    /// The session this server serves.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
     /// The workspace this server's file tools and kernel use.
     pub fn workspace_root(&self) -> &Path {
         self.session.workspace().root()
@@ -588,7 +593,9 @@ impl Server {
 
     /// Restart the Python kernel: all variables, imports and loaded data are lost.
     ///
-    /// Use it when the kernel is stuck or broken. Files in the workspace are kept.
+    /// Use it when the kernel is stuck or broken. Files in the workspace are kept. It is a fresh
+    /// start; with restore=true the variables of the last snapshot (saved automatically after
+    /// calls) are loaded into the new kernel.
     #[tool(
         name = "restart_kernel",
         annotations(
@@ -601,7 +608,7 @@ impl Server {
     )]
     async fn restart_kernel(
         &self,
-        Parameters(_p): Parameters<NoParams>,
+        Parameters(p): Parameters<RestartParams>,
     ) -> Result<CallToolResult, ErrorData> {
         self.session
             .runs()
@@ -614,7 +621,15 @@ impl Server {
             Ok(o) => o,
             Err(e) => return Ok(failure(e)),
         };
-        Ok(CallToolResult::success(vec![Content::text(match outcome {
+        let restored = if p.restore == Some(true) && matches!(outcome, Restarted::Fresh { .. }) {
+            Some(self.session.restore_now().await.unwrap_or_else(|| {
+                "[there is no snapshot to restore (snapshots are off, or none was written yet)]"
+                    .to_owned()
+            }))
+        } else {
+            None
+        };
+        let mut content = vec![Content::text(match outcome {
             Restarted::Fresh { took } => format!(
                 "the kernel was restarted in {:.2} s; all variables were cleared",
                 took.as_secs_f64()
@@ -623,7 +638,9 @@ impl Server {
                 "this kernel belongs to someone else (--existing), so kernel-mcp did not restart it: it reconnected in {:.2} s and the kernel's variables are unchanged. Restart it where it was started if you need a fresh one",
                 took.as_secs_f64()
             ),
-        })]))
+        })];
+        content.extend(restored.map(Content::text));
+        Ok(CallToolResult::success(content))
     }
 
     /// Install Python packages into the kernel's own environment (pip, or uv when available).
@@ -1027,6 +1044,9 @@ impl ServerHandler for Server {
         }
         if let Some(note) = &self.session.settings().workspace_note {
             instructions.push_str(&format!(" {note}."));
+        }
+        if let Some(line) = self.session.snapshot_announcement() {
+            instructions.push_str(&format!(" {line}"));
         }
         if let Some(p) = &self.session.settings().output.sandbox {
             instructions.push_str(&format!(" {}", p.paragraph()));

@@ -211,6 +211,13 @@ pub struct CheckRunParams {
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct NoParams {}
 
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+pub struct RestartParams {
+    /// Load the variables of the last snapshot into the fresh kernel (default false: a fresh start).
+    #[serde(default)]
+    pub restore: Option<bool>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct PackagesParams {
     /// Package names, optionally with extras and version specifiers, e.g. ["tabulate", "pandas>=2"].

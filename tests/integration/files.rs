@@ -480,17 +480,24 @@ async fn read_file_caps_long_lines_by_characters() {
     let s = Server::start().await;
     std::fs::write(s.ws().join("one-line.txt"), "x".repeat(300_000)).unwrap();
     let r = s
-        .call("read_file", serde_json::json!({"path": "one-line.txt", "limit": 5}))
+        .call(
+            "read_file",
+            serde_json::json!({"path": "one-line.txt", "limit": 5}),
+        )
         .await;
     let t = texts(&r);
     assert_eq!(t.first().map(|x| x.len()), Some(10_000), "{:?}", t.get(1));
     assert!(
-        t.get(1).is_some_and(|n| n.contains("max_chars") && n.contains("line 1 is longer")),
+        t.get(1)
+            .is_some_and(|n| n.contains("max_chars") && n.contains("line 1 is longer")),
         "{:?}",
         t.get(1)
     );
     let r = s
-        .call("read_file", serde_json::json!({"path": "one-line.txt", "max_chars": 50}))
+        .call(
+            "read_file",
+            serde_json::json!({"path": "one-line.txt", "max_chars": 50}),
+        )
         .await;
     assert_eq!(texts(&r).first().map(|x| x.len()), Some(50));
     s.close().await;

@@ -92,12 +92,28 @@ impl Server {
         remove: &[&str],
         in_workspace: bool,
     ) -> Server {
+        Self::start_full(args, env, remove, in_workspace, None).await
+    }
+
+    /// A server on the workspace folder `ws` (which outlives it: a second server can use it).
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub async fn start_on(ws: &Path, args: &[&str]) -> Server {
+        Self::start_full(args, &[], &[], false, Some(ws.to_path_buf())).await
+    }
+
+    async fn start_full(
+        args: &[&str],
+        env: &[(&str, &str)],
+        remove: &[&str],
+        in_workspace: bool,
+        workspace: Option<PathBuf>,
+    ) -> Server {
         ENV_OK.call_once(check_env);
         let dir = tempfile::Builder::new()
             .prefix("kmcp-test-")
             .tempdir()
             .unwrap();
-        let ws = dir.path().join("ws");
+        let ws = workspace.unwrap_or_else(|| dir.path().join("ws"));
         std::fs::create_dir_all(&ws).unwrap();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
@@ -110,9 +126,13 @@ impl Server {
         if !args.contains(&"--preload") && !args.contains(&"--spare") {
             cmd.arg("--no-preload");
         }
+        // Nor snapshots of the variables (they write into the workspace), unless asked for.
+        if !args.contains(&"--persist") {
+            cmd.arg("--no-persist");
+        }
         cmd.args(
             args.iter()
-                .filter(|a| **a != "--spare" && **a != "--preload"),
+                .filter(|a| **a != "--spare" && **a != "--preload" && **a != "--persist"),
         );
         cmd.env("KERNEL_MCP_LOG", "debug");
         for k in remove {

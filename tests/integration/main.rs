@@ -21,6 +21,7 @@ mod lifecycle;
 mod notebook;
 mod outputs;
 mod packages;
+mod persist;
 mod rich;
 mod runs;
 #[cfg(target_os = "linux")]
