@@ -25,7 +25,8 @@ pub(crate) struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Opts {
     /// Folder the file tools are jailed to and the kernel's working directory (created if
-    /// missing). Default ./workspace, or a per-user data folder when that is not writable.
+    /// missing). Default ./workspace, or a per-user data folder when that is not writable or
+    /// the server runs in the filesystem root.
     #[arg(long, global = true)]
     pub(crate) workspace: Option<PathBuf>,
     /// Use this Python interpreter (it must have ipykernel) instead of the managed environment.

@@ -203,16 +203,24 @@ fn open_workspace(given: Option<&std::path::Path>) -> anyhow::Result<(Workspace,
         return Ok((ws, None));
     }
     let default = std::path::Path::new(DEFAULT_WORKSPACE);
-    let problem = match Workspace::open(default) {
-        Ok(ws) => match writable(ws.root()) {
-            Ok(()) => return Ok((ws, None)),
+    let here = std::env::current_dir().ok();
+    // Desktop hosts often start servers in `/`; as root that is writable, but a folder made
+    // at the filesystem root is no one's workspace.
+    let at_root = here.as_deref().is_some_and(|d| d.parent().is_none());
+    let problem = if at_root {
+        "the server was started in the filesystem root, where no folder is created".to_owned()
+    } else {
+        match Workspace::open(default) {
+            Ok(ws) => match writable(ws.root()) {
+                Ok(()) => return Ok((ws, None)),
+                Err(e) => e.to_string(),
+            },
             Err(e) => e.to_string(),
-        },
-        Err(e) => e.to_string(),
+        }
     };
-    let cwd = std::env::current_dir()
+    let cwd = here
         .map(|d| d.display().to_string())
-        .unwrap_or_else(|_| "the current folder".into());
+        .unwrap_or_else(|| "the current folder".into());
     let fallback = pyenv::data_dir()?.join("workspace");
     let ws = Workspace::open(&fallback).with_context(|| {
         format!(
@@ -221,7 +229,7 @@ fn open_workspace(given: Option<&std::path::Path>) -> anyhow::Result<(Workspace,
         )
     })?;
     let note = format!(
-        "The default ./workspace in {cwd} is not writable ({problem}), so the workspace is {}",
+        "The default ./workspace in {cwd} is not usable ({problem}), so the workspace is {}",
         ws.root().display()
     );
     tracing::warn!("{note}");

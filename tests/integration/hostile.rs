@@ -452,6 +452,39 @@ async fn an_interpreter_without_ipykernel_still_serves_and_names_the_fix() {
 /// Started in a folder it cannot write (desktop hosts often use `/`) without --workspace, the
 /// server falls back to a per-user data folder and says where, in the log and the instructions.
 #[tokio::test]
+async fn started_in_the_filesystem_root_it_creates_no_folder_there() {
+    use rmcp::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let existed = std::path::Path::new("/workspace").exists();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
+    cmd.current_dir("/")
+        .args(["--no-spare", "--no-persist"])
+        .env("KERNEL_MCP_DATA_DIR", &data)
+        .stderr(std::process::Stdio::null());
+    let client = tokio::time::timeout(
+        crate::harness::HANG,
+        ().serve(rmcp::transport::TokioChildProcess::new(cmd).unwrap()),
+    )
+    .await
+    .expect("MCP initialize hung")
+    .unwrap();
+    let instructions = client
+        .peer_info()
+        .and_then(|i| i.instructions.clone())
+        .unwrap_or_default();
+    assert!(instructions.contains("filesystem root"), "{instructions}");
+    assert!(data.join("workspace").is_dir());
+    if !existed {
+        assert!(
+            !std::path::Path::new("/workspace").exists(),
+            "made /workspace"
+        );
+    }
+    let _ = tokio::time::timeout(crate::harness::HANG, client.cancel()).await;
+}
+
+#[tokio::test]
 async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
     use rmcp::ServiceExt;
     let managed = kernel_mcp::pyenv::managed_env_dir()
@@ -479,7 +512,7 @@ async fn an_unwritable_default_workspace_falls_back_to_a_data_folder() {
         .peer_info()
         .and_then(|i| i.instructions.clone())
         .unwrap_or_default();
-    let note = "The default ./workspace in /proc is not writable";
+    let note = "The default ./workspace in /proc is not usable";
     assert!(instructions.contains(note), "{instructions}");
     assert!(
         instructions.contains(&format!("so the workspace is {}", fallback.display())),
