@@ -378,6 +378,7 @@ impl Session {
             note,
             progress,
             self.kernel.max_queue(),
+            self.collector(),
         )?;
         drop(_released);
         self.generation
@@ -388,7 +389,9 @@ impl Session {
         }
         let look = self
             .runs
-            .wait(Some(id), return_after, false, cancel, true)
+            .wait(Some(id), return_after, false, cancel, true, &|| {
+                self.collector()
+            })
             .await;
         let mut r = self.render(look, false);
         if let Ok(res) = r.as_mut() {
@@ -443,7 +446,14 @@ impl Session {
     ) -> Result<Rendered, SessionError> {
         let look = self
             .runs
-            .wait(run, Some(wait), true, &CancellationToken::new(), false)
+            .wait(
+                run,
+                Some(wait),
+                true,
+                &CancellationToken::new(),
+                false,
+                &|| self.collector(),
+            )
             .await;
         self.render(look, true)
     }
@@ -506,23 +516,20 @@ impl Session {
 
     /// A look at a run as a tool result.
     fn render(&self, look: runs::Look, checking: bool) -> Result<Rendered, SessionError> {
-        use crate::kernel::client::OutputSink as _;
-        let mut collector = self.collector();
         match look {
-            runs::Look::Going { outputs, note } => {
-                if outputs.is_empty() {
+            runs::Look::Going {
+                outputs,
+                fresh,
+                note,
+            } => {
+                if !fresh {
                     return Ok(crate::output::text_result(&note, false));
                 }
-                for c in &outputs {
-                    collector.output(c);
-                }
-                let r = collector.finish(None, &crate::kernel::Report::default(), Duration::ZERO);
+                let r = outputs.finish(None, &crate::kernel::Report::default(), Duration::ZERO);
                 Ok(runs::with_note(r, &note))
             }
             runs::Look::Ended { outputs, end } => {
-                for c in &outputs {
-                    collector.output(c);
-                }
+                let collector = *outputs;
                 match end {
                     runs::EndView::Done {
                         exec,

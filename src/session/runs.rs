@@ -7,8 +7,9 @@
 //! finish in the background and the call returns what it has produced so far, with a note
 //! naming the run. `check_run` collects the rest: output not yet shown, then the ending, once.
 //!
-//! Output is kept as the kernel's raw messages until someone looks, then rendered through a
-//! fresh `Collector` (the same budget and spill rules as any result) and dropped.
+//! Output goes into a `Collector` as it arrives (the same budget and spill rules as any result,
+//! so memory stays bounded however much the kernel prints); a look takes that collector to
+//! render and leaves a fresh one for what follows.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SessionError;
 use crate::kernel::client::{ExecLimits, Execution, OutputSink};
 use crate::kernel::Report;
-use crate::output::{append_note, ProgressFn, Rendered};
+use crate::output::{append_note, Collector, ProgressFn, Rendered};
 use crate::wire::Content;
 
 /// Most runs remembered (finished and reported ones are forgotten first).
@@ -42,8 +43,10 @@ struct Run {
     /// When it was queued (for the note).
     queued_at: Instant,
     started: Option<(Instant, SystemTime)>,
-    /// Outputs not shown yet.
-    pending: Vec<Content>,
+    /// Outputs not shown yet, already within the budget.
+    pending: Collector,
+    /// Something arrived since the last look.
+    has_output: bool,
     end: Option<RunEnd>,
     /// The end was shown.
     reported: bool,
@@ -83,12 +86,14 @@ pub struct Runs {
 pub enum Look {
     /// Still going (or queued): what is new, and the note to end the result with.
     Going {
-        outputs: Vec<Content>,
+        outputs: Box<Collector>,
+        /// Whether anything arrived since the last look.
+        fresh: bool,
         note: String,
     },
     /// Ended just now: the outputs since the last look and the ending.
     Ended {
-        outputs: Vec<Content>,
+        outputs: Box<Collector>,
         end: EndView,
     },
     /// Its end was shown before.
@@ -136,6 +141,7 @@ impl Runs {
         note: Option<String>,
         progress: Option<ProgressFn>,
         max_queue: usize,
+        collector: Collector,
     ) -> Result<(u64, bool), SessionError> {
         let mut st = self.lock();
         // As many may wait as --max-queue allows, the running one counted (as before runs).
@@ -159,7 +165,8 @@ impl Runs {
             Run {
                 queued_at: Instant::now(),
                 started: None,
-                pending: Vec::new(),
+                pending: collector,
+                has_output: false,
                 end: None,
                 reported: false,
                 cancel: CancellationToken::new(),
@@ -209,7 +216,8 @@ impl Runs {
 
     fn output(&self, id: u64, c: &Content) {
         if let Some(r) = self.lock().runs.get_mut(&id) {
-            r.pending.push(c.clone());
+            r.pending.output(c);
+            r.has_output = true;
         }
         self.changed.notify_waiters();
     }
@@ -247,7 +255,7 @@ impl Runs {
     }
 
     /// Takes what is new in run `id` (and its end, once).
-    fn look(&self, id: Option<u64>) -> Look {
+    fn look(&self, id: Option<u64>, new_collector: &dyn Fn() -> Collector) -> Look {
         let mut st = self.lock();
         let Some(id) = id.or_else(|| st.runs.keys().next_back().copied()) else {
             return Look::Unknown { id: None };
@@ -256,7 +264,9 @@ impl Runs {
         let Some(run) = st.runs.get_mut(&id) else {
             return Look::Unknown { id: Some(id) };
         };
-        let outputs = std::mem::take(&mut run.pending);
+        let fresh = run.has_output;
+        run.has_output = false;
+        let outputs = Box::new(std::mem::replace(&mut run.pending, new_collector()));
         if let Some(end) = run.end.take() {
             run.reported = true;
             let end = match end {
@@ -295,7 +305,11 @@ impl Runs {
                 )
             }
         };
-        Look::Going { outputs, note }
+        Look::Going {
+            outputs,
+            fresh,
+            note,
+        }
     }
 
     /// Waits for run `id` to end, up to `wait` (`None`: until it ends). With `on_output`,
@@ -308,6 +322,7 @@ impl Runs {
         on_output: bool,
         cancel: &CancellationToken,
         detach: bool,
+        new_collector: &(dyn Fn() -> Collector + Sync),
     ) -> Look {
         let deadline = wait.map(|w| Instant::now() + w);
         let mut output_seen: Option<Instant> = None;
@@ -319,7 +334,7 @@ impl Runs {
                 let st = self.lock();
                 let key = id.or_else(|| st.runs.keys().next_back().copied());
                 match key.and_then(|k| st.runs.get(&k)) {
-                    Some(r) => (r.end.is_some() || r.reported, !r.pending.is_empty()),
+                    Some(r) => (r.end.is_some() || r.reported, r.has_output),
                     None => (true, false),
                 }
             };
@@ -354,11 +369,19 @@ impl Runs {
                 _ = cancel.cancelled() => {
                     self.cancel_run(id);
                     // Wait for the interrupted run to end (bounded by its own grace).
-                    return Box::pin(self.wait(id, None, false, &CancellationToken::new(), detach)).await;
+                    return Box::pin(self.wait(
+                        id,
+                        None,
+                        false,
+                        &CancellationToken::new(),
+                        detach,
+                        new_collector,
+                    ))
+                    .await;
                 }
             }
         }
-        let look = self.look(id);
+        let look = self.look(id, new_collector);
         if detach && matches!(look, Look::Going { .. }) {
             if let Some(r) =
                 id.and_then(|i| self.lock().runs.get(&i).map(|r| r.progress_open.clone()))

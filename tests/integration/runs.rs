@@ -116,3 +116,54 @@ async fn calls_run_in_the_order_sent() {
     }
     s.close().await;
 }
+
+/// The server's peak resident memory (VmHWM), in MiB.
+fn peak_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+/// Peak server RSS for a cell printing 300 MB, waited for (`return_after` 0 would be the same
+/// path) or left to run in the background after 1 s.
+async fn flood_peak(background: bool) -> u64 {
+    let args: &[&str] = if background {
+        &["--return-after", "1"]
+    } else {
+        &[]
+    };
+    let s = Server::start_with(args).await;
+    let r = s
+        .exec("import time\ntime.sleep(1.5)\nfor i in range(300):\n    print('x' * 1_000_000)")
+        .await;
+    let mut all = texts(&r);
+    if background {
+        assert!(text(&r).contains("still running as run 1"), "{}", text(&r));
+        all.extend(collect(&s, 1).await);
+    }
+    assert!(
+        all.iter().any(|t| t.contains("output truncated")),
+        "no truncation note"
+    );
+    let peak = peak_mib(s.pid);
+    s.close().await;
+    peak
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn output_of_a_background_run_is_budgeted_as_it_arrives() {
+    // A run that outlives its call keeps its output in the budget and spill file as it
+    // arrives, exactly as a call that waits: not as raw messages until someone looks.
+    let waited = flood_peak(false).await;
+    let background = flood_peak(true).await;
+    eprintln!("server peak RSS for 300 MB of output: waited {waited} MiB, background run {background} MiB");
+    assert!(
+        background < waited + waited / 2 + 50,
+        "background {background} MiB vs waited {waited} MiB"
+    );
+}
