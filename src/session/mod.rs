@@ -372,11 +372,13 @@ impl Session {
             progress: progress.is_some(),
         };
         let (id, start) = self.runs.submit(
-            code.to_owned(),
-            journal_source.to_owned(),
-            limits,
-            note,
-            progress,
+            runs::Job {
+                code: code.to_owned(),
+                journal_source: journal_source.to_owned(),
+                limits,
+                note,
+                progress,
+            },
             self.kernel.max_queue(),
             self.collector(),
         )?;

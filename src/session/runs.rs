@@ -135,14 +135,17 @@ impl Runs {
     /// Queues a run; returns its id and whether a worker must be started.
     pub(super) fn submit(
         &self,
-        code: String,
-        journal_source: String,
-        limits: ExecLimits,
-        note: Option<String>,
-        progress: Option<ProgressFn>,
+        job: Job,
         max_queue: usize,
         collector: Collector,
     ) -> Result<(u64, bool), SessionError> {
+        let Job {
+            code,
+            journal_source,
+            limits,
+            note,
+            progress,
+        } = job;
         let mut st = self.lock();
         // As many may wait as --max-queue allows, the running one counted (as before runs).
         let queued = st.queue.len() + usize::from(st.running.is_some());
