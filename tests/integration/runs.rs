@@ -118,6 +118,7 @@ async fn calls_run_in_the_order_sent() {
 }
 
 /// The server's peak resident memory (VmHWM), in MiB.
+#[cfg(target_os = "linux")]
 fn peak_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
