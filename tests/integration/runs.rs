@@ -131,6 +131,7 @@ fn peak_mib(pid: u32) -> u64 {
 
 /// Peak server RSS for a cell printing 300 MB, waited for (`return_after` 0 would be the same
 /// path) or left to run in the background after 1 s.
+#[cfg(target_os = "linux")]
 async fn flood_peak(background: bool) -> u64 {
     let args: &[&str] = if background {
         &["--return-after", "1"]
