@@ -524,6 +524,37 @@ impl Journal {
         self.version
     }
 
+    /// A copy holding only the cells after the last Markdown marker (the journal's markers note
+    /// kernel starts and lost state) when `since_restart`, and without code cells that raised
+    /// an error unless `include_errors`.
+    pub fn filtered(&self, since_restart: bool, include_errors: bool) -> Journal {
+        let start = if since_restart {
+            self.cells
+                .iter()
+                .rposition(|c| matches!(c, Cell::Markdown { .. }))
+                .map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        let cells = self
+            .cells
+            .iter()
+            .skip(start)
+            .filter(|c| {
+                include_errors
+                    || !matches!(c, Cell::Code { outputs, .. }
+                        if outputs.iter().any(|o| matches!(o, Output::Error { .. })))
+            })
+            .cloned()
+            .collect();
+        Journal {
+            cells,
+            bytes: self.bytes,
+            cap: self.cap,
+            version: self.version,
+        }
+    }
+
     /// The journal as nbformat 4.5 bytes (its cells already carry ids; nothing is copied).
     pub fn to_bytes(&self, metadata: Value) -> Result<Vec<u8>, serde_json::Error> {
         #[derive(Serialize)]

@@ -71,6 +71,32 @@ impl SessionJournal {
         }
     }
 
+    /// Adds a code cell that was not executed (no count, no output), such as a record of an
+    /// install.
+    pub(super) fn record_note_cell(&self, source: &str) {
+        if let Ok(mut j) = self.cells.lock() {
+            j.record(source, None, Vec::new());
+        }
+    }
+
+    /// The journal as .ipynb bytes, cut to the cells since the last kernel start and/or without
+    /// the cells that raised; its cell count.
+    pub(super) fn bytes_filtered(
+        &self,
+        python_version: &str,
+        since_restart: bool,
+        include_errors: bool,
+    ) -> Result<(Vec<u8>, usize), String> {
+        let meta = crate::notebook::python_metadata(python_version);
+        let j = self
+            .cells
+            .lock()
+            .map_err(|_| "the session journal is unavailable".to_owned())?;
+        let view = j.filtered(since_restart, include_errors);
+        let bytes = view.to_bytes(meta).map_err(|e| e.to_string())?;
+        Ok((bytes, view.len()))
+    }
+
     /// Adds a Markdown marker.
     pub(super) fn marker(&self, text: &str) {
         if let Ok(mut j) = self.cells.lock() {

@@ -612,15 +612,21 @@ impl Session {
         &self,
         path: String,
         overwrite: bool,
+        since_restart: bool,
+        include_errors: bool,
     ) -> Result<(String, usize, usize), SessionError> {
         if !path.to_ascii_lowercase().ends_with(".ipynb") {
             return Err(SessionError::Refused(format!(
                 "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
             )));
         }
-        let (bytes, cells, _) = self
+        let (bytes, cells) = self
             .journal
-            .bytes(&self.env_info().python_version)
+            .bytes_filtered(
+                &self.env_info().python_version,
+                since_restart,
+                include_errors,
+            )
             .map_err(|e| SessionError::Refused(format!("could not build the notebook: {e}")))?;
         let size = bytes.len();
         let path = self.write_notebook(path, bytes, overwrite).await?;

@@ -321,6 +321,13 @@ impl Session {
             )),
         })?;
         self.kernel.invalidate_imports();
+        // The notebook record says what was installed, commented out: rerunning a notebook in a
+        // sandboxed kernel cannot install (its environment is read-only), and elsewhere the
+        // reader decides.
+        self.journal.record_note_cell(&format!(
+            "# install_package installed these packages (kernel-mcp); to replay this notebook elsewhere, install them first:\n# %pip install {}",
+            specs.iter().map(|s| s.raw.as_str()).collect::<Vec<_>>().join(" ")
+        ));
         let mut text = report.describe(&python, &renamed);
         if let Some(expr) = report.stale_imports_expr() {
             match self.kernel.evaluate(&expr, Duration::from_secs(3)).await {

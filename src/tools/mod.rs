@@ -869,9 +869,12 @@ impl Server {
     ) -> Result<CallToolResult, ErrorData> {
         let started = std::time::Instant::now();
         let path = p.path.unwrap_or_else(|| "session.ipynb".into());
-        let export = self
-            .session
-            .export_notebook(path, p.overwrite.unwrap_or(false));
+        let export = self.session.export_notebook(
+            path,
+            p.overwrite.unwrap_or(false),
+            p.since_restart.unwrap_or(false),
+            p.include_errors.unwrap_or(true),
+        );
         Ok(match export.await {
             Ok((path, cells, bytes)) => {
                 let text = format!(

@@ -255,6 +255,12 @@ pub struct ExportParams {
     /// Replace a file that this session's export_notebook did not write (default false).
     #[serde(default)]
     pub overwrite: Option<bool>,
+    /// Only the cells since the kernel last started (default false: every cell of this server).
+    #[serde(default)]
+    pub since_restart: Option<bool>,
+    /// Keep the cells that raised an error (default true); false leaves them out, for a notebook that replays cleanly.
+    #[serde(default)]
+    pub include_errors: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -498,3 +498,49 @@ async fn the_analysis_stack_is_imported_in_the_background_without_a_trace() {
     s.close().await;
     plain.close().await;
 }
+
+#[tokio::test]
+async fn an_export_since_restart_without_errors_replays_cleanly() {
+    let s = Server::start().await;
+    for code in ["a = 1", "raise ValueError('old')", "b = a + 1"] {
+        s.exec(code).await;
+    }
+    let r = s.call("restart_kernel", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    for code in ["c = 5", "1 / 0", "d = c * 2\nd"] {
+        s.exec(code).await;
+    }
+    let r = s
+        .call(
+            "export_notebook",
+            json!({"path": "replay.ipynb", "since_restart": true, "include_errors": false}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let nb: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.ws().join("replay.ipynb")).unwrap())
+            .unwrap();
+    let sources: Vec<String> = nb["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| match &c["source"] {
+            serde_json::Value::Array(lines) => lines.iter().filter_map(|l| l.as_str()).collect(),
+            v => v.as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    assert_eq!(sources, vec!["c = 5", "d = c * 2\nd"], "{nb}");
+    // The whole record is still there without the flags.
+    let r = s
+        .call("export_notebook", json!({"path": "all.ipynb"}))
+        .await;
+    assert!(text(&r).contains("(7 cells"), "{}", text(&r));
+    // Replayed on a fresh kernel, it rebuilds the state without stopping at an error.
+    s.call("restart_kernel", json!({})).await;
+    let r = s
+        .call("run_notebook", json!({"path": "replay.ipynb"}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(text(&s.exec("d").await), "10");
+    s.close().await;
+}

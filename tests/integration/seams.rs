@@ -335,6 +335,13 @@ async fn install_with_config(
     nosy_sdist(site, name, &s.ws(), sink.port);
     let r = s.call("install_package", json!({"packages": [name]})).await;
     assert!(!is_error(&r), "{}", text(&r));
+    // The notebook record says what was installed (commented out, safe to replay).
+    let r = s
+        .call("export_notebook", json!({"path": "record.ipynb"}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let nb = std::fs::read_to_string(s.ws().join("record.ipynb")).unwrap();
+    assert!(nb.contains(&format!("# %pip install {name}")), "{nb}");
     let module = name.replace('-', "_");
     let r = s
         .exec(&format!(
