@@ -54,6 +54,67 @@ pub fn expression(filter: Option<&str>, all: bool) -> String {
     )
 }
 
+/// The inspect_variable helper, exec'd in a private dict like [`HELPER`].
+const INSPECT_HELPER: &str = include_str!("../kernel-spec/inspect.py");
+
+/// One object in depth (inspect_variable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Inspection {
+    /// The variable's name.
+    pub name: String,
+    /// Its type, with the module for library types ("pandas.core.frame.DataFrame").
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// What it was read as: dataframe, series, array, model, mapping, collection or object.
+    pub kind: String,
+    /// Memory in bytes (shallow), when known.
+    pub size_bytes: Option<u64>,
+    /// The facts behind the report (shape, dtypes, nulls per column, fitted attributes...).
+    pub facts: serde_json::Value,
+    /// The report in words and tables, as the text result shows it.
+    pub report: String,
+}
+
+/// Checks a variable name for inspect_variable: a Python identifier.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a variable name (letters, digits and '_', not starting with a digit)",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// The user expression that inspects `name` showing `rows` head and tail rows.
+pub fn inspect_expression(name: &str, rows: usize) -> String {
+    let lit = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "''".into());
+    format!(
+        "(lambda g: (__import__('builtins').exec({}, g), g['run']({}, {}))[1])({{}})",
+        lit(INSPECT_HELPER),
+        lit(name),
+        rows.clamp(1, 50)
+    )
+}
+
+/// Parses the inspect helper's output: the inspection, or the helper's own error sentence.
+pub fn parse_inspection(text: &str) -> Result<Inspection, String> {
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the inspection could not be read ({e})"))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(e.to_owned());
+    }
+    serde_json::from_value(v).map_err(|e| format!("the inspection could not be read ({e})"))
+}
+
 /// Parses the helper's output.
 pub fn parse(text: &str) -> Result<Listing, serde_json::Error> {
     serde_json::from_str(text)

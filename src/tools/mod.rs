@@ -845,6 +845,53 @@ impl Server {
         })
     }
 
+    /// Look at one variable in depth, without running a cell.
+    ///
+    /// A DataFrame: shape, dtypes and nulls per column, memory, head and tail rows, describe()
+    /// of the numeric columns, top values of the text and categorical ones. A Series or numpy
+    /// array: shape, dtype, min/max/mean, a sample. A dict or list: length and first keys or
+    /// items. A fitted model (scikit-learn style): its parameters and fitted attributes with
+    /// their shapes. Anything else: its repr. Silent: no execution count, nothing added to the
+    /// session. Waits up to 10 s for a running call to finish.
+    #[tool(
+        name = "inspect_variable",
+        annotations(
+            title = "Inspect a variable",
+            read_only_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::variables::Inspection>()
+    )]
+    async fn inspect_variable(
+        &self,
+        Parameters(p): Parameters<InspectParams>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Err(e) = crate::variables::check_name(&p.name) {
+            return Ok(tool_error(e));
+        }
+        let expr = crate::variables::inspect_expression(&p.name, p.rows.unwrap_or(5));
+        let raw = match self.session.evaluate(&expr, Duration::from_secs(10)).await {
+            Ok(r) => r,
+            Err(SessionError::Kernel(KernelError::Busy { .. })) => {
+                return Ok(tool_error(
+                    "the kernel is busy running a call; call inspect_variable again when it has finished (or interrupt_kernel)",
+                ))
+            }
+            Err(e) => return Ok(failure(e)),
+        };
+        Ok(match crate::variables::parse_inspection(&raw) {
+            Ok(i) => {
+                let size = i
+                    .size_bytes
+                    .map(|b| format!(", {}", crate::limits::human_bytes(b)))
+                    .unwrap_or_default();
+                let text = format!("{}: {}{size}\n{}", i.name, i.type_name, i.report);
+                structured(text, &i)
+            }
+            Err(e) => tool_error(e),
+        })
+    }
+
     /// Save the session so far as a Jupyter notebook (.ipynb, nbformat 4.5) in the workspace.
     ///
     /// Every cell run since the server started, in order, with its execution count, source and

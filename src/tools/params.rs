@@ -211,6 +211,15 @@ pub struct CheckRunParams {
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct NoParams {}
 
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InspectParams {
+    /// The variable to look at, e.g. "df".
+    pub name: String,
+    /// Rows of head and tail to show for tables and series (default 5, at most 50).
+    #[serde(default)]
+    pub rows: Option<usize>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema, Default)]
 pub struct RestartParams {
     /// Load the variables of the last snapshot into the fresh kernel (default false: a fresh start).

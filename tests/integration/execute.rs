@@ -217,6 +217,7 @@ async fn tools_keep_their_contract_names_and_hints() {
             "execute_python",
             "export_notebook",
             "get_environment",
+            "inspect_variable",
             "install_package",
             "interrupt_kernel",
             "list_files",
@@ -241,6 +242,7 @@ async fn tools_keep_their_contract_names_and_hints() {
                 | "get_environment"
                 | "list_variables"
                 | "check_run"
+                | "inspect_variable"
         );
         assert_eq!(ro, Some(expect_ro), "{}", t.name);
         assert!(

@@ -544,3 +544,63 @@ async fn an_export_since_restart_without_errors_replays_cleanly() {
     assert_eq!(text(&s.exec("d").await), "10");
     s.close().await;
 }
+
+#[tokio::test]
+async fn inspect_variable_looks_at_one_object_in_depth_silently() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import numpy as np, pandas as pd\nfrom sklearn.linear_model import LinearRegression\ndf = pd.DataFrame({'x': [1.0, 2.0, None, 4.0], 'city': ['a', 'b', 'a', 'a']})\narr = np.arange(12).reshape(3, 4)\nm = LinearRegression().fit([[0], [1], [2]], [0, 1, 2])\nd = {'k': 1, 'j': [1, 2]}")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let count = text(&s.exec("get_ipython().execution_count").await);
+    let r = s
+        .call("inspect_variable", json!({"name": "df", "rows": 2}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let t = text(&r);
+    // pandas 3 names the type pandas.DataFrame, pandas 2 pandas.core.frame.DataFrame.
+    assert!(
+        t.starts_with("df: pandas.") && t.lines().next().unwrap_or("").contains("DataFrame"),
+        "{t}"
+    );
+    assert!(t.contains("shape: 4 rows × 2 columns"), "{t}");
+    assert!(t.contains("x (float64, 1)"), "{t}");
+    assert!(
+        t.contains("describe (numeric):") && t.contains("top values of city: 'a': 3"),
+        "{t}"
+    );
+    let data = r.structured_content.clone().expect("structuredContent");
+    assert_eq!(data["kind"], "dataframe");
+    assert_eq!(data["facts"]["nulls"]["x"], 1);
+    let r = s.call("inspect_variable", json!({"name": "arr"})).await;
+    let data = r.structured_content.clone().expect("structuredContent");
+    assert_eq!(data["facts"]["shape"], json!([3, 4]));
+    assert_eq!(data["facts"]["max"], 11.0);
+    let r = s.call("inspect_variable", json!({"name": "m"})).await;
+    let t = text(&r);
+    assert!(t.contains("fitted: ") && t.contains("coef_ [1]"), "{t}");
+    let r = s.call("inspect_variable", json!({"name": "d"})).await;
+    assert!(text(&r).contains("2 keys"), "{}", text(&r));
+    // Bad and missing names are clear errors.
+    let r = s.call("inspect_variable", json!({"name": "nope"})).await;
+    assert!(
+        is_error(&r) && text(&r).contains("no variable named nope"),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call("inspect_variable", json!({"name": "df.x; import os"}))
+        .await;
+    assert!(
+        is_error(&r) && text(&r).contains("is not a variable name"),
+        "{}",
+        text(&r)
+    );
+    // Silent: the execution count did not move and nothing was added.
+    let r = s
+        .exec("get_ipython().execution_count, [k for k in ('run', 'REPORT', '_Report') if k in dir()]")
+        .await;
+    let next: i64 = count.trim().parse::<i64>().unwrap() + 1;
+    assert_eq!(text(&r), format!("({next}, [])"));
+    s.close().await;
+}
