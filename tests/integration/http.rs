@@ -767,3 +767,38 @@ async fn gateway_sessions_each_get_a_gateway_kernel_and_leave_none() {
         .await
         .expect("a session's gateway kernel outlived the server");
 }
+
+#[tokio::test]
+async fn a_run_outlives_its_http_request_and_each_session_has_its_own() {
+    let srv = Http::start(&["--return-after", "1"], None).await;
+    let (a, b) = (srv.session().await, srv.session().await);
+    let r = exec(
+        &a,
+        "import time\ntime.sleep(4)\nleft = 'a'\nprint('a done')",
+    )
+    .await;
+    assert!(text(&r).contains("still running as run 1"), "{}", text(&r));
+    // The other session has runs of its own, numbered from 1, and is not queued behind a's.
+    let r = exec(&b, "left = 'b'\nprint('b quick')").await;
+    assert_eq!(text(&r), "b quick\n");
+    let r = call(&b, "check_run", json!({})).await;
+    assert!(text(&r).contains("already"), "{}", text(&r));
+    // a's run finished after its request was answered; check_run in a gets the rest.
+    let mut rest = String::new();
+    for _ in 0..30 {
+        let r = call(&a, "check_run", json!({"run": 1})).await;
+        rest.push_str(&text(&r));
+        if rest.contains("[the run ") {
+            break;
+        }
+    }
+    assert!(
+        rest.contains("a done") && rest.contains("[the run finished after "),
+        "{rest}"
+    );
+    assert_eq!(text(&exec(&a, "left").await), "'a'");
+    assert_eq!(text(&exec(&b, "left").await), "'b'");
+    let _ = a.cancel().await;
+    let _ = b.cancel().await;
+    assert!(srv.stop().await.success());
+}
