@@ -291,17 +291,20 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         None if parts.method == http::Method::POST => {
             if let Some(id) = initialize_id(&bytes) {
                 let max = st.reg.limits().max_sessions;
-                if st.reg.full() {
+                if let Some(next) = st.reg.full() {
                     tracing::warn!(max, "refused a new session: --max-sessions reached");
                     let mut r = jsonrpc_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         id,
-                        &format!("the server already runs {max} sessions, its limit (--max-sessions); try again later"),
+                        &format!(
+                            "the server already runs {max} sessions, its limit (--max-sessions); {}",
+                            crate::serve::sessions::next_free_words(next)
+                        ),
                     );
-                    r.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("30"),
-                    );
+                    let retry = next.unwrap_or(30).clamp(1, 3600).to_string();
+                    if let Ok(v) = http::HeaderValue::from_str(&retry) {
+                        r.headers_mut().insert(http::header::RETRY_AFTER, v);
+                    }
                     return r;
                 }
             }

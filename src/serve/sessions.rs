@@ -30,6 +30,8 @@ use crate::workspace::Workspace;
 pub const SESSION_ARG: &str = "session";
 /// The tool that mints a session handle.
 pub const NEW_SESSION_TOOL: &str = "new_session";
+/// The tool that ends a handle-era session.
+pub const END_SESSION_TOOL: &str = "end_session";
 /// The HTTP header of a 2025-11-25 MCP session.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -139,6 +141,13 @@ impl Session {
             && self.active.load(Ordering::SeqCst) == 0
     }
 
+    /// May give its slot to a new session: nothing running, and either an orphan or idle for
+    /// longer than [`EVICT_GRACE`] (clients that open, call and leave never end their sessions).
+    fn evictable(&self) -> bool {
+        self.active.load(Ordering::SeqCst) == 0
+            && (self.orphaned() || self.idle_for() >= EVICT_GRACE)
+    }
+
     /// How the log names the session: an MCP session id in full, a handle by its first 12
     /// characters (a handle is the session's credential; the log is not a place for it).
     pub fn log_name(&self) -> String {
@@ -227,17 +236,45 @@ pub struct Registry {
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("the server already runs {max} sessions, its limit (--max-sessions); end one or try again later")]
-    Full { max: usize },
+    #[error("the server already runs {max} sessions, its limit (--max-sessions); {}", next_free_words(*next))]
+    Full {
+        max: usize,
+        /// Seconds until a session becomes idle long enough to give way, when one can.
+        next: Option<u64>,
+    },
     #[error("the server is shutting down")]
     Stopping,
     #[error("could not create the session's workspace folder: {0}")]
     Workspace(String),
 }
 
+/// How long a session must have been idle (no call in flight) before a new one may take its
+/// slot at --max-sessions: a fresh session of another client is never ended.
+pub const EVICT_GRACE: Duration = Duration::from_secs(60);
+
+/// When the next slot frees, in words.
+pub fn next_free_words(next: Option<u64>) -> String {
+    match next {
+        Some(0) => "try again now".to_owned(),
+        Some(s) => format!(
+            "the least recently used idle session gives way in about {s} s (after {} s without a call); try again then, or end a session (end_session, or DELETE for an MCP session)",
+            EVICT_GRACE.as_secs()
+        ),
+        None => "every session has a call running; try again when one ends, or end a session (end_session, or DELETE for an MCP session)".to_owned(),
+    }
+}
+
 /// Python that pre-imports the analysis stack (an expression, for `KernelHandle::evaluate`).
 const PRELOAD_EXPR: &str =
     "[__import__(m) for m in ('numpy', 'pandas', 'matplotlib.pyplot')] and None";
+
+/// Seconds until one of `sessions` may give way (`None`: all have a call running).
+fn next_evictable<'a>(sessions: impl Iterator<Item = &'a Arc<Session>>) -> Option<u64> {
+    sessions
+        .filter(|s| s.active.load(Ordering::SeqCst) == 0)
+        .map(|s| EVICT_GRACE.saturating_sub(s.idle_for()).as_secs() + 1)
+        .min()
+}
 
 impl Registry {
     /// A registry for sessions under `root`; starts the spare kernels.
@@ -270,12 +307,14 @@ impl Registry {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// True when a new session would be refused (orphaned sessions give way; see `open`).
-    pub fn full(&self) -> bool {
-        self.sessions
-            .lock()
-            .map(|m| m.len() >= self.limits.max_sessions && !m.values().any(|s| s.orphaned()))
-            .unwrap_or(true)
+    /// `Some(next)` when a new session would be refused (idle sessions give way; see `open`),
+    /// with the seconds until one can.
+    pub fn full(&self) -> Option<Option<u64>> {
+        let m = self.sessions.lock().ok()?;
+        if m.len() < self.limits.max_sessions || m.values().any(|s| s.evictable()) {
+            return None;
+        }
+        Some(next_evictable(m.values()))
     }
 
     /// The open session with this id.
@@ -377,14 +416,16 @@ impl Registry {
         let session = {
             let mut sessions = self.sessions.lock().map_err(|_| OpenError::Stopping)?;
             if sessions.len() >= self.limits.max_sessions {
+                // Least recently used first, among those that may give way.
                 let oldest = sessions
                     .values()
-                    .filter(|s| s.orphaned())
+                    .filter(|s| s.evictable())
                     .max_by_key(|s| s.idle_for())
                     .map(|s| s.id.clone());
                 let Some(old) = oldest.and_then(|o| sessions.remove(&o)) else {
                     return Err(OpenError::Full {
                         max: self.limits.max_sessions,
+                        next: next_evictable(sessions.values()),
                     });
                 };
                 evicted = Some(old);
@@ -437,7 +478,7 @@ impl Registry {
         };
         if let Some(old) = evicted {
             old.closed.store(true, Ordering::SeqCst);
-            tracing::info!(session = %old.log_name(), "session ended: --max-sessions reached and it was started by a call without `session` and never used again");
+            tracing::info!(session = %old.log_name(), idle_seconds = old.idle_for().as_secs(), "session ended: --max-sessions reached and it was the least recently used idle one");
             tokio::spawn(async move {
                 old.kernel.shutdown().await;
                 remove_if_empty(old.folder.as_ref());
@@ -744,6 +785,25 @@ impl Front {
                 .open_world(false),
         );
         tools.push(t);
+        let mut schema = serde_json::Map::new();
+        schema.insert("type".into(), "object".into());
+        schema.insert(
+            "properties".into(),
+            serde_json::json!({ SESSION_ARG: {"type": "string", "description": format!("The handle of the session to end (from {NEW_SESSION_TOOL}).")} }),
+        );
+        schema.insert("required".into(), serde_json::json!([SESSION_ARG]));
+        let mut t = Tool::new(
+            END_SESSION_TOOL,
+            "End a session when done with it: its kernel and everything it started stop, its variables are gone, its files stay. Frees its slot for other clients at once (otherwise it ends after the idle timeout).".to_owned(),
+            schema,
+        );
+        t.annotations = Some(
+            rmcp::model::ToolAnnotations::new()
+                .read_only(false)
+                .destructive(true)
+                .open_world(false),
+        );
+        tools.push(t);
         tools
     }
 
@@ -821,6 +881,26 @@ impl ServerHandler for Front {
                 )])
                 .into(),
                 Err(e) => tool_error(format!("no session was started: {e}")),
+            });
+        }
+        if request.name == END_SESSION_TOOL {
+            let args = request.arguments.take().unwrap_or_default();
+            return Ok(match args.get(SESSION_ARG) {
+                Some(serde_json::Value::String(h)) => {
+                    match self.reg.get(h).filter(|s| s.era == Era::Handle) {
+                        Some(s) => {
+                            self.reg.close(&s.id, "ended by end_session");
+                            CallToolResult::success(vec![Content::text(
+                                "the session ended: its kernel stopped and its variables are gone; its files stay on disk",
+                            )])
+                            .into()
+                        }
+                        None => tool_error("unknown or expired session handle; nothing to end"),
+                    }
+                }
+                _ => tool_error(format!(
+                    "pass the handle of the session to end as `{SESSION_ARG}`"
+                )),
             });
         }
         let mut args = request.arguments.take().unwrap_or_default();

@@ -728,7 +728,7 @@ async fn orphaned_sessions_give_way_at_the_limit() {
     )
     .await;
     assert_eq!(text(&r), "2\n");
-    assert!(srv.log().contains("never used again"));
+    assert!(srv.log().contains("the least recently used idle one"));
     let _ = c.cancel().await;
     assert!(srv.stop().await.success());
 }
@@ -800,5 +800,58 @@ async fn a_run_outlives_its_http_request_and_each_session_has_its_own() {
     assert_eq!(text(&exec(&b, "left").await), "'b'");
     let _ = a.cancel().await;
     let _ = b.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+#[tokio::test]
+async fn clients_that_end_their_sessions_never_fill_the_server() {
+    let srv = Http::start(&["--max-sessions", "2"], None).await;
+    // One client that stays: used now, so it never gives way to a newcomer.
+    let stay = srv.modern().await;
+    let r = call(&stay, "new_session", json!({})).await;
+    let kept = handle_of(&r);
+    let r = call(
+        &stay,
+        "execute_python",
+        json!({"code": "kept = 1", "session": kept}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    for i in 0..5 {
+        let c = srv.modern().await;
+        let r = call(&c, "new_session", json!({})).await;
+        assert!(!is_error(&r), "client {i}: {}", text(&r));
+        let h = handle_of(&r);
+        for code in [format!("x = {i}"), "x * 2".to_owned()] {
+            let r = call(&c, "execute_python", json!({"code": code, "session": h})).await;
+            assert!(!is_error(&r), "client {i}: {}", text(&r));
+        }
+        let r = call(&c, "end_session", json!({"session": h})).await;
+        assert!(text(&r).contains("the session ended"), "{}", text(&r));
+        let r = call(&c, "execute_python", json!({"code": "x", "session": h})).await;
+        assert!(
+            is_error(&r) && text(&r).contains("unknown or expired"),
+            "{}",
+            text(&r)
+        );
+        let _ = c.cancel().await;
+    }
+    // At the limit with every session fresh, the refusal says when a slot frees.
+    let other = srv.modern().await;
+    let r = call(&other, "new_session", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&stay, "new_session", json!({})).await;
+    assert!(is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("gives way in about"), "{}", text(&r));
+    // The client that stayed still has its state.
+    let r = call(
+        &stay,
+        "execute_python",
+        json!({"code": "kept", "session": kept}),
+    )
+    .await;
+    assert_eq!(text(&r), "1");
+    let _ = stay.cancel().await;
+    let _ = other.cancel().await;
     assert!(srv.stop().await.success());
 }
