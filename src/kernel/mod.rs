@@ -211,6 +211,8 @@ pub struct KernelHandle {
     spare_cfg: SpareConfig,
     spare: StdMutex<Option<Spare>>,
     spare_filling: AtomicBool,
+    /// Set by `shutdown`: kernels that finish starting afterwards are ended, not kept.
+    stopping: AtomicBool,
     backend: Arc<dyn Backend>,
     /// Set after an install: the next call first clears Python's import caches.
     invalidate_imports: AtomicBool,
@@ -248,6 +250,7 @@ impl KernelHandle {
             spare_cfg: spare,
             spare: StdMutex::new(None),
             spare_filling: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             backend,
             invalidate_imports: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
@@ -443,7 +446,10 @@ impl KernelHandle {
 
     /// Starts a spare kernel in the background if one is wanted and none is there or coming.
     fn refill_spare(&self) {
-        if !self.spare_cfg.enabled || self.spare_filling.swap(true, Ordering::SeqCst) {
+        if !self.spare_cfg.enabled
+            || self.stopping.load(Ordering::SeqCst)
+            || self.spare_filling.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let has = self.spare.lock().map(|s| s.is_some()).unwrap_or(true);
@@ -493,6 +499,11 @@ impl KernelHandle {
     }
 
     async fn start_into(&self, slot: &mut Slot) -> Result<Arc<Kernel>, KernelError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(KernelError::Unavailable {
+                reason: "the server is shutting down".into(),
+            });
+        }
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
             if at > now {
@@ -826,6 +837,31 @@ impl KernelHandle {
 
     /// Shuts the kernel down cleanly (bounded), then kills what is left.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let first = self.current();
+        self.shutdown_present().await;
+        // A kernel still starting (the first one, a spare) would outlive the server, and on a
+        // gateway stay there for good: wait for it (bounded) and end it too.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while self.spare_filling.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let late = match tokio::time::timeout_at(deadline, self.slot.lock()).await {
+            Ok(mut slot) => slot.kernel.take(),
+            Err(_) => {
+                tracing::warn!("a kernel was still starting at exit and did not finish in time");
+                None
+            }
+        };
+        if let Some(k) = late.filter(|k| !first.as_ref().is_some_and(|f| Arc::ptr_eq(f, k))) {
+            tracing::info!("ending a kernel that finished starting during shutdown");
+            k.shutdown().await;
+        }
+        self.shutdown_present().await;
+    }
+
+    /// Ends the current kernel and the spare, as they are now.
+    async fn shutdown_present(&self) {
         let spare = self.spare.lock().ok().and_then(|mut s| s.take());
         // Both are ended before the server exits: a local kernel's process group dies, a
         // gateway kernel is deleted on the gateway.
@@ -848,6 +884,9 @@ impl KernelHandle {
         }
     }
 }
+
+/// Longest `shutdown` waits for kernels still starting (a gateway start can take a while).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
 
 /// Most processes named in a result; the rest are counted.
 const MAX_LISTED: usize = 10;

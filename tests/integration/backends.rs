@@ -1052,3 +1052,36 @@ fn ids(body: &[u8]) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+#[tokio::test]
+async fn a_server_that_exits_while_its_spare_starts_leaves_no_gateway_kernel() {
+    let g = Gateway::start_kind(Kind::KernelGateway).await;
+    let s = g.server(&["--spare"]).await;
+    let pid = s.pid as i32;
+    // The first call starts the kernel; the spare is still starting when the client leaves.
+    let r = s.exec("1 + 1").await;
+    assert_eq!(text(&r), "2", "{r:?}");
+    // SIGTERM: an orderly exit (closing the harness client would kill the process after a
+    // grace period, as rmcp's child transport does).
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        crate::harness::eventually(HANG, || !crate::harness::alive(pid)).await,
+        "the server did not exit"
+    );
+    let dir = s.close().await;
+    assert!(
+        crate::harness::eventually(HANG, || !crate::harness::alive(pid)).await,
+        "the server did not exit"
+    );
+    // Nothing can delete a kernel once the server is gone: every one must be gone already.
+    assert_eq!(
+        g.kernels().await.unwrap_or_default(),
+        Vec::<String>::new(),
+        "kernels left on the gateway; server log:\n{}",
+        std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+    );
+}
