@@ -322,15 +322,7 @@ impl Installer {
         let py = python.to_string_lossy().into_owned();
         let cons = constraints.to_string_lossy().into_owned();
         let mut argv: Vec<String> = match self {
-            Installer::Uv(uv) => vec![
-                uv.to_string_lossy().into_owned(),
-                "pip".into(),
-                "install".into(),
-                "--python".into(),
-                py,
-                "--constraint".into(),
-                cons,
-            ],
+            Installer::Uv(uv) => Self::uv_pip(uv, "install", py, &["--constraint", &cons]),
             Installer::Pip => pip_install(&py, &["--constraint", &cons]),
         };
         argv.extend(specs.iter().map(|s| s.raw.clone()));
@@ -339,17 +331,24 @@ impl Installer {
 }
 
 impl Installer {
+    /// `uv pip <command> --python <python>`, then `rest`.
+    fn uv_pip(uv: &std::path::Path, command: &str, python: String, rest: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            uv.to_string_lossy().into_owned(),
+            "pip".into(),
+            command.into(),
+            "--python".into(),
+            python,
+        ];
+        argv.extend(rest.iter().map(|s| (*s).to_owned()));
+        argv
+    }
+
     /// The argv that removes the distributions `names` from `python`.
     pub fn uninstall_argv(&self, python: &std::path::Path, names: &[String]) -> Vec<String> {
         let py = python.to_string_lossy().into_owned();
         let mut argv: Vec<String> = match self {
-            Installer::Uv(uv) => vec![
-                uv.to_string_lossy().into_owned(),
-                "pip".into(),
-                "uninstall".into(),
-                "--python".into(),
-                py,
-            ],
+            Installer::Uv(uv) => Self::uv_pip(uv, "uninstall", py, &[]),
             Installer::Pip => vec![
                 py,
                 "-I".into(),
@@ -368,15 +367,7 @@ impl Installer {
     pub fn reinstall_argv(&self, python: &std::path::Path, pins: &[String]) -> Vec<String> {
         let py = python.to_string_lossy().into_owned();
         let mut argv: Vec<String> = match self {
-            Installer::Uv(uv) => vec![
-                uv.to_string_lossy().into_owned(),
-                "pip".into(),
-                "install".into(),
-                "--python".into(),
-                py,
-                "--no-deps".into(),
-                "--reinstall".into(),
-            ],
+            Installer::Uv(uv) => Self::uv_pip(uv, "install", py, &["--no-deps", "--reinstall"]),
             Installer::Pip => pip_install(&py, &["--no-deps", "--force-reinstall"]),
         };
         argv.extend(pins.iter().cloned());

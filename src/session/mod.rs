@@ -321,6 +321,27 @@ impl Session {
         )
     }
 
+    /// The limits of one cell from the caller's `timeout` (checked against the server's
+    /// bounds), and the note saying how it was adjusted.
+    fn exec_limits(
+        &self,
+        timeout: Option<f64>,
+        progress: bool,
+    ) -> Result<(ExecLimits, Option<String>), SessionError> {
+        let s = &self.settings;
+        let (timeout, note) =
+            crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
+                .map_err(SessionError::Refused)?;
+        Ok((
+            ExecLimits {
+                timeout,
+                grace: s.interrupt_grace,
+                progress,
+            },
+            note,
+        ))
+    }
+
     /// The session's runs.
     pub fn runs(&self) -> &runs::Runs {
         &self.runs
@@ -362,15 +383,7 @@ impl Session {
             crate::arrival::wait_turn(k).await;
         }
         let _released = Released(arrival);
-        let s = &self.settings;
-        let (timeout, note) =
-            crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
-                .map_err(SessionError::Refused)?;
-        let limits = ExecLimits {
-            timeout,
-            grace: s.interrupt_grace,
-            progress: progress.is_some(),
-        };
+        let (limits, note) = self.exec_limits(timeout, progress.is_some())?;
         let (id, start) = self.runs.submit(
             runs::Job {
                 code: code.to_owned(),
@@ -414,15 +427,8 @@ impl Session {
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Rendered, SessionError> {
-        let s = &self.settings;
-        let (timeout, note) =
-            crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
-                .map_err(SessionError::Refused)?;
-        let limits = ExecLimits {
-            timeout,
-            grace: s.interrupt_grace,
-            progress: progress.is_some(),
-        };
+        let (limits, note) = self.exec_limits(timeout, progress.is_some())?;
+        let timeout = limits.timeout;
         let mut collector = self.collector();
         let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
         let mut sink = Progress::new(&mut recorder, progress);
@@ -533,7 +539,7 @@ impl Session {
             runs::Look::Ended { outputs, end } => {
                 let collector = *outputs;
                 match end {
-                    runs::EndView::Done {
+                    runs::RunEnd::Done {
                         exec,
                         report,
                         timeout,
@@ -571,8 +577,8 @@ impl Session {
                         }
                         Ok(r)
                     }
-                    runs::EndView::Failed(e) => Err(e),
-                    runs::EndView::Cancelled(why) => Ok(crate::output::text_result(
+                    runs::RunEnd::Failed(e) => Err(e),
+                    runs::RunEnd::Cancelled(why) => Ok(crate::output::text_result(
                         &format!("[the run never started: {why}]"),
                         true,
                     )),

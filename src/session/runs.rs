@@ -26,8 +26,8 @@ use crate::wire::Content;
 /// Most runs remembered (finished and reported ones are forgotten first).
 const KEEP_RUNS: usize = 64;
 
-/// How a run ended.
-pub(super) enum RunEnd {
+/// How a run ended (handed to the renderer once).
+pub enum RunEnd {
     Done {
         exec: Box<Execution>,
         report: Report,
@@ -94,7 +94,7 @@ pub enum Look {
     /// Ended just now: the outputs since the last look and the ending.
     Ended {
         outputs: Box<Collector>,
-        end: EndView,
+        end: RunEnd,
     },
     /// Its end was shown before.
     Reported {
@@ -103,18 +103,6 @@ pub enum Look {
     Unknown {
         id: Option<u64>,
     },
-}
-
-/// A run's ending, handed to the renderer.
-pub enum EndView {
-    Done {
-        exec: Box<Execution>,
-        report: Report,
-        timeout: Duration,
-        note: Option<String>,
-    },
-    Failed(SessionError),
-    Cancelled(String),
 }
 
 /// The clock time of `t` as HH:MM:SS UTC.
@@ -272,21 +260,6 @@ impl Runs {
         let outputs = Box::new(std::mem::replace(&mut run.pending, new_collector()));
         if let Some(end) = run.end.take() {
             run.reported = true;
-            let end = match end {
-                RunEnd::Done {
-                    exec,
-                    report,
-                    timeout,
-                    note,
-                } => EndView::Done {
-                    exec,
-                    report,
-                    timeout,
-                    note,
-                },
-                RunEnd::Failed(e) => EndView::Failed(e),
-                RunEnd::Cancelled(s) => EndView::Cancelled(s),
-            };
             return Look::Ended { outputs, end };
         }
         if run.reported {

@@ -430,3 +430,54 @@ impl Raw {
         }
     }
 }
+
+/// A local package index on 127.0.0.1 serving the files of `dir`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub struct Index {
+    child: std::process::Child,
+    /// The index's URL, e.g. for `--find-links`.
+    pub url: String,
+}
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+impl Index {
+    pub fn serve(dir: &Path) -> Index {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
+        Index {
+            child,
+            url: format!("http://127.0.0.1:{port}/"),
+        }
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -642,7 +642,6 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 #[tokio::test]
 async fn a_source_build_runs_inside_the_sandbox() {
-    use std::io::BufRead;
     let c = canaries();
     let pkg = tempfile::Builder::new()
         .prefix("kmcp-sdist-")
@@ -655,32 +654,8 @@ async fn a_source_build_runs_inside_the_sandbox() {
     std::fs::create_dir_all(pkg.path().join("site")).unwrap();
     canary_sdist(pkg.path(), out.path(), &c);
     // A package index of one file, on the host's loopback (the installer has the network).
-    let mut index = std::process::Command::new("python3")
-        .args([
-            "-u",
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            "0",
-            "--directory",
-        ])
-        .arg(pkg.path().join("site"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(index.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split(" port ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_default()
-        .to_owned();
-    let links = format!("http://127.0.0.1:{port}/");
+    let index = crate::harness::Index::serve(&pkg.path().join("site"));
+    let links = index.url.clone();
     let data = kernel_mcp::pyenv::data_dir().unwrap();
     let data = data.to_string_lossy().into_owned();
     let home = c.home.to_string_lossy().into_owned();
@@ -700,8 +675,7 @@ async fn a_source_build_runs_inside_the_sandbox() {
     let r = s
         .call("install_package", json!({"packages": ["kmcp-canary"]}))
         .await;
-    let _ = index.kill();
-    let _ = index.wait();
+    drop(index);
     assert!(!is_error(&r), "{}", text(&r));
     // It built and installed: the kernel imports it...
     let r = s

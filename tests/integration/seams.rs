@@ -4,12 +4,12 @@
 //! sandbox's curated views. Each test performs the attack from kernel code (or from a package's
 //! build code) and checks that nothing happened outside.
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::harness::{is_error, text, texts, Server};
+use crate::harness::{is_error, text, texts, Index, Server};
 
 /// Variables that point installs at a particular index: taken out of the servers these tests
 /// start, so that only the configuration each test sets is in force.
@@ -81,6 +81,19 @@ fn plant_code(out: &Path) -> String {
     code
 }
 
+/// Fails when a planted file left its mark in `out` (it ran outside the sandbox).
+fn assert_no_marks(out: &Path) {
+    let marks: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        marks.is_empty(),
+        "kernel-written files ran outside the sandbox: {marks:?}"
+    );
+}
+
 #[tokio::test]
 async fn files_the_kernel_writes_never_run_outside_the_sandbox() {
     let out = tempdir("kmcp-seam-out-");
@@ -111,15 +124,7 @@ async fn files_the_kernel_writes_never_run_outside_the_sandbox() {
     assert!(!is_error(&r), "{}", text(&r));
     let r = s.exec("1 + 1").await;
     assert_eq!(text(&r), "2");
-    let marks: Vec<String> = std::fs::read_dir(out.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        marks.is_empty(),
-        "kernel-written files ran outside the sandbox: {marks:?}"
-    );
+    assert_no_marks(out.path());
     s.close().await;
     // The same probes run by a new server whose working directory holds the planted files.
     let s = Server::start_opts(&[], &[("KERNEL_MCP_DATA_DIR", data.as_str())], &[], true).await;
@@ -134,63 +139,8 @@ async fn files_the_kernel_writes_never_run_outside_the_sandbox() {
         .output()
         .unwrap();
     assert!(setup.status.success());
-    let marks: Vec<String> = std::fs::read_dir(out.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        marks.is_empty(),
-        "kernel-written files ran outside the sandbox: {marks:?}"
-    );
+    assert_no_marks(out.path());
     s.close().await;
-}
-
-/// A local package index on 127.0.0.1 serving the files of `dir`.
-struct Index {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Index {
-    fn serve(dir: &Path) -> Index {
-        let mut child = std::process::Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                "0",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split(" port ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_default()
-            .to_owned();
-        Index {
-            child,
-            url: format!("http://127.0.0.1:{port}/"),
-        }
-    }
-}
-
-impl Drop for Index {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A listener on 127.0.0.1 that keeps whatever is sent to it.
@@ -938,6 +888,6 @@ async fn without_namespaces_the_seams_hold_and_tmp_says_what_works() {
         .call("install_package", json!({"packages": ["numpy"]}))
         .await;
     assert!(!is_error(&r), "{}", text(&r));
-    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    assert_no_marks(out.path());
     s.close().await;
 }
