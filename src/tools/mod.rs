@@ -345,6 +345,18 @@ impl Server {
         tools
     }
 
+    /// The answer of a silent kernel-side helper (`expr`), waiting up to 10 s for a running
+    /// call; `Err` is the result `tool` gives instead.
+    async fn helper_answer(&self, expr: &str, tool: &str) -> Result<String, CallToolResult> {
+        match self.session.evaluate(expr, Duration::from_secs(10)).await {
+            Ok(r) => Ok(r),
+            Err(SessionError::Kernel(KernelError::Busy { .. })) => Err(tool_error(format!(
+                "the kernel is busy running a call; call {tool} again when it has finished (or interrupt_kernel)"
+            ))),
+            Err(e) => Err(failure(e)),
+        }
+    }
+
     /// The session this server serves.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
@@ -828,14 +840,9 @@ impl Server {
             return Ok(tool_error(e));
         }
         let expr = crate::variables::expression(p.filter.as_deref(), p.all.unwrap_or(false));
-        let raw = match self.session.evaluate(&expr, Duration::from_secs(10)).await {
+        let raw = match self.helper_answer(&expr, "list_variables").await {
             Ok(r) => r,
-            Err(SessionError::Kernel(KernelError::Busy { .. })) => {
-                return Ok(tool_error(
-                    "the kernel is busy running a call; call list_variables again when it has finished (or interrupt_kernel)",
-                ))
-            }
-            Err(e) => return Ok(failure(e)),
+            Err(result) => return Ok(result),
         };
         Ok(match crate::variables::parse(&raw) {
             Ok(listing) => structured(listing.to_text(), &listing),
@@ -870,14 +877,9 @@ impl Server {
             return Ok(tool_error(e));
         }
         let expr = crate::variables::inspect_expression(&p.name, p.rows.unwrap_or(5));
-        let raw = match self.session.evaluate(&expr, Duration::from_secs(10)).await {
+        let raw = match self.helper_answer(&expr, "inspect_variable").await {
             Ok(r) => r,
-            Err(SessionError::Kernel(KernelError::Busy { .. })) => {
-                return Ok(tool_error(
-                    "the kernel is busy running a call; call inspect_variable again when it has finished (or interrupt_kernel)",
-                ))
-            }
-            Err(e) => return Ok(failure(e)),
+            Err(result) => return Ok(result),
         };
         Ok(match crate::variables::parse_inspection(&raw) {
             Ok(i) => {
