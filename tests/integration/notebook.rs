@@ -438,6 +438,7 @@ async fn data_tools_return_structured_content_with_an_output_schema() {
             "check_packages",
             "export_notebook",
             "get_environment",
+            "inspect_variable",
             "list_files",
             "list_packages",
             "list_variables"
