@@ -323,7 +323,19 @@ async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
         format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
     )
     .unwrap();
-    install_with_config("kmcp-nosy-user", home.path(), &[], site.path(), &sink).await;
+    // Names of their own each run: pip caches wheels built from a URL, and a port the index
+    // had before would otherwise serve a cached build (no build code would run).
+    let tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            % 0xffff_ffff
+    );
+    let user_pkg = format!("kmcp-nosy-user-{tag}");
+    let env_pkg = format!("kmcp-nosy-env-{tag}");
+    install_with_config(&user_pkg, home.path(), &[], site.path(), &sink).await;
     // 2. The index is named only in a file given by PIP_CONFIG_FILE (and HOME has none).
     let home2 = tempdir("kmcp-home-");
     let file = site.path().join("corp-pip.conf");
@@ -334,7 +346,7 @@ async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
     .unwrap();
     let file_s = file.to_string_lossy().into_owned();
     install_with_config(
-        "kmcp-nosy-env",
+        &env_pkg,
         home2.path(),
         &[("PIP_CONFIG_FILE", file_s.as_str())],
         site.path(),
