@@ -359,11 +359,21 @@ pub async fn serve(
         };
         // Reap finished connection tasks so the set stays small.
         while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_CONNECTIONS {
+            // Slow or idle clients must not hold every file descriptor.
+            tracing::warn!(%peer, open = conns.len(), "refused a connection: too many open");
+            drop(stream);
+            continue;
+        }
         let st = st.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                // A client that opens a connection and dribbles (or never finishes) its
+                // headers is cut after HEADER_READ_TIMEOUT (slowloris).
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, svc)
                 .await
             {
@@ -378,6 +388,12 @@ pub async fn serve(
     conns.abort_all();
     Ok(())
 }
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most connections open at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 512;
 
 #[cfg(test)]
 mod tests {

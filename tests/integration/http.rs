@@ -855,3 +855,47 @@ async fn clients_that_end_their_sessions_never_fill_the_server() {
     let _ = other.cancel().await;
     assert!(srv.stop().await.success());
 }
+
+#[tokio::test]
+async fn connections_that_never_finish_their_headers_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Http::start(&[], None).await;
+    let addr = srv
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Five slowloris clients: a request line and one header, then nothing.
+    let mut socks = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        socks.push(s);
+    }
+    // The server closes each (the read sees the end, or an error), well within the hang bound.
+    for mut s in socks {
+        let mut buf = [0u8; 512];
+        let closed = tokio::time::timeout(HANG, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a half-sent request kept its connection open"
+        );
+    }
+    // The server still serves.
+    let c = srv.session().await;
+    assert_eq!(text(&exec(&c, "print(5)").await), "5\n");
+    let _ = c.cancel().await;
+    assert!(srv.stop().await.success());
+}
