@@ -263,36 +263,35 @@ async fn rollback(
         .filter(|(k, (_, v))| after.get(*k).is_none_or(|(_, now)| now != v))
         .map(|(_, (n, v))| format!("{n}=={v}"))
         .collect();
+    // One installer step of the rollback, said as `ok` or `failed` with the names.
+    let step = |argv: Vec<String>,
+                network: bool,
+                ok: &'static str,
+                failed: &'static str,
+                names: String| async move {
+        let word = match run_step(|_| Ok(argv), mode, network, timeout, None).await {
+            Ok(o) if o.success => ok,
+            _ => failed,
+        };
+        format!("{word} {names}")
+    };
     let mut done = Vec::new();
     if !added.is_empty() {
-        let ok = match run_step(
-            |_| Ok(installer.uninstall_argv(python, &added)),
-            mode,
-            false,
-            timeout,
-            None,
-        )
-        .await
-        {
-            Ok(o) if o.success => "removed",
-            _ => "could not remove",
-        };
-        done.push(format!("{ok} {}", added.join(", ")));
+        let argv = installer.uninstall_argv(python, &added);
+        done.push(step(argv, false, "removed", "could not remove", added.join(", ")).await);
     }
     if !changed.is_empty() {
-        let ok = match run_step(
-            |_| Ok(installer.reinstall_argv(python, &changed)),
-            mode,
-            true,
-            timeout,
-            None,
-        )
-        .await
-        {
-            Ok(o) if o.success => "put back",
-            _ => "could not put back",
-        };
-        done.push(format!("{ok} {}", changed.join(", ")));
+        let argv = installer.reinstall_argv(python, &changed);
+        done.push(
+            step(
+                argv,
+                true,
+                "put back",
+                "could not put back",
+                changed.join(", "),
+            )
+            .await,
+        );
     }
     if done.is_empty() {
         "nothing had changed.".to_owned()

@@ -253,6 +253,19 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     assert!(st.success());
 }
 
+/// A HOME whose user pip configuration (and nothing else) names the index at `url`.
+fn home_naming_index(url: &str) -> tempfile::TempDir {
+    let home = tempdir("kmcp-home-");
+    let conf = home.path().join(".config/pip/pip.conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    std::fs::write(
+        &conf,
+        format!("[global]\nno-index = true\nfind-links = {url}\n"),
+    )
+    .unwrap();
+    home
+}
+
 fn uninstall(dist: &str) {
     let py = kernel_mcp::pyenv::data_dir()
         .unwrap()
@@ -315,14 +328,7 @@ async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
     let index = Index::serve(site.path());
     let sink = Sink::start();
     // 1. The index is named only in the user's pip configuration under the server's HOME.
-    let home = tempdir("kmcp-home-");
-    let conf = home.path().join(".config/pip/pip.conf");
-    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
-    std::fs::write(
-        &conf,
-        format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
-    )
-    .unwrap();
+    let home = home_naming_index(&index.url);
     // Names of their own each run: pip caches wheels built from a URL, and a port the index
     // had before would otherwise serve a cached build (no build code would run).
     let tag = format!(
@@ -791,14 +797,7 @@ async fn an_install_cannot_break_the_kernels_environment() {
         ],
     );
     let index = Index::serve(site.path());
-    let home = tempdir("kmcp-home-");
-    let conf = home.path().join(".config/pip/pip.conf");
-    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
-    std::fs::write(
-        &conf,
-        format!("[global]\nno-index = true\nfind-links = {}\n", index.url),
-    )
-    .unwrap();
+    let home = home_naming_index(&index.url);
     // A venv of its own that sees the managed environment's packages through a .pth file: an
     // install here cannot disturb the kernels other tests start meanwhile.
     let venv = tempdir("kmcp-venv-");
