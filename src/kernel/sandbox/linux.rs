@@ -649,9 +649,16 @@ impl Watch {
     }
 
     /// Polls until the helper exits (the thread dies with it). Cheap checks often, costly
-    /// ones only when they can have changed: free space on the watched file systems (one
-    /// statvfs each) every 50 ms (10 ms while files grow), a walk of the watched folders when that space shrank by a
-    /// step or a second has passed, the process list for the CPU limit four times a second.
+    /// ones only when they can have changed. Every 50 ms (2 ms while the kernel writes): the
+    /// free space on the watched file systems (one statvfs each) and the bytes the sandbox's
+    /// processes wrote (`wchar` of /proc/PID/io, a few reads). A walk of the watched folders,
+    /// exact but slow, when either grew by a step since the last walk, or a second has passed.
+    /// The process list for those reads (and the CPU limit) is refreshed four times a second.
+    ///
+    /// Two signals because each misses something: free space is shared with the rest of the
+    /// machine and rises late after a delete (ext4 returns blocks at the journal's commit), so
+    /// it can hide fresh writes; the write counters miss `mmap` stores and processes that came
+    /// and went between two refreshes, which free space sees.
     fn run(self, kernel: i32) {
         use std::time::{Duration, Instant};
         let me = nix::unistd::getpid().as_raw();
@@ -665,6 +672,7 @@ impl Watch {
         };
         let step = self.quota.map(|q| (q / 32).clamp(256 << 10, 64 << 20));
         let mut free_at_walk = free(&self.paths);
+        let mut writes = WriteCounter::default();
         let mut walked = Instant::now();
         let mut cpu_checked = Instant::now();
         let mut walk_cost = Duration::ZERO;
@@ -672,9 +680,9 @@ impl Watch {
         let mut cpu = CpuBudget::default();
         let mut fast = false;
         loop {
-            // While files grow fast, look five times as often: what is written between two
-            // looks is what the quota can overshoot by.
-            std::thread::sleep(Duration::from_millis(if fast { 10 } else { 50 }));
+            // While the kernel writes, look 25 times as often: what is written between two
+            // looks (and during the walk) is what the quota can overshoot by.
+            std::thread::sleep(Duration::from_millis(if fast { 2 } else { 50 }));
             if let (Some(q), Some(step)) = (self.quota, step) {
                 if quota.blocked {
                     // The block is a soft limit the kernel could raise again itself: one that
@@ -683,17 +691,28 @@ impl Watch {
                     quota.enforce(me);
                 }
                 let now_free = free(&self.paths);
-                let shrank = free_at_walk.saturating_sub(now_free) >= step;
-                fast = shrank;
+                if !quota.blocked && now_free > free_at_walk {
+                    // Space freed since the last walk must not hide the writes that follow:
+                    // measure growth from the most free space seen.
+                    free_at_walk = now_free;
+                }
+                let lost = free_at_walk.saturating_sub(now_free);
+                let wrote = writes.poll(me);
+                fast = lost > 0 || writes.busy;
                 // A big workspace is walked less often: at most ~5% of one core.
                 let due = walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
-                if shrank || due || (quota.blocked && now_free > free_at_walk) {
+                if lost >= step
+                    || wrote >= step
+                    || due
+                    || (quota.blocked && now_free > free_at_walk)
+                {
                     let began = Instant::now();
                     let u = usage(&self.paths, &descendants(me));
                     let used = u.bytes.saturating_sub(baseline);
                     walk_cost = began.elapsed();
                     walked = Instant::now();
                     free_at_walk = now_free;
+                    writes.walked();
                     let over = used >= q || u.unmeasured;
                     if over != quota.blocked {
                         quota.set(me, over, self.file_size);
@@ -721,6 +740,56 @@ impl Watch {
             }
         }
     }
+}
+
+/// Bytes the sandbox's processes wrote since the quota's last walk, from the `wchar` counters
+/// of /proc/PID/io (every write(2), to files, pipes and sockets alike: an upper bound of what
+/// files grew by, so it only decides when to walk, never to block).
+#[derive(Default)]
+struct WriteCounter {
+    /// The processes to read, refreshed four times a second (ten while writing).
+    procs: Vec<i32>,
+    listed: Option<std::time::Instant>,
+    /// (pid, `wchar` last read).
+    last: std::collections::HashMap<i32, u64>,
+    since_walk: u64,
+    /// The last look found writing (more than a trickle of output).
+    busy: bool,
+}
+
+impl WriteCounter {
+    /// Reads the counters and returns the bytes written since the last walk.
+    fn poll(&mut self, me: i32) -> u64 {
+        // As often as the CPU limit's check while idle, more often while writing.
+        let every = std::time::Duration::from_millis(if self.busy { 100 } else { 250 });
+        if self.listed.is_none_or(|t| t.elapsed() >= every) {
+            self.procs = descendants(me).iter().map(|p| p.pid).collect();
+            self.listed = Some(std::time::Instant::now());
+            self.last.retain(|pid, _| self.procs.contains(pid));
+        }
+        let mut grew = 0u64;
+        for pid in &self.procs {
+            let Some(now) = wchar(*pid) else { continue };
+            // A pid seen for the first time counts from zero: its writes so far are new.
+            let before = self.last.insert(*pid, now).unwrap_or(0);
+            grew = grew.saturating_add(now.saturating_sub(before));
+        }
+        self.busy = grew >= 64 << 10;
+        self.since_walk = self.since_walk.saturating_add(grew);
+        self.since_walk
+    }
+
+    fn walked(&mut self) {
+        self.since_walk = 0;
+    }
+}
+
+/// A process's `wchar` (bytes passed to write-like calls), if it can be read.
+fn wchar(pid: i32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The disk quota's block: every sandbox process's soft file-size limit at 0 while over.
