@@ -30,6 +30,11 @@ pub trait Channels: Send + Sync {
     fn reconnects(&self) -> u32 {
         0
     }
+    /// Messages from the kernel dropped so far for breaking a limit (the connection was kept),
+    /// and why the last one was.
+    fn dropped(&self) -> (u64, Option<String>) {
+        (0, None)
+    }
 }
 
 #[async_trait]
@@ -48,6 +53,9 @@ impl Channels for crate::wire::Connection {
     }
     fn closed(&self) -> bool {
         crate::wire::Connection::closed(self)
+    }
+    fn dropped(&self) -> (u64, Option<String>) {
+        crate::wire::Connection::dropped(self)
     }
 }
 

@@ -227,6 +227,11 @@ impl Kernel {
         self.chan.reconnects()
     }
 
+    /// Messages from the kernel dropped for breaking a limit, and why the last one was.
+    pub fn dropped(&self) -> (u64, Option<String>) {
+        self.chan.dropped()
+    }
+
     /// How long ago this kernel was started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()

@@ -70,6 +70,9 @@ pub enum Notice {
     Detached { reason: String },
     /// The connection dropped and was re-established; the kernel and its state were kept.
     Reconnected,
+    /// Messages from the kernel broke a size limit and were dropped; the connection (and the
+    /// kernel) were kept. `reason` names the last one and the limit.
+    DroppedMessages { count: u64, reason: String },
     /// Processes this call left running under the kernel (pid, command line), and how many
     /// more were not listed.
     LeftBehind {
@@ -93,6 +96,8 @@ struct Slot {
     last_error: String,
     /// Reconnects of the slot's kernel already reported to a call.
     reconnects_seen: u32,
+    /// Dropped messages of the slot's kernel already reported to a call.
+    dropped_seen: u64,
     /// Set when a kernel we do not own went away: calls report it until restart_kernel
     /// reattaches (it is never restarted behind its owner's back).
     detached: Option<String>,
@@ -550,6 +555,7 @@ impl KernelHandle {
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
                 slot.reconnects_seen = 0;
+                slot.dropped_seen = 0;
                 self.set_current(Some(k.clone()));
                 self.refill_spare();
                 Ok(k)
@@ -789,6 +795,14 @@ impl KernelHandle {
         if n > slot.reconnects_seen {
             slot.reconnects_seen = n;
             report.notes.push(Notice::Reconnected);
+        }
+        let (dropped, why) = kernel.dropped();
+        if dropped > slot.dropped_seen {
+            report.notes.push(Notice::DroppedMessages {
+                count: dropped - slot.dropped_seen,
+                reason: why.unwrap_or_default(),
+            });
+            slot.dropped_seen = dropped;
         }
     }
 

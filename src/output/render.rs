@@ -218,6 +218,12 @@ pub fn notice(n: &crate::kernel::Notice) -> String {
         },
         Notice::Detached { reason } => format!("{reason}."),
         Notice::Reconnected => "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing).".to_owned(),
+        Notice::DroppedMessages { count, reason } => format!(
+            "{} from the kernel {} dropped ({}); the kernel and its variables were kept, but output it carried is missing.",
+            if *count == 1 { "A message".to_owned() } else { format!("{count} messages") },
+            if *count == 1 { "was" } else { "were" },
+            crate::text::sanitize(reason)
+        ),
         Notice::LeftBehind { processes, more } => {
             let mut named: Vec<String> = processes
                 .iter()

@@ -36,6 +36,8 @@ pub struct Connection {
     control: Mutex<DealerSendHalf>,
     routes: Router,
     heartbeat: watch::Receiver<Heartbeat>,
+    /// Messages the relays dropped (over a limit, framing intact).
+    drops: Arc<guard::Drops>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -137,6 +139,7 @@ impl Connection {
         // Every socket is reached through a bounded relay (see guard.rs): a forged frame
         // header can then cut the connection, never abort the server.
         let (corrupt_tx, mut corrupt_rx) = watch::channel(None::<String>);
+        let drops = Arc::new(guard::Drops::default());
         let mut relayed = Vec::new();
         for (endpoint, channel) in [
             (&endpoints.shell, Channel::Shell),
@@ -150,6 +153,7 @@ impl Connection {
                 channel.name(),
                 MAX_MESSAGE_BYTES,
                 corrupt_tx.clone(),
+                drops.clone(),
             )
             .await?;
             tasks.push(r.task);
@@ -255,6 +259,7 @@ impl Connection {
             control: Mutex::new(control_tx),
             routes,
             heartbeat: hb_rx,
+            drops,
             tasks,
         })
     }
@@ -292,6 +297,12 @@ impl Connection {
     /// The latest heartbeat state.
     pub fn heartbeat(&self) -> Heartbeat {
         *self.heartbeat.borrow()
+    }
+
+    /// Messages from the kernel dropped so far for breaking a limit (the connection was kept),
+    /// and why the last one was.
+    pub fn dropped(&self) -> (u64, Option<String>) {
+        self.drops.total()
     }
 }
 

@@ -1,7 +1,9 @@
 //! A bounded relay in front of each kernel socket. The `zeromq` crate reserves the length a
 //! frame header announces before any of it arrives, so one forged header (2^62 bytes) aborts
-//! the server. Every byte the kernel sends passes through [`FrameLimiter`] first; a frame or
-//! message over the limit never reaches `zeromq`: the connection is cut and marked corrupt.
+//! the server. Every byte the kernel sends passes through [`FrameLimiter`] first: a message
+//! over the limits never reaches `zeromq`. While the stream can still be framed, only that
+//! message is dropped (counted in [`Drops`], said to the call); when it cannot (reserved flag
+//! bits, a frame announced far beyond any message) the connection is cut and marked corrupt.
 //! Bytes from the server to the kernel are copied unchanged.
 
 use std::path::PathBuf;
@@ -36,18 +38,39 @@ enum State {
         command: bool,
         more: bool,
         left: u64,
+        /// Passed on, or dropped with its message.
+        pass: bool,
     },
 }
 
-/// Checks a ZMTP byte stream frame by frame without holding any of it: a frame or a multipart
-/// message larger than `max_message` bytes, a command over 1 MiB or a message of more than
-/// [`MAX_FRAMES`] frames is an error.
+/// Flag bits ZMTP 3.x defines (MORE, LONG, COMMAND); the others are reserved and zero.
+const FLAG_BITS: u8 = 0b111;
+
+/// A frame announced bigger than this many times the message limit is taken as a broken
+/// stream, not a big message: dropping it would mean reading (and discarding) gigabytes that
+/// likely never come while the channel stays silent, so the connection is cut instead.
+const SKIPPABLE: u64 = 16;
+
+/// Filters a ZMTP byte stream frame by frame without holding more than a frame header: a
+/// multipart message larger than `max_message` bytes or of more than [`MAX_FRAMES`] frames,
+/// and a command over 1 MiB, are dropped (the framing stays intact, so the connection is
+/// kept); only a stream that can no longer be framed is an error.
 #[derive(Debug)]
 pub struct FrameLimiter {
     state: State,
     max_message: u64,
     message_bytes: u64,
     message_frames: usize,
+    /// Frames of the current message already passed on.
+    passed: usize,
+    /// The rest of the current message is being dropped.
+    dropping: bool,
+    /// The header of the frame being read (flags, size), held until its size is known.
+    header: [u8; 9],
+    header_len: usize,
+    /// Messages dropped since the last [`FrameLimiter::take_dropped`], and why the last was.
+    dropped: u64,
+    why: Option<String>,
 }
 
 impl FrameLimiter {
@@ -58,17 +81,28 @@ impl FrameLimiter {
             max_message: u64::try_from(max_message).unwrap_or(u64::MAX),
             message_bytes: 0,
             message_frames: 0,
+            passed: 0,
+            dropping: false,
+            header: [0; 9],
+            header_len: 0,
+            dropped: 0,
+            why: None,
         }
     }
 
-    /// Advances over `bytes`; an error names what was over the limit.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+    /// Appends to `out` what of `bytes` may pass: everything but the frames of dropped
+    /// messages (a message cut short after some of its frames passed gets an empty last frame,
+    /// so the reader sees one malformed message and drops it). An error says why the stream
+    /// cannot be framed any more.
+    pub fn filter(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         let mut rest = bytes;
         while !rest.is_empty() {
             match self.state {
                 State::Greeting { left } => {
                     let n = left.min(rest.len());
-                    rest = rest.get(n..).unwrap_or_default();
+                    let (now, tail) = rest.split_at(n);
+                    out.extend_from_slice(now);
+                    rest = tail;
                     self.state = match left - n {
                         0 => State::Flags,
                         left => State::Greeting { left },
@@ -79,6 +113,13 @@ impl FrameLimiter {
                         break;
                     };
                     rest = tail;
+                    if flags & !FLAG_BITS != 0 {
+                        return Err(format!(
+                            "a frame with reserved flag bits set ({flags:#04x}), so the stream cannot be framed"
+                        ));
+                    }
+                    self.header[0] = flags;
+                    self.header_len = 1;
                     let long = flags & 0b10 != 0;
                     self.state = State::Size {
                         command: flags & 0b100 != 0,
@@ -97,6 +138,10 @@ impl FrameLimiter {
                         break;
                     };
                     rest = tail;
+                    if let Some(slot) = self.header.get_mut(self.header_len) {
+                        *slot = b;
+                        self.header_len += 1;
+                    }
                     // At most 8 bytes are shifted in, so this cannot overflow.
                     let value = (value << 8) | u64::from(b);
                     if left > 1 {
@@ -108,7 +153,18 @@ impl FrameLimiter {
                         };
                         continue;
                     }
-                    self.check_frame(command, value)?;
+                    if value / SKIPPABLE > self.max_message {
+                        return Err(format!(
+                            "a message of at least {value} bytes (limit {})",
+                            self.max_message
+                        ));
+                    }
+                    let pass = self.admit(command, more, value, out);
+                    if pass {
+                        out.extend_from_slice(
+                            self.header.get(..self.header_len).unwrap_or_default(),
+                        );
+                    }
                     self.state = if value == 0 {
                         self.end_frame(command, more)
                     } else {
@@ -116,6 +172,7 @@ impl FrameLimiter {
                             command,
                             more,
                             left: value,
+                            pass,
                         }
                     };
                 }
@@ -123,18 +180,22 @@ impl FrameLimiter {
                     command,
                     more,
                     left,
+                    pass,
                 } => {
                     let n = left.min(u64::try_from(rest.len()).unwrap_or(u64::MAX));
                     // n <= rest.len(), so it fits in usize.
-                    rest = rest
-                        .get(usize::try_from(n).unwrap_or(rest.len())..)
-                        .unwrap_or_default();
+                    let (now, tail) = rest.split_at(usize::try_from(n).unwrap_or(rest.len()));
+                    if pass {
+                        out.extend_from_slice(now);
+                    }
+                    rest = tail;
                     self.state = match left - n {
                         0 => self.end_frame(command, more),
                         left => State::Body {
                             command,
                             more,
                             left,
+                            pass,
                         },
                     };
                 }
@@ -143,36 +204,73 @@ impl FrameLimiter {
         Ok(())
     }
 
-    fn check_frame(&mut self, command: bool, size: u64) -> Result<(), String> {
+    /// Whether the frame whose header was just read passes; counts it against its message.
+    fn admit(&mut self, command: bool, more: bool, size: u64, out: &mut Vec<u8>) -> bool {
         if command {
-            return if size > MAX_COMMAND {
-                Err(format!(
+            if size > MAX_COMMAND {
+                self.note(format!(
                     "a command frame of {size} bytes (limit {MAX_COMMAND})"
-                ))
-            } else {
-                Ok(())
-            };
+                ));
+                return false;
+            }
+            return true;
+        }
+        if self.dropping {
+            return false;
         }
         self.message_frames += 1;
         self.message_bytes = self.message_bytes.saturating_add(size);
-        if self.message_bytes > self.max_message {
-            return Err(format!(
+        let over = if self.message_bytes > self.max_message {
+            Some(format!(
                 "a message of at least {} bytes (limit {})",
                 self.message_bytes, self.max_message
-            ));
+            ))
+        } else if self.message_frames > MAX_FRAMES {
+            Some(format!("a message of more than {MAX_FRAMES} frames"))
+        } else {
+            None
+        };
+        let Some(why) = over else {
+            self.passed += 1;
+            return true;
+        };
+        self.note(why);
+        if self.passed > 0 {
+            // The frames that passed said MORE: end their message with an empty frame.
+            out.extend_from_slice(&[0, 0]);
         }
-        if self.message_frames > MAX_FRAMES {
-            return Err(format!("a message of more than {MAX_FRAMES} frames"));
+        // The rest of the message (if this frame is not its last) goes too.
+        self.dropping = more;
+        if !more {
+            self.reset_message();
         }
-        Ok(())
+        false
+    }
+
+    fn note(&mut self, why: String) {
+        self.dropped = self.dropped.saturating_add(1);
+        self.why = Some(why);
+    }
+
+    fn reset_message(&mut self) {
+        self.message_bytes = 0;
+        self.message_frames = 0;
+        self.passed = 0;
     }
 
     fn end_frame(&mut self, command: bool, more: bool) -> State {
         if !command && !more {
-            self.message_bytes = 0;
-            self.message_frames = 0;
+            self.reset_message();
+            self.dropping = false;
         }
         State::Flags
+    }
+
+    /// Messages dropped since the last call, and why the last of them was.
+    pub fn take_dropped(&mut self) -> Option<(u64, String)> {
+        let n = std::mem::take(&mut self.dropped);
+        let why = self.why.take()?;
+        (n > 0).then_some((n, why))
     }
 }
 
@@ -195,6 +293,32 @@ fn target(endpoint: &str) -> Option<Target> {
 /// Why a connection was cut, shared by the relays of one kernel connection.
 pub type Corrupt = watch::Sender<Option<String>>;
 
+/// Messages the relays of one kernel connection dropped (over a limit, framing intact): how
+/// many in all, and why the last one was.
+#[derive(Debug, Default)]
+pub struct Drops {
+    inner: std::sync::Mutex<(u64, Option<String>)>,
+}
+
+impl Drops {
+    fn add(&self, n: u64, why: String) {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.0 = g.0.saturating_add(n);
+        g.1 = Some(why);
+    }
+
+    /// Messages dropped so far, and why the last was.
+    pub fn total(&self) -> (u64, Option<String>) {
+        match self.inner.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
 /// A running relay: the endpoint `zeromq` should connect to, and the task serving it.
 pub struct Relay {
     pub endpoint: String,
@@ -211,6 +335,7 @@ pub async fn relay(
     channel: &'static str,
     max_message: usize,
     corrupt: Corrupt,
+    drops: std::sync::Arc<Drops>,
 ) -> Result<Relay, WireError> {
     let io = |source: std::io::Error| WireError::Relay {
         channel,
@@ -247,9 +372,10 @@ pub async fn relay(
                     while conns.try_join_next().is_some() {}
                     let path = path.clone();
                     let corrupt = corrupt.clone();
+                    let drops = drops.clone();
                     conns.spawn(async move {
                         let up = retry(|| tokio::net::UnixStream::connect(path.clone())).await;
-                        pipe(down, up, channel, max_message, corrupt).await;
+                        pipe(down, up, channel, max_message, corrupt, drops).await;
                     });
                 }
             });
@@ -269,11 +395,12 @@ pub async fn relay(
                     while conns.try_join_next().is_some() {}
                     let addr = addr.clone();
                     let corrupt = corrupt.clone();
+                    let drops = drops.clone();
                     conns.spawn(async move {
                         let up = retry(|| tokio::net::TcpStream::connect(addr.clone())).await;
                         let _ = up.set_nodelay(true);
                         let _ = down.set_nodelay(true);
-                        pipe(down, up, channel, max_message, corrupt).await;
+                        pipe(down, up, channel, max_message, corrupt, drops).await;
                     });
                 }
             });
@@ -301,9 +428,15 @@ where
 }
 
 /// Copies server -> kernel unchanged and kernel -> server through a limiter, until either
-/// side closes or the kernel breaks a limit.
-async fn pipe<D, U>(down: D, up: U, channel: &'static str, max_message: usize, corrupt: Corrupt)
-where
+/// side closes or the kernel's stream can no longer be framed.
+async fn pipe<D, U>(
+    down: D,
+    up: U,
+    channel: &'static str,
+    max_message: usize,
+    corrupt: Corrupt,
+    drops: std::sync::Arc<Drops>,
+) where
     D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -315,19 +448,26 @@ where
     let from_kernel = async {
         let mut limiter = FrameLimiter::new(max_message);
         let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(buf.len() + 16);
         loop {
             let n = match up_r.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            out.clear();
             let chunk = buf.get(..n).unwrap_or_default();
-            if let Err(what) = limiter.feed(chunk) {
+            if let Err(what) = limiter.filter(chunk, &mut out) {
                 let reason = format!("the kernel sent {what} on {channel}");
                 tracing::error!(%reason, "kernel connection is corrupt; cutting it");
                 corrupt.send_replace(Some(reason));
                 return;
             }
-            if down_w.write_all(chunk).await.is_err() {
+            if let Some((n, what)) = limiter.take_dropped() {
+                let why = format!("the kernel sent {what} on {channel}");
+                tracing::warn!(messages = n, reason = %why, "dropped a message from the kernel; the connection is kept");
+                drops.add(n, why);
+            }
+            if !out.is_empty() && down_w.write_all(&out).await.is_err() {
                 return;
             }
         }
@@ -363,75 +503,143 @@ mod tests {
         f
     }
 
+    /// Runs `stream` through a limiter in chunks of `chunk`; what passed, or the error.
+    fn run(l: &mut FrameLimiter, stream: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for c in stream.chunks(chunk.max(1)) {
+            l.filter(c, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// A three-frame message with a body of `n` bytes.
+    fn message(n: usize) -> Vec<u8> {
+        let mut m = frame(0b1, b"<IDS|MSG>");
+        m.extend(frame(0b1, &vec![b'x'; n]));
+        m.extend(frame(0, b"{}"));
+        m
+    }
+
     #[test]
     fn well_formed_traffic_passes_in_any_chunking() {
         let mut stream = greeting();
         stream.extend(frame(0b100, b"\x05READY\x0bSocket-Type\x00\x00\x00\x03PUB"));
         for _ in 0..3 {
-            stream.extend(frame(0b1, b"<IDS|MSG>"));
-            stream.extend(frame(0b1, &[b'x'; 300]));
-            stream.extend(frame(0, b"{}"));
+            stream.extend(message(300));
         }
         stream.extend(frame(0, b""));
         for chunk in [1, 2, 7, 64, 1000, stream.len()] {
             let mut l = FrameLimiter::new(1000);
-            for c in stream.chunks(chunk) {
-                assert_eq!(l.feed(c), Ok(()), "chunk size {chunk}");
-            }
+            assert_eq!(
+                run(&mut l, &stream, chunk).as_ref(),
+                Ok(&stream),
+                "chunk size {chunk}"
+            );
             assert_eq!(l.state, State::Flags);
+            assert_eq!(l.take_dropped(), None);
         }
     }
 
     #[test]
-    fn an_announced_giant_frame_is_refused_before_its_body() {
+    fn a_message_over_the_limit_is_dropped_and_the_next_passes() {
+        let mut stream = greeting();
+        stream.extend(message(10));
+        let first = stream.len();
+        // Over the byte limit in its second frame: the first frame passed already.
+        stream.extend(message(2000));
+        stream.extend(message(20));
+        for chunk in [1, 3, 64, stream.len()] {
+            let mut l = FrameLimiter::new(1000);
+            let out = run(&mut l, &stream, chunk).unwrap_or_default();
+            let mut want = stream.get(..first).unwrap_or_default().to_vec();
+            // Its first frame, then an empty last frame closing it.
+            want.extend(frame(0b1, b"<IDS|MSG>"));
+            want.extend([0, 0]);
+            want.extend(message(20));
+            assert_eq!(out, want, "chunk size {chunk}");
+            assert_eq!(
+                l.take_dropped(),
+                Some((
+                    1,
+                    "a message of at least 2009 bytes (limit 1000)".to_owned()
+                ))
+            );
+            assert_eq!(l.take_dropped(), None);
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_in_its_first_frame_leaves_no_trace() {
+        let mut stream = greeting();
+        stream.extend(frame(0, &[b'y'; 2000]));
+        stream.extend(message(5));
+        let mut l = FrameLimiter::new(1000);
+        let mut want = greeting();
+        want.extend(message(5));
+        assert_eq!(run(&mut l, &stream, 100), Ok(want));
+        assert_eq!(l.take_dropped().map(|d| d.0), Some(1));
+    }
+
+    #[test]
+    fn too_many_frames_drop_the_message_not_the_stream() {
+        let mut stream = greeting();
+        stream.extend((0..100_000).flat_map(|_| frame(0b1, b"")));
+        stream.extend(frame(0, b""));
+        stream.extend(message(1));
+        let mut l = FrameLimiter::new(usize::MAX);
+        let out = run(&mut l, &stream, 4096).unwrap_or_default();
+        let mut want = greeting();
+        want.extend((0..MAX_FRAMES).flat_map(|_| frame(0b1, b"")));
+        want.extend([0, 0]);
+        want.extend(message(1));
+        assert_eq!(out, want);
+        assert_eq!(
+            l.take_dropped(),
+            Some((1, format!("a message of more than {MAX_FRAMES} frames")))
+        );
+    }
+
+    #[test]
+    fn an_announced_giant_frame_cuts_the_stream_before_its_body() {
         let mut l = FrameLimiter::new(512 << 20);
         let mut stream = greeting();
         // Long frame, 2^62 bytes announced, no body at all.
         stream.push(0b10);
         stream.extend_from_slice(&(1u64 << 62).to_be_bytes());
-        let err = l.feed(&stream).err().unwrap_or_default();
         assert_eq!(
-            err,
-            "a message of at least 4611686018427387904 bytes (limit 536870912)"
+            run(&mut l, &stream, stream.len()),
+            Err("a message of at least 4611686018427387904 bytes (limit 536870912)".to_owned())
         );
         // The largest possible announcement too.
         let mut l = FrameLimiter::new(512 << 20);
         let mut stream = greeting();
         stream.push(0b11);
         stream.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert!(l.feed(&stream).is_err());
+        assert!(run(&mut l, &stream, 5).is_err());
     }
 
     #[test]
-    fn many_small_frames_add_up() {
+    fn reserved_flag_bits_cut_the_stream() {
         let mut l = FrameLimiter::new(1000);
-        assert_eq!(l.feed(&greeting()), Ok(()));
-        let mut err = None;
-        for _ in 0..20 {
-            if let Err(e) = l.feed(&frame(0b1, &[0; 100])) {
-                err = Some(e);
-                break;
-            }
-        }
-        assert_eq!(
-            err.as_deref(),
-            Some("a message of at least 1100 bytes (limit 1000)")
-        );
-        let mut l = FrameLimiter::new(usize::MAX);
-        assert_eq!(l.feed(&greeting()), Ok(()));
-        let frames: Vec<u8> = (0..=MAX_FRAMES).flat_map(|_| frame(0b1, b"")).collect();
-        assert_eq!(
-            l.feed(&frames),
-            Err(format!("a message of more than {MAX_FRAMES} frames"))
-        );
+        let mut stream = greeting();
+        stream.extend([0b1000_0000, 0]);
+        assert!(run(&mut l, &stream, 1)
+            .err()
+            .is_some_and(|e| e.contains("reserved flag bits")));
     }
 
     #[test]
-    fn oversized_commands_are_refused() {
+    fn oversized_commands_are_dropped() {
         let mut l = FrameLimiter::new(usize::MAX);
         let mut stream = greeting();
+        let big = (MAX_COMMAND + 1) as usize;
         stream.push(0b110);
-        stream.extend_from_slice(&(MAX_COMMAND + 1).to_be_bytes());
-        assert!(l.feed(&stream).is_err());
+        stream.extend_from_slice(&(big as u64).to_be_bytes());
+        stream.extend(vec![0u8; big]);
+        stream.extend(message(3));
+        let mut want = greeting();
+        want.extend(message(3));
+        assert_eq!(run(&mut l, &stream, 65536), Ok(want));
+        assert_eq!(l.take_dropped().map(|d| d.0), Some(1));
     }
 }

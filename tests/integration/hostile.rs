@@ -662,6 +662,35 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Kernel code sends a well-framed message of 100,000 parts on IOPub (the limit is 1024):
+/// only that message is dropped, with a note; the call completes, the output after it
+/// arrives, and the kernel and its variables stay.
+#[tokio::test]
+async fn a_message_over_the_limits_is_dropped_and_the_kernel_kept() {
+    let s = Server::start().await;
+    assert_eq!(texts(&s.exec("kept = 1").await), vec!["[no output]"]);
+    let r = s
+        .exec(
+            "from ipykernel.kernelapp import IPKernelApp\nk = IPKernelApp.instance().kernel\nprint('before', flush=True)\nk.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'LOST'}, parent=k.get_parent(), buffers=[b''] * 100000)\nprint('after', flush=True)",
+        )
+        .await;
+    let all = text(&r);
+    assert!(!is_error(&r), "{all}");
+    assert!(all.contains("before") && all.contains("after"), "{all}");
+    assert!(!all.contains("LOST"), "{all}");
+    assert!(
+        all.contains("A message from the kernel was dropped (the kernel sent a message of more than 1024 frames on iopub); the kernel and its variables were kept"),
+        "{all}"
+    );
+    let r = s.exec("kept + 1").await;
+    assert_eq!(texts(&r), vec!["2"], "{}", text(&r));
+    assert!(s
+        .log()
+        .contains("dropped a message from the kernel; the connection is kept"));
+    assert!(!s.log().contains("kernel connection is corrupt"));
+    s.close().await;
+}
+
 /// Kernel code writes a frame header announcing 2^62 bytes straight into its own socket to the
 /// server. The server neither aborts nor reserves the memory: the connection is cut, the call
 /// says the kernel was stopped, and the next call gets a fresh kernel.
