@@ -15,9 +15,12 @@ const MAX_SVG_SIDE: f32 = 2048.0;
 
 /// What to show for one display.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Form {
-    /// An image: MIME type and base64 data.
-    Image { mime: String, data: String },
+pub enum Form<'a> {
+    /// An image: MIME type and base64 data (borrowed from the bundle: it can be tens of MB).
+    Image {
+        mime: String,
+        data: std::borrow::Cow<'a, str>,
+    },
     /// Text for the model.
     Text(String),
 }
@@ -64,12 +67,12 @@ fn chart_note(data: &MimeBundle) -> Option<String> {
 }
 
 /// Chooses how to show a display: an image when there is one, else the most readable text.
-pub fn choose(data: &MimeBundle) -> Option<Form> {
+pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
     for mime in ["image/png", "image/jpeg"] {
         if let Some(Value::String(b64)) = data.get(mime) {
             return Some(Form::Image {
                 mime: mime.to_owned(),
-                data: b64.clone(),
+                data: std::borrow::Cow::Borrowed(b64),
             });
         }
     }
@@ -78,7 +81,7 @@ pub fn choose(data: &MimeBundle) -> Option<Form> {
             Ok(png) => {
                 return Some(Form::Image {
                     mime: "image/png".into(),
-                    data: base64::engine::general_purpose::STANDARD.encode(png),
+                    data: base64::engine::general_purpose::STANDARD.encode(png).into(),
                 })
             }
             Err(e) => tracing::debug!(error = %e, "SVG could not be rasterised"),

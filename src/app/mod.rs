@@ -42,10 +42,13 @@ fn init_logging(default: &str) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false);
+    let shown = filter.to_string();
     tracing_subscriber::registry().with(fmt).with(filter).init();
     if let (Some(raw), Some(Err(e))) = (&from_env, &parsed) {
         tracing::warn!("KERNEL_MCP_LOG={raw:?} is not a valid filter ({e}); using {default:?}");
     }
+    // Says which filter is in effect, for whoever turned debug on.
+    tracing::debug!(filter = %shown, "log filter");
 }
 
 /// Parses a log filter: directives separated by commas, blanks around them ignored; `None` when

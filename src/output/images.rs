@@ -199,3 +199,60 @@ mod tests {
         ));
     }
 }
+
+/// Base64 longer than this (48 MiB decoded) is not decoded in memory to fit: no client takes
+/// such an image even fitted, and decoding it would cost the server its size several times.
+pub const MAX_DECODE_BASE64: usize = 64 << 20;
+
+/// Decodes base64 `data` (whitespace allowed) into `out` a slice at a time, so memory stays
+/// at one slice however large the data is.
+///
+/// # Errors
+/// When the data is not base64, or writing fails.
+pub fn decode_base64_to(data: &str, out: &mut dyn std::io::Write) -> std::io::Result<u64> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // A multiple of 4 characters: each full slice decodes on its own.
+    const SLICE: usize = 64 << 10;
+    let mut pending: Vec<u8> = Vec::with_capacity(SLICE);
+    let mut written = 0u64;
+    let bad = |e: base64::DecodeError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    for b in data.bytes().filter(|b| !b.is_ascii_whitespace()) {
+        pending.push(b);
+        if pending.len() == SLICE {
+            let bytes = b64.decode(&pending).map_err(bad)?;
+            out.write_all(&bytes)?;
+            written += bytes.len() as u64;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        let bytes = b64.decode(&pending).map_err(bad)?;
+        out.write_all(&bytes)?;
+        written += bytes.len() as u64;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod streaming_tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_the_same_in_slices_with_or_without_line_breaks() {
+        use base64::Engine;
+        let raw: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        let wrapped: String = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned() + "\n")
+            .collect();
+        for text in [&b64, &wrapped] {
+            let mut out = Vec::new();
+            assert_eq!(decode_base64_to(text, &mut out).ok(), Some(raw.len() as u64));
+            assert_eq!(out, raw);
+        }
+        assert!(decode_base64_to("not base64!", &mut Vec::new()).is_err());
+    }
+}

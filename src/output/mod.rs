@@ -289,11 +289,40 @@ impl Collector {
         Some(path)
     }
 
+    /// Saves base64 `data` decoded to a new workspace file, a slice at a time (the image can
+    /// be tens of MB: it is never held decoded). None when there is no spill target or the
+    /// data is not base64.
+    fn save_base64(&mut self, mime: &str, data: &str) -> Option<String> {
+        let ext = if mime == "image/png" { ".png" } else { ".jpg" };
+        let (path, mut f) = self.spill_target.as_mut()?.create(ext).ok()?;
+        images::decode_base64_to(data, &mut f).ok()?;
+        Some(path)
+    }
+
     fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-        let decoded = b64.decode(&clean).ok();
+        if data.len() > images::MAX_DECODE_BASE64 {
+            // Past what any client takes even fitted: never decoded in memory, only saved.
+            let saved = self
+                .save_base64(mime, data)
+                .map(|p| format!(" saved as {p}"))
+                .unwrap_or_default();
+            self.dropped_images.push(format!(
+                "{mime} image of {} KiB not shown: over the {} MiB the server decodes to fit images;{saved}",
+                data.len() / 4 * 3 / 1024,
+                images::MAX_DECODE_BASE64 / 4 * 3 >> 20
+            ));
+            return;
+        }
+        // Line breaks in base64 are legal (some libraries wrap at 76); copy only then.
+        let clean: std::borrow::Cow<str> = if data.bytes().any(|b| b.is_ascii_whitespace()) {
+            data.chars().filter(|c| !c.is_whitespace()).collect::<String>().into()
+        } else {
+            data.into()
+        };
+        let decoded = b64.decode(clean.as_bytes()).ok();
+        drop(clean);
         let fitted = decoded
             .as_deref()
             .map(|bytes| images::fit(mime, bytes, &self.limits.image_fit));
@@ -342,17 +371,8 @@ impl Collector {
             || self.image_bytes + data.len() > self.limits.max_image_bytes
         {
             let mut note = format!("{mime} image of {} KiB", data.len() / 1024 * 3 / 4);
-            if let Some(t) = self.spill_target.as_mut() {
-                use base64::Engine;
-                let ext = if mime == "image/png" { ".png" } else { ".jpg" };
-                let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(clean) {
-                    if let Ok((path, mut f)) = t.create(ext) {
-                        if f.write_all(&bytes).is_ok() {
-                            note = format!("{note} saved as {path}");
-                        }
-                    }
-                }
+            if let Some(path) = self.save_base64(mime, data) {
+                note = format!("{note} saved as {path}");
             }
             self.dropped_images.push(note);
             return;

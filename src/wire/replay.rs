@@ -47,8 +47,11 @@ impl DigestHistory {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(signature.clone());
-        self.order.push_back(signature.clone());
+        // A copy of its own: the signature is a slice of the buffer the whole message was
+        // read into, and a kept slice keeps that buffer (megabytes per message) alive.
+        let own = Bytes::copy_from_slice(signature);
+        self.seen.insert(own.clone());
+        self.order.push_back(own);
         true
     }
 

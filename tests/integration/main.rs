@@ -18,6 +18,8 @@ mod hostile;
 mod http;
 #[cfg(unix)]
 mod lifecycle;
+#[cfg(target_os = "linux")]
+mod memory;
 mod notebook;
 mod outputs;
 mod packages;
