@@ -47,6 +47,35 @@ def __kernel_mcp_setup():
         if hasattr(stream, "flush_interval"):
             stream.flush_interval = 0.05
 
+    # A printer faster than the IOPub thread still piles up one message of any size (1000
+    # prints of 1 MB became one 1 GB message): past 4 MB pending, the writer waits for a
+    # flush, so messages stay a few MB, far under what the server drops as over-size (64 MiB
+    # on IOPub), and the kernel never holds more (one single write larger than that still
+    # goes as one message). The hook is `_schedule_flush`, which every write of the kernel's
+    # own process calls after its buffer lock is released: `write` itself cannot be wrapped,
+    # since IPython swaps each stream's `write` per cell to tee it into its history.
+    try:
+        import ipykernel.iostream as _iostream
+
+        _out = _iostream.OutStream
+        if hasattr(sys.stdout, "_buffers") and hasattr(_out, "_schedule_flush"):
+            _schedule = _out._schedule_flush
+            _limit = 4 << 20
+
+            def _schedule_flush(self):
+                _schedule(self)
+                try:
+                    with self._buffer_lock:
+                        pending = sum(b.tell() for b in self._buffers.values())
+                except Exception:
+                    return
+                if pending > _limit:
+                    self.flush()
+
+            _out._schedule_flush = _schedule_flush
+    except Exception:
+        pass
+
 
     # pandas, for a model reading text: a wide frame prints as one table instead of 80-column
     # blocks, with up to 50 columns. Applied when pandas is first imported (a one-shot import

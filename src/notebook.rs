@@ -265,10 +265,27 @@ fn bundle_bytes(data: &MimeBundle) -> usize {
             k.len()
                 + match v {
                     Value::String(s) => s.len(),
-                    other => other.to_string().len(),
+                    other => json_len(other),
                 }
         })
         .sum()
+}
+
+/// The length of `v` as JSON text, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(b.len());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Approximate bytes an output holds in memory.
@@ -359,6 +376,24 @@ impl<'a> Recorder<'a> {
     fn record(&mut self, content: &Content) {
         if self.clear_pending && !matches!(content, Content::ClearOutput(_)) {
             self.clear();
+        }
+        // An output that can never fit is refused before it is copied (a display can be tens
+        // of MB; the copy alone would cost that much).
+        let size = match content {
+            Content::Stream(s) => s.text.len(),
+            Content::ExecuteResult(r) => bundle_bytes(&r.data),
+            Content::DisplayData(d) | Content::UpdateDisplayData(d) => bundle_bytes(&d.data),
+            _ => 0,
+        };
+        if size > self.cap || (self.full && size > 0) {
+            if !self.full && !matches!(content, Content::UpdateDisplayData(_)) {
+                self.full = true;
+                self.outputs.push(note_output(
+                    "further output of this cell is not kept in the notebook",
+                ));
+                self.ids.push(None);
+            }
+            return;
         }
         match content {
             Content::Stream(s) => self.push(

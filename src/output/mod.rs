@@ -317,7 +317,10 @@ impl Collector {
         }
         // Line breaks in base64 are legal (some libraries wrap at 76); copy only then.
         let clean: std::borrow::Cow<str> = if data.bytes().any(|b| b.is_ascii_whitespace()) {
-            data.chars().filter(|c| !c.is_whitespace()).collect::<String>().into()
+            data.chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .into()
         } else {
             data.into()
         };

@@ -219,7 +219,7 @@ pub fn notice(n: &crate::kernel::Notice) -> String {
         Notice::Detached { reason } => format!("{reason}."),
         Notice::Reconnected => "The connection to the kernel dropped and was re-established; the kernel and its variables were kept (output sent while it was down may be missing).".to_owned(),
         Notice::DroppedMessages { count, reason } => format!(
-            "{} from the kernel {} dropped ({}); the kernel and its variables were kept, but output it carried is missing.",
+            "{} from the kernel {} dropped ({}); the kernel and its variables were kept, but output it carried is missing. To look at a very large image or text, save it to a workspace file and use read_file.",
             if *count == 1 { "A message".to_owned() } else { format!("{count} messages") },
             if *count == 1 { "was" } else { "were" },
             crate::text::sanitize(reason)

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use zeromq::prelude::*;
 use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, SocketOptions, SubSocket, ZmqMessage};
 
-use super::frames::{Frames, MAX_MESSAGE_BYTES};
+use super::frames::{Frames, MAX_IOPUB_BYTES, MAX_MESSAGE_BYTES};
 use super::guard;
 use super::message::{Channel, Content, InputReply, Message, MsgId};
 use super::replay::DigestHistory;
@@ -151,7 +151,11 @@ impl Connection {
             let r = guard::relay(
                 endpoint,
                 channel.name(),
-                MAX_MESSAGE_BYTES,
+                if channel == Channel::IoPub {
+                    MAX_IOPUB_BYTES
+                } else {
+                    MAX_MESSAGE_BYTES
+                },
                 corrupt_tx.clone(),
                 drops.clone(),
             )

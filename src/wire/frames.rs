@@ -11,6 +11,12 @@ pub const DELIMITER: &[u8] = b"<IDS|MSG>";
 
 /// Upper bound on the total size of one message we accept from the kernel.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+/// Upper bound on one IOPub message (output): what no client takes (the largest image a
+/// client accepts is a few MB, the largest figure seen in practice 6.3 MiB; text is cut to a
+/// budget of KB, and the kernel's streams send at most ~4 MB per message) is dropped as it
+/// streams by, before the socket buffers it and the parser copies it (each costs its full
+/// size, and the socket's read buffer keeps the largest size it has seen).
+pub const MAX_IOPUB_BYTES: usize = 32 * 1024 * 1024;
 /// Upper bound on routing identities before the delimiter.
 pub const MAX_IDENTITIES: usize = 32;
 /// Upper bound on binary buffers after the content frame.
