@@ -311,7 +311,7 @@ impl Collector {
             self.dropped_images.push(format!(
                 "{mime} image of {} KiB not shown: over the {} MiB the server decodes to fit images;{saved}",
                 data.len() / 4 * 3 / 1024,
-                images::MAX_DECODE_BASE64 / 4 * 3 >> 20
+                (images::MAX_DECODE_BASE64 / 4 * 3) >> 20
             ));
             return;
         }
