@@ -39,6 +39,14 @@ pub enum Denial {
     Scratch,
 }
 
+/// What `--memory-limit` counts, per platform: on Linux the sandbox's watch counts resident
+/// memory of all the kernel's processes; on macOS it is an address-space limit per process.
+const PER: &str = if cfg!(target_os = "linux") {
+    "for all its processes together"
+} else {
+    "per process"
+};
+
 impl SandboxPolicy {
     /// The policy in one short paragraph.
     pub fn paragraph(&self) -> String {
@@ -65,7 +73,7 @@ impl SandboxPolicy {
         let mut limits = Vec::new();
         if let Some(m) = self.memory_bytes {
             limits.push(format!(
-                "{} of memory per process (--memory-limit)",
+                "{} of memory {PER} (--memory-limit)",
                 human_bytes(m)
             ));
         }
@@ -147,7 +155,7 @@ impl SandboxPolicy {
             }
             Denial::Network => "[sandbox: the network is off for the kernel, so names do not resolve and connections fail or are refused. `localhost` (127.0.0.1) inside the sandbox is the kernel's own, not this machine's: a database or web API running on the host is not reachable either. The server must be started with --allow-network to allow it; install_package still installs packages.]".to_owned(),
             Denial::Memory => format!(
-                "[sandbox: the kernel's memory limit is {} per process (--memory-limit); work on smaller pieces (chunks, fewer columns, smaller dtypes) or restart the server with a larger --memory-limit.]",
+                "[sandbox: the kernel's memory limit is {} {PER} (--memory-limit); work on smaller pieces (chunks, fewer columns, smaller dtypes) or restart the server with a larger --memory-limit.]",
                 self.memory_bytes.map(human_bytes).unwrap_or_default()
             ),
             Denial::DiskQuota => format!(
@@ -164,8 +172,14 @@ impl SandboxPolicy {
     /// memory limit may be why: SIGKILL is what the out-of-memory killer sends.
     pub fn death_note(&self, cause: &str) -> Option<String> {
         let m = self.memory_bytes?;
+        if cause.contains("memory limit (--memory-limit)") {
+            return Some(format!(
+                "[sandbox: the kernel's processes may use {} of memory {PER} (--memory-limit); the kernel went over it and was stopped, so its variables are lost. Work on smaller pieces (chunks, fewer columns, smaller dtypes), or restart the server with a larger --memory-limit.]",
+                human_bytes(m)
+            ));
+        }
         cause.contains("SIGKILL").then(|| format!(
-            "[sandbox: a kernel killed by SIGKILL has usually run out of memory; the sandbox allows {} per process (--memory-limit), and the machine's own memory may be less. Work on smaller pieces, or restart the server with another --memory-limit.]",
+            "[sandbox: a kernel killed by SIGKILL has usually run out of memory: the machine's out-of-memory killer sends it when the machine's own memory runs out, which may be before the sandbox's {} {PER} (--memory-limit). Work on smaller pieces, or restart the server with a smaller --memory-limit so the sandbox stops the kernel first, with a note.]",
             human_bytes(m)
         ))
     }
@@ -324,6 +338,16 @@ mod tests {
         p.memory_bytes = None;
         assert_eq!(p.classify("MemoryError: "), None);
         assert_eq!(p.classify("ValueError: bad"), None);
+    }
+
+    #[test]
+    fn a_memory_limit_stop_names_the_limit() {
+        let cause = crate::kernel::process::ExitCause::MemoryLimit.to_string();
+        let n = policy().death_note(&cause).unwrap_or_default();
+        assert!(
+            n.contains("4.0 GiB") && n.contains("--memory-limit") && n.contains("was stopped"),
+            "{n}"
+        );
     }
 
     #[test]

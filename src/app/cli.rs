@@ -100,7 +100,9 @@ pub(crate) struct Opts {
     /// folder list arrives this way. Same as repeating --allow-read.
     #[arg(long, value_name = "DIR", num_args = 0.., global = true)]
     pub(crate) read_only_dirs: Vec<PathBuf>,
-    /// Kernel address-space limit, e.g. 4G, 512M (0 = none).
+    /// Kernel memory limit, e.g. 4G, 512M (0 = none): on Linux the resident memory of all the
+    /// kernel's processes together; elsewhere an address-space limit per process where the OS
+    /// enforces one.
     #[arg(long, default_value = "4G", value_parser = limits::parse_size, global = true)]
     pub(crate) memory_limit: SizeLimit,
     /// Largest file the kernel may write, e.g. 8G (0 = none; at least 16M otherwise).

@@ -297,7 +297,14 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
             runtime.path(),
         );
         policy.network = sb.network;
-        policy.memory_bytes = sb.memory_bytes;
+        // Linux counts what is used (resident memory, all processes together): an
+        // address-space cap kills runtimes that reserve large ranges and use little (V8 behind
+        // vl-convert/Altair, a JVM). Elsewhere the address-space cap per process stays.
+        if cfg!(target_os = "linux") {
+            policy.resident_bytes = sb.memory_bytes;
+        } else {
+            policy.memory_bytes = sb.memory_bytes;
+        }
         policy.file_size_bytes = sb.file_size_bytes;
         policy.open_files = Some(4096);
         policy.require = sb.require;

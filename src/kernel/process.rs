@@ -41,6 +41,10 @@ pub const ENV_ALLOW: &[&str] = &[
 pub enum ExitCause {
     Code(i32),
     Signal(i32),
+    /// The sandbox's watch stopped it for going over the resident memory limit (Linux).
+    MemoryLimit,
+    /// kernel-mcp ended it on purpose (restart, shutdown, a kernel that ignored an interrupt).
+    Stopped,
     Unknown(String),
 }
 
@@ -58,6 +62,11 @@ impl std::fmt::Display for ExitCause {
                 };
                 write!(f, "killed by signal {s} ({name}{hint})")
             }
+            ExitCause::MemoryLimit => write!(
+                f,
+                "stopped by the sandbox's memory limit (--memory-limit): the kernel's processes used more memory than allowed"
+            ),
+            ExitCause::Stopped => write!(f, "stopped by kernel-mcp"),
             ExitCause::Unknown(s) => write!(f, "{s}"),
         }
     }
@@ -84,6 +93,8 @@ pub struct KernelProcess {
     /// Started through the helper: the helper alone tears the tree down (a SIGKILL to its
     /// group would kill it before it could reach detached descendants).
     helper: bool,
+    /// Set by `kill` while the process lives: its end is then ours, not a crash.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     stderr_tail: Arc<StdMutex<VecDeque<String>>>,
     exit: watch::Receiver<Option<ExitCause>>,
     tasks: Vec<JoinHandle<()>>,
@@ -161,10 +172,21 @@ impl KernelProcess {
             )));
         }
         let (tx, rx) = watch::channel(None);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stopping.clone();
+        let sandboxed = cmd.helper.is_some();
         tasks.push(tokio::spawn(async move {
             let cause = match child.wait().await {
                 Ok(status) => tree::exit_cause(status),
                 Err(e) => ExitCause::Unknown(e.to_string()),
+            };
+            let cause = match cause {
+                ExitCause::Code(super::sandbox::MEMORY_LIMIT_EXIT) if sandboxed => {
+                    ExitCause::MemoryLimit
+                }
+                // Not "possibly the out-of-memory killer": we sent that SIGKILL.
+                _ if stopped.load(std::sync::atomic::Ordering::SeqCst) => ExitCause::Stopped,
+                other => other,
             };
             tracing::info!(pid, %cause, "kernel process ended");
             let _ = tx.send(Some(cause));
@@ -174,6 +196,7 @@ impl KernelProcess {
             pid,
             tree,
             helper: lifeline.is_some(),
+            stopping,
             lifeline: StdMutex::new(lifeline),
             stderr_tail,
             exit: rx,
@@ -230,6 +253,10 @@ impl KernelProcess {
 
     /// Kills the kernel, its process group and (through the helper) every descendant.
     pub fn kill(&self) {
+        if self.exit.borrow().is_none() {
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let lifeline = self.lifeline.lock().ok().and_then(|mut l| l.take());
         if self.helper {
             // The helper sees EOF at once and tears the whole tree down, then exits.

@@ -34,6 +34,10 @@ mod unix;
 /// (no way back to the host's view then); the server starts the kernel again without them.
 pub const NS_SETUP_FAILED: i32 = 122;
 
+/// The helper's exit code when its watch stopped the kernel for going over the resident memory
+/// limit (Linux): the server words that death as the limit, not as a signal.
+pub const MEMORY_LIMIT_EXIT: i32 = 123;
+
 /// The hidden subcommand name.
 pub const HELPER_ARG: &str = "__kernel-launch";
 
@@ -48,8 +52,12 @@ pub struct Policy {
     pub network: bool,
     /// TCP ports the kernel may bind (its own channels when the transport is tcp).
     pub bind_ports: Vec<u16>,
-    /// Address-space limit in bytes.
+    /// Address-space limit in bytes, per process (macOS; on Linux `resident_bytes` instead).
     pub memory_bytes: Option<u64>,
+    /// Linux: resident memory all the kernel's processes may use together; over it, the
+    /// helper's watch stops the largest of them (the kernel itself, usually).
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
     /// Largest file the kernel may write, in bytes.
     pub file_size_bytes: Option<u64>,
     /// Most open files.

@@ -375,6 +375,12 @@ fn describe_watch(p: &Policy) -> String {
     if let Some(c) = p.detached_cpu_secs {
         parts.push(format!("detached processes: {c} CPU seconds each"));
     }
+    if let Some(m) = p.resident_bytes {
+        parts.push(format!(
+            "memory {} resident for all the kernel's processes together",
+            crate::limits::human_bytes(m)
+        ));
+    }
     parts.join("; ")
 }
 
@@ -454,6 +460,8 @@ pub(super) struct Watch {
     /// The file-size limit the kernel's processes get back once usage is under the quota.
     file_size: u64,
     detached_cpu: Option<u64>,
+    /// Resident memory all the sandbox's processes may use together.
+    resident: Option<u64>,
 }
 
 /// One process of the sandbox, from /proc/PID/stat.
@@ -637,7 +645,7 @@ fn set_rlimit_soft(
 
 impl Watch {
     fn from_policy(p: &Policy) -> Option<Watch> {
-        if p.disk_quota.is_none() && p.detached_cpu_secs.is_none() {
+        if p.disk_quota.is_none() && p.detached_cpu_secs.is_none() && p.resident_bytes.is_none() {
             return None;
         }
         Some(Watch {
@@ -645,6 +653,7 @@ impl Watch {
             paths: p.quota_paths.clone(),
             file_size: super::unix::file_size_limit(p).unwrap_or(u64::MAX),
             detached_cpu: p.detached_cpu_secs,
+            resident: p.resident_bytes,
         })
     }
 
@@ -678,11 +687,20 @@ impl Watch {
         let mut walk_cost = Duration::ZERO;
         let mut quota = QuotaState::default();
         let mut cpu = CpuBudget::default();
+        let mut memory = MemoryWatch::default();
         let mut fast = false;
         loop {
             // While the kernel writes, look 25 times as often: what is written between two
             // looks (and during the walk) is what the quota can overshoot by.
-            std::thread::sleep(Duration::from_millis(if fast { 2 } else { 50 }));
+            std::thread::sleep(Duration::from_millis(if fast || memory.hurry {
+                2
+            } else {
+                50
+            }));
+            writes.list(me, memory.hurry);
+            if let Some(limit) = self.resident {
+                memory.check(&writes.procs, kernel, limit);
+            }
             if let (Some(q), Some(step)) = (self.quota, step) {
                 if quota.blocked {
                     // The block is a soft limit the kernel could raise again itself: one that
@@ -697,7 +715,7 @@ impl Watch {
                     free_at_walk = now_free;
                 }
                 let lost = free_at_walk.saturating_sub(now_free);
-                let wrote = writes.poll(me);
+                let wrote = writes.poll();
                 fast = lost > 0 || writes.busy;
                 // A big workspace is walked less often: at most ~5% of one core.
                 let due = walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
@@ -759,14 +777,19 @@ struct WriteCounter {
 
 impl WriteCounter {
     /// Reads the counters and returns the bytes written since the last walk.
-    fn poll(&mut self, me: i32) -> u64 {
-        // As often as the CPU limit's check while idle, more often while writing.
-        let every = std::time::Duration::from_millis(if self.busy { 100 } else { 250 });
+    /// Refreshes the process list when due: as often as the CPU limit's check while idle,
+    /// more often while the kernel writes or its memory grows (`hurry`).
+    fn list(&mut self, me: i32, hurry: bool) {
+        let every = std::time::Duration::from_millis(if self.busy || hurry { 100 } else { 250 });
         if self.listed.is_none_or(|t| t.elapsed() >= every) {
             self.procs = descendants(me).iter().map(|p| p.pid).collect();
             self.listed = Some(std::time::Instant::now());
             self.last.retain(|pid, _| self.procs.contains(pid));
         }
+    }
+
+    /// Reads the counters and returns the bytes written since the last walk.
+    fn poll(&mut self) -> u64 {
         let mut grew = 0u64;
         for pid in &self.procs {
             let Some(now) = wchar(*pid) else { continue };
@@ -782,6 +805,70 @@ impl WriteCounter {
     fn walked(&mut self) {
         self.since_walk = 0;
     }
+}
+
+/// The resident memory limit (`--memory-limit` on Linux): the anonymous resident memory
+/// (`RssAnon`: what allocations use; pages of mapped files can be dropped and read again, so
+/// they do not count) of all the sandbox's processes together. Over it, the largest process
+/// is stopped (SIGKILL) and the helper says so; when that is the kernel, the helper exits with
+/// [`super::MEMORY_LIMIT_EXIT`] so the server names the limit. Virtual reservations cost
+/// nothing here: V8 and JVMs reserve many GB and touch little.
+#[derive(Default)]
+struct MemoryWatch {
+    last_total: u64,
+    /// Memory grew fast at the last look: look again in 2 ms, not 50.
+    hurry: bool,
+}
+
+impl MemoryWatch {
+    fn check(&mut self, procs: &[i32], kernel: i32, limit: u64) {
+        let mut total = 0u64;
+        let mut top = (0i32, 0u64);
+        for pid in procs {
+            let Some(r) = rss_anon(*pid) else { continue };
+            total = total.saturating_add(r);
+            if r > top.1 {
+                top = (*pid, r);
+            }
+        }
+        // At 2 ms a look, a process faulting in memory at several GB/s overshoots by tens of
+        // MB before it is stopped.
+        self.hurry = total > limit / 4 && total > self.last_total.saturating_add(8 << 20);
+        self.last_total = total;
+        if total <= limit || top.0 == 0 {
+            return;
+        }
+        let what = std::fs::read_to_string(format!("/proc/{}/comm", top.0))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        let mib = |b: u64| b >> 20;
+        if top.0 == kernel {
+            super::unix::STOPPED_FOR_MEMORY.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        eprintln!(
+            "kernel-mcp sandbox: memory limit: stopped {} (pid {}, {what}) using {} MiB; the kernel's processes used {} MiB of the {} MiB allowed (--memory-limit)",
+            if top.0 == kernel { "the kernel" } else { "a process of the kernel" },
+            top.0,
+            mib(top.1),
+            mib(total),
+            mib(limit)
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(top.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.last_total = total.saturating_sub(top.1);
+    }
+}
+
+/// A process's anonymous resident memory in bytes, if it can be read.
+fn rss_anon(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb.saturating_mul(1024))
 }
 
 /// A process's `wchar` (bytes passed to write-like calls), if it can be read.

@@ -83,6 +83,11 @@ pub(super) fn kill_until_none_left(mut kill_round: impl FnMut(i32, i32) -> bool)
     }
 }
 
+/// Set by the watch when it stopped the kernel for the resident memory limit: the helper then
+/// exits with [`super::MEMORY_LIMIT_EXIT`] rather than dying of the kernel's SIGKILL.
+pub(super) static STOPPED_FOR_MEMORY: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The largest file the kernel may write: the file-size limit, and never more than the quota.
 pub(super) fn file_size_limit(p: &Policy) -> Option<u64> {
     match (p.file_size_bytes, p.disk_quota) {
@@ -173,6 +178,9 @@ pub(super) fn supervise(argv: &[String], mut hooks: Hooks) -> ! {
     teardown();
     match end {
         End::Code(code) => std::process::exit(code),
+        End::Signal(_) if STOPPED_FOR_MEMORY.load(std::sync::atomic::Ordering::SeqCst) => {
+            std::process::exit(super::MEMORY_LIMIT_EXIT)
+        }
         // Die of the same signal so the server reports the kernel's real cause of death.
         End::Signal(s) => die_of(s),
     }
