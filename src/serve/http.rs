@@ -311,8 +311,17 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         }
         None => {}
     }
+    let delete = parts.method == http::Method::DELETE;
     let req = Request::from_parts(parts, Full::new(bytes));
-    st.mcp.handle(req).await
+    let r = st.mcp.handle(req).await;
+    if delete && r.status() == StatusCode::ACCEPTED {
+        // The session is ended by the time rmcp answers; clients of the 2025-11-25 era (the
+        // Python SDK) take 200/204 as success and warn "Session termination failed: 202".
+        let mut ended = text(StatusCode::NO_CONTENT, "");
+        ended.headers_mut().remove(http::header::CONTENT_TYPE);
+        return ended;
+    }
+    r
 }
 
 /// Serves MCP on `listener` until `stop` resolves, then ends every session and its kernel.

@@ -856,6 +856,67 @@ async fn clients_that_end_their_sessions_never_fill_the_server() {
     assert!(srv.stop().await.success());
 }
 
+/// A 2025-11-25 client ends its session with DELETE and takes 200 or 204 as success (the
+/// Python SDK warns "Session termination failed: 202" otherwise): raw HTTP, status checked.
+#[tokio::test]
+async fn delete_answers_no_content() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Http::start(&[], None).await;
+    let addr = srv
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    async fn head(addr: &str, request: String) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(HANG, async {
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let init = head(
+        &addr,
+        format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+    )
+    .await;
+    let id = init
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no session id in {init}"));
+    let del = head(
+        &addr,
+        format!("DELETE /mcp HTTP/1.1\r\nHost: {addr}\r\nMcp-Session-Id: {id}\r\nMCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(del.starts_with("HTTP/1.1 204"), "{del}");
+    // Ended: a request on it is answered 404 (MCP transports, "Session Management").
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let again = head(
+        &addr,
+        format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {id}\r\nMCP-Protocol-Version: 2025-11-25\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ping}", ping.len()),
+    )
+    .await;
+    assert!(again.starts_with("HTTP/1.1 404"), "{again}");
+    assert!(srv.stop().await.success());
+}
+
 #[tokio::test]
 async fn connections_that_never_finish_their_headers_are_cut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
