@@ -164,6 +164,11 @@ pub(crate) struct Opts {
     /// Kernelspec to start on the gateway (default: the gateway's default kernelspec).
     #[arg(long, global = true)]
     pub(crate) kernel_name: Option<String>,
+    /// At the first kernel start, delete the gateway kernels that servers of this user now
+    /// gone (killed, crashed) started on the same gateway. `--reap-orphans false` keeps them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL", global = true)]
+    pub(crate) reap_orphans: bool,
     /// Keep a notebook of the session at this workspace path, rewritten after every call
     /// (e.g. "session-journal.ipynb"), so nothing is lost if the client goes away.
     #[arg(long, value_name = "PATH", global = true)]

@@ -458,6 +458,7 @@ fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn crate::kernel::Back
             token: o.gateway_token.clone().filter(|t| !t.is_empty()),
             kernel_name: o.kernel_name.clone(),
             startup_timeout: o.startup_timeout,
+            reap_orphans: o.reap_orphans,
         };
         let backend = crate::kernel::gateway::GatewayBackend::new(cfg)?;
         return Ok(Some(Arc::new(backend)));

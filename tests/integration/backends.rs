@@ -1085,3 +1085,60 @@ async fn a_server_that_exits_while_its_spare_starts_leaves_no_gateway_kernel() {
         std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
     );
 }
+
+/// A server killed with SIGKILL cannot delete its gateway kernel; the next server against the
+/// same gateway does, at its first kernel start (`--reap-orphans`, on by default), and leaves
+/// the kernels of servers still running alone.
+#[tokio::test]
+async fn kernels_of_a_killed_server_are_reaped_by_the_next_one() {
+    let g = Gateway::start_kind(Kind::KernelGateway).await;
+    let bystander = g.server(&[]).await;
+    assert_eq!(text(&bystander.exec("1 + 1").await), "2");
+    let kept = g.kernels().await.unwrap_or_default();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let s = g.server(&[]).await;
+    assert_eq!(text(&s.exec("2 + 2").await), "4");
+    let pid = s.pid as i32;
+    let all = g.kernels().await.unwrap_or_default();
+    let orphan: Vec<String> = all.iter().filter(|k| !kept.contains(k)).cloned().collect();
+    assert_eq!(orphan.len(), 1, "{all:?}");
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        crate::harness::eventually(HANG, || !crate::harness::alive(pid)).await,
+        "the server did not die"
+    );
+    let _ = s.close().await;
+    // Nobody deleted it.
+    assert!(g.kernels().await.unwrap_or_default().contains(&orphan[0]));
+    let next = g.server(&[]).await;
+    assert_eq!(text(&next.exec("3 + 3").await), "6");
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let now = g.kernels().await.unwrap_or_default();
+        if !now.contains(&orphan[0]) {
+            // The bystander's kernel is still there, and still answers.
+            assert!(now.contains(&kept[0]), "{now:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan {} was not reaped: {now:?}\n{}",
+            orphan[0],
+            next.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        next.log()
+            .contains("reaping a gateway kernel left by a server that ended without deleting it"),
+        "{}",
+        next.log()
+    );
+    assert_eq!(text(&bystander.exec("5 + 5").await), "10");
+    bystander.close().await;
+    next.close().await;
+}

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use url::Url;
 
 mod http1;
+mod ledger;
 
 use crate::error::{KernelError, WireError};
 use crate::kernel::backend::{
@@ -59,6 +60,9 @@ pub struct GatewayConfig {
     pub kernel_name: Option<String>,
     /// How long a kernel may take to start and answer kernel_info.
     pub startup_timeout: Duration,
+    /// Delete kernels that servers now gone (killed, crashed) started on this gateway
+    /// (`--reap-orphans`).
+    pub reap_orphans: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -67,6 +71,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("url", &redact(&self.url))
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("kernel_name", &self.kernel_name)
+            .field("reap_orphans", &self.reap_orphans)
             .finish()
     }
 }
@@ -90,6 +95,10 @@ pub struct GatewayBackend {
     cfg: GatewayConfig,
     base: Url,
     shown: String,
+    /// The record of kernels started here (None: no data folder, or its lock failed).
+    ledger: Option<Arc<ledger::Ledger>>,
+    /// Orphans were looked for (once per server, at the first kernel start).
+    reaped: AtomicBool,
 }
 
 impl GatewayBackend {
@@ -119,7 +128,23 @@ impl GatewayBackend {
             base.set_path(&p);
         }
         let shown = redact(base.as_str());
-        Ok(GatewayBackend { cfg, base, shown })
+        let ledger = crate::pyenv::data_dir()
+            .map_err(|e| e.to_string())
+            .and_then(|d| ledger::Ledger::open(&d).map_err(|e| e.to_string()));
+        let ledger = match ledger {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no record of gateway kernels: a crash of this server would leave its kernels to the gateway's idle culling");
+                None
+            }
+        };
+        Ok(GatewayBackend {
+            cfg,
+            base,
+            shown,
+            ledger,
+            reaped: AtomicBool::new(false),
+        })
     }
 
     fn rest(&self) -> Rest {
@@ -127,7 +152,33 @@ impl GatewayBackend {
             base: self.base.clone(),
             shown: self.shown.clone(),
             token: self.cfg.token.clone(),
+            ledger: self.ledger.clone(),
         }
+    }
+
+    /// Deletes, in the background, the kernels that servers now gone started on this gateway.
+    fn reap_orphans(&self) {
+        if self.reaped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(ledger) = &self.ledger else { return };
+        if !self.cfg.reap_orphans {
+            tracing::info!(gateway = %self.shown, "--reap-orphans false: kernels left by servers that were killed are not looked for");
+            return;
+        }
+        let orphans = ledger.orphans(&self.shown);
+        if orphans.ids.is_empty() {
+            orphans.done();
+            return;
+        }
+        let rest = self.rest();
+        tokio::spawn(async move {
+            for id in &orphans.ids {
+                tracing::info!(kernel_id = %id, gateway = %rest.shown, "reaping a gateway kernel left by a server that ended without deleting it (--reap-orphans)");
+                rest.delete(id).await;
+            }
+            orphans.done();
+        });
     }
 }
 
@@ -137,6 +188,7 @@ struct Rest {
     base: Url,
     shown: String,
     token: Option<String>,
+    ledger: Option<Arc<ledger::Ledger>>,
 }
 
 impl Rest {
@@ -211,13 +263,39 @@ impl Rest {
         })
     }
 
+    /// Deletes kernel `id`; once the gateway says it is gone (deleted now, or unknown: 404),
+    /// its record goes too.
     async fn delete(&self, id: &str) {
         let path = format!("api/kernels/{}", path_segment(id));
-        match self
-            .call(http::Method::DELETE, &path, None, Duration::from_secs(10))
-            .await
-        {
-            Ok(_) => tracing::info!(kernel_id = id, "deleted the gateway kernel"),
+        let Ok(url) = self.url(&path) else { return };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            http1::exchange(
+                &url,
+                http::Method::DELETE,
+                self.token.as_deref(),
+                None,
+                64 << 10,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out after 10 s".to_owned()));
+        match sent {
+            Ok((status, _)) if status.is_success() || status == http::StatusCode::NOT_FOUND => {
+                tracing::info!(
+                    kernel_id = id,
+                    status = status.as_u16(),
+                    "deleted the gateway kernel"
+                );
+                if let Some(l) = &self.ledger {
+                    l.forget(id);
+                }
+            }
+            Ok((status, _)) => tracing::warn!(
+                kernel_id = id,
+                status = status.as_u16(),
+                "could not delete the gateway kernel"
+            ),
             Err(e) => {
                 tracing::warn!(kernel_id = id, error = %e, "could not delete the gateway kernel")
             }
@@ -235,6 +313,7 @@ fn path_segment(id: &str) -> String {
 #[async_trait]
 impl Backend for GatewayBackend {
     async fn start(&self) -> Result<Kernel, KernelError> {
+        self.reap_orphans();
         let rest = self.rest();
         let started = Instant::now();
         let deadline = started + self.cfg.startup_timeout;
@@ -269,6 +348,9 @@ impl Backend for GatewayBackend {
             .take(100)
             .collect::<String>();
         tracing::info!(kernel_id = %id, kernel_name = %name, gateway = %self.shown, "gateway kernel started");
+        if let Some(l) = &self.ledger {
+            l.record(&self.shown, &id);
+        }
         // From here on the kernel exists: any failure deletes it before returning.
         let life = Remote {
             rest: rest.clone(),
@@ -813,6 +895,7 @@ mod tests {
             token: Some("t0ps3cret".into()),
             kernel_name: None,
             startup_timeout: Duration::from_secs(1),
+            reap_orphans: false,
         };
         let https = if cfg!(feature = "tls") {
             None
