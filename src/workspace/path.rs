@@ -15,45 +15,9 @@ impl WorkspacePath {
     /// no `~`, no backslashes or URL-encoded separators, bounded length and depth.
     pub fn resolve(root: &Path, user: &str) -> Result<WorkspacePath, WorkspaceError> {
         let bad = |m: String| Err(WorkspaceError::BadPath(m));
-        if user.contains('\0') {
-            return bad("path contains a NUL byte".into());
-        }
-        let trimmed = user.trim();
-        if trimmed.is_empty() {
-            return bad(
-                "path is empty; give a path relative to the workspace, e.g. \"data.csv\"".into(),
-            );
-        }
-        if user.len() > MAX_PATH_BYTES {
-            return bad(format!(
-                "path is {} bytes long; the limit is {MAX_PATH_BYTES}",
-                user.len()
-            ));
-        }
         // On Windows a backslash is the native separator (and `C:\\…` an absolute path);
         // elsewhere it is a legal file-name byte that models mean as a separator.
-        if !cfg!(windows) && user.contains('\\') {
-            return bad(format!(
-                "{user:?}: backslashes are not path separators here; use '/'"
-            ));
-        }
-        if user.starts_with('~') {
-            return bad(format!(
-                "{user:?}: '~' is not expanded; paths are relative to the workspace"
-            ));
-        }
-        let lower = user.to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c", "%00"]
-            .iter()
-            .any(|p| lower.contains(p))
-        {
-            return bad(format!(
-                "{user:?} looks URL-encoded; pass the plain path (percent escapes are not decoded)"
-            ));
-        }
-        if user.chars().any(|c| c.is_control()) {
-            return bad(format!("{user:?}: path contains control characters"));
-        }
+        check_text(user, cfg!(windows))?;
         let p = Path::new(user);
         let rel: PathBuf = if p.is_absolute() {
             match p.strip_prefix(root) {
@@ -124,4 +88,51 @@ impl WorkspacePath {
             &self.rel
         }
     }
+}
+
+/// The textual part of the path policy, the same for the local jail and a gateway kernel's
+/// folder: no NUL, not empty, bounded length, no backslash (unless `backslash_separates`, on
+/// Windows), no leading `~`, no percent escapes of separators or dots, no control characters.
+///
+/// # Errors
+/// The first rule `user` breaks, worded for the model.
+pub fn check_text(user: &str, backslash_separates: bool) -> Result<(), WorkspaceError> {
+    let bad = |m: String| Err(WorkspaceError::BadPath(m));
+    if user.contains('\0') {
+        return bad("path contains a NUL byte".into());
+    }
+    if user.trim().is_empty() {
+        return bad(
+            "path is empty; give a path relative to the workspace, e.g. \"data.csv\"".into(),
+        );
+    }
+    if user.len() > MAX_PATH_BYTES {
+        return bad(format!(
+            "path is {} bytes long; the limit is {MAX_PATH_BYTES}",
+            user.len()
+        ));
+    }
+    if !backslash_separates && user.contains('\\') {
+        return bad(format!(
+            "{user:?}: backslashes are not path separators here; use '/'"
+        ));
+    }
+    if user.starts_with('~') {
+        return bad(format!(
+            "{user:?}: '~' is not expanded; paths are relative to the workspace"
+        ));
+    }
+    let lower = user.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return bad(format!(
+            "{user:?} looks URL-encoded; pass the plain path (percent escapes are not decoded)"
+        ));
+    }
+    if user.chars().any(|c| c.is_control()) {
+        return bad(format!("{user:?}: path contains control characters"));
+    }
+    Ok(())
 }

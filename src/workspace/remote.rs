@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::error::WorkspaceError;
 use crate::workspace::{
     Entry, EntryKind, Listing, ReadOutcome, MAX_COMPONENTS, MAX_IMAGE_BYTES, MAX_LIST_ENTRIES,
-    MAX_PATH_BYTES, MAX_READ_CHARS,
+    MAX_READ_CHARS,
 };
 
 /// The helper exec'd in a private dict by [`expression`].
@@ -20,21 +20,14 @@ const HELPER: &str = include_str!("../../kernel-spec/remote_files.py");
 /// Most bytes of a text file read per call (the character cap applies on top).
 const MAX_READ_BYTES: usize = 4 * MAX_READ_CHARS;
 
-/// The same path policy as the local jail, before resolution: relative, no `..`, no `~`, no
-/// NUL, bounded length and depth. Returns the path with `/` separators.
+/// The local jail's path policy (its textual rules are the same function,
+/// [`super::path::check_text`]; a gateway kernel runs on a POSIX system, so a backslash is
+/// never a separator), before resolution: relative, no `..`, bounded depth. Returns the path
+/// with `/` separators.
 pub fn check_path(p: &str) -> Result<String, WorkspaceError> {
+    super::path::check_text(p, false)?;
     let bad = |why: &str| WorkspaceError::BadPath(format!("{p:?}: {why}"));
-    if p.len() > MAX_PATH_BYTES {
-        return Err(WorkspaceError::BadPath(format!(
-            "path is {} bytes; the limit is {MAX_PATH_BYTES}",
-            p.len()
-        )));
-    }
-    if p.contains('\0') {
-        return Err(bad("contains a NUL byte"));
-    }
-    let p = p.replace('\\', "/");
-    if p.starts_with('/') || p.get(1..2) == Some(":") {
+    if p.starts_with('/') {
         return Err(bad(
             "absolute paths are refused; give a path relative to the workspace",
         ));
@@ -48,9 +41,6 @@ pub fn check_path(p: &str) -> Result<String, WorkspaceError> {
     }
     if parts.contains(&"..") {
         return Err(bad("'..' is refused: paths stay inside the workspace"));
-    }
-    if parts.first().is_some_and(|c| c.starts_with('~')) {
-        return Err(bad("'~' is refused: paths are relative to the workspace"));
     }
     Ok(if parts.is_empty() {
         ".".to_owned()
@@ -254,6 +244,14 @@ mod tests {
             "C:\\x",
             "a\0b",
             "..\\x",
+            // The local jail's textual rules hold here too (they once did not).
+            "a\\b",
+            "",
+            "  ",
+            "%2e%2e/secret",
+            "a%2Fb",
+            "line\nbreak",
+            "tab\there",
         ] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
@@ -261,7 +259,6 @@ mod tests {
         assert!(check_path(&"x".repeat(2000)).is_err());
         assert_eq!(check_path("./data//sales.csv").unwrap(), "data/sales.csv");
         assert_eq!(check_path(".").unwrap(), ".");
-        assert_eq!(check_path("").unwrap(), ".");
     }
 
     #[test]
