@@ -58,6 +58,19 @@ impl Channel {
             Channel::Heartbeat => "hb",
         }
     }
+
+    /// The message channel a WebSocket envelope names (both of jupyter_server's kernel
+    /// WebSocket protocols use these four names); `None` for anything else, which is refused.
+    pub fn from_ws_name(name: &[u8]) -> Option<Channel> {
+        [
+            Channel::Shell,
+            Channel::IoPub,
+            Channel::Control,
+            Channel::Stdin,
+        ]
+        .into_iter()
+        .find(|c| c.name().as_bytes() == name)
+    }
 }
 
 /// A message header.

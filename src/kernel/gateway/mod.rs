@@ -602,13 +602,12 @@ fn decode(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
         part: "websocket message",
         source,
     })?;
-    let channel = match m.channel.as_str() {
-        "shell" => Channel::Shell,
-        "iopub" => Channel::IoPub,
-        "control" => Channel::Control,
-        "stdin" => Channel::Stdin,
-        _ => Channel::IoPub,
-    };
+    let channel = Channel::from_ws_name(m.channel.as_bytes()).ok_or_else(|| {
+        WireError::Framing(format!(
+            "JSON WebSocket message: unknown channel {:?}",
+            crate::text::sanitize(&m.channel.chars().take(40).collect::<String>())
+        ))
+    })?;
     let parent_header = Header::parent_from(m.parent_header)?;
     let content_bytes = serde_json::to_vec(&m.content).map_err(|source| WireError::Json {
         part: "content",
@@ -660,13 +659,7 @@ fn decode_v1(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
             _ => Err(bad("missing part")),
         }
     };
-    let channel = match part(0)? {
-        b"shell" => Channel::Shell,
-        b"iopub" => Channel::IoPub,
-        b"control" => Channel::Control,
-        b"stdin" => Channel::Stdin,
-        _ => return Err(bad("unknown channel")),
-    };
+    let channel = Channel::from_ws_name(part(0)?).ok_or_else(|| bad("unknown channel"))?;
     let json = |i: usize, what: &'static str| -> Result<Value, WireError> {
         serde_json::from_slice(part(i)?).map_err(|source| WireError::Json { part: what, source })
     };
@@ -932,6 +925,38 @@ mod tests {
         assert_eq!(back, m);
         assert!(decode(b"{\"header\": 5}").is_err());
         assert!(decode(b"[]").is_err());
+    }
+
+    #[test]
+    fn both_protocols_refuse_an_unknown_channel_alike() {
+        let m = Message::request("s", Content::KernelInfoRequest);
+        for (name, want) in [
+            ("shell", Some(Channel::Shell)),
+            ("iopub", Some(Channel::IoPub)),
+            ("control", Some(Channel::Control)),
+            ("stdin", Some(Channel::Stdin)),
+            ("hb", None),
+            ("", None),
+            ("IOPUB", None),
+        ] {
+            let mut v: Value = serde_json::from_str(&encode(Channel::Shell, &m).unwrap()).unwrap();
+            v["channel"] = json!(name);
+            let json_got = decode(v.to_string().as_bytes()).ok().map(|(c, _)| c);
+            let mut bin = encode_v1(Channel::Shell, &m).unwrap();
+            // Rebuild the v1 message with `name` as its channel part.
+            let start = u64::from_le_bytes(bin[8..16].try_into().unwrap()) as usize;
+            let end = u64::from_le_bytes(bin[16..24].try_into().unwrap()) as usize;
+            let delta = name.len() as i64 - (end - start) as i64;
+            bin.splice(start..end, name.bytes());
+            for i in 2..=6 {
+                let at = i * 8;
+                let o = u64::from_le_bytes(bin[at..at + 8].try_into().unwrap()) as i64 + delta;
+                bin[at..at + 8].copy_from_slice(&(o as u64).to_le_bytes());
+            }
+            let v1_got = decode_v1(&bin).ok().map(|(c, _)| c);
+            assert_eq!(json_got, want, "json {name:?}");
+            assert_eq!(v1_got, want, "v1 {name:?}");
+        }
     }
 
     #[test]
