@@ -73,15 +73,23 @@ async fn background_thread_output_never_lands_in_a_later_call() {
 async fn calls_run_in_order_and_the_queue_is_bounded() {
     let s = Server::start_with(&["--max-queue", "1"]).await;
     let call = |code: &'static str| s.request("execute_python", json!({"code": code}), false);
-    let (a, b, c) = tokio::join!(
-        call("import time\ntime.sleep(1.5)\norder = ['a']"),
+    let (running, go) = (s.ws().join("a-running"), s.ws().join("go"));
+    // a runs until the test says go; b and c are sent once a is running (its marker file),
+    // in that order: b waits in the queue, c finds it full. Then go.
+    let (a, (b, c)) = tokio::join!(
+        call("import os, time\nopen('a-running', 'w').close()\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\norder = ['a']"),
         async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            call("order.append('b')\norder").await
-        },
-        async {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            call("order.append('c')").await
+            assert!(
+                crate::harness::eventually(HANG, || running.exists()).await,
+                "a never started"
+            );
+            let b = call("order.append('b')\norder");
+            let c = async {
+                let c = call("order.append('c')").await;
+                std::fs::write(&go, "").unwrap();
+                c
+            };
+            tokio::join!(b, c)
         }
     );
     assert!(!is_error(&a.unwrap()));
