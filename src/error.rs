@@ -81,6 +81,9 @@ pub enum KernelError {
     Died { cause: String },
     #[error("kernel unavailable: {reason}")]
     Unavailable { reason: String },
+    /// First run: the managed environment is still being created in the background.
+    #[error("kernel unavailable: the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile")]
+    EnvironmentNotReady,
     #[error(
         "the kernel is busy with {queued} queued calls; try again when the running call finishes"
     )]
@@ -159,22 +162,3 @@ pub enum SessionError {
     Refused(String),
 }
 
-/// The crate error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error(transparent)]
-    Env(#[from] EnvError),
-    #[error(transparent)]
-    Workspace(#[from] WorkspaceError),
-    #[error(transparent)]
-    Package(#[from] PackageError),
-    #[error(transparent)]
-    Session(#[from] SessionError),
-}
-
-/// The crate result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -29,4 +29,3 @@ pub mod variables;
 pub mod wire;
 pub mod workspace;
 
-pub use error::{Error, Result};

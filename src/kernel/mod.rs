@@ -531,11 +531,10 @@ impl KernelHandle {
         let python = self.backend.python();
         if python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             // First run: the managed environment is still being created in the background.
-            let reason = match self.env_error.lock().ok().and_then(|e| e.clone()) {
-                Some(e) => e,
-                None => "the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile".into(),
-            };
-            return Err(KernelError::Unavailable { reason });
+            return Err(match self.env_error.lock().ok().and_then(|e| e.clone()) {
+                Some(reason) => KernelError::Unavailable { reason },
+                None => KernelError::EnvironmentNotReady,
+            });
         }
         let spare = python.as_deref().and_then(|p| self.take_spare(p));
         let (started, fresh) = match spare {

@@ -57,7 +57,7 @@ fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
         KernelError::Busy { .. } => "",
         // The environment is still being created: the call just needs to be made again later.
-        KernelError::Unavailable { reason } if reason.contains("is being created") => {
+        KernelError::EnvironmentNotReady => {
             " The file tools work meanwhile; the tool list is updated (notifications/tools/list_changed) when it is ready."
         }
         KernelError::Unavailable { .. } => {
