@@ -161,4 +161,3 @@ pub enum SessionError {
     #[error("{0}")]
     Refused(String),
 }
-

@@ -28,4 +28,3 @@ pub mod traceback;
 pub mod variables;
 pub mod wire;
 pub mod workspace;
-

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{alive, eventually, exists, host_pid, is_error, text, texts, Server};
+use crate::harness::{alive, eventually, exists, host_pid, is_error, text, texts, Server, HANG};
 
 async fn kernel_facts(s: &Server) -> (i32, String) {
     let r = s
@@ -261,8 +261,12 @@ async fn a_kernel_that_died_between_calls_is_replaced_and_the_model_is_told() {
     )
     .unwrap();
     assert!(eventually(Duration::from_secs(10), || !alive(pid)).await);
-    // Give the server a moment to notice the exit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server has noticed the exit once it logged it (the only kernel: no spare here).
+    assert!(
+        eventually(HANG, || s.log().contains("kernel process ended")).await,
+        "{}",
+        s.log()
+    );
     let r = s.exec("'lost' in globals()").await;
     let t = texts(&r);
     assert_eq!(t[0], "False");
