@@ -274,6 +274,9 @@ pub struct Server {
     session: Arc<Session>,
     /// The client, once initialized, for notifications/tools/list_changed.
     peer: Arc<std::sync::Mutex<Option<rmcp::Peer<RoleServer>>>>,
+    /// Bumped each time the tool list changes: each 2026-07-28 `subscriptions/listen` stream
+    /// waits on it (that era has no initialized peer to notify).
+    tools_version: Arc<tokio::sync::watch::Sender<u64>>,
     tool_router: ToolRouter<Server>,
 }
 
@@ -289,6 +292,7 @@ impl Server {
         Server {
             session: Arc::new(Session::new(kernel, workspace, settings)),
             peer: Arc::new(std::sync::Mutex::new(None)),
+            tools_version: Arc::new(tokio::sync::watch::Sender::new(0)),
             tool_router: Self::tool_router(),
         }
     }
@@ -300,8 +304,10 @@ impl Server {
     }
 
     /// Tells the client that the tool descriptions changed (they name the environment), per
-    /// MCP "Tools: List Changed Notification"; a no-op before the client has initialized.
+    /// MCP "Tools: List Changed Notification": unsolicited to a client of the initialize era,
+    /// on each `subscriptions/listen` stream that asked for it in the 2026-07-28 era.
     fn tools_changed(&self) {
+        self.tools_version.send_modify(|v| *v = v.wrapping_add(1));
         let peer = self.peer.lock().ok().and_then(|p| p.clone());
         if let Some(peer) = peer {
             tokio::spawn(async move {
@@ -1051,6 +1057,39 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
         Ok(rmcp::model::ListToolsResult::with_all_items(self.tools()))
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: the tool list is the one list that changes here.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+    }
+
+    /// Holds one listen stream open until the client cancels it, sending
+    /// `notifications/tools/list_changed` on it each time the tool list changes.
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.tools_version.subscribe();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    if let Err(e) = context.sink().notify_tool_list_changed().await {
+                        tracing::debug!(error = %e, "could not send tools/list_changed on a listen stream");
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {

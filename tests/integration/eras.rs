@@ -81,3 +81,32 @@ async fn rmcp_discover_client_over_stdio() {
     assert_eq!(text(&r), "42\n");
     let _ = tokio::time::timeout(HANG, client.cancel()).await;
 }
+
+/// A 2026-07-28 client over stdio has no initialized session to be told things unsolicited:
+/// it opens a `subscriptions/listen` stream, and hears `notifications/tools/list_changed` on
+/// it when the tool list changes (here: switch_environment, whose name is in the tools'
+/// descriptions; the first-run environment set-up is the other cause).
+#[tokio::test]
+async fn a_listening_client_of_the_2026_era_hears_that_the_tools_changed() {
+    let env = kernel_mcp::pyenv::data_dir().unwrap().join("env");
+    let other = format!("other={}", env.display());
+    let mut raw = Raw::spawn_with(&["--env", &other]).await;
+    raw.send(
+        format!(r#"{{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{{"notifications":{{"toolsListChanged":true}},{META}}}}}"#)
+            .as_bytes(),
+    )
+    .await;
+    let ack = raw
+        .notification("notifications/subscriptions/acknowledged")
+        .await;
+    assert!(ack.to_string().contains("toolsListChanged"), "{ack}");
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"switch_environment","arguments":{{"name":"other"}},{META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(2).await;
+    assert_eq!(r["result"]["isError"], Value::Bool(false), "{r}");
+    let n = raw.notification("notifications/tools/list_changed").await;
+    // Sent on the listen stream: it names the listen request.
+    assert!(n.to_string().contains("subscriptionId"), "{n}");
+    let status = raw.close().await;
+    assert!(status.success(), "exit status: {status}");
+}

@@ -356,6 +356,8 @@ pub struct Raw {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Messages read while waiting for something else (notifications before a response).
+    seen: Vec<Value>,
     pub dir: tempfile::TempDir,
 }
 
@@ -371,6 +373,11 @@ impl Raw {
 
     /// The server with nothing sent yet (no handshake).
     pub async fn spawn() -> Raw {
+        Self::spawn_with(&[]).await
+    }
+
+    /// `spawn` with extra server arguments.
+    pub async fn spawn_with(args: &[&str]) -> Raw {
         use tokio::io::AsyncBufReadExt;
         ENV_OK.call_once(check_env);
         let dir = tempfile::Builder::new()
@@ -381,6 +388,7 @@ impl Raw {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
             .arg("--workspace")
             .arg(dir.path().join("ws"))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -393,6 +401,7 @@ impl Raw {
             child,
             stdin: Some(stdin),
             lines,
+            seen: Vec::new(),
             dir,
         }
     }
@@ -416,16 +425,36 @@ impl Raw {
 
     /// Every line on stdout must be JSON; returns the response with this id.
     pub async fn response(&mut self, id: i64) -> Value {
+        self.first(&format!("the response for id {id}"), |v| v["id"] == id)
+            .await
+    }
+
+    /// The first notification with this method (read before or after).
+    pub async fn notification(&mut self, method: &str) -> Value {
+        self.first(&format!("a {method} notification"), |v| {
+            v["method"] == method && v.get("id").is_none()
+        })
+        .await
+    }
+
+    /// The first message matching `want`, from those already read, else from stdout.
+    async fn first(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.seen.iter().position(&want) {
+            return self.seen.remove(i);
+        }
         loop {
             let line = tokio::time::timeout(HANG, self.lines.next_line())
                 .await
-                .unwrap_or_else(|_| panic!("no response for id {id}"))
+                .unwrap_or_else(|_| panic!("no {what}"))
                 .unwrap()
-                .unwrap_or_else(|| panic!("stdout closed before the response for id {id}"));
+                .unwrap_or_else(|| panic!("stdout closed before {what}"));
             let v: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("non-JSON on stdout: {line:?}: {e}"));
-            if v["id"] == id {
+            if want(&v) {
                 return v;
+            }
+            if self.seen.len() < 1000 {
+                self.seen.push(v);
             }
         }
     }
