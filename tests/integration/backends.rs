@@ -1091,7 +1091,16 @@ async fn a_server_that_exits_while_its_spare_starts_leaves_no_gateway_kernel() {
 /// the kernels of servers still running alone.
 #[tokio::test]
 async fn kernels_of_a_killed_server_are_reaped_by_the_next_one() {
-    let g = Gateway::start_kind(Kind::KernelGateway).await;
+    reaped_through(Kind::KernelGateway).await;
+}
+
+#[tokio::test]
+async fn kernels_of_a_killed_server_are_reaped_on_enterprise_gateway() {
+    reaped_through(Kind::EnterpriseGateway).await;
+}
+
+async fn reaped_through(kind: Kind) {
+    let g = Gateway::start_kind(kind).await;
     let bystander = g.server(&[]).await;
     assert_eq!(text(&bystander.exec("1 + 1").await), "2");
     let kept = g.kernels().await.unwrap_or_default();
