@@ -1,6 +1,7 @@
 //! One running kernel, whatever backend started it: start-up handshake, execute with
 //! correlation by msg_id, silent helpers. Talks through `Channels` and watches `Lifecycle`;
-//! knows nothing about MCP, processes or HTTP.
+//! knows nothing about MCP or HTTP. The one look at processes is `new_processes` (what a call
+//! left running under a local kernel), through `kernel::process`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -188,12 +189,15 @@ impl Kernel {
         match tokio::time::timeout(limit, wait).await {
             Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(r),
             Ok(Ok(r)) => Err(KernelError::Protocol(format!(
-                "start-up code failed: {}",
+                "silent code failed: {}",
                 r.and_then(|r| r.evalue).unwrap_or_default()
             ))),
             // (an Ok reply is matched above)
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(KernelError::Protocol("start-up code timed out".into())),
+            Err(_) => Err(KernelError::Protocol(format!(
+                "silent code did not finish within {} s",
+                limit.as_secs()
+            ))),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Network transports beside stdio (which stays in `main.rs`): MCP over Streamable HTTP with a
-//! kernel and a workspace per session.
+//! Network transports beside stdio (which lives in `app/stdio.rs`): MCP over Streamable HTTP
+//! with a kernel and a workspace per session.
 
 pub mod http;
 pub mod sessions;
