@@ -26,6 +26,16 @@ struct Http {
 type Client = RunningService<RoleClient, Recorder>;
 
 impl Http {
+    /// The server's `host:port`, for raw HTTP.
+    fn addr(&self) -> String {
+        self.url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn start(args: &[&str], token: Option<&str>) -> Http {
         let dir = tempfile::Builder::new()
             .prefix("kmcp-http-")
@@ -862,13 +872,7 @@ async fn clients_that_end_their_sessions_never_fill_the_server() {
 async fn delete_answers_no_content() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Http::start(&[], None).await;
-    let addr = srv
-        .url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = srv.addr();
     async fn head(addr: &str, request: String) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
@@ -921,13 +925,7 @@ async fn delete_answers_no_content() {
 async fn connections_that_never_finish_their_headers_are_cut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Http::start(&[], None).await;
-    let addr = srv
-        .url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = srv.addr();
     // Five slowloris clients: a request line and one header, then nothing.
     let mut socks = Vec::new();
     for _ in 0..5 {
