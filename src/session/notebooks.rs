@@ -6,13 +6,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Session;
 use crate::error::SessionError;
+use crate::kernel::OutputSink;
 use crate::kernel::{Ending, ExecLimits, Report};
 use crate::notebook::{self, Cell, Notebook, Recorder, MAX_CELL_OUTPUT_BYTES};
-use crate::output::Rendered;
+use crate::output::{Collector, Rendered};
 use crate::wire::message::ReplyStatus;
+use crate::wire::Content;
 
 /// What a notebook run asks for.
-#[derive(Debug, Clone)]
 pub struct NotebookRun {
     /// The notebook, relative to the workspace.
     pub path: String,
@@ -22,6 +23,67 @@ pub struct NotebookRun {
     pub overwrite: bool,
     /// Stop at the first cell that raises.
     pub stop_on_error: bool,
+    /// Show only errors and the last code cell's output, without images (a replay).
+    pub quiet: bool,
+    /// Told after each cell ("cell 3 of 12 done").
+    pub progress: Option<crate::output::ProgressFn>,
+}
+
+/// What a quiet run shows of a cell that is not its last: errors only.
+struct ErrorsOnly<'a> {
+    inner: &'a mut Collector,
+    /// The `[cell N]` marker, written before the first error.
+    marker: Option<String>,
+}
+
+impl OutputSink for ErrorsOnly<'_> {
+    fn output(&mut self, content: &Content) {
+        if let Content::Error(_) = content {
+            if let Some(m) = self.marker.take() {
+                self.inner.section(&m);
+            }
+            self.inner.output(content);
+        }
+    }
+}
+
+/// What a quiet run shows of its last cell: everything but images.
+struct NoImages<'a> {
+    inner: &'a mut Collector,
+}
+
+impl OutputSink for NoImages<'_> {
+    fn output(&mut self, content: &Content) {
+        let strip = |data: &crate::wire::message::MimeBundle| {
+            data.iter()
+                .filter(|(k, _)| !k.starts_with("image/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<crate::wire::message::MimeBundle>()
+        };
+        match content {
+            Content::DisplayData(d) | Content::UpdateDisplayData(d)
+                if d.data.keys().any(|k| k.starts_with("image/")) =>
+            {
+                let mut d = d.clone();
+                d.data = strip(&d.data);
+                if d.data.is_empty() {
+                    return;
+                }
+                self.inner.output(&match content {
+                    Content::UpdateDisplayData(_) => Content::UpdateDisplayData(d),
+                    _ => Content::DisplayData(d),
+                });
+            }
+            Content::ExecuteResult(r) if r.data.keys().any(|k| k.starts_with("image/")) => {
+                let mut r = r.clone();
+                r.data = strip(&r.data);
+                if !r.data.is_empty() {
+                    self.inner.output(&Content::ExecuteResult(r));
+                }
+            }
+            other => self.inner.output(other),
+        }
+    }
 }
 
 impl Session {
@@ -62,6 +124,13 @@ impl Session {
             .iter()
             .filter(|c| matches!(c, Cell::Code { .. }))
             .count();
+        let last_code = nb
+            .cells
+            .iter()
+            .rposition(|c| matches!(c, Cell::Code { source, .. } if !source.0.trim().is_empty()));
+        let began = std::time::Instant::now();
+        let mut progress = run.progress;
+        let nb_len = nb.cells.len();
         for (i, cell) in nb.cells.iter_mut().enumerate() {
             let Cell::Code {
                 source,
@@ -76,18 +145,55 @@ impl Session {
                 stopped = Some("the call was cancelled".into());
                 break;
             }
-            collector.section(&format!("[cell {}]\n", i + 1));
+            let marker = format!("[cell {}]\n", i + 1);
+            let shown = !run.quiet || Some(i) == last_code;
+            if shown {
+                collector.section(&marker);
+            }
             if source.0.trim().is_empty() {
                 *execution_count = None;
                 outputs.clear();
                 continue;
             }
-            let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
-            let result = self
-                .kernel
-                .execute(&source.0, &limits, cancel, &mut recorder)
-                .await;
-            let recorded = recorder.into_outputs();
+            let (result, recorded) = if !run.quiet {
+                let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
+                let result = self
+                    .kernel
+                    .execute(&source.0, &limits, cancel, &mut recorder)
+                    .await;
+                (result, recorder.into_outputs())
+            } else if shown {
+                let mut sink = NoImages {
+                    inner: &mut collector,
+                };
+                let mut recorder = Recorder::new(&mut sink, MAX_CELL_OUTPUT_BYTES);
+                let result = self
+                    .kernel
+                    .execute(&source.0, &limits, cancel, &mut recorder)
+                    .await;
+                (result, recorder.into_outputs())
+            } else {
+                let mut sink = ErrorsOnly {
+                    inner: &mut collector,
+                    marker: Some(marker),
+                };
+                let mut recorder = Recorder::new(&mut sink, MAX_CELL_OUTPUT_BYTES);
+                let result = self
+                    .kernel
+                    .execute(&source.0, &limits, cancel, &mut recorder)
+                    .await;
+                (result, recorder.into_outputs())
+            };
+            if let Some(p) = progress.as_mut() {
+                p(
+                    began.elapsed(),
+                    &format!(
+                        "cell {} of {} done ({code_cells} code cells)",
+                        i + 1,
+                        nb_len
+                    ),
+                );
+            }
             let (exec, cell_report) = match result {
                 Ok(x) => x,
                 Err(e) => {

@@ -949,7 +949,9 @@ impl Server {
     /// from 1, Markdown included), within the usual output budget; each cell has the usual
     /// timeout. Stops at the first error unless stop_on_error is false; a timeout or a kernel
     /// restart always stops the run. save_to writes the executed notebook with its new outputs
-    /// (a file this session did not write is replaced only with overwrite: true).
+    /// (a file this session did not write is replaced only with overwrite: true). quiet: true
+    /// (a replay, e.g. of export_notebook's since_restart notebook) shows only errors and the
+    /// last cell's output, without images. With a progress token, progress is sent per cell.
     #[tool(
         name = "run_notebook",
         annotations(
@@ -969,6 +971,8 @@ impl Server {
             save_to: p.save_to,
             overwrite: p.overwrite.unwrap_or(false),
             stop_on_error: p.stop_on_error.unwrap_or(true),
+            quiet: p.quiet.unwrap_or(false),
+            progress: progress_fn(&ctx),
         };
         Ok(self
             .session

@@ -285,6 +285,10 @@ pub struct RunNotebookParams {
     /// Let save_to replace a file this session did not write (default false).
     #[serde(default)]
     pub overwrite: Option<bool>,
+    /// Show only errors and the last code cell's output, without images (default false): for
+    /// replaying a session's notebook to restore its state.
+    #[serde(default)]
+    pub quiet: Option<bool>,
 }
 
 /// What export_notebook wrote.

@@ -317,6 +317,74 @@ async fn journal_flag_keeps_a_live_notebook() {
     s.close().await;
 }
 
+/// A replay (`quiet: true`) shows only the errors and the last cell's output, no images, and
+/// says after each cell how far it got (progress notifications); the state is all there.
+#[tokio::test]
+async fn a_quiet_replay_shows_errors_and_the_last_cell_and_reports_each_cell() {
+    let s = Server::start().await;
+    let code = |src: &str| json!({"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": src});
+    let nb = json!({
+        "nbformat": 4, "nbformat_minor": 4, "metadata": {},
+        "cells": [
+            code("x = 1\nprint('noise one')"),
+            code("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nprint('noise two')"),
+            code("1/0"),
+            {"cell_type": "markdown", "metadata": {}, "source": "done"},
+            code("plt.plot([3, 1])\nplt.show()\nprint('last', x)"),
+        ]
+    });
+    std::fs::write(s.ws().join("replay.ipynb"), nb.to_string()).unwrap();
+    let r = tokio::time::timeout(
+        crate::harness::HANG,
+        s.request(
+            "run_notebook",
+            json!({"path": "replay.ipynb", "quiet": true, "stop_on_error": false}),
+            true,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let all = text(&r);
+    assert!(!all.contains("noise"), "{all}");
+    assert!(
+        all.contains("[cell 3]") && all.contains("ZeroDivisionError"),
+        "{all}"
+    );
+    assert!(all.contains("[cell 5]") && all.contains("last 1"), "{all}");
+    assert!(
+        !all.contains("[cell 1]") && !all.contains("[cell 2]"),
+        "{all}"
+    );
+    assert!(
+        all.contains("[ran 4 of 4 code cells of replay.ipynb]"),
+        "{all}"
+    );
+    assert_eq!(r.content.iter().filter_map(|c| c.as_image()).count(), 0);
+    // Progress notifications are sent as the cells end; the last may trail the result.
+    let said = || -> Vec<String> {
+        s.recorder
+            .progress
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.message.clone())
+            .collect()
+    };
+    let every = |m: &[String]| {
+        [1, 2, 3, 5]
+            .iter()
+            .all(|c| m.iter().any(|x| x.contains(&format!("cell {c} of 5 done"))))
+    };
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || every(&said())).await,
+        "{:?}",
+        said()
+    );
+    assert_eq!(text(&s.exec("x + 1").await), "2");
+    s.close().await;
+}
+
 #[tokio::test]
 async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
     let s = Server::start().await;
