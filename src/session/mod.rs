@@ -347,6 +347,34 @@ impl Session {
         &self.runs
     }
 
+    /// Follows `work` (already started at `started`, not a cell: an install) as a run once
+    /// its call stops waiting; `finish` turns what it returns into the run's result. Returns
+    /// the note for the call that leaves.
+    pub fn adopt_as_run<T: Send + 'static>(
+        &self,
+        doing: &'static str,
+        started: std::time::Instant,
+        work: tokio::task::JoinHandle<T>,
+        finish: impl FnOnce(Result<T, tokio::task::JoinError>) -> Rendered + Send + 'static,
+    ) -> String {
+        let id = self.runs.adopt(doing, started, self.collector());
+        let runs = self.runs.clone();
+        tokio::spawn(async move {
+            let result = finish(work.await);
+            runs.finish(
+                id,
+                runs::RunEnd::Result {
+                    result,
+                    elapsed: started.elapsed(),
+                },
+            );
+        });
+        format!(
+            "[still {doing} as run {id} (started {:.0} s ago); it goes on without this call. Call check_run {{\"run\": {id}}} for its result.]",
+            started.elapsed().as_secs_f64()
+        )
+    }
+
     /// How long a call may wait for its run: the caller's `return_after` (seconds), at most the
     /// server's; zero or less means the server's.
     pub fn return_after(&self, asked: Option<f64>) -> Option<Duration> {
@@ -576,6 +604,23 @@ impl Session {
                             );
                         }
                         Ok(r)
+                    }
+                    runs::RunEnd::Result {
+                        mut result,
+                        elapsed,
+                    } => {
+                        if checking {
+                            let how = if result.is_error == Some(true) {
+                                "ended with an error"
+                            } else {
+                                "finished"
+                            };
+                            crate::output::append_note(
+                                &mut result,
+                                &format!("[the run {how} after {:.1} s]", elapsed.as_secs_f64()),
+                            );
+                        }
+                        Ok(result)
                     }
                     runs::RunEnd::Failed(e) => Err(e),
                     runs::RunEnd::Cancelled(why) => Ok(crate::output::text_result(

@@ -37,6 +37,11 @@ pub enum RunEnd {
     Failed(SessionError),
     /// Never started: interrupt_kernel or restart_kernel came first.
     Cancelled(String),
+    /// A run that is not a cell (an install that outlived its call): its finished result.
+    Result {
+        result: crate::output::Rendered,
+        elapsed: Duration,
+    },
 }
 
 struct Run {
@@ -55,6 +60,8 @@ struct Run {
     /// Progress goes to the call while it waits, not after it returned.
     progress_open: Arc<std::sync::atomic::AtomicBool>,
     job: Option<Job>,
+    /// What is running when it is not a cell ("installing"), for the note.
+    doing: Option<&'static str>,
 }
 
 /// What a queued run will execute.
@@ -73,6 +80,18 @@ struct State {
     running: Option<u64>,
     next: u64,
     worker: bool,
+}
+
+impl State {
+    /// Forgets the oldest reported runs past [`KEEP_RUNS`].
+    fn forget_reported(&mut self) {
+        while self.runs.len() > KEEP_RUNS {
+            let Some(old) = self.runs.iter().find(|(_, r)| r.reported).map(|(k, _)| *k) else {
+                break;
+            };
+            self.runs.remove(&old);
+        }
+    }
 }
 
 /// The session's runs.
@@ -169,21 +188,46 @@ impl Runs {
                     note,
                     progress,
                 }),
+                doing: None,
             },
         );
         st.queue.push_back(id);
-        // Forget the oldest reported runs.
-        while st.runs.len() > KEEP_RUNS {
-            let Some(old) = st.runs.iter().find(|(_, r)| r.reported).map(|(k, _)| *k) else {
-                break;
-            };
-            st.runs.remove(&old);
-        }
+        st.forget_reported();
         let start_worker = !st.worker;
         st.worker = true;
         drop(st);
         self.changed.notify_waiters();
         Ok((id, start_worker))
+    }
+
+    /// Registers work that already runs outside the kernel's queue (an install that outlived
+    /// its call) as a run, so check_run can follow it; its end comes through [`Runs::finish`].
+    pub(super) fn adopt(&self, doing: &'static str, started: Instant, collector: Collector) -> u64 {
+        let mut st = self.lock();
+        st.next += 1;
+        let id = st.next;
+        let wall = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        st.runs.insert(
+            id,
+            Run {
+                queued_at: started,
+                started: Some((started, wall)),
+                pending: collector,
+                has_output: false,
+                end: None,
+                reported: false,
+                cancel: CancellationToken::new(),
+                progress_open: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                job: None,
+                doing: Some(doing),
+            },
+        );
+        st.forget_reported();
+        drop(st);
+        self.changed.notify_waiters();
+        id
     }
 
     /// The next queued run to execute, marked running; `None` ends the worker.
@@ -265,13 +309,18 @@ impl Runs {
         if run.reported {
             return Look::Reported { id };
         }
-        let note = match run.started {
-            Some((at, wall)) => format!(
+        let note = match (run.started, run.doing) {
+            (Some((at, wall)), Some(doing)) => format!(
+                "[still {doing} as run {id} (started {}, {:.0} s ago); it goes on without this call. Call check_run {{\"run\": {id}}} for its result.]",
+                clock(wall),
+                at.elapsed().as_secs_f64()
+            ),
+            (Some((at, wall)), None) => format!(
                 "[still running as run {id} (started {}, {:.0} s ago); the kernel keeps working and keeps its state. Call check_run {{\"run\": {id}}} for the rest of its output and its result; interrupt_kernel stops it.]",
                 clock(wall),
                 at.elapsed().as_secs_f64()
             ),
-            None => {
+            (None, _) => {
                 let ahead = running
                     .map(|r| format!("behind run {r}"))
                     .unwrap_or_else(|| "behind earlier calls".to_owned());

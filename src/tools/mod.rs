@@ -167,6 +167,18 @@ fn install_progress(
     (Some(tx), Some(task))
 }
 
+/// An install's outcome as the tool result.
+fn install_result(
+    done: Result<Result<Installed, SessionError>, tokio::task::JoinError>,
+) -> CallToolResult {
+    match done {
+        Ok(Ok(Installed::Report(text))) => CallToolResult::success(vec![Content::text(text)]),
+        Ok(Ok(Installed::InKernel(cell))) => cell,
+        Ok(Err(e)) => failure(e),
+        Err(e) => tool_error(format!("the install stopped unexpectedly: {e}")),
+    }
+}
+
 /// write_file's content as bytes: UTF-8 text as given, or base64 decoded (whitespace ignored),
 /// within the per-call limit.
 fn decode_content(content: String, encoding: Encoding) -> Result<Vec<u8>, String> {
@@ -668,7 +680,9 @@ impl Server {
     /// environment markers are refused, and so are the packages the kernel itself runs on
     /// (ipykernel, pyzmq, ...). New packages can be imported at once; if a package that was
     /// already imported changed version, the result says to call restart_kernel. Installs run one
-    /// at a time and are killed after the install timeout (300 s by default).
+    /// at a time and are killed after the install timeout (300 s by default). An install still
+    /// going after return_after (45 s by default) goes on as a numbered run: the call returns
+    /// with a note, and check_run collects the result.
     #[tool(
         name = "install_package",
         annotations(
@@ -680,21 +694,60 @@ impl Server {
     )]
     async fn install_package(
         &self,
-        Parameters(p): Parameters<PackagesParams>,
+        Parameters(p): Parameters<InstallParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        let started = std::time::Instant::now();
         let (tx, progress) = install_progress(&ctx);
-        let result = self
-            .session
-            .install_packages(&p.packages, tx, progress_fn(&ctx), &ctx.ct)
-            .await;
+        // The install has a cancellation of its own: the call's cancels it only while the call
+        // waits, not once the install has become a run.
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let session = self.session.clone();
+        let packages = p.packages;
+        // Progress goes to this call while it waits, never after it returned.
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let report = progress_fn(&ctx).map(|mut f| {
+            let open = open.clone();
+            Box::new(move |d: Duration, l: &str| {
+                if open.load(std::sync::atomic::Ordering::SeqCst) {
+                    f(d, l)
+                }
+            }) as ProgressFn
+        });
+        let mut work = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                session
+                    .install_packages(&packages, tx, report, &cancel)
+                    .await
+            }
+        });
+        let wait = self.session.return_after(p.return_after);
+        let waited = tokio::select! {
+            r = &mut work => Some(r),
+            _ = ctx.ct.cancelled() => {
+                cancel.cancel();
+                Some((&mut work).await)
+            }
+            _ = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        open.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = progress {
             t.abort();
         }
-        Ok(match result {
-            Ok(Installed::Report(text)) => CallToolResult::success(vec![Content::text(text)]),
-            Ok(Installed::InKernel(cell)) => cell,
-            Err(e) => failure(e),
+        Ok(match waited {
+            Some(done) => install_result(done),
+            None => {
+                let note = self
+                    .session
+                    .adopt_as_run("installing", started, work, install_result);
+                CallToolResult::success(vec![Content::text(note)])
+            }
         })
     }
 

@@ -234,6 +234,16 @@ pub struct PackagesParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct InstallParams {
+    /// Package names, optionally with extras and version specifiers, e.g. ["tabulate", "pandas>=2"].
+    pub packages: Vec<String>,
+    /// Seconds to wait before returning with the install still going (it goes on as a run;
+    /// check_run collects its result). At most the server's --return-after (45 s by default).
+    #[serde(default)]
+    pub return_after: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ListPackagesParams {
     /// Keep only names containing this text (or matching it as a glob like "py*").
     #[serde(default)]

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{alive, eventually, is_error, text, Server};
-
-const HANG: Duration = Duration::from_secs(60);
+use crate::harness::{alive, eventually, is_error, text, Server, HANG};
 
 /// The managed environment's interpreter, as `kernel-mcp setup` reports it.
 pub fn managed_python() -> PathBuf {

@@ -906,3 +906,142 @@ async fn without_namespaces_the_seams_hold_and_tmp_says_what_works() {
     assert_no_marks(out.path());
     s.close().await;
 }
+
+/// An install that outlives its call: the build of a source package waits until the test lets
+/// it go (it connects to a listener here and blocks on a reply). With `return_after: 1` the
+/// call returns with a note naming the run; check_run then gets the install's result once.
+#[tokio::test]
+async fn an_install_outlives_its_call_as_a_run() {
+    let site = tempdir("kmcp-index-");
+    let index = Index::serve(site.path());
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = gate.local_addr().unwrap().port();
+    let name = format!(
+        "kmcp-gated-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let module = name.replace('-', "_");
+    let backend = format!(
+        r#"import os, zipfile, base64, hashlib, socket
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    s = socket.create_connection(('127.0.0.1', {port}), timeout=120)
+    s.settimeout(120)
+    s.recv(1)
+    s.close()
+    name = '{module}-0.1-py3-none-any.whl'
+    files = {{
+        '{module}/__init__.py': 'VALUE = 7\n',
+        '{module}-0.1.dist-info/METADATA': 'Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n',
+        '{module}-0.1.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: gated\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+    }}
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), 'w') as z:
+        for path, text in files.items():
+            data = text.encode()
+            z.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+            record.append('%s,sha256=%s,%d' % (path, digest, len(data)))
+        record.append('{module}-0.1.dist-info/RECORD,,')
+        z.writestr('{module}-0.1.dist-info/RECORD', '\n'.join(record) + '\n')
+    return name
+"#
+    );
+    let src = tempdir("kmcp-gated-src-");
+    let root = src.path().join(format!("{module}-0.1"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("gated_backend.py"), backend).unwrap();
+    std::fs::write(
+        root.join("pyproject.toml"),
+        format!("[build-system]\nrequires = []\nbuild-backend = \"gated_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("PKG-INFO"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"),
+    )
+    .unwrap();
+    let pack = "import sys, tarfile\nwith tarfile.open(sys.argv[1], 'w:gz') as t:\n    t.add(sys.argv[2], arcname=sys.argv[3])";
+    let st = std::process::Command::new("python3")
+        .args(["-c", pack])
+        .arg(site.path().join(format!("{module}-0.1.tar.gz")))
+        .arg(&root)
+        .arg(format!("{module}-0.1"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let home = home_naming_index(&index.url);
+    let data = data_dir();
+    let home_s = home.path().to_string_lossy().into_owned();
+    let s = Server::start_opts(
+        &[],
+        &[
+            ("HOME", home_s.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+        ],
+        INDEX_VARS,
+        false,
+    )
+    .await;
+    let r = s
+        .call(
+            "install_package",
+            json!({"packages": [name.as_str()], "return_after": 1}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        text(&r).starts_with("[still installing as run 1 ("),
+        "{}",
+        text(&r)
+    );
+    // Meanwhile the kernel answers (the install is not in its queue).
+    assert_eq!(text(&s.exec("6 * 7").await), "42");
+    let r = s
+        .call("check_run", json!({"run": 1, "wait_seconds": 1}))
+        .await;
+    assert!(
+        text(&r).starts_with("[still installing as run 1"),
+        "{}",
+        text(&r)
+    );
+    // Let the build finish.
+    let (mut conn, _) = tokio::time::timeout(crate::harness::HANG, gate.accept())
+        .await
+        .expect("the build never connected")
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"go")
+        .await
+        .unwrap();
+    let end = std::time::Instant::now() + crate::harness::HANG;
+    let result = loop {
+        let r = s
+            .call("check_run", json!({"run": 1, "wait_seconds": 30}))
+            .await;
+        if text(&r).contains("[the run ") {
+            break r;
+        }
+        assert!(std::time::Instant::now() < end, "{}", text(&r));
+    };
+    assert!(!is_error(&result), "{}", text(&result));
+    assert!(text(&result).contains(&name), "{}", text(&result));
+    assert!(
+        text(&result).contains("[the run finished after"),
+        "{}",
+        text(&result)
+    );
+    // Once.
+    let r = s.call("check_run", json!({"run": 1})).await;
+    assert!(
+        text(&r).contains("has ended and its result was returned already"),
+        "{}",
+        text(&r)
+    );
+    let r = s.exec(&format!("import {module}\n{module}.VALUE")).await;
+    assert_eq!(text(&r), "7", "{}", text(&r));
+    s.close().await;
+    uninstall(&name);
+}
