@@ -269,6 +269,106 @@ async fn memory_is_limited_by_what_is_used_not_what_is_reserved() {
     s.close().await;
 }
 
+/// A venv of the tests' own (under target/tmp, made once) that sees the managed environment's
+/// packages through a .pth file and adds vl-convert-python (V8 inside, as Altair uses it to
+/// draw charts).
+fn vl_convert_venv() -> std::path::PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("vl-convert-venv");
+    let py = dir.join("bin").join("python");
+    let ok = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import vl_convert, ipykernel"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ok(&py) {
+        return dir;
+    }
+    let managed = kernel_mcp::pyenv::managed_env_dir().unwrap();
+    let cfg = std::fs::read_to_string(managed.join("pyvenv.cfg")).unwrap();
+    let home = cfg
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("home")
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
+        })
+        .unwrap();
+    let st = std::process::Command::new(std::path::Path::new(&home).join("python3"))
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lib = std::fs::read_dir(managed.join("lib"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
+        .unwrap()
+        .file_name();
+    std::fs::write(
+        dir.join("lib")
+            .join(&lib)
+            .join("site-packages")
+            .join("kmcp-managed.pth"),
+        format!(
+            "{}\n",
+            managed
+                .join("lib")
+                .join(&lib)
+                .join("site-packages")
+                .display()
+        ),
+    )
+    .unwrap();
+    let pip = std::process::Command::new(&py)
+        .args(["-m", "pip", "install", "-q", "vl-convert-python"])
+        .output()
+        .unwrap();
+    assert!(
+        pip.status.success(),
+        "installing vl-convert-python for the memory-limit test failed: {}",
+        String::from_utf8_lossy(&pip.stderr)
+    );
+    assert!(ok(&py));
+    dir
+}
+
+/// The case that broke under the old address-space limit: vl-convert (V8, reserving far more
+/// address space than it uses; Altair draws charts through it) renders a Vega-Lite chart under
+/// a 1 GiB limit (the default is 4G), and in the same kernel a 2 GiB allocation is stopped with
+/// the note naming the limit.
+#[tokio::test]
+async fn a_v8_chart_renders_and_real_overuse_is_stopped() {
+    let venv = vl_convert_venv();
+    let c = canaries();
+    let venv_s = venv.to_string_lossy().into_owned();
+    let s = start(&c, &["--venv", venv_s.as_str(), "--memory-limit", "1G"]).await;
+    require_landlock(&s).await;
+    let r = s
+        .exec("import vl_convert as vlc\nspec = {'data': {'values': [{'a': 'x', 'b': 3}, {'a': 'y', 'b': 5}]}, 'mark': 'bar', 'encoding': {'x': {'field': 'a', 'type': 'nominal'}, 'y': {'field': 'b', 'type': 'quantitative'}}}\npng = vlc.vegalite_to_png(spec)\nfrom IPython.display import Image, display\ndisplay(Image(png))\nprint('png bytes', len(png) > 1000)")
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("png bytes True"), "{}", text(&r));
+    assert_eq!(
+        r.content.iter().filter_map(|c| c.as_image()).count(),
+        1,
+        "{}",
+        text(&r)
+    );
+    let r = s.exec("b = bytearray(2 << 30)\nprint('not reached')").await;
+    let all = texts(&r);
+    assert!(!text(&r).contains("not reached"), "{all:?}");
+    assert!(
+        all.iter().any(|x| x.contains("1.0 GiB")
+            && x.contains("--memory-limit")
+            && x.contains("was stopped")),
+        "{all:?}"
+    );
+    s.close().await;
+}
+
 #[tokio::test]
 async fn analysis_and_subprocesses_in_the_workspace_still_work() {
     let c = canaries();
