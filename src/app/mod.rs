@@ -468,6 +468,8 @@ fn remote_backend(o: &Opts) -> anyhow::Result<Option<Arc<dyn crate::kernel::Back
 
 /// Serves MCP on stdio until the client leaves or a signal arrives, then ends the kernel.
 async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<()> {
+    // One session on stdio: MCP tasks map onto its runs.
+    let server = server.with_tasks();
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
     let (stdin, stdout) = stdio();
     let guarded = crate::stdin_guard::spawn(stdin, stdout);

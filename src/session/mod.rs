@@ -126,6 +126,28 @@ impl Drop for Released {
     }
 }
 
+/// A call that either finished or goes on as a task.
+pub enum RunOrTask {
+    Done(Rendered),
+    /// Still going: the run's id.
+    Task(u64),
+}
+
+/// A task (a run followed through MCP tasks) as `tasks/get` reports it.
+#[derive(Clone)]
+pub enum TaskView {
+    Unknown,
+    /// Going (or queued, when `started` is false) for `since`; its latest output line.
+    Working {
+        since: Duration,
+        started: bool,
+        line: String,
+    },
+    Completed(Rendered),
+    Failed(String),
+    Cancelled,
+}
+
 /// One client's session: kernel, workspace, settings and journal.
 pub struct Session {
     kernel: Arc<KernelHandle>,
@@ -137,6 +159,10 @@ pub struct Session {
     install_lock: tokio::sync::Mutex<()>,
     /// Cells as runs that outlive their call, in arrival order.
     runs: Arc<runs::Runs>,
+    /// Results of runs followed as MCP tasks, kept for repeated `tasks/get`.
+    tasks: std::sync::Mutex<std::collections::BTreeMap<u64, TaskView>>,
+    /// Runs whose task was cancelled (`tasks/cancel`): they end as cancelled.
+    cancelled_tasks: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Snapshots of the namespace (local kernels in the workspace, unless --no-persist).
     persist: Option<persist::Persist>,
     /// A snapshot waits to be restored before the first run.
@@ -160,6 +186,8 @@ impl Session {
             settings,
             install_lock: tokio::sync::Mutex::new(()),
             runs: Arc::new(runs::Runs::default()),
+            tasks: Default::default(),
+            cancelled_tasks: Default::default(),
             persist: None,
             restore_pending: std::sync::atomic::AtomicBool::new(false),
             restore_note: std::sync::Mutex::new(None),
@@ -399,11 +427,105 @@ impl Session {
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Rendered, SessionError> {
+        let return_after = call.return_after;
+        let id = self.submit(call, progress).await?;
+        let look = self
+            .runs
+            .wait(Some(id), return_after, false, cancel, true, &|| {
+                self.collector()
+            })
+            .await;
+        self.rendered_with_restore_note(look)
+    }
+
+    /// `run` for a client that takes MCP tasks: a cell done within `return_after` is its
+    /// result, as always; one still going is left to run as a task (its run id), with nothing
+    /// of its output taken, so the task's result is the whole cell.
+    pub async fn run_as_task(
+        self: &Arc<Self>,
+        call: RunCall<'_>,
+        progress: Option<ProgressFn>,
+        cancel: &CancellationToken,
+    ) -> Result<RunOrTask, SessionError> {
+        let return_after = call.return_after;
+        let id = self.submit(call, progress).await?;
+        if !self.runs.wait_end(id, return_after, cancel).await {
+            return Ok(RunOrTask::Task(id));
+        }
+        let look = self
+            .runs
+            .wait(Some(id), Some(Duration::ZERO), false, cancel, true, &|| {
+                self.collector()
+            })
+            .await;
+        self.rendered_with_restore_note(look).map(RunOrTask::Done)
+    }
+
+    /// What a task (a run) is now: still going, or its result, kept for repeated looks.
+    pub fn task(&self, id: u64) -> TaskView {
+        if let Some(done) = self.tasks.lock().ok().and_then(|t| t.get(&id).cloned()) {
+            return done;
+        }
+        match self.runs.ended(id) {
+            None => TaskView::Unknown,
+            Some(false) => match self.runs.status(id) {
+                Some((since, started, line)) => TaskView::Working {
+                    since,
+                    started,
+                    line,
+                },
+                None => TaskView::Unknown,
+            },
+            Some(true) => {
+                let cancelled = self.cancelled_tasks.lock().is_ok_and(|c| c.contains(&id));
+                let look = self.runs.look_now(id, &|| self.collector());
+                let view = match self.render(look, true) {
+                    _ if cancelled => TaskView::Cancelled,
+                    Ok(r) => TaskView::Completed(r),
+                    Err(e) => TaskView::Failed(e.to_string()),
+                };
+                if let Ok(mut t) = self.tasks.lock() {
+                    // The latest few results stay for repeated looks.
+                    while t.len() >= 32 {
+                        let Some(first) = t.keys().next().copied() else {
+                            break;
+                        };
+                        t.remove(&first);
+                    }
+                    t.insert(id, view.clone());
+                }
+                view
+            }
+        }
+    }
+
+    /// Cancels a task's run (cooperatively: a running cell is interrupted); false for an
+    /// unknown task.
+    pub fn cancel_task(&self, id: u64) -> bool {
+        if self.runs.ended(id).is_none() {
+            return false;
+        }
+        if let Ok(mut c) = self.cancelled_tasks.lock() {
+            if c.len() > 1024 {
+                c.clear();
+            }
+            c.insert(id);
+        }
+        self.runs.cancel_run(Some(id));
+        true
+    }
+
+    /// Queues `call` as a run in arrival order and starts the worker if needed; its id.
+    async fn submit(
+        self: &Arc<Self>,
+        call: RunCall<'_>,
+        progress: Option<ProgressFn>,
+    ) -> Result<u64, SessionError> {
         let RunCall {
             code,
             journal_source,
             timeout,
-            return_after,
+            return_after: _,
             arrival,
         } = call;
         // Calls queue in the order they arrived, not the order their handlers started.
@@ -430,12 +552,10 @@ impl Session {
             let me = self.clone();
             tokio::spawn(async move { me.work().await });
         }
-        let look = self
-            .runs
-            .wait(Some(id), return_after, false, cancel, true, &|| {
-                self.collector()
-            })
-            .await;
+        Ok(id)
+    }
+
+    fn rendered_with_restore_note(&self, look: runs::Look) -> Result<Rendered, SessionError> {
         let mut r = self.render(look, false);
         if let Ok(res) = r.as_mut() {
             if let Some(note) = self.restore_note.lock().ok().and_then(|mut n| n.take()) {

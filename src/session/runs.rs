@@ -62,6 +62,8 @@ struct Run {
     job: Option<Job>,
     /// What is running when it is not a cell ("installing"), for the note.
     doing: Option<&'static str>,
+    /// The latest line the run printed (a task's status message).
+    last_line: String,
 }
 
 /// What a queued run will execute.
@@ -189,6 +191,7 @@ impl Runs {
                     progress,
                 }),
                 doing: None,
+                last_line: String::new(),
             },
         );
         st.queue.push_back(id);
@@ -222,6 +225,7 @@ impl Runs {
                 progress_open: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 job: None,
                 doing: Some(doing),
+                last_line: String::new(),
             },
         );
         st.forget_reported();
@@ -253,8 +257,66 @@ impl Runs {
         if let Some(r) = self.lock().runs.get_mut(&id) {
             r.pending.output(c);
             r.has_output = true;
+            if let Content::Stream(s) = c {
+                if let Some(line) = s.text.lines().rev().find(|l| !l.trim().is_empty()) {
+                    r.last_line = crate::text::sanitize(line).chars().take(200).collect();
+                }
+            }
         }
         self.changed.notify_waiters();
+    }
+
+    /// Whether run `id` has ended (its end may not have been looked at yet); `None` for a run
+    /// this session does not know.
+    pub fn ended(&self, id: u64) -> Option<bool> {
+        self.lock()
+            .runs
+            .get(&id)
+            .map(|r| r.end.is_some() || r.reported)
+    }
+
+    /// A run still going: how long since it started (or was queued) and its latest line.
+    pub fn status(&self, id: u64) -> Option<(Duration, bool, String)> {
+        self.lock().runs.get(&id).map(|r| {
+            let (since, started) = match r.started {
+                Some((at, _)) => (at.elapsed(), true),
+                None => (r.queued_at.elapsed(), false),
+            };
+            (since, started, r.last_line.clone())
+        })
+    }
+
+    /// Waits up to `wait` (`None`: no limit) for run `id` to end, without taking its output;
+    /// true when it has. `cancel` (the waiting call's) interrupts the run.
+    pub async fn wait_end(
+        &self,
+        id: u64,
+        wait: Option<Duration>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended(id).unwrap_or(true) {
+                return true;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = sleep => return self.ended(id).unwrap_or(true),
+                _ = cancel.cancelled() => {
+                    self.cancel_run(Some(id));
+                    return self.ended(id).unwrap_or(true);
+                }
+            }
+        }
     }
 
     pub(super) fn finish(&self, id: u64, end: RunEnd) {
@@ -287,6 +349,11 @@ impl Runs {
     /// The id of the latest run.
     pub fn latest(&self) -> Option<u64> {
         self.lock().runs.keys().next_back().copied()
+    }
+
+    /// `look` at run `id` now (a task's end, once).
+    pub(super) fn look_now(&self, id: u64, new_collector: &dyn Fn() -> Collector) -> Look {
+        self.look(Some(id), new_collector)
     }
 
     /// Takes what is new in run `id` (and its end, once).
@@ -418,7 +485,9 @@ impl Runs {
     }
 
     /// Interrupts run `id` if it runs, or drops it from the queue.
-    fn cancel_run(&self, id: Option<u64>) {
+    /// Cancels run `id` (the latest when `None`): a queued one never starts, a running one is
+    /// interrupted.
+    pub fn cancel_run(&self, id: Option<u64>) {
         let mut st = self.lock();
         let Some(id) = id.or_else(|| st.runs.keys().next_back().copied()) else {
             return;

@@ -12,9 +12,9 @@ use std::time::Duration;
 use base64::Engine;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{
-    CallToolResult, ContentBlock as Content, ListResourcesResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig,
+    CallToolResponse, CallToolResult, ContentBlock as Content, ListResourcesResult,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
@@ -28,7 +28,8 @@ use crate::kernel::{KernelHandle, Restarted, SwitchError, Switched};
 use crate::output::ProgressFn;
 use crate::pyenv::EnvInfo;
 use crate::session::{
-    Installed, NotebookRun, PackageCheck, PackageList, RunCall, Session, WorkingDir, Written,
+    Installed, NotebookRun, PackageCheck, PackageList, RunCall, RunOrTask, Session, TaskView,
+    WorkingDir, Written,
 };
 use crate::workspace::{Listing, ReadOutcome, Workspace, MAX_WRITE_BYTES};
 
@@ -167,6 +168,55 @@ fn install_progress(
     (Some(tx), Some(task))
 }
 
+/// The MCP task id of run `id`.
+fn task_id(id: u64) -> String {
+    format!("run-{id}")
+}
+
+/// The run a task id names.
+fn run_of_task(task: &str) -> Option<u64> {
+    task.strip_prefix("run-")?.parse().ok()
+}
+
+/// A task's base fields as a run looks now.
+fn task_of(id: u64, view: &TaskView) -> rmcp::model::Task {
+    use rmcp::model::{Task, TaskStatus};
+    let now = chrono::Utc::now();
+    let (status, message, since) = match view {
+        TaskView::Working {
+            since,
+            started,
+            line,
+        } => {
+            let what = if *started { "running" } else { "queued" };
+            let msg = if line.is_empty() {
+                format!("{what} for {:.0} s", since.as_secs_f64())
+            } else {
+                format!("{what} for {:.0} s: {line}", since.as_secs_f64())
+            };
+            (TaskStatus::Working, Some(msg), *since)
+        }
+        TaskView::Completed(_) => (TaskStatus::Completed, None, Duration::ZERO),
+        TaskView::Failed(why) => (TaskStatus::Failed, Some(why.clone()), Duration::ZERO),
+        TaskView::Cancelled => (TaskStatus::Cancelled, None, Duration::ZERO),
+        TaskView::Unknown => (
+            TaskStatus::Failed,
+            Some("unknown run".into()),
+            Duration::ZERO,
+        ),
+    };
+    let created = chrono::Duration::from_std(since)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(now);
+    let mut task = Task::new(task_id(id), status, created.to_rfc3339(), now.to_rfc3339())
+        .with_poll_interval_ms(1000);
+    if let Some(m) = message {
+        task = task.with_status_message(m);
+    }
+    task
+}
+
 /// An install's outcome as the tool result.
 fn install_result(
     done: Result<Result<Installed, SessionError>, tokio::task::JoinError>,
@@ -289,6 +339,9 @@ pub struct Server {
     /// Bumped each time the tool list changes: each 2026-07-28 `subscriptions/listen` stream
     /// waits on it (that era has no initialized peer to notify).
     tools_version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// MCP tasks (`io.modelcontextprotocol/tasks`) are offered: on stdio, one session whose
+    /// runs the tasks are. Over HTTP the front serves many sessions and does not offer them.
+    tasks: bool,
     tool_router: ToolRouter<Server>,
 }
 
@@ -305,8 +358,15 @@ impl Server {
             session: Arc::new(Session::new(kernel, workspace, settings)),
             peer: Arc::new(std::sync::Mutex::new(None)),
             tools_version: Arc::new(tokio::sync::watch::Sender::new(0)),
+            tasks: false,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Offers MCP tasks (stdio: the one session's runs).
+    pub fn with_tasks(mut self) -> Server {
+        self.tasks = true;
+        self
     }
 
     /// Replaces what the server reports about the active environment (after a first-run set-up).
@@ -420,24 +480,43 @@ impl Server {
         &self,
         Parameters(p): Parameters<ExecuteParams>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         if p.code.trim().is_empty() {
             return Ok(tool_error(
                 "code is empty; pass the Python source to run in the code argument",
-            ));
+            )
+            .into());
         }
-        let run = self.session.run(
-            RunCall {
-                code: &p.code,
-                journal_source: &p.code,
-                timeout: p.timeout_seconds,
-                return_after: self.session.return_after(p.return_after),
-                arrival: arrival_key(&ctx),
-            },
-            progress_fn(&ctx),
-            &ctx.ct,
-        );
-        Ok(run.await.unwrap_or_else(failure))
+        let call = RunCall {
+            code: &p.code,
+            journal_source: &p.code,
+            timeout: p.timeout_seconds,
+            return_after: self.session.return_after(p.return_after),
+            arrival: arrival_key(&ctx),
+        };
+        // A client that takes tasks gets one for a cell that outlasts return_after (MCP tasks
+        // extension, SEP-2663); the others get the output so far and a run to check.
+        let takes_tasks = self.tasks
+            && ctx
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks());
+        if takes_tasks {
+            return Ok(
+                match self
+                    .session
+                    .run_as_task(call, progress_fn(&ctx), &ctx.ct)
+                    .await
+                {
+                    Ok(RunOrTask::Done(r)) => r.into(),
+                    Ok(RunOrTask::Task(id)) => CallToolResponse::Task(
+                        rmcp::model::CreateTaskResult::new(task_of(id, &self.session.task(id))),
+                    ),
+                    Err(e) => failure(e).into(),
+                },
+            );
+        }
+        let run = self.session.run(call, progress_fn(&ctx), &ctx.ct);
+        Ok(run.await.unwrap_or_else(failure).into())
     }
 
     /// Read a file from the workspace.
@@ -1149,6 +1228,84 @@ impl ServerHandler for Server {
         }
     }
 
+    /// Tasks extension `tasks/get`: a run still going is `working` with its latest output
+    /// line; an ended one is `completed` with the cell's whole result (kept for repeated gets).
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        use rmcp::model::{DetailedTask, GetTaskResult, TaskPayload};
+        let Some(id) = run_of_task(&request.task_id) else {
+            return Err(ErrorData::invalid_params(
+                format!("no task {:?} here", request.task_id),
+                None,
+            ));
+        };
+        let view = self.session.task(id);
+        let payload = match &view {
+            TaskView::Unknown => {
+                return Err(ErrorData::invalid_params(
+                    format!("no task {:?} here", request.task_id),
+                    None,
+                ))
+            }
+            TaskView::Working { .. } => TaskPayload::Working,
+            TaskView::Completed(r) => match serde_json::to_value(r) {
+                Ok(serde_json::Value::Object(result)) => TaskPayload::Completed { result },
+                _ => TaskPayload::Failed {
+                    error: serde_json::Map::from_iter([(
+                        "message".to_owned(),
+                        serde_json::Value::String("the result could not be encoded".into()),
+                    )]),
+                },
+            },
+            TaskView::Failed(why) => TaskPayload::Failed {
+                error: serde_json::Map::from_iter([
+                    ("code".to_owned(), serde_json::json!(-32603)),
+                    ("message".to_owned(), serde_json::Value::String(why.clone())),
+                ]),
+            },
+            TaskView::Cancelled => TaskPayload::Cancelled,
+        };
+        Ok(GetTaskResult::new(DetailedTask::new(
+            task_of(id, &view),
+            payload,
+        )))
+    }
+
+    /// Tasks extension `tasks/cancel`: interrupts the run (cooperative; the task reports
+    /// `cancelled` once the cell has stopped).
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        match run_of_task(&request.task_id) {
+            Some(id) if self.session.cancel_task(id) => Ok(()),
+            _ => Err(ErrorData::invalid_params(
+                format!("no task {:?} here", request.task_id),
+                None,
+            )),
+        }
+    }
+
+    /// Tasks extension `tasks/update`: no run asks the client for input (a cell's `input()`
+    /// is refused as before), so there is never an outstanding request to answer.
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        Err(ErrorData::invalid_params(
+            format!(
+                "task {:?} has no outstanding input requests",
+                request.task_id
+            ),
+            None,
+        ))
+    }
+
     async fn on_initialized(&self, context: rmcp::service::NotificationContext<RoleServer>) {
         if let Ok(mut p) = self.peer.lock() {
             *p = Some(context.peer);
@@ -1207,18 +1364,21 @@ impl ServerHandler for Server {
                 ));
             }
         }
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_tool_list_changed()
-                .enable_resources()
-                .build(),
-        )
-        .with_instructions(instructions)
-        .with_server_info(rmcp::model::Implementation::new(
-            "kernel-mcp",
-            env!("CARGO_PKG_VERSION"),
-        ))
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources();
+        let capabilities = if self.tasks {
+            capabilities.enable_tasks().build()
+        } else {
+            capabilities.build()
+        };
+        ServerConfig::new(capabilities)
+            .with_instructions(instructions)
+            .with_server_info(rmcp::model::Implementation::new(
+                "kernel-mcp",
+                env!("CARGO_PKG_VERSION"),
+            ))
     }
 
     async fn list_resources(

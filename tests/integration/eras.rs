@@ -110,3 +110,108 @@ async fn a_listening_client_of_the_2026_era_hears_that_the_tools_changed() {
     let status = raw.close().await;
     assert!(status.success(), "exit status: {status}");
 }
+
+/// The MCP tasks extension (2026-07-28 era, declared per request): a cell that outlasts
+/// `return_after` becomes a task; `tasks/get` says `working` with the latest output line, then
+/// `completed` with the whole cell's result (again on a second get); `tasks/cancel`
+/// interrupts a running one, which then reports `cancelled`. A request without the extension
+/// never gets a task.
+#[tokio::test]
+async fn a_tasks_client_gets_a_task_for_a_long_cell_and_polls_it() {
+    const TASKS_META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}},"io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"}}"#;
+    let mut raw = Raw::spawn().await;
+    let go = raw.dir.path().join("ws").join("go");
+    let cell = "import os, time\\nprint('step one', flush=True)\\nwhile not os.path.exists('go'):\\n    time.sleep(0.02)\\nprint('done')";
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"{cell}","return_after":1}},{TASKS_META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(1).await;
+    // CreateTaskResult: the task's fields sit in the result itself.
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    assert_eq!(r["result"]["status"], "working", "{r}");
+    let id = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "{r}");
+    let get = |n: i64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{n},"method":"tasks/get","params":{{"taskId":"{id}",{TASKS_META}}}}}"#
+        )
+    };
+    // Working, and its status message comes to show the latest line the cell printed.
+    let mut n = 2;
+    loop {
+        raw.send(get(n).as_bytes()).await;
+        let g = raw.response(n).await;
+        n += 1;
+        assert_eq!(g["result"]["status"], "working", "{g}");
+        if g["result"]["statusMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("step one")
+        {
+            break;
+        }
+        assert!(n < 1000, "{g}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    std::fs::write(&go, "").unwrap();
+    let done = loop {
+        raw.send(get(n).as_bytes()).await;
+        let g = raw.response(n).await;
+        n += 1;
+        if g["result"]["status"] != "working" {
+            break g;
+        }
+        assert!(n < 2000, "{g}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    let text_of = |v: &Value| v["result"]["result"]["content"].to_string();
+    assert!(
+        text_of(&done).contains("step one") && text_of(&done).contains("done"),
+        "{done}"
+    );
+    raw.send(get(n).as_bytes()).await;
+    let again = raw.response(n).await;
+    assert_eq!(again["result"]["status"], "completed", "{again}");
+    // Cancel: a cell that never ends on its own.
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":900,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"import time\nwhile True:\n    time.sleep(0.05)","return_after":1}},{TASKS_META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(900).await;
+    let id2 = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id2.is_empty(), "{r}");
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":901,"method":"tasks/cancel","params":{{"taskId":"{id2}",{TASKS_META}}}}}"#).as_bytes())
+        .await;
+    let c = raw.response(901).await;
+    assert!(c.get("error").is_none(), "{c}");
+    let mut n = 902;
+    let end = loop {
+        raw.send(format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"tasks/get","params":{{"taskId":"{id2}",{TASKS_META}}}}}"#).as_bytes())
+            .await;
+        let g = raw.response(n).await;
+        n += 1;
+        if g["result"]["status"] != "working" {
+            break g;
+        }
+        assert!(n < 3000, "{g}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(end["result"]["status"], "cancelled", "{end}");
+    // Without the extension: never a task, the output so far and a run to check.
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":3000,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"import time\ntime.sleep(3)\nprint('late')","return_after":1}},{META}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(3000).await;
+    assert!(r["result"].get("taskId").is_none(), "{r}");
+    assert!(
+        r["result"]["content"]
+            .to_string()
+            .contains("still running as run"),
+        "{r}"
+    );
+    let status = raw.close().await;
+    assert!(status.success(), "exit status: {status}");
+}
