@@ -155,35 +155,30 @@ impl Session {
                 outputs.clear();
                 continue;
             }
-            let (result, recorded) = if !run.quiet {
-                let mut recorder = Recorder::new(&mut collector, MAX_CELL_OUTPUT_BYTES);
-                let result = self
-                    .kernel
-                    .execute(&source.0, &limits, cancel, &mut recorder)
-                    .await;
-                (result, recorder.into_outputs())
+            // What of the cell reaches the result: all of it, or in a quiet run its errors
+            // (the last cell: all but images). The notebook record keeps everything.
+            let mut last_shown;
+            let mut errors_only;
+            let sink: &mut dyn OutputSink = if !run.quiet {
+                &mut collector
             } else if shown {
-                let mut sink = NoImages {
+                last_shown = NoImages {
                     inner: &mut collector,
                 };
-                let mut recorder = Recorder::new(&mut sink, MAX_CELL_OUTPUT_BYTES);
-                let result = self
-                    .kernel
-                    .execute(&source.0, &limits, cancel, &mut recorder)
-                    .await;
-                (result, recorder.into_outputs())
+                &mut last_shown
             } else {
-                let mut sink = ErrorsOnly {
+                errors_only = ErrorsOnly {
                     inner: &mut collector,
                     marker: Some(marker),
                 };
-                let mut recorder = Recorder::new(&mut sink, MAX_CELL_OUTPUT_BYTES);
-                let result = self
-                    .kernel
-                    .execute(&source.0, &limits, cancel, &mut recorder)
-                    .await;
-                (result, recorder.into_outputs())
+                &mut errors_only
             };
+            let mut recorder = Recorder::new(sink, MAX_CELL_OUTPUT_BYTES);
+            let result = self
+                .kernel
+                .execute(&source.0, &limits, cancel, &mut recorder)
+                .await;
+            let recorded = recorder.into_outputs();
             if let Some(p) = progress.as_mut() {
                 p(
                     began.elapsed(),

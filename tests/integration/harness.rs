@@ -510,3 +510,47 @@ impl Drop for Index {
         let _ = self.child.wait();
     }
 }
+
+/// A venv at `dir` on the managed environment's base interpreter that sees the managed
+/// environment's packages through a .pth file, so tests can install into it without touching
+/// the environment other tests' kernels use. Returns its python.
+#[cfg(target_os = "linux")]
+pub fn venv_over_managed(dir: &Path, with_pip: bool) -> PathBuf {
+    let managed = kernel_mcp::pyenv::managed_env_dir().unwrap();
+    let cfg = std::fs::read_to_string(managed.join("pyvenv.cfg")).unwrap();
+    let home = cfg
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("home")
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
+        })
+        .unwrap();
+    let mut venv = std::process::Command::new(Path::new(&home).join("python3"));
+    venv.args(["-m", "venv", "--clear"]);
+    if !with_pip {
+        venv.arg("--without-pip");
+    }
+    assert!(venv.arg(dir).status().unwrap().success());
+    let lib = std::fs::read_dir(managed.join("lib"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
+        .unwrap()
+        .file_name();
+    std::fs::write(
+        dir.join("lib")
+            .join(&lib)
+            .join("site-packages")
+            .join("kmcp-managed.pth"),
+        format!(
+            "{}\n",
+            managed
+                .join("lib")
+                .join(&lib)
+                .join("site-packages")
+                .display()
+        ),
+    )
+    .unwrap();
+    dir.join("bin/python")
+}

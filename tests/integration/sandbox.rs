@@ -286,42 +286,7 @@ fn vl_convert_venv() -> std::path::PathBuf {
     if ok(&py) {
         return dir;
     }
-    let managed = kernel_mcp::pyenv::managed_env_dir().unwrap();
-    let cfg = std::fs::read_to_string(managed.join("pyvenv.cfg")).unwrap();
-    let home = cfg
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("home")
-                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
-        })
-        .unwrap();
-    let st = std::process::Command::new(std::path::Path::new(&home).join("python3"))
-        .args(["-m", "venv", "--clear"])
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let lib = std::fs::read_dir(managed.join("lib"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
-        .unwrap()
-        .file_name();
-    std::fs::write(
-        dir.join("lib")
-            .join(&lib)
-            .join("site-packages")
-            .join("kmcp-managed.pth"),
-        format!(
-            "{}\n",
-            managed
-                .join("lib")
-                .join(&lib)
-                .join("site-packages")
-                .display()
-        ),
-    )
-    .unwrap();
+    crate::harness::venv_over_managed(&dir, true);
     let pip = std::process::Command::new(&py)
         .args(["-m", "pip", "install", "-q", "vl-convert-python"])
         .output()

@@ -731,41 +731,7 @@ fn installed_version_in(py: &Path, dist: &str) -> String {
 /// A venv at `dir` from the managed environment's base interpreter, seeing the managed
 /// environment's packages through a `.pth` file; returns its python.
 fn own_venv(dir: &Path) -> PathBuf {
-    let managed = kernel_mcp::pyenv::managed_env_dir().unwrap();
-    let cfg = std::fs::read_to_string(managed.join("pyvenv.cfg")).unwrap();
-    let home = cfg
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("home")
-                .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
-        })
-        .unwrap();
-    let st = std::process::Command::new(Path::new(&home).join("python3"))
-        .args(["-m", "venv", "--without-pip"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let lib = std::fs::read_dir(managed.join("lib"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("python"))
-        .unwrap()
-        .file_name();
-    let site = dir.join("lib").join(&lib).join("site-packages");
-    std::fs::write(
-        site.join("kmcp-managed.pth"),
-        format!(
-            "{}\n",
-            managed
-                .join("lib")
-                .join(&lib)
-                .join("site-packages")
-                .display()
-        ),
-    )
-    .unwrap();
-    dir.join("bin/python")
+    crate::harness::venv_over_managed(dir, false)
 }
 
 #[tokio::test]
