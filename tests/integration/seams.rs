@@ -228,13 +228,20 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         names = SECRETS.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
         port = sink_port,
     );
-    let src = tempdir("kmcp-nosy-src-");
+    sdist(site, name, "nosy_backend", &backend);
+}
+
+/// Writes a source distribution of `name` 0.1 into `site` whose build backend is the module
+/// `backend` (in-tree, `backend_source`): what runs when the installer builds it.
+fn sdist(site: &Path, name: &str, backend: &str, backend_source: &str) {
+    let module = name.replace('-', "_");
+    let src = tempdir("kmcp-sdist-src-");
     let root = src.path().join(format!("{module}-0.1"));
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("nosy_backend.py"), backend).unwrap();
+    std::fs::write(root.join(format!("{backend}.py")), backend_source).unwrap();
     std::fs::write(
         root.join("pyproject.toml"),
-        format!("[build-system]\nrequires = []\nbuild-backend = \"nosy_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"),
+        format!("[build-system]\nrequires = []\nbuild-backend = \"{backend}\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"),
     )
     .unwrap();
     std::fs::write(
@@ -916,29 +923,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     return name
 "#
     );
-    let src = tempdir("kmcp-gated-src-");
-    let root = src.path().join(format!("{module}-0.1"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("gated_backend.py"), backend).unwrap();
-    std::fs::write(
-        root.join("pyproject.toml"),
-        format!("[build-system]\nrequires = []\nbuild-backend = \"gated_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("PKG-INFO"),
-        format!("Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"),
-    )
-    .unwrap();
-    let pack = "import sys, tarfile\nwith tarfile.open(sys.argv[1], 'w:gz') as t:\n    t.add(sys.argv[2], arcname=sys.argv[3])";
-    let st = std::process::Command::new("python3")
-        .args(["-c", pack])
-        .arg(site.path().join(format!("{module}-0.1.tar.gz")))
-        .arg(&root)
-        .arg(format!("{module}-0.1"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sdist(site.path(), &name, "gated_backend", &backend);
     let home = home_naming_index(&index.url);
     let data = data_dir();
     let home_s = home.path().to_string_lossy().into_owned();
