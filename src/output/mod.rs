@@ -8,7 +8,7 @@ mod progress;
 mod render;
 mod text;
 
-pub use progress::{Progress, ProgressFn};
+pub use progress::{gated as gated_progress, Progress, ProgressFn};
 
 pub use render::notice;
 pub use text::strip_ansi;

@@ -11,6 +11,22 @@ use crate::wire::Content;
 /// Called with (elapsed, latest output line) about once a second during a long cell.
 pub type ProgressFn = Box<dyn FnMut(Duration, &str) + Send>;
 
+/// `report`, passing reports on only while `open` is true: progress belongs to a call that
+/// waits, never to one that has returned (the work may go on without it).
+pub fn gated(
+    report: Option<ProgressFn>,
+    open: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Option<ProgressFn> {
+    report.map(|mut f| {
+        let open = open.clone();
+        Box::new(move |d: Duration, l: &str| {
+            if open.load(std::sync::atomic::Ordering::SeqCst) {
+                f(d, l)
+            }
+        }) as ProgressFn
+    })
+}
+
 /// Longest line reported, in characters.
 const MAX_LINE_CHARS: usize = 200;
 

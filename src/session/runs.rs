@@ -164,14 +164,7 @@ impl Runs {
         st.next += 1;
         let id = st.next;
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let progress = progress.map(|mut f| {
-            let open = open.clone();
-            Box::new(move |d: Duration, l: &str| {
-                if open.load(std::sync::atomic::Ordering::SeqCst) {
-                    f(d, l)
-                }
-            }) as ProgressFn
-        });
+        let progress = crate::output::gated_progress(progress, &open);
         st.runs.insert(
             id,
             Run {

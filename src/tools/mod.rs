@@ -785,14 +785,7 @@ impl Server {
         let packages = p.packages;
         // Progress goes to this call while it waits, never after it returned.
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let report = progress_fn(&ctx).map(|mut f| {
-            let open = open.clone();
-            Box::new(move |d: Duration, l: &str| {
-                if open.load(std::sync::atomic::Ordering::SeqCst) {
-                    f(d, l)
-                }
-            }) as ProgressFn
-        });
+        let report = crate::output::gated_progress(progress_fn(&ctx), &open);
         let mut work = tokio::spawn({
             let cancel = cancel.clone();
             async move {
