@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_memory_limit_stop_names_the_limit() {
-        let cause = crate::kernel::process::ExitCause::MemoryLimit.to_string();
+        let cause = crate::process::ExitCause::MemoryLimit.to_string();
         let n = policy().death_note(&cause).unwrap_or_default();
         assert!(
             n.contains("4.0 GiB") && n.contains("--memory-limit") && n.contains("was stopped"),

@@ -114,7 +114,7 @@ fn extra_read(o: &Opts) -> Vec<PathBuf> {
 /// The resolved `--disk-quota` in bytes (`None`: no quota).
 fn disk_quota(o: &Opts, workspace: &std::path::Path) -> Option<u64> {
     match o.disk_quota {
-        DiskQuota::Auto => Some(crate::kernel::sandbox::default_disk_quota(workspace)),
+        DiskQuota::Auto => Some(crate::sandbox::default_disk_quota(workspace)),
         DiskQuota::Size(s) => s.0,
     }
 }
@@ -127,7 +127,7 @@ fn sandbox_policy(
     disk_quota: Option<u64>,
 ) -> Option<crate::denials::SandboxPolicy> {
     if o.sandbox == SandboxMode::Off
-        || crate::kernel::sandbox::UNAVAILABLE.is_some()
+        || crate::sandbox::UNAVAILABLE.is_some()
         || o.existing.is_some()
         || o.gateway_url.is_some()
     {
@@ -148,7 +148,7 @@ async fn sandbox_config(
     env: &pyenv::EnvInfo,
     disk_quota: Option<u64>,
 ) -> anyhow::Result<Option<crate::kernel::SandboxConfig>> {
-    if let Some(why) = crate::kernel::sandbox::UNAVAILABLE {
+    if let Some(why) = crate::sandbox::UNAVAILABLE {
         if o.sandbox == SandboxMode::Require {
             anyhow::bail!("--sandbox require: {why}");
         }
@@ -173,11 +173,11 @@ async fn sandbox_config(
             .then(|| "--no-namespaces or KERNEL_MCP_NO_NAMESPACES".to_owned()),
         disk_quota,
         detached_cpu_secs: (o.detached_cpu_limit > 0).then_some(o.detached_cpu_limit),
-        tmpfs_bytes: crate::kernel::sandbox::tmpfs_size(disk_quota),
+        tmpfs_bytes: crate::sandbox::tmpfs_size(disk_quota),
         processes: Some(1024),
     };
     if o.sandbox == SandboxMode::Require {
-        crate::kernel::sandbox::probe(o.allow_network, !o.no_namespaces).map_err(|e| {
+        crate::sandbox::probe(o.allow_network, !o.no_namespaces).map_err(|e| {
             anyhow::anyhow!("--sandbox require: not every sandbox layer is available here: {e}")
         })?;
     }
@@ -398,7 +398,7 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         transport: o.transport,
         startup_timeout: o.startup_timeout,
         extra_env: BTreeMap::new(),
-        helper: crate::kernel::sandbox::helper_exe(),
+        helper: crate::sandbox::helper_exe(),
         sandbox: sandbox_config(&o, &env, quota).await?,
         allow_source_builds: o.allow_source_builds,
     };
@@ -634,7 +634,7 @@ fn tune_allocator() {
 pub fn main() -> anyhow::Result<()> {
     tune_allocator();
     let raw: Vec<String> = std::env::args().collect();
-    if raw.get(1).map(String::as_str) == Some(crate::kernel::sandbox::HELPER_ARG) {
+    if raw.get(1).map(String::as_str) == Some(crate::sandbox::HELPER_ARG) {
         let mut rest = raw.get(2..).unwrap_or_default();
         let mut policy = None;
         if rest.first().map(String::as_str) == Some("--policy") {
@@ -645,7 +645,7 @@ pub fn main() -> anyhow::Result<()> {
             Some("--") => rest.get(1..).unwrap_or_default(),
             _ => rest,
         };
-        crate::kernel::sandbox::helper_main(policy, argv);
+        crate::sandbox::helper_main(policy, argv);
     }
     let cli = Cli::parse();
     // The demo is an MCP client printing results; its own logs would only get in the way.

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::client::Kernel;
-use super::process::ExitCause;
 use crate::error::{KernelError, WireError};
+use crate::process::ExitCause;
 use crate::wire::{Channel, Heartbeat, Message, MsgId, Subscription};
 
 /// How messages reach a running kernel and its replies come back, routed by parent msg_id.
@@ -114,7 +114,7 @@ pub trait Lifecycle: Send + Sync {
         None
     }
     /// What the OS sandbox enforces, when there is one.
-    fn sandbox(&self) -> Option<&super::sandbox::Status> {
+    fn sandbox(&self) -> Option<&crate::sandbox::Status> {
         None
     }
     /// The remote kernel's id, when it has one (a gateway kernel).
@@ -171,8 +171,8 @@ pub trait Backend: Send + Sync {
     }
     /// How install_package confines the installer it runs for this backend's interpreter
     /// (only asked when `interpreter_is_local`).
-    fn install_mode(&self) -> super::sandbox::InstallMode {
-        super::sandbox::InstallMode::Unconfined
+    fn install_mode(&self) -> crate::sandbox::InstallMode {
+        crate::sandbox::InstallMode::Unconfined
     }
     /// Whether the kernel's interpreter is one kernel-mcp runs on this machine (so installs and
     /// package listings can run it directly); otherwise they go through the kernel.

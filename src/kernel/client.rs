@@ -1,7 +1,7 @@
 //! One running kernel, whatever backend started it: start-up handshake, execute with
 //! correlation by msg_id, silent helpers. Talks through `Channels` and watches `Lifecycle`;
 //! knows nothing about MCP or HTTP. The one look at processes is `new_processes` (what a call
-//! left running under a local kernel), through `kernel::process`.
+//! left running under a local kernel), through `crate::process`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ impl Kernel {
     }
 
     /// What the sandbox enforces for this kernel (`None` when it runs unconfined).
-    pub fn sandbox(&self) -> Option<&super::sandbox::Status> {
+    pub fn sandbox(&self) -> Option<&crate::sandbox::Status> {
         self.life.sandbox()
     }
 
@@ -259,14 +259,14 @@ impl Kernel {
         };
         // Walking the tree reads a few /proc files per process and thread (~0.3 ms). When no
         // pid was handed out anywhere since the last look, no process can be new: skip it.
-        let newest = super::process::newest_pid();
+        let newest = crate::process::newest_pid();
         if let (Some(n), Ok(mut last)) = (newest, self.last_pid_seen.lock()) {
             if *last == Some(n) {
                 return Vec::new();
             }
             *last = Some(n);
         }
-        let now = super::process::descendants(pid);
+        let now = crate::process::descendants(pid);
         let Ok(mut known) = self.known_processes.lock() else {
             return Vec::new();
         };
@@ -274,7 +274,7 @@ impl Kernel {
         let fresh = now
             .iter()
             .filter(|(pid, _)| !known.contains(pid))
-            .map(|(pid, cmd)| (super::process::pid_as_seen_inside(*pid), cmd.clone()))
+            .map(|(pid, cmd)| (crate::process::pid_as_seen_inside(*pid), cmd.clone()))
             .collect();
         *known = now.into_keys().collect();
         fresh

@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
 use super::client::Kernel;
 use super::connection::{ConnectionInfo, RuntimeDir, Transport};
-use super::process::{kernel_env, ExitCause, KernelProcess, LaunchCommand};
 use super::spec::{InterruptMode, KernelSpec};
 use crate::error::KernelError;
+use crate::process::{kernel_env, ExitCause, KernelProcess, LaunchCommand};
 use crate::wire::message::ShutdownRequest;
 use crate::wire::{Channel, Connection, Content, Message};
 
@@ -108,15 +108,15 @@ impl Backend for LocalBackend {
         self.launcher().map(|l| l.python)
     }
 
-    fn install_mode(&self) -> super::sandbox::InstallMode {
-        use super::sandbox::{InstallMode, InstallerSandbox};
+    fn install_mode(&self) -> crate::sandbox::InstallMode {
+        use crate::sandbox::{InstallMode, InstallerSandbox};
         let Some(l) = self.launcher() else {
             return InstallMode::WheelsOnly;
         };
         let Some(sb) = &l.sandbox else {
             // The user turned the sandbox off: installs run as the user, as before. Where
             // there is none to turn on, source builds wait for --allow-source-builds.
-            return if super::sandbox::UNAVAILABLE.is_some() && !l.allow_source_builds {
+            return if crate::sandbox::UNAVAILABLE.is_some() && !l.allow_source_builds {
                 InstallMode::WheelsOnly
             } else {
                 InstallMode::Unconfined
@@ -182,7 +182,7 @@ impl Backend for LocalBackend {
 struct LocalProcess {
     process: KernelProcess,
     runtime: RuntimeDir,
-    sandbox: Option<super::sandbox::Status>,
+    sandbox: Option<crate::sandbox::Status>,
     interrupt_mode: InterruptMode,
 }
 
@@ -255,7 +255,7 @@ impl Lifecycle for LocalProcess {
         self.process.stderr_hint()
     }
 
-    fn sandbox(&self) -> Option<&super::sandbox::Status> {
+    fn sandbox(&self) -> Option<&crate::sandbox::Status> {
         self.sandbox.as_ref()
     }
 }
@@ -290,7 +290,7 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
         env.insert("PYTHONNOUSERSITE".into(), "1".into());
         // Read by the start-up code: `%pip install` points to install_package instead.
         env.insert("KERNEL_MCP_SANDBOX".into(), "1".into());
-        let mut policy = super::sandbox::Policy::for_kernel(
+        let mut policy = crate::sandbox::Policy::for_kernel(
             &sb.python_paths,
             &sb.extra_read,
             &l.workspace,
@@ -311,7 +311,7 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
         policy.status_file = Some(status_file.clone());
         let failed = NAMESPACES_FAILED.get();
         if sb.namespaces && failed.is_none() {
-            policy.namespaces = Some(super::sandbox::NsPolicy {
+            policy.namespaces = Some(crate::sandbox::NsPolicy {
                 runtime: runtime.path().to_path_buf(),
                 scratch: scratch.clone(),
                 tmpfs_bytes: sb.tmpfs_bytes.max(16 << 20),
@@ -369,7 +369,7 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
     let conn = tokio::select! {
         c = Connection::open(&endpoints, crate::wire::Signer::new(info.key.as_bytes()), l.startup_timeout) => c?,
         cause = process.wait() => {
-            if ns_on && matches!(cause, ExitCause::Code(super::sandbox::NS_SETUP_FAILED)) {
+            if ns_on && matches!(cause, ExitCause::Code(crate::sandbox::NS_SETUP_FAILED)) {
                 let why = process.stderr_hint();
                 tracing::warn!(why = %why, "the sandbox's namespaces failed to build; starting without them");
                 let why = match why.trim() {
@@ -384,7 +384,7 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
     };
     let sandbox = std::fs::read(&status_file)
         .ok()
-        .and_then(|b| serde_json::from_slice::<super::sandbox::Status>(&b).ok());
+        .and_then(|b| serde_json::from_slice::<crate::sandbox::Status>(&b).ok());
     match &sandbox {
         Some(st) if st.complete() => tracing::info!(sandbox = %st.summary(), "kernel sandbox"),
         Some(st) => tracing::warn!(sandbox = %st.summary(), "kernel sandbox is INCOMPLETE"),

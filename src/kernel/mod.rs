@@ -9,8 +9,6 @@ pub mod environments;
 pub mod existing;
 pub mod gateway;
 pub mod local;
-pub mod process;
-pub mod sandbox;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -821,7 +819,7 @@ impl KernelHandle {
     }
 
     /// What the sandbox enforces for the running kernel.
-    pub fn sandbox(&self) -> Option<sandbox::Status> {
+    pub fn sandbox(&self) -> Option<crate::sandbox::Status> {
         self.current().and_then(|k| k.sandbox().cloned())
     }
 

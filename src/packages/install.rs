@@ -15,7 +15,7 @@ use super::{
     explain_failure, normalize, InstallReport, Installer, PackageSpec, INSTALLER_ENV, PROTECTED,
 };
 use crate::error::PackageError;
-use crate::kernel::sandbox::InstallMode;
+use crate::sandbox::InstallMode;
 
 /// The distribution a kernel is started from; its closure is what is protected.
 const KERNEL_ROOTS: &[&str] = &["ipykernel"];

@@ -45,7 +45,7 @@ pub async fn environment_report(session: &Session) -> Value {
         None if !backend.interpreter_is_local() => Value::String(
             "not applied by kernel-mcp: the kernel runs where it was started, confined only by that machine's own setup".into(),
         ),
-        None => Value::String(match crate::kernel::sandbox::UNAVAILABLE {
+        None => Value::String(match crate::sandbox::UNAVAILABLE {
             Some(why) => format!("none: {why}"),
             None => "off: the kernel runs with this user's full rights".into(),
         }),

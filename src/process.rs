@@ -108,7 +108,7 @@ impl KernelProcess {
             Some(h) => {
                 let mut v = vec![
                     h.to_string_lossy().into_owned(),
-                    super::sandbox::HELPER_ARG.into(),
+                    crate::sandbox::HELPER_ARG.into(),
                 ];
                 if cmd.argv.first().map(String::as_str) != Some("--policy") {
                     v.push("--".into());
@@ -181,7 +181,7 @@ impl KernelProcess {
                 Err(e) => ExitCause::Unknown(e.to_string()),
             };
             let cause = match cause {
-                ExitCause::Code(super::sandbox::MEMORY_LIMIT_EXIT) if sandboxed => {
+                ExitCause::Code(crate::sandbox::MEMORY_LIMIT_EXIT) if sandboxed => {
                     ExitCause::MemoryLimit
                 }
                 // Not "possibly the out-of-memory killer": we sent that SIGKILL.

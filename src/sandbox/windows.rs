@@ -1,5 +1,5 @@
 //! Windows: no OS sandbox for the kernel yet (said at start, in get_environment and in the
-//! README). The server binds the kernel's process tree with a Job Object (kernel/process), so
+//! README). The server binds the kernel's process tree with a Job Object (process.rs), so
 //! no launch helper runs; `supervise` exists only so a helper started by hand still works.
 
 use super::{Policy, Status};
