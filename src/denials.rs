@@ -168,17 +168,21 @@ impl SandboxPolicy {
 }
 
 impl SandboxPolicy {
-    /// The note for a kernel that died of `cause` (an exit cause in words), if the sandbox's
-    /// memory limit may be why: SIGKILL is what the out-of-memory killer sends.
-    pub fn death_note(&self, cause: &str) -> Option<String> {
+    /// The note for a kernel that died of `cause`, if the sandbox's memory limit may be why:
+    /// the sandbox's own stop, or SIGKILL, which is what the out-of-memory killer sends.
+    pub fn death_note(&self, cause: &crate::kernel::Gone) -> Option<String> {
+        use crate::process::ExitCause;
         let m = self.memory_bytes?;
-        if cause.contains("memory limit (--memory-limit)") {
+        let crate::kernel::Gone::Exited(cause) = cause else {
+            return None;
+        };
+        if *cause == ExitCause::MemoryLimit {
             return Some(format!(
                 "[sandbox: the kernel's processes may use {} of memory {PER} (--memory-limit); the kernel went over it and was stopped, so its variables are lost. Work on smaller pieces (chunks, fewer columns, smaller dtypes), or restart the server with a larger --memory-limit.]",
                 human_bytes(m)
             ));
         }
-        cause.contains("SIGKILL").then(|| format!(
+        (*cause == ExitCause::Signal(9)).then(|| format!(
             "[sandbox: a kernel killed by SIGKILL has usually run out of memory: the machine's out-of-memory killer sends it when the machine's own memory runs out, which may be before the sandbox's {} {PER} (--memory-limit). Work on smaller pieces, or restart the server with a smaller --memory-limit so the sandbox stops the kernel first, with a note.]",
             human_bytes(m)
         ))
@@ -342,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_memory_limit_stop_names_the_limit() {
-        let cause = crate::process::ExitCause::MemoryLimit.to_string();
+        let cause = crate::kernel::Gone::Exited(crate::process::ExitCause::MemoryLimit);
         let n = policy().death_note(&cause).unwrap_or_default();
         assert!(
             n.contains("4.0 GiB") && n.contains("--memory-limit") && n.contains("was stopped"),
@@ -352,15 +356,19 @@ mod tests {
 
     #[test]
     fn a_sigkill_death_names_the_memory_limit() {
+        use crate::kernel::Gone;
+        use crate::process::ExitCause;
         let p = policy();
         let n = p
-            .death_note("killed by signal 9 (SIGKILL, possibly the out-of-memory killer)")
+            .death_note(&Gone::Exited(ExitCause::Signal(9)))
             .unwrap_or_default();
         assert!(n.contains("4.0 GiB") && n.contains("--memory-limit"), "{n}");
-        assert_eq!(
-            p.death_note("killed by signal 11 (SIGSEGV, a segmentation fault)"),
-            None
-        );
+        assert_eq!(p.death_note(&Gone::Exited(ExitCause::Signal(11))), None);
+        // A gateway kernel's loss is not the local sandbox's doing, whatever its words say.
+        let lost = Gone::Lost {
+            reason: "killed by signal 9 (SIGKILL)".into(),
+        };
+        assert_eq!(p.death_note(&lost), None);
     }
 
     #[test]

@@ -77,8 +77,6 @@ pub enum KernelError {
     },
     #[error("the kernel did not answer kernel_info within {secs} s{detail}")]
     StartTimeout { secs: u64, detail: String },
-    #[error("the kernel died ({cause})")]
-    Died { cause: String },
     #[error("kernel unavailable: {reason}")]
     Unavailable { reason: String },
     /// First run: the managed environment is still being created in the background.

@@ -42,7 +42,7 @@ pub enum Ending {
     /// The kernel ignored the interrupt for the whole grace period.
     Unresponsive { reason: StopReason },
     /// The kernel process died while running the cell.
-    Died { cause: String },
+    Died { cause: super::backend::Gone },
 }
 
 /// The result of one execute_request.
@@ -353,7 +353,7 @@ impl Kernel {
                         Err(e) => {
                             // The readers stop when the kernel's sockets go away; prefer the exit cause.
                             if let Ok(cause) = tokio::time::timeout(Duration::from_millis(500), self.life.gone()).await {
-                                return Ok(Execution { reply, ending: Ending::Died { cause: cause.to_string() }, elapsed: start.elapsed() });
+                                return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed() });
                             }
                             return Err(e.into());
                         }
@@ -371,7 +371,7 @@ impl Kernel {
                     }
                 }
                 cause = self.life.gone() => {
-                    return Ok(Execution { reply, ending: Ending::Died { cause: cause.to_string() }, elapsed: start.elapsed() });
+                    return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed() });
                 }
                 _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() => {
                     tracing::info!(secs = limits.timeout.as_secs_f64(), "execution timed out; interrupting");

@@ -48,7 +48,11 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     /// The kernel had died since the last call; a new one was started (state lost).
-    DiedBetweenCalls { cause: String },
+    DiedBetweenCalls {
+        cause: Gone,
+        /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when unknown).
+        stderr: String,
+    },
     /// The code ignored the interrupt; the kernel was killed and (if `restart` is Ok) replaced.
     Unresponsive {
         reason: StopReason,
@@ -61,7 +65,7 @@ pub enum Notice {
     RestartedDuringCall,
     /// The kernel died while running this call; `restart` says whether a new one started.
     DiedDuringCall {
-        cause: String,
+        cause: Gone,
         restart: Result<(), String>,
     },
     /// A kernel we do not own went away; it is not restarted.
@@ -611,7 +615,8 @@ impl KernelHandle {
                         }
                     }
                     report.notes.push(Notice::DiedBetweenCalls {
-                        cause: cause.to_string(),
+                        cause,
+                        stderr: k.stderr_hint(),
                     });
                 }
             }
@@ -720,7 +725,7 @@ impl KernelHandle {
                 report.state_lost = true;
                 if kernel.age() < EARLY_DEATH {
                     slot.failures += 1;
-                    slot.died(cause);
+                    slot.died(&cause.to_string());
                 }
                 slot.kernel = None;
                 self.set_current(None);

@@ -117,7 +117,7 @@ impl Collector {
         for n in &report.notes {
             out.push(McpContent::text(format!("[{}]", notice(n))));
             let died = match n {
-                crate::kernel::Notice::DiedBetweenCalls { cause }
+                crate::kernel::Notice::DiedBetweenCalls { cause, .. }
                 | crate::kernel::Notice::DiedDuringCall { cause, .. } => Some(cause),
                 _ => None,
             };
@@ -197,8 +197,8 @@ fn ending_blocks(exec: &Execution, timeout: Duration, out: &mut Vec<McpContent>)
 pub fn notice(n: &crate::kernel::Notice) -> String {
     use crate::kernel::Notice;
     match n {
-        Notice::DiedBetweenCalls { cause } => format!(
-            "The kernel had died since the last call ({cause}); a new kernel was started and all variables were lost."
+        Notice::DiedBetweenCalls { cause, stderr } => format!(
+            "The kernel had died since the last call ({cause}{stderr}); a new kernel was started and all variables were lost."
         ),
         Notice::Unresponsive { reason, timeout, restart } => {
             let why = match reason {
