@@ -1,6 +1,9 @@
 //! The kernel: `KernelHandle`, the one handle tools use, over a `Backend` (local process,
 //! existing kernel, Jupyter gateway). The handle serializes calls, restarts dead or stuck
-//! kernels it owns, backs off crash loops and keeps a warm spare.
+//! kernels it owns, backs off crash loops and keeps a warm spare. Its parts live beside it:
+//! `supervision.rs` (the slot, deaths and the crash-loop back-off), `spare.rs` (the spare pool,
+//! shared with the HTTP server's prepared sessions), `environments.rs` (which interpreter the
+//! kernels run, and switching it).
 
 pub mod backend;
 pub mod client;
@@ -9,9 +12,10 @@ pub mod environments;
 pub mod existing;
 pub mod gateway;
 pub mod local;
+pub mod spare;
 pub mod spec;
+mod supervision;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
@@ -25,15 +29,14 @@ pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
 pub use environments::{Environments, SwitchError, Switched};
 pub use local::{LocalBackend, LocalLauncher, SandboxConfig};
+pub use spare::{SpareConfig, SparePool, PRELOAD_ANALYSIS_STACK};
 pub use spec::{InterruptMode, KernelSpec};
+
+use spare::{preload_in_background, Spare};
+use supervision::{Slot, EARLY_DEATH};
 
 use crate::error::KernelError;
 use crate::wire::message::KernelInfoReply;
-
-/// A kernel that dies this soon after starting counts towards the crash-loop back-off.
-const EARLY_DEATH: Duration = Duration::from_secs(10);
-/// Longest wait between start attempts of a crash-looping kernel.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What happened to the kernel around one call (typed; `output` words it for the model).
 #[derive(Debug, Default, Clone)]
@@ -83,89 +86,6 @@ pub enum Notice {
     },
 }
 
-/// Deaths further back than this do not count towards a crash loop.
-const CRASH_WINDOW: Duration = Duration::from_secs(300);
-/// Deaths within [`CRASH_WINDOW`] that make a crash loop.
-const CRASH_LOOP: usize = 3;
-/// Deaths remembered.
-const MAX_DEATHS: usize = 16;
-
-#[derive(Default)]
-struct Slot {
-    kernel: Option<Arc<Kernel>>,
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: String,
-    /// Reconnects of the slot's kernel already reported to a call.
-    reconnects_seen: u32,
-    /// Dropped messages of the slot's kernel already reported to a call.
-    dropped_seen: u64,
-    /// Set when a kernel we do not own went away: calls report it until restart_kernel
-    /// reattaches (it is never restarted behind its owner's back).
-    detached: Option<String>,
-    /// Recent failed starts and early deaths, oldest first: when, and why.
-    deaths: std::collections::VecDeque<(Instant, String)>,
-}
-
-impl Slot {
-    /// Records a failed start or an early death.
-    fn died(&mut self, cause: &str) {
-        if self.deaths.len() >= MAX_DEATHS {
-            self.deaths.pop_front();
-        }
-        self.deaths.push_back((Instant::now(), cause.to_owned()));
-    }
-
-    /// How many deaths fell in the crash window, and how long ago the first of them was.
-    fn recent_deaths(&self) -> (usize, Duration) {
-        let now = Instant::now();
-        let recent: Vec<&Instant> = self
-            .deaths
-            .iter()
-            .map(|(t, _)| t)
-            .filter(|t| now.saturating_duration_since(**t) <= CRASH_WINDOW)
-            .collect();
-        let span = recent
-            .first()
-            .map(|t| now.saturating_duration_since(**t))
-            .unwrap_or_default();
-        (recent.len(), span)
-    }
-
-    /// Schedules the next start attempt after a back-off that grows with the failures.
-    fn back_off(&mut self) -> Duration {
-        let backoff = Duration::from_secs(1u64 << self.failures.min(5)).min(MAX_BACKOFF);
-        self.retry_at = Some(Instant::now() + backoff);
-        backoff
-    }
-
-    /// A sentence about a crash loop, or `None` when the kernel is not in one.
-    fn crash_loop(&self) -> Option<String> {
-        let (n, span) = self.recent_deaths();
-        if n < CRASH_LOOP {
-            return None;
-        }
-        let last = self.deaths.back().map(|(_, c)| c.as_str()).unwrap_or("");
-        let next = match self.retry_at {
-            Some(at) => {
-                let wait = at.saturating_duration_since(Instant::now());
-                let when =
-                    chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                format!(
-                    "the next start attempt is in {:.0} s (at {} UTC)",
-                    wait.as_secs_f64().ceil(),
-                    when.format("%H:%M:%S")
-                )
-            }
-            None => "the next call starts it again".to_owned(),
-        };
-        Some(format!(
-            "the kernel is crash-looping: it failed or died {n} times in the last {:.0} s (last cause: {last}); {next}",
-            span.as_secs_f64().ceil().max(1.0)
-        ))
-    }
-}
-
 /// How restart_kernel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restarted {
@@ -175,49 +95,12 @@ pub enum Restarted {
     Reattached { took: Duration },
 }
 
-/// The warm spare: a kernel started ahead of need, swapped in by restart and recovery.
-#[derive(Debug, Clone, Default)]
-pub struct SpareConfig {
-    /// Keep a spare kernel started and idle.
-    pub enabled: bool,
-    /// Python run silently in the spare before it is used (e.g. importing the analysis stack).
-    pub preload: Option<String>,
-}
-
-/// The code that pre-imports the analysis stack in a new kernel (names are not bound): the
-/// imports, then one off-screen Agg render so fonts and the PNG path are warm for the first plot
-/// (without pyplot, so figure numbers and the inline backend are untouched).
-pub const PRELOAD_ANALYSIS_STACK: &str = "def __kmcp_preload():\n    import importlib\n    for m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n        try:\n            importlib.import_module(m)\n        except Exception:\n            pass\n    try:\n        import io\n        from matplotlib.figure import Figure\n        from matplotlib.backends.backend_agg import FigureCanvasAgg\n        fig = Figure(figsize=(2, 2))\n        fig.add_subplot().plot([0, 1])\n        FigureCanvasAgg(fig).print_png(io.BytesIO())\n    except Exception:\n        pass\ntry:\n    __kmcp_preload()\nfinally:\n    del __kmcp_preload";
-
-struct Spare {
-    kernel: Kernel,
-    python: PathBuf,
-}
-
-/// Imports the analysis stack in a fresh kernel without waiting for it (silent: no history, no
-/// execution count), so the session's first plot does not pay for the imports. A call that
-/// arrives meanwhile queues behind it in the kernel.
-fn preload_in_background(k: &Arc<Kernel>, code: Option<String>) {
-    let Some(code) = code else { return };
-    let k = k.clone();
-    tokio::spawn(async move {
-        let t = Instant::now();
-        match k.run_silent(&code, Duration::from_secs(120)).await {
-            Ok(()) => tracing::info!(
-                ms = t.elapsed().as_millis() as u64,
-                "analysis stack imported in the background"
-            ),
-            Err(e) => tracing::warn!(error = %e, "background import of the analysis stack failed"),
-        }
-    });
-}
-
 /// The single handle to "the kernel", however it was started.
 pub struct KernelHandle {
     me: Weak<KernelHandle>,
     spare_cfg: SpareConfig,
-    spare: StdMutex<Option<Spare>>,
-    spare_filling: AtomicBool,
+    /// The warm spare (at most one).
+    spare: SparePool<Spare>,
     /// Set by `shutdown`: kernels that finish starting afterwards are ended, not kept.
     stopping: AtomicBool,
     backend: Arc<dyn Backend>,
@@ -254,9 +137,8 @@ impl KernelHandle {
         };
         Arc::new_cyclic(|me| KernelHandle {
             me: me.clone(),
+            spare: SparePool::new(usize::from(spare.enabled)),
             spare_cfg: spare,
-            spare: StdMutex::new(None),
-            spare_filling: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             backend,
             invalidate_imports: AtomicBool::new(false),
@@ -270,107 +152,9 @@ impl KernelHandle {
         })
     }
 
-    /// Sets the environments this handle's kernels run in (once, when the server is built).
     /// Most calls that may wait for the kernel (`--max-queue`).
     pub fn max_queue(&self) -> usize {
         self.max_queue
-    }
-
-    pub fn set_environments(&self, envs: Environments) {
-        if let Ok(mut e) = self.envs.write() {
-            *e = Some(envs);
-        }
-    }
-
-    /// The environments: the active one and the named ones (`None` before they were set).
-    pub fn environments(&self) -> Option<Environments> {
-        self.envs
-            .read()
-            .map(|e| e.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    /// What is in the active environment.
-    pub fn env_info(&self) -> Option<crate::pyenv::EnvInfo> {
-        self.environments().map(|e| e.info)
-    }
-
-    /// Replaces what is known about the active environment (after a first-run set-up).
-    pub fn set_env_info(&self, info: crate::pyenv::EnvInfo) {
-        if let Ok(mut e) = self.envs.write() {
-            if let Some(e) = e.as_mut() {
-                e.info = info;
-            }
-        }
-    }
-
-    /// When the active environment was unusable, resolves it again (it may have been fixed
-    /// meanwhile) and points the backend at it: `Ok(true)` when it changed, `Ok(false)` when
-    /// nothing was wrong, `Err` with the reason (in words) when it is still unusable.
-    pub async fn recheck_environment(&self) -> Result<bool, String> {
-        if self.env_error().is_none() {
-            return Ok(false);
-        }
-        let source = self
-            .environments()
-            .and_then(|e| e.named.get(&e.active).cloned())
-            .ok_or_else(|| "no environment is configured".to_owned())?;
-        match crate::pyenv::resolve(&source).await {
-            Ok(info) => {
-                self.set_python(info.python.clone(), info.paths.clone());
-                self.set_env_error(None);
-                self.set_env_info(info);
-                Ok(true)
-            }
-            Err(e) => {
-                let reason = crate::pyenv::explain(&e);
-                self.set_env_error(Some(reason.clone()));
-                Err(reason)
-            }
-        }
-    }
-
-    /// Restarts the kernel in the environment named `name`. On failure the previous
-    /// environment is started again, so the session is not left without a kernel.
-    pub async fn switch_environment(&self, name: &str) -> Result<Switched, SwitchError> {
-        let envs = self
-            .environments()
-            .ok_or_else(|| SwitchError::Unknown { known: Vec::new() })?;
-        let Some(source) = envs.named.get(name).cloned() else {
-            return Err(SwitchError::Unknown {
-                known: envs.named.keys().cloned().collect(),
-            });
-        };
-        let info = crate::pyenv::resolve(&source)
-            .await
-            .map_err(|e| SwitchError::Unusable {
-                reason: e.to_string(),
-            })?;
-        match self
-            .switch_python(info.python.clone(), info.paths.clone())
-            .await
-        {
-            Ok(took) => {
-                if let Ok(mut e) = self.envs.write() {
-                    if let Some(e) = e.as_mut() {
-                        e.active = name.to_owned();
-                        e.info = info.clone();
-                    }
-                }
-                Ok(Switched { info, took })
-            }
-            Err(e) => {
-                let back = self
-                    .switch_python(envs.info.python.clone(), envs.info.paths.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e2| e2.to_string());
-                Err(SwitchError::StartFailed {
-                    reason: e.to_string(),
-                    restored: back,
-                })
-            }
-        }
     }
 
     /// The backend the kernels come from.
@@ -385,42 +169,6 @@ impl KernelHandle {
     /// Makes the next call clear the kernel's import caches (new packages importable at once).
     pub fn invalidate_imports(&self) {
         self.invalidate_imports.store(true, Ordering::SeqCst);
-    }
-
-    /// Sets the interpreter once the environment is ready (first run), without a restart.
-    pub fn set_python(&self, python: PathBuf, paths: Vec<PathBuf>) {
-        self.backend.set_python(python, paths);
-    }
-
-    /// Records why there is no usable interpreter (every later call reports it), or clears it.
-    pub fn set_env_error(&self, reason: Option<String>) {
-        if let Ok(mut e) = self.env_error.lock() {
-            *e = reason;
-        }
-    }
-
-    /// Why there is no usable interpreter, if that is the case.
-    pub fn env_error(&self) -> Option<String> {
-        self.env_error.lock().ok().and_then(|e| e.clone())
-    }
-
-    /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders
-    /// that interpreter reads from; the sandbox must let the new kernel read them.
-    pub async fn switch_python(
-        &self,
-        python: PathBuf,
-        paths: Vec<PathBuf>,
-    ) -> Result<Duration, KernelError> {
-        if !self.backend.set_python(python, paths) {
-            return Err(KernelError::Unavailable {
-                reason:
-                    "this kernel's interpreter is chosen where the kernel runs, not by kernel-mcp"
-                        .into(),
-            });
-        }
-        match self.restart().await? {
-            Restarted::Fresh { took } | Restarted::Reattached { took } => Ok(took),
-        }
     }
 
     /// Evaluates an expression in the kernel if it becomes free within `wait`.
@@ -453,15 +201,11 @@ impl KernelHandle {
 
     /// Starts a spare kernel in the background if one is wanted and none is there or coming.
     fn refill_spare(&self) {
-        if !self.spare_cfg.enabled
-            || self.stopping.load(Ordering::SeqCst)
-            || self.spare_filling.swap(true, Ordering::SeqCst)
-        {
+        if self.stopping.load(Ordering::SeqCst) || !self.spare.claim() {
             return;
         }
-        let has = self.spare.lock().map(|s| s.is_some()).unwrap_or(true);
-        let Some(me) = self.me.upgrade().filter(|_| !has) else {
-            self.spare_filling.store(false, Ordering::SeqCst);
+        let Some(me) = self.me.upgrade() else {
+            self.spare.release();
             return;
         };
         tokio::spawn(async move {
@@ -479,19 +223,18 @@ impl KernelHandle {
             match result {
                 Some(spare) => {
                     tracing::info!(pid = spare.kernel.pid(), "spare kernel ready");
-                    if let Ok(mut s) = me.spare.lock() {
-                        *s = Some(spare);
-                    }
+                    // Over capacity cannot happen (one claimer); the kernel would be ended.
+                    let _ = me.spare.put(spare);
                 }
                 None => tracing::warn!("could not start a spare kernel"),
             }
-            me.spare_filling.store(false, Ordering::SeqCst);
+            me.spare.release();
         });
     }
 
     /// Takes the spare if it is alive and runs the interpreter wanted.
     fn take_spare(&self, python: &std::path::Path) -> Option<Kernel> {
-        let spare = self.spare.lock().ok()?.take()?;
+        let spare = self.spare.take(|_| true)?;
         (spare.python == python && spare.kernel.exited().is_none()).then_some(spare.kernel)
     }
 
@@ -859,7 +602,7 @@ impl KernelHandle {
         // A kernel still starting (the first one, a spare) would outlive the server, and on a
         // gateway stay there for good: wait for it (bounded) and end it too.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-        while self.spare_filling.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+        while self.spare.filling() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let late = match tokio::time::timeout_at(deadline, self.slot.lock()).await {
@@ -878,13 +621,13 @@ impl KernelHandle {
 
     /// Ends the current kernel and the spare, as they are now.
     async fn shutdown_present(&self) {
-        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        let spare = self.spare.drain();
         // Both are ended before the server exits: a local kernel's process group dies, a
         // gateway kernel is deleted on the gateway.
         let current = self.current();
         tokio::join!(
             async {
-                if let Some(s) = spare {
+                for s in spare {
                     s.kernel.shutdown().await;
                 }
             },
@@ -944,49 +687,5 @@ mod tests {
             "{note}"
         );
         assert!(!note.contains("pid 10 "), "{note}");
-    }
-
-    #[test]
-    fn three_recent_deaths_make_a_crash_loop_report() {
-        let mut slot = Slot::default();
-        slot.died("exit code 1");
-        slot.died("exit code 2");
-        assert_eq!(slot.crash_loop(), None);
-        slot.died("killed by signal 9 (SIGKILL)");
-        slot.failures = 3;
-        let wait = slot.back_off();
-        assert_eq!(wait, Duration::from_secs(8));
-        let report = slot.crash_loop().unwrap_or_default();
-        assert!(
-            report.starts_with("the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: killed by signal 9 (SIGKILL)); the next start attempt is in 8 s (at "),
-            "{report}"
-        );
-        assert!(report.ends_with(" UTC)"), "{report}");
-    }
-
-    #[test]
-    fn old_deaths_do_not_count_and_history_is_bounded() {
-        let mut slot = Slot::default();
-        let long_ago = Instant::now()
-            .checked_sub(CRASH_WINDOW + Duration::from_secs(1))
-            .unwrap_or_else(Instant::now);
-        for _ in 0..3 {
-            slot.deaths.push_back((long_ago, "old".into()));
-        }
-        assert_eq!(slot.recent_deaths().0, 0);
-        assert_eq!(slot.crash_loop(), None);
-        for i in 0..100 {
-            slot.died(&format!("death {i}"));
-        }
-        assert_eq!(slot.deaths.len(), MAX_DEATHS);
-        let report = slot.crash_loop().unwrap_or_default();
-        assert!(
-            report.contains("16 times") && report.contains("(last cause: death 99)"),
-            "{report}"
-        );
-        assert!(
-            report.ends_with("the next call starts it again"),
-            "{report}"
-        );
     }
 }

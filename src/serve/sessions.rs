@@ -22,7 +22,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::KernelError;
-use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig};
+use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig, SparePool};
 use crate::tools::{Environments, Server, Settings};
 use crate::workspace::Workspace;
 
@@ -227,9 +227,8 @@ pub struct Registry {
     root: Arc<Workspace>,
     limits: SessionLimits,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    pool: Mutex<Vec<Prepared>>,
-    /// True while one thread fills the pool (so two opens do not both add a spare).
-    filling: AtomicBool,
+    /// Prepared sessions (`--spares` of them), the same pool type as a handle's spare kernel.
+    pool: SparePool<Prepared>,
     stopping: AtomicBool,
 }
 
@@ -283,14 +282,14 @@ impl Registry {
         root: Arc<Workspace>,
         limits: SessionLimits,
     ) -> Arc<Self> {
+        let spares = limits.spares;
         let reg = Arc::new_cyclic(|me| Registry {
             me: me.clone(),
             template,
             root,
             limits,
             sessions: Mutex::new(HashMap::new()),
-            pool: Mutex::new(Vec::new()),
-            filling: AtomicBool::new(false),
+            pool: SparePool::new(spares),
             stopping: AtomicBool::new(false),
         });
         reg.fill_pool();
@@ -336,9 +335,7 @@ impl Registry {
             .lock()
             .map(|s| s.values().filter_map(|s| s.kernel.pid()).collect())
             .unwrap_or_default();
-        if let Ok(p) = self.pool.lock() {
-            pids.extend(p.iter().filter_map(|p| p.kernel.pid()));
-        }
+        pids.extend(self.pool.inspect(|p| p.kernel.pid()));
         pids
     }
 
@@ -366,16 +363,15 @@ impl Registry {
     }
 
     fn pool_short(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst)
-            && self.pool.lock().map(|p| p.len()).unwrap_or(usize::MAX) < self.limits.spares
+        !self.stopping.load(Ordering::SeqCst) && self.pool.short()
     }
 
     /// Starts spare kernels until the pool holds `spares` of them.
     fn fill_pool(&self) {
-        // Whoever holds `filling` fills; a spare taken meanwhile is seen by the re-check below.
-        while self.pool_short() && !self.filling.swap(true, Ordering::SeqCst) {
+        // Whoever holds the claim fills; a spare taken meanwhile is seen by the re-check below.
+        while self.pool_short() && self.pool.claim() {
             self.fill_pool_once();
-            self.filling.store(false, Ordering::SeqCst);
+            self.pool.release();
         }
     }
 
@@ -399,8 +395,10 @@ impl Registry {
                     }
                 });
             }
-            if let Ok(mut p) = self.pool.lock() {
-                p.push(prepared);
+            if let Err(extra) = self.pool.put(prepared) {
+                // Only the claimer adds, so this is not expected; do not leave it running.
+                tokio::spawn(async move { extra.kernel.shutdown().await });
+                return;
             }
         }
     }
@@ -430,19 +428,12 @@ impl Registry {
                 };
                 evicted = Some(old);
             }
-            let spare = self.pool.lock().ok().and_then(|mut p| {
-                let at = p.iter().position(|s| s.kernel.pid().is_some())?;
-                Some(p.remove(at))
-            });
+            // A spare whose kernel runs already, else one still starting, else a new one.
+            let spare = self.pool.take(|s| s.kernel.pid().is_some());
             let spare_was_ready = spare.is_some();
-            let spare = match spare {
+            let spare = match spare.or_else(|| self.pool.take(|_| true)) {
                 Some(s) => s,
-                None => self
-                    .pool
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.pop())
-                    .map_or_else(|| self.prepare(), Ok)?,
+                None => self.prepare()?,
             };
             let server = Server::new(
                 spare.kernel.clone(),
@@ -528,11 +519,7 @@ impl Registry {
             .lock()
             .map(|mut m| m.drain().map(|(_, s)| s).collect())
             .unwrap_or_default();
-        let spares: Vec<Prepared> = self
-            .pool
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
+        let spares: Vec<Prepared> = self.pool.drain();
         let mut ends = Vec::new();
         for s in sessions {
             s.closed.store(true, Ordering::SeqCst);
