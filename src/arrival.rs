@@ -1,11 +1,12 @@
-//! The order in which run requests arrived on stdio, so that runs execute in that order.
+//! The order in which run requests arrived, so that runs execute in that order.
 //!
 //! rmcp starts a task per request; two `tools/call`s sent back to back can reach their handlers
-//! in either order (measured: the second of a pair ran first in 2 of 5 tries). The stdin filter
-//! sees every line in order: it numbers each `execute_python` / `run_file` request as it passes
-//! it on, and a handler waits, before queueing its run, until every earlier-numbered request has
-//! queued its own or been answered (bounded, so a request rmcp rejects before its handler
-//! runs cannot hold the others up for long).
+//! in either order (measured: the second of a pair ran first in 2 of 5 tries, on stdio and over
+//! HTTP). What sees every request in order numbers each `execute_python` / `run_file` request
+//! as it passes it on: the stdin filter on stdio, the HTTP front once it has read a POST's body
+//! (keys scoped by session, see [`scoped_key`]). A handler waits, before queueing its run, until
+//! every earlier-numbered request of its scope has queued its own or been answered (bounded,
+//! so a request rmcp rejects before its handler runs cannot hold the others up for long).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -36,6 +37,21 @@ fn with<R>(f: impl FnOnce(&mut Book) -> R) -> R {
 /// The canonical key of a request id (its compact JSON text), as the stdin filter keys it.
 pub fn key(id: &serde_json::Value) -> String {
     id.to_string()
+}
+
+/// The key of request `id` in the session `scope` (an HTTP session's id; `None` on stdio,
+/// where it is [`key`]). Earlier requests of other scopes never hold a request up.
+pub fn scoped_key(scope: Option<&str>, id: &serde_json::Value) -> String {
+    match scope {
+        None => key(id),
+        // The unit separator cannot occur in a session id (ASCII letters, digits, `-`).
+        Some(s) => format!("{s}\u{1f}{}", key(id)),
+    }
+}
+
+/// The scope part of a key made by [`scoped_key`].
+fn scope_of(key: &str) -> &str {
+    key.split_once('\u{1f}').map_or("", |(s, _)| s)
 }
 
 /// A run request with this key arrived (called by the stdin filter, in arrival order).
@@ -71,8 +87,9 @@ pub async fn wait_turn(key: &str) {
         let notified = CHANGED.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let scope = scope_of(key);
         let earlier = with(|b| match b.by_key.get(key) {
-            Some(n) => b.pending.range(..*n).next().is_some(),
+            Some(n) => b.pending.range(..*n).any(|(_, k)| scope_of(k) == scope),
             None => false,
         });
         if !earlier {
@@ -82,5 +99,53 @@ pub async fn wait_turn(key: &str) {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// True when `wait_turn` returns before its bound (nothing earlier held it up).
+    async fn passes(key: &str) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), wait_turn(key))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_earlier_request_holds_up_only_its_own_session() {
+        let a1 = scoped_key(Some("unit-a"), &json!(1));
+        let a2 = scoped_key(Some("unit-a"), &json!(2));
+        let b1 = scoped_key(Some("unit-b"), &json!(1));
+        assert_ne!(a1, b1, "the same id in two sessions is two requests");
+        arrived(a1.clone());
+        arrived(b1.clone());
+        arrived(a2.clone());
+        assert!(passes(&b1).await, "b waits for nothing of a's");
+        assert!(!passes(&a2).await, "a's second waits for a's first");
+        let waiting = tokio::spawn({
+            let a2 = a2.clone();
+            async move { wait_turn(&a2).await }
+        });
+        done(&a1);
+        let released = tokio::time::timeout(MAX_WAIT / 2, waiting).await;
+        assert!(
+            released.is_ok(),
+            "a's second was not released when the first was done"
+        );
+        done(&a2);
+        done(&b1);
+    }
+
+    #[test]
+    fn stdio_keys_are_the_ids() {
+        assert_eq!(
+            scoped_key(None, &json!("x\u{1f}y")),
+            key(&json!("x\u{1f}y"))
+        );
+        assert_eq!(scope_of(&scoped_key(None, &json!("x\u{1f}y"))), "");
+        assert_eq!(scope_of(&scoped_key(Some("s1"), &json!(7))), "s1");
     }
 }

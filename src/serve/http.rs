@@ -157,6 +157,54 @@ fn jsonrpc_error(status: StatusCode, id: serde_json::Value, message: &str) -> Re
     r
 }
 
+/// The arrival keys (see `arrival`) of the run requests in a POST body, in body order: each
+/// `tools/call` of a run tool with an id, scoped by its session (the `Mcp-Session-Id` header,
+/// else the 2026-07-28 `session` argument). A call without a session opens a new one, which
+/// has nothing earlier to wait for.
+fn run_request_keys(body: &[u8], session_header: Option<&str>) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let messages = match &v {
+        serde_json::Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    messages
+        .into_iter()
+        .filter_map(|m| {
+            if m.get("method")?.as_str()? != "tools/call" {
+                return None;
+            }
+            let id = m.get("id").filter(|id| !id.is_null())?;
+            let params = m.get("params")?;
+            let tool = params.get("name")?.as_str()?;
+            if !crate::arrival::RUN_TOOLS.contains(&tool) {
+                return None;
+            }
+            let scope = match session_header {
+                Some(s) => s,
+                None => params
+                    .get("arguments")?
+                    .get(crate::serve::sessions::SESSION_ARG)?
+                    .as_str()?,
+            };
+            Some(crate::arrival::scoped_key(Some(scope), id))
+        })
+        .collect()
+}
+
+/// Marks its requests answered (see `arrival::done`) when dropped: with the response body,
+/// which ends after the request's final response was sent, or when the client went away.
+struct Answered(Vec<String>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        for k in &self.0 {
+            crate::arrival::done(k);
+        }
+    }
+}
+
 /// The id of a JSON-RPC `initialize` request, if `body` is one.
 fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -312,8 +360,30 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         None => {}
     }
     let delete = parts.method == http::Method::DELETE;
+    // Run requests are numbered here, where a session's POSTs arrive in order; rmcp's
+    // handlers may start in another order (see `arrival`).
+    let keys = if parts.method == http::Method::POST {
+        run_request_keys(&bytes, session.as_deref())
+    } else {
+        Vec::new()
+    };
+    for k in &keys {
+        tracing::debug!(request = %k.replace('\u{1f}', " #"), "run request arrived");
+        crate::arrival::arrived(k.clone());
+    }
+    let answered = Answered(keys);
     let req = Request::from_parts(parts, Full::new(bytes));
     let r = st.mcp.handle(req).await;
+    let r = if answered.0.is_empty() {
+        r
+    } else {
+        let (head, body) = r.into_parts();
+        let body = body.map_frame(move |f| {
+            let _keep = &answered;
+            f
+        });
+        Response::from_parts(head, body.boxed())
+    };
     if delete && r.status() == StatusCode::ACCEPTED {
         // The session is ended by the time rmcp answers; clients of the 2025-11-25 era (the
         // Python SDK) take 200/204 as success and warn "Session termination failed: 202".
@@ -458,6 +528,52 @@ mod tests {
         assert!(o.allowed_hosts().contains(&"localhost".to_owned()));
         assert_eq!(origin_host("https://[::1]:9/x").as_deref(), Some("::1"));
         assert_eq!(origin_host("nonsense"), None);
+    }
+
+    #[test]
+    fn run_requests_are_keyed_by_their_session() {
+        let call = |id: &str, tool: &str, args: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+            )
+        };
+        let one = call("1", "execute_python", r#"{"code":"1"}"#);
+        assert_eq!(
+            run_request_keys(one.as_bytes(), Some("s1")),
+            vec![crate::arrival::scoped_key(
+                Some("s1"),
+                &serde_json::json!(1)
+            )]
+        );
+        // No session at all: a new one is opened, nothing to order.
+        assert!(run_request_keys(one.as_bytes(), None).is_empty());
+        let handle = call("\"a\"", "run_file", r#"{"path":"x.py","session":"h9"}"#);
+        assert_eq!(
+            run_request_keys(handle.as_bytes(), None),
+            vec![crate::arrival::scoped_key(
+                Some("h9"),
+                &serde_json::json!("a")
+            )]
+        );
+        let batch = format!(
+            "[{},{},{}]",
+            call("2", "execute_python", "{}"),
+            call("3", "read_file", "{}"),
+            call("null", "execute_python", "{}")
+        );
+        assert_eq!(run_request_keys(batch.as_bytes(), Some("s")).len(), 1);
+        for junk in [
+            "",
+            "{",
+            "[]",
+            "7",
+            r#"{"method":"tools/call","id":1,"params":{"name":5}}"#,
+        ] {
+            assert!(
+                run_request_keys(junk.as_bytes(), Some("s")).is_empty(),
+                "{junk}"
+            );
+        }
     }
 
     #[test]

@@ -440,7 +440,8 @@ impl Registry {
                 spare.workspace.clone(),
                 self.template.settings.clone(),
                 self.template.envs.clone(),
-            );
+            )
+            .in_http_session(&id);
             let s = Arc::new(Session {
                 id: id.clone(),
                 era,

@@ -118,11 +118,12 @@ fn cap_text(
     (shown.to_owned(), Some(notes.join("; ")))
 }
 
-/// The key the stdin filter numbered this request under (see `arrival`).
-fn arrival_key(ctx: &RequestContext<RoleServer>) -> Option<String> {
+/// The key the stdin filter or the HTTP front numbered this request under (see `arrival`);
+/// `scope` is the HTTP session's id.
+fn arrival_key(ctx: &RequestContext<RoleServer>, scope: Option<&str>) -> Option<String> {
     serde_json::to_value(&ctx.id)
         .ok()
-        .map(|v| crate::arrival::key(&v))
+        .map(|v| crate::arrival::scoped_key(scope, &v))
 }
 
 /// MCP progress notifications for a long cell, when the client sent a progress token.
@@ -342,6 +343,9 @@ pub struct Server {
     /// MCP tasks (`io.modelcontextprotocol/tasks`) are offered: on stdio, one session whose
     /// runs the tasks are. Over HTTP the front serves many sessions and does not offer them.
     tasks: bool,
+    /// The HTTP session this server serves (the scope of its requests' arrival order);
+    /// `None` on stdio.
+    arrival_scope: Option<String>,
     tool_router: ToolRouter<Server>,
 }
 
@@ -359,8 +363,16 @@ impl Server {
             peer: Arc::new(std::sync::Mutex::new(None)),
             tools_version: Arc::new(tokio::sync::watch::Sender::new(0)),
             tasks: false,
+            arrival_scope: None,
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// Serves the HTTP session `id`: its run requests are ordered among themselves, as the
+    /// HTTP front numbered them (see `arrival`).
+    pub fn in_http_session(mut self, id: &str) -> Server {
+        self.arrival_scope = Some(id.to_owned());
+        self
     }
 
     /// Offers MCP tasks (stdio: the one session's runs).
@@ -492,7 +504,7 @@ impl Server {
             journal_source: &p.code,
             timeout: p.timeout_seconds,
             return_after: self.session.return_after(p.return_after),
-            arrival: arrival_key(&ctx),
+            arrival: arrival_key(&ctx, self.arrival_scope.as_deref()),
         };
         // A client that takes tasks gets one for a cell that outlasts return_after (MCP tasks
         // extension, SEP-2663); the others get the output so far and a run to check.
@@ -692,7 +704,7 @@ impl Server {
                 journal_source: &shown,
                 timeout: None,
                 return_after: self.session.return_after(p.return_after),
-                arrival: arrival_key(&ctx),
+                arrival: arrival_key(&ctx, self.arrival_scope.as_deref()),
             },
             progress_fn(&ctx),
             &ctx.ct,

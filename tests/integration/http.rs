@@ -958,3 +958,131 @@ async fn connections_that_never_finish_their_headers_are_cut() {
     let _ = c.cancel().await;
     assert!(srv.stop().await.success());
 }
+
+/// Sends a `tools/call` of `execute_python` by raw HTTP and returns once the server has
+/// answered with its response headers (the body, an SSE stream, carries the result later).
+async fn raw_exec(url: &str, session: &Session, id: u64, code: &str) -> reqwest::Response {
+    let mut args = json!({ "code": code });
+    let mut req = post(url);
+    let meta = match session {
+        Session::Legacy(sid) => {
+            req = req
+                .header("mcp-session-id", sid.as_str())
+                .header("mcp-protocol-version", "2025-11-25");
+            json!({})
+        }
+        Session::Handle(h) => {
+            args["session"] = json!(h);
+            req = req
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "execute_python");
+            json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}
+            })
+        }
+    };
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "execute_python", "arguments": args, "_meta": meta}});
+    tokio::time::timeout(HANG, req.body(body.to_string()).send())
+        .await
+        .expect("the POST hung")
+        .unwrap()
+}
+
+/// The text of the result in a raw response (JSON, or SSE `data:` lines).
+async fn raw_text(r: reqwest::Response) -> String {
+    let body = tokio::time::timeout(HANG, r.text())
+        .await
+        .expect("the answer hung")
+        .unwrap();
+    let result = std::iter::once(body.as_str())
+        .chain(body.lines().filter_map(|l| l.strip_prefix("data:")))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no result in {body}"));
+    result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {result}"))
+        .to_owned()
+}
+
+enum Session {
+    Legacy(String),
+    Handle(String),
+}
+
+/// A 2025-11-25 session opened by raw HTTP: its `Mcp-Session-Id`.
+async fn raw_session(url: &str) -> String {
+    let r = post(url).body(INIT).send().await.unwrap();
+    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let _ = r.text().await;
+    let r = post(url)
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    sid
+}
+
+/// Eight pairs (a slow assignment, then a read of it) sent at the same time on two
+/// connections, as clients send parallel tool calls: whichever the server received first (its
+/// log says) must run first. Returns how many pairs arrived the other way round.
+async fn pairs_in_order(srv: &Http, session: Session, tag: &str) -> usize {
+    let scope = match &session {
+        Session::Legacy(s) | Session::Handle(s) => s.clone(),
+    };
+    let mut previous = "NameError".to_owned();
+    let mut swapped = 0;
+    for i in 0..8u64 {
+        let code = format!("import time\ntime.sleep(0.3)\nshared = '{tag}{i}'");
+        let (ida, idb) = (2 * i + 10, 2 * i + 11);
+        let (first, second) = tokio::join!(
+            raw_exec(&srv.url, &session, ida, &code),
+            raw_exec(&srv.url, &session, idb, "print(shared)")
+        );
+        let (a, b) = tokio::join!(raw_text(first), raw_text(second));
+        assert!(!a.contains("Error"), "{a}");
+        let log = srv.log();
+        let at = |id: u64| {
+            let needle = format!("request={scope} #{id}");
+            log.match_indices(&needle)
+                .map(|(at, _)| at)
+                .find(|at| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+                .unwrap_or_else(|| panic!("request {id} of {scope} not logged"))
+        };
+        if at(ida) < at(idb) {
+            assert_eq!(b, format!("{tag}{i}\n"), "pair {tag}{i} arrived in order");
+        } else {
+            swapped += 1;
+            assert!(b.contains(&previous), "pair {tag}{i} arrived swapped: {b}");
+        }
+        previous = format!("{tag}{i}");
+    }
+    swapped
+}
+
+#[tokio::test]
+async fn calls_run_in_the_order_sent_in_every_http_session() {
+    // Four sessions at once, two of each era: 4 x 8 back-to-back pairs, each pair in the
+    // order its requests reached the server.
+    let srv = Http::start(&["--max-sessions", "8"], None).await;
+    let (l1, l2) = (raw_session(&srv.url).await, raw_session(&srv.url).await);
+    let m = srv.modern().await;
+    let h1 = handle_of(&call(&m, "new_session", json!({})).await);
+    let h2 = handle_of(&call(&m, "new_session", json!({})).await);
+    let swapped = tokio::join!(
+        pairs_in_order(&srv, Session::Legacy(l1), "a"),
+        pairs_in_order(&srv, Session::Legacy(l2), "b"),
+        pairs_in_order(&srv, Session::Handle(h1), "c"),
+        pairs_in_order(&srv, Session::Handle(h2), "d"),
+    );
+    eprintln!("pairs whose second request reached the server first: {swapped:?} of 8 each");
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}
