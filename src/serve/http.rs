@@ -368,7 +368,10 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         Vec::new()
     };
     for k in &keys {
-        tracing::debug!(request = %k.replace('\u{1f}', " #"), "run request arrived");
+        // A session handle is a credential: the log gets a prefix of the session's name.
+        let (scope, id) = k.split_once('\u{1f}').unwrap_or(("", k));
+        let scope: String = scope.chars().take(12).collect();
+        tracing::debug!(request = %format!("{scope}… #{id}"), "run request arrived");
         crate::arrival::arrived(k.clone());
     }
     let answered = Answered(keys);

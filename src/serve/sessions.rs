@@ -441,7 +441,8 @@ impl Registry {
                 self.template.settings.clone(),
                 self.template.envs.clone(),
             )
-            .in_http_session(&id);
+            .in_http_session(&id)
+            .with_tasks();
             let s = Arc::new(Session {
                 id: id.clone(),
                 era,
@@ -696,6 +697,7 @@ impl Front {
                 .enable_tools()
                 .enable_resources()
                 .enable_prompts()
+                .enable_tasks()
                 .build(),
         )
         .with_instructions(instructions)
@@ -718,6 +720,36 @@ impl Front {
         let parts = ctx.extensions.get::<http::request::Parts>()?;
         let id = parts.headers.get(SESSION_HEADER)?.to_str().ok()?;
         self.reg.get(id).filter(|s| s.era == Era::Legacy)
+    }
+
+    /// The session whose run a task is: the one the task id names, which must also be the
+    /// request's `Mcp-Session-Id` session when it has one.
+    fn task_owner(
+        &self,
+        task: &str,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Arc<Session>, ErrorData> {
+        let unknown = || {
+            ErrorData::invalid_params(
+                format!(
+                    "no task {:?} here (tasks end with their session)",
+                    crate::text::sanitize(task)
+                ),
+                None,
+            )
+        };
+        let named = crate::tools::task_session(task)
+            .and_then(|id| self.reg.get(id))
+            .ok_or_else(unknown)?;
+        let allowed = match named.era {
+            Era::Legacy => self.legacy_session(ctx).is_some_and(|s| s.id == named.id),
+            Era::Handle => !Self::has_session_header(ctx),
+        };
+        if allowed {
+            Ok(named)
+        } else {
+            Err(unknown())
+        }
     }
 
     fn has_session_header(ctx: &RequestContext<RoleServer>) -> bool {
@@ -820,6 +852,36 @@ fn tool_error(msg: impl Into<String>) -> CallToolResponse {
 impl ServerHandler for Front {
     fn get_info(&self) -> ServerConfig {
         self.info.clone()
+    }
+
+    /// Tasks extension: each session's runs are its tasks; the task id names the session.
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        let s = self.task_owner(&request.task_id, &ctx)?;
+        s.touch();
+        ServerHandler::get_task(&s.server, request, ctx).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let s = self.task_owner(&request.task_id, &ctx)?;
+        s.touch();
+        ServerHandler::cancel_task(&s.server, request, ctx).await
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let s = self.task_owner(&request.task_id, &ctx)?;
+        ServerHandler::update_task(&s.server, request, ctx).await
     }
 
     async fn list_tools(

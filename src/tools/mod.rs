@@ -170,17 +170,35 @@ fn install_progress(
 }
 
 /// The MCP task id of run `id`.
-fn task_id(id: u64) -> String {
-    format!("run-{id}")
+///
+/// Over HTTP the task id also names the session (`run-4@<session>`): `tasks/get` carries no
+/// session argument, so the front finds the session by it (see [`task_session`]).
+fn task_id(id: u64, scope: Option<&str>) -> String {
+    match scope {
+        None => format!("run-{id}"),
+        Some(s) => format!("run-{id}@{s}"),
+    }
 }
 
-/// The run a task id names.
-fn run_of_task(task: &str) -> Option<u64> {
-    task.strip_prefix("run-")?.parse().ok()
+/// The run a task id names, if it belongs to the session `scope` (`None`: stdio).
+fn run_of_task(task: &str, scope: Option<&str>) -> Option<u64> {
+    let (run, owner) = match task.split_once('@') {
+        Some((run, owner)) => (run, Some(owner)),
+        None => (task, None),
+    };
+    if owner != scope {
+        return None;
+    }
+    run.strip_prefix("run-")?.parse().ok()
+}
+
+/// The HTTP session a task id names (see [`task_id`]).
+pub fn task_session(task: &str) -> Option<&str> {
+    task.split_once('@').map(|(_, s)| s)
 }
 
 /// A task's base fields as a run looks now.
-fn task_of(id: u64, view: &TaskView) -> rmcp::model::Task {
+fn task_of(id: u64, scope: Option<&str>, view: &TaskView) -> rmcp::model::Task {
     use rmcp::model::{Task, TaskStatus};
     let now = chrono::Utc::now();
     let (status, message, since) = match view {
@@ -210,8 +228,13 @@ fn task_of(id: u64, view: &TaskView) -> rmcp::model::Task {
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
         .unwrap_or(now);
-    let mut task = Task::new(task_id(id), status, created.to_rfc3339(), now.to_rfc3339())
-        .with_poll_interval_ms(1000);
+    let mut task = Task::new(
+        task_id(id, scope),
+        status,
+        created.to_rfc3339(),
+        now.to_rfc3339(),
+    )
+    .with_poll_interval_ms(1000);
     if let Some(m) = message {
         task = task.with_status_message(m);
     }
@@ -340,8 +363,8 @@ pub struct Server {
     /// Bumped each time the tool list changes: each 2026-07-28 `subscriptions/listen` stream
     /// waits on it (that era has no initialized peer to notify).
     tools_version: Arc<tokio::sync::watch::Sender<u64>>,
-    /// MCP tasks (`io.modelcontextprotocol/tasks`) are offered: on stdio, one session whose
-    /// runs the tasks are. Over HTTP the front serves many sessions and does not offer them.
+    /// MCP tasks (`io.modelcontextprotocol/tasks`) are offered: the session's runs (on stdio
+    /// the one session; over HTTP each session's, the task id naming the session).
     tasks: bool,
     /// The HTTP session this server serves (the scope of its requests' arrival order);
     /// `None` on stdio.
@@ -375,7 +398,7 @@ impl Server {
         self
     }
 
-    /// Offers MCP tasks (stdio: the one session's runs).
+    /// Offers MCP tasks: this session's runs.
     pub fn with_tasks(mut self) -> Server {
         self.tasks = true;
         self
@@ -520,9 +543,13 @@ impl Server {
                     .await
                 {
                     Ok(RunOrTask::Done(r)) => r.into(),
-                    Ok(RunOrTask::Task(id)) => CallToolResponse::Task(
-                        rmcp::model::CreateTaskResult::new(task_of(id, &self.session.task(id))),
-                    ),
+                    Ok(RunOrTask::Task(id)) => {
+                        CallToolResponse::Task(rmcp::model::CreateTaskResult::new(task_of(
+                            id,
+                            self.arrival_scope.as_deref(),
+                            &self.session.task(id),
+                        )))
+                    }
                     Err(e) => failure(e).into(),
                 },
             );
@@ -1241,7 +1268,7 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
         use rmcp::model::{DetailedTask, GetTaskResult, TaskPayload};
-        let Some(id) = run_of_task(&request.task_id) else {
+        let Some(id) = run_of_task(&request.task_id, self.arrival_scope.as_deref()) else {
             return Err(ErrorData::invalid_params(
                 format!("no task {:?} here", request.task_id),
                 None,
@@ -1274,7 +1301,7 @@ impl ServerHandler for Server {
             TaskView::Cancelled => TaskPayload::Cancelled,
         };
         Ok(GetTaskResult::new(DetailedTask::new(
-            task_of(id, &view),
+            task_of(id, self.arrival_scope.as_deref(), &view),
             payload,
         )))
     }
@@ -1286,7 +1313,7 @@ impl ServerHandler for Server {
         request: rmcp::model::CancelTaskParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        match run_of_task(&request.task_id) {
+        match run_of_task(&request.task_id, self.arrival_scope.as_deref()) {
             Some(id) if self.session.cancel_task(id) => Ok(()),
             _ => Err(ErrorData::invalid_params(
                 format!("no task {:?} here", request.task_id),

@@ -1035,7 +1035,8 @@ async fn raw_session(url: &str) -> String {
 /// log says) must run first. Returns how many pairs arrived the other way round.
 async fn pairs_in_order(srv: &Http, session: Session, tag: &str) -> usize {
     let scope = match &session {
-        Session::Legacy(s) | Session::Handle(s) => s.clone(),
+        // The log names a session by the first 12 characters of its name.
+        Session::Legacy(s) | Session::Handle(s) => s.chars().take(12).collect::<String>(),
     };
     let mut previous = "NameError".to_owned();
     let mut swapped = 0;
@@ -1050,7 +1051,7 @@ async fn pairs_in_order(srv: &Http, session: Session, tag: &str) -> usize {
         assert!(!a.contains("Error"), "{a}");
         let log = srv.log();
         let at = |id: u64| {
-            let needle = format!("request={scope} #{id}");
+            let needle = format!("request={scope}… #{id}");
             log.match_indices(&needle)
                 .map(|(at, _)| at)
                 .find(|at| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
@@ -1083,6 +1084,123 @@ async fn calls_run_in_the_order_sent_in_every_http_session() {
         pairs_in_order(&srv, Session::Handle(h2), "d"),
     );
     eprintln!("pairs whose second request reached the server first: {swapped:?} of 8 each");
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+/// One raw 2026-07-28 JSON-RPC request (`params` gets the era's `_meta`, with the tasks
+/// extension declared when `tasks`); the answer's JSON.
+async fn modern_rpc(url: &str, id: u64, method: &str, mut params: Value, tasks: bool) -> Value {
+    let caps = if tasks {
+        json!({"extensions": {"io.modelcontextprotocol/tasks": {}}})
+    } else {
+        json!({})
+    };
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": caps,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}
+    });
+    let mut req = post(url)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    // The routing header names the tool, or the task.
+    if let Some(name) = params["name"].as_str().or(params["taskId"].as_str()) {
+        req = req.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let r = tokio::time::timeout(HANG, req.body(body.to_string()).send())
+        .await
+        .expect("the POST hung")
+        .unwrap();
+    let text = tokio::time::timeout(HANG, r.text())
+        .await
+        .expect("the answer hung")
+        .unwrap();
+    std::iter::once(text.as_str())
+        .chain(text.lines().filter_map(|l| l.strip_prefix("data:")))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no answer to {id} in {text}"))
+}
+
+/// The MCP tasks extension over HTTP: a 2026-07-28 client that declares it gets a task for a
+/// cell that outlasts `return_after`, whose id names the session; `tasks/get` follows it to
+/// `completed`. Another session (or a forged id) cannot see it; without the extension the
+/// call returns the output so far and a run, as before.
+#[tokio::test]
+async fn tasks_over_http_belong_to_their_session() {
+    let srv = Http::start(&[], None).await;
+    let m = srv.modern().await;
+    let h = handle_of(&call(&m, "new_session", json!({})).await);
+    let other = handle_of(&call(&m, "new_session", json!({})).await);
+    let cell = "import time\nprint('step one', flush=True)\ntime.sleep(3)\nprint('done')";
+    let args = json!({"code": cell, "return_after": 1, "session": h});
+    let r = modern_rpc(
+        &srv.url,
+        1,
+        "tools/call",
+        json!({"name": "execute_python", "arguments": args}),
+        true,
+    )
+    .await;
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    let task = r["result"]["taskId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(task.ends_with(&format!("@{h}")), "{r}");
+    let get = |task: String| json!({ "taskId": task });
+    let mut n = 2;
+    let done = loop {
+        let g = modern_rpc(&srv.url, n, "tasks/get", get(task.clone()), true).await;
+        n += 1;
+        if g["result"]["status"] != "working" {
+            break g;
+        }
+        assert!(n < 2000, "{g}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    let content = done["result"]["result"]["content"].to_string();
+    assert!(
+        content.contains("step one") && content.contains("done"),
+        "{done}"
+    );
+    // The same run number in another session, or in a session that does not exist, is not it.
+    for forged in [task.replace(&h, &other), task.replace(&h, "nosuchsession")] {
+        let g = modern_rpc(&srv.url, n, "tasks/get", get(forged), true).await;
+        n += 1;
+        assert!(g.get("error").is_some(), "{g}");
+    }
+    // A legacy MCP session cannot reach a handle session's task either.
+    let sid = raw_session(&srv.url).await;
+    let r = post(&srv.url)
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 77, "method": "tasks/get", "params": get(task.clone())})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(r.contains("\"error\"") && !r.contains("step one"), "{r}");
+    // Without the extension: the output so far and a run to check.
+    let args = json!({"code": "import time\ntime.sleep(3)", "return_after": 1, "session": h});
+    let r = modern_rpc(
+        &srv.url,
+        n,
+        "tools/call",
+        json!({"name": "execute_python", "arguments": args}),
+        false,
+    )
+    .await;
+    assert!(r["result"].get("taskId").is_none(), "{r}");
+    assert!(r.to_string().contains("still running as run 2"), "{r}");
     let _ = m.cancel().await;
     assert!(srv.stop().await.success());
 }
