@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The tools whose calls become runs.
-pub const RUN_TOOLS: &[&str] = &["execute_python", "run_file"];
+pub const RUN_TOOLS: &[&str] = &["execute_python", "run_file", "run_notebook"];
 
 /// Longest a handler waits for earlier requests to reach their handlers.
 const MAX_WAIT: Duration = Duration::from_secs(2);

@@ -428,7 +428,7 @@ impl Session {
         cancel: &CancellationToken,
     ) -> Result<Rendered, SessionError> {
         let return_after = call.return_after;
-        let id = self.submit(call, progress).await?;
+        let id = self.submit(call, progress, None).await?;
         let look = self
             .runs
             .wait(Some(id), return_after, false, cancel, true, &|| {
@@ -448,7 +448,7 @@ impl Session {
         cancel: &CancellationToken,
     ) -> Result<RunOrTask, SessionError> {
         let return_after = call.return_after;
-        let id = self.submit(call, progress).await?;
+        let id = self.submit(call, progress, None).await?;
         if !self.runs.wait_end(id, return_after, cancel).await {
             return Ok(RunOrTask::Task(id));
         }
@@ -520,6 +520,7 @@ impl Session {
         self: &Arc<Self>,
         call: RunCall<'_>,
         progress: Option<ProgressFn>,
+        custom: Option<runs::Custom>,
     ) -> Result<u64, SessionError> {
         let RunCall {
             code,
@@ -541,6 +542,7 @@ impl Session {
                 limits,
                 note,
                 progress,
+                custom,
             },
             self.kernel.max_queue(),
             self.collector(),
@@ -614,9 +616,30 @@ impl Session {
         self.render(look, true)
     }
 
+    /// Queues `work` (not one cell: a notebook) as a run in arrival order, like [`Session::run`]:
+    /// the result when it ends within `return_after`, else what is known so far and the note
+    /// naming the run, which goes on (`check_run` follows it).
+    pub async fn run_work(
+        self: &Arc<Self>,
+        call: RunCall<'_>,
+        progress: Option<ProgressFn>,
+        work: runs::Custom,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, SessionError> {
+        let return_after = call.return_after;
+        let id = self.submit(call, progress, Some(work)).await?;
+        let look = self
+            .runs
+            .wait(Some(id), return_after, false, cancel, true, &|| {
+                self.collector()
+            })
+            .await;
+        self.rendered_with_restore_note(look)
+    }
+
     /// Executes queued runs one at a time until the queue is empty.
     async fn work(self: Arc<Self>) {
-        while let Some((id, job, cancel)) = self.runs.next_job() {
+        while let Some((id, mut job, cancel)) = self.runs.next_job() {
             if self
                 .restore_pending
                 .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -626,6 +649,18 @@ impl Session {
                         *n = Some(note);
                     }
                 }
+            }
+            if let Some(custom) = job.custom.take() {
+                let started = std::time::Instant::now();
+                let result = custom(cancel, job.progress.take()).await;
+                self.runs.finish(
+                    id,
+                    runs::RunEnd::Result {
+                        result,
+                        elapsed: started.elapsed(),
+                    },
+                );
+                continue;
             }
             let mut keep = runs::RunSink {
                 runs: self.runs.clone(),

@@ -73,7 +73,20 @@ pub(super) struct Job {
     pub(super) limits: ExecLimits,
     pub(super) note: Option<String>,
     pub(super) progress: Option<ProgressFn>,
+    /// Work that is not one cell (a notebook), run in the queue's turn instead of `code`.
+    pub(super) custom: Option<Custom>,
 }
+
+/// Queued work that is not one cell (a notebook's cells, one after another): given the run's
+/// cancellation and its progress (which stops when the waiting call returns), it resolves to
+/// the run's result.
+pub type Custom = Box<
+    dyn FnOnce(
+            CancellationToken,
+            Option<ProgressFn>,
+        ) -> futures::future::BoxFuture<'static, crate::output::Rendered>
+        + Send,
+>;
 
 #[derive(Default)]
 struct State {
@@ -154,6 +167,7 @@ impl Runs {
             limits,
             note,
             progress,
+            custom,
         } = job;
         let mut st = self.lock();
         // As many may wait as --max-queue allows, the running one counted (as before runs).
@@ -182,6 +196,7 @@ impl Runs {
                     limits,
                     note,
                     progress,
+                    custom,
                 }),
                 doing: None,
                 last_line: String::new(),

@@ -1116,6 +1116,8 @@ impl Server {
     /// (a file this session did not write is replaced only with overwrite: true). quiet: true
     /// (a replay, e.g. of export_notebook's since_restart notebook) shows only errors and the
     /// last cell's output, without images. With a progress token, progress is sent per cell.
+    /// The notebook is a run, queued in arrival order like execute_python: still going after
+    /// return_after, the call returns a note naming the run, and check_run gives its result.
     #[tool(
         name = "run_notebook",
         annotations(
@@ -1130,17 +1132,40 @@ impl Server {
         Parameters(p): Parameters<RunNotebookParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let run = NotebookRun {
-            path: p.path,
-            save_to: p.save_to,
-            overwrite: p.overwrite.unwrap_or(false),
-            stop_on_error: p.stop_on_error.unwrap_or(true),
-            quiet: p.quiet.unwrap_or(false),
-            progress: progress_fn(&ctx),
+        let call = RunCall {
+            code: "",
+            journal_source: "",
+            timeout: None,
+            return_after: self.session.return_after(p.return_after),
+            arrival: arrival_key(&ctx, self.arrival_scope.as_deref()),
         };
+        // Weak: a queued job must not keep its session alive (the session holds the queue).
+        let session = Arc::downgrade(&self.session);
+        let work: crate::session::runs::Custom = Box::new(move |cancel, progress| {
+            Box::pin(async move {
+                let Some(session) = session.upgrade() else {
+                    return crate::output::text_result(
+                        "[the session ended before the notebook ran]",
+                        true,
+                    );
+                };
+                let run = NotebookRun {
+                    path: p.path,
+                    save_to: p.save_to,
+                    overwrite: p.overwrite.unwrap_or(false),
+                    stop_on_error: p.stop_on_error.unwrap_or(true),
+                    quiet: p.quiet.unwrap_or(false),
+                    progress,
+                };
+                session
+                    .run_notebook(run, &cancel)
+                    .await
+                    .unwrap_or_else(failure)
+            })
+        });
         Ok(self
             .session
-            .run_notebook(run, &ctx.ct)
+            .run_work(call, progress_fn(&ctx), work, &ctx.ct)
             .await
             .unwrap_or_else(failure))
     }

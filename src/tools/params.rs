@@ -299,6 +299,9 @@ pub struct RunNotebookParams {
     /// replaying a session's notebook to restore its state.
     #[serde(default)]
     pub quiet: Option<bool>,
+    /// Seconds to wait before returning while the notebook keeps running in the background as a numbered run (default and maximum: the server's --return-after, 45 s); check_run then gives its result.
+    #[serde(default)]
+    pub return_after: Option<f64>,
 }
 
 /// What export_notebook wrote.

@@ -673,3 +673,71 @@ async fn inspect_variable_looks_at_one_object_in_depth_silently() {
     assert_eq!(text(&r), format!("({next}, [])"));
     s.close().await;
 }
+
+/// run_notebook is a run like execute_python: still going after return_after it returns a note
+/// naming the run; a call sent meanwhile queues behind the whole notebook (never between its
+/// cells); check_run gives the notebook's result once.
+#[tokio::test]
+async fn a_long_notebook_becomes_a_run_and_later_calls_wait_for_all_of_it() {
+    let s = Server::start().await;
+    let code = |src: &str| json!({"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": src});
+    let nb = json!({
+        "nbformat": 4, "nbformat_minor": 4, "metadata": {},
+        "cells": [
+            code("x = 1"),
+            code("import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)"),
+            code("x = 2\nprint('cell three')"),
+        ]
+    });
+    std::fs::write(s.ws().join("long.ipynb"), nb.to_string()).unwrap();
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "long.ipynb", "return_after": 1}),
+        )
+        .await;
+    assert!(
+        text(&r).contains("still running as run 1") && !is_error(&r),
+        "{}",
+        text(&r)
+    );
+    // Queued behind the notebook, not between its cells: it says so at its own return_after.
+    let r = s
+        .call(
+            "execute_python",
+            json!({"code": "print('after', x)", "return_after": 1}),
+        )
+        .await;
+    assert!(text(&r).contains("queued behind run 1"), "{}", text(&r));
+    std::fs::write(s.ws().join("go"), "").unwrap();
+    let mut notebook = String::new();
+    for _ in 0..60 {
+        let r = s
+            .call("check_run", json!({"run": 1, "wait_seconds": 5}))
+            .await;
+        notebook.push_str(&text(&r));
+        if notebook.contains("[the run ") {
+            break;
+        }
+    }
+    assert!(
+        notebook.contains("cell three")
+            && notebook.contains("[ran 3 of 3 code cells of long.ipynb]")
+            && notebook.contains("[the run finished after "),
+        "{notebook}"
+    );
+    let mut after = String::new();
+    for _ in 0..60 {
+        let r = s
+            .call("check_run", json!({"run": 2, "wait_seconds": 5}))
+            .await;
+        after.push_str(&text(&r));
+        if after.contains("[the run ") || after.contains("after ") {
+            break;
+        }
+    }
+    assert!(after.contains("after 2"), "{after}");
+    let r = s.call("check_run", json!({"run": 1})).await;
+    assert!(text(&r).contains("returned already"), "{}", text(&r));
+    s.close().await;
+}
