@@ -291,9 +291,9 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         workspace_note,
         journal: o.journal.clone(),
         return_after: o.return_after,
-        // Over HTTP sessions come and go with their clients: not snapshotted (yet).
-        snapshot_max: (!o.no_persist && o.listen.is_none())
-            .then(|| o.snapshot_max.0.unwrap_or(u64::MAX)),
+        // Over HTTP only handle sessions, each in its own folder, are snapshotted (the
+        // registry decides: serve/revive.rs).
+        snapshot_max: (!o.no_persist).then(|| o.snapshot_max.0.unwrap_or(u64::MAX)),
     };
     let spare = crate::kernel::SpareConfig {
         enabled: !o.no_spare,

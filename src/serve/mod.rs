@@ -2,4 +2,5 @@
 //! with a kernel and a workspace per session.
 
 pub mod http;
+pub mod revive;
 pub mod sessions;

@@ -130,6 +130,8 @@ pub struct Session {
     implicit: bool,
     /// Tool calls made in the session.
     calls: AtomicUsize,
+    /// When the revival book last recorded the session alive.
+    remembered: Mutex<Option<Instant>>,
 }
 
 impl Session {
@@ -229,6 +231,9 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Prepared sessions (`--spares` of them), the same pool type as a handle's spare kernel.
     pool: SparePool<Prepared>,
+    /// Handle sessions' folders, for the next server (with snapshots on, each session in a
+    /// folder of its own, local kernels).
+    book: Option<super::revive::Book>,
     stopping: AtomicBool,
 }
 
@@ -283,6 +288,27 @@ impl Registry {
         limits: SessionLimits,
     ) -> Arc<Self> {
         let spares = limits.spares;
+        let book = (template.settings.snapshot_max.is_some()
+            && !limits.shared_workspace
+            && matches!(template.kernels, KernelSource::Local(_)))
+        .then(crate::pyenv::data_dir)
+        .and_then(Result::ok)
+        .and_then(|d| match super::revive::Book::open(&d) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "handle sessions will not outlive the server");
+                None
+            }
+        });
+        if let Some(b) = &book {
+            let gone = b.sweep(limits.idle_timeout, root.root());
+            if gone > 0 {
+                tracing::info!(
+                    sessions = gone,
+                    "forgot sessions of an earlier server older than the idle timeout"
+                );
+            }
+        }
         let reg = Arc::new_cyclic(|me| Registry {
             me: me.clone(),
             template,
@@ -290,6 +316,7 @@ impl Registry {
             limits,
             sessions: Mutex::new(HashMap::new()),
             pool: SparePool::new(spares),
+            book,
             stopping: AtomicBool::new(false),
         });
         reg.fill_pool();
@@ -407,6 +434,68 @@ impl Registry {
     /// recently used orphaned session (started by a call without `session`, never used again,
     /// nothing running) is ended to make room; otherwise the server is full.
     pub fn open(&self, id: String, era: Era, implicit: bool) -> Result<Arc<Session>, OpenError> {
+        self.open_on(id, era, implicit, None)
+    }
+
+    /// A handle session of an earlier server, back in its folder with its variables (restored
+    /// before its first call), if the handle was known alive within the idle timeout.
+    pub fn revive(&self, handle: &str) -> Result<Option<Arc<Session>>, OpenError> {
+        let Some(book) = &self.book else {
+            return Ok(None);
+        };
+        let Some(folder) = book.find(handle, self.limits.idle_timeout) else {
+            return Ok(None);
+        };
+        let dir = self.root.root().join(&folder);
+        if !dir.is_dir() {
+            book.forget(handle);
+            return Ok(None);
+        }
+        let workspace =
+            Arc::new(Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?);
+        let kernel = self
+            .template
+            .kernels
+            .handle(workspace.root(), self.template.max_queue)
+            .map_err(|e| OpenError::Workspace(e.to_string()))?;
+        kernel.warm_up();
+        let prepared = Prepared {
+            kernel,
+            workspace,
+            folder: Some(dir),
+        };
+        let s = self.open_on(handle.to_owned(), Era::Handle, false, Some(prepared))?;
+        tracing::info!(session = %s.log_name(), "session of an earlier server back in its folder");
+        Ok(Some(s))
+    }
+
+    /// Records that a handle session is alive, for the next server (at most once a minute
+    /// unless `now`).
+    fn remember_now(&self, s: &Session, now: bool) {
+        let (Some(book), Era::Handle, Some(folder)) = (&self.book, s.era, &s.folder) else {
+            return;
+        };
+        if s.closed.load(Ordering::SeqCst) && !now {
+            return;
+        }
+        if let Ok(mut at) = s.remembered.lock() {
+            if !now && at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        if let Some(name) = folder.file_name().and_then(|n| n.to_str()) {
+            book.remember(&s.id, name);
+        }
+    }
+
+    fn open_on(
+        &self,
+        id: String,
+        era: Era,
+        implicit: bool,
+        prepared: Option<Prepared>,
+    ) -> Result<Arc<Session>, OpenError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(OpenError::Stopping);
         }
@@ -429,16 +518,25 @@ impl Registry {
                 evicted = Some(old);
             }
             // A spare whose kernel runs already, else one still starting, else a new one.
-            let spare = self.pool.take(|s| s.kernel.pid().is_some());
+            let spare = match prepared {
+                Some(p) => Some(p),
+                None => self.pool.take(|s| s.kernel.pid().is_some()),
+            };
             let spare_was_ready = spare.is_some();
             let spare = match spare.or_else(|| self.pool.take(|_| true)) {
                 Some(s) => s,
                 None => self.prepare()?,
             };
+            // Only a handle session can come back to a later server, so only its variables
+            // are snapshotted.
+            let mut settings = self.template.settings.clone();
+            if era != Era::Handle || self.book.is_none() {
+                settings.snapshot_max = None;
+            }
             let server = Server::new(
                 spare.kernel.clone(),
                 spare.workspace.clone(),
-                self.template.settings.clone(),
+                settings,
                 self.template.envs.clone(),
             )
             .in_http_session(&id)
@@ -457,8 +555,10 @@ impl Registry {
                 closed: AtomicBool::new(false),
                 implicit,
                 calls: AtomicUsize::new(0),
+                remembered: Mutex::new(None),
             });
             sessions.insert(id.clone(), s.clone());
+            self.remember_now(&s, true);
             tracing::info!(
                 session = %s.log_name(),
                 kind = era.describe(),
@@ -472,8 +572,10 @@ impl Registry {
         if let Some(old) = evicted {
             old.closed.store(true, Ordering::SeqCst);
             tracing::info!(session = %old.log_name(), idle_seconds = old.idle_for().as_secs(), "session ended: --max-sessions reached and it was the least recently used idle one");
+            self.forget(&old);
             tokio::spawn(async move {
                 old.kernel.shutdown().await;
+                old.server.session().forget_snapshot();
                 remove_if_empty(old.folder.as_ref());
             });
         }
@@ -491,10 +593,20 @@ impl Registry {
         };
         s.closed.store(true, Ordering::SeqCst);
         tracing::info!(session = %s.log_name(), reason, lived_seconds = s.started.elapsed().as_secs(), "session ended");
+        self.forget(&s);
         tokio::spawn(async move {
             s.kernel.shutdown().await;
+            // Ended on purpose: its variables are not for a later server.
+            s.server.session().forget_snapshot();
             remove_if_empty(s.folder.as_ref());
         });
+    }
+
+    /// A session that ended is not revived by a later server.
+    fn forget(&self, s: &Session) {
+        if let (Some(book), Era::Handle) = (&self.book, s.era) {
+            book.forget(&s.id);
+        }
     }
 
     /// Sessions without a request (and no call running) for longer than the idle timeout.
@@ -522,6 +634,23 @@ impl Registry {
             .map(|mut m| m.drain().map(|(_, s)| s).collect())
             .unwrap_or_default();
         let spares: Vec<Prepared> = self.pool.drain();
+        // An orderly stop keeps each handle session's variables for the next server (as a
+        // stdio session's are kept at exit), all at once, each bounded like stdio's.
+        futures::future::join_all(sessions.iter().map(|s| async move {
+            let snap = s.server.session().snapshot_now();
+            match tokio::time::timeout(Duration::from_secs(120), snap).await {
+                Ok(Some(Ok(what))) => {
+                    tracing::info!(session = %s.log_name(), "at exit: {what}");
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(session = %s.log_name(), "at exit: snapshot failed: {e}");
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!(session = %s.log_name(), "at exit: the snapshot took over 120 s and was abandoned"),
+            }
+            self.remember_now(s, true);
+        }))
+        .await;
         let mut ends = Vec::new();
         for s in sessions {
             s.closed.store(true, Ordering::SeqCst);
@@ -963,11 +1092,19 @@ impl ServerHandler for Front {
                 Err(e) => return Ok(tool_error(format!("nothing was run: {e}"))),
             },
             Some(serde_json::Value::String(h)) => {
-                match self.reg.get(&h).filter(|s| s.era == Era::Handle) {
+                let known = match self.reg.get(&h) {
+                    Some(s) => Some(s).filter(|s| s.era == Era::Handle),
+                    // A session of an earlier server on this workspace comes back.
+                    None => match self.reg.revive(&h) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(tool_error(format!("nothing was run: {e}"))),
+                    },
+                };
+                match known {
                     Some(s) => (s, None),
                     None => {
                         return Ok(tool_error(format!(
-                            "unknown or expired session handle; nothing was run. Sessions end after {} s without a call or when the server restarts, and their variables are lost. Call {NEW_SESSION_TOOL} (or call this tool without `{SESSION_ARG}`) to start a new session and use the handle it returns.",
+                            "unknown or expired session handle; nothing was run. Sessions end after {} s without a call, and their variables are lost (a session survives a server restart only when the server stopped in order and its handle comes back within that time). Call {NEW_SESSION_TOOL} (or call this tool without `{SESSION_ARG}`) to start a new session and use the handle it returns.",
                             idle.as_secs()
                         )))
                     }
@@ -981,6 +1118,7 @@ impl ServerHandler for Front {
         };
         request.arguments = Some(args);
         let result = session.call(request, ctx, idle).await;
+        self.reg.remember_now(&session, false);
         if note.is_some() {
             // The call that opened this session has ended (see `Registry::open`).
             session.active.fetch_sub(1, Ordering::SeqCst);

@@ -255,6 +255,14 @@ impl Session {
         })
     }
 
+    /// Forgets the workspace's snapshot (its session ended on purpose): manifest and files.
+    pub fn forget_snapshot(&self) {
+        if let Some(p) = &self.persist {
+            p.discard(&self.env_info().python);
+            let _ = std::fs::remove_dir_all(p.folder());
+        }
+    }
+
     /// Restores the workspace's snapshot into the kernel, if there is one; the note saying what
     /// came back (or why nothing did).
     pub async fn restore_now(&self) -> Option<String> {
@@ -271,6 +279,11 @@ impl Session {
             }
         };
         let began = std::time::Instant::now();
+        // `evaluate` needs a running kernel: the first call may come before the warm-up's start
+        // has taken the kernel's slot, so start (or wait for) it first.
+        if let Err(e) = self.kernel.info().await {
+            return Some(refused(format!("the kernel did not start: {e}")));
+        }
         let loaded = self
             .kernel
             .evaluate(&p.load_expr(&m), Duration::from_secs(600))

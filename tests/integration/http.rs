@@ -21,6 +21,7 @@ struct Http {
     url: String,
     dir: tempfile::TempDir,
     token: Option<String>,
+    args: Vec<String>,
 }
 
 type Client = RunningService<RoleClient, Recorder>;
@@ -41,6 +42,36 @@ impl Http {
             .prefix("kmcp-http-")
             .tempdir()
             .unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_in(dir, args, token).await
+    }
+
+    /// SIGTERM (an orderly stop), then a new server on the same workspace and flags.
+    async fn restart(self) -> Http {
+        let Http {
+            mut child,
+            dir,
+            token,
+            args,
+            ..
+        } = self;
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let status = tokio::time::timeout(HANG, child.wait())
+            .await
+            .expect("the server did not exit after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status}");
+        Self::start_in(dir, args, token.as_deref()).await
+    }
+
+    /// A server on `dir/ws`; `--persist` (a test flag) lets it snapshot, which the tests
+    /// otherwise turn off.
+    async fn start_in(dir: tempfile::TempDir, args: Vec<String>, token: Option<&str>) -> Http {
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"));
         cmd.arg("--workspace")
@@ -48,13 +79,16 @@ impl Http {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--no-preload")
-            .args(args)
+            .args(args.iter().filter(|a| *a != "--persist"))
             .env("KERNEL_MCP_LOG", "debug")
             .env_remove("KERNEL_MCP_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        if !args.iter().any(|a| a == "--persist") {
+            cmd.arg("--no-persist");
+        }
         if let Some(t) = token {
             cmd.env("KERNEL_MCP_TOKEN", t);
         }
@@ -82,6 +116,7 @@ impl Http {
             url: url.unwrap(),
             dir,
             token: token.map(str::to_owned),
+            args,
         }
     }
 
@@ -1201,6 +1236,62 @@ async fn tasks_over_http_belong_to_their_session() {
     .await;
     assert!(r["result"].get("taskId").is_none(), "{r}");
     assert!(r.to_string().contains("still running as run 2"), "{r}");
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+/// A 2026-07-28 handle session outlives an orderly server restart: the next server on the
+/// same workspace takes the handle back, in the same folder, its variables restored before the
+/// first call (which says so). A session that was ended, an unknown handle and a 2025-11-25
+/// session (its client re-initializes) do not come back.
+#[tokio::test]
+async fn a_handle_session_comes_back_after_an_orderly_restart() {
+    let srv = Http::start(&["--persist"], None).await;
+    let m = srv.modern().await;
+    let h = handle_of(&call(&m, "new_session", json!({})).await);
+    let r = call(
+        &m,
+        "execute_python",
+        json!({"code": "import math\nx = 41\ndef f(v):\n    return v + 1\nopen('notes.txt', 'w').write('kept')", "session": h}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let ended = handle_of(&call(&m, "new_session", json!({})).await);
+    let r = call(
+        &m,
+        "execute_python",
+        json!({"code": "z = 1", "session": ended}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&m, "end_session", json!({"session": ended})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let _ = m.cancel().await;
+
+    let srv = srv.restart().await;
+    let m = srv.modern().await;
+    let r = call(
+        &m,
+        "execute_python",
+        json!({"code": "print(f(x), math.pi > 3, open('notes.txt').read())", "session": h}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}\n{}", text(&r), srv.log());
+    assert!(text(&r).starts_with("42 True kept\n"), "{}", text(&r));
+    assert!(text(&r).contains("restored"), "{}", text(&r));
+    for gone in [ended, "f".repeat(64)] {
+        let r = call(&m, "execute_python", json!({"code": "1", "session": gone})).await;
+        assert!(
+            is_error(&r) && text(&r).starts_with("unknown or expired session handle"),
+            "{}",
+            text(&r)
+        );
+    }
+    let log = srv.log();
+    assert!(
+        log.contains("session of an earlier server back in its folder"),
+        "{log}"
+    );
     let _ = m.cancel().await;
     assert!(srv.stop().await.success());
 }
