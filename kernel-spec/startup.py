@@ -103,7 +103,50 @@ def __kernel_mcp_setup():
         except Exception:
             pass
 
-    on_import = {"pandas": configure_pandas, "tqdm.autonotebook": text_tqdm}
+    # plotly's fig.show() goes through its renderers, which in a kernel without a notebook
+    # front end stop at "requires nbformat" (or point at a browser): show the figure the way
+    # display(fig) does instead, so it reaches the chart hook below. A renderer named by the
+    # caller is left to plotly.
+    def plotly_show(basedatatypes):
+        try:
+            from IPython.display import display as ipy_display
+
+            figure = basedatatypes.BaseFigure
+            plotly_own = figure.show
+
+            def show(self, *args, **kwargs):
+                if args or "renderer" in kwargs:
+                    return plotly_own(self, *args, **kwargs)
+                ipy_display(self)
+
+            figure.show = show
+            # IPython's display() calls _ipython_display_ first, which goes back to plotly's
+            # renderers (and their nbformat check); without it, display goes through the
+            # figure's mime bundle like any other object.
+            if "_ipython_display_" in figure.__dict__:
+                del figure._ipython_display_
+            # The figure's own spec in the display (not HTML and JavaScript for a browser),
+            # which the chart hook below draws.
+            import plotly.io as pio
+
+            pio.renderers.default = "plotly_mimetype"
+        except Exception:
+            pass
+
+    # Altair's default renderer writes HTML with JavaScript for a browser; the mimetype renderer
+    # gives the Vega-Lite spec itself, which the chart hook below draws.
+    def altair_spec(altair):
+        try:
+            altair.renderers.enable("mimetype")
+        except Exception:
+            pass
+
+    on_import = {
+        "altair": altair_spec,
+        "pandas": configure_pandas,
+        "tqdm.autonotebook": text_tqdm,
+        "plotly.basedatatypes": plotly_show,
+    }
 
     class OnImport(importlib.abc.MetaPathFinder):
         """Runs a configure function right after a module is first imported (one shot each)."""
@@ -134,6 +177,87 @@ def __kernel_mcp_setup():
             on_import.pop(name)(sys.modules[name])
     if on_import:
         sys.meta_path.insert(0, OnImport())
+
+    # Charts the model can see. Altair (Vega-Lite) and plotly figures display as JSON specs a
+    # browser would draw; a model sees nothing of them. When a display has such a spec and no
+    # image, the chart is drawn to PNG here, in the kernel: Vega-Lite by vl-convert (V8 inside,
+    # no browser), plotly by its own static export (kaleido). When the renderer is missing, the
+    # text says which one install_package call adds it.
+    import base64
+
+    # "application/vnd.vegalite.v5+json", "application/vnd.vegalite.v6.json" (Altair 6), and
+    # the same for a plain Vega spec.
+    def spec_of(data, kind):
+        for key, value in data.items():
+            if key.startswith(f"application/vnd.{kind}.v") and key.endswith("json"):
+                return value
+        return None
+
+    # A chart that could not be drawn keeps only its text and the note: the spec is of no use
+    # to a model (and the server would add a note of its own for it).
+    def note(data, text):
+        plain = data.get("text/plain") or ""
+        data["text/plain"] = (plain + "\n" if plain else "") + text
+        for key in [k for k in data if k.startswith(("application/vnd.vega", "application/vnd.plotly"))]:
+            del data[key]
+
+    def draw_chart(data):
+        if not isinstance(data, dict) or "image/png" in data or "image/svg+xml" in data:
+            return
+        spec = spec_of(data, "vegalite")
+        vega = spec_of(data, "vega") if spec is None else None
+        if spec is not None or vega is not None:
+            try:
+                import vl_convert
+            except ImportError:
+                note(
+                    data,
+                    "[chart not drawn: Vega-Lite (Altair) charts are drawn by vl-convert-python, "
+                    'which is not installed. Call install_package {"packages": ["vl-convert-python"]} '
+                    "once, then show the chart again.]",
+                )
+                return
+            try:
+                if spec is not None:
+                    png = vl_convert.vegalite_to_png(spec, scale=2)
+                else:
+                    png = vl_convert.vega_to_png(vega, scale=2)
+            except Exception as e:
+                note(data, f"[chart not drawn: vl-convert failed: {type(e).__name__}: {e}]")
+                return
+            data["image/png"] = base64.b64encode(png).decode("ascii")
+            return
+        figure = data.get("application/vnd.plotly.v1+json")
+        if figure is not None:
+            # plotly's HTML is a script for a browser: nothing a model can read.
+            data.pop("text/html", None)
+            try:
+                import plotly.io as pio
+
+                png = pio.to_image(figure, format="png", scale=2)
+            except Exception as e:
+                note(
+                    data,
+                    "[plotly chart not drawn: plotly draws images with kaleido, which needs a "
+                    'Chrome or Chromium browser. Call install_package {"packages": ["kaleido"]} '
+                    "where a browser is installed, or draw the chart with matplotlib or Altair. "
+                    f"({type(e).__name__}: {str(e)[:200]})]",
+                )
+                return
+            data["image/png"] = base64.b64encode(png).decode("ascii")
+
+    display_formatter = shell.display_formatter
+    format_bundle = display_formatter.format
+
+    def format_with_charts(obj, include=None, exclude=None):
+        data, metadata = format_bundle(obj, include=include, exclude=exclude)
+        try:
+            draw_chart(data)
+        except Exception:
+            pass
+        return data, metadata
+
+    display_formatter.format = format_with_charts
 
     # In kernel-mcp's sandbox the kernel is offline and its environment read-only, so
     # `%pip install` could only fail after pip's network retries. Say at once what works.

@@ -353,3 +353,65 @@ async fn svg_text_in_generic_families_is_drawn() {
     assert!(dark_pixels(&imgs[0].data) > 200);
     s.close().await;
 }
+
+/// Altair charts reach the model as pictures: without the renderer the result names the one
+/// install_package call that adds it; after that call (vl-convert-python from the package
+/// index, into a venv of the test's own) the same chart arrives as a PNG, drawn in the kernel
+/// under the default sandbox and memory limit. plotly's fig.show() no longer stops at
+/// "requires nbformat": without a browser for kaleido, the note says what is missing.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn altair_charts_arrive_as_images_once_their_renderer_is_installed() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let python = crate::harness::venv_over_managed(&tmp.path().join("venv"), false);
+    let venv = python.parent().and_then(|b| b.parent()).unwrap().to_owned();
+    let s = Server::start_with(&["--venv", venv.to_str().unwrap()]).await;
+    let r = s
+        .call("install_package", json!({"packages": ["altair"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let chart = "import altair as alt, pandas as pd\ndf = pd.DataFrame({'a': ['x', 'y', 'z'], 'b': [3, 5, 2]})\nalt.Chart(df).mark_bar().encode(x='a', y='b')";
+    let r = s.exec(chart).await;
+    assert_eq!(r.content.iter().filter_map(|c| c.as_image()).count(), 0);
+    assert!(
+        text(&r).contains(r#"install_package {"packages": ["vl-convert-python"]}"#),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call(
+            "install_package",
+            json!({"packages": ["vl-convert-python"]}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s.exec(chart).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let images: Vec<_> = r.content.iter().filter_map(|c| c.as_image()).collect();
+    assert_eq!(images.len(), 1, "{}", text(&r));
+    let png = decode_image(&images[0].data);
+    use image::GenericImageView;
+    let (w, h) = png.dimensions();
+    assert!(w > 100 && h > 100, "{w}x{h}");
+    assert!(!text(&r).contains("not drawn"), "{}", text(&r));
+    let r = s
+        .call("install_package", json!({"packages": ["plotly"]}))
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = s
+        .exec(
+            "import plotly.express as px
+fig = px.bar(x=['a', 'b'], y=[1, 2])
+fig.show()",
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        text(&r).contains("plotly chart not drawn") && text(&r).contains("kaleido"),
+        "{}",
+        text(&r)
+    );
+    assert!(!text(&r).contains("nbformat"), "{}", text(&r));
+    s.close().await;
+}
