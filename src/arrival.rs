@@ -15,8 +15,12 @@ use std::time::Duration;
 /// The tools whose calls become runs.
 pub const RUN_TOOLS: &[&str] = &["execute_python", "run_file", "run_notebook"];
 
-/// Longest a handler waits for earlier requests to reach their handlers.
-const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Longest a handler waits for earlier requests to reach their handlers. Every request is
+/// released when it is queued, answered (the stdout filter, or the end of its HTTP response)
+/// or cancelled, so this bound only matters if one is lost; it is generous because a busy
+/// machine can take seconds to start a handler (measured: the second of a pair overtook the
+/// first under a 2 s bound while the whole test suite ran on 2 cores).
+const MAX_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Book {
@@ -55,7 +59,8 @@ fn scope_of(key: &str) -> &str {
 }
 
 /// A run request with this key arrived (called by the stdin filter, in arrival order).
-pub fn arrived(key: String) {
+/// Returns its number (for the log).
+pub fn arrived(key: String) -> u64 {
     with(|b| {
         b.next += 1;
         let n = b.next;
@@ -63,7 +68,8 @@ pub fn arrived(key: String) {
             b.pending.remove(&old);
         }
         b.pending.insert(n, key);
-    });
+        n
+    })
 }
 
 /// The request with this key no longer holds later ones up (its run is queued, or it was

@@ -380,7 +380,7 @@ async fn read_client(
                         == Some("tools/call")
                         && tool.is_some_and(|t| crate::arrival::RUN_TOOLS.contains(&t))
                     {
-                        crate::arrival::arrived(key.clone());
+                        let _ = crate::arrival::arrived(key.clone());
                     }
                     None
                 }

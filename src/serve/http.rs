@@ -371,8 +371,8 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         // A session handle is a credential: the log gets a prefix of the session's name.
         let (scope, id) = k.split_once('\u{1f}').unwrap_or(("", k));
         let scope: String = scope.chars().take(12).collect();
-        tracing::debug!(request = %format!("{scope}… #{id}"), "run request arrived");
-        crate::arrival::arrived(k.clone());
+        let n = crate::arrival::arrived(k.clone());
+        tracing::debug!(request = %format!("{scope}… #{id}"), n, "run request arrived");
     }
     let answered = Answered(keys);
     let req = Request::from_parts(parts, Full::new(bytes));

@@ -1085,11 +1085,12 @@ async fn pairs_in_order(srv: &Http, session: Session, tag: &str) -> usize {
         let (a, b) = tokio::join!(raw_text(first), raw_text(second));
         assert!(!a.contains("Error"), "{a}");
         let log = srv.log();
+        // The number the server gave the request as it arrived.
         let at = |id: u64| {
-            let needle = format!("request={scope}… #{id}");
-            log.match_indices(&needle)
-                .map(|(at, _)| at)
-                .find(|at| !log[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+            let needle = format!("request={scope}… #{id} n=");
+            log.lines()
+                .find_map(|l| l.split_once(&needle).map(|(_, n)| n))
+                .and_then(|n| n.split_whitespace().next()?.parse::<u64>().ok())
                 .unwrap_or_else(|| panic!("request {id} of {scope} not logged"))
         };
         if at(ida) < at(idb) {
