@@ -66,6 +66,10 @@ const MAX_BLOCKS: usize = 100;
 pub trait SpillTarget: Send {
     /// Creates a new file; returns its workspace-relative path and the open file.
     fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)>;
+    /// The `file://` URI of a file `create` made, when the client can read it as a resource.
+    fn uri(&self, _path: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What a session's run renders to: MCP tool-call content (this module is the renderer).
@@ -107,6 +111,14 @@ enum Block {
         data: String,
         display_id: Option<String>,
     },
+    /// A saved original, as an MCP `resource_link` (the tools layer leaves it out for clients
+    /// older than 2025-06-18, which do not know the content type).
+    Link {
+        uri: String,
+        name: String,
+        mime: String,
+        size: u64,
+    },
 }
 
 struct Spill {
@@ -132,6 +144,8 @@ pub struct Collector {
     floor: usize,
     /// An earlier section ended in an error (rendered in place).
     section_error: bool,
+    /// The link to an original just saved, placed after its note.
+    pending_link: Option<Block>,
 }
 
 fn display_id(transient: &Option<serde_json::Value>) -> Option<String> {
@@ -159,6 +173,7 @@ impl Collector {
             pending_cr: false,
             floor: 0,
             section_error: false,
+            pending_link: None,
         }
     }
 
@@ -214,6 +229,7 @@ impl Collector {
                     self.images += 1;
                     self.image_bytes += data.len();
                 }
+                Block::Link { .. } => {}
             }
         }
         if let Some(s) = self.spill.as_mut() {
@@ -281,11 +297,19 @@ impl Collector {
             self.spill_text(text);
         }
     }
-    /// Saves `bytes` as a workspace output file; its path.
+    /// Saves `bytes` as a workspace output file; its path. A link to it follows the next note.
     fn save_original(&mut self, mime: &str, bytes: &[u8]) -> Option<String> {
         let ext = if mime == "image/png" { ".png" } else { ".jpg" };
         let (path, mut f) = self.spill_target.as_mut()?.create(ext).ok()?;
         f.write_all(bytes).ok()?;
+        if let Some(uri) = self.spill_target.as_ref().and_then(|t| t.uri(&path)) {
+            self.pending_link = Some(Block::Link {
+                uri,
+                name: path.clone(),
+                mime: mime.to_owned(),
+                size: bytes.len() as u64,
+            });
+        }
         Some(path)
     }
 
@@ -351,6 +375,9 @@ impl Collector {
                 let data = b64.encode(&f.bytes);
                 self.push_fitted_image(f.mime, &data, display_id);
                 self.push_text(Kind::Note, &format!("{note}\n"), None);
+                if let Some(link) = self.pending_link.take() {
+                    self.blocks.push(link);
+                }
                 return;
             }
             (Some(images::Fit::Refused(why)), Some(orig)) => {
@@ -406,15 +433,18 @@ impl Collector {
             Block::Text { display_id, .. } | Block::Image { display_id, .. } => {
                 display_id.as_deref() == Some(id)
             }
+            Block::Link { .. } => false,
         }) else {
             return;
         };
         // Re-render in place: remove, push, then move the new block back to where the old one was.
         let old = self.blocks.remove(pos);
-        if let Block::Text { text, .. } = &old {
-            self.head_chars = self.head_chars.saturating_sub(text.len());
-        } else {
-            self.images = self.images.saturating_sub(1);
+        match &old {
+            Block::Text { text, .. } => {
+                self.head_chars = self.head_chars.saturating_sub(text.len());
+            }
+            Block::Image { .. } => self.images = self.images.saturating_sub(1),
+            Block::Link { .. } => {}
         }
         let before = self.blocks.len();
         self.push_bundle(data, Some(id.to_owned()));

@@ -41,6 +41,18 @@ impl Collector {
                 Block::Text { text, .. } if text.is_empty() => None,
                 Block::Text { text, .. } => Some(McpContent::text(text)),
                 Block::Image { mime, data, .. } => Some(McpContent::image(data, mime)),
+                Block::Link {
+                    uri,
+                    name,
+                    mime,
+                    size,
+                } => {
+                    let mut r = rmcp::model::Resource::new(uri, name);
+                    r.mime_type = Some(mime);
+                    r.size = Some(size);
+                    r.description = Some("the full-size original of the image above".into());
+                    Some(McpContent::resource_link(r))
+                }
             })
             .collect()
     }

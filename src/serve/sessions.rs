@@ -541,6 +541,12 @@ impl Registry {
             )
             .in_http_session(&id)
             .with_tasks();
+            // Handles name no MCP session, and resources are served per MCP session.
+            let server = if era == Era::Handle {
+                server.without_resource_links()
+            } else {
+                server
+            };
             let s = Arc::new(Session {
                 id: id.clone(),
                 era,

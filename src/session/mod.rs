@@ -75,6 +75,11 @@ impl SpillTarget for WorkspaceSpill {
     fn create(&mut self, suffix: &str) -> std::io::Result<(String, std::fs::File)> {
         self.0.create_output_file(suffix)
     }
+
+    /// Files of the local workspace are its `file://` resources (see tools/resources.rs).
+    fn uri(&self, path: &str) -> Option<String> {
+        Some(format!("file://{}", self.0.root().join(path).display()))
+    }
 }
 
 /// Where the kernel's working directory is, seen from the file tools.

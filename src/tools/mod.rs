@@ -369,6 +369,9 @@ pub struct Server {
     /// The HTTP session this server serves (the scope of its requests' arrival order);
     /// `None` on stdio.
     arrival_scope: Option<String>,
+    /// The client can read the workspace's files as resources (not a 2026-07-28 handle
+    /// session over HTTP), so results may link to them.
+    resource_links: bool,
     tool_router: ToolRouter<Server>,
 }
 
@@ -387,6 +390,7 @@ impl Server {
             tools_version: Arc::new(tokio::sync::watch::Sender::new(0)),
             tasks: false,
             arrival_scope: None,
+            resource_links: true,
             tool_router: Self::tool_router(),
         }
     }
@@ -395,6 +399,13 @@ impl Server {
     /// HTTP front numbered them (see `arrival`).
     pub fn in_http_session(mut self, id: &str) -> Server {
         self.arrival_scope = Some(id.to_owned());
+        self
+    }
+
+    /// Results carry no `resource_link`s: the client cannot read this session's files as
+    /// resources (a handle session over HTTP).
+    pub fn without_resource_links(mut self) -> Server {
+        self.resource_links = false;
         self
     }
 
@@ -1244,6 +1255,27 @@ impl Server {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Server {
+    /// Every tool call; `resource_link` content (MCP 2025-06-18: the saved original of a
+    /// fitted image) reaches only clients that know the type and can read the resource.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let links = self.resource_links
+            && context
+                .protocol_version()
+                .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2025_06_18);
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let mut response = self.tool_router.call(tcc).await?;
+        if !links {
+            if let CallToolResponse::Complete(r) = &mut response {
+                r.content.retain(|c| c.as_resource_link().is_none());
+            }
+        }
+        Ok(response)
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -1308,7 +1340,13 @@ impl ServerHandler for Server {
                 ))
             }
             TaskView::Working { .. } => TaskPayload::Working,
-            TaskView::Completed(r) => match serde_json::to_value(r) {
+            TaskView::Completed(r) => match serde_json::to_value(if self.resource_links {
+                r.clone()
+            } else {
+                let mut r = r.clone();
+                r.content.retain(|c| c.as_resource_link().is_none());
+                r
+            }) {
                 Ok(serde_json::Value::Object(result)) => TaskPayload::Completed { result },
                 _ => TaskPayload::Failed {
                     error: serde_json::Map::from_iter([(

@@ -304,6 +304,32 @@ async fn a_big_figure_is_fitted_and_its_original_kept() {
         "{:?}",
         original.dimensions()
     );
+    // The original also comes as a resource_link (this client speaks a protocol after
+    // 2025-06-18), which resources/read serves at full size.
+    let links: Vec<_> = r
+        .content
+        .iter()
+        .filter_map(|c| c.as_resource_link())
+        .collect();
+    assert_eq!(links.len(), 1, "{:?}", texts(&r));
+    assert!(
+        links[0].uri.starts_with("file://") && links[0].uri.ends_with(&path),
+        "{}",
+        links[0].uri
+    );
+    assert_eq!(links[0].mime_type.as_deref(), Some("image/png"));
+    let read = s
+        .client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            links[0].uri.clone(),
+        ))
+        .await
+        .unwrap();
+    let served = match &read.contents[0] {
+        rmcp::model::ResourceContents::BlobResourceContents { blob, .. } => decode_image(blob),
+        other => panic!("not a blob: {other:?}"),
+    };
+    assert_eq!(served.dimensions(), original.dimensions());
     // read_file shows the original fitted the same way.
     let r = s.call("read_file", serde_json::json!({"path": path})).await;
     assert!(!is_error(&r), "{}", text(&r));
@@ -414,4 +440,32 @@ fig.show()",
     );
     assert!(!text(&r).contains("nbformat"), "{}", text(&r));
     s.close().await;
+}
+
+/// A client of 2025-03-26 does not know `resource_link` content: the fitted image and the note
+/// naming the saved original reach it, the link does not.
+#[tokio::test]
+async fn clients_before_resource_links_get_the_note_only() {
+    let mut raw = crate::harness::Raw::spawn().await;
+    raw.send(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"old","version":"1"}}}"#).await;
+    let init = raw.response(0).await;
+    assert_eq!(init["result"]["protocolVersion"], "2025-03-26", "{init}");
+    raw.send(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let code = "import matplotlib.pyplot as plt\\nfig, ax = plt.subplots(figsize=(20, 12), dpi=200)\\nax.plot([0, 1])\\nplt.show()";
+    raw.send(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"{code}"}}}}}}"#).as_bytes())
+        .await;
+    let r = raw.response(1).await;
+    let content = r["result"]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let kinds: Vec<&str> = content.iter().filter_map(|c| c["type"].as_str()).collect();
+    assert!(kinds.contains(&"image"), "{r}");
+    assert!(!kinds.contains(&"resource_link"), "{r}");
+    assert!(
+        r.to_string().contains("the full-size original is saved as"),
+        "{r}"
+    );
+    assert!(raw.close().await.success());
 }
