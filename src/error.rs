@@ -77,8 +77,9 @@ pub enum KernelError {
     },
     #[error("the kernel did not answer kernel_info within {secs} s{detail}")]
     StartTimeout { secs: u64, detail: String },
+    /// No kernel to run the call in; `reason` is typed, worded by its `Display`.
     #[error("kernel unavailable: {reason}")]
-    Unavailable { reason: String },
+    Unavailable { reason: Unavailable },
     /// First run: the managed environment is still being created in the background.
     #[error("kernel unavailable: the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile")]
     EnvironmentNotReady,
@@ -88,6 +89,153 @@ pub enum KernelError {
     Busy { queued: usize },
     #[error("the kernel sent an unexpected reply: {0}")]
     Protocol(String),
+}
+
+/// Why there is no kernel to run a call in (reasons are data: each case carries its facts,
+/// and only `Display` words them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    ConnectionFile(#[from] ConnectionFileError),
+    /// A local kernel process ended before it answered `kernel_info`.
+    #[error("the kernel exited during start-up ({cause}){stderr}")]
+    StartupExit {
+        cause: crate::process::ExitCause,
+        /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when unknown).
+        stderr: String,
+    },
+    /// A kernel reached over a network or a connection file went away before it answered.
+    #[error("the kernel went away during start-up ({reason}){stderr}")]
+    StartupLost { reason: String, stderr: String },
+    #[error("{0}")]
+    CrashLoop(CrashLoop),
+    /// The kernel died between calls, again soon after a start: a crash loop.
+    #[error(
+        "the kernel had died since the last call ({cause}) and all variables were lost; {looping}"
+    )]
+    DiedInCrashLoop { cause: String, looping: CrashLoop },
+    /// The last start failed; the next is not due yet.
+    #[error("{last_error}; the next start attempt is in {secs} s")]
+    BackingOff { last_error: String, secs: u64 },
+    /// A kernel kernel-mcp does not own (`--existing`) went away; it is never restarted.
+    #[error("the kernel from {target} went away ({cause}); kernel-mcp does not own it and did not restart it. Start it again, then call restart_kernel to reconnect")]
+    Detached { target: String, cause: String },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("no kernel is running")]
+    NotRunning,
+    #[error("the call was cancelled while waiting for the kernel")]
+    Cancelled,
+    #[error("lost the connection to the kernel ({detail}); it was stopped, all variables were lost, and the next call starts a new kernel")]
+    ConnectionLost { detail: String },
+    #[error("this kernel's interpreter is chosen where the kernel runs, not by kernel-mcp")]
+    InterpreterNotOurs,
+    /// The configured interpreter cannot run a kernel (words from `pyenv::explain`).
+    #[error("{0}")]
+    Environment(String),
+    #[error("launcher state is poisoned")]
+    Poisoned,
+    /// A start that failed otherwise (spawn, time-out, protocol), in words.
+    #[error("{0}")]
+    StartFailed(String),
+    #[error("no gateway configured")]
+    NoGateway,
+}
+
+/// A kernel that keeps failing or dying right after its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// Failed starts and early deaths in the crash window.
+    pub deaths: usize,
+    /// Seconds since the first of them (at least 1).
+    pub span_secs: u64,
+    /// The latest cause, in words.
+    pub last: String,
+    /// When the next start is tried: in `secs`, at `at` (HH:MM:SS UTC); `None`: the next call.
+    pub next: Option<(u64, String)>,
+}
+
+impl std::fmt::Display for CrashLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kernel is crash-looping: it failed or died {} times in the last {} s (last cause: {}); ",
+            self.deaths, self.span_secs, self.last
+        )?;
+        match &self.next {
+            Some((secs, at)) => write!(f, "the next start attempt is in {secs} s (at {at} UTC)"),
+            None => write!(f, "the next call starts it again"),
+        }
+    }
+}
+
+/// Why a Jupyter gateway gave no kernel (`at` is the gateway's URL as shown, without secrets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("--gateway-url {url}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("bad gateway path {path}: {detail}")]
+    BadPath { path: String, detail: String },
+    #[error("the Jupyter gateway at {at} is not reachable ({detail}); {}", if *.certificate { "its TLS certificate is not trusted here: add the CA that signed it to the system's trust store, or point SSL_CERT_FILE at a PEM file holding it" } else { "is it running, and is --gateway-url right?" })]
+    Unreachable {
+        at: String,
+        detail: String,
+        /// The TLS certificate was the problem.
+        certificate: bool,
+    },
+    #[error("the Jupyter gateway at {at} refused the request {what} (HTTP {status}); check the token (--gateway-token or JUPYTER_GATEWAY_AUTH_TOKEN)")]
+    Refused {
+        at: String,
+        what: String,
+        status: u16,
+    },
+    #[error("the Jupyter gateway at {at} answered HTTP {status} to {what}: {snippet}")]
+    Status {
+        at: String,
+        what: String,
+        status: u16,
+        snippet: String,
+    },
+    #[error("the Jupyter gateway at {at} sent invalid JSON for {what}: {detail}")]
+    BadJson {
+        at: String,
+        what: String,
+        detail: String,
+    },
+    #[error("the Jupyter gateway at {at} started a kernel but sent no id")]
+    NoKernelId { at: String },
+    #[error("bad WebSocket URL for {at}: {detail}")]
+    BadWebSocketUrl { at: String, detail: String },
+    #[error("the Jupyter gateway at {at} did not open the kernel's WebSocket within {secs} s")]
+    WebSocketTimeout { at: String, secs: u64 },
+    #[error("the Jupyter gateway at {at} refused the kernel's WebSocket ({detail}); check the token and that the gateway allows WebSocket connections")]
+    WebSocketRefused { at: String, detail: String },
+    /// The gateway could not be configured (from the environment or flags).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Why a connection file (`--existing`) gave no kernel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionFileError {
+    #[error("connection file {path} is larger than 64 KiB")]
+    TooLarge { path: PathBuf },
+    #[error("connection file {path} is not a valid Jupyter connection file: `{field}`: {detail}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        detail: String,
+    },
+    #[error("connection file {path} names port 0; the kernel has not bound its ports yet")]
+    PortZero { path: PathBuf },
+    #[error("connection file {path} has an invalid ip")]
+    BadIp { path: PathBuf },
+    #[error("connection file {path}: {detail}")]
+    Unreadable { path: PathBuf, detail: String },
+    #[error("could not connect to the kernel of {path} ({detail}); is it running?")]
+    Unreachable { path: PathBuf, detail: String },
 }
 
 /// Errors from the managed Python environment.
@@ -158,4 +306,61 @@ pub enum SessionError {
     /// Anything else the model should read: one sentence saying what to do.
     #[error("{0}")]
     Refused(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ExitCause;
+
+    /// The typed reasons read as the sentences the model has always been given.
+    #[test]
+    fn typed_reasons_are_worded_as_before() {
+        let e = KernelError::Unavailable {
+            reason: Unavailable::StartupExit {
+                cause: ExitCause::Code(1),
+                stderr: "; kernel stderr: boom".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "kernel unavailable: the kernel exited during start-up (exit code 1); kernel stderr: boom"
+        );
+        let looping = CrashLoop {
+            deaths: 3,
+            span_secs: 1,
+            last: "exit code 1".into(),
+            next: Some((8, "10:00:08".into())),
+        };
+        assert_eq!(
+            Unavailable::CrashLoop(looping.clone()).to_string(),
+            "the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: exit code 1); the next start attempt is in 8 s (at 10:00:08 UTC)"
+        );
+        assert!(Unavailable::DiedInCrashLoop {
+            cause: "killed by signal 9 (SIGKILL)".into(),
+            looping: CrashLoop { next: None, ..looping },
+        }
+        .to_string()
+        .ends_with("all variables were lost; the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: exit code 1); the next call starts it again"));
+        let unreachable = |certificate| {
+            Unavailable::from(GatewayError::Unreachable {
+                at: "http://gw:8888/".into(),
+                detail: "connection refused".into(),
+                certificate,
+            })
+            .to_string()
+        };
+        assert_eq!(
+            unreachable(false),
+            "the Jupyter gateway at http://gw:8888/ is not reachable (connection refused); is it running, and is --gateway-url right?"
+        );
+        assert!(unreachable(true).contains("TLS certificate is not trusted"));
+        assert_eq!(
+            Unavailable::from(ConnectionFileError::PortZero {
+                path: PathBuf::from("/r/k.json")
+            })
+            .to_string(),
+            "connection file /r/k.json names port 0; the kernel has not bound its ports yet"
+        );
+    }
 }

@@ -306,10 +306,10 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
             match remote_backend(&opts) {
                 Ok(Some(b)) => Ok(b),
                 Ok(None) => Err(crate::error::KernelError::Unavailable {
-                    reason: "no gateway configured".into(),
+                    reason: crate::error::Unavailable::NoGateway,
                 }),
                 Err(e) => Err(crate::error::KernelError::Unavailable {
-                    reason: e.to_string(),
+                    reason: crate::error::GatewayError::Config(e.to_string()).into(),
                 }),
             }
         };

@@ -93,7 +93,14 @@ impl Kernel {
                 other => other,
             })?,
             gone = life.gone() => return Err(KernelError::Unavailable {
-                reason: format!("the kernel exited during start-up ({gone}){}", hint()),
+                reason: match gone {
+                    super::backend::Gone::Exited(cause) => {
+                        crate::error::Unavailable::StartupExit { cause, stderr: hint() }
+                    }
+                    super::backend::Gone::Lost { reason } => {
+                        crate::error::Unavailable::StartupLost { reason, stderr: hint() }
+                    }
+                },
             }),
         };
         // kernel-mcp's set-up code goes only into kernels it owns; a borrowed kernel is left as

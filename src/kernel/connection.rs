@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::KernelError;
+use crate::error::{ConnectionFileError, KernelError};
 use crate::wire::Endpoints;
 
 /// Transport for the kernel's sockets.
@@ -122,18 +122,21 @@ impl ConnectionInfo {
             })?;
         if text.len() > 64 * 1024 {
             return Err(KernelError::Unavailable {
-                reason: format!("connection file {} is larger than 64 KiB", path.display()),
+                reason: ConnectionFileError::TooLarge {
+                    path: path.to_path_buf(),
+                }
+                .into(),
             });
         }
         let de = &mut serde_json::Deserializer::from_slice(&text);
         let info: ConnectionInfo =
             serde_path_to_error::deserialize(de).map_err(|e| KernelError::Unavailable {
-                reason: format!(
-                    "connection file {} is not a valid Jupyter connection file: `{}`: {}",
-                    path.display(),
-                    e.path(),
-                    e.inner()
-                ),
+                reason: ConnectionFileError::Invalid {
+                    path: path.to_path_buf(),
+                    field: e.path().to_string(),
+                    detail: e.inner().to_string(),
+                }
+                .into(),
             })?;
         let ports = [
             info.shell_port,
@@ -144,15 +147,18 @@ impl ConnectionInfo {
         ];
         if info.transport == Transport::Tcp && ports.contains(&0) {
             return Err(KernelError::Unavailable {
-                reason: format!(
-                    "connection file {} names port 0; the kernel has not bound its ports yet",
-                    path.display()
-                ),
+                reason: ConnectionFileError::PortZero {
+                    path: path.to_path_buf(),
+                }
+                .into(),
             });
         }
         if info.ip.len() > 4096 || info.ip.contains('\0') {
             return Err(KernelError::Unavailable {
-                reason: format!("connection file {} has an invalid ip", path.display()),
+                reason: ConnectionFileError::BadIp {
+                    path: path.to_path_buf(),
+                }
+                .into(),
             });
         }
         Ok(info)

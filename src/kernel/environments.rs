@@ -167,9 +167,7 @@ impl KernelHandle {
     ) -> Result<Duration, KernelError> {
         if !self.backend.set_python(python, paths) {
             return Err(KernelError::Unavailable {
-                reason:
-                    "this kernel's interpreter is chosen where the kernel runs, not by kernel-mcp"
-                        .into(),
+                reason: crate::error::Unavailable::InterpreterNotOurs,
             });
         }
         match self.restart().await? {

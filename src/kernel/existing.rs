@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
 use super::client::Kernel;
 use super::connection::ConnectionInfo;
-use crate::error::KernelError;
+use crate::error::{ConnectionFileError, KernelError};
 use crate::wire::{Channel, Connection, Content, Heartbeat, Message, Signer};
 
 /// Heartbeats missed in a row, after the heartbeat once answered, that mean the kernel is gone.
@@ -41,7 +41,11 @@ impl Backend for ExistingBackend {
         let signer =
             Signer::with_scheme(&info.signature_scheme, info.key.as_bytes()).map_err(|e| {
                 KernelError::Unavailable {
-                    reason: format!("connection file {}: {e}", self.path.display()),
+                    reason: ConnectionFileError::Unreadable {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    }
+                    .into(),
                 }
             })?;
         let started = Instant::now();
@@ -49,10 +53,11 @@ impl Backend for ExistingBackend {
         let conn = Connection::open(&info.endpoints(), signer, self.timeout)
             .await
             .map_err(|e| KernelError::Unavailable {
-                reason: format!(
-                    "could not connect to the kernel of {} ({e}); is it running?",
-                    self.path.display()
-                ),
+                reason: ConnectionFileError::Unreachable {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                }
+                .into(),
             })?;
         let chan: Arc<dyn Channels> = Arc::new(conn);
         let life = Attached {

@@ -89,8 +89,8 @@ impl LocalBackend {
 #[async_trait]
 impl Backend for LocalBackend {
     async fn start(&self) -> Result<Kernel, KernelError> {
-        let l = self.launcher().ok_or_else(|| KernelError::Unavailable {
-            reason: "launcher state is poisoned".into(),
+        let l = self.launcher().ok_or(KernelError::Unavailable {
+            reason: crate::error::Unavailable::Poisoned,
         })?;
         start(&l).await
     }
@@ -360,10 +360,10 @@ pub async fn start(l: &LocalLauncher) -> Result<Kernel, KernelError> {
     let process = KernelProcess::spawn(&cmd)?;
     let deadline = started + l.startup_timeout;
     let died = |cause: ExitCause, process: &KernelProcess| KernelError::Unavailable {
-        reason: format!(
-            "the kernel exited during start-up ({cause}){}",
-            process.stderr_hint()
-        ),
+        reason: crate::error::Unavailable::StartupExit {
+            cause,
+            stderr: process.stderr_hint(),
+        },
     };
     let endpoints = info.endpoints();
     let conn = tokio::select! {

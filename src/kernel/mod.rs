@@ -35,7 +35,7 @@ pub use spec::{InterruptMode, KernelSpec};
 use spare::{preload_in_background, Spare};
 use supervision::{Slot, EARLY_DEATH};
 
-use crate::error::KernelError;
+use crate::error::{KernelError, Unavailable};
 use crate::wire::message::KernelInfoReply;
 
 /// What happened to the kernel around one call (typed; `output` words it for the model).
@@ -178,12 +178,9 @@ impl KernelHandle {
             .map_err(|_| KernelError::Busy {
                 queued: self.waiting.load(Ordering::SeqCst),
             })?;
-        let k = slot
-            .kernel
-            .clone()
-            .ok_or_else(|| KernelError::Unavailable {
-                reason: "no kernel is running".into(),
-            })?;
+        let k = slot.kernel.clone().ok_or(KernelError::Unavailable {
+            reason: Unavailable::NotRunning,
+        })?;
         k.evaluate(expr, wait).await
     }
 
@@ -251,19 +248,18 @@ impl KernelHandle {
     async fn start_into(&self, slot: &mut Slot) -> Result<Arc<Kernel>, KernelError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(KernelError::Unavailable {
-                reason: "the server is shutting down".into(),
+                reason: Unavailable::ShuttingDown,
             });
         }
         if let Some(at) = slot.retry_at {
             let now = Instant::now();
             if at > now {
                 let reason = match slot.crash_loop() {
-                    Some(looping) => looping,
-                    None => format!(
-                        "{}; the next start attempt is in {:.0} s",
-                        slot.last_error,
-                        (at - now).as_secs_f64().ceil()
-                    ),
+                    Some(looping) => Unavailable::CrashLoop(looping),
+                    None => Unavailable::BackingOff {
+                        last_error: slot.last_error.clone(),
+                        secs: (at - now).as_secs_f64().ceil() as u64,
+                    },
                 };
                 return Err(KernelError::Unavailable { reason });
             }
@@ -277,7 +273,9 @@ impl KernelHandle {
         if python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             // First run: the managed environment is still being created in the background.
             return Err(match self.env_error.lock().ok().and_then(|e| e.clone()) {
-                Some(reason) => KernelError::Unavailable { reason },
+                Some(reason) => KernelError::Unavailable {
+                    reason: Unavailable::Environment(reason),
+                },
                 None => KernelError::EnvironmentNotReady,
             });
         }
@@ -309,13 +307,14 @@ impl KernelHandle {
                 slot.back_off();
                 let reason = match e {
                     KernelError::Unavailable { reason } => reason,
-                    other => other.to_string(),
+                    other => Unavailable::StartFailed(other.to_string()),
                 };
-                slot.died(&reason);
-                slot.last_error = reason.clone();
-                tracing::error!(%reason, failures = slot.failures, "kernel start failed");
+                let words = reason.to_string();
+                slot.died(&words);
+                slot.last_error = words.clone();
+                tracing::error!(reason = %words, failures = slot.failures, "kernel start failed");
                 // A crash loop's report names the latest cause itself.
-                let reason = slot.crash_loop().unwrap_or(reason);
+                let reason = slot.crash_loop().map_or(reason, Unavailable::CrashLoop);
                 Err(KernelError::Unavailable { reason })
             }
         }
@@ -351,9 +350,10 @@ impl KernelHandle {
                             let looping = slot.crash_loop().unwrap_or(looping);
                             tracing::error!(%looping, "kernel crash loop");
                             return Err(KernelError::Unavailable {
-                                reason: format!(
-                                    "the kernel had died since the last call ({cause}) and all variables were lost; {looping}"
-                                ),
+                                reason: Unavailable::DiedInCrashLoop {
+                                    cause: cause.to_string(),
+                                    looping,
+                                },
                             });
                         }
                     }
@@ -391,7 +391,7 @@ impl KernelHandle {
         }
         let mut slot = tokio::select! {
             s = self.slot.lock() => s,
-            _ = cancel.cancelled() => return Err(KernelError::Unavailable { reason: "the call was cancelled while waiting for the kernel".into() }),
+            _ = cancel.cancelled() => return Err(KernelError::Unavailable { reason: Unavailable::Cancelled }),
         };
         let mut report = Report::default();
         let kernel = self.ensure(&mut slot, &mut report).await?;
@@ -417,9 +417,9 @@ impl KernelHandle {
                 slot.kernel = None;
                 self.set_current(None);
                 return Err(KernelError::Unavailable {
-                    reason: format!(
-                        "lost the connection to the kernel ({e}); it was stopped, all variables were lost, and the next call starts a new kernel"
-                    ),
+                    reason: Unavailable::ConnectionLost {
+                        detail: e.to_string(),
+                    },
                 });
             }
         };
@@ -439,7 +439,7 @@ impl KernelHandle {
                 self.set_current(None);
                 let reason = self.detach_reason(cause);
                 report.notes.push(Notice::Detached {
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 });
                 slot.detached = Some(reason);
             }
@@ -551,11 +551,11 @@ impl KernelHandle {
         }
     }
 
-    fn detach_reason(&self, cause: &dyn std::fmt::Display) -> String {
-        let target = self.backend.describe().target.unwrap_or_default();
-        format!(
-            "the kernel from {target} went away ({cause}); kernel-mcp does not own it and did not restart it. Start it again, then call restart_kernel to reconnect"
-        )
+    fn detach_reason(&self, cause: &dyn std::fmt::Display) -> Unavailable {
+        Unavailable::Detached {
+            target: self.backend.describe().target.unwrap_or_default(),
+            cause: cause.to_string(),
+        }
     }
 
     /// kernel_info of the running kernel, starting one if needed.

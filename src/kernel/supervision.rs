@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Kernel;
+use crate::error::{CrashLoop, Unavailable};
 
 /// A kernel that dies this soon after starting counts towards the crash-loop back-off.
 pub(super) const EARLY_DEATH: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ pub(super) struct Slot {
     pub(super) dropped_seen: u64,
     /// Set when a kernel we do not own went away: calls report it until restart_kernel
     /// reattaches (it is never restarted behind its owner's back).
-    pub(super) detached: Option<String>,
+    pub(super) detached: Option<Unavailable>,
     /// Recent failed starts and early deaths, oldest first: when, and why.
     pub(super) deaths: VecDeque<(Instant, String)>,
 }
@@ -69,29 +70,30 @@ impl Slot {
     }
 
     /// A sentence about a crash loop, or `None` when the kernel is not in one.
-    pub(super) fn crash_loop(&self) -> Option<String> {
+    pub(super) fn crash_loop(&self) -> Option<CrashLoop> {
         let (n, span) = self.recent_deaths();
         if n < CRASH_LOOP {
             return None;
         }
-        let last = self.deaths.back().map(|(_, c)| c.as_str()).unwrap_or("");
-        let next = match self.retry_at {
-            Some(at) => {
-                let wait = at.saturating_duration_since(Instant::now());
-                let when =
-                    chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                format!(
-                    "the next start attempt is in {:.0} s (at {} UTC)",
-                    wait.as_secs_f64().ceil(),
-                    when.format("%H:%M:%S")
-                )
-            }
-            None => "the next call starts it again".to_owned(),
-        };
-        Some(format!(
-            "the kernel is crash-looping: it failed or died {n} times in the last {:.0} s (last cause: {last}); {next}",
-            span.as_secs_f64().ceil().max(1.0)
-        ))
+        let last = self
+            .deaths
+            .back()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        let next = self.retry_at.map(|at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            let when = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            (
+                wait.as_secs_f64().ceil() as u64,
+                when.format("%H:%M:%S").to_string(),
+            )
+        });
+        Some(CrashLoop {
+            deaths: n,
+            span_secs: span.as_secs_f64().ceil().max(1.0) as u64,
+            last,
+            next,
+        })
     }
 }
 
@@ -109,7 +111,7 @@ mod tests {
         slot.failures = 3;
         let wait = slot.back_off();
         assert_eq!(wait, Duration::from_secs(8));
-        let report = slot.crash_loop().unwrap_or_default();
+        let report = slot.crash_loop().map(|l| l.to_string()).unwrap_or_default();
         assert!(
             report.starts_with("the kernel is crash-looping: it failed or died 3 times in the last 1 s (last cause: killed by signal 9 (SIGKILL)); the next start attempt is in 8 s (at "),
             "{report}"
@@ -132,7 +134,7 @@ mod tests {
             slot.died(&format!("death {i}"));
         }
         assert_eq!(slot.deaths.len(), MAX_DEATHS);
-        let report = slot.crash_loop().unwrap_or_default();
+        let report = slot.crash_loop().map(|l| l.to_string()).unwrap_or_default();
         assert!(
             report.contains("16 times") && report.contains("(last cause: death 99)"),
             "{report}"

@@ -906,7 +906,10 @@ impl Session {
             Ok(changed) => changed,
             Err(reason) => {
                 return Restart {
-                    outcome: Err(KernelError::Unavailable { reason }.into()),
+                    outcome: Err(KernelError::Unavailable {
+                        reason: crate::error::Unavailable::Environment(reason),
+                    }
+                    .into()),
                     env_changed: false,
                 }
             }

@@ -23,7 +23,7 @@ pub use crate::kernel::Environments;
 pub use crate::session::Settings;
 pub use params::*;
 
-use crate::error::{KernelError, SessionError, WorkspaceError};
+use crate::error::{KernelError, SessionError, Unavailable, WorkspaceError};
 use crate::kernel::{KernelHandle, Restarted, SwitchError, Switched};
 use crate::output::ProgressFn;
 use crate::pyenv::EnvInfo;
@@ -61,6 +61,10 @@ fn kernel_error(e: KernelError) -> CallToolResult {
         KernelError::EnvironmentNotReady => {
             " The file tools work meanwhile; the tool list is updated (notifications/tools/list_changed) when it is ready."
         }
+        // Nothing to retry: the server is stopping, or the caller gave up.
+        KernelError::Unavailable {
+            reason: Unavailable::ShuttingDown | Unavailable::Cancelled,
+        } => "",
         KernelError::Unavailable { .. } => {
             " The file tools still work; call restart_kernel to try again (after the fix, if one is named)."
         }

@@ -21,7 +21,7 @@ use url::Url;
 mod http1;
 mod ledger;
 
-use crate::error::{KernelError, WireError};
+use crate::error::{GatewayError, KernelError, WireError};
 use crate::kernel::backend::{
     Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership,
 };
@@ -108,7 +108,11 @@ impl GatewayBackend {
     /// A URL that is not `http://` (or `https://` with the `tls` feature), or has no host.
     pub fn new(cfg: GatewayConfig) -> Result<GatewayBackend, KernelError> {
         let bad = |why: &str| KernelError::Unavailable {
-            reason: format!("--gateway-url {}: {why}", redact(&cfg.url)),
+            reason: GatewayError::BadUrl {
+                url: redact(&cfg.url),
+                why: why.to_owned(),
+            }
+            .into(),
         };
         let mut base = Url::parse(cfg.url.trim()).map_err(|e| bad(&format!("not a URL ({e})")))?;
         match base.scheme() {
@@ -194,7 +198,11 @@ struct Rest {
 impl Rest {
     fn url(&self, path: &str) -> Result<Url, KernelError> {
         self.base.join(path).map_err(|e| KernelError::Unavailable {
-            reason: format!("bad gateway path {path}: {e}"),
+            reason: GatewayError::BadPath {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+            .into(),
         })
     }
 
@@ -216,26 +224,23 @@ impl Rest {
         )
         .await
         .unwrap_or_else(|_| Err(format!("timed out after {} s", limit.as_secs())));
-        let (status, bytes) = sent.map_err(|detail| {
-            let fix = if detail.to_ascii_lowercase().contains("certificate") {
-                "its TLS certificate is not trusted here: add the CA that signed it to the system's trust store, or point SSL_CERT_FILE at a PEM file holding it"
-            } else {
-                "is it running, and is --gateway-url right?"
-            };
-            KernelError::Unavailable {
-                reason: format!(
-                    "the Jupyter gateway at {} is not reachable ({detail}); {fix}",
-                    self.shown
-                ),
+        let (status, bytes) = sent.map_err(|detail| KernelError::Unavailable {
+            reason: GatewayError::Unreachable {
+                at: self.shown.clone(),
+                // http1's error names the certificate when TLS verification failed.
+                certificate: detail.to_ascii_lowercase().contains("certificate"),
+                detail,
             }
+            .into(),
         })?;
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
             return Err(KernelError::Unavailable {
-                reason: format!(
-                    "the Jupyter gateway at {} refused the request {what} (HTTP {}); check the token (--gateway-token or JUPYTER_GATEWAY_AUTH_TOKEN)",
-                    self.shown,
-                    status.as_u16()
-                ),
+                reason: GatewayError::Refused {
+                    at: self.shown.clone(),
+                    what,
+                    status: status.as_u16(),
+                }
+                .into(),
             });
         }
         if !status.is_success() {
@@ -245,21 +250,25 @@ impl Rest {
                 .take(BODY_SNIPPET)
                 .collect();
             return Err(KernelError::Unavailable {
-                reason: format!(
-                    "the Jupyter gateway at {} answered HTTP {} to {what}: {snippet}",
-                    self.shown,
-                    status.as_u16()
-                ),
+                reason: GatewayError::Status {
+                    at: self.shown.clone(),
+                    what,
+                    status: status.as_u16(),
+                    snippet,
+                }
+                .into(),
             });
         }
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&bytes).map_err(|e| KernelError::Unavailable {
-            reason: format!(
-                "the Jupyter gateway at {} sent invalid JSON for {what}: {e}",
-                self.shown
-            ),
+            reason: GatewayError::BadJson {
+                at: self.shown.clone(),
+                what,
+                detail: e.to_string(),
+            }
+            .into(),
         })
     }
 
@@ -335,10 +344,10 @@ impl Backend for GatewayBackend {
             .map(path_segment)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| KernelError::Unavailable {
-                reason: format!(
-                    "the Jupyter gateway at {} started a kernel but sent no id",
-                    self.shown
-                ),
+                reason: GatewayError::NoKernelId {
+                    at: self.shown.clone(),
+                }
+                .into(),
             })?;
         let name = model
             .get("name")
@@ -450,7 +459,11 @@ async fn connect_ws_with(
         .as_str()
         .into_client_request()
         .map_err(|e| KernelError::Unavailable {
-            reason: format!("bad WebSocket URL for {}: {e}", rest.shown),
+            reason: GatewayError::BadWebSocketUrl {
+                at: rest.shown.clone(),
+                detail: e.to_string(),
+            }
+            .into(),
         })?;
     if let Some(t) = &rest.token {
         if let Ok(v) = format!("token {t}").parse() {
@@ -471,17 +484,18 @@ async fn connect_ws_with(
     )
     .await
     .map_err(|_| KernelError::Unavailable {
-        reason: format!(
-            "the Jupyter gateway at {} did not open the kernel's WebSocket within {} s",
-            rest.shown,
-            REST_TIMEOUT.as_secs()
-        ),
+        reason: GatewayError::WebSocketTimeout {
+            at: rest.shown.clone(),
+            secs: REST_TIMEOUT.as_secs(),
+        }
+        .into(),
     })?
     .map_err(|e| KernelError::Unavailable {
-        reason: format!(
-            "the Jupyter gateway at {} refused the kernel's WebSocket ({e}); check the token and that the gateway allows WebSocket connections",
-            rest.shown
-        ),
+        reason: GatewayError::WebSocketRefused {
+            at: rest.shown.clone(),
+            detail: e.to_string(),
+        }
+        .into(),
     })?;
     Ok((ws, resp))
 }
