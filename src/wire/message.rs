@@ -241,28 +241,61 @@ pub struct InputReply {
     pub value: String,
 }
 
-/// Message content, chosen by `header.msg_type`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Content {
-    KernelInfoRequest,
-    KernelInfoReply(KernelInfoReply),
-    ExecuteRequest(ExecuteRequest),
-    ExecuteReply(ExecuteReply),
-    ExecuteInput(ExecuteInput),
-    Stream(Stream),
-    DisplayData(DisplayData),
-    UpdateDisplayData(DisplayData),
-    ExecuteResult(ExecuteResult),
-    Error(ErrorContent),
-    Status(Status),
-    ClearOutput(ClearOutput),
-    ShutdownRequest(ShutdownRequest),
-    ShutdownReply(Value),
-    InterruptRequest,
-    InterruptReply(Value),
-    InputRequest(InputRequest),
-    InputReply(InputReply),
-    Unknown { msg_type: String, body: Value },
+/// The one table of message types: each `msg_type` with its `Content` variant, from which
+/// the enum, parsing (type → content), naming (content → type) and encoding are all generated,
+/// so the three can never disagree. Unit variants carry no content (`{}` on the wire).
+macro_rules! content_table {
+    (
+        units: [$($uname:literal => $uvar:ident),* $(,)?],
+        typed: [$($tname:literal => $tvar:ident($tty:ty)),* $(,)?] $(,)?
+    ) => {
+        /// Message content, chosen by `header.msg_type`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Content {
+            $($uvar,)*
+            $($tvar($tty),)*
+            /// A type the server does not use: kept by name, its body not parsed.
+            Unknown { msg_type: String, body: Value },
+        }
+
+        impl Content {
+            /// Every message type the table knows.
+            pub const KNOWN: &'static [&'static str] = &[$($uname,)* $($tname,)*];
+
+            /// Parses `bytes` as the content of a message of type `msg_type`.
+            pub fn parse(msg_type: &str, bytes: &[u8]) -> Result<Content, WireError> {
+                Ok(match msg_type {
+                    $($uname => Content::$uvar,)*
+                    $($tname => Content::$tvar(typed(msg_type, bytes)?),)*
+                    // Nothing reads the body of a type the server does not know (comm traffic
+                    // from widgets, debug events): it is not parsed, which a flood of 1 MB comm
+                    // messages would otherwise pay for in full.
+                    other => Content::Unknown {
+                        msg_type: other.to_owned(),
+                        body: Value::Null,
+                    },
+                })
+            }
+
+            /// The `msg_type` this content is sent as.
+            pub fn msg_type(&self) -> &str {
+                match self {
+                    $(Content::$uvar => $uname,)*
+                    $(Content::$tvar(_) => $tname,)*
+                    Content::Unknown { msg_type, .. } => msg_type,
+                }
+            }
+
+            /// The content as JSON bytes (as it goes into the content frame).
+            pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+                match self {
+                    $(Content::$uvar => Ok(b"{}".to_vec()),)*
+                    $(Content::$tvar(c) => serde_json::to_vec(c),)*
+                    Content::Unknown { body, .. } => serde_json::to_vec(body),
+                }
+            }
+        }
+    };
 }
 
 fn typed<T: serde::de::DeserializeOwned>(msg_type: &str, bytes: &[u8]) -> Result<T, WireError> {
@@ -272,84 +305,29 @@ fn typed<T: serde::de::DeserializeOwned>(msg_type: &str, bytes: &[u8]) -> Result
     })
 }
 
-impl Content {
-    /// Parses `bytes` as the content of a message of type `msg_type`.
-    pub fn parse(msg_type: &str, bytes: &[u8]) -> Result<Content, WireError> {
-        Ok(match msg_type {
-            "kernel_info_request" => Content::KernelInfoRequest,
-            "kernel_info_reply" => Content::KernelInfoReply(typed(msg_type, bytes)?),
-            "execute_request" => Content::ExecuteRequest(typed(msg_type, bytes)?),
-            "execute_reply" => Content::ExecuteReply(typed(msg_type, bytes)?),
-            "execute_input" => Content::ExecuteInput(typed(msg_type, bytes)?),
-            "stream" => Content::Stream(typed(msg_type, bytes)?),
-            "display_data" => Content::DisplayData(typed(msg_type, bytes)?),
-            "update_display_data" => Content::UpdateDisplayData(typed(msg_type, bytes)?),
-            "execute_result" => Content::ExecuteResult(typed(msg_type, bytes)?),
-            "error" => Content::Error(typed(msg_type, bytes)?),
-            "status" => Content::Status(typed(msg_type, bytes)?),
-            "clear_output" => Content::ClearOutput(typed(msg_type, bytes)?),
-            "shutdown_request" => Content::ShutdownRequest(typed(msg_type, bytes)?),
-            "shutdown_reply" => Content::ShutdownReply(typed(msg_type, bytes)?),
-            "interrupt_request" => Content::InterruptRequest,
-            "interrupt_reply" => Content::InterruptReply(typed(msg_type, bytes)?),
-            "input_request" => Content::InputRequest(typed(msg_type, bytes)?),
-            "input_reply" => Content::InputReply(typed(msg_type, bytes)?),
-            // Nothing reads the body of a type the server does not know (comm traffic from
-            // widgets, debug events): it is not parsed, which a flood of 1 MB comm messages
-            // would otherwise pay for in full.
-            other => Content::Unknown {
-                msg_type: other.to_owned(),
-                body: Value::Null,
-            },
-        })
-    }
-
-    /// The `msg_type` this content is sent as.
-    pub fn msg_type(&self) -> &str {
-        match self {
-            Content::KernelInfoRequest => "kernel_info_request",
-            Content::KernelInfoReply(_) => "kernel_info_reply",
-            Content::ExecuteRequest(_) => "execute_request",
-            Content::ExecuteReply(_) => "execute_reply",
-            Content::ExecuteInput(_) => "execute_input",
-            Content::Stream(_) => "stream",
-            Content::DisplayData(_) => "display_data",
-            Content::UpdateDisplayData(_) => "update_display_data",
-            Content::ExecuteResult(_) => "execute_result",
-            Content::Error(_) => "error",
-            Content::Status(_) => "status",
-            Content::ClearOutput(_) => "clear_output",
-            Content::ShutdownRequest(_) => "shutdown_request",
-            Content::ShutdownReply(_) => "shutdown_reply",
-            Content::InterruptRequest => "interrupt_request",
-            Content::InterruptReply(_) => "interrupt_reply",
-            Content::InputRequest(_) => "input_request",
-            Content::InputReply(_) => "input_reply",
-            Content::Unknown { msg_type, .. } => msg_type,
-        }
-    }
-
-    /// The content as JSON bytes (as it goes into the content frame).
-    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        match self {
-            Content::KernelInfoRequest | Content::InterruptRequest => Ok(b"{}".to_vec()),
-            Content::KernelInfoReply(c) => serde_json::to_vec(c),
-            Content::ExecuteRequest(c) => serde_json::to_vec(c),
-            Content::ExecuteReply(c) => serde_json::to_vec(c),
-            Content::ExecuteInput(c) => serde_json::to_vec(c),
-            Content::Stream(c) => serde_json::to_vec(c),
-            Content::DisplayData(c) | Content::UpdateDisplayData(c) => serde_json::to_vec(c),
-            Content::ExecuteResult(c) => serde_json::to_vec(c),
-            Content::Error(c) => serde_json::to_vec(c),
-            Content::Status(c) => serde_json::to_vec(c),
-            Content::ClearOutput(c) => serde_json::to_vec(c),
-            Content::ShutdownRequest(c) => serde_json::to_vec(c),
-            Content::InputRequest(c) => serde_json::to_vec(c),
-            Content::InputReply(c) => serde_json::to_vec(c),
-            Content::ShutdownReply(v) | Content::InterruptReply(v) => serde_json::to_vec(v),
-            Content::Unknown { body, .. } => serde_json::to_vec(body),
-        }
-    }
+content_table! {
+    units: [
+        "kernel_info_request" => KernelInfoRequest,
+        "interrupt_request" => InterruptRequest,
+    ],
+    typed: [
+        "kernel_info_reply" => KernelInfoReply(KernelInfoReply),
+        "execute_request" => ExecuteRequest(ExecuteRequest),
+        "execute_reply" => ExecuteReply(ExecuteReply),
+        "execute_input" => ExecuteInput(ExecuteInput),
+        "stream" => Stream(Stream),
+        "display_data" => DisplayData(DisplayData),
+        "update_display_data" => UpdateDisplayData(DisplayData),
+        "execute_result" => ExecuteResult(ExecuteResult),
+        "error" => Error(ErrorContent),
+        "status" => Status(Status),
+        "clear_output" => ClearOutput(ClearOutput),
+        "shutdown_request" => ShutdownRequest(ShutdownRequest),
+        "shutdown_reply" => ShutdownReply(Value),
+        "interrupt_reply" => InterruptReply(Value),
+        "input_request" => InputRequest(InputRequest),
+        "input_reply" => InputReply(InputReply),
+    ],
 }
 
 impl Header {
@@ -407,49 +385,77 @@ impl Message {
 
     /// Decodes verified frames into a typed message.
     pub fn from_frames(frames: Frames) -> Result<Message, WireError> {
-        let header: Header =
-            serde_json::from_slice(&frames.header).map_err(|source| WireError::Json {
-                part: "header",
-                source,
-            })?;
+        Message::from_parts(
+            frames.identities,
+            [
+                &frames.header,
+                &frames.parent_header,
+                &frames.metadata,
+                &frames.content,
+            ],
+            frames.buffers,
+        )
+    }
+
+    /// Decodes a message from the four JSON parts every transport carries (header,
+    /// parent_header, metadata, content): the one decoder of the envelope, for ZeroMQ frames
+    /// and both WebSocket protocols.
+    pub fn from_parts(
+        identities: Vec<Bytes>,
+        [header, parent, metadata, content]: [&[u8]; 4],
+        buffers: Vec<Bytes>,
+    ) -> Result<Message, WireError> {
+        let header: Header = serde_json::from_slice(header).map_err(|source| WireError::Json {
+            part: "header",
+            source,
+        })?;
         // The spec says parent_header is `{}` when there is no parent.
-        let parent: Value =
-            serde_json::from_slice(&frames.parent_header).map_err(|source| WireError::Json {
-                part: "parent_header",
-                source,
-            })?;
+        let parent: Value = serde_json::from_slice(parent).map_err(|source| WireError::Json {
+            part: "parent_header",
+            source,
+        })?;
         let parent_header = Header::parent_from(parent)?;
-        let metadata =
-            serde_json::from_slice(&frames.metadata).map_err(|source| WireError::Json {
-                part: "metadata",
-                source,
-            })?;
-        let content = Content::parse(&header.msg_type, &frames.content)?;
+        let metadata = serde_json::from_slice(metadata).map_err(|source| WireError::Json {
+            part: "metadata",
+            source,
+        })?;
+        let content = Content::parse(&header.msg_type, content)?;
         Ok(Message {
-            identities: frames.identities,
+            identities,
             header,
             parent_header,
             metadata,
             content,
-            buffers: frames.buffers,
+            buffers,
         })
+    }
+
+    /// The four JSON parts of the envelope (parent_header `{}` when there is none): the one
+    /// encoder, for ZeroMQ frames and both WebSocket protocols.
+    pub fn parts(&self) -> Result<[Vec<u8>; 4], WireError> {
+        let json = |part: &'static str, r: Result<Vec<u8>, serde_json::Error>| {
+            r.map_err(|source| WireError::Json { part, source })
+        };
+        Ok([
+            json("header", serde_json::to_vec(&self.header))?,
+            match &self.parent_header {
+                Some(h) => json("parent_header", serde_json::to_vec(h))?,
+                None => b"{}".to_vec(),
+            },
+            json("metadata", serde_json::to_vec(&self.metadata))?,
+            json("content", self.content.to_json())?,
+        ])
     }
 
     /// Encodes the message into frames (unsigned; signing happens in `Frames::encode`).
     pub fn to_frames(&self) -> Result<Frames, WireError> {
-        let json = |part: &'static str, r: Result<Vec<u8>, serde_json::Error>| {
-            r.map(Bytes::from)
-                .map_err(|source| WireError::Json { part, source })
-        };
+        let [header, parent_header, metadata, content] = self.parts()?;
         Ok(Frames {
             identities: self.identities.clone(),
-            header: json("header", serde_json::to_vec(&self.header))?,
-            parent_header: match &self.parent_header {
-                Some(h) => json("parent_header", serde_json::to_vec(h))?,
-                None => Bytes::from_static(b"{}"),
-            },
-            metadata: json("metadata", serde_json::to_vec(&self.metadata))?,
-            content: json("content", self.content.to_json())?,
+            header: Bytes::from(header),
+            parent_header: Bytes::from(parent_header),
+            metadata: Bytes::from(metadata),
+            content: Bytes::from(content),
             buffers: self.buffers.clone(),
         })
     }
@@ -485,6 +491,33 @@ mod tests {
     fn unknown_types_are_kept() {
         let c = Content::parse("comm_open", br#"{"comm_id":"x"}"#);
         assert!(matches!(c, Ok(Content::Unknown { ref msg_type, .. }) if msg_type == "comm_open"));
+    }
+
+    /// Every type of the table parses, names itself and encodes back to what it parsed.
+    #[test]
+    fn every_type_in_the_table_round_trips() {
+        let sample = |t: &str| -> &'static str {
+            match t {
+                "execute_request" => {
+                    r#"{"code":"1","silent":false,"store_history":true,"user_expressions":{},"allow_stdin":false,"stop_on_error":true}"#
+                }
+                "execute_reply" => r#"{"status":"ok","execution_count":3}"#,
+                "stream" => r#"{"name":"stdout","text":"hi"}"#,
+                "status" => r#"{"execution_state":"idle"}"#,
+                "error" => r#"{"ename":"E","evalue":"v","traceback":[]}"#,
+                "shutdown_request" => r#"{"restart":false}"#,
+                "input_reply" => r#"{"value":"x"}"#,
+                _ => "{}",
+            }
+        };
+        assert_eq!(Content::KNOWN.len(), 18);
+        for t in Content::KNOWN {
+            let c = Content::parse(t, sample(t).as_bytes()).unwrap_or_else(|e| panic!("{t}: {e}"));
+            assert_eq!(c.msg_type(), *t);
+            assert!(!matches!(c, Content::Unknown { .. }), "{t}");
+            let json = c.to_json().unwrap_or_default();
+            assert_eq!(Content::parse(t, &json).ok(), Some(c), "{t}");
+        }
     }
 
     #[test]

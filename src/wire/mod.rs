@@ -8,6 +8,7 @@ pub mod message;
 pub mod replay;
 pub mod router;
 pub mod signer;
+pub mod websocket;
 
 pub use channels::{Connection, Endpoints};
 pub use frames::Frames;

@@ -26,7 +26,7 @@ use crate::kernel::backend::{
     Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership,
 };
 use crate::kernel::client::Kernel;
-use crate::wire::{Channel, Content, Header, Heartbeat, Message, MsgId, Router, Subscription};
+use crate::wire::{websocket, Channel, Heartbeat, Message, MsgId, Router, Subscription};
 
 /// Largest WebSocket message accepted from the gateway (the same order as the ZeroMQ cap).
 const MAX_WS_MESSAGE: usize = 256 << 20;
@@ -508,8 +508,10 @@ async fn pump(
 ) {
     while let Some(item) = stream.next().await {
         let decoded = match (&item, protocol) {
-            (Ok(WsMessage::Text(t)), WsProtocol::Json) => Some(decode(t.as_bytes())),
-            (Ok(WsMessage::Binary(b)), WsProtocol::V1) => Some(decode_v1(b)),
+            (Ok(WsMessage::Text(t)), WsProtocol::Json) => {
+                Some(websocket::decode_json(t.as_bytes()))
+            }
+            (Ok(WsMessage::Binary(b)), WsProtocol::V1) => Some(websocket::decode_v1(b)),
             (Ok(WsMessage::Binary(_)), WsProtocol::Json) => {
                 // JSON-protocol binary frames carry messages with buffers (comms, widgets);
                 // the outputs kernel-mcp returns never need them.
@@ -598,174 +600,6 @@ impl WsChannels {
     }
 }
 
-/// Decodes one JSON WebSocket message (jupyter_server's default kernel protocol).
-fn decode(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
-    #[derive(serde::Deserialize)]
-    struct Ws {
-        header: Header,
-        #[serde(default)]
-        parent_header: Value,
-        #[serde(default)]
-        metadata: Value,
-        #[serde(default)]
-        content: Value,
-        #[serde(default)]
-        channel: String,
-    }
-    let m: Ws = serde_json::from_slice(bytes).map_err(|source| WireError::Json {
-        part: "websocket message",
-        source,
-    })?;
-    let channel = Channel::from_ws_name(m.channel.as_bytes()).ok_or_else(|| {
-        WireError::Framing(format!(
-            "JSON WebSocket message: unknown channel {:?}",
-            crate::text::sanitize(&m.channel.chars().take(40).collect::<String>())
-        ))
-    })?;
-    let parent_header = Header::parent_from(m.parent_header)?;
-    let content_bytes = serde_json::to_vec(&m.content).map_err(|source| WireError::Json {
-        part: "content",
-        source,
-    })?;
-    let content = Content::parse(&m.header.msg_type, &content_bytes)?;
-    Ok((
-        channel,
-        Message {
-            identities: Vec::new(),
-            header: m.header,
-            parent_header,
-            metadata: m.metadata,
-            content,
-            buffers: Vec::new(),
-        },
-    ))
-}
-
-/// Decodes one v1 binary WebSocket message. Every offset is checked against the message's
-/// length and order; buffers (parts after the content) are dropped, as in the JSON protocol.
-fn decode_v1(bytes: &[u8]) -> Result<(Channel, Message), WireError> {
-    let bad = |why: &str| WireError::Framing(format!("v1 WebSocket message: {why}"));
-    let word = |i: usize| -> Option<u64> {
-        let b = bytes.get(i.checked_mul(8)?..i.checked_mul(8)?.checked_add(8)?)?;
-        Some(u64::from_le_bytes(b.try_into().ok()?))
-    };
-    let n = word(0).ok_or_else(|| bad("shorter than its offset count"))?;
-    // Channel, four JSON parts and the end offset at least; a sane bound on buffers.
-    if !(6..=1024).contains(&n) {
-        return Err(bad("offset count out of range"));
-    }
-    let n = n as usize;
-    let mut offsets = Vec::with_capacity(n);
-    for i in 1..=n {
-        let o = word(i).ok_or_else(|| bad("offset table cut short"))?;
-        let o = usize::try_from(o).map_err(|_| bad("offset too large"))?;
-        if o > bytes.len() || offsets.last().is_some_and(|prev| o < *prev) {
-            return Err(bad("offset outside the message or out of order"));
-        }
-        offsets.push(o);
-    }
-    let part = |i: usize| -> Result<&[u8], WireError> {
-        let (a, b) = (offsets.get(i), offsets.get(i + 1));
-        match (a, b) {
-            (Some(&a), Some(&b)) => bytes
-                .get(a..b)
-                .ok_or_else(|| bad("part outside the message")),
-            _ => Err(bad("missing part")),
-        }
-    };
-    let channel = Channel::from_ws_name(part(0)?).ok_or_else(|| bad("unknown channel"))?;
-    let json = |i: usize, what: &'static str| -> Result<Value, WireError> {
-        serde_json::from_slice(part(i)?).map_err(|source| WireError::Json { part: what, source })
-    };
-    let header: Header = serde_json::from_slice(part(1)?).map_err(|source| WireError::Json {
-        part: "header",
-        source,
-    })?;
-    let parent_header = Header::parent_from(json(2, "parent_header")?)?;
-    let metadata = json(3, "metadata")?;
-    let content = Content::parse(&header.msg_type, part(4)?)?;
-    Ok((
-        channel,
-        Message {
-            identities: Vec::new(),
-            header,
-            parent_header,
-            metadata,
-            content,
-            buffers: Vec::new(),
-        },
-    ))
-}
-
-/// Encodes a message in the v1 binary framing (no buffers).
-fn encode_v1(channel: Channel, m: &Message) -> Result<Vec<u8>, WireError> {
-    let j = |v: &Value, part: &'static str| {
-        serde_json::to_vec(v).map_err(|source| WireError::Json { part, source })
-    };
-    let header = serde_json::to_vec(&m.header).map_err(|source| WireError::Json {
-        part: "header",
-        source,
-    })?;
-    let parent = match &m.parent_header {
-        Some(h) => serde_json::to_vec(h).map_err(|source| WireError::Json {
-            part: "parent_header",
-            source,
-        })?,
-        None => b"{}".to_vec(),
-    };
-    let metadata = j(&m.metadata, "metadata")?;
-    let content = m.content.to_json().map_err(|source| WireError::Json {
-        part: "content",
-        source,
-    })?;
-    let parts: [&[u8]; 5] = [
-        channel.name().as_bytes(),
-        &header,
-        &parent,
-        &metadata,
-        &content,
-    ];
-    // Offsets: the start of each part, then the end; the table itself comes first.
-    let count = parts.len() + 1;
-    let mut offset = 8 * (1 + count);
-    let mut out = Vec::with_capacity(offset + parts.iter().map(|p| p.len()).sum::<usize>());
-    out.extend_from_slice(&(count as u64).to_le_bytes());
-    for p in &parts {
-        out.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset += p.len();
-    }
-    out.extend_from_slice(&(offset as u64).to_le_bytes());
-    for p in &parts {
-        out.extend_from_slice(p);
-    }
-    Ok(out)
-}
-
-/// Encodes a message for the WebSocket.
-fn encode(channel: Channel, m: &Message) -> Result<String, WireError> {
-    let content: Value =
-        serde_json::from_slice(&m.content.to_json().map_err(|source| WireError::Json {
-            part: "content",
-            source,
-        })?)
-        .map_err(|source| WireError::Json {
-            part: "content",
-            source,
-        })?;
-    let v = json!({
-        "header": m.header,
-        "parent_header": m.parent_header.as_ref().map(|h| json!(h)).unwrap_or_else(|| json!({})),
-        "metadata": m.metadata,
-        "content": content,
-        "channel": channel.name(),
-        "buffers": [],
-    });
-    serde_json::to_string(&v).map_err(|source| WireError::Json {
-        part: "message",
-        source,
-    })
-}
-
 #[async_trait]
 impl Channels for WsChannels {
     fn session(&self) -> &str {
@@ -780,9 +614,9 @@ impl Channels for WsChannels {
         let mut sink = self.sink.lock().await;
         // Read under the sink's lock: a reconnect swaps both together.
         let frame = if self.v1.load(Ordering::SeqCst) {
-            WsMessage::Binary(encode_v1(channel, message)?.into())
+            WsMessage::Binary(websocket::encode_v1(channel, message)?.into())
         } else {
-            WsMessage::Text(encode(channel, message)?.into())
+            WsMessage::Text(websocket::encode_json(channel, message)?.into())
         };
         sink.send(frame).await.map_err(|_| WireError::ReaderGone {
             channel: "websocket",
@@ -928,74 +762,5 @@ mod tests {
             assert!(e.contains("--gateway-token"), "{creds}: {e}");
             assert!(!e.contains("pw1234"), "{e}");
         }
-    }
-
-    #[test]
-    fn websocket_messages_round_trip() {
-        let m = Message::request("s", Content::KernelInfoRequest);
-        let text = encode(Channel::Shell, &m).unwrap();
-        let (ch, back) = decode(text.as_bytes()).unwrap();
-        assert_eq!(ch, Channel::Shell);
-        assert_eq!(back, m);
-        assert!(decode(b"{\"header\": 5}").is_err());
-        assert!(decode(b"[]").is_err());
-    }
-
-    #[test]
-    fn both_protocols_refuse_an_unknown_channel_alike() {
-        let m = Message::request("s", Content::KernelInfoRequest);
-        for (name, want) in [
-            ("shell", Some(Channel::Shell)),
-            ("iopub", Some(Channel::IoPub)),
-            ("control", Some(Channel::Control)),
-            ("stdin", Some(Channel::Stdin)),
-            ("hb", None),
-            ("", None),
-            ("IOPUB", None),
-        ] {
-            let mut v: Value = serde_json::from_str(&encode(Channel::Shell, &m).unwrap()).unwrap();
-            v["channel"] = json!(name);
-            let json_got = decode(v.to_string().as_bytes()).ok().map(|(c, _)| c);
-            let mut bin = encode_v1(Channel::Shell, &m).unwrap();
-            // Rebuild the v1 message with `name` as its channel part.
-            let start = u64::from_le_bytes(bin[8..16].try_into().unwrap()) as usize;
-            let end = u64::from_le_bytes(bin[16..24].try_into().unwrap()) as usize;
-            let delta = name.len() as i64 - (end - start) as i64;
-            bin.splice(start..end, name.bytes());
-            for i in 2..=6 {
-                let at = i * 8;
-                let o = u64::from_le_bytes(bin[at..at + 8].try_into().unwrap()) as i64 + delta;
-                bin[at..at + 8].copy_from_slice(&(o as u64).to_le_bytes());
-            }
-            let v1_got = decode_v1(&bin).ok().map(|(c, _)| c);
-            assert_eq!(json_got, want, "json {name:?}");
-            assert_eq!(v1_got, want, "v1 {name:?}");
-        }
-    }
-
-    #[test]
-    fn v1_messages_round_trip_and_bad_offsets_are_refused() {
-        let m = Message::request("s", Content::KernelInfoRequest);
-        let bin = encode_v1(Channel::Control, &m).unwrap();
-        let (ch, back) = decode_v1(&bin).unwrap();
-        assert_eq!(ch, Channel::Control);
-        assert_eq!(back, m);
-        // The layout jupyter_server reads: count 6, first offset right after the table.
-        assert_eq!(u64::from_le_bytes(bin[..8].try_into().unwrap()), 6);
-        assert_eq!(u64::from_le_bytes(bin[8..16].try_into().unwrap()), 56);
-        assert_eq!(&bin[56..63], b"control");
-        // Truncated, out-of-range and out-of-order offsets, huge counts: errors, no panic.
-        for cut in [0, 7, 8, 40, 60, bin.len() - 1] {
-            assert!(decode_v1(&bin[..cut]).is_err(), "cut {cut}");
-        }
-        let mut huge = bin.clone();
-        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_v1(&huge).is_err());
-        let mut swapped = bin.clone();
-        swapped[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(decode_v1(&swapped).is_err());
-        let mut backwards = bin.clone();
-        backwards[24..32].copy_from_slice(&1u64.to_le_bytes());
-        assert!(decode_v1(&backwards).is_err());
     }
 }
