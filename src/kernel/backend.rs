@@ -79,7 +79,7 @@ impl std::fmt::Display for Gone {
 }
 
 /// Whether kernel-mcp may stop and restart the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ownership {
     /// kernel-mcp started it and ends it.
@@ -124,7 +124,7 @@ pub trait Lifecycle: Send + Sync {
 }
 
 /// Which kind of backend serves kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Local,
@@ -133,7 +133,7 @@ pub enum BackendKind {
 }
 
 /// What `get_environment` shows about the backend (never credentials).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct BackendInfo {
     pub kind: BackendKind,
     pub ownership: Ownership,

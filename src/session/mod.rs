@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use environment::environment_report;
+pub use environment::{environment_report, EnvironmentReport};
 pub use files::{Files, Written};
 pub use notebooks::NotebookRun;
 pub use packages::{Installed, PackageCheck, PackageList, PackageStatus, PackageVersion};

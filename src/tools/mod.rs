@@ -937,7 +937,7 @@ impl Server {
             read_only_hint = true,
             open_world_hint = false
         ),
-        output_schema = environment_schema()
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::session::EnvironmentReport>()
     )]
     async fn get_environment(
         &self,

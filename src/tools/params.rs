@@ -338,29 +338,3 @@ pub struct FileEntry {
     /// Modification time, UTC, "YYYY-MM-DD HH:MM".
     pub modified: Option<String>,
 }
-
-/// get_environment's output schema: an object with the fields the tool documents.
-pub(super) fn environment_schema() -> std::sync::Arc<rmcp::model::JsonObject> {
-    let v = serde_json::json!({
-        "type": "object",
-        "properties": {
-            "active_environment": {"type": "string"},
-            "kind": {"type": "string"},
-            "python_version": {"type": "string"},
-            "python_executable": {"type": "string"},
-            "key_packages": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
-            "kernel_pid": {"type": ["integer", "null"]},
-            "workspace": {"type": "string"},
-            "limits": {"type": "object"},
-            "kernel": {"type": "string"},
-            "kernel_heartbeat": {"type": "string"},
-            "sandbox": {},
-            "named_environments": {"type": "object", "additionalProperties": {"type": "string"}}
-        },
-        "required": ["active_environment", "python_version", "python_executable", "workspace", "kernel"]
-    });
-    match v {
-        serde_json::Value::Object(m) => std::sync::Arc::new(m),
-        _ => std::sync::Arc::new(rmcp::model::JsonObject::new()),
-    }
-}

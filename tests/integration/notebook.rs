@@ -534,6 +534,21 @@ async fn data_tools_return_structured_content_with_an_output_schema() {
         d
     );
     assert_eq!(d["active_environment"], "default");
+    // The schema is derived from the same type as the report: every field the report has is
+    // declared, every required one is there.
+    let schema = tools
+        .iter()
+        .find(|t| t.name == "get_environment")
+        .and_then(|t| t.output_schema.clone())
+        .unwrap();
+    let declared = schema["properties"].as_object().unwrap();
+    for key in d.as_object().unwrap().keys() {
+        assert!(declared.contains_key(key), "{key} is not in the schema");
+    }
+    for key in schema["required"].as_array().unwrap() {
+        assert!(d.get(key.as_str().unwrap()).is_some(), "{key} is missing");
+    }
+    assert!(declared.contains_key("backend") && declared.contains_key("limits"));
     s.close().await;
 }
 
