@@ -98,11 +98,12 @@ async fn queued_calls_say_so_and_interrupt_cancels_them() {
 
 #[tokio::test]
 async fn calls_run_in_the_order_sent() {
+    // 4 x 8 pairs sent back to back, each pair as a client sends a turn's parallel calls.
     let s = Server::start().await;
-    for i in 0..8 {
+    for i in 0..32 {
         let first = s.request(
             "execute_python",
-            json!({"code": format!("import time\ntime.sleep(0.3)\nshared = {i}")}),
+            json!({"code": format!("import time\ntime.sleep(0.1)\nshared = {i}")}),
             false,
         );
         let second = s.request("execute_python", json!({"code": "print(shared)"}), false);
