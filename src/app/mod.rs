@@ -575,7 +575,7 @@ async fn serve_http(
         envs,
     );
     let reg = sessions::Registry::new(template, workspace, limits);
-    let front = sessions::Front::new(reg.clone(), template_server);
+    let front = crate::serve::front::Front::new(reg.clone(), template_server);
     tracing::info!(
         url = %format!("http://{bound}{}", http::MCP_PATH),
         auth = if opts.token.is_some() { "bearer token" } else { "none (loopback only)" },

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::sessions::{Front, Manager, Registry, SESSION_HEADER};
+use super::front::{Front, Manager};
+use super::sessions::{Registry, SESSION_HEADER};
 
 /// The path MCP is served at.
 pub const MCP_PATH: &str = "/mcp";

@@ -1,6 +1,7 @@
 //! Sessions of the HTTP transport: one kernel handle, workspace folder and tool server per MCP
-//! session, a pool of warm spares, idle reaping, and the MCP handler that routes each request to
-//! its session. HTTP itself (auth, headers, the listener) lives in `http.rs`.
+//! session, a pool of warm spares, idle reaping and revival (`revive.rs`). The MCP handler that
+//! routes each request to its session lives in `front.rs`; HTTP itself (auth, headers, the
+//! listener) in `http.rs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,18 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock as Content,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, Tool,
-};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, ContentBlock as Content};
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::session::{
-    ServerSseMessage, SessionId, SessionManager,
-};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::KernelError;
 use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig, SparePool};
@@ -119,12 +111,12 @@ struct Prepared {
 pub struct Session {
     pub id: String,
     pub era: Era,
-    server: Server,
+    pub(super) server: Server,
     kernel: Arc<KernelHandle>,
     folder: Option<PathBuf>,
     started: Instant,
     last_used: Mutex<Instant>,
-    active: AtomicUsize,
+    pub(super) active: AtomicUsize,
     closed: AtomicBool,
     /// Started by a handle-era call made without `session` (not by new_session or initialize).
     implicit: bool,
@@ -156,7 +148,7 @@ impl Session {
         log_name(&self.id, self.era)
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();
         }
@@ -175,7 +167,7 @@ impl Session {
     }
 
     /// Runs a tool call in this session, keeping it alive while the call runs.
-    async fn call(
+    pub(super) async fn call(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
@@ -215,7 +207,7 @@ impl Session {
     }
 }
 
-fn log_name(id: &str, era: Era) -> String {
+pub(super) fn log_name(id: &str, era: Era) -> String {
     match era {
         Era::Legacy => id.to_owned(),
         Era::Handle => format!("handle:{}…", id.chars().take(12).collect::<String>()),
@@ -225,9 +217,9 @@ fn log_name(id: &str, era: Era) -> String {
 /// All sessions of one server, and the spares waiting for new ones.
 pub struct Registry {
     me: Weak<Registry>,
-    template: SessionTemplate,
+    pub(super) template: SessionTemplate,
     root: Arc<Workspace>,
-    limits: SessionLimits,
+    pub(super) limits: SessionLimits,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Prepared sessions (`--spares` of them), the same pool type as a handle's spare kernel.
     pool: SparePool<Prepared>,
@@ -471,7 +463,7 @@ impl Registry {
 
     /// Records that a handle session is alive, for the next server (at most once a minute
     /// unless `now`).
-    fn remember_now(&self, s: &Session, now: bool) {
+    pub(super) fn remember_now(&self, s: &Session, now: bool) {
         let (Some(book), Era::Handle, Some(folder)) = (&self.book, s.era, &s.folder) else {
             return;
         };
@@ -616,7 +608,7 @@ impl Registry {
     }
 
     /// Sessions without a request (and no call running) for longer than the idle timeout.
-    fn idle(&self) -> Vec<(String, Era)> {
+    pub(super) fn idle(&self) -> Vec<(String, Era)> {
         self.sessions
             .lock()
             .map(|m| {
@@ -680,488 +672,5 @@ fn remove_if_empty(folder: Option<&PathBuf>) {
         let _ = std::fs::remove_dir(f.join(".kernel-mcp").join("outputs"));
         let _ = std::fs::remove_dir(f.join(".kernel-mcp"));
         let _ = std::fs::remove_dir(f);
-    }
-}
-
-/// rmcp's in-memory session manager, with a kernel session opened and closed alongside each
-/// MCP session.
-pub struct Manager {
-    inner: LocalSessionManager,
-    reg: Arc<Registry>,
-}
-
-impl Manager {
-    /// A manager whose sessions live in `reg`.
-    pub fn new(reg: Arc<Registry>) -> Manager {
-        let mut inner = LocalSessionManager::default();
-        // Idle sessions are ended by `reap` (it knows which calls still run), not by rmcp.
-        inner.session_config.keep_alive = None;
-        Manager { inner, reg }
-    }
-
-    /// Ends idle sessions every little while until `ct` is cancelled.
-    pub async fn reap(self: Arc<Self>, ct: CancellationToken) {
-        let every = (self.reg.limits.idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = ct.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            for (id, era) in self.reg.idle() {
-                tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
-                match era {
-                    Era::Legacy => {
-                        let _ = self.close_session(&SessionId::from(id)).await;
-                    }
-                    Era::Handle => self.reg.close(&id, "idle"),
-                }
-            }
-        }
-    }
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
-impl SessionManager for Manager {
-    type Error = std::io::Error;
-    type Transport = <LocalSessionManager as SessionManager>::Transport;
-
-    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        let (id, transport) = self.inner.create_session().await.map_err(io_err)?;
-        if let Err(e) = self.reg.open(id.to_string(), Era::Legacy, false) {
-            let _ = self.inner.close_session(&id).await;
-            return Err(io_err(e));
-        }
-        Ok((id, transport))
-    }
-
-    async fn initialize_session(
-        &self,
-        id: &SessionId,
-        message: rmcp::model::ClientJsonRpcMessage,
-    ) -> Result<rmcp::model::ServerJsonRpcMessage, Self::Error> {
-        self.inner
-            .initialize_session(id, message)
-            .await
-            .map_err(io_err)
-    }
-
-    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
-        self.inner.has_session(id).await.map_err(io_err)
-    }
-
-    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
-        // Unknown ids (already ended) are not an error: the session is gone either way.
-        let _ = self.inner.close_session(id).await;
-        self.reg.close(id, "closed");
-        Ok(())
-    }
-
-    async fn create_stream(
-        &self,
-        id: &SessionId,
-        message: rmcp::model::ClientJsonRpcMessage,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
-    {
-        self.reg.touch(id);
-        self.inner.create_stream(id, message).await.map_err(io_err)
-    }
-
-    async fn accept_message(
-        &self,
-        id: &SessionId,
-        message: rmcp::model::ClientJsonRpcMessage,
-    ) -> Result<(), Self::Error> {
-        self.reg.touch(id);
-        self.inner.accept_message(id, message).await.map_err(io_err)
-    }
-
-    async fn create_standalone_stream(
-        &self,
-        id: &SessionId,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
-    {
-        self.inner
-            .create_standalone_stream(id)
-            .await
-            .map_err(io_err)
-    }
-
-    async fn resume(
-        &self,
-        id: &SessionId,
-        last_event_id: String,
-    ) -> Result<impl futures::Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error>
-    {
-        self.inner.resume(id, last_event_id).await.map_err(io_err)
-    }
-}
-
-/// The MCP handler rmcp builds per session and per stateless request: it finds the request's
-/// session and hands the request to that session's tool server.
-#[derive(Clone)]
-pub struct Front {
-    reg: Arc<Registry>,
-    template: Server,
-    info: ServerConfig,
-    /// The tool list for handle-era clients (built once; rmcp asks for it on every request).
-    handle_tools: Arc<Vec<Tool>>,
-}
-
-impl Front {
-    /// The handler over `reg`; `template` supplies the tool list (it never runs a kernel).
-    pub fn new(reg: Arc<Registry>, template: Server) -> Front {
-        let env = template_env(&reg);
-        let idle = reg.limits.idle_timeout.as_secs();
-        let instructions = format!(
-            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
-             Each session has its own kernel (variables persist between execute_python calls) and its own workspace folder; \
-             use write_file/read_file/list_files for files there and run_file to run scripts. matplotlib figures come back as images. \
-             Clients without an MCP session (protocol 2026-07-28): call {NEW_SESSION_TOOL} once and pass the returned handle as the \
-             `{SESSION_ARG}` argument of every other tool; a session ends after {idle} s without a call.",
-            env.python_version,
-            env.package_summary(),
-        );
-        // An empty prompt list is declared so generic clients (and the conformance suite's
-        // caching checks) get a cacheable answer to prompts/list instead of method-not-found.
-        let info = ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_tools()
-                .enable_resources()
-                .enable_prompts()
-                .enable_tasks()
-                .build(),
-        )
-        .with_instructions(instructions)
-        .with_server_info(rmcp::model::Implementation::new(
-            "kernel-mcp",
-            env!("CARGO_PKG_VERSION"),
-        ));
-        let mut front = Front {
-            reg,
-            template,
-            info,
-            handle_tools: Arc::default(),
-        };
-        front.handle_tools = Arc::new(front.build_handle_tools());
-        front
-    }
-
-    /// The 2025-11-25 session named by the request's `Mcp-Session-Id` header.
-    fn legacy_session(&self, ctx: &RequestContext<RoleServer>) -> Option<Arc<Session>> {
-        let parts = ctx.extensions.get::<http::request::Parts>()?;
-        let id = parts.headers.get(SESSION_HEADER)?.to_str().ok()?;
-        self.reg.get(id).filter(|s| s.era == Era::Legacy)
-    }
-
-    /// The session whose run a task is: the one the task id names, which must also be the
-    /// request's `Mcp-Session-Id` session when it has one.
-    fn task_owner(
-        &self,
-        task: &str,
-        ctx: &RequestContext<RoleServer>,
-    ) -> Result<Arc<Session>, ErrorData> {
-        let unknown = || {
-            ErrorData::invalid_params(
-                format!(
-                    "no task {:?} here (tasks end with their session)",
-                    crate::text::sanitize(task)
-                ),
-                None,
-            )
-        };
-        let named = crate::tools::task_session(task)
-            .and_then(|id| self.reg.get(id))
-            .ok_or_else(unknown)?;
-        let allowed = match named.era {
-            Era::Legacy => self.legacy_session(ctx).is_some_and(|s| s.id == named.id),
-            Era::Handle => !Self::has_session_header(ctx),
-        };
-        if allowed {
-            Ok(named)
-        } else {
-            Err(unknown())
-        }
-    }
-
-    fn has_session_header(ctx: &RequestContext<RoleServer>) -> bool {
-        ctx.extensions
-            .get::<http::request::Parts>()
-            .is_some_and(|p| p.headers.contains_key(SESSION_HEADER))
-    }
-
-    /// The tools for clients that name sessions by handle: a `session` argument on each, plus
-    /// `new_session`.
-    fn build_handle_tools(&self) -> Vec<Tool> {
-        let idle = self.reg.limits.idle_timeout.as_secs();
-        let root = self.template.workspace_root().display().to_string();
-        let own_folders = !self.reg.limits.shared_workspace;
-        let mut tools: Vec<Tool> = self
-            .template
-            .tools()
-            .into_iter()
-            .map(|mut t| {
-                // The template names the workspace root; each session works in its own folder.
-                if let Some(d) = t.description.as_mut().filter(|_| own_folders) {
-                    *d = d.replace(&root, "the session's own folder").into();
-                }
-                let mut schema = (*t.input_schema).clone();
-                let props = schema
-                    .entry("properties")
-                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
-                if let Some(props) = props.as_object_mut() {
-                    props.insert(
-                        SESSION_ARG.into(),
-                        serde_json::json!({
-                            "type": "string",
-                            "description": format!("Session handle from {NEW_SESSION_TOOL} (or from an earlier result). Omit it to start a new session; the result then names the handle to pass on later calls. A session ends after {idle} s without a call."),
-                        }),
-                    );
-                }
-                t.input_schema = Arc::new(schema);
-                t
-            })
-            .collect();
-        let mut schema = serde_json::Map::new();
-        schema.insert("type".into(), "object".into());
-        schema.insert("properties".into(), serde_json::json!({}));
-        let mut t = Tool::new(
-            NEW_SESSION_TOOL,
-            format!("Start an isolated Python session: its own kernel, variables and workspace folder. Returns the session handle; pass it as the `{SESSION_ARG}` argument of every other tool to keep using that session. The session ends after {idle} s without a call (its variables are then lost); an unknown or expired handle gives an error that says to call {NEW_SESSION_TOOL} again."),
-            schema,
-        );
-        t.annotations = Some(
-            rmcp::model::ToolAnnotations::new()
-                .read_only(false)
-                .destructive(false)
-                .open_world(false),
-        );
-        tools.push(t);
-        let mut schema = serde_json::Map::new();
-        schema.insert("type".into(), "object".into());
-        schema.insert(
-            "properties".into(),
-            serde_json::json!({ SESSION_ARG: {"type": "string", "description": format!("The handle of the session to end (from {NEW_SESSION_TOOL}).")} }),
-        );
-        schema.insert("required".into(), serde_json::json!([SESSION_ARG]));
-        let mut t = Tool::new(
-            END_SESSION_TOOL,
-            "End a session when done with it: its kernel and everything it started stop, its variables are gone, its files stay. Frees its slot for other clients at once (otherwise it ends after the idle timeout).".to_owned(),
-            schema,
-        );
-        t.annotations = Some(
-            rmcp::model::ToolAnnotations::new()
-                .read_only(false)
-                .destructive(true)
-                .open_world(false),
-        );
-        tools.push(t);
-        tools
-    }
-
-    fn open_handle(&self, implicit: bool) -> Result<Arc<Session>, OpenError> {
-        let handle = hex::encode(rand::random::<[u8; 32]>());
-        self.reg.open(handle, Era::Handle, implicit)
-    }
-
-    fn handle_note(&self, s: &Session, why: &str) -> String {
-        format!(
-            "[{why}: session handle \"{}\". Pass it as the `{SESSION_ARG}` argument of later calls to keep these variables and files; it ends after {} s without a call.]",
-            s.id,
-            self.reg.limits.idle_timeout.as_secs()
-        )
-    }
-}
-
-fn template_env(reg: &Registry) -> crate::pyenv::EnvInfo {
-    reg.template.envs.info.clone()
-}
-
-fn tool_error(msg: impl Into<String>) -> CallToolResponse {
-    CallToolResult::error(vec![Content::text(msg.into())]).into()
-}
-
-impl ServerHandler for Front {
-    fn get_info(&self) -> ServerConfig {
-        self.info.clone()
-    }
-
-    /// Tasks extension: each session's runs are its tasks; the task id names the session.
-    async fn get_task(
-        &self,
-        request: rmcp::model::GetTaskParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
-        let s = self.task_owner(&request.task_id, &ctx)?;
-        s.touch();
-        ServerHandler::get_task(&s.server, request, ctx).await
-    }
-
-    async fn cancel_task(
-        &self,
-        request: rmcp::model::CancelTaskParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let s = self.task_owner(&request.task_id, &ctx)?;
-        s.touch();
-        ServerHandler::cancel_task(&s.server, request, ctx).await
-    }
-
-    async fn update_task(
-        &self,
-        request: rmcp::model::UpdateTaskParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        let s = self.task_owner(&request.task_id, &ctx)?;
-        ServerHandler::update_task(&s.server, request, ctx).await
-    }
-
-    async fn list_tools(
-        &self,
-        _request: Option<PaginatedRequestParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<ListToolsResult, ErrorData> {
-        let tools = match self.legacy_session(&ctx) {
-            Some(s) => s.server.tools(),
-            None if Self::has_session_header(&ctx) => self.template.tools(),
-            None => self.handle_tools.to_vec(),
-        };
-        Ok(ListToolsResult::with_all_items(tools))
-    }
-
-    fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.handle_tools.iter().find(|t| t.name == name).cloned()
-    }
-
-    async fn call_tool(
-        &self,
-        mut request: CallToolRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let idle = self.reg.limits.idle_timeout;
-        if let Some(s) = self.legacy_session(&ctx) {
-            return s.call(request, ctx, idle).await;
-        }
-        if Self::has_session_header(&ctx) {
-            return Ok(tool_error(
-                "this MCP session has ended (idle timeout or DELETE); start a new session (initialize again)",
-            ));
-        }
-        let legacy_peer = ctx
-            .protocol_version()
-            .is_some_and(|v| v < ProtocolVersion::V_2026_07_28);
-        if legacy_peer {
-            return Err(ErrorData::invalid_request(
-                "no MCP session: send initialize first and pass its Mcp-Session-Id header",
-                None,
-            ));
-        }
-        if request.name == NEW_SESSION_TOOL {
-            return Ok(match self.open_handle(false) {
-                Ok(s) => CallToolResult::success(vec![Content::text(
-                    self.handle_note(&s, "a new session was started"),
-                )])
-                .into(),
-                Err(e) => tool_error(format!("no session was started: {e}")),
-            });
-        }
-        if request.name == END_SESSION_TOOL {
-            let args = request.arguments.take().unwrap_or_default();
-            return Ok(match args.get(SESSION_ARG) {
-                Some(serde_json::Value::String(h)) => {
-                    match self.reg.get(h).filter(|s| s.era == Era::Handle) {
-                        Some(s) => {
-                            self.reg.close(&s.id, "ended by end_session");
-                            CallToolResult::success(vec![Content::text(
-                                "the session ended: its kernel stopped and its variables are gone; its files stay on disk",
-                            )])
-                            .into()
-                        }
-                        None => tool_error("unknown or expired session handle; nothing to end"),
-                    }
-                }
-                _ => tool_error(format!(
-                    "pass the handle of the session to end as `{SESSION_ARG}`"
-                )),
-            });
-        }
-        let mut args = request.arguments.take().unwrap_or_default();
-        let (session, note) = match args.remove(SESSION_ARG) {
-            None => match self.open_handle(true) {
-                Ok(s) => {
-                    let note = self.handle_note(&s, "this call started a new session");
-                    (s, Some(note))
-                }
-                Err(e) => return Ok(tool_error(format!("nothing was run: {e}"))),
-            },
-            Some(serde_json::Value::String(h)) => {
-                let known = match self.reg.get(&h) {
-                    Some(s) => Some(s).filter(|s| s.era == Era::Handle),
-                    // A session of an earlier server on this workspace comes back.
-                    None => match self.reg.revive(&h) {
-                        Ok(s) => s,
-                        Err(e) => return Ok(tool_error(format!("nothing was run: {e}"))),
-                    },
-                };
-                match known {
-                    Some(s) => (s, None),
-                    None => {
-                        return Ok(tool_error(format!(
-                            "unknown or expired session handle; nothing was run. Sessions end after {} s without a call, and their variables are lost (a session survives a server restart only when the server stopped in order and its handle comes back within that time). Call {NEW_SESSION_TOOL} (or call this tool without `{SESSION_ARG}`) to start a new session and use the handle it returns.",
-                            idle.as_secs()
-                        )))
-                    }
-                }
-            }
-            Some(_) => {
-                return Ok(tool_error(format!(
-                    "`{SESSION_ARG}` must be the handle string returned by {NEW_SESSION_TOOL}; nothing was run"
-                )))
-            }
-        };
-        request.arguments = Some(args);
-        let result = session.call(request, ctx, idle).await;
-        self.reg.remember_now(&session, false);
-        if note.is_some() {
-            // The call that opened this session has ended (see `Registry::open`).
-            session.active.fetch_sub(1, Ordering::SeqCst);
-        }
-        let mut result = result?;
-        if let (Some(n), CallToolResponse::Complete(r)) = (note, &mut result) {
-            r.content.push(Content::text(n));
-        }
-        Ok(result)
-    }
-
-    async fn list_resources(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<ListResourcesResult, ErrorData> {
-        match self.legacy_session(&ctx) {
-            Some(s) => ServerHandler::list_resources(&s.server, request, ctx).await,
-            // Handles are tool arguments; resources have none, so there is no session to list.
-            None => Ok(ListResourcesResult::with_all_items(Vec::new())),
-        }
-    }
-
-    async fn read_resource(
-        &self,
-        request: ReadResourceRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<ReadResourceResponse, ErrorData> {
-        match self.legacy_session(&ctx) {
-            Some(s) => ServerHandler::read_resource(&s.server, request, ctx).await,
-            None => Err(ErrorData::resource_not_found(
-                format!(
-                    "{}: resources are served per MCP session; read files with read_file and a session handle",
-                    request.uri
-                ),
-                Some(serde_json::json!({ "uri": request.uri })),
-            )),
-        }
     }
 }
