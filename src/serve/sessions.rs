@@ -358,15 +358,24 @@ impl Registry {
         pids
     }
 
-    /// A kernel and workspace for one session, its kernel starting in the background.
+    /// A kernel and workspace for a new session, its kernel starting in the background.
     fn prepare(&self) -> Result<Prepared, OpenError> {
-        let (workspace, folder) = if self.limits.shared_workspace {
-            (self.root.clone(), None)
-        } else {
-            let name = format!("session-{}", hex::encode(rand::random::<[u8; 6]>()));
-            let dir = self.root.root().join(name);
-            let ws = Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?;
-            (Arc::new(ws), Some(dir))
+        if self.limits.shared_workspace {
+            return self.prepare_in(None);
+        }
+        let name = format!("session-{}", hex::encode(rand::random::<[u8; 6]>()));
+        self.prepare_in(Some(self.root.root().join(name)))
+    }
+
+    /// A kernel for a session working in `dir` (created if missing; `None`: the workspace
+    /// root), starting in the background.
+    fn prepare_in(&self, dir: Option<PathBuf>) -> Result<Prepared, OpenError> {
+        let (workspace, folder) = match dir {
+            None => (self.root.clone(), None),
+            Some(dir) => {
+                let ws = Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?;
+                (Arc::new(ws), Some(dir))
+            }
         };
         let kernel = self
             .template
@@ -443,19 +452,7 @@ impl Registry {
             book.forget(handle);
             return Ok(None);
         }
-        let workspace =
-            Arc::new(Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?);
-        let kernel = self
-            .template
-            .kernels
-            .handle(workspace.root(), self.template.max_queue)
-            .map_err(|e| OpenError::Workspace(e.to_string()))?;
-        kernel.warm_up();
-        let prepared = Prepared {
-            kernel,
-            workspace,
-            folder: Some(dir),
-        };
+        let prepared = self.prepare_in(Some(dir))?;
         let s = self.open_on(handle.to_owned(), Era::Handle, false, Some(prepared))?;
         tracing::info!(session = %s.log_name(), "session of an earlier server back in its folder");
         Ok(Some(s))

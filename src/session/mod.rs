@@ -445,8 +445,19 @@ impl Session {
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Rendered, SessionError> {
+        self.run_queued(call, progress, None, cancel).await
+    }
+
+    /// Queues a cell or other `work` as a run and waits for it up to the call's return_after.
+    async fn run_queued(
+        self: &Arc<Self>,
+        call: RunCall<'_>,
+        progress: Option<ProgressFn>,
+        work: Option<runs::Custom>,
+        cancel: &CancellationToken,
+    ) -> Result<Rendered, SessionError> {
         let return_after = call.return_after;
-        let id = self.submit(call, progress, None).await?;
+        let id = self.submit(call, progress, work).await?;
         let look = self
             .runs
             .wait(Some(id), return_after, false, cancel, true, &|| {
@@ -644,15 +655,7 @@ impl Session {
         work: runs::Custom,
         cancel: &CancellationToken,
     ) -> Result<Rendered, SessionError> {
-        let return_after = call.return_after;
-        let id = self.submit(call, progress, Some(work)).await?;
-        let look = self
-            .runs
-            .wait(Some(id), return_after, false, cancel, true, &|| {
-                self.collector()
-            })
-            .await;
-        self.rendered_with_restore_note(look)
+        self.run_queued(call, progress, Some(work), cancel).await
     }
 
     /// Executes queued runs one at a time until the queue is empty.
