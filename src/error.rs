@@ -262,6 +262,12 @@ pub enum EnvError {
 pub enum WorkspaceError {
     #[error("{0}")]
     BadPath(String),
+    /// The kernel's file helper (a gateway kernel's folder) answered something unusable.
+    #[error("{what}")]
+    BadAnswer { what: KernelAnswer },
+    /// The kernel's file helper refused (its words, sanitized).
+    #[error("{0}")]
+    Remote(String),
     #[error("{path}: {reason}")]
     Denied { path: String, reason: String },
     #[error("{path}: not found in the workspace")]
@@ -278,6 +284,24 @@ pub enum WorkspaceError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What was wrong with a kernel's answer to a file helper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAnswer {
+    Unreadable,
+    FileData,
+    Image,
+}
+
+impl std::fmt::Display for KernelAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelAnswer::Unreadable => "unexpected answer from the kernel",
+            KernelAnswer::FileData => "the kernel sent unreadable file data",
+            KernelAnswer::Image => "the kernel sent an unreadable image",
+        })
+    }
 }
 
 /// Errors from validating and installing packages.

@@ -120,6 +120,17 @@ pub struct RunCall<'a> {
     pub arrival: Option<String>,
 }
 
+/// What export_notebook wrote (the tool's result and, derived from it, its output schema).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ExportReport {
+    /// Workspace path of the notebook.
+    pub path: String,
+    /// Cells written (code cells and restart markers).
+    pub cells: usize,
+    /// Size of the file in bytes.
+    pub bytes: usize,
+}
+
 /// Lets later requests queue once this one has (or has failed to).
 struct Released(Option<String>);
 
@@ -841,7 +852,7 @@ impl Session {
         overwrite: bool,
         since_restart: bool,
         include_errors: bool,
-    ) -> Result<(String, usize, usize), SessionError> {
+    ) -> Result<ExportReport, SessionError> {
         if !path.to_ascii_lowercase().ends_with(".ipynb") {
             return Err(SessionError::Refused(format!(
                 "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
@@ -857,7 +868,11 @@ impl Session {
             .map_err(|e| SessionError::Refused(format!("could not build the notebook: {e}")))?;
         let size = bytes.len();
         let path = self.write_notebook(path, bytes, overwrite).await?;
-        Ok((path, cells, size))
+        Ok(ExportReport {
+            path,
+            cells,
+            bytes: size,
+        })
     }
 
     /// Writes a notebook where the files live, refusing to replace a file this session did

@@ -407,7 +407,7 @@ impl Server {
             idempotent_hint = true,
             open_world_hint = false
         ),
-        output_schema = rmcp::handler::server::common::schema_for_output::<ExportReport>()
+        output_schema = rmcp::handler::server::common::schema_for_output::<crate::session::ExportReport>()
     )]
     async fn export_notebook(
         &self,
@@ -422,12 +422,15 @@ impl Server {
             p.include_errors.unwrap_or(true),
         );
         Ok(match export.await {
-            Ok((path, cells, bytes)) => {
+            Ok(report) => {
                 let text = format!(
-                    "wrote {path} ({cells} cells, {bytes} bytes) in {} ms",
+                    "wrote {} ({} cells, {} bytes) in {} ms",
+                    report.path,
+                    report.cells,
+                    report.bytes,
                     started.elapsed().as_millis()
                 );
-                structured(text, &ExportReport { path, cells, bytes })
+                structured(text, &report)
             }
             Err(e) => failure(e),
         })

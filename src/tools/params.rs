@@ -304,17 +304,6 @@ pub struct RunNotebookParams {
     pub return_after: Option<f64>,
 }
 
-/// What export_notebook wrote.
-#[derive(Debug, serde::Serialize, JsonSchema)]
-pub struct ExportReport {
-    /// Workspace path of the notebook.
-    pub path: String,
-    /// Cells written (code cells and restart markers).
-    pub cells: usize,
-    /// Size of the file in bytes.
-    pub bytes: usize,
-}
-
 /// list_files as data.
 #[derive(Debug, serde::Serialize, JsonSchema)]
 pub struct FileListing {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::error::WorkspaceError;
+use crate::error::{KernelAnswer, WorkspaceError};
 use crate::workspace::{
     Entry, EntryKind, Listing, ReadOutcome, MAX_COMPONENTS, MAX_IMAGE_BYTES, MAX_LIST_ENTRIES,
     MAX_READ_CHARS,
@@ -62,12 +62,14 @@ pub fn expression(op: &str, args: &Value) -> String {
 
 /// Reads the helper's answer (the repr of a hex string); an `error` field becomes the error.
 pub fn decode(repr: &str) -> Result<Value, WorkspaceError> {
-    let unreadable = || WorkspaceError::BadPath("unexpected answer from the kernel".into());
+    let unreadable = || WorkspaceError::BadAnswer {
+        what: KernelAnswer::Unreadable,
+    };
     let hex_text = repr.trim().trim_matches(|c| c == '\'' || c == '"');
     let bytes = hex::decode(hex_text).map_err(|_| unreadable())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
     match v.get("error").and_then(Value::as_str) {
-        Some(e) => Err(WorkspaceError::BadPath(
+        Some(e) => Err(WorkspaceError::Remote(
             crate::text::sanitize(e).into_owned(),
         )),
         None => Ok(v),
@@ -100,7 +102,9 @@ pub fn decode_bytes(v: &Value) -> Result<Vec<u8>, WorkspaceError> {
     let data = v.get("data").and_then(Value::as_str).unwrap_or("");
     base64::engine::general_purpose::STANDARD
         .decode(data)
-        .map_err(|_| WorkspaceError::BadPath("the kernel sent unreadable file data".into()))
+        .map_err(|_| WorkspaceError::BadAnswer {
+            what: KernelAnswer::FileData,
+        })
 }
 
 /// The size and modification time in a helper's answer (a write_own), None when it names no
@@ -110,9 +114,9 @@ pub fn decode_stat(v: &Value, path: &str) -> Result<Option<(u64, SystemTime)>, W
         return Ok(None);
     }
     if v.get("regular").and_then(Value::as_bool) != Some(true) {
-        return Err(WorkspaceError::BadPath(format!(
-            "{path}: not a regular file"
-        )));
+        return Err(WorkspaceError::NotRegular {
+            path: path.to_owned(),
+        });
     }
     let size = v.get("size").and_then(Value::as_u64).unwrap_or(0);
     let ns = v.get("mtime_ns").and_then(Value::as_u64).unwrap_or(0);
@@ -168,7 +172,9 @@ pub fn read_outcome(v: &Value) -> Result<ReadOutcome, WorkspaceError> {
         use base64::Engine;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
-            .map_err(|_| WorkspaceError::BadPath("the kernel sent an unreadable image".into()))?;
+            .map_err(|_| WorkspaceError::BadAnswer {
+                what: KernelAnswer::Image,
+            })?;
         return Ok(ReadOutcome::Image { mime, bytes });
     }
     let text = v
