@@ -41,18 +41,27 @@ pub enum SwitchError {
     },
 }
 
+/// The handle's environment state: the environments (one copy, here below the tools) and why
+/// there is no usable interpreter (the managed environment failed to be created).
+#[derive(Default)]
+pub(super) struct EnvState {
+    envs: std::sync::RwLock<Option<Environments>>,
+    error: std::sync::Mutex<Option<String>>,
+}
+
 /// The handle's environment side: which interpreter its kernels run, and switching it.
 impl KernelHandle {
     /// Sets the environments this handle's kernels run in (once, when the server is built).
     pub fn set_environments(&self, envs: Environments) {
-        if let Ok(mut e) = self.envs.write() {
+        if let Ok(mut e) = self.env.envs.write() {
             *e = Some(envs);
         }
     }
 
     /// The environments: the active one and the named ones (`None` before they were set).
     pub fn environments(&self) -> Option<Environments> {
-        self.envs
+        self.env
+            .envs
             .read()
             .map(|e| e.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
@@ -65,7 +74,7 @@ impl KernelHandle {
 
     /// Replaces what is known about the active environment (after a first-run set-up).
     pub fn set_env_info(&self, info: EnvInfo) {
-        if let Ok(mut e) = self.envs.write() {
+        if let Ok(mut e) = self.env.envs.write() {
             if let Some(e) = e.as_mut() {
                 e.info = info;
             }
@@ -119,7 +128,7 @@ impl KernelHandle {
             .await
         {
             Ok(took) => {
-                if let Ok(mut e) = self.envs.write() {
+                if let Ok(mut e) = self.env.envs.write() {
                     if let Some(e) = e.as_mut() {
                         e.active = name.to_owned();
                         e.info = info.clone();
@@ -148,14 +157,14 @@ impl KernelHandle {
 
     /// Records why there is no usable interpreter (every later call reports it), or clears it.
     pub fn set_env_error(&self, reason: Option<String>) {
-        if let Ok(mut e) = self.env_error.lock() {
+        if let Ok(mut e) = self.env.error.lock() {
             *e = reason;
         }
     }
 
     /// Why there is no usable interpreter, if that is the case.
     pub fn env_error(&self) -> Option<String> {
-        self.env_error.lock().ok().and_then(|e| e.clone())
+        self.env.error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Switches to another interpreter and restarts the kernel in it. `paths` are the folders

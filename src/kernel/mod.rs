@@ -27,12 +27,13 @@ pub use crate::wire::Heartbeat as Health;
 pub use backend::{Backend, BackendInfo, BackendKind, Gone, Ownership};
 pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
+use environments::EnvState;
 pub use environments::{Environments, SwitchError, Switched};
 pub use local::{LocalBackend, LocalLauncher, SandboxConfig};
 pub use spare::{SpareConfig, SparePool, PRELOAD_ANALYSIS_STACK};
 pub use spec::{InterruptMode, KernelSpec};
 
-use spare::{preload_in_background, Spare};
+use spare::{preload_in_background, Spare, Spares};
 use supervision::{Slot, EARLY_DEATH};
 
 use crate::error::{KernelError, Unavailable};
@@ -98,9 +99,8 @@ pub enum Restarted {
 /// The single handle to "the kernel", however it was started.
 pub struct KernelHandle {
     me: Weak<KernelHandle>,
-    spare_cfg: SpareConfig,
-    /// The warm spare (at most one).
-    spare: SparePool<Spare>,
+    /// The warm spare (at most one) and how it is made.
+    spare: Spares,
     /// Set by `shutdown`: kernels that finish starting afterwards are ended, not kept.
     stopping: AtomicBool,
     backend: Arc<dyn Backend>,
@@ -108,15 +108,13 @@ pub struct KernelHandle {
     invalidate_imports: AtomicBool,
     /// True while restart_kernel is replacing the kernel.
     restarting: AtomicBool,
-    /// Why there is no interpreter yet (the managed environment failed to be created).
-    env_error: StdMutex<Option<String>>,
     slot: tokio::sync::Mutex<Slot>,
     /// The kernel in use, readable without waiting for a running call (for interrupt/restart).
     current: StdMutex<Option<Arc<Kernel>>>,
     waiting: AtomicUsize,
     max_queue: usize,
-    /// The Python environments (one copy, here below the tools).
-    envs: std::sync::RwLock<Option<Environments>>,
+    /// The Python environments and why there is no usable interpreter (environments.rs).
+    env: EnvState,
 }
 
 impl KernelHandle {
@@ -137,18 +135,19 @@ impl KernelHandle {
         };
         Arc::new_cyclic(|me| KernelHandle {
             me: me.clone(),
-            spare: SparePool::new(usize::from(spare.enabled)),
-            spare_cfg: spare,
+            spare: Spares {
+                pool: SparePool::new(usize::from(spare.enabled)),
+                cfg: spare,
+            },
             stopping: AtomicBool::new(false),
             backend,
             invalidate_imports: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
-            env_error: StdMutex::new(None),
             slot: tokio::sync::Mutex::new(Slot::default()),
             current: StdMutex::new(None),
             waiting: AtomicUsize::new(0),
             max_queue,
-            envs: std::sync::RwLock::new(None),
+            env: EnvState::default(),
         })
     }
 
@@ -198,18 +197,18 @@ impl KernelHandle {
 
     /// Starts a spare kernel in the background if one is wanted and none is there or coming.
     fn refill_spare(&self) {
-        if self.stopping.load(Ordering::SeqCst) || !self.spare.claim() {
+        if self.stopping.load(Ordering::SeqCst) || !self.spare.pool.claim() {
             return;
         }
         let Some(me) = self.me.upgrade() else {
-            self.spare.release();
+            self.spare.pool.release();
             return;
         };
         tokio::spawn(async move {
             let result = async {
                 let python = me.backend.python().unwrap_or_default();
                 let k = me.backend.start().await.ok()?;
-                if let Some(code) = &me.spare_cfg.preload {
+                if let Some(code) = &me.spare.cfg.preload {
                     if let Err(e) = k.run_silent(code, Duration::from_secs(120)).await {
                         tracing::warn!(error = %e, "spare kernel preload failed");
                     }
@@ -221,17 +220,17 @@ impl KernelHandle {
                 Some(spare) => {
                     tracing::info!(pid = spare.kernel.pid(), "spare kernel ready");
                     // Over capacity cannot happen (one claimer); the kernel would be ended.
-                    let _ = me.spare.put(spare);
+                    let _ = me.spare.pool.put(spare);
                 }
                 None => tracing::warn!("could not start a spare kernel"),
             }
-            me.spare.release();
+            me.spare.pool.release();
         });
     }
 
     /// Takes the spare if it is alive and runs the interpreter wanted.
     fn take_spare(&self, python: &std::path::Path) -> Option<Kernel> {
-        let spare = self.spare.take(|_| true)?;
+        let spare = self.spare.pool.take(|_| true)?;
         (spare.python == python && spare.kernel.exited().is_none()).then_some(spare.kernel)
     }
 
@@ -272,7 +271,7 @@ impl KernelHandle {
         let python = self.backend.python();
         if python.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             // First run: the managed environment is still being created in the background.
-            return Err(match self.env_error.lock().ok().and_then(|e| e.clone()) {
+            return Err(match self.env_error() {
                 Some(reason) => KernelError::Unavailable {
                     reason: Unavailable::Environment(reason),
                 },
@@ -292,7 +291,7 @@ impl KernelHandle {
                 let k = Arc::new(k);
                 // A borrowed kernel is left as its owner set it up: no imports of ours.
                 if fresh && self.owned() {
-                    preload_in_background(&k, self.spare_cfg.preload.clone());
+                    preload_in_background(&k, self.spare.cfg.preload.clone());
                 }
                 slot.kernel = Some(k.clone());
                 slot.retry_at = None;
@@ -602,7 +601,7 @@ impl KernelHandle {
         // A kernel still starting (the first one, a spare) would outlive the server, and on a
         // gateway stay there for good: wait for it (bounded) and end it too.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-        while self.spare.filling() && tokio::time::Instant::now() < deadline {
+        while self.spare.pool.filling() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let late = match tokio::time::timeout_at(deadline, self.slot.lock()).await {
@@ -621,7 +620,7 @@ impl KernelHandle {
 
     /// Ends the current kernel and the spare, as they are now.
     async fn shutdown_present(&self) {
-        let spare = self.spare.drain();
+        let spare = self.spare.pool.drain();
         // Both are ended before the server exits: a local kernel's process group dies, a
         // gateway kernel is deleted on the gateway.
         let current = self.current();

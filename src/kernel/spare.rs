@@ -24,6 +24,12 @@ pub struct SpareConfig {
 /// (without pyplot, so figure numbers and the inline backend are untouched).
 pub const PRELOAD_ANALYSIS_STACK: &str = "def __kmcp_preload():\n    import importlib\n    for m in ('numpy', 'pandas', 'matplotlib.pyplot'):\n        try:\n            importlib.import_module(m)\n        except Exception:\n            pass\n    try:\n        import io\n        from matplotlib.figure import Figure\n        from matplotlib.backends.backend_agg import FigureCanvasAgg\n        fig = Figure(figsize=(2, 2))\n        fig.add_subplot().plot([0, 1])\n        FigureCanvasAgg(fig).print_png(io.BytesIO())\n    except Exception:\n        pass\ntry:\n    __kmcp_preload()\nfinally:\n    del __kmcp_preload";
 
+/// A handle's spare: the pool (at most one kernel) and how its kernels are made.
+pub(super) struct Spares {
+    pub(super) pool: SparePool<Spare>,
+    pub(super) cfg: SpareConfig,
+}
+
 /// The handle's spare kernel, and the interpreter it runs.
 pub(super) struct Spare {
     pub(super) kernel: Kernel,
