@@ -78,7 +78,7 @@ impl SpillTarget for WorkspaceSpill {
 
     /// Files of the local workspace are its `file://` resources (see tools/resources.rs).
     fn uri(&self, path: &str) -> Option<String> {
-        Some(format!("file://{}", self.0.root().join(path).display()))
+        Some(crate::workspace::file_uri(&self.0.root().join(path)))
     }
 }
 

@@ -51,7 +51,7 @@ pub(super) async fn list(session: &Session) -> Result<ListResourcesResult, Error
         .into_iter()
         .filter(|e| e.kind == crate::workspace::EntryKind::File)
         .map(|e| {
-            let uri = format!("file://{}", root.join(&e.path).display());
+            let uri = crate::workspace::file_uri(&root.join(&e.path));
             Resource::new(uri, e.path.clone())
                 .with_mime_type(mime_for(&e.path))
                 .with_size(e.size)
@@ -66,13 +66,13 @@ pub(super) async fn read(
     session: &Session,
     uri: String,
 ) -> Result<ReadResourceResponse, ErrorData> {
-    let Some(path) = uri.strip_prefix("file://") else {
+    let Some(path) = crate::workspace::path_of_file_uri(&uri) else {
         return Err(ErrorData::invalid_params(
             format!("{uri}: only file:// URIs of workspace files are served"),
             None,
         ));
     };
-    let path = path.to_owned();
+    let path = path.to_string_lossy().into_owned();
     let r = session
         .files()
         .local(move |ws| {

@@ -46,6 +46,23 @@ const MAX_SCAN_TOTAL: usize = 200_000;
 /// gateway kernel's folder.
 pub const OUTPUTS_DIR: &str = ".kernel-mcp/outputs";
 
+/// The `file://` URI of a workspace file, percent-encoded (spaces, `#`, `%` and non-ASCII
+/// names included), as the MCP resources and resource links name it.
+pub fn file_uri(path: &Path) -> String {
+    url::Url::from_file_path(path)
+        .map(String::from)
+        .unwrap_or_else(|()| format!("file://{}", path.display()))
+}
+
+/// The path a `file://` URI names (decoded), or `None` for anything else.
+pub fn path_of_file_uri(uri: &str) -> Option<PathBuf> {
+    let u = url::Url::parse(uri).ok()?;
+    if u.scheme() != "file" {
+        return None;
+    }
+    u.to_file_path().ok()
+}
+
 /// True when `user_path` names a saved-output file (under [`OUTPUTS_DIR`]).
 pub fn is_saved_output(user_path: &str) -> bool {
     let p = user_path.trim_start_matches("./").replace('\\', "/");
@@ -267,6 +284,23 @@ impl Workspace {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn file_uris_are_encoded_and_decoded() {
+        use super::{file_uri, path_of_file_uri};
+        let p = std::path::Path::new("/data/Jane Doe/q#1 100%/é.png");
+        let uri = file_uri(p);
+        assert_eq!(uri, "file:///data/Jane%20Doe/q%231%20100%25/%C3%A9.png");
+        assert_eq!(path_of_file_uri(&uri).as_deref(), Some(p));
+        // What earlier servers sent (unencoded) still reads.
+        assert_eq!(
+            path_of_file_uri("file:///data/a b.csv").as_deref(),
+            Some(std::path::Path::new("/data/a b.csv"))
+        );
+        assert_eq!(path_of_file_uri("http://x/y"), None);
+        assert_eq!(path_of_file_uri("not a uri"), None);
+    }
+
     use super::*;
 
     #[test]
