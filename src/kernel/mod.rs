@@ -12,6 +12,8 @@ pub mod environments;
 pub mod existing;
 pub mod gateway;
 pub mod local;
+#[cfg(test)]
+mod scripted;
 pub mod spare;
 pub mod spec;
 mod supervision;
@@ -228,6 +230,12 @@ impl KernelHandle {
         });
     }
 
+    /// Whether a spare kernel waits in the pool.
+    #[cfg(test)]
+    pub(super) fn has_spare(&self) -> bool {
+        !self.spare.pool.is_empty()
+    }
+
     /// Takes the spare if it is alive and runs the interpreter wanted.
     fn take_spare(&self, python: &std::path::Path) -> Option<Kernel> {
         let spare = self.spare.pool.take(|_| true)?;
@@ -278,7 +286,9 @@ impl KernelHandle {
                 None => KernelError::EnvironmentNotReady,
             });
         }
-        let spare = python.as_deref().and_then(|p| self.take_spare(p));
+        // A backend that does not choose interpreters (a gateway) has spares for its one
+        // kind of kernel: they match the empty path `refill_spare` records for them.
+        let spare = self.take_spare(python.as_deref().unwrap_or(std::path::Path::new("")));
         let (started, fresh) = match spare {
             Some(k) => {
                 tracing::info!(pid = k.pid(), "swapped in the warm spare kernel");
