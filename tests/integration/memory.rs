@@ -27,7 +27,18 @@ async fn flood(code: &str) -> (u64, u64, u64, String) {
     let _ = s.exec("1").await;
     let (before, _) = rss_and_peak(s.pid);
     let r = s.exec_for(code, 600.0).await;
-    let mut out = text(&r);
+    let out = follow(&s, text(&r)).await;
+    // After: once the server has answered a small call too.
+    let _ = s.exec("2").await;
+    let (after, peak) = rss_and_peak(s.pid);
+    s.close().await;
+    (peak, after, before, out)
+}
+
+/// Follows the run a result names (`still running as run N`) with check_run to its end; all
+/// the text the client got.
+async fn follow(s: &Server, first: String) -> String {
+    let mut out = first;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while let Some(run) = out
         .rsplit("still running as run ")
@@ -50,11 +61,50 @@ async fn flood(code: &str) -> (u64, u64, u64, String) {
             break;
         }
     }
-    // After: once the server has answered a small call too.
+    out
+}
+
+/// A notebook is a run too: its cells' floods (printed text and comm traffic) do not show in
+/// the server's memory while it runs in the background after its call returned.
+#[tokio::test]
+async fn a_notebook_run_in_the_background_does_not_hold_its_output() {
+    let s = Server::start().await;
+    let _ = s.exec("1").await;
+    let (before, _) = rss_and_peak(s.pid);
+    let code = |src: &str| serde_json::json!({"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": src});
+    let nb = serde_json::json!({
+        "nbformat": 4, "nbformat_minor": 4, "metadata": {},
+        "cells": [
+            code("line = 'x' * 1_000_000\nfor i in range(300):\n    print(line)"),
+            code("from comm import create_comm\nc = create_comm(target_name='flood')\npayload = 'x' * 1_000_000\nfor i in range(300):\n    c.send(data={'d': payload})\nprint('sent')"),
+        ]
+    });
+    std::fs::write(s.ws().join("flood.ipynb"), nb.to_string()).unwrap();
+    let r = s
+        .call(
+            "run_notebook",
+            serde_json::json!({"path": "flood.ipynb", "return_after": 1}),
+        )
+        .await;
+    assert!(text(&r).contains("still running as run "), "{}", text(&r));
+    let out = follow(&s, text(&r)).await;
     let _ = s.exec("2").await;
     let (after, peak) = rss_and_peak(s.pid);
     s.close().await;
-    (peak, after, before, out)
+    eprintln!("server memory, a notebook run printing 300 MB and sending 300 MB of comm messages: before {before} MiB, peak {peak} MiB, after {after} MiB");
+    assert!(
+        out.contains("[ran 2 of 2 code cells of flood.ipynb]") && out.contains("sent"),
+        "{}",
+        out.chars()
+            .rev()
+            .take(1500)
+            .collect::<String>()
+            .chars()
+            .rev()
+            .collect::<String>()
+    );
+    assert!(peak < 150, "peak {peak} MiB");
+    assert!(after < 60, "after {after} MiB");
 }
 
 #[tokio::test]
