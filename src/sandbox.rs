@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub mod seatbelt;
 
 #[cfg(target_os = "linux")]
+mod idmap;
+#[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub mod namespaces;

@@ -316,10 +316,17 @@ pub(super) fn apply(policy: &Policy) -> (Status, Vec<String>) {
     let mut in_ns = false;
     match &policy.namespaces {
         Some(ns) => match namespaces::enter(policy, ns) {
-            Ok(()) => {
+            Ok(who) => {
                 in_ns = true;
                 net_ns = ns.private_network;
-                st.namespaces = namespaces::describe(ns);
+                st.namespaces = namespaces::describe(ns, &who);
+                if let namespaces::Identity::HostRoot(why) = who {
+                    st.warnings.push(format!(
+                        "the server runs as root and the kernel keeps host root's uid (idmapped \
+                         mounts are not available here: {why}): root-only files in the folders \
+                         the sandbox shows stay readable to it"
+                    ));
+                }
             }
             Err(e) => {
                 st.namespaces = format!("not available ({e})");

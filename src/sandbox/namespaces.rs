@@ -28,12 +28,24 @@ use super::{NsPolicy, Policy};
 
 use super::NS_SETUP_FAILED as SETUP_FAILED;
 
-/// The uid the kernel has inside: the server's own, except root, which becomes an ordinary
-/// user so that nothing started from the kernel keeps capabilities across exec. Its files are
-/// still accessed as host root's uid (only a process outside could map it to another, and
-/// that uid could not write the user's workspace): what the sandbox shows of `/etc`, `/sys`
-/// and `/proc` is curated for that reason.
-const INSIDE_ROOT_AS: u32 = 1000;
+/// The uid the kernel has inside when the server runs as root and idmapped mounts cannot be
+/// made here (see `idmap`): an ordinary user inside, so that nothing started from the kernel
+/// keeps capabilities across exec, but still host root's uid outside. What the sandbox shows of
+/// `/etc`, `/sys` and `/proc` is curated for that case too.
+const INSIDE_ROOT_AS: u32 = super::idmap::INSIDE;
+
+/// Whose uid the kernel runs as on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// The server's own (it is not root).
+    Own,
+    /// The server runs as root; the kernel runs as `idmap::HOST_ID` and writes its folders
+    /// through idmapped mounts.
+    Unprivileged,
+    /// The server runs as root and idmapped mounts could not be made (why): the kernel keeps
+    /// host root's uid, as an ordinary user inside its namespace.
+    HostRoot(String),
+}
 
 /// What `/etc` shows: what Python, SSL, DNS, time zones, locales and fonts read. Nothing secret
 /// (no shadow, sudoers, ssh, pip configuration or private keys: `ssl` and `pki` only as their
@@ -125,34 +137,72 @@ fn flags(ns: &NsPolicy) -> CloneFlags {
 }
 
 /// A one-line description of the layer, for the status.
-pub(super) fn describe(ns: &NsPolicy) -> String {
+pub(super) fn describe(ns: &NsPolicy, who: &Identity) -> String {
     let net = if ns.private_network {
         "network (loopback only)"
     } else {
         "host network shared"
     };
+    let who = match who {
+        Identity::Own => String::new(),
+        Identity::Unprivileged => format!(
+            "; kernel runs as host uid {} (not root), writable folders idmapped",
+            super::idmap::HOST_ID
+        ),
+        Identity::HostRoot(_) => "; kernel runs as host root's uid".to_owned(),
+    };
     format!(
-        "user, mount, PID, IPC, UTS namespaces; {net}; private /proc, /dev (devpts), /tmp, HOME"
+        "user, mount, PID, IPC, UTS namespaces; {net}; private /proc, /dev (devpts), /tmp, HOME{who}"
     )
 }
 
 /// Unshares the namespaces and forks. Returns in PID 1 of the sandbox, inside its new root.
 /// `Err` means nothing changed (the namespaces could not be created): the caller falls back.
 /// The outer process never returns: it waits for PID 1 and exits the way it did.
-pub(super) fn enter(p: &Policy, ns: &NsPolicy) -> Result<(), String> {
+pub(super) fn enter(p: &Policy, ns: &NsPolicy) -> Result<Identity, String> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     // SIGINT goes to the whole process group (interrupts); neither process here may die of it.
     super::unix::survive_sigint();
-    unshare(flags(ns)).map_err(|e| err("unshare", e))?;
+    // Root: the kernel gets an unprivileged host id, when idmapped mounts work here.
+    let mut who = Identity::Own;
+    let mut trees = super::idmap::Trees::default();
+    let mut writer = None;
+    if uid == 0 {
+        let writable: Vec<PathBuf> = bind_plan(p)
+            .into_iter()
+            .filter(|(_, ro)| !*ro)
+            .map(|(path, _)| path)
+            .collect();
+        match super::idmap::prepare(&writable).and_then(|t| Ok((t, super::idmap::writer()?))) {
+            Ok((t, w)) => {
+                trees = t;
+                writer = Some(w);
+                who = Identity::Unprivileged;
+            }
+            Err(e) => who = Identity::HostRoot(e),
+        }
+    }
+    if let Err(e) = unshare(flags(ns)) {
+        if let Some(w) = writer {
+            w.cancel();
+        }
+        return Err(err("unshare", e));
+    }
     // From here on the process is in a new user namespace: a failure cannot be undone.
     let fail = |m: String| -> ! {
         eprintln!("kernel-mcp sandbox: namespace setup failed: {m}");
         std::process::exit(SETUP_FAILED);
     };
-    let inside_uid = if uid == 0 { INSIDE_ROOT_AS } else { uid };
-    let inside_gid = if gid == 0 { INSIDE_ROOT_AS } else { gid };
-    if let Err(e) = write_maps(uid, gid, inside_uid, inside_gid) {
+    let (inside_uid, inside_gid) = match &who {
+        Identity::Own => (uid, gid),
+        Identity::Unprivileged | Identity::HostRoot(_) => (INSIDE_ROOT_AS, INSIDE_ROOT_AS),
+    };
+    let mapped = match writer {
+        Some(w) => w.run(),
+        None => write_maps(uid, gid, inside_uid, inside_gid),
+    };
+    if let Err(e) = mapped {
         fail(e);
     }
     // SAFETY: the helper is single-threaded here (it has started no thread yet).
@@ -167,24 +217,31 @@ pub(super) fn enter(p: &Policy, ns: &NsPolicy) -> Result<(), String> {
         std::process::exit(137);
     }
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    if let Err(e) = build_root(p, ns, inside_uid, inside_gid) {
+    let owner = (who == Identity::Unprivileged).then_some((inside_uid, inside_gid));
+    if let Err(e) = build_root(p, ns, inside_uid, inside_gid, &trees, owner) {
         fail(e);
     }
-    if std::env::set_current_dir(&cwd).is_err() {
-        let _ = std::env::set_current_dir("/");
-    }
+    drop(trees);
     if ns.private_network {
         if let Err(e) = loopback_up() {
             fail(e);
         }
     }
     let _ = nix::unistd::sethostname("kernel-mcp");
+    if who == Identity::Unprivileged {
+        if let Err(e) = super::idmap::become_kernel() {
+            fail(e);
+        }
+    }
+    if std::env::set_current_dir(&cwd).is_err() {
+        let _ = std::env::set_current_dir("/");
+    }
     // Nothing in the sandbox may read our memory or trace us.
     // SAFETY: plain prctl with integer arguments.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
-    Ok(())
+    Ok(who)
 }
 
 fn write_maps(uid: u32, gid: u32, in_uid: u32, in_gid: u32) -> Result<(), String> {
@@ -375,7 +432,17 @@ fn bind_plan(p: &Policy) -> Vec<(PathBuf, bool)> {
     kept
 }
 
-fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), String> {
+/// Builds the new root and pivots into it. `trees` holds idmapped copies of the writable
+/// folders (attached instead of plain binds); `owner` is who gets HOME and its seed when the
+/// helper builds as root for another id.
+fn build_root(
+    p: &Policy,
+    ns: &NsPolicy,
+    uid: u32,
+    gid: u32,
+    trees: &super::idmap::Trees,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
     let none = None::<&str>;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| err("make / private", e))?;
@@ -401,6 +468,12 @@ fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), Strin
                 }
             }
             continue;
+        }
+        if !ro {
+            mount_point(&path, &dst)?;
+            if trees.attach(&path, &dst)? {
+                continue;
+            }
         }
         // Not recursive for a path that holds the new root itself (the runtime dir).
         bind(&path, &dst, !within(&root, &path), ro)?;
@@ -504,8 +577,12 @@ fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), Strin
 
     // HOME: a private tmpfs seeded with what the server put there (the font cache).
     let scratch = under(&root, &ns.scratch);
-    tmpfs(&scratch, "0700", ns.tmpfs_bytes, MsFlags::empty())?;
-    copy_tree(&ns.scratch, &scratch, 0).map_err(|e| err("seed HOME", e))?;
+    let mode = match owner {
+        Some((u, g)) => format!("0700,uid={u},gid={g}"),
+        None => "0700".to_owned(),
+    };
+    tmpfs(&scratch, &mode, ns.tmpfs_bytes, MsFlags::empty())?;
+    copy_tree(&ns.scratch, &scratch, 0, owner).map_err(|e| err("seed HOME", e))?;
 
     // The root itself read-only, then pivot into it and drop the host's view.
     let f = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -517,8 +594,14 @@ fn build_root(p: &Policy, ns: &NsPolicy, uid: u32, gid: u32) -> Result<(), Strin
     Ok(())
 }
 
-/// Copies the (small) seed of HOME; bounded depth, no symlinks followed.
-fn copy_tree(from: &Path, to: &Path, depth: usize) -> std::io::Result<()> {
+/// Copies the (small) seed of HOME, given to `owner` when set; bounded depth, no symlinks
+/// followed.
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    depth: usize,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     if depth > 8 {
         return Ok(());
     }
@@ -528,9 +611,14 @@ fn copy_tree(from: &Path, to: &Path, depth: usize) -> std::io::Result<()> {
         if t.is_dir() {
             std::fs::create_dir_all(&dst)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
-            copy_tree(&e.path(), &dst, depth + 1)?;
+            copy_tree(&e.path(), &dst, depth + 1, owner)?;
         } else if t.is_file() {
             std::fs::copy(e.path(), &dst)?;
+        } else {
+            continue;
+        }
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::lchown(&dst, Some(u), Some(g))?;
         }
     }
     Ok(())

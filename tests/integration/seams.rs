@@ -996,3 +996,62 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     s.close().await;
     uninstall(&name);
 }
+
+/// Item 5: a server started as root runs the kernel as an unprivileged host uid (its user
+/// namespace maps it there; the workspace is reached through an idmapped mount), so a root-only
+/// file in a folder the sandbox shows is closed to it, while the workspace stays its own and
+/// what it writes there stays the user's. Applies to a server started as root (CI here); as
+/// another user the kernel already has that user's uid and there is nothing to test.
+#[tokio::test]
+async fn a_root_started_server_runs_the_kernel_as_an_unprivileged_uid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: the kernel already runs as this user's uid; skipped");
+        return;
+    }
+    let data = data_dir();
+    // A folder shown read-only (--allow-read) holding a root-only key and a public file.
+    let shown = tempfile::Builder::new()
+        .prefix("kmcp-shown-")
+        .tempdir()
+        .unwrap();
+    let key = shown.path().join("server.key");
+    std::fs::write(&key, "ROOT-ONLY-KEY").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(shown.path().join("public.txt"), "public").unwrap();
+    let dir = shown.path().display().to_string();
+    let s = Server::start_with_env(
+        &["--allow-read", &dir],
+        &[("KERNEL_MCP_DATA_DIR", data.as_str())],
+    )
+    .await;
+    // A root-owned, owner-writable-only file the kernel must still be able to overwrite.
+    let ws = s.ws();
+    let mine = ws.join("mine.txt");
+    std::fs::write(&mine, "old").unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = s
+        .exec(&format!(
+            "import os\ndef peek(p):\n    try:\n        return open(p).read()\n    except OSError as e:\n        return f'errno {{e.errno}}'\nprint(peek({k:?}), peek({p:?}))\nopen('mine.txt', 'w').write('new')\nopen('made.txt', 'w').write('made')\nm = [l.split() for l in open('/proc/self/uid_map')]\nprint(os.getuid(), [int(h) + os.getuid() - int(i) for i, h, n in m if int(i) <= os.getuid() < int(i) + int(n)])",
+            k = key.display().to_string(),
+            p = format!("{dir}/public.txt"),
+        ))
+        .await;
+    let t = text(&r);
+    let lines: Vec<&str> = t.lines().collect();
+    // The attack: host root's uid would read its own key by owner match.
+    assert_eq!(lines.first().copied(), Some("errno 13 public"), "{t}");
+    // The kernel's uid inside maps to a host uid other than root's.
+    let ids = lines.get(1).copied().unwrap_or_default();
+    assert!(
+        ids.starts_with("1000 [") && !ids.ends_with("[0]") && ids.ends_with(']'),
+        "the kernel's uid maps to host root: {ids}"
+    );
+    // The workspace stays the kernel's to write, and its files stay the user's (root's).
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "new");
+    let made = std::fs::metadata(ws.join("made.txt")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    let sb = s.call("get_environment", json!({})).await;
+    assert!(text(&sb).contains("not root"), "{}", text(&sb));
+    s.close().await;
+}
