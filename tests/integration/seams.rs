@@ -1055,3 +1055,48 @@ async fn a_root_started_server_runs_the_kernel_as_an_unprivileged_uid() {
     assert!(text(&sb).contains("not root"), "{}", text(&sb));
     s.close().await;
 }
+
+/// Item 5's fallback: where the workspace's filesystem cannot be idmapped (ramfs here, as NFS
+/// or an old kernel elsewhere), a root-started server still runs the kernel (as host root's
+/// uid, uid 1000 inside, no capabilities), and the sandbox status says so in a warning. Root
+/// only (it mounts a ramfs).
+#[tokio::test]
+async fn without_idmapped_mounts_a_root_started_kernel_still_runs_and_says_so() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: no idmapped mounts are tried; skipped");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kmcp-ramfs-")
+        .tempdir()
+        .unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    nix::mount::mount(
+        Some("ramfs"),
+        &ws,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .unwrap();
+    let _unmount = Unmount(ws.clone());
+    let s = Server::start_on(&ws, &[]).await;
+    let r = s
+        .exec("import os\nopen('made.txt', 'w').write('made')\nprint(os.getuid(), open('made.txt').read())")
+        .await;
+    assert_eq!(text(&r).trim_end(), "1000 made", "{}", text(&r));
+    let env = s.call("get_environment", json!({})).await;
+    let t = text(&env);
+    assert!(
+        t.contains("keeps host root's uid (idmapped mounts are not available here"),
+        "{t}"
+    );
+    s.close().await;
+}
