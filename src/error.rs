@@ -327,9 +327,68 @@ pub enum SessionError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
-    /// Anything else the model should read: one sentence saying what to do.
+    /// The call was refused or could not be done, for a reason of its own (typed below).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// Why a session operation was refused: each case carries its facts; `Display` words it as the
+/// one sentence the model reads (what happened, and what to do).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("save_to {path}: a notebook path must end in .ipynb; nothing was run")]
+    SaveToNotIpynb { path: String },
+    #[error("{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\"")]
+    ExportNotIpynb { path: String },
+    #[error("{path}: {detail}; nothing was run")]
+    BadNotebook { path: String, detail: String },
+    /// The notebook (run, or the session's journal) could not be encoded.
+    #[error("could not build the notebook: {0}")]
+    NotebookBuild(String),
+    #[error("the file task failed: {0}")]
+    FileTask(String),
+    #[error("the file tools act on the kernel's working directory on the gateway, and no kernel is available: {0}")]
+    NoRemoteKernel(String),
+    #[error("content is {bytes} bytes; at most {max} bytes can be written into a gateway kernel's folder per write_file call (one WebSocket message). Nothing was written; send the rest in further calls with append: true")]
+    RemoteWriteTooLarge { bytes: usize, max: u64 },
+    #[error("{path}: the notebook is {bytes} bytes; at most {max} bytes can be written into a gateway kernel's folder in one piece (it travels inside one WebSocket message)")]
+    RemoteNotebookTooLarge {
+        path: String,
+        bytes: usize,
+        max: u64,
+    },
+    /// A `timeout` argument that is no number of seconds (words from `limits::call_timeout`).
     #[error("{0}")]
-    Refused(String),
+    BadTimeout(String),
+    #[error("there is no run {id} (runs are numbered from 1 in this session; the latest is {})", latest.map(|l| l.to_string()).unwrap_or_else(|| "none yet".into()))]
+    NoSuchRun { id: u64, latest: Option<u64> },
+    #[error("no run has been started in this session yet")]
+    NoRunYet,
+    /// The kernel's interpreter lives with the kernel (`None`: its answer was unreadable).
+    #[error("could not list the kernel's packages: {}", detail.as_deref().unwrap_or("unexpected answer from the kernel"))]
+    KernelPackages { detail: Option<String> },
+    #[error("could not list the installed packages: {0}")]
+    InstalledPackages(String),
+    #[error("packages is empty; pass a list of package names")]
+    NoPackageNames,
+    #[error("packages is empty; pass a list of package names such as [\"tabulate\"]")]
+    NothingToInstall,
+    #[error("{given} packages given; install at most {max} per call")]
+    TooManyPackages { given: usize, max: usize },
+    /// Specs that are not valid requirements, each worded (nothing is installed).
+    #[error("nothing was installed: {}", .0.join("; "))]
+    BadSpecs(Vec<String>),
+    #[error("{0:?} is not a package name (letters, digits, '-', '_' and '.' only)")]
+    BadPackageName(String),
+    #[error("{given} names given; check at most {max} per call")]
+    TooManyNames { given: usize, max: usize },
+    /// The installer ran and failed; nothing was changed. `renamed` is the note on names
+    /// taken for others (empty when none).
+    #[error("nothing was changed{renamed}: {error}")]
+    InstallFailed { error: String, renamed: String },
+    /// The installer could not be run to its end (time-out, spawn, refusal).
+    #[error("{error}{renamed}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout.")]
+    InstallIncomplete { error: String, renamed: String },
 }
 
 #[cfg(test)]
@@ -385,6 +444,46 @@ mod tests {
             })
             .to_string(),
             "connection file /r/k.json names port 0; the kernel has not bound its ports yet"
+        );
+    }
+
+    /// Refusals carry their facts and read as the sentences the model has always been given.
+    #[test]
+    fn refusals_are_worded_from_their_facts() {
+        let e = SessionError::from(Refusal::NoSuchRun {
+            id: 7,
+            latest: Some(3),
+        });
+        assert_eq!(
+            e.to_string(),
+            "there is no run 7 (runs are numbered from 1 in this session; the latest is 3)"
+        );
+        assert!(Refusal::NoSuchRun {
+            id: 1,
+            latest: None
+        }
+        .to_string()
+        .ends_with("the latest is none yet)"));
+        assert_eq!(
+            Refusal::KernelPackages { detail: None }.to_string(),
+            "could not list the kernel's packages: unexpected answer from the kernel"
+        );
+        assert_eq!(
+            Refusal::BadPackageName("a b".into()).to_string(),
+            "\"a b\" is not a package name (letters, digits, '-', '_' and '.' only)"
+        );
+        assert_eq!(
+            Refusal::BadSpecs(vec!["\"x\": bad".into(), "\"y\": bad".into()]).to_string(),
+            "nothing was installed: \"x\": bad; \"y\": bad"
+        );
+        assert_eq!(
+            Refusal::InstallFailed {
+                error: "installer failed: no such package".into(),
+                renamed: " (sklearn is the import name of scikit-learn; installing scikit-learn)"
+                    .into()
+            }
+            .to_string(),
+            "nothing was changed (sklearn is the import name of scikit-learn; installing scikit-learn): installer failed: no such package"
         );
     }
 }

@@ -486,18 +486,17 @@ impl InstallReport {
 
 /// Checks and translates what install_package was given: the specs to install, and a note
 /// naming the import names that were translated (" (sklearn is the import name of ...)").
-/// `Err` is the sentence for the model when nothing may be installed.
-pub fn prepare(raw: &[String]) -> Result<(Vec<PackageSpec>, String), String> {
+/// `Err` says why nothing may be installed.
+pub fn prepare(raw: &[String]) -> Result<(Vec<PackageSpec>, String), crate::error::Refusal> {
+    use crate::error::Refusal;
     if raw.is_empty() {
-        return Err(
-            "packages is empty; pass a list of package names such as [\"tabulate\"]".to_owned(),
-        );
+        return Err(Refusal::NothingToInstall);
     }
     if raw.len() > MAX_SPECS {
-        return Err(format!(
-            "{} packages given; install at most {MAX_SPECS} per call",
-            raw.len()
-        ));
+        return Err(Refusal::TooManyPackages {
+            given: raw.len(),
+            max: MAX_SPECS,
+        });
     }
     let mut specs = Vec::new();
     let mut problems = Vec::new();
@@ -523,7 +522,7 @@ pub fn prepare(raw: &[String]) -> Result<(Vec<PackageSpec>, String), String> {
         format!(" ({})", renamed.join("; "))
     };
     if !problems.is_empty() {
-        return Err(format!("nothing was installed: {}", problems.join("; ")));
+        return Err(Refusal::BadSpecs(problems));
     }
     Ok((specs, renamed))
 }

@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::journal::WrittenFiles;
-use crate::error::{SessionError, WorkspaceError};
+use crate::error::{Refusal, SessionError, WorkspaceError};
 use crate::kernel::KernelHandle;
 use crate::workspace::{remote, Listing, ReadOutcome, Workspace};
 
@@ -61,7 +61,7 @@ impl Files {
         let ws = self.workspace.clone();
         tokio::task::spawn_blocking(move || f(&ws))
             .await
-            .map_err(|e| SessionError::Refused(format!("the file task failed: {e}")))?
+            .map_err(|e| Refusal::FileTask(e.to_string()))?
             .map_err(SessionError::from)
     }
 
@@ -76,9 +76,7 @@ impl Files {
                 Err(_) => Some(format!("none was ready within {} s", REMOTE_WAIT.as_secs())),
             };
             if let Some(e) = why {
-                return Err(SessionError::Refused(format!(
-                    "the file tools act on the kernel's working directory on the gateway, and no kernel is available: {e}"
-                )));
+                return Err(Refusal::NoRemoteKernel(e).into());
             }
         }
         let repr = self
@@ -124,10 +122,11 @@ impl Files {
         if self.remote() {
             let path = remote::check_path(&path)?;
             if data.len() as u64 > MAX_REMOTE_BYTES {
-                return Err(SessionError::Refused(format!(
-                    "content is {} bytes; at most {MAX_REMOTE_BYTES} bytes can be written into a gateway kernel's folder per write_file call (one WebSocket message). Nothing was written; send the rest in further calls with append: true",
-                    data.len()
-                )));
+                return Err(Refusal::RemoteWriteTooLarge {
+                    bytes: data.len(),
+                    max: MAX_REMOTE_BYTES,
+                }
+                .into());
             }
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
             let v = self
@@ -226,10 +225,12 @@ impl Files {
         if self.remote() && !local {
             let path = remote::check_path(&path)?;
             if bytes.len() as u64 > MAX_REMOTE_BYTES {
-                return Err(SessionError::Refused(format!(
-                    "{path}: the notebook is {} bytes; at most {MAX_REMOTE_BYTES} bytes can be written into a gateway kernel's folder in one piece (it travels inside one WebSocket message)",
-                    bytes.len()
-                )));
+                return Err(Refusal::RemoteNotebookTooLarge {
+                    path,
+                    bytes: bytes.len(),
+                    max: MAX_REMOTE_BYTES,
+                }
+                .into());
             }
             let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
             let args = remote::write_own_args(&path, &b64, overwrite, written.get(&path));

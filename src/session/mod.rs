@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 pub use environment::{environment_report, EnvironmentReport};
 pub use files::{Files, Written};
 pub use notebooks::NotebookRun;
-pub use packages::{Installed, PackageCheck, PackageList, PackageStatus, PackageVersion};
+pub use packages::{
+    Installed, LocalInstall, PackageCheck, PackageList, PackageStatus, PackageVersion, StaleImports,
+};
 
-use crate::error::{KernelError, SessionError};
+use crate::error::{KernelError, Refusal, SessionError};
 use crate::kernel::{
     ExecLimits, Execution, KernelHandle, Report, Restarted, SwitchError, Switched,
 };
@@ -388,7 +390,7 @@ impl Session {
         let s = &self.settings;
         let (timeout, note) =
             crate::limits::call_timeout(timeout, s.default_timeout, s.max_timeout)
-                .map_err(SessionError::Refused)?;
+                .map_err(Refusal::BadTimeout)?;
         Ok((
             ExecLimits {
                 timeout,
@@ -820,16 +822,12 @@ impl Session {
                 &format!("[run {id} has ended and its result was returned already; nothing new]"),
                 false,
             )),
-            runs::Look::Unknown { id: Some(id) } => Err(SessionError::Refused(format!(
-                "there is no run {id} (runs are numbered from 1 in this session; the latest is {})",
-                self.runs
-                    .latest()
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "none yet".into())
-            ))),
-            runs::Look::Unknown { id: None } => Err(SessionError::Refused(
-                "no run has been started in this session yet".into(),
-            )),
+            runs::Look::Unknown { id: Some(id) } => Err(Refusal::NoSuchRun {
+                id,
+                latest: self.runs.latest(),
+            }
+            .into()),
+            runs::Look::Unknown { id: None } => Err(Refusal::NoRunYet.into()),
         }
     }
 
@@ -854,9 +852,7 @@ impl Session {
         include_errors: bool,
     ) -> Result<ExportReport, SessionError> {
         if !path.to_ascii_lowercase().ends_with(".ipynb") {
-            return Err(SessionError::Refused(format!(
-                "{path}: a notebook path must end in .ipynb, e.g. \"analysis.ipynb\""
-            )));
+            return Err(Refusal::ExportNotIpynb { path }.into());
         }
         let (bytes, cells) = self
             .journal
@@ -865,7 +861,7 @@ impl Session {
                 since_restart,
                 include_errors,
             )
-            .map_err(|e| SessionError::Refused(format!("could not build the notebook: {e}")))?;
+            .map_err(|e| Refusal::NotebookBuild(e.to_string()))?;
         let size = bytes.len();
         let path = self.write_notebook(path, bytes, overwrite).await?;
         Ok(ExportReport {

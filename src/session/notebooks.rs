@@ -5,7 +5,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
-use crate::error::SessionError;
+use crate::error::{Refusal, SessionError};
 use crate::kernel::OutputSink;
 use crate::kernel::{Ending, ExecLimits, Report};
 use crate::notebook::{self, Cell, Notebook, Recorder, MAX_CELL_OUTPUT_BYTES};
@@ -95,17 +95,17 @@ impl Session {
     ) -> Result<Rendered, SessionError> {
         if let Some(to) = &run.save_to {
             if !to.to_ascii_lowercase().ends_with(".ipynb") {
-                return Err(SessionError::Refused(format!(
-                    "save_to {to}: a notebook path must end in .ipynb; nothing was run"
-                )));
+                return Err(Refusal::SaveToNotIpynb { path: to.clone() }.into());
             }
         }
         let bytes = self
             .files
             .read_bytes(run.path.clone(), notebook::MAX_NOTEBOOK_BYTES)
             .await?;
-        let mut nb = Notebook::parse(&bytes)
-            .map_err(|e| SessionError::Refused(format!("{}: {e}; nothing was run", run.path)))?;
+        let mut nb = Notebook::parse(&bytes).map_err(|e| Refusal::BadNotebook {
+            path: run.path.clone(),
+            detail: e.to_string(),
+        })?;
         drop(bytes);
         let s = &self.settings;
         let limits = ExecLimits {
@@ -267,7 +267,7 @@ impl Session {
         }
         let bytes = nb
             .to_bytes()
-            .map_err(|e| SessionError::Refused(e.to_string()))?;
+            .map_err(|e| Refusal::NotebookBuild(e.to_string()))?;
         self.write_notebook(to, bytes, overwrite).await
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
-use crate::error::{PackageError, SessionError};
+use crate::error::{PackageError, Refusal, SessionError};
 use crate::output::{ProgressFn, Rendered};
 use crate::packages;
 
@@ -106,10 +106,47 @@ impl PackageList {
 
 /// What an install did.
 pub enum Installed {
-    /// Installed by kernel-mcp into the local environment: the report to show.
-    Report(String),
+    /// Installed by kernel-mcp into the local environment.
+    Local(LocalInstall),
     /// Installed by pip inside a kernel that runs elsewhere: that cell's output.
     InKernel(Rendered),
+}
+
+/// An install into the local environment: its facts; `Display` is the text the model reads.
+pub struct LocalInstall {
+    /// The interpreter installed into.
+    pub python: std::path::PathBuf,
+    /// Asked for, added and changed.
+    pub report: packages::InstallReport,
+    /// The note on import names taken for distributions (empty when none).
+    pub renamed: String,
+    /// Modules the kernel had already imported at a version that changed.
+    pub stale: StaleImports,
+}
+
+/// Whether the kernel still runs old code of a package whose version changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleImports {
+    /// No version changed, or none of the changed ones was imported.
+    None,
+    /// These modules (a Python list, as the kernel printed it) were imported before.
+    Imported(String),
+    /// The kernel could not be asked.
+    Unknown,
+}
+
+impl std::fmt::Display for LocalInstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.report.describe(&self.python, &self.renamed))?;
+        match &self.stale {
+            StaleImports::None => Ok(()),
+            StaleImports::Imported(v) => write!(
+                f,
+                "\nThe kernel had already imported {v} at the old version: call restart_kernel to use the new version (this clears all variables)."
+            ),
+            StaleImports::Unknown => f.write_str("\nIf any of these were already imported in the kernel, call restart_kernel to use the new version."),
+        }
+    }
 }
 
 impl Session {
@@ -123,15 +160,11 @@ impl Session {
                 .kernel
                 .evaluate(crate::pyenv::KERNEL_PROBE_EXPR, Duration::from_secs(30))
                 .await
-                .map_err(|e| {
-                    SessionError::Refused(format!("could not list the kernel's packages: {e}"))
+                .map_err(|e| Refusal::KernelPackages {
+                    detail: Some(e.to_string()),
                 })?;
-            let raw = crate::pyenv::parse_kernel_packages(&repr).ok_or_else(|| {
-                SessionError::Refused(
-                    "could not list the kernel's packages: unexpected answer from the kernel"
-                        .into(),
-                )
-            })?;
+            let raw = crate::pyenv::parse_kernel_packages(&repr)
+                .ok_or(Refusal::KernelPackages { detail: None })?;
             return Ok(raw
                 .into_iter()
                 .map(|(n, v)| (packages::normalize(&n), (n, v)))
@@ -139,9 +172,7 @@ impl Session {
         }
         packages::installed(&self.env_info().python)
             .await
-            .map_err(|e| {
-                SessionError::Refused(format!("could not list the installed packages: {e}"))
-            })
+            .map_err(|e| Refusal::InstalledPackages(e.to_string()).into())
     }
 
     /// The distributions that provide each import name, asked of the kernel's interpreter.
@@ -174,9 +205,7 @@ impl Session {
     /// ones such as `cv2`).
     pub async fn check_packages(&self, names: &[String]) -> Result<PackageCheck, SessionError> {
         if names.is_empty() {
-            return Err(SessionError::Refused(
-                "packages is empty; pass a list of package names".into(),
-            ));
+            return Err(Refusal::NoPackageNames.into());
         }
         if let Some(bad) = names.iter().find(|n| {
             n.is_empty()
@@ -185,15 +214,14 @@ impl Session {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         }) {
-            return Err(SessionError::Refused(format!(
-                "{bad:?} is not a package name (letters, digits, '-', '_' and '.' only)"
-            )));
+            return Err(Refusal::BadPackageName(bad.clone()).into());
         }
         if names.len() > MAX_CHECK_NAMES {
-            return Err(SessionError::Refused(format!(
-                "{} names given; check at most {MAX_CHECK_NAMES} per call",
-                names.len()
-            )));
+            return Err(Refusal::TooManyNames {
+                given: names.len(),
+                max: MAX_CHECK_NAMES,
+            }
+            .into());
         }
         let installed = self.installed_packages().await?;
         let unknown: Vec<String> = names
@@ -281,7 +309,7 @@ impl Session {
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Installed, SessionError> {
-        let (specs, renamed) = packages::prepare(raw).map_err(SessionError::Refused)?;
+        let (specs, renamed) = packages::prepare(raw)?;
         let _one_at_a_time = self.install_lock.lock().await;
         if self.kernel_elsewhere() {
             // pip runs inside the kernel, so it installs into the kernel's own interpreter
@@ -304,22 +332,19 @@ impl Session {
         }
         let python = self.env_info().python;
         let mode = self.kernel.backend().install_mode();
-        let report = packages::install(
-            &python,
-            &specs,
-            self.settings.install_timeout,
-            lines,
-            &mode,
-        )
-        .await
-        .map_err(|e| match e {
-            PackageError::Failed(_) => {
-                SessionError::Refused(format!("nothing was changed{renamed}: {e}"))
-            }
-            e => SessionError::Refused(format!(
-                "{e}{renamed}. Nothing may have been installed; try fewer packages, check the names, or start the server with a larger --install-timeout."
-            )),
-        })?;
+        let report =
+            packages::install(&python, &specs, self.settings.install_timeout, lines, &mode)
+                .await
+                .map_err(|e| match e {
+                    PackageError::Failed(_) => Refusal::InstallFailed {
+                        error: e.to_string(),
+                        renamed: renamed.clone(),
+                    },
+                    e => Refusal::InstallIncomplete {
+                        error: e.to_string(),
+                        renamed: renamed.clone(),
+                    },
+                })?;
         self.kernel.invalidate_imports();
         // The notebook record says what was installed, commented out: rerunning a notebook in a
         // sandboxed kernel cannot install (its environment is read-only), and elsewhere the
@@ -328,16 +353,19 @@ impl Session {
             "# install_package installed these packages (kernel-mcp); to replay this notebook elsewhere, install them first:\n# %pip install {}",
             specs.iter().map(|s| s.raw.as_str()).collect::<Vec<_>>().join(" ")
         ));
-        let mut text = report.describe(&python, &renamed);
-        if let Some(expr) = report.stale_imports_expr() {
-            match self.kernel.evaluate(&expr, Duration::from_secs(3)).await {
-                Ok(v) if v != "[]" => text.push_str(&format!(
-                    "\nThe kernel had already imported {v} at the old version: call restart_kernel to use the new version (this clears all variables)."
-                )),
-                Ok(_) => {}
-                Err(_) => text.push_str("\nIf any of these were already imported in the kernel, call restart_kernel to use the new version."),
-            }
-        }
-        Ok(Installed::Report(text))
+        let stale = match report.stale_imports_expr() {
+            None => StaleImports::None,
+            Some(expr) => match self.kernel.evaluate(&expr, Duration::from_secs(3)).await {
+                Ok(v) if v != "[]" => StaleImports::Imported(v),
+                Ok(_) => StaleImports::None,
+                Err(_) => StaleImports::Unknown,
+            },
+        };
+        Ok(Installed::Local(LocalInstall {
+            python,
+            report,
+            renamed,
+            stale,
+        }))
     }
 }

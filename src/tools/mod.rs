@@ -88,7 +88,7 @@ fn failure(e: SessionError) -> CallToolResult {
     match e {
         SessionError::Kernel(e) => kernel_error(e),
         SessionError::Workspace(e) => workspace_error(e),
-        SessionError::Refused(why) => tool_error(why),
+        SessionError::Refused(why) => tool_error(why.to_string()),
     }
 }
 
@@ -256,7 +256,9 @@ fn install_result(
     done: Result<Result<Installed, SessionError>, tokio::task::JoinError>,
 ) -> CallToolResult {
     match done {
-        Ok(Ok(Installed::Report(text))) => CallToolResult::success(vec![Content::text(text)]),
+        Ok(Ok(Installed::Local(done))) => {
+            CallToolResult::success(vec![Content::text(done.to_string())])
+        }
         Ok(Ok(Installed::InKernel(cell))) => cell,
         Ok(Err(e)) => failure(e),
         Err(e) => tool_error(format!("the install stopped unexpectedly: {e}")),
