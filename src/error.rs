@@ -130,6 +130,9 @@ pub enum Unavailable {
     Cancelled,
     #[error("lost the connection to the kernel ({detail}); it was stopped, all variables were lost, and the next call starts a new kernel")]
     ConnectionLost { detail: String },
+    /// The kernel ended while silent code (a snapshot, a probe) waited for its answer.
+    #[error("the kernel ended while kernel-mcp waited for it ({cause}); all variables were lost, and the next call starts a new kernel")]
+    EndedDuringSilentCode { cause: String },
     #[error("this kernel's interpreter is chosen where the kernel runs, not by kernel-mcp")]
     InterpreterNotOurs,
     /// The configured interpreter cannot run a kernel (words from `pyenv::explain`).

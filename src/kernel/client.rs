@@ -193,6 +193,18 @@ impl Kernel {
             }
             Ok::<_, KernelError>(reply)
         };
+        // A kernel that dies meanwhile never answers: end with it, not at `limit` (a snapshot's
+        // save waits up to 10 minutes, and holds the kernel's slot while it waits).
+        let wait = async {
+            tokio::select! {
+                r = wait => r,
+                gone = self.life.gone() => Err(KernelError::Unavailable {
+                    reason: crate::error::Unavailable::EndedDuringSilentCode {
+                        cause: gone.to_string(),
+                    },
+                }),
+            }
+        };
         match tokio::time::timeout(limit, wait).await {
             Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(r),
             Ok(Ok(r)) => Err(KernelError::Protocol(format!(

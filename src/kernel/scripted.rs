@@ -336,3 +336,35 @@ async fn restart_swaps_in_the_warm_spare() {
     assert!(run(&h, "ok").await.is_ok());
     h.shutdown().await;
 }
+
+/// Silent code (a snapshot's save waits up to 10 minutes) holds the slot while it waits: when
+/// the kernel ends meanwhile, it must end with it, or the server's shutdown waits out its own
+/// bound (60 s) for the slot. Found as servers that took a minute to exit after stdin closed.
+#[tokio::test]
+async fn silent_code_ends_with_its_kernel_and_shutdown_does_not_wait_for_it() {
+    let script = Arc::new(Script::default());
+    let h = handle(&script, false);
+    assert!(run(&h, "ok").await.is_ok());
+    // The scripted kernel never answers silent code: the evaluation waits, holding the slot.
+    let held = h.clone();
+    let waiting = tokio::spawn(async move { held.evaluate("x", Duration::from_secs(600)).await });
+    let bound = Duration::from_secs(20);
+    let holds = tokio::time::timeout(bound, async {
+        while h.slot.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(holds.is_ok(), "the evaluation never took the slot");
+    let t = Instant::now();
+    let done = tokio::time::timeout(bound, h.shutdown()).await;
+    assert!(done.is_ok(), "shutdown waited for the silent code");
+    let r = tokio::time::timeout(bound, waiting).await;
+    match r {
+        Ok(Ok(Err(KernelError::Unavailable {
+            reason: Unavailable::EndedDuringSilentCode { .. },
+        }))) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < bound);
+}
