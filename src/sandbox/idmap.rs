@@ -186,10 +186,16 @@ fn throwaway_userns((uid, gid): (u32, u32)) -> Result<OwnedFd, String> {
     result
 }
 
-/// A detached copy of the mount at `path` (not its submounts), idmapped through `userns`.
-fn idmapped_tree(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, String> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `mount_setattr(2)` (Linux 5.12): sets `attr_set` (with `userns_fd` for an idmap) on the
+/// mount at `path` relative to `dirfd`, `flags` as for the call (`AT_EMPTY_PATH`,
+/// `AT_RECURSIVE`).
+pub(super) fn mount_setattr(
+    dirfd: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    attr_set: u64,
+    userns_fd: Option<libc::c_int>,
+) -> std::io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -197,6 +203,34 @@ fn idmapped_tree(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, String> {
         propagation: u64,
         userns_fd: u64,
     }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns_fd.map_or(0, |fd| fd as u64),
+    };
+    // SAFETY: a valid C string and a properly laid out, live mount_attr of the given size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A detached copy of the mount at `path` (not its submounts), idmapped through `userns`.
+fn idmapped_tree(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, String> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
     let c = cstring(path)?;
     // SAFETY: a valid C string and integer flags; the result is a new fd or -1.
     let fd = unsafe {
@@ -219,31 +253,14 @@ fn idmapped_tree(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, String> {
     };
     // SAFETY: `raw` is a new fd owned by nobody else.
     let tree = unsafe { OwnedFd::from_raw_fd(raw) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let empty = c"";
-    // SAFETY: live fds, a valid C string and a properly laid out mount_attr of the given size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(format!(
-            "idmapped mount of {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
+    mount_setattr(
+        tree.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH,
+        MOUNT_ATTR_IDMAP,
+        Some(userns.as_raw_fd()),
+    )
+    .map_err(|e| format!("idmapped mount of {}: {e}", path.display()))?;
     Ok(tree)
 }
 

@@ -312,34 +312,12 @@ fn flags_of(path: &Path) -> MsFlags {
 /// Makes the mount at `target` (and every mount below it, where the kernel can) read-only.
 fn make_read_only(target: &Path) -> Result<(), String> {
     // mount_setattr(2) with AT_RECURSIVE (Linux 5.12) covers submounts too.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     const AT_RECURSIVE: libc::c_int = 0x8000;
     if let Ok(c) = CString::new(target.as_os_str().as_encoded_bytes()) {
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        // SAFETY: a valid C string and a properly laid out, live mount_attr of the given size.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        if r == 0 {
+        let done =
+            super::idmap::mount_setattr(libc::AT_FDCWD, &c, AT_RECURSIVE, MOUNT_ATTR_RDONLY, None);
+        if done.is_ok() {
             return Ok(());
         }
     }
