@@ -198,8 +198,18 @@ impl Lifecycle for LocalProcess {
 
     async fn interrupt(&self, chan: &dyn Channels) {
         match self.interrupt_mode {
-            InterruptMode::Signal => self.process.interrupt(),
+            InterruptMode::Signal => {
+                tracing::debug!(
+                    pid = self.process.pid(),
+                    "interrupting the kernel with SIGINT"
+                );
+                self.process.interrupt();
+            }
             InterruptMode::Message => {
+                tracing::debug!(
+                    pid = self.process.pid(),
+                    "interrupting the kernel with interrupt_request (interrupt_mode message)"
+                );
                 let msg = Message::request(chan.session(), Content::InterruptRequest);
                 if let Err(e) = chan.send(Channel::Control, &msg).await {
                     tracing::warn!(error = %e, "interrupt_request failed; sending SIGINT");

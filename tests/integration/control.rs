@@ -102,16 +102,30 @@ async fn calls_run_in_order_and_the_queue_is_bounded() {
 
 #[tokio::test]
 async fn a_failing_call_does_not_abort_the_next() {
-    let s = Server::start().await;
+    let s = Server::start_with(&["--max-queue", "1"]).await;
     let call = |code: &'static str| s.request("execute_python", json!({"code": code}), false);
-    let (a, b) = tokio::join!(
-        call("import time\ntime.sleep(0.5)\nraise RuntimeError('first')"),
+    let (running, go) = (s.ws().join("a-running"), s.ws().join("go"));
+    // a fails once the test says go. b is sent while a runs; c, sent after it, finds the queue
+    // full, which proves b is queued behind a. Then go: a's error must not abort b.
+    let (a, (b, c)) = tokio::join!(
+        call("import os, time\nopen('a-running', 'w').close()\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\nraise RuntimeError('first')"),
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            call("'second ran'").await
+            assert!(
+                crate::harness::eventually(HANG, || running.exists()).await,
+                "a never started"
+            );
+            let b = call("'second ran'");
+            let c = async {
+                let c = call("'third'").await;
+                std::fs::write(&go, "").unwrap();
+                c
+            };
+            tokio::join!(b, c)
         }
     );
     assert!(text(&a.unwrap()).starts_with("RuntimeError: first"));
+    let c = c.unwrap();
+    assert!(text(&c).starts_with("the kernel is busy"), "{}", text(&c));
     assert_eq!(texts(&b.unwrap()), vec!["'second ran'"]);
     s.close().await;
 }
@@ -203,5 +217,15 @@ async fn message_interrupt_mode_uses_interrupt_request() {
     assert!(is_error(&r));
     assert!(text(&r).contains("variables kept"), "{}", text(&r));
     assert_eq!(texts(&s.exec("kept").await), vec!["'yes'"]);
+    // The kernel sees SIGINT either way: the server's log says which way it was asked.
+    let log = s.log();
+    assert!(
+        log.contains("interrupting the kernel with interrupt_request"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("interrupting the kernel with SIGINT"),
+        "{log}"
+    );
     s.close().await;
 }

@@ -227,14 +227,18 @@ async fn the_tcp_transport_works_too() {
 #[tokio::test]
 async fn restart_during_a_running_call_is_reported_to_that_call() {
     let s = Server::start().await;
+    let marker = s.ws().join("running");
     let running = s.request(
         "execute_python",
-        serde_json::json!({"code": "import time\ntime.sleep(60)"}),
+        serde_json::json!({"code": "import time\nopen('running', 'w').close()\ntime.sleep(60)"}),
         false,
     );
-    // Soon enough that the first kernel may still be starting: restart must still end the call.
+    // Once the code runs (its marker file), restart must end the call and say so.
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            crate::harness::eventually(crate::harness::HANG, || marker.exists()).await,
+            "the call never ran"
+        );
         s.call("restart_kernel", serde_json::json!({})).await
     };
     let (a, b) = tokio::join!(running, restart);

@@ -100,7 +100,17 @@ async fn installs_time_out_are_killed_and_run_one_at_a_time() {
         )
     };
     let files_meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the installer is running (its first progress line), list the files.
+        assert!(
+            crate::harness::eventually(crate::harness::HANG, || !s
+                .recorder
+                .progress
+                .lock()
+                .unwrap()
+                .is_empty())
+            .await,
+            "no installer progress"
+        );
         let t = Instant::now();
         let r = s.call("list_files", json!({})).await;
         assert!(!is_error(&r));
