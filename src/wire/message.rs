@@ -333,7 +333,24 @@ content_table! {
 impl Header {
     /// A `parent_header` value: `{}` or `null` mean no parent (messaging spec, "General Message
     /// Format"); anything else must be a header.
-    pub fn parent_from(v: Value) -> Result<Option<Header>, WireError> {
+    pub fn parent_from_slice(part: &[u8]) -> Result<Option<Header>, WireError> {
+        // Most messages have a parent: read it as a header at once (one parse, not two), and
+        // fall back to the general path for `{}`, `null` and anything unusual.
+        let t = part.trim_ascii();
+        if t != b"{}" && t != b"null" {
+            if let Ok(h) = serde_json::from_slice::<Header>(t) {
+                return Ok(Some(h));
+            }
+        }
+        let v: Value = serde_json::from_slice(part).map_err(|source| WireError::Json {
+            part: "parent_header",
+            source,
+        })?;
+        Header::parent_from(v)
+    }
+
+    /// The same, from a parsed value.
+    fn parent_from(v: Value) -> Result<Option<Header>, WireError> {
         match v {
             Value::Object(ref m) if m.is_empty() => Ok(None),
             Value::Null => Ok(None),
@@ -409,12 +426,7 @@ impl Message {
             part: "header",
             source,
         })?;
-        // The spec says parent_header is `{}` when there is no parent.
-        let parent: Value = serde_json::from_slice(parent).map_err(|source| WireError::Json {
-            part: "parent_header",
-            source,
-        })?;
-        let parent_header = Header::parent_from(parent)?;
+        let parent_header = Header::parent_from_slice(parent)?;
         let metadata = serde_json::from_slice(metadata).map_err(|source| WireError::Json {
             part: "metadata",
             source,
@@ -465,6 +477,30 @@ impl Message {
 mod tests {
     use super::*;
     use crate::wire::signer::Signer;
+
+    /// `{}` and `null` (with any spacing) mean no parent; a header is read in one parse; what
+    /// is neither is an error naming the part.
+    #[test]
+    fn parent_headers_are_read_in_every_form() {
+        let h = Message::request("s", Content::KernelInfoRequest).header;
+        let json = serde_json::to_vec(&h).unwrap_or_default();
+        assert_eq!(Header::parent_from_slice(&json).ok(), Some(Some(h)));
+        for none in [&b"{}"[..], b" { } ", b"null", b"\n{\n}\n"] {
+            assert_eq!(Header::parent_from_slice(none).ok(), Some(None), "{none:?}");
+        }
+        for bad in [&b"[]"[..], b"{\"msg_id\": 1}", b"", b"{"] {
+            assert!(
+                matches!(
+                    Header::parent_from_slice(bad),
+                    Err(WireError::Json {
+                        part: "parent_header",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn round_trip_through_frames() {
