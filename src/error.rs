@@ -312,8 +312,12 @@ impl std::fmt::Display for KernelAnswer {
 pub enum PackageError {
     #[error("{spec:?}: {reason}")]
     BadSpec { spec: String, reason: String },
-    #[error("{0}")]
-    Refused(String),
+    /// The kernel's own machinery (ipykernel, the wire libraries): never installed over.
+    #[error("{name} is part of the kernel's own machinery (the kernel runs on it); installing or upgrading it could break the running kernel, so it is refused")]
+    Protected { name: String },
+    /// Specs that would change the kernel's dependency closure (each "spec (installed x)").
+    #[error("{} {} part of what the kernel itself runs on (ipykernel and its dependencies); another version could stop every kernel in this environment from starting, so it is refused and the installed version stays", .touched.join(", "), if .touched.len() == 1 { "is" } else { "are" })]
+    KernelClosure { touched: Vec<String> },
     #[error("installer failed: {0}")]
     Failed(String),
     #[error("installer timed out after {secs} s and was killed")]
@@ -488,5 +492,18 @@ mod tests {
             .to_string(),
             "nothing was changed (sklearn is the import name of scikit-learn; installing scikit-learn): installer failed: no such package"
         );
+        let closure = |touched: &[&str]| {
+            PackageError::KernelClosure {
+                touched: touched.iter().map(|t| t.to_string()).collect(),
+            }
+            .to_string()
+        };
+        assert!(closure(&["a==1 (installed 2)"]).starts_with("a==1 (installed 2) is part of"));
+        assert!(closure(&["a", "b"]).starts_with("a, b are part of what the kernel"));
+        assert!(PackageError::Protected {
+            name: "pyzmq".into()
+        }
+        .to_string()
+        .starts_with("pyzmq is part of the kernel's own machinery"));
     }
 }

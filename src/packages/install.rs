@@ -163,11 +163,7 @@ pub async fn install(
         })
         .collect();
     if !touched.is_empty() {
-        return Err(PackageError::Refused(format!(
-            "{} {} part of what the kernel itself runs on (ipykernel and its dependencies); another version could stop every kernel in this environment from starting, so it is refused and the installed version stays",
-            touched.join(", "),
-            if touched.len() == 1 { "is" } else { "are" }
-        )));
+        return Err(PackageError::KernelClosure { touched });
     }
     let constraints: String = closure
         .iter()

@@ -132,9 +132,7 @@ pub fn validate_spec(spec: &str) -> Result<PackageSpec, PackageError> {
     }
     let name = normalize(written);
     if PROTECTED.contains(&name.as_str()) {
-        return Err(PackageError::Refused(format!(
-            "{name} is part of the kernel's own machinery (the kernel runs on it); installing or upgrading it could break the running kernel, so it is refused"
-        )));
+        return Err(PackageError::Protected { name });
     }
     Ok(PackageSpec {
         raw: spec.to_owned(),
