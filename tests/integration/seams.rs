@@ -1100,3 +1100,35 @@ async fn without_idmapped_mounts_a_root_started_kernel_still_runs_and_says_so() 
     );
     s.close().await;
 }
+
+/// Item 5, the owner's side: a root-started server on a folder owned by another user runs the
+/// kernel as that user for the folder's files: what it creates belongs on disk to the folder's
+/// owner, and a root-only file put there by root stays closed to it. Root only.
+#[tokio::test]
+async fn a_root_started_kernel_writes_a_users_workspace_as_that_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("not root: the kernel already runs as this user's uid; skipped");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kmcp-owned-")
+        .tempdir()
+        .unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let user = nix::unistd::Uid::from_raw(4242);
+    let group = nix::unistd::Gid::from_raw(4242);
+    nix::unistd::chown(&ws, Some(user), Some(group)).unwrap();
+    let secret = ws.join("root-only.txt");
+    std::fs::write(&secret, "ROOT-ONLY").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = Server::start_on(&ws, &[]).await;
+    let r = s
+        .exec("def peek(p):\n    try:\n        return open(p).read()\n    except OSError as e:\n        return f'errno {e.errno}'\nopen('made.txt', 'w').write('made')\nprint(peek('root-only.txt'), peek('made.txt'))")
+        .await;
+    assert_eq!(text(&r).trim_end(), "errno 13 made", "{}", text(&r));
+    let made = std::fs::metadata(ws.join("made.txt")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (4242, 4242));
+    s.close().await;
+}
