@@ -141,8 +141,38 @@ def __kernel_mcp_setup():
         except Exception:
             pass
 
+    # Bokeh's show() opens a browser tab (after output_notebook(), it sends BokehJS for a
+    # notebook front end); neither reaches a model. A figure or layout is displayed like
+    # display(fig) instead, so it reaches the chart hook below. Bokeh server apps, a browser
+    # named by the caller and notebook handles are left to Bokeh.
+    def bokeh_show(showing):
+        try:
+            from IPython.display import display as ipy_display
+
+            bokeh_own = showing.show
+
+            def show(obj, browser=None, new="tab", notebook_handle=False, **kwargs):
+                try:
+                    from bokeh.models import LayoutDOM
+
+                    layout = isinstance(obj, LayoutDOM)
+                except Exception:
+                    layout = False
+                if layout and browser is None and not notebook_handle:
+                    ipy_display(obj)
+                    return None
+                return bokeh_own(
+                    obj, browser=browser, new=new, notebook_handle=notebook_handle, **kwargs
+                )
+
+            show.__doc__ = bokeh_own.__doc__
+            showing.show = show
+        except Exception:
+            pass
+
     on_import = {
         "altair": altair_spec,
+        "bokeh.io.showing": bokeh_show,
         "pandas": configure_pandas,
         "tqdm.autonotebook": text_tqdm,
         "plotly.basedatatypes": plotly_show,
@@ -178,12 +208,47 @@ def __kernel_mcp_setup():
     if on_import:
         sys.meta_path.insert(0, OnImport())
 
-    # Charts the model can see. Altair (Vega-Lite) and plotly figures display as JSON specs a
-    # browser would draw; a model sees nothing of them. When a display has such a spec and no
-    # image, the chart is drawn to PNG here, in the kernel: Vega-Lite by vl-convert (V8 inside,
-    # no browser), plotly by its own static export (kaleido). When the renderer is missing, the
-    # text says which one install_package call adds it.
+    # Charts the model can see. Altair (Vega-Lite), plotly and Bokeh figures display as JSON
+    # specs or scripts a browser would draw; a model sees nothing of them. When a display has
+    # such a chart and no image, the chart is drawn to PNG here, in the kernel: Vega-Lite by
+    # vl-convert (V8 inside, no browser), plotly by its own static export (kaleido, which
+    # drives an installed Chrome or Chromium), Bokeh by its own export (selenium with a headless
+    # Chrome or Chromium and chromedriver). When the renderer is missing, the text says which
+    # one install_package call adds it, or that the browser is what is missing.
     import base64
+    import os
+    import shutil
+
+    BROWSERS = [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+        "chrome",
+        "microsoft-edge",
+        "msedge",
+        "brave-browser",
+    ]
+    BROWSER_PATHS = [
+        os.environ.get("BROWSER_PATH") or "",
+        "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+        "/Applications/Chromium.app/Contents/MacOS/Chromium",
+        os.path.expandvars(r"%ProgramFiles%\Google\Chrome\Application\chrome.exe"),
+        os.path.expandvars(r"%ProgramFiles(x86)%\Google\Chrome\Application\chrome.exe"),
+        os.path.expandvars(r"%LocalAppData%\Google\Chrome\Application\chrome.exe"),
+    ]
+
+    in_sandbox = os.environ.get("KERNEL_MCP_SANDBOX") == "1"
+
+    def browser_hint():
+        if any(shutil.which(b) for b in BROWSERS) or any(
+            p and os.path.isfile(p) for p in BROWSER_PATHS
+        ):
+            return ""
+        return (
+            " No Chrome or Chromium was found on this computer: install Google Chrome (or "
+            "Chromium) and restart the kernel."
+        )
 
     # "application/vnd.vegalite.v5+json", "application/vnd.vegalite.v6.json" (Altair 6), and
     # the same for a plain Vega spec.
@@ -232,19 +297,86 @@ def __kernel_mcp_setup():
             # plotly's HTML is a script for a browser: nothing a model can read.
             data.pop("text/html", None)
             try:
+                import kaleido
+            except ImportError:
+                note(
+                    data,
+                    "[plotly chart not drawn: plotly draws images with kaleido (which drives an "
+                    'installed Chrome or Chromium), and kaleido is not installed. Call install_package {"packages": '
+                    '["kaleido"]} once, then show the figure again.' + browser_hint() + "]",
+                )
+                return
+            try:
                 import plotly.io as pio
 
+                # plotly looks for kaleido once, when plotly.io is first imported: when
+                # install_package added kaleido after that, plotly is told (fig.write_image in
+                # the user's code then works too).
+                exporter = sys.modules.get("plotly.io._kaleido")
+                if exporter is not None and getattr(exporter, "kaleido", 0) is None:
+                    exporter.kaleido = kaleido
+                    exporter._KALEIDO_AVAILABLE = None
                 png = pio.to_image(figure, format="png", scale=2)
             except Exception as e:
                 note(
                     data,
-                    "[plotly chart not drawn: plotly draws images with kaleido, which needs a "
-                    'Chrome or Chromium browser. Call install_package {"packages": ["kaleido"]} '
-                    "where a browser is installed, or draw the chart with matplotlib or Altair. "
-                    f"({type(e).__name__}: {str(e)[:200]})]",
+                    "[plotly chart not drawn: kaleido could not draw it; it needs a Chrome or "
+                    "Chromium browser." + browser_hint() + " Or draw the chart with matplotlib "
+                    f"or Altair. ({type(e).__name__}: {str(e)[:200]})]",
                 )
                 return
             data["image/png"] = base64.b64encode(png).decode("ascii")
+
+    def draw_bokeh(obj, data):
+        try:
+            from bokeh.models import LayoutDOM
+        except Exception:
+            return
+        if not isinstance(obj, LayoutDOM):
+            return
+        # The figure's own HTML is a table of its attributes: the picture says more.
+        data.pop("text/html", None)
+        try:
+            import selenium  # noqa: F401
+        except ImportError:
+            note(
+                data,
+                "[Bokeh figure not drawn: Bokeh draws images with selenium and a headless "
+                'Chrome or Chromium, and selenium is not installed. Call install_package {"packages": '
+                '["selenium"]} once, then show the figure again.' + browser_hint() + "]",
+            )
+            return
+        driver = None
+        try:
+            from bokeh.io.export import get_screenshot_as_png
+            from bokeh.io.webdriver import create_chromium_webdriver
+
+            # Chromium's own sandbox needs namespaces or a setuid helper, which kernel-mcp's
+            # sandbox denies: the browser runs inside that sandbox instead.
+            extra = ["--no-sandbox"] if in_sandbox or getattr(os, "geteuid", lambda: 1)() == 0 else []
+            driver = create_chromium_webdriver(extra_options=extra, scale_factor=2)
+            image = get_screenshot_as_png(obj, driver=driver, scale_factor=2)
+            import io
+
+            buffer = io.BytesIO()
+            image.save(buffer, format="png")
+            png = buffer.getvalue()
+        except Exception as e:
+            note(
+                data,
+                "[Bokeh figure not drawn: Bokeh draws images with a headless Chrome or Chromium "
+                "and its chromedriver (on PATH, or named by BOKEH_CHROMEDRIVER_PATH)."
+                + browser_hint()
+                + f" Or draw the chart with matplotlib. ({type(e).__name__}: {str(e)[:200]})]",
+            )
+            return
+        finally:
+            if driver is not None:
+                try:
+                    driver.quit()
+                except Exception:
+                    pass
+        data["image/png"] = base64.b64encode(png).decode("ascii")
 
     display_formatter = shell.display_formatter
     format_bundle = display_formatter.format
@@ -253,6 +385,8 @@ def __kernel_mcp_setup():
         data, metadata = format_bundle(obj, include=include, exclude=exclude)
         try:
             draw_chart(data)
+            if "bokeh" in sys.modules and isinstance(data, dict) and "image/png" not in data:
+                draw_bokeh(obj, data)
         except Exception:
             pass
         return data, metadata
@@ -261,7 +395,6 @@ def __kernel_mcp_setup():
 
     # In kernel-mcp's sandbox the kernel is offline and its environment read-only, so
     # `%pip install` could only fail after pip's network retries. Say at once what works.
-    import os
 
     # The real magic, not IPython 9's lazy alias, which looks `pip` up by name again (and
     # would find this wrapper).

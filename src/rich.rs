@@ -59,6 +59,9 @@ fn chart_note(data: &MimeBundle) -> Option<String> {
         Some("[Plotly figure: interactive only, no static image in the output. For a PNG: fig.write_image('fig.png') (needs the kaleido package; install_package([\"kaleido\"])) then read_file('fig.png'); or fig.to_dict() for the data]".into())
     } else if has("application/vnd.vegalite") || has("application/vnd.vega.") {
         Some("[Altair/Vega-Lite chart: interactive only, no static image in the output. For a PNG: chart.save('chart.png') (needs the vl-convert-python package) then read_file('chart.png'); or chart.to_dict() for the spec]".into())
+    } else if has("application/vnd.bokehjs_load") {
+        // output_notebook(): the loader of Bokeh's JavaScript, not a figure.
+        Some("[BokehJS loaded for a notebook front end: nothing to show]".into())
     } else if has("application/vnd.bokehjs") {
         Some("[Bokeh figure: interactive only, no static image in the output. For a PNG: bokeh.io.export_png(fig, filename='fig.png') (needs selenium and a browser driver), or plot with matplotlib instead]".into())
     } else {
@@ -356,6 +359,28 @@ mod tests {
             panic!()
         };
         assert!(t.starts_with("[Plotly figure"), "{t}");
+    }
+
+    /// output_notebook()'s display loads Bokeh's JavaScript: it is not a figure, and its HTML
+    /// ("Loading BokehJS ...") says nothing to a model.
+    #[test]
+    fn bokeh_loader_is_not_called_a_figure() {
+        let b = bundle(&[
+            ("application/vnd.bokehjs_load.v0+json", json_str("...")),
+            ("text/html", json_str("<div>Loading BokehJS ...</div>")),
+        ]);
+        let Some(Form::Text(t)) = choose(&b) else {
+            panic!()
+        };
+        assert!(t.starts_with("[BokehJS loaded"), "{t}");
+        let b = bundle(&[
+            ("application/vnd.bokehjs_exec.v0+json", json_str("")),
+            ("text/html", json_str("<div></div><script>big</script>")),
+        ]);
+        let Some(Form::Text(t)) = choose(&b) else {
+            panic!()
+        };
+        assert!(t.starts_with("[Bokeh figure"), "{t}");
     }
 
     #[test]

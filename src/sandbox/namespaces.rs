@@ -47,7 +47,9 @@ pub(super) enum Identity {
     HostRoot(String),
 }
 
-/// What `/etc` shows: what Python, SSL, DNS, time zones, locales and fonts read. Nothing secret
+/// What `/etc` shows: what Python, SSL, DNS, time zones, locales and fonts read, and the start-up
+/// files of a distribution's Chromium (its `/usr/bin/chromium` is a script that sources them;
+/// plotly and Bokeh draw their charts in it). Nothing secret
 /// (no shadow, sudoers, ssh, pip configuration or private keys: `ssl` and `pki` only as their
 /// certificate folders); passwd and group are made up.
 const ETC: &[&str] = &[
@@ -83,6 +85,9 @@ const ETC: &[&str] = &[
     "matplotlibrc",
     "terminfo",
     "inputrc",
+    "chromium",
+    "chromium.d",
+    "chromium-browser",
 ];
 
 /// What `/sys` shows, read-only: what runtimes read to size themselves (CPUs, NUMA nodes, cgroup

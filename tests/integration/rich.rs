@@ -383,8 +383,7 @@ async fn svg_text_in_generic_families_is_drawn() {
 /// Altair charts reach the model as pictures: without the renderer the result names the one
 /// install_package call that adds it; after that call (vl-convert-python from the package
 /// index, into a venv of the test's own) the same chart arrives as a PNG, drawn in the kernel
-/// under the default sandbox and memory limit. plotly's fig.show() no longer stops at
-/// "requires nbformat": without a browser for kaleido, the note says what is missing.
+/// under the default sandbox and memory limit.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn altair_charts_arrive_as_images_once_their_renderer_is_installed() {
@@ -421,24 +420,130 @@ async fn altair_charts_arrive_as_images_once_their_renderer_is_installed() {
     let (w, h) = png.dimensions();
     assert!(w > 100 && h > 100, "{w}x{h}");
     assert!(!text(&r).contains("not drawn"), "{}", text(&r));
+    s.close().await;
+}
+
+/// Where this machine has a Chrome or Chromium (CI installs Debian's chromium and
+/// chromium-driver): the path to it, and whether chromedriver is there too.
+fn browser() -> (Option<std::path::PathBuf>, bool) {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    let browser = [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .find_map(|b| on_path(b));
+    (browser, on_path("chromedriver").is_some())
+}
+
+/// plotly and Bokeh charts reach the model as pictures, drawn in the sandboxed kernel by their
+/// own exporters (kaleido; selenium) driving the machine's Chrome or Chromium. Without the
+/// exporter the result names the one install_package call that adds it; after that call
+/// (from the package index) the same figure arrives as a PNG. `fig.show()` and Bokeh's
+/// `show(fig)` do not stop at "requires nbformat" or open a browser tab (no HTML file is
+/// written to the workspace). On a machine without a browser, the note says that the browser
+/// is what is missing (CI installs one, so there the pictures are checked).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn plotly_and_bokeh_charts_arrive_as_images_where_a_browser_is_installed() {
+    use image::GenericImageView;
+    use serde_json::json;
+    let (browser, chromedriver) = browser();
+    eprintln!("browser: {browser:?}, chromedriver: {chromedriver}");
+    let tmp = tempfile::tempdir().unwrap();
+    let python = crate::harness::venv_over_managed(&tmp.path().join("venv"), false);
+    let venv = python.parent().and_then(|b| b.parent()).unwrap().to_owned();
+    let s = Server::start_with(&["--venv", venv.to_str().unwrap()]).await;
     let r = s
-        .call("install_package", json!({"packages": ["plotly"]}))
+        .call("install_package", json!({"packages": ["plotly", "bokeh"]}))
         .await;
     assert!(!is_error(&r), "{}", text(&r));
-    let r = s
-        .exec(
-            "import plotly.express as px
-fig = px.bar(x=['a', 'b'], y=[1, 2])
-fig.show()",
-        )
-        .await;
+
+    let plotly = "import plotly.express as px\nfig = px.bar(x=['a', 'b', 'c'], y=[1, 3, 2], title='bars')\nfig.show()";
+    let r = s.exec(plotly).await;
     assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(r.content.iter().filter_map(|c| c.as_image()).count(), 0);
     assert!(
-        text(&r).contains("plotly chart not drawn") && text(&r).contains("kaleido"),
+        text(&r).contains(r#"install_package {"packages": ["kaleido"]}"#),
         "{}",
         text(&r)
     );
     assert!(!text(&r).contains("nbformat"), "{}", text(&r));
+
+    let bokeh = "from bokeh.plotting import figure, show\np = figure(width=300, height=200, title='squares')\np.line([1, 2, 3], [1, 4, 9])\nshow(p)";
+    let r = s.exec(bokeh).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(r.content.iter().filter_map(|c| c.as_image()).count(), 0);
+    assert!(
+        text(&r).contains(r#"install_package {"packages": ["selenium"]}"#),
+        "{}",
+        text(&r)
+    );
+
+    let r = s
+        .call(
+            "install_package",
+            json!({"packages": ["kaleido", "selenium"]}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let pictures = |r: &rmcp::model::CallToolResult| {
+        r.content
+            .iter()
+            .filter_map(|c| c.as_image())
+            .map(|i| decode_image(&i.data).dimensions())
+            .collect::<Vec<_>>()
+    };
+    let r = s.exec(plotly).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    match &browser {
+        Some(_) => {
+            let sizes = pictures(&r);
+            // plotly's default 700x500 at scale 2, fitted to the client's 1568 px.
+            assert_eq!(sizes.len(), 1, "{}", text(&r));
+            assert!(
+                sizes.iter().all(|&(w, h)| w >= 700 && h >= 500),
+                "{sizes:?}"
+            );
+            assert!(!text(&r).contains("not drawn"), "{}", text(&r));
+        }
+        None => assert!(
+            text(&r).contains("No Chrome or Chromium was found"),
+            "{}",
+            text(&r)
+        ),
+    }
+    // Bokeh through show(), and as a cell's value.
+    for code in [bokeh, "p"] {
+        let r = s.exec(code).await;
+        assert!(!is_error(&r), "{}", text(&r));
+        if browser.is_some() && chromedriver {
+            let sizes = pictures(&r);
+            // 300x200 at scale 2.
+            assert_eq!(sizes, vec![(600, 400)], "{}", text(&r));
+            assert!(!text(&r).contains("not drawn"), "{}", text(&r));
+        } else {
+            assert!(text(&r).contains("Bokeh figure not drawn"), "{}", text(&r));
+        }
+    }
+    // The browsers Bokeh and kaleido started are gone, and show() wrote no HTML page.
+    let r = s
+        .exec("import os, subprocess\nprint(sorted(os.listdir('.')))\nprint(subprocess.run(['ps', '-eo', 'comm'], capture_output=True, text=True).stdout.split())")
+        .await;
+    assert!(!text(&r).contains(".html"), "{}", text(&r));
+    assert!(
+        !text(&r).contains("chrom"),
+        "browser processes left running: {}",
+        text(&r)
+    );
     s.close().await;
 }
 
