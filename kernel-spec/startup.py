@@ -424,6 +424,41 @@ def __kernel_mcp_setup():
 
         shell.register_magic_function(pip_in_sandbox, "line", "pip")
 
+    # ipykernel (7.4 seen) can hang at shutdown until it is killed: after the shutdown_request
+    # handler has told both event loops to stop, the control thread still flushes stdout and
+    # stderr and publishes its "idle" status through the IOPub thread, which the main thread
+    # may already have closed; the send then blocks for good (no peer on the event pipe) and
+    # the main thread waits for the control thread (seen in ~1 of 3 server exits, and with
+    # jupyter_client alone). Output is flushed before the shutdown instead, and nothing is
+    # published after it (the shutdown_reply has gone; the process exits next).
+    import inspect
+
+    kernel = getattr(shell, "kernel", None)
+    for handlers in (
+        getattr(kernel, "control_handlers", None),
+        getattr(kernel, "shell_handlers", None),
+    ):
+        own = handlers.get("shutdown_request") if isinstance(handlers, dict) else None
+        if own is None:
+            continue
+
+        async def shutdown_request(stream, ident, parent, _own=own):
+            quiet = []
+            for out in (sys.stdout, sys.stderr):
+                try:
+                    out.flush()
+                    if hasattr(out, "pub_thread"):
+                        quiet.append(out)
+                except Exception:
+                    pass
+            result = _own(stream, ident, parent)
+            if inspect.isawaitable(result):
+                await result
+            for out in quiet:
+                out.flush = lambda: None
+            kernel._publish_status_and_flush = lambda *args, **kwargs: None
+
+        handlers["shutdown_request"] = shutdown_request
 
 __kernel_mcp_setup()
 del __kernel_mcp_setup
