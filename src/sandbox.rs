@@ -17,6 +17,8 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub mod namespaces;
 #[cfg(target_os = "linux")]
+mod watch;
+#[cfg(target_os = "linux")]
 use linux as imp;
 
 #[cfg(target_os = "macos")]
