@@ -436,3 +436,37 @@ impl Server {
         })
     }
 }
+
+/// The cell that runs a script like IPython's `%run` (quoting each argument for it), and the
+/// `%run` line the notebook shows for it (with the workspace path the caller gave).
+fn run_file_code(abs: &Path, given: &str, args: &[String]) -> (String, String) {
+    let mut argv = vec![abs.to_string_lossy().into_owned()];
+    argv.extend(args.iter().cloned());
+    let list: Vec<String> = argv.iter().map(|a| py_str(a)).collect();
+    let code = format!(
+        "import shlex as __kmcp_shlex\nget_ipython().run_line_magic('run', ' '.join(__kmcp_shlex.quote(__a) for __a in [{}]))\ndel __kmcp_shlex",
+        list.join(", ")
+    );
+    let run_line: Vec<String> = std::iter::once(given)
+        .chain(args.iter().map(String::as_str))
+        .map(shell_quote)
+        .collect();
+    (code, format!("%run {}", run_line.join(" ")))
+}
+
+/// Quotes a word for a `%run` line the way a POSIX shell (and IPython's shlex) reads it.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,+@%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\"'\"'"))
+    }
+}
+
+fn py_str(s: &str) -> String {
+    // JSON string literals are valid Python string literals.
+    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
+}

@@ -199,3 +199,42 @@ impl Server {
         }
     }
 }
+
+/// An installer's output lines as MCP progress notifications, when the client sent a token:
+/// the sender to give the installer and the task forwarding its lines.
+fn install_progress(
+    ctx: &RequestContext<RoleServer>,
+) -> (
+    Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let Some(token) = ctx.meta.get_progress_token() else {
+        return (None, None);
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let peer = ctx.peer.clone();
+    let task = tokio::spawn(async move {
+        let mut n = 0.0;
+        while let Some(line) = rx.recv().await {
+            n += 1.0;
+            let mut p = ProgressNotificationParam::new(token.clone(), n);
+            p.message = Some(line.chars().take(200).collect());
+            let _ = peer.notify_progress(p).await;
+        }
+    });
+    (Some(tx), Some(task))
+}
+
+/// An install's outcome as the tool result.
+fn install_result(
+    done: Result<Result<Installed, SessionError>, tokio::task::JoinError>,
+) -> CallToolResult {
+    match done {
+        Ok(Ok(Installed::Local(done))) => {
+            CallToolResult::success(vec![Content::text(done.to_string())])
+        }
+        Ok(Ok(Installed::InKernel(cell))) => cell,
+        Ok(Err(e)) => failure(e),
+        Err(e) => tool_error(format!("the install stopped unexpectedly: {e}")),
+    }
+}

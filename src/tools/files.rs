@@ -142,3 +142,127 @@ impl Server {
         })
     }
 }
+
+/// Most characters read_file returns: `max_chars`, else 2000 per line asked for with `limit`,
+/// never more than the workspace reader's 100,000.
+fn read_cap(limit: Option<usize>, max_chars: Option<usize>) -> usize {
+    const MAX: usize = 100_000;
+    match (max_chars, limit) {
+        (Some(m), _) => m.clamp(1, MAX),
+        (None, Some(l)) => l.saturating_mul(2000).clamp(2000, MAX),
+        (None, None) => MAX,
+    }
+}
+
+/// `text` cut to `cap` characters, the note saying where it stopped and how to read on.
+fn cap_text(
+    text: String,
+    note: Option<String>,
+    cap: usize,
+    first: usize,
+) -> (String, Option<String>) {
+    let Some((cut, _)) = text.char_indices().nth(cap) else {
+        return (text, note);
+    };
+    let shown = text.get(..cut).unwrap_or("");
+    let whole_lines = shown.matches('\n').count();
+    let cut_line = first + whole_lines;
+    let how = if whole_lines == 0 {
+        format!("line {cut_line} is longer than that and was cut; read the rest of it from Python, or raise max_chars (up to 100,000)")
+    } else {
+        format!("line {cut_line} was cut; call read_file with offset={cut_line} to read on, or raise max_chars (up to 100,000)")
+    };
+    let mut notes = vec![format!(
+        "showing the first {cap} characters (max_chars); {how}"
+    )];
+    notes.extend(note);
+    (shown.to_owned(), Some(notes.join("; ")))
+}
+
+/// write_file's content as bytes: UTF-8 text as given, or base64 decoded (whitespace ignored),
+/// within the per-call limit.
+fn decode_content(content: String, encoding: Encoding) -> Result<Vec<u8>, String> {
+    let too_big = |n: usize| {
+        format!("content is {n} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes. Nothing was written.")
+    };
+    let data = match encoding {
+        Encoding::Utf8 => content.into_bytes(),
+        Encoding::Base64 => {
+            let clean: String = content.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(clean)
+                .map_err(|e| format!("content is not valid base64 ({e}); nothing was written"))?
+        }
+    };
+    if data.len() > MAX_WRITE_BYTES {
+        return Err(too_big(data.len()));
+    }
+    Ok(data)
+}
+
+/// list_files' text (one aligned line per entry) and structured data.
+fn render_listing(listing: &Listing) -> CallToolResult {
+    let mut lines = Vec::with_capacity(listing.entries.len() + 1);
+    let mut data = FileListing {
+        entries: Vec::with_capacity(listing.entries.len()),
+        truncated: listing.truncated,
+        skipped_folders: listing.skipped,
+    };
+    for e in &listing.entries {
+        let modified = e.modified.map(|t| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        });
+        data.entries.push(FileEntry {
+            path: e.path.clone(),
+            kind: e.kind.as_str().to_owned(),
+            size: e.size,
+            modified: modified.clone(),
+        });
+        let when = modified.unwrap_or_else(|| "-".into());
+        let name = if e.kind == crate::workspace::EntryKind::Dir {
+            format!("{}/", e.path)
+        } else {
+            e.path.clone()
+        };
+        lines.push(format!("{:<7} {:>12}  {}  {}", e.kind, e.size, when, name));
+    }
+    if lines.is_empty() {
+        lines.push("(no entries)".into());
+    }
+    if listing.skipped > 0 {
+        lines.push(format!(
+            "[{} folder(s) could not be read (permissions) and were skipped]",
+            listing.skipped
+        ));
+    }
+    if listing.truncated {
+        lines.push(format!(
+            "[only the first {} entries are shown; narrow with path or pattern]",
+            crate::workspace::MAX_LIST_ENTRIES
+        ));
+    }
+    structured(lines.join("\n"), &data)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn read_file_caps_characters_as_well_as_lines() {
+        use super::{cap_text, read_cap};
+        assert_eq!(read_cap(Some(5), None), 10_000);
+        assert_eq!(read_cap(None, None), 100_000);
+        assert_eq!(read_cap(Some(5), Some(50)), 50);
+        assert_eq!(read_cap(None, Some(10_000_000)), 100_000);
+        let (t, n) = cap_text("x".repeat(30), None, 10, 1);
+        assert_eq!(t.len(), 10);
+        assert!(n.unwrap_or_default().contains("line 1 is longer"));
+        let (t, n) = cap_text("ab\ncd\nefgh".into(), Some("more".into()), 7, 4);
+        assert_eq!(t, "ab\ncd\ne");
+        let n = n.unwrap_or_default();
+        assert!(n.contains("offset=6") && n.ends_with("; more"), "{n}");
+        let (t, n) = cap_text("short".into(), None, 10, 1);
+        assert_eq!((t.as_str(), n), ("short", None));
+    }
+}

@@ -2,14 +2,16 @@
 //! hides the kernel backend and where the files live), and the rendering of its result; errors
 //! become MCP results here and only here. The tools live in three routers, joined into the one
 //! router the server serves: `code.rs` (running code and looking at the kernel), `files.rs`,
-//! `environment.rs` (packages and interpreters); this file keeps the server, the helpers they
-//! share and the protocol handlers (tasks, resources, subscriptions).
+//! `environment.rs` (packages and interpreters), each with the helpers only it uses; this file
+//! keeps the server, the helpers they share and the protocol handlers (tasks, with their ids
+//! and views in `tasks.rs`; resources; subscriptions).
 
 mod code;
 mod environment;
 mod files;
 mod params;
 mod resources;
+mod tasks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler
 pub use crate::kernel::Environments;
 pub use crate::session::Settings;
 pub use params::*;
+pub use tasks::task_session;
 
 use crate::error::{KernelError, SessionError, Unavailable, WorkspaceError};
 use crate::kernel::{KernelHandle, Restarted, SwitchError, Switched};
@@ -38,6 +41,7 @@ use crate::session::{
     WorkingDir, Written,
 };
 use crate::workspace::{Listing, ReadOutcome, Workspace, MAX_WRITE_BYTES};
+use tasks::{run_of_task, task_of};
 
 /// Longest glob or filter accepted.
 const MAX_PATTERN: usize = 256;
@@ -92,42 +96,6 @@ fn failure(e: SessionError) -> CallToolResult {
     }
 }
 
-/// Most characters read_file returns: `max_chars`, else 2000 per line asked for with `limit`,
-/// never more than the workspace reader's 100,000.
-fn read_cap(limit: Option<usize>, max_chars: Option<usize>) -> usize {
-    const MAX: usize = 100_000;
-    match (max_chars, limit) {
-        (Some(m), _) => m.clamp(1, MAX),
-        (None, Some(l)) => l.saturating_mul(2000).clamp(2000, MAX),
-        (None, None) => MAX,
-    }
-}
-
-/// `text` cut to `cap` characters, the note saying where it stopped and how to read on.
-fn cap_text(
-    text: String,
-    note: Option<String>,
-    cap: usize,
-    first: usize,
-) -> (String, Option<String>) {
-    let Some((cut, _)) = text.char_indices().nth(cap) else {
-        return (text, note);
-    };
-    let shown = text.get(..cut).unwrap_or("");
-    let whole_lines = shown.matches('\n').count();
-    let cut_line = first + whole_lines;
-    let how = if whole_lines == 0 {
-        format!("line {cut_line} is longer than that and was cut; read the rest of it from Python, or raise max_chars (up to 100,000)")
-    } else {
-        format!("line {cut_line} was cut; call read_file with offset={cut_line} to read on, or raise max_chars (up to 100,000)")
-    };
-    let mut notes = vec![format!(
-        "showing the first {cap} characters (max_chars); {how}"
-    )];
-    notes.extend(note);
-    (shown.to_owned(), Some(notes.join("; ")))
-}
-
 /// The key the stdin filter or the HTTP front numbered this request under (see `arrival`);
 /// `scope` is the HTTP session's id.
 fn arrival_key(ctx: &RequestContext<RoleServer>, scope: Option<&str>) -> Option<String> {
@@ -152,218 +120,6 @@ fn progress_fn(ctx: &RequestContext<RoleServer>) -> Option<ProgressFn> {
             let _ = peer.notify_progress(p).await;
         });
     }))
-}
-
-/// An installer's output lines as MCP progress notifications, when the client sent a token:
-/// the sender to give the installer and the task forwarding its lines.
-fn install_progress(
-    ctx: &RequestContext<RoleServer>,
-) -> (
-    Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
-    let Some(token) = ctx.meta.get_progress_token() else {
-        return (None, None);
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let peer = ctx.peer.clone();
-    let task = tokio::spawn(async move {
-        let mut n = 0.0;
-        while let Some(line) = rx.recv().await {
-            n += 1.0;
-            let mut p = ProgressNotificationParam::new(token.clone(), n);
-            p.message = Some(line.chars().take(200).collect());
-            let _ = peer.notify_progress(p).await;
-        }
-    });
-    (Some(tx), Some(task))
-}
-
-/// The MCP task id of run `id`.
-///
-/// Over HTTP the task id also names the session (`run-4@<session>`): `tasks/get` carries no
-/// session argument, so the front finds the session by it (see [`task_session`]).
-fn task_id(id: u64, scope: Option<&str>) -> String {
-    match scope {
-        None => format!("run-{id}"),
-        Some(s) => format!("run-{id}@{s}"),
-    }
-}
-
-/// The run a task id names, if it belongs to the session `scope` (`None`: stdio).
-fn run_of_task(task: &str, scope: Option<&str>) -> Option<u64> {
-    let (run, owner) = match task.split_once('@') {
-        Some((run, owner)) => (run, Some(owner)),
-        None => (task, None),
-    };
-    if owner != scope {
-        return None;
-    }
-    run.strip_prefix("run-")?.parse().ok()
-}
-
-/// The HTTP session a task id names (see [`task_id`]).
-pub fn task_session(task: &str) -> Option<&str> {
-    task.split_once('@').map(|(_, s)| s)
-}
-
-/// A task's base fields as a run looks now.
-fn task_of(id: u64, scope: Option<&str>, view: &TaskView) -> rmcp::model::Task {
-    use rmcp::model::{Task, TaskStatus};
-    let now = chrono::Utc::now();
-    let (status, message, since) = match view {
-        TaskView::Working {
-            since,
-            started,
-            line,
-        } => {
-            let what = if *started { "running" } else { "queued" };
-            let msg = if line.is_empty() {
-                format!("{what} for {:.0} s", since.as_secs_f64())
-            } else {
-                format!("{what} for {:.0} s: {line}", since.as_secs_f64())
-            };
-            (TaskStatus::Working, Some(msg), *since)
-        }
-        TaskView::Completed(_) => (TaskStatus::Completed, None, Duration::ZERO),
-        TaskView::Failed(why) => (TaskStatus::Failed, Some(why.clone()), Duration::ZERO),
-        TaskView::Cancelled => (TaskStatus::Cancelled, None, Duration::ZERO),
-        TaskView::Unknown => (
-            TaskStatus::Failed,
-            Some("unknown run".into()),
-            Duration::ZERO,
-        ),
-    };
-    let created = chrono::Duration::from_std(since)
-        .ok()
-        .and_then(|d| now.checked_sub_signed(d))
-        .unwrap_or(now);
-    let mut task = Task::new(
-        task_id(id, scope),
-        status,
-        created.to_rfc3339(),
-        now.to_rfc3339(),
-    )
-    .with_poll_interval_ms(1000);
-    if let Some(m) = message {
-        task = task.with_status_message(m);
-    }
-    task
-}
-
-/// An install's outcome as the tool result.
-fn install_result(
-    done: Result<Result<Installed, SessionError>, tokio::task::JoinError>,
-) -> CallToolResult {
-    match done {
-        Ok(Ok(Installed::Local(done))) => {
-            CallToolResult::success(vec![Content::text(done.to_string())])
-        }
-        Ok(Ok(Installed::InKernel(cell))) => cell,
-        Ok(Err(e)) => failure(e),
-        Err(e) => tool_error(format!("the install stopped unexpectedly: {e}")),
-    }
-}
-
-/// write_file's content as bytes: UTF-8 text as given, or base64 decoded (whitespace ignored),
-/// within the per-call limit.
-fn decode_content(content: String, encoding: Encoding) -> Result<Vec<u8>, String> {
-    let too_big = |n: usize| {
-        format!("content is {n} bytes; the limit per write_file call is {MAX_WRITE_BYTES} bytes. Nothing was written.")
-    };
-    let data = match encoding {
-        Encoding::Utf8 => content.into_bytes(),
-        Encoding::Base64 => {
-            let clean: String = content.chars().filter(|c| !c.is_whitespace()).collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(clean)
-                .map_err(|e| format!("content is not valid base64 ({e}); nothing was written"))?
-        }
-    };
-    if data.len() > MAX_WRITE_BYTES {
-        return Err(too_big(data.len()));
-    }
-    Ok(data)
-}
-
-/// list_files' text (one aligned line per entry) and structured data.
-fn render_listing(listing: &Listing) -> CallToolResult {
-    let mut lines = Vec::with_capacity(listing.entries.len() + 1);
-    let mut data = FileListing {
-        entries: Vec::with_capacity(listing.entries.len()),
-        truncated: listing.truncated,
-        skipped_folders: listing.skipped,
-    };
-    for e in &listing.entries {
-        let modified = e.modified.map(|t| {
-            chrono::DateTime::<chrono::Utc>::from(t)
-                .format("%Y-%m-%d %H:%M")
-                .to_string()
-        });
-        data.entries.push(FileEntry {
-            path: e.path.clone(),
-            kind: e.kind.as_str().to_owned(),
-            size: e.size,
-            modified: modified.clone(),
-        });
-        let when = modified.unwrap_or_else(|| "-".into());
-        let name = if e.kind == crate::workspace::EntryKind::Dir {
-            format!("{}/", e.path)
-        } else {
-            e.path.clone()
-        };
-        lines.push(format!("{:<7} {:>12}  {}  {}", e.kind, e.size, when, name));
-    }
-    if lines.is_empty() {
-        lines.push("(no entries)".into());
-    }
-    if listing.skipped > 0 {
-        lines.push(format!(
-            "[{} folder(s) could not be read (permissions) and were skipped]",
-            listing.skipped
-        ));
-    }
-    if listing.truncated {
-        lines.push(format!(
-            "[only the first {} entries are shown; narrow with path or pattern]",
-            crate::workspace::MAX_LIST_ENTRIES
-        ));
-    }
-    structured(lines.join("\n"), &data)
-}
-
-/// Quotes a word for a `%run` line the way a POSIX shell (and IPython's shlex) reads it.
-fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,+@%".contains(c));
-    if plain {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\"'\"'"))
-    }
-}
-
-fn py_str(s: &str) -> String {
-    // JSON string literals are valid Python string literals.
-    serde_json::to_string(s).unwrap_or_else(|_| "''".into())
-}
-
-/// The cell that runs a script like IPython's `%run` (quoting each argument for it), and the
-/// `%run` line the notebook shows for it (with the workspace path the caller gave).
-fn run_file_code(abs: &Path, given: &str, args: &[String]) -> (String, String) {
-    let mut argv = vec![abs.to_string_lossy().into_owned()];
-    argv.extend(args.iter().cloned());
-    let list: Vec<String> = argv.iter().map(|a| py_str(a)).collect();
-    let code = format!(
-        "import shlex as __kmcp_shlex\nget_ipython().run_line_magic('run', ' '.join(__kmcp_shlex.quote(__a) for __a in [{}]))\ndel __kmcp_shlex",
-        list.join(", ")
-    );
-    let run_line: Vec<String> = std::iter::once(given)
-        .chain(args.iter().map(String::as_str))
-        .map(shell_quote)
-        .collect();
-    (code, format!("%run {}", run_line.join(" ")))
 }
 
 /// The MCP server.
@@ -746,24 +502,6 @@ impl ServerHandler for Server {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn read_file_caps_characters_as_well_as_lines() {
-        use super::{cap_text, read_cap};
-        assert_eq!(read_cap(Some(5), None), 10_000);
-        assert_eq!(read_cap(None, None), 100_000);
-        assert_eq!(read_cap(Some(5), Some(50)), 50);
-        assert_eq!(read_cap(None, Some(10_000_000)), 100_000);
-        let (t, n) = cap_text("x".repeat(30), None, 10, 1);
-        assert_eq!(t.len(), 10);
-        assert!(n.unwrap_or_default().contains("line 1 is longer"));
-        let (t, n) = cap_text("ab\ncd\nefgh".into(), Some("more".into()), 7, 4);
-        assert_eq!(t, "ab\ncd\ne");
-        let n = n.unwrap_or_default();
-        assert!(n.contains("offset=6") && n.ends_with("; more"), "{n}");
-        let (t, n) = cap_text("short".into(), None, 10, 1);
-        assert_eq!((t.as_str(), n), ("short", None));
-    }
-
     use super::*;
 
     /// Every `"type"` in the schema, wherever it sits.
