@@ -10,6 +10,10 @@
 //! and returns, to apply the inner layers and start the kernel. When PID 1 exits, the kernel and
 //! every process it started, detached or not, die with it: one kill ends the sandbox.
 //!
+//! One file, over 600 lines, on purpose: building the root is one ordered sequence (each mount
+//! relies on the ones before it, and the order is the security argument), best read top to
+//! bottom; the uid mapping for a root-started server is apart, in `idmap.rs`.
+//!
 //! Made with `nix` calls rather than `bwrap` (often not installed; a second binary to find and
 //! trust) or `hakoniwa` (LGPL-3.0, and it would own the process supervision we already have).
 

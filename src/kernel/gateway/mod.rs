@@ -4,6 +4,11 @@
 //! the server offers it (Jupyter Server 2, Kernel Gateway 3), the JSON protocol otherwise
 //! (older servers, Enterprise Gateway 3). The only module that speaks HTTP; it never logs or
 //! returns the token.
+//!
+//! Over 600 lines as one concern: a gateway kernel's life (create, connect the channels, pump,
+//! reconnect, interrupt, restart, delete) shares one state, read best in one place; the HTTP
+//! exchange itself is `http1.rs`, the record of started kernels `ledger.rs`, the envelope
+//! codecs `wire/websocket.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
