@@ -425,6 +425,7 @@ async fn altair_charts_arrive_as_images_once_their_renderer_is_installed() {
 
 /// Where this machine has a Chrome or Chromium (CI installs Debian's chromium and
 /// chromium-driver): the path to it, and whether chromedriver is there too.
+#[cfg(target_os = "linux")]
 fn browser() -> (Option<std::path::PathBuf>, bool) {
     let on_path = |name: &str| {
         std::env::var_os("PATH").and_then(|paths| {
