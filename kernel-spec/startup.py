@@ -143,8 +143,9 @@ def __kernel_mcp_setup():
 
     # Bokeh's show() opens a browser tab (after output_notebook(), it sends BokehJS for a
     # notebook front end); neither reaches a model. A figure or layout is displayed like
-    # display(fig) instead, so it reaches the chart hook below. Bokeh server apps, a browser
-    # named by the caller and notebook handles are left to Bokeh.
+    # display(fig) instead, so it reaches the chart hook below (and, after output_file(), is
+    # saved there too). Bokeh server apps, a browser named by the caller and notebook handles
+    # are left to Bokeh.
     def bokeh_show(showing):
         try:
             from IPython.display import display as ipy_display
@@ -159,6 +160,18 @@ def __kernel_mcp_setup():
                 except Exception:
                     layout = False
                 if layout and browser is None and not notebook_handle:
+                    # After output_file(...), the page is still saved where the user asked.
+                    state = None
+                    try:
+                        from bokeh.io.state import curstate
+
+                        state = curstate()
+                    except Exception:
+                        pass
+                    if state is not None and getattr(state, "file", None) is not None:
+                        from bokeh.io import save
+
+                        save(obj, state=state)
                     ipy_display(obj)
                     return None
                 return bokeh_own(

@@ -545,6 +545,11 @@ async fn plotly_and_bokeh_charts_arrive_as_images_where_a_browser_is_installed()
         "browser processes left running: {}",
         text(&r)
     );
+    // After output_file(), show() still saves the page where the user asked.
+    let r = s
+        .exec("from bokeh.io import output_file\noutput_file('page.html')\nshow(p)\nimport os\nprint('saved', os.path.getsize('page.html') > 1000)")
+        .await;
+    assert!(text(&r).contains("saved True"), "{}", text(&r));
     s.close().await;
 }
 
