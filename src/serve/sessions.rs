@@ -1,7 +1,10 @@
 //! Sessions of the HTTP transport: one kernel handle, workspace folder and tool server per MCP
 //! session, a pool of warm spares, idle reaping and revival (`revive.rs`). The MCP handler that
 //! routes each request to its session lives in `front.rs`; HTTP itself (auth, headers, the
-//! listener) in `http.rs`.
+//! listener) in `http.rs`. Sessions prepared ahead (the pool's kernels) are in
+//! `sessions/prepared.rs`.
+
+mod prepared;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use crate::error::KernelError;
 use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig, SparePool};
 use crate::tools::{Environments, Server, Settings};
 use crate::workspace::Workspace;
+use prepared::Prepared;
 
 /// The tool argument that carries a 2026-07-28 session handle.
 pub const SESSION_ARG: &str = "session";
@@ -97,14 +101,6 @@ impl Era {
             Era::Handle => "session handle (the `session` tool argument)",
         }
     }
-}
-
-/// A kernel and workspace started ahead of a session.
-struct Prepared {
-    kernel: Arc<KernelHandle>,
-    workspace: Arc<Workspace>,
-    /// The session's own folder (None with a shared workspace).
-    folder: Option<PathBuf>,
 }
 
 /// One session: its kernel, its workspace and the tool server over them.
@@ -356,79 +352,6 @@ impl Registry {
             .unwrap_or_default();
         pids.extend(self.pool.inspect(|p| p.kernel.pid()));
         pids
-    }
-
-    /// A kernel and workspace for a new session, its kernel starting in the background.
-    fn prepare(&self) -> Result<Prepared, OpenError> {
-        if self.limits.shared_workspace {
-            return self.prepare_in(None);
-        }
-        let name = format!("session-{}", hex::encode(rand::random::<[u8; 6]>()));
-        self.prepare_in(Some(self.root.root().join(name)))
-    }
-
-    /// A kernel for a session working in `dir` (created if missing; `None`: the workspace
-    /// root), starting in the background.
-    fn prepare_in(&self, dir: Option<PathBuf>) -> Result<Prepared, OpenError> {
-        let (workspace, folder) = match dir {
-            None => (self.root.clone(), None),
-            Some(dir) => {
-                let ws = Workspace::open(&dir).map_err(|e| OpenError::Workspace(e.to_string()))?;
-                (Arc::new(ws), Some(dir))
-            }
-        };
-        let kernel = self
-            .template
-            .kernels
-            .handle(workspace.root(), self.template.max_queue)
-            .map_err(|e| OpenError::Workspace(e.to_string()))?;
-        kernel.warm_up();
-        Ok(Prepared {
-            kernel,
-            workspace,
-            folder,
-        })
-    }
-
-    fn pool_short(&self) -> bool {
-        !self.stopping.load(Ordering::SeqCst) && self.pool.short()
-    }
-
-    /// Starts spare kernels until the pool holds `spares` of them.
-    fn fill_pool(&self) {
-        // Whoever holds the claim fills; a spare taken meanwhile is seen by the re-check below.
-        while self.pool_short() && self.pool.claim() {
-            self.fill_pool_once();
-            self.pool.release();
-        }
-    }
-
-    fn fill_pool_once(&self) {
-        while self.pool_short() {
-            let prepared = match self.prepare() {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not prepare a spare session");
-                    return;
-                }
-            };
-            if self.template.preload {
-                let k = prepared.kernel.clone();
-                tokio::spawn(async move {
-                    // Waits for the kernel the warm-up is starting, then imports in it.
-                    if k.info().await.is_ok() {
-                        if let Err(e) = k.evaluate(PRELOAD_EXPR, Duration::from_secs(120)).await {
-                            tracing::debug!(error = %e, "spare session preload failed");
-                        }
-                    }
-                });
-            }
-            if let Err(extra) = self.pool.put(prepared) {
-                // Only the claimer adds, so this is not expected; do not leave it running.
-                tokio::spawn(async move { extra.kernel.shutdown().await });
-                return;
-            }
-        }
     }
 
     /// Opens a session named `id`, on a warm spare when one is ready. At the limit, the least
