@@ -20,8 +20,11 @@ pub(super) const UNAVAILABLE: Option<&str> = None;
 const SANDBOX_EXEC: &str = "/usr/bin/sandbox-exec";
 
 /// The read-only system locations every Python needs: the OS, Command Line Tools, python.org's
-/// framework builds, Homebrew, MacPorts, time zones.
+/// framework builds, Homebrew, MacPorts, time zones; and the Chrome or Chromium app bundle that
+/// plotly (kaleido) and Bokeh draw charts with (an app bundle holds no user data).
 pub(super) const SYSTEM_READ: &[&str] = &[
+    "/Applications/Google Chrome.app",
+    "/Applications/Chromium.app",
     "/usr",
     "/bin",
     "/sbin",
