@@ -416,7 +416,7 @@ def __kernel_mcp_setup():
         pip_magic = pip_magic._resolve() if hasattr(pip_magic, "_resolve") else pip_magic
     except Exception:
         pip_magic = None
-    if os.environ.get("KERNEL_MCP_SANDBOX") == "1" and pip_magic is not None:
+    if in_sandbox and pip_magic is not None:
 
         def pip_in_sandbox(line="", _pip=pip_magic):
             words = line.split()
