@@ -159,15 +159,14 @@ pub struct Notebook {
 }
 
 /// Why a notebook could not be read.
+/// Why a notebook file cannot be read (worded in `output/render/errors.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum NotebookError {
-    #[error("not a Jupyter notebook: {0}")]
+    /// Not a notebook at all: what was wrong, in the parser's words.
     Invalid(String),
-    #[error(
-        "nbformat {0} notebooks are not supported; save it as nbformat 4 (Jupyter 4 or later)"
-    )]
+    /// A notebook of an nbformat major version other than 4.
     Version(u32),
-    #[error("the notebook has {0} cells; at most {MAX_CELLS} are read")]
+    /// More cells than [`MAX_CELLS`].
     TooManyCells(usize),
 }
 

@@ -3,6 +3,8 @@
 
 use super::*;
 
+mod errors;
+
 impl Collector {
     /// Builds the tool result: outputs in order, then the error, then notes about the call.
     pub fn finish(
