@@ -5,6 +5,18 @@
 
 use std::path::PathBuf;
 
+/// Why a kernel process ended (worded in `output/render/errors.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitCause {
+    Code(i32),
+    Signal(i32),
+    /// The sandbox's watch stopped it for going over the resident memory limit (Linux).
+    MemoryLimit,
+    /// kernel-mcp ended it on purpose (restart, shutdown, a kernel that ignored an interrupt).
+    Stopped,
+    Unknown(String),
+}
+
 /// Errors from the Jupyter wire layer (framing, signing, sockets).
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -104,7 +116,7 @@ pub enum Unavailable {
     ConnectionFile(#[from] ConnectionFileError),
     /// A local kernel process ended before it answered `kernel_info`.
     StartupExit {
-        cause: crate::process::ExitCause,
+        cause: ExitCause,
         /// The kernel's last stderr lines, as "; kernel stderr: ..." (empty when unknown).
         stderr: String,
     },

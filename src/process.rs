@@ -36,40 +36,11 @@ pub const ENV_ALLOW: &[&str] = &[
     "SYSTEMROOT",
 ];
 
-/// Why the kernel process ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitCause {
-    Code(i32),
-    Signal(i32),
-    /// The sandbox's watch stopped it for going over the resident memory limit (Linux).
-    MemoryLimit,
-    /// kernel-mcp ended it on purpose (restart, shutdown, a kernel that ignored an interrupt).
-    Stopped,
-    Unknown(String),
-}
+pub use crate::error::ExitCause;
 
-impl std::fmt::Display for ExitCause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitCause::Code(c) => write!(f, "exit code {c}"),
-            ExitCause::Signal(s) => {
-                let name = tree::signal_name(*s);
-                let hint = match *s {
-                    9 => ", possibly the out-of-memory killer",
-                    11 => ", a segmentation fault",
-                    6 => ", an abort",
-                    _ => "",
-                };
-                write!(f, "killed by signal {s} ({name}{hint})")
-            }
-            ExitCause::MemoryLimit => write!(
-                f,
-                "stopped by the sandbox's memory limit (--memory-limit): the kernel's processes used more memory than allowed"
-            ),
-            ExitCause::Stopped => write!(f, "stopped by kernel-mcp"),
-            ExitCause::Unknown(s) => write!(f, "{s}"),
-        }
-    }
+/// The name of signal `sig` ("SIGKILL"), or "" where signals are not named (Windows).
+pub fn signal_name(sig: i32) -> &'static str {
+    tree::signal_name(sig)
 }
 
 /// What to launch.

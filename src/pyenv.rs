@@ -53,28 +53,7 @@ impl EnvInfo {
     }
 }
 
-/// The per-user data directory: `KERNEL_MCP_DATA_DIR`, else the platform's place for it
-/// (Linux: `$XDG_DATA_HOME/kernel-mcp` or `~/.local/share/kernel-mcp`; macOS:
-/// `~/Library/Application Support/kernel-mcp`; Windows: `%LOCALAPPDATA%\kernel-mcp`).
-pub fn data_dir() -> Result<PathBuf, EnvError> {
-    let var = |name: &str| std::env::var_os(name).filter(|d| !d.is_empty());
-    if let Some(d) = var("KERNEL_MCP_DATA_DIR") {
-        return Ok(PathBuf::from(d));
-    }
-    if cfg!(windows) {
-        let local = var("LOCALAPPDATA").ok_or(EnvError::NoDataDir)?;
-        return Ok(PathBuf::from(local).join("kernel-mcp"));
-    }
-    if cfg!(target_os = "macos") {
-        let home = var("HOME").ok_or(EnvError::NoDataDir)?;
-        return Ok(PathBuf::from(home).join("Library/Application Support/kernel-mcp"));
-    }
-    if let Some(d) = var("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(d).join("kernel-mcp"));
-    }
-    let home = var("HOME").ok_or(EnvError::NoDataDir)?;
-    Ok(PathBuf::from(home).join(".local/share/kernel-mcp"))
-}
+pub use crate::dirs::data_dir;
 
 /// The managed environment's directory.
 pub fn managed_env_dir() -> Result<PathBuf, EnvError> {
@@ -82,7 +61,8 @@ pub fn managed_env_dir() -> Result<PathBuf, EnvError> {
 }
 
 fn requirements_hash() -> String {
-    crate::wire::signer::sha256_hex(REQUIREMENTS.as_bytes())
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(REQUIREMENTS.as_bytes()))
 }
 
 /// The interpreter of a venv (`bin/python`; `Scripts\python.exe` on Windows).
@@ -377,7 +357,7 @@ async fn create(env: &Path) -> Result<EnvInfo, EnvError> {
         eprintln!("kernel-mcp: creating the managed Python environment in {env_s} with venv + pip (this takes a minute or two the first time)");
         vec![
             vec![base, "-I".into(), "-m".into(), "venv".into(), env_s],
-            crate::packages::pip_install(&py_s, &["-r", &req]),
+            crate::runner::pip_install(&py_s, &["-r", &req]),
         ]
     };
     for step in &steps {

@@ -9,6 +9,28 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::error::PackageError;
 
+/// `python -I -m pip install` with no prompts, no version check and no progress bars, then
+/// `rest`. Isolated mode (`-I`): neither the working directory nor `PYTHON*` variables can put
+/// another `pip` in front of the environment's own.
+pub fn pip_install(python: &str, rest: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        python,
+        "-I",
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(rest.iter().map(|s| s.to_string()));
+    argv
+}
+
 /// Output kept from a finished command (each stream capped).
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
@@ -259,7 +281,7 @@ impl Inherit {
 pub fn safe_cwd() -> std::path::PathBuf {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let made = crate::pyenv::data_dir()
+        let made = crate::dirs::data_dir()
             .ok()
             .map(|d| d.join("run"))
             .filter(|d| std::fs::create_dir_all(d).is_ok() && std::fs::read_dir(d).is_ok());

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+pub mod index;
 pub mod seatbelt;
 
 #[cfg(target_os = "linux")]
@@ -284,7 +285,7 @@ impl InstallerSandbox {
         read.extend(self.python_paths.iter().cloned());
         read.extend(self.extra_read.iter().cloned());
         // The user's index configuration: copies where the installer looks, and what it names.
-        let index = crate::packages::config::discover();
+        let index = index::discover();
         let mut env = Vec::new();
         for (from, to) in &index.copies {
             let dst = runtime.join(to);

@@ -162,7 +162,7 @@ pub(super) fn open_workspace(
     let cwd = here
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| "the current folder".into());
-    let fallback = pyenv::data_dir()?.join("workspace");
+    let fallback = crate::dirs::data_dir()?.join("workspace");
     let ws = Workspace::open(&fallback).with_context(|| {
         format!(
             "opening the fallback workspace {} (./workspace in {cwd} was not usable: {problem})",

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
+use super::backend::{Channels, Gone, Lifecycle, Ownership};
 use super::client::Kernel;
 use super::connection::ConnectionInfo;
+use super::source::{Backend, BackendInfo, BackendKind};
 use crate::error::{ConnectionFileError, KernelError};
 use crate::wire::{Channel, Connection, Content, Heartbeat, Message, Signer};
 

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::backend::{Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
+use super::backend::{Channels, Gone, Lifecycle, Ownership};
 use super::client::Kernel;
 use super::connection::{ConnectionInfo, RuntimeDir, Transport};
+use super::source::{Backend, BackendInfo, BackendKind};
 use super::spec::{InterruptMode, KernelSpec};
 use crate::error::KernelError;
 use crate::process::{kernel_env, ExitCause, KernelProcess, LaunchCommand};
@@ -144,7 +145,7 @@ impl Backend for LocalBackend {
                 .cloned()
                 .collect(),
         };
-        let cache = crate::pyenv::data_dir()
+        let cache = crate::dirs::data_dir()
             .map(|d| d.join("install-cache"))
             .unwrap_or_else(|_| std::env::temp_dir().join("kernel-mcp-install-cache"));
         let extra_read = sb.extra_read.clone();

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod local;
 #[cfg(test)]
 mod scripted;
+pub mod source;
 pub mod spare;
 pub mod spec;
 mod starting;
@@ -28,12 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Kernel liveness as the handle reports it (the wire layer's heartbeat state).
 pub use crate::wire::Heartbeat as Health;
-pub use backend::{Backend, BackendInfo, BackendKind, Gone, Ownership};
+pub use backend::{Gone, Ownership};
 pub use client::{Ending, ExecLimits, Execution, Kernel, OutputSink, StopReason};
 pub use connection::Transport;
 use environments::EnvState;
 pub use environments::{Environments, SwitchError, Switched};
 pub use local::{LocalBackend, LocalLauncher, SandboxConfig};
+pub use source::{Backend, BackendInfo, BackendKind};
 pub use spare::{SpareConfig, SparePool, PRELOAD_ANALYSIS_STACK};
 pub use spec::{InterruptMode, KernelSpec};
 

@@ -12,8 +12,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership};
+use super::backend::{Channels, Gone, Lifecycle, Ownership};
 use super::client::{ExecLimits, OutputSink};
+use super::source::{BackendInfo, BackendKind};
 use super::{Backend, Kernel, KernelHandle, Notice, Restarted, SpareConfig};
 use crate::error::{KernelError, Unavailable, WireError};
 use crate::process::ExitCause;

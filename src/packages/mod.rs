@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::error::PackageError;
 pub use crate::runner::{run_logged, run_with_lines, RunOutput};
 
-pub mod config;
 mod failure;
 mod install;
 mod requirement;
@@ -323,7 +322,7 @@ impl Installer {
         let cons = constraints.to_string_lossy().into_owned();
         let mut argv: Vec<String> = match self {
             Installer::Uv(uv) => Self::uv_pip(uv, "install", py, &["--constraint", &cons]),
-            Installer::Pip => pip_install(&py, &["--constraint", &cons]),
+            Installer::Pip => crate::runner::pip_install(&py, &["--constraint", &cons]),
         };
         argv.extend(specs.iter().map(|s| s.raw.clone()));
         argv
@@ -368,33 +367,11 @@ impl Installer {
         let py = python.to_string_lossy().into_owned();
         let mut argv: Vec<String> = match self {
             Installer::Uv(uv) => Self::uv_pip(uv, "install", py, &["--no-deps", "--reinstall"]),
-            Installer::Pip => pip_install(&py, &["--no-deps", "--force-reinstall"]),
+            Installer::Pip => crate::runner::pip_install(&py, &["--no-deps", "--force-reinstall"]),
         };
         argv.extend(pins.iter().cloned());
         argv
     }
-}
-
-/// `python -I -m pip install` with no prompts, no version check and no progress bars, then
-/// `rest`. Isolated mode (`-I`): neither the working directory nor `PYTHON*` variables can put
-/// another `pip` in front of the environment's own.
-pub fn pip_install(python: &str, rest: &[&str]) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        python,
-        "-I",
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(rest.iter().map(|s| s.to_string()));
-    argv
 }
 
 /// What an install changed.

@@ -54,7 +54,7 @@ impl Book {
     }
 
     fn path(&self, handle: &str) -> PathBuf {
-        let h = crate::wire::signer::sha256_hex(handle.as_bytes());
+        let h = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(handle.as_bytes()));
         self.dir.join(format!("{}.json", h.get(..32).unwrap_or(&h)))
     }
 

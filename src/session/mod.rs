@@ -203,7 +203,7 @@ impl Session {
         if let (Some(max), WorkingDir::Workspace(root), Ok(data)) = (
             s.settings.snapshot_max,
             s.working_dir(),
-            crate::pyenv::data_dir(),
+            crate::dirs::data_dir(),
         ) {
             s.persist = Some(persist::Persist::new(data, &root, max));
             s.restore_pending

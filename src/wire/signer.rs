@@ -1,17 +1,10 @@
 //! HMAC-SHA256 signing and constant-time verification of Jupyter messages.
-//! The only place that touches `hmac` and `sha2`; it knows nothing about sockets.
+//! The only user of `hmac`; it knows nothing about sockets.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Sha224, Sha256, Sha384, Sha512};
 
 use crate::error::WireError;
-
-/// Hex SHA-256 of `data` (unkeyed). Kept here so that only `wire/` links the digest crates; the
-/// managed environment uses it to fingerprint its requirements list.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(Sha256::digest(data))
-}
 
 /// One keyed HMAC state per supported `signature_scheme`.
 #[derive(Clone)]

@@ -27,10 +27,9 @@ mod http1;
 mod ledger;
 
 use crate::error::{GatewayError, KernelError, WireError};
-use crate::kernel::backend::{
-    Backend, BackendInfo, BackendKind, Channels, Gone, Lifecycle, Ownership,
-};
+use crate::kernel::backend::{Channels, Gone, Lifecycle, Ownership};
 use crate::kernel::client::Kernel;
+use crate::kernel::source::{Backend, BackendInfo, BackendKind};
 use crate::wire::{websocket, Channel, Heartbeat, Message, MsgId, Router, Subscription};
 
 /// Largest WebSocket message accepted from the gateway (the same order as the ZeroMQ cap).
@@ -137,7 +136,7 @@ impl GatewayBackend {
             base.set_path(&p);
         }
         let shown = redact(base.as_str());
-        let ledger = crate::pyenv::data_dir()
+        let ledger = crate::dirs::data_dir()
             .map_err(|e| e.to_string())
             .and_then(|d| ledger::Ledger::open(&d).map_err(|e| e.to_string()));
         let ledger = match ledger {

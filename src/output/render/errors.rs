@@ -248,6 +248,30 @@ impl Display for crate::notebook::NotebookError {
     }
 }
 
+impl Display for ExitCause {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        match self {
+            ExitCause::Code(c) => write!(f, "exit code {c}"),
+            ExitCause::Signal(s) => {
+                let name = crate::process::signal_name(*s);
+                let hint = match *s {
+                    9 => ", possibly the out-of-memory killer",
+                    11 => ", a segmentation fault",
+                    6 => ", an abort",
+                    _ => "",
+                };
+                write!(f, "killed by signal {s} ({name}{hint})")
+            }
+            ExitCause::MemoryLimit => write!(
+                f,
+                "stopped by the sandbox's memory limit (--memory-limit): the kernel's processes used more memory than allowed"
+            ),
+            ExitCause::Stopped => write!(f, "stopped by kernel-mcp"),
+            ExitCause::Unknown(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
