@@ -155,15 +155,8 @@ impl Front {
     pub fn new(reg: Arc<Registry>, template: Server) -> Front {
         let env = template_env(&reg);
         let idle = reg.limits.idle_timeout.as_secs();
-        let instructions = format!(
-            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel with {}. \
-             Each session has its own kernel (variables persist between execute_python calls) and its own workspace folder; \
-             use write_file/read_file/list_files for files there and run_file to run scripts. matplotlib figures come back as images. \
-             Clients without an MCP session (protocol 2026-07-28): call {NEW_SESSION_TOOL} once and pass the returned handle as the \
-             `{SESSION_ARG}` argument of every other tool; a session ends after {idle} s without a call.",
-            env.python_version,
-            env.package_summary(),
-        );
+        let instructions =
+            crate::tools::instructions::hosted(&env, idle, NEW_SESSION_TOOL, SESSION_ARG);
         // An empty prompt list is declared so generic clients (and the conformance suite's
         // caching checks) get a cacheable answer to prompts/list instead of method-not-found.
         let info = ServerConfig::new(
@@ -190,7 +183,7 @@ impl Front {
     }
 
     /// The 2025-11-25 session named by the request's `Mcp-Session-Id` header.
-    fn legacy_session(&self, ctx: &RequestContext<RoleServer>) -> Option<Arc<Session>> {
+    fn legacy_session(&self, ctx: &RequestContext<RoleServer>) -> Option<Arc<HostedSession>> {
         let parts = ctx.extensions.get::<http::request::Parts>()?;
         let id = parts.headers.get(SESSION_HEADER)?.to_str().ok()?;
         self.reg.get(id).filter(|s| s.era == Era::Legacy)
@@ -202,7 +195,7 @@ impl Front {
         &self,
         task: &str,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<Arc<Session>, ErrorData> {
+    ) -> Result<Arc<HostedSession>, ErrorData> {
         let unknown = || {
             ErrorData::invalid_params(
                 format!(
@@ -301,12 +294,12 @@ impl Front {
         tools
     }
 
-    fn open_handle(&self, implicit: bool) -> Result<Arc<Session>, OpenError> {
+    fn open_handle(&self, implicit: bool) -> Result<Arc<HostedSession>, OpenError> {
         let handle = hex::encode(rand::random::<[u8; 32]>());
         self.reg.open(handle, Era::Handle, implicit)
     }
 
-    fn handle_note(&self, s: &Session, why: &str) -> String {
+    fn handle_note(&self, s: &HostedSession, why: &str) -> String {
         format!(
             "[{why}: session handle \"{}\". Pass it as the `{SESSION_ARG}` argument of later calls to keep these variables and files; it ends after {} s without a call.]",
             s.id,

@@ -104,7 +104,7 @@ impl Era {
 }
 
 /// One session: its kernel, its workspace and the tool server over them.
-pub struct Session {
+pub struct HostedSession {
     pub id: String,
     pub era: Era,
     pub(super) server: Server,
@@ -122,7 +122,7 @@ pub struct Session {
     remembered: Mutex<Option<Instant>>,
 }
 
-impl Session {
+impl HostedSession {
     /// A session a forgetful client started and never came back to: given up first when the
     /// server is full.
     fn orphaned(&self) -> bool {
@@ -216,7 +216,7 @@ pub struct Registry {
     pub(super) template: SessionTemplate,
     root: Arc<Workspace>,
     pub(super) limits: SessionLimits,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<HashMap<String, Arc<HostedSession>>>,
     /// Prepared sessions (`--spares` of them), the same pool type as a handle's spare kernel.
     pool: SparePool<Prepared>,
     /// Handle sessions' folders, for the next server (with snapshots on, each session in a
@@ -261,7 +261,7 @@ const PRELOAD_EXPR: &str =
     "[__import__(m) for m in ('numpy', 'pandas', 'matplotlib.pyplot')] and None";
 
 /// Seconds until one of `sessions` may give way (`None`: all have a call running).
-fn next_evictable<'a>(sessions: impl Iterator<Item = &'a Arc<Session>>) -> Option<u64> {
+fn next_evictable<'a>(sessions: impl Iterator<Item = &'a Arc<HostedSession>>) -> Option<u64> {
     sessions
         .filter(|s| s.active.load(Ordering::SeqCst) == 0)
         .map(|s| EVICT_GRACE.saturating_sub(s.idle_for()).as_secs() + 1)
@@ -332,7 +332,7 @@ impl Registry {
     }
 
     /// The open session with this id.
-    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+    pub fn get(&self, id: &str) -> Option<Arc<HostedSession>> {
         self.sessions.lock().ok()?.get(id).cloned()
     }
 
@@ -357,13 +357,18 @@ impl Registry {
     /// Opens a session named `id`, on a warm spare when one is ready. At the limit, the least
     /// recently used orphaned session (started by a call without `session`, never used again,
     /// nothing running) is ended to make room; otherwise the server is full.
-    pub fn open(&self, id: String, era: Era, implicit: bool) -> Result<Arc<Session>, OpenError> {
+    pub fn open(
+        &self,
+        id: String,
+        era: Era,
+        implicit: bool,
+    ) -> Result<Arc<HostedSession>, OpenError> {
         self.open_on(id, era, implicit, None)
     }
 
     /// A handle session of an earlier server, back in its folder with its variables (restored
     /// before its first call), if the handle was known alive within the idle timeout.
-    pub fn revive(&self, handle: &str) -> Result<Option<Arc<Session>>, OpenError> {
+    pub fn revive(&self, handle: &str) -> Result<Option<Arc<HostedSession>>, OpenError> {
         let Some(book) = &self.book else {
             return Ok(None);
         };
@@ -383,7 +388,7 @@ impl Registry {
 
     /// Records that a handle session is alive, for the next server (at most once a minute
     /// unless `now`).
-    pub(super) fn remember_now(&self, s: &Session, now: bool) {
+    pub(super) fn remember_now(&self, s: &HostedSession, now: bool) {
         let (Some(book), Era::Handle, Some(folder)) = (&self.book, s.era, &s.folder) else {
             return;
         };
@@ -407,7 +412,7 @@ impl Registry {
         era: Era,
         implicit: bool,
         prepared: Option<Prepared>,
-    ) -> Result<Arc<Session>, OpenError> {
+    ) -> Result<Arc<HostedSession>, OpenError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(OpenError::Stopping);
         }
@@ -459,7 +464,7 @@ impl Registry {
             } else {
                 server
             };
-            let s = Arc::new(Session {
+            let s = Arc::new(HostedSession {
                 id: id.clone(),
                 era,
                 server,
@@ -521,7 +526,7 @@ impl Registry {
     }
 
     /// A session that ended is not revived by a later server.
-    fn forget(&self, s: &Session) {
+    fn forget(&self, s: &HostedSession) {
         if let (Some(book), Era::Handle) = (&self.book, s.era) {
             book.forget(&s.id);
         }
@@ -546,7 +551,7 @@ impl Registry {
     /// Ends every session and spare and waits for their kernels to stop.
     pub async fn shutdown_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let sessions: Vec<Arc<Session>> = self
+        let sessions: Vec<Arc<HostedSession>> = self
             .sessions
             .lock()
             .map(|mut m| m.drain().map(|(_, s)| s).collect())

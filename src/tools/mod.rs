@@ -9,6 +9,7 @@
 mod code;
 mod environment;
 mod files;
+pub mod instructions;
 mod params;
 mod resources;
 mod tasks;
@@ -415,57 +416,7 @@ impl ServerHandler for Server {
     }
 
     fn get_info(&self) -> ServerConfig {
-        let env = self.session.env_info();
-        let env = &env;
-        let packages = env.package_summary();
-        let with = if packages.is_empty() {
-            String::new()
-        } else {
-            format!(" with {packages}")
-        };
-        let files = match self.session.working_dir() {
-            WorkingDir::Workspace(p) => format!(
-                "The kernel's working directory is the workspace ({}); use write_file/read_file/list_files for files there and run_file to run scripts.",
-                p.display()
-            ),
-            WorkingDir::WithKernel { server } => format!(
-                "The kernel runs on a Jupyter server{}; write_file/read_file/list_files/run_file act in the kernel's working directory there, where relative paths in code resolve.",
-                server.map(|s| format!(" ({s})")).unwrap_or_default()
-            ),
-            WorkingDir::Apart { workspace } => format!(
-                "The kernel was started by another client, so its working directory is wherever that client started it (check with os.getcwd()); write_file/read_file/list_files/run_file act on the workspace ({}), so give code absolute paths to files there.",
-                workspace.display()
-            ),
-        };
-        let mut instructions = format!(
-            "kernel-mcp runs Python {} in a persistent Jupyter (IPython) kernel{with}. \
-             Variables persist between execute_python calls. {files} \
-             matplotlib figures come back as images.",
-            env.python_version
-        );
-        if let Some(reason) = self.session.kernel().env_error() {
-            instructions.push_str(&format!(
-                " The Python kernel is unavailable right now: {reason}. The file tools work; \
-                 call restart_kernel after the fix."
-            ));
-        }
-        if let Some(note) = &self.session.settings().workspace_note {
-            instructions.push_str(&format!(" {note}."));
-        }
-        if let Some(line) = self.session.snapshot_announcement() {
-            instructions.push_str(&format!(" {line}"));
-        }
-        if let Some(p) = &self.session.settings().output.sandbox {
-            instructions.push_str(&format!(" {}", p.paragraph()));
-            // The layers themselves are known once a kernel has started (get_environment
-            // reports them at any time).
-            if let Some(st) = self.session.kernel().sandbox() {
-                instructions.push_str(&format!(
-                    " Sandbox layers in force: namespaces: {}; Landlock {}; seccomp: {}.",
-                    st.namespaces, st.landlock, st.seccomp
-                ));
-            }
-        }
+        let instructions = instructions::one_session(&self.session);
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_tool_list_changed()
