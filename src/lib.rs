@@ -1,12 +1,13 @@
 //! kernel-mcp: an MCP server that gives an LLM a stateful Python interpreter backed by a real
 //! Jupyter kernel, spoken to over the Jupyter wire protocol (ZeroMQ, HMAC-SHA256 signed).
 //!
-//! Layers, dependencies pointing down (the README's module map is the full picture): `app`
-//! (command line, stdio, signals, `demo`) and `serve` (Streamable HTTP, a session per client)
-//! → `tools` (the MCP adapters) → `session` (one analyst's state: runs, files, packages,
-//! persistence) → `kernel` (one handle over the local, existing and gateway backends),
-//! `output`, `workspace`, `packages`, `pyenv`, `runner` → `wire`. `src/main.rs` only calls
-//! `app::main`.
+//! Layers, dependencies pointing down (the README's module map is the full picture, in layer
+//! order, and the tests below hold the code to it): `app` (command line, stdio, signals,
+//! `demo`) → `serve` (Streamable HTTP, a session per client) → `tools` (the MCP adapters) →
+//! `session` (one analyst's state: runs, files, packages, persistence) → `output` (what the
+//! model reads, errors' words included) → `kernel` (one handle over the local, existing and
+//! gateway backends) → `workspace`, `packages`, `process`, `sandbox` → `pyenv`, `runner`,
+//! `dirs` → `wire` → `text`, `error`. `src/main.rs` only calls `app::main`.
 
 pub mod app;
 pub mod arrival;
