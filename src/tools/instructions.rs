@@ -1,6 +1,7 @@
 //! The server instructions (what a client puts before the model ahead of the first call),
 //! written here only: for one session (stdio, and the server of each HTTP session) and for the
-//! HTTP front that hosts many sessions.
+//! HTTP front that hosts many sessions; and the environment line execute_python's description
+//! ends with.
 
 use crate::pyenv::EnvInfo;
 use crate::session::{Session, WorkingDir};
@@ -10,12 +11,7 @@ use crate::session::{Session, WorkingDir};
 pub fn one_session(session: &Session) -> String {
     let env = session.env_info();
     let env = &env;
-    let packages = env.package_summary();
-    let with = if packages.is_empty() {
-        String::new()
-    } else {
-        format!(" with {packages}")
-    };
+    let with = with_packages(env);
     let files = match session.working_dir() {
         WorkingDir::Workspace(p) => format!(
             "The kernel's working directory is the workspace ({}); use write_file/read_file/list_files for files there and run_file to run scripts.",
@@ -74,4 +70,37 @@ pub fn hosted(env: &EnvInfo, idle_secs: u64, new_session_tool: &str, session_arg
         env.python_version,
         env.package_summary(),
     )
+}
+
+/// " with ipykernel 7.4.0, numpy …" (empty when the packages are not known).
+fn with_packages(env: &EnvInfo) -> String {
+    let packages = env.package_summary();
+    if packages.is_empty() {
+        String::new()
+    } else {
+        format!(" with {packages}")
+    }
+}
+
+/// The line execute_python's description ends with: the interpreter, the working directory and
+/// the sandbox policy.
+pub fn environment_line(session: &Session) -> String {
+    let env = session.env_info();
+    let with = with_packages(&env);
+    let wd = match session.working_dir() {
+        WorkingDir::Workspace(p) => format!("Working directory: {}.", p.display()),
+        WorkingDir::WithKernel { server } => format!(
+            "Working directory: the kernel's own, on the Jupyter server{}; the file tools act there.",
+            server.map(|s| format!(" {s}")).unwrap_or_default()
+        ),
+        WorkingDir::Apart { workspace } => format!(
+            "Working directory: wherever the kernel was started (another client owns it); the file tools act on {}, so use absolute paths to share files.",
+            workspace.display()
+        ),
+    };
+    let mut env_line = format!("\n\nEnvironment: Python {}{with}. {wd}", env.python_version);
+    if let Some(p) = &session.settings().output.sandbox {
+        env_line.push_str(&format!("\n\n{}", p.paragraph()));
+    }
+    env_line
 }

@@ -39,7 +39,7 @@ use crate::output::ProgressFn;
 use crate::pyenv::EnvInfo;
 use crate::session::{
     Installed, NotebookRun, PackageCheck, PackageList, RunCall, RunOrTask, Session, TaskView,
-    WorkingDir, Written,
+    Written,
 };
 use crate::workspace::{Listing, ReadOutcome, Workspace, MAX_WRITE_BYTES};
 use tasks::{run_of_task, task_of};
@@ -208,28 +208,7 @@ impl Server {
     /// The tools this server offers, as `tools/list` returns them: execute_python's description
     /// names the current environment and working directory.
     pub fn tools(&self) -> Vec<rmcp::model::Tool> {
-        let env = self.session.env_info();
-        let packages = env.package_summary();
-        let with = if packages.is_empty() {
-            String::new()
-        } else {
-            format!(" with {packages}")
-        };
-        let wd = match self.session.working_dir() {
-            WorkingDir::Workspace(p) => format!("Working directory: {}.", p.display()),
-            WorkingDir::WithKernel { server } => format!(
-                "Working directory: the kernel's own, on the Jupyter server{}; the file tools act there.",
-                server.map(|s| format!(" {s}")).unwrap_or_default()
-            ),
-            WorkingDir::Apart { workspace } => format!(
-                "Working directory: wherever the kernel was started (another client owns it); the file tools act on {}, so use absolute paths to share files.",
-                workspace.display()
-            ),
-        };
-        let mut env_line = format!("\n\nEnvironment: Python {}{with}. {wd}", env.python_version);
-        if let Some(p) = &self.session.settings().output.sandbox {
-            env_line.push_str(&format!("\n\n{}", p.paragraph()));
-        }
+        let env_line = instructions::environment_line(&self.session);
         let mut tools = self.tool_router.list_all();
         for t in tools.iter_mut().filter(|t| t.name == "execute_python") {
             let base = t.description.clone().unwrap_or_default();
