@@ -61,10 +61,6 @@ pub enum WireError {
     ReaderGone {
         channel: &'static str,
     },
-    Relay {
-        channel: &'static str,
-        reason: String,
-    },
     Corrupt {
         reason: String,
     },

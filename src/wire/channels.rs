@@ -36,7 +36,7 @@ pub struct Connection {
     control: Mutex<DealerSendHalf>,
     routes: Router,
     heartbeat: watch::Receiver<Heartbeat>,
-    /// Messages the relays dropped (over a limit, framing intact).
+    /// Messages the sockets' guards dropped (over a limit, framing intact).
     drops: Arc<guard::Drops>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,39 +136,44 @@ impl Connection {
         let routes = Router::new();
         let mut tasks = Vec::new();
 
-        // Every socket is reached through a bounded relay (see guard.rs): a forged frame
-        // header can then cut the connection, never abort the server.
+        // Every socket checks the kernel's frames in its own reader (see guard.rs): a forged
+        // frame header can then cut the connection, never abort the server.
         let (corrupt_tx, mut corrupt_rx) = watch::channel(None::<String>);
         let drops = Arc::new(guard::Drops::default());
-        let mut relayed = Vec::new();
-        for (endpoint, channel) in [
-            (&endpoints.shell, Channel::Shell),
-            (&endpoints.control, Channel::Control),
-            (&endpoints.stdin, Channel::Stdin),
-            (&endpoints.iopub, Channel::IoPub),
-            (&endpoints.heartbeat, Channel::Heartbeat),
-        ] {
-            let r = guard::relay(
-                endpoint,
+        let guarded = |identity: &[u8], channel: Channel| {
+            let max = if channel == Channel::IoPub {
+                MAX_IOPUB_BYTES
+            } else {
+                MAX_MESSAGE_BYTES
+            };
+            let mut o = options(identity, timeout);
+            o.read_filter(guard::filter(
                 channel.name(),
-                if channel == Channel::IoPub {
-                    MAX_IOPUB_BYTES
-                } else {
-                    MAX_MESSAGE_BYTES
-                },
+                max,
                 corrupt_tx.clone(),
                 drops.clone(),
-            )
-            .await?;
-            tasks.push(r.task);
-            relayed.push(r.endpoint);
-        }
-        let [shell_ep, control_ep, stdin_ep, iopub_ep, hb_ep] = relayed.as_slice() else {
-            return Err(WireError::Relay {
-                channel: "kernel",
-                reason: "expected five relays".into(),
-            });
+            ));
+            o
         };
+        let mut shell = DealerSocket::with_options(guarded(identity.as_bytes(), Channel::Shell));
+        connect(&mut shell, &endpoints.shell, Channel::Shell, timeout).await?;
+        let mut control = DealerSocket::with_options(guarded(
+            format!("{identity}-c").as_bytes(),
+            Channel::Control,
+        ));
+        connect(&mut control, &endpoints.control, Channel::Control, timeout).await?;
+        // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
+        let mut stdin = DealerSocket::with_options(guarded(identity.as_bytes(), Channel::Stdin));
+        connect(&mut stdin, &endpoints.stdin, Channel::Stdin, timeout).await?;
+        let mut iopub =
+            SubSocket::with_options(guarded(format!("{identity}-i").as_bytes(), Channel::IoPub));
+        connect(&mut iopub, &endpoints.iopub, Channel::IoPub, timeout).await?;
+        let heartbeat_filter = guard::filter(
+            Channel::Heartbeat.name(),
+            MAX_MESSAGE_BYTES,
+            corrupt_tx.clone(),
+            drops.clone(),
+        );
         {
             let routes = routes.clone();
             tasks.push(tokio::spawn(async move {
@@ -176,22 +181,10 @@ impl Connection {
                 if corrupt_rx.wait_for(Option::is_some).await.is_ok() {
                     let reason = corrupt_rx.borrow().clone().unwrap_or_default();
                     routes.set_corrupt(reason);
-                    routes.close("relay");
+                    routes.close("guard");
                 }
             }));
         }
-
-        let mut shell = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut shell, shell_ep, Channel::Shell, timeout).await?;
-        let mut control =
-            DealerSocket::with_options(options(format!("{identity}-c").as_bytes(), timeout));
-        connect(&mut control, control_ep, Channel::Control, timeout).await?;
-        // stdin's identity must match shell's (messaging spec, "Messages on the stdin ROUTER/DEALER channel").
-        let mut stdin = DealerSocket::with_options(options(identity.as_bytes(), timeout));
-        connect(&mut stdin, stdin_ep, Channel::Stdin, timeout).await?;
-        let mut iopub =
-            SubSocket::with_options(options(format!("{identity}-i").as_bytes(), timeout));
-        connect(&mut iopub, iopub_ep, Channel::IoPub, timeout).await?;
         iopub
             .subscribe("")
             .await
@@ -254,7 +247,11 @@ impl Connection {
             }));
         }
         let (hb_tx, hb_rx) = watch::channel(Heartbeat::Unknown);
-        tasks.push(tokio::spawn(heartbeat_loop(hb_ep.clone(), hb_tx)));
+        tasks.push(tokio::spawn(heartbeat_loop(
+            endpoints.heartbeat.clone(),
+            heartbeat_filter,
+            hb_tx,
+        )));
 
         Ok(Connection {
             session,
@@ -338,12 +335,18 @@ async fn read_loop<S: SocketRecv>(
 /// The heartbeat is advisory, as in jupyter_client: the socket is connected here, not in
 /// `Connection::open`, so a kernel whose heartbeat port does not answer still runs code; its
 /// state only reads `Missed`.
-async fn heartbeat_loop(endpoint: String, tx: watch::Sender<Heartbeat>) {
+async fn heartbeat_loop(
+    endpoint: String,
+    filter: zeromq::ReadFilterFactory,
+    tx: watch::Sender<Heartbeat>,
+) {
     let mut missed = 0u32;
     let mut hb: Option<ReqSocket> = None;
     loop {
         if hb.is_none() {
-            let mut fresh = ReqSocket::new();
+            let mut options = SocketOptions::default();
+            options.read_filter(filter.clone());
+            let mut fresh = ReqSocket::with_options(options);
             if tokio::time::timeout(Duration::from_secs(3), fresh.connect(&endpoint))
                 .await
                 .is_ok_and(|r| r.is_ok())

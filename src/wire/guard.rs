@@ -1,18 +1,17 @@
-//! A bounded relay in front of each kernel socket. The `zeromq` crate reserves the length a
-//! frame header announces before any of it arrives, so one forged header (2^62 bytes) aborts
-//! the server. Every byte the kernel sends passes through [`FrameLimiter`] first: a message
-//! over the limits never reaches `zeromq`. While the stream can still be framed, only that
-//! message is dropped (counted in [`Drops`], said to the call); when it cannot (reserved flag
-//! bits, a frame announced far beyond any message) the connection is cut and marked corrupt.
-//! Bytes from the server to the kernel are copied unchanged.
+//! A bounded framing check in front of each kernel socket's decoder. The `zeromq` crate
+//! reserves the length a frame header announces before any of it arrives, so one forged header
+//! (2^62 bytes) would abort the server. Every byte the kernel sends passes through
+//! [`FrameLimiter`] first, inside the socket's own reader (the patched `zeromq`'s read filter,
+//! vendor/zeromq/PATCHES.md; no relay socket, no extra hop): a message over the limits never
+//! reaches the decoder. While the stream can still be framed, only that message is dropped
+//! (counted in [`Drops`], said to the call); when it cannot (reserved flag bits, a frame
+//! announced far beyond any message) the connection is cut and marked corrupt. Bytes from the
+//! server to the kernel are not touched.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
-
-use crate::error::WireError;
 
 /// ZMTP 3.x greeting length (signature, version, mechanism, as-server, filler).
 const GREETING: usize = 64;
@@ -94,7 +93,7 @@ impl FrameLimiter {
     /// messages (a message cut short after some of its frames passed gets an empty last frame,
     /// so the reader sees one malformed message and drops it). An error says why the stream
     /// cannot be framed any more.
-    pub fn filter(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn filter(&mut self, bytes: &[u8], out: &mut BytesMut) -> Result<(), String> {
         let mut rest = bytes;
         while !rest.is_empty() {
             match self.state {
@@ -205,7 +204,7 @@ impl FrameLimiter {
     }
 
     /// Whether the frame whose header was just read passes; counts it against its message.
-    fn admit(&mut self, command: bool, more: bool, size: u64, out: &mut Vec<u8>) -> bool {
+    fn admit(&mut self, command: bool, more: bool, size: u64, out: &mut BytesMut) -> bool {
         if command {
             if size > MAX_COMMAND {
                 self.note(format!(
@@ -274,26 +273,10 @@ impl FrameLimiter {
     }
 }
 
-/// Where a relay listens and where it forwards to.
-#[derive(Debug, Clone)]
-enum Target {
-    Ipc(PathBuf),
-    Tcp(String),
-}
-
-fn target(endpoint: &str) -> Option<Target> {
-    if let Some(path) = endpoint.strip_prefix("ipc://") {
-        return Some(Target::Ipc(PathBuf::from(path)));
-    }
-    endpoint
-        .strip_prefix("tcp://")
-        .map(|addr| Target::Tcp(addr.to_owned()))
-}
-
-/// Why a connection was cut, shared by the relays of one kernel connection.
+/// Why a connection was cut, shared by the sockets of one kernel connection.
 pub type Corrupt = watch::Sender<Option<String>>;
 
-/// Messages the relays of one kernel connection dropped (over a limit, framing intact): how
+/// Messages the sockets of one kernel connection dropped (over a limit, framing intact): how
 /// many in all, and why the last one was.
 #[derive(Debug, Default)]
 pub struct Drops {
@@ -319,164 +302,52 @@ impl Drops {
     }
 }
 
-/// A running relay: the endpoint `zeromq` should connect to, and the task serving it.
-pub struct Relay {
-    pub endpoint: String,
-    pub task: JoinHandle<()>,
+/// One connection's check, run by the socket's own reader on every chunk it reads (the
+/// `ReadFilter` hook of the patched `zeromq`, vendor/zeromq/PATCHES.md): the limiter, and where
+/// it reports what it cut or dropped.
+struct Guard {
+    limiter: FrameLimiter,
+    channel: &'static str,
+    corrupt: Corrupt,
+    drops: Arc<Drops>,
 }
 
-/// Starts a relay for the kernel socket at `endpoint`; `channel` names it in reports, and a
-/// connection that breaks the limits sets `corrupt`.
-///
-/// # Errors
-/// When the endpoint is of an unknown transport or the relay cannot listen.
-pub async fn relay(
-    endpoint: &str,
+impl zeromq::ReadFilter for Guard {
+    fn filter(&mut self, input: &[u8], output: &mut BytesMut) -> std::io::Result<()> {
+        let channel = self.channel;
+        if let Err(what) = self.limiter.filter(input, output) {
+            let reason = format!("the kernel sent {what} on {channel}");
+            tracing::error!(%reason, "kernel connection is corrupt; cutting it");
+            self.corrupt.send_replace(Some(reason.clone()));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason));
+        }
+        if let Some((n, what)) = self.limiter.take_dropped() {
+            let why = format!("the kernel sent {what} on {channel}");
+            tracing::warn!(messages = n, reason = %why, "dropped a message from the kernel; the connection is kept");
+            self.drops.add(n, why);
+        }
+        Ok(())
+    }
+}
+
+/// The check for every connection of one kernel socket (`channel` names it in reports): a
+/// fresh [`FrameLimiter`] per connection, since each starts with its greeting. A stream that
+/// can no longer be framed sets `corrupt` and closes the connection; a dropped message is
+/// counted in `drops`.
+pub fn filter(
     channel: &'static str,
     max_message: usize,
     corrupt: Corrupt,
-    drops: std::sync::Arc<Drops>,
-) -> Result<Relay, WireError> {
-    let io = |source: std::io::Error| WireError::Relay {
-        channel,
-        reason: source.to_string(),
-    };
-    let Some(upstream) = target(endpoint) else {
-        return Err(WireError::Relay {
+    drops: Arc<Drops>,
+) -> zeromq::ReadFilterFactory {
+    Arc::new(move || {
+        Box::new(Guard {
+            limiter: FrameLimiter::new(max_message),
             channel,
-            reason: format!("unknown transport in {endpoint}"),
-        });
-    };
-    match upstream {
-        #[cfg(not(unix))]
-        Target::Ipc(path) => Err(WireError::Relay {
-            channel,
-            reason: format!(
-                "the ipc transport ({}) needs unix sockets; use --transport tcp",
-                path.display()
-            ),
-        }),
-        #[cfg(unix)]
-        Target::Ipc(path) => {
-            let mut local = path.clone().into_os_string();
-            local.push(".relay");
-            let local = PathBuf::from(local);
-            let _ = std::fs::remove_file(&local);
-            let listener = tokio::net::UnixListener::bind(&local).map_err(io)?;
-            let endpoint = format!("ipc://{}", local.display());
-            let task = tokio::spawn(async move {
-                let mut conns = JoinSet::new();
-                while let Ok((down, _)) = listener.accept().await {
-                    // Reconnects (the heartbeat opens a fresh socket after a miss) must not
-                    // pile up finished entries.
-                    while conns.try_join_next().is_some() {}
-                    let path = path.clone();
-                    let corrupt = corrupt.clone();
-                    let drops = drops.clone();
-                    conns.spawn(async move {
-                        let up = retry(|| tokio::net::UnixStream::connect(path.clone())).await;
-                        pipe(down, up, channel, max_message, corrupt, drops).await;
-                    });
-                }
-            });
-            Ok(Relay { endpoint, task })
-        }
-        Target::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(io)?;
-            let port = listener.local_addr().map_err(io)?.port();
-            let endpoint = format!("tcp://127.0.0.1:{port}");
-            let task = tokio::spawn(async move {
-                let mut conns = JoinSet::new();
-                while let Ok((down, _)) = listener.accept().await {
-                    // Reconnects (the heartbeat opens a fresh socket after a miss) must not
-                    // pile up finished entries.
-                    while conns.try_join_next().is_some() {}
-                    let addr = addr.clone();
-                    let corrupt = corrupt.clone();
-                    let drops = drops.clone();
-                    conns.spawn(async move {
-                        let up = retry(|| tokio::net::TcpStream::connect(addr.clone())).await;
-                        let _ = up.set_nodelay(true);
-                        let _ = down.set_nodelay(true);
-                        pipe(down, up, channel, max_message, corrupt, drops).await;
-                    });
-                }
-            });
-            Ok(Relay { endpoint, task })
-        }
-    }
-}
-
-/// Connects to the kernel's socket, waiting for the kernel to bind it: the server connects
-/// while the kernel is still starting, as `zeromq` itself would keep trying. The relay is
-/// dropped with its connection, which ends the wait.
-async fn retry<S, F, Fut>(connect: F) -> S
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<S>>,
-{
-    let mut pause = std::time::Duration::from_millis(5);
-    loop {
-        if let Ok(s) = connect().await {
-            return s;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(100));
-    }
-}
-
-/// Copies server -> kernel unchanged and kernel -> server through a limiter, until either
-/// side closes or the kernel's stream can no longer be framed.
-async fn pipe<D, U>(
-    down: D,
-    up: U,
-    channel: &'static str,
-    max_message: usize,
-    corrupt: Corrupt,
-    drops: std::sync::Arc<Drops>,
-) where
-    D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut down_r, mut down_w) = tokio::io::split(down);
-    let (mut up_r, mut up_w) = tokio::io::split(up);
-    let to_kernel = async {
-        let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
-    };
-    let from_kernel = async {
-        let mut limiter = FrameLimiter::new(max_message);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(buf.len() + 16);
-        loop {
-            let n = match up_r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            out.clear();
-            let chunk = buf.get(..n).unwrap_or_default();
-            if let Err(what) = limiter.filter(chunk, &mut out) {
-                let reason = format!("the kernel sent {what} on {channel}");
-                tracing::error!(%reason, "kernel connection is corrupt; cutting it");
-                corrupt.send_replace(Some(reason));
-                return;
-            }
-            if let Some((n, what)) = limiter.take_dropped() {
-                let why = format!("the kernel sent {what} on {channel}");
-                tracing::warn!(messages = n, reason = %why, "dropped a message from the kernel; the connection is kept");
-                drops.add(n, why);
-            }
-            if !out.is_empty() && down_w.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-    };
-    // Whichever direction ends first ends the connection (both streams drop here).
-    tokio::select! {
-        _ = to_kernel => {}
-        _ = from_kernel => {}
-    }
+            corrupt: corrupt.clone(),
+            drops: drops.clone(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -505,11 +376,11 @@ mod tests {
 
     /// Runs `stream` through a limiter in chunks of `chunk`; what passed, or the error.
     fn run(l: &mut FrameLimiter, stream: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         for c in stream.chunks(chunk.max(1)) {
             l.filter(c, &mut out)?;
         }
-        Ok(out)
+        Ok(out.to_vec())
     }
 
     /// A three-frame message with a body of `n` bytes.

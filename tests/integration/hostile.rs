@@ -739,7 +739,7 @@ time.sleep(60)
         text(&r)
     );
     assert!(s.log().contains("kernel connection is corrupt; cutting it"));
-    // The new kernel's heartbeat answers through its relay too (pinged once a second).
+    // The new kernel's heartbeat answers through its guarded socket too (pinged once a second).
     let deadline = std::time::Instant::now() + crate::harness::HANG;
     loop {
         let r = s.call("get_environment", serde_json::json!({})).await;

@@ -23,7 +23,6 @@ impl Display for WireError {
             WireError::Zmq { op, channel, source } => write!(f, "zeromq {op} on {channel} failed: {source}"),
             WireError::ConnectTimeout { channel } => write!(f, "timed out connecting to the kernel's {channel} channel"),
             WireError::ReaderGone { channel } => write!(f, "the {channel} reader has stopped; the connection to the kernel is gone"),
-            WireError::Relay { channel, reason } => write!(f, "could not relay the kernel's {channel} socket: {reason}"),
             WireError::Corrupt { reason } => write!(f, "{reason}; that connection is corrupt and was cut"),
             WireError::Framing(inner) => write!(f, "malformed {inner}"),
         }
