@@ -513,4 +513,72 @@ mod tests {
         assert_eq!(run(&mut l, &stream, 65536), Ok(want));
         assert_eq!(l.take_dropped().map(|d| d.0), Some(1));
     }
+
+    /// The hook inside `zeromq` end to end: a peer completes the ZMTP handshake as a ROUTER,
+    /// then announces a frame of 2^62 bytes. The socket's own reader runs the limiter, so the
+    /// connection is cut and marked corrupt; without the filter, `zeromq` would reserve the
+    /// announced length and abort this test process.
+    #[tokio::test]
+    async fn a_forged_frame_is_cut_inside_the_sockets_reader() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use zeromq::{Socket, SocketRecv};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let Ok(listener) = listener else {
+            panic!("cannot listen on 127.0.0.1: {listener:?}");
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("no local address");
+        };
+        let peer = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut hello = greeting();
+            hello.extend(frame(
+                0b100,
+                b"\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER",
+            ));
+            hello.push(0b10);
+            hello.extend_from_slice(&(1u64 << 62).to_be_bytes());
+            if s.write_all(&hello).await.is_err() {
+                return;
+            }
+            // Held open until the socket hangs up: the cut must come from the filter.
+            let mut sink = [0u8; 1024];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let (corrupt, mut seen) = watch::channel(None::<String>);
+        let drops = Arc::new(Drops::default());
+        let mut options = zeromq::SocketOptions::default();
+        options.read_filter(filter("shell", 1 << 20, corrupt, drops.clone()));
+        let mut dealer = zeromq::DealerSocket::with_options(options);
+        let hang = std::time::Duration::from_secs(60);
+        let connected = tokio::time::timeout(hang, dealer.connect(&format!("tcp://{addr}"))).await;
+        // The forged header may come in the same read as the handshake (the connect fails
+        // with the cut) or after it (the cut comes with the first receive).
+        assert!(connected.is_ok(), "the connect hung");
+        // The socket reads only while someone receives.
+        let cut = tokio::time::timeout(hang, async {
+            loop {
+                tokio::select! {
+                    biased;
+                    r = seen.wait_for(Option::is_some) => break r.map(|v| v.clone()).ok().flatten(),
+                    r = dealer.recv() => if let Ok(m) = r {
+                        panic!("a message came through: {m:?}");
+                    },
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            cut,
+            Ok(Some(
+                "the kernel sent a message of at least 4611686018427387904 bytes (limit 1048576) on shell"
+                    .to_owned()
+            ))
+        );
+        assert_eq!(drops.total(), (0, None));
+        peer.abort();
+    }
 }
