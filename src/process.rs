@@ -342,8 +342,26 @@ pub fn descendants(root: i32) -> BTreeMap<i32, String> {
 /// The pid most recently handed out on this machine (the last field of /proc/loadavg), where
 /// the OS says; threads count too. `None` elsewhere.
 pub fn newest_pid() -> Option<i32> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    s.split_whitespace().last()?.parse().ok()
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        // Opened once (close-on-exec): a read at offset 0 has the OS write the file afresh, so
+        // a look (once per call) is one `pread` instead of an open, a stat, two reads and a
+        // close (0.5 µs against 4.4 µs on an idle machine; ~3% of the server's CPU per `x + 1`
+        // call in a profile before).
+        static LOADAVG: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+        let file = LOADAVG
+            .get_or_init(|| std::fs::File::open("/proc/loadavg").ok())
+            .as_ref()?;
+        let mut buf = [0u8; 256];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        let s = std::str::from_utf8(buf.get(..n)?).ok()?;
+        s.split_whitespace().last()?.parse().ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// The pid `pid` has in its own (innermost) PID namespace: what the kernel itself calls it.
@@ -432,5 +450,21 @@ impl StderrTail {
         }
         let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
         format!("; kernel stderr: {}", lines.join(" | "))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The file is opened once and read at offset 0 each time: each look must see the pids
+    /// handed out since the last, not the first look's contents.
+    #[test]
+    fn the_newest_pid_is_read_afresh_each_time() {
+        let before = super::newest_pid();
+        assert!(before.is_some(), "/proc/loadavg gave no pid");
+        let status = std::process::Command::new("true").status();
+        assert!(status.as_ref().is_ok_and(|s| s.success()), "{status:?}");
+        let after = super::newest_pid();
+        assert!(after.is_some(), "the second look gave no pid");
+        assert_ne!(after, before);
     }
 }
