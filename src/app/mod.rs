@@ -227,6 +227,14 @@ async fn serve(o: Opts) -> anyhow::Result<()> {
         }
     };
     tracing::info!(python = %env.python.display(), version = %env.python_version, packages = %env.package_summary(), "python environment");
+    // ipc is used and tested over unix sockets only; on Windows the flag is refused before any
+    // kernel starts (the relay refused it at connect time until round 3's seventh session).
+    #[cfg(not(unix))]
+    if matches!(o.transport, crate::kernel::Transport::Ipc) {
+        anyhow::bail!(
+            "--transport ipc needs unix sockets, which kernel-mcp does not use on this platform; use --transport tcp (the default here)"
+        );
+    }
     let spec = match &o.kernel_spec {
         Some(p) => KernelSpec::load(p)?,
         None => KernelSpec::builtin()?,
