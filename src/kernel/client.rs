@@ -51,7 +51,30 @@ pub struct Execution {
     pub reply: Option<ExecuteReply>,
     pub ending: Ending,
     pub elapsed: Duration,
+    /// The request's IOPub `status: idle` never came, and a probe proved it was lost (see
+    /// [`IDLE_PROBE_AFTER`]): the kernel dropped IOPub messages, so output may be missing.
+    pub idle_lost: bool,
 }
+
+/// How long after a request's `execute_reply` kernel-mcp waits for its `status: idle` before
+/// asking whether that idle was lost.
+///
+/// The kernel's IOPub is a ZeroMQ PUB socket, which drops messages for a subscriber that is
+/// more than its high-water mark (1000 messages by default) behind, without telling anyone;
+/// a flood of output can therefore lose the idle that ends the request, and waiting for it
+/// would never end. The probe is a `kernel_info_request` on shell: the kernel handles it after
+/// our request, and publishes its `status: busy` on the same IOPub socket after our idle
+/// (messaging spec, "Kernel status": every shell request is wrapped in busy/idle), so once
+/// any IOPub message for the probe arrives, our idle either came before it or was dropped.
+/// Output queued before the probe's status still arrives first, so a slow reader loses none of
+/// it. No timing decides the outcome: the wait only keeps probes away from calls that end
+/// normally (their idle follows the reply within milliseconds), and output that keeps coming
+/// (a thread still printing) does not postpone the probe.
+const IDLE_PROBE_AFTER: Duration = Duration::from_millis(500);
+
+/// An unanswered probe is sent again after this long (a kernel still flooding IOPub from a
+/// background thread can drop the probe's status too).
+const IDLE_PROBE_AGAIN: Duration = Duration::from_secs(2);
 
 /// Limits for one execution.
 #[derive(Debug, Clone)]
@@ -183,12 +206,20 @@ impl Kernel {
         self.chan.send(Channel::Shell, &msg).await?;
         let wait = async {
             let (mut reply, mut idle) = (None, false);
+            let mut probe = IdleProbe::default();
             while reply.is_none() || !idle {
-                let m = sub.recv().await?;
-                match m.message.content {
-                    Content::ExecuteReply(r) => reply = Some(r),
-                    Content::Status(s) if s.execution_state == ExecutionState::Idle => idle = true,
-                    _ => {}
+                tokio::select! {
+                    biased;
+                    m = sub.recv() => match m?.message.content {
+                        Content::ExecuteReply(r) => {
+                            reply = Some(r);
+                            probe.arm();
+                        }
+                        Content::Status(s) if s.execution_state == ExecutionState::Idle => idle = true,
+                        _ => {}
+                    },
+                    // The idle was lost in an IOPub flood (of a thread still printing).
+                    _ = probe.lost(&*self.chan), if reply.is_some() => idle = true,
                 }
             }
             Ok::<_, KernelError>(reply)
@@ -345,6 +376,8 @@ impl Kernel {
 
         let mut reply: Option<ExecuteReply> = None;
         let mut idle = false;
+        let mut idle_lost = false;
+        let mut probe = IdleProbe::default();
         let mut stopped: Option<(StopReason, Instant)> = None;
         let timeout_at = tokio::time::Instant::from_std(start + limits.timeout);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -361,6 +394,7 @@ impl Kernel {
                     reply,
                     ending,
                     elapsed: start.elapsed(),
+                    idle_lost,
                 });
             }
             let grace_at = stopped.map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
@@ -372,13 +406,16 @@ impl Kernel {
                         Err(e) => {
                             // The readers stop when the kernel's sockets go away; prefer the exit cause.
                             if let Ok(cause) = tokio::time::timeout(Duration::from_millis(500), self.life.gone()).await {
-                                return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed() });
+                                return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed(), idle_lost });
                             }
                             return Err(e.into());
                         }
                     };
                     match (incoming.channel, incoming.message.content) {
-                        (Channel::Shell, Content::ExecuteReply(r)) => reply = Some(r),
+                        (Channel::Shell, Content::ExecuteReply(r)) => {
+                            reply = Some(r);
+                            probe.arm();
+                        }
                         (Channel::IoPub, Content::Status(s)) => {
                             if s.execution_state == ExecutionState::Idle {
                                 idle = true;
@@ -389,8 +426,13 @@ impl Kernel {
                         (ch, other) => tracing::debug!(channel = ch.name(), msg_type = %crate::text::sanitize(other.msg_type()), "ignored"),
                     }
                 }
+                _ = probe.lost(&*self.chan), if reply.is_some() && !idle => {
+                    tracing::warn!("the kernel's IOPub dropped this call's status: idle (output flood); ending the call");
+                    idle = true;
+                    idle_lost = true;
+                }
                 cause = self.life.gone() => {
-                    return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed() });
+                    return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed(), idle_lost });
                 }
                 _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() => {
                     tracing::info!(secs = limits.timeout.as_secs_f64(), "execution timed out; interrupting");
@@ -404,9 +446,67 @@ impl Kernel {
                 }
                 _ = async { match grace_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                     let reason = stopped.map(|(r, _)| r).unwrap_or(StopReason::Timeout);
-                    return Ok(Execution { reply, ending: Ending::Unresponsive { reason }, elapsed: start.elapsed() });
+                    return Ok(Execution { reply, ending: Ending::Unresponsive { reason }, elapsed: start.elapsed(), idle_lost });
                 }
                 _ = ticker.tick(), if limits.progress => sink.tick(start.elapsed()),
+            }
+        }
+    }
+}
+
+/// Finds out whether a request's IOPub `status: idle` was lost (see [`IDLE_PROBE_AFTER`]).
+/// Its state lives here, so [`IdleProbe::lost`] may be dropped and called again (in a
+/// `select!` loop) without sending more probes than its schedule says.
+struct IdleProbe {
+    /// The subscription of the last probe sent.
+    sub: Option<crate::wire::Subscription>,
+    /// When to send the next probe.
+    at: tokio::time::Instant,
+}
+
+impl Default for IdleProbe {
+    fn default() -> Self {
+        IdleProbe {
+            sub: None,
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl IdleProbe {
+    /// The request's reply has come: the first probe goes after [`IDLE_PROBE_AFTER`].
+    fn arm(&mut self) {
+        self.at = tokio::time::Instant::now() + IDLE_PROBE_AFTER;
+    }
+
+    /// Completes when an IOPub message for a probe arrives, which proves the request's idle
+    /// lost when it has not come before (poll the request's own subscription first, `biased`).
+    async fn lost(&mut self, chan: &dyn Channels) {
+        loop {
+            let at = self.at;
+            let answered = async {
+                let Some(sub) = self.sub.as_mut() else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    match sub.recv().await {
+                        Ok(m) if m.channel == Channel::IoPub => return,
+                        Ok(_) => {}
+                        // The connection is gone; the caller's own receive reports that.
+                        Err(_) => return std::future::pending().await,
+                    }
+                }
+            };
+            tokio::select! {
+                () = answered => return,
+                _ = tokio::time::sleep_until(at) => {
+                    let ask = Message::request(chan.session(), Content::KernelInfoRequest);
+                    self.sub = chan.subscribe(&ask.header.msg_id).ok();
+                    self.at = tokio::time::Instant::now() + IDLE_PROBE_AGAIN;
+                    if let Err(e) = chan.send(Channel::Shell, &ask).await {
+                        tracing::debug!(error = %e, "could not send the idle probe");
+                    }
+                }
             }
         }
     }

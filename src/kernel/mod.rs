@@ -85,6 +85,9 @@ pub enum Notice {
     /// Messages from the kernel broke a size limit and were dropped; the connection (and the
     /// kernel) were kept. `reason` names the last one and the limit.
     DroppedMessages { count: u64, reason: String },
+    /// The kernel's IOPub dropped messages of this call (its PUB queue overflowed: output came
+    /// faster than it was taken), its final `status: idle` among them: output may be missing.
+    IoPubOverflow,
     /// Processes this call left running under the kernel (pid, command line), and how many
     /// more were not listed.
     LeftBehind {
@@ -249,6 +252,9 @@ impl KernelHandle {
             }
         };
         Self::note_reconnects(&kernel, &mut slot, &mut report);
+        if exec.idle_lost {
+            report.notes.push(Notice::IoPubOverflow);
+        }
         match &exec.ending {
             Ending::Completed | Ending::Interrupted { .. } => {
                 slot.failures = 0;

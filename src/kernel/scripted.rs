@@ -77,7 +77,8 @@ impl Backend for Scripted {
 }
 
 /// Answers kernel_info at once; a cell's code says what the kernel does: `ok` replies, `die`
-/// ends the kernel mid-call (SIGKILL), `hang` never answers and ignores interrupts.
+/// ends the kernel mid-call (SIGKILL), `hang` never answers and ignores interrupts,
+/// `lose-idle` replies but its IOPub `status: idle` never comes.
 struct FakeChannels {
     router: Router,
     gone: Arc<watch::Sender<Option<Gone>>>,
@@ -126,6 +127,23 @@ impl Channels for FakeChannels {
                         .await;
                 }
                 self.idle(m).await;
+            }
+            // The reply without the idle, as when the kernel's IOPub queue overflowed.
+            Content::ExecuteRequest(r) if r.code == "lose-idle" => {
+                let reply = serde_json::from_value(json!({"status": "ok", "execution_count": 1}));
+                if let Ok(reply) = reply {
+                    self.answer(m, Channel::Shell, Content::ExecuteReply(reply))
+                        .await;
+                }
+            }
+            // An evaluation answered without its idle.
+            Content::ExecuteRequest(r) if r.user_expressions.values().any(|e| e == "lose-idle") => {
+                let reply = serde_json::from_value(json!({"status": "ok", "execution_count": 1,
+                    "user_expressions": {"value": {"status": "ok", "data": {"text/plain": "'v'"}}}}));
+                if let Ok(reply) = reply {
+                    self.answer(m, Channel::Shell, Content::ExecuteReply(reply))
+                        .await;
+                }
             }
             Content::ExecuteRequest(r) if r.code == "die" => {
                 self.gone
@@ -246,6 +264,48 @@ async fn a_kernel_that_dies_in_a_call_is_replaced_and_the_call_says_so() {
     );
     assert_eq!(h.pid(), Some(-2), "the next kernel is in use");
     assert!(run(&h, "ok").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_call_whose_idle_was_lost_ends_and_says_output_may_be_missing() {
+    let script = Arc::new(Script::default());
+    let h = handle(&script, false);
+    // Long enough that only the probe, not the timeout, can end the call.
+    let patient = ExecLimits {
+        timeout: Duration::from_secs(60),
+        grace: Duration::from_secs(60),
+        progress: false,
+    };
+    let (exec, report) = h
+        .execute(
+            "lose-idle",
+            &patient,
+            &CancellationToken::new(),
+            &mut Discard,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exec.ending, super::Ending::Completed);
+    assert!(exec.idle_lost);
+    assert!(exec.elapsed < Duration::from_secs(30), "{:?}", exec.elapsed);
+    assert!(
+        report.notes.contains(&Notice::IoPubOverflow),
+        "{:?}",
+        report.notes
+    );
+    assert!(!report.state_lost);
+    // The same kernel goes on, and a normal call has no such note.
+    let (exec, report) = run(&h, "ok").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!exec.idle_lost);
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+    assert_eq!(h.pid(), Some(-1));
+    // Silent code (an evaluation here) waits for its idle too, and ends the same way.
+    let value = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.evaluate("lose-idle", Duration::from_secs(600)),
+    )
+    .await;
+    assert!(matches!(&value, Ok(Ok(v)) if v == "'v'"), "{value:?}");
 }
 
 #[tokio::test]

@@ -238,6 +238,7 @@ pub fn notice(n: &crate::kernel::Notice) -> String {
             if *count == 1 { "was" } else { "were" },
             crate::text::sanitize(reason)
         ),
+        Notice::IoPubOverflow => "The kernel sent output faster than it could be delivered, and its output channel dropped messages (ZeroMQ keeps at most 1000 queued); the kernel and its variables were kept, but output above may be incomplete. To keep large or many outputs, write them to a workspace file and use read_file.".to_owned(),
         Notice::LeftBehind { processes, more } => {
             let mut named: Vec<String> = processes
                 .iter()

@@ -311,6 +311,53 @@ async fn output_of_other_parents_never_reaches_the_live_result() {
     s.close().await;
 }
 
+/// A request whose IOPub `status: idle` never comes (what an overflowing IOPub queue does: the
+/// kernel's PUB socket drops messages for a reader 1000 behind) still ends, with its output and
+/// a note, instead of waiting until its timeout; a thread still printing for the cell does not
+/// hold it either. Kernel code suppresses the idle of its own cell here, once.
+#[tokio::test]
+async fn a_call_whose_idle_never_comes_ends_with_a_note() {
+    let s = Server::start().await;
+    let r = s
+        .exec(
+            "import threading, time\n\
+             k = get_ipython().kernel\n\
+             def drop_idle_once(status, channel, parent=None):\n\
+             \x20   if status == 'idle':\n\
+             \x20       del k._publish_status\n\
+             \x20       return\n\
+             \x20   return type(k)._publish_status(k, status, channel, parent)\n\
+             k._publish_status = drop_idle_once\n\
+             stop = threading.Event()\n\
+             def chatter():\n\
+             \x20   while not stop.is_set():\n\
+             \x20       print('.', end='', flush=True)\n\
+             \x20       time.sleep(0.01)\n\
+             threading.Thread(target=chatter, daemon=True).start()\n\
+             print('patched', flush=True)",
+        )
+        .await;
+    let out = text(&r);
+    assert!(!is_error(&r), "{out}");
+    assert!(out.contains("patched"), "{out}");
+    assert!(out.contains("its output channel dropped messages"), "{out}");
+    assert!(!out.contains("still running"), "{out}");
+    let r = s
+        .exec(
+            "stop.set()
+21 * 2",
+        )
+        .await;
+    assert_eq!(
+        texts(&r).last().map(String::as_str),
+        Some("42"),
+        "{}",
+        text(&r)
+    );
+    assert!(!text(&r).contains("dropped messages"), "{}", text(&r));
+    s.close().await;
+}
+
 /// A message the kernel sends twice with the same signature is accepted once.
 #[tokio::test]
 async fn a_replayed_kernel_message_is_dropped() {
