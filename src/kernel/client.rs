@@ -397,7 +397,13 @@ impl Kernel {
                     idle_lost,
                 });
             }
-            let grace_at = stopped.map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
+            // Once the reply is in, the code has finished (or honoured the interrupt): what is
+            // left is delivering its output, which neither the timeout nor the grace period may
+            // cut short by interrupting, or killing, a kernel that is done.
+            let running = reply.is_none();
+            let grace_at = stopped
+                .filter(|_| running)
+                .map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
             tokio::select! {
                 biased;
                 incoming = sub.recv() => {
@@ -434,12 +440,12 @@ impl Kernel {
                 cause = self.life.gone() => {
                     return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed(), idle_lost });
                 }
-                _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() => {
+                _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() && running => {
                     tracing::info!(secs = limits.timeout.as_secs_f64(), "execution timed out; interrupting");
                     self.interrupt().await;
                     stopped = Some((StopReason::Timeout, Instant::now()));
                 }
-                _ = cancel.cancelled(), if stopped.is_none() => {
+                _ = cancel.cancelled(), if stopped.is_none() && running => {
                     tracing::info!("execution cancelled by the client; interrupting");
                     self.interrupt().await;
                     stopped = Some((StopReason::Cancelled, Instant::now()));
