@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::PackageError;
 
@@ -57,33 +57,86 @@ impl RunOutput {
     }
 }
 
+/// Where a run's output lines go as they come (install progress). Bounded: when the reader
+/// falls behind, lines are skipped there (the run's kept output still has them).
+pub type LineSender = tokio::sync::mpsc::Sender<String>;
+
+/// A channel for [`LineSender`]: 64 lines in flight at most.
+pub fn line_channel() -> (LineSender, tokio::sync::mpsc::Receiver<String>) {
+    tokio::sync::mpsc::channel(64)
+}
+
+/// Longest output line taken whole; the rest of a longer one is skipped (a package build can
+/// print gigabytes without a newline, and all of it would otherwise be one line in memory).
+const MAX_LINE: usize = 8 * 1024;
+
+/// Reads `r` to its end (so the writer never blocks on a full pipe), line by line, whatever
+/// the bytes: invalid UTF-8 is replaced, overlong lines are cut at [`MAX_LINE`] bytes. Keeps
+/// at most [`KEEP`] bytes, the end when there is more.
 async fn collect<R: AsyncRead + Unpin>(
-    r: R,
+    mut r: R,
     echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    on_line: Option<LineSender>,
 ) -> String {
-    let mut lines = BufReader::new(r).lines();
     let mut kept = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut take = |line: &mut Vec<u8>, cut: &mut bool| {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if *cut {
+            text.push_str(&format!(" [line cut at {MAX_LINE} bytes]"));
+        }
+        line.clear();
+        *cut = false;
         if echo {
-            eprintln!("  {line}");
+            eprintln!("  {}", crate::text::sanitize(&text));
         }
         if let Some(tx) = &on_line {
-            let _ = tx.send(line.clone());
+            let _ = tx.try_send(text.clone());
         }
-        if kept.len() + line.len() < KEEP {
-            kept.push_str(&line);
-            kept.push('\n');
-        } else {
+        kept.push_str(&text);
+        kept.push('\n');
+        if kept.len() > KEEP {
             // Keep the end, which is where installers put the error.
-            kept.push_str(&line);
-            kept.push('\n');
-            let cut = kept.len().saturating_sub(KEEP / 2);
-            let cut = (cut..kept.len())
+            let from = kept.len().saturating_sub(KEEP / 2);
+            let from = (from..kept.len())
                 .find(|&i| kept.is_char_boundary(i))
                 .unwrap_or(0);
-            kept.drain(..cut);
+            kept.drain(..from);
         }
+    };
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for piece in buf
+            .get(..n)
+            .unwrap_or_default()
+            .split_inclusive(|b| *b == b'\n')
+        {
+            let (body, ends) = match piece.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (piece, false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            if body.len() > room {
+                line.extend_from_slice(body.get(..room).unwrap_or_default());
+                cut = true;
+            } else {
+                line.extend_from_slice(body);
+            }
+            if ends {
+                take(&mut line, &mut cut);
+            }
+        }
+    }
+    if !line.is_empty() || cut {
+        take(&mut line, &mut cut);
     }
     kept
 }
@@ -103,7 +156,7 @@ pub async fn run_with_lines(
     argv: &[String],
     timeout: Duration,
     echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    on_line: Option<LineSender>,
     env: &[(&str, &str)],
 ) -> Result<RunOutput, PackageError> {
     run_command(argv, timeout, echo, on_line, env, Inherit::Base, false).await
@@ -119,7 +172,7 @@ pub async fn run_command(
     argv: &[String],
     timeout: Duration,
     echo: bool,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    on_line: Option<LineSender>,
     env: &[(&str, &str)],
     inherit: Inherit,
     lifeline: bool,
@@ -364,6 +417,85 @@ pub fn probe_argv(python: &std::path::Path, code: &str, args: &[String]) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `len` bytes of 'x' made as they are read (no buffer of that size), then `tail`.
+    struct Endless {
+        len: usize,
+        tail: &'static [u8],
+    }
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.len > 0 {
+                let n = self.len.min(buf.remaining());
+                buf.put_slice(&vec![b'x'; n]);
+                self.len -= n;
+            } else {
+                let n = self.tail.len().min(buf.remaining());
+                let (now, later) = self.tail.split_at(n);
+                buf.put_slice(now);
+                self.tail = later;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_cut_and_what_follows_is_kept() {
+        let r = Endless {
+            len: 200 << 20,
+            tail: b"\nthe end\n",
+        };
+        let kept = collect(r, false, None).await;
+        let lines: Vec<&str> = kept.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", kept.len());
+        let first = lines.first().copied().unwrap_or_default();
+        assert!(first.ends_with(&format!(" [line cut at {MAX_LINE} bytes]")));
+        assert!(first.len() < MAX_LINE + 40, "{}", first.len());
+        assert_eq!(lines.get(1).copied(), Some("the end"));
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_do_not_stop_the_reading() {
+        let input: &[u8] = b"\xff\xfebad bytes\r\nnext line\nlast without newline";
+        let kept = collect(input, false, None).await;
+        assert_eq!(
+            kept,
+            "\u{fffd}\u{fffd}bad bytes\nnext line\nlast without newline\n"
+        );
+    }
+
+    /// A progress reader that takes nothing does not hold the run up or lose the kept output.
+    #[tokio::test]
+    async fn a_full_progress_channel_skips_lines_without_blocking() {
+        let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        let (tx, mut rx) = line_channel();
+        let kept = tokio::time::timeout(
+            Duration::from_secs(60),
+            collect(text.as_bytes(), false, Some(tx)),
+        )
+        .await;
+        assert_eq!(kept.as_deref().ok(), Some(text.as_str()));
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 64);
+    }
+
+    /// Output over the budget keeps its end, where installers put the error.
+    #[tokio::test]
+    async fn long_output_keeps_its_end() {
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        let kept = collect(text.as_bytes(), false, None).await;
+        assert!(kept.len() <= KEEP, "{}", kept.len());
+        assert!(kept.ends_with("line 99999\n"));
+        assert!(!kept.contains("line 1\n"));
+    }
 
     #[test]
     fn only_allow_listed_variables_pass() {

@@ -57,9 +57,20 @@ pub fn explain_failure(out: &RunOutput) -> String {
         .take(12)
         .collect();
     if lines.is_empty() {
-        out.tail()
+        out.tail().lines().map(clip).collect::<Vec<_>>().join("\n")
     } else {
-        lines.join("\n")
+        lines.into_iter().map(clip).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Longest line of the installer's output quoted in a reason, in characters.
+const MAX_QUOTED: usize = 400;
+
+/// `line` cut to [`MAX_QUOTED`] characters (a build can print a megabyte on one line).
+fn clip(line: &str) -> String {
+    match line.char_indices().nth(MAX_QUOTED) {
+        Some((at, _)) => format!("{} [...]", line.get(..at).unwrap_or_default()),
+        None => line.to_owned(),
     }
 }
 
@@ -150,7 +161,13 @@ fn build_output_reason(all: &str) -> Option<String> {
         return None;
     }
     let start = block.len().saturating_sub(8);
-    Some(block.get(start..).unwrap_or_default().join("\n"))
+    let last: Vec<String> = block
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .map(|l| clip(l))
+        .collect();
+    Some(last.join("\n"))
 }
 
 #[cfg(test)]
@@ -169,6 +186,32 @@ mod tests {
             explain_failure(&out),
             "× python setup.py egg_info did not run successfully.\nreason (the build's last lines):\nThe 'sklearn' PyPI package is deprecated, use 'scikit-learn'\nrather than 'sklearn' for pip commands."
         );
+    }
+
+    #[test]
+    fn a_long_line_of_build_output_is_quoted_cut() {
+        let long = "x".repeat(100_000);
+        let out = RunOutput {
+            success: false,
+            code: Some(1),
+            stdout: String::new(),
+            stderr: format!("  × Building wheel for flood (pyproject.toml) did not run successfully.\n  ╰─> [3 lines of output]\n      {long}\n      SystemExit: boom\n      [end of output]\n"),
+        };
+        let said = explain_failure(&out);
+        assert!(said.ends_with("SystemExit: boom"), "{said:.500}");
+        assert!(
+            said.contains(&format!("{} [...]\n", "x".repeat(400))),
+            "{said:.500}"
+        );
+        assert!(said.len() < 1000, "{}", said.len());
+        // Without a build block, the error lines are cut the same way.
+        let out = RunOutput {
+            success: false,
+            code: Some(1),
+            stdout: String::new(),
+            stderr: format!("ERROR: {long}\n"),
+        };
+        assert!(explain_failure(&out).len() < 500);
     }
 
     #[test]

@@ -97,7 +97,7 @@ async fn run_step(
     mode: &InstallMode,
     network: bool,
     timeout: Duration,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    on_line: Option<crate::runner::LineSender>,
 ) -> Result<crate::runner::RunOutput, PackageError> {
     let dir = RunDir::create()?;
     let mut argv = build(&dir.0)?;
@@ -138,7 +138,7 @@ pub async fn install(
     python: &Path,
     specs: &[PackageSpec],
     timeout: Duration,
-    on_line: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    on_line: Option<crate::runner::LineSender>,
     mode: &InstallMode,
 ) -> Result<InstallReport, PackageError> {
     let before = super::installed(python).await?;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
@@ -305,7 +304,7 @@ impl Session {
     pub async fn install_packages(
         &self,
         raw: &[String],
-        lines: Option<UnboundedSender<String>>,
+        lines: Option<crate::runner::LineSender>,
         progress: Option<ProgressFn>,
         cancel: &CancellationToken,
     ) -> Result<Installed, SessionError> {

@@ -205,13 +205,13 @@ impl Server {
 fn install_progress(
     ctx: &RequestContext<RoleServer>,
 ) -> (
-    Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    Option<crate::runner::LineSender>,
     Option<tokio::task::JoinHandle<()>>,
 ) {
     let Some(token) = ctx.meta.get_progress_token() else {
         return (None, None);
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = crate::runner::line_channel();
     let peer = ctx.peer.clone();
     let task = tokio::spawn(async move {
         let mut n = 0.0;

@@ -554,3 +554,15 @@ pub fn venv_over_managed(dir: &Path, with_pip: bool) -> PathBuf {
     .unwrap();
     dir.join("bin/python")
 }
+
+/// A process's peak resident memory (VmHWM), in MiB.
+#[cfg(target_os = "linux")]
+pub fn peak_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}

@@ -118,18 +118,6 @@ async fn calls_run_in_the_order_sent() {
     s.close().await;
 }
 
-/// The server's peak resident memory (VmHWM), in MiB.
-#[cfg(target_os = "linux")]
-fn peak_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
-}
-
 /// Peak server RSS for a cell printing 300 MB, waited for (`return_after` 0 would be the same
 /// path) or left to run in the background after 1 s.
 #[cfg(target_os = "linux")]
@@ -152,7 +140,7 @@ async fn flood_peak(background: bool) -> u64 {
         all.iter().any(|t| t.contains("output truncated")),
         "no truncation note"
     );
-    let peak = peak_mib(s.pid);
+    let peak = crate::harness::peak_mib(s.pid);
     s.close().await;
     peak
 }

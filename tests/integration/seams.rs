@@ -375,6 +375,66 @@ async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
     assert!(!got.contains("CANARY"), "secrets left the machine: {got}");
 }
 
+/// A package build that fails after printing 60 MB without a newline: the installer shows the
+/// build's output, all of it, and the server reads it to the end in bounded memory, and the
+/// result names the failure in a few short lines. (Before, the reader kept a line whole in
+/// memory however long it was: 211 MiB peak here, and the result's reason could carry it.)
+#[tokio::test]
+async fn a_build_flooding_the_installers_output_is_read_in_bounded_memory() {
+    let site = tempdir("kmcp-index-");
+    let index = Index::serve(site.path());
+    let home = home_naming_index(&index.url);
+    let tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            % 0xffff_ffff
+    );
+    let name = format!("kmcp-flood-{tag}");
+    let backend = r#"import sys
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    chunk = b'x' * (1 << 20)
+    for _ in range(60):
+        sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.write(b'\nFLOOD-END\n')
+    sys.stdout.flush()
+    raise SystemExit('the flood build fails on purpose')
+"#;
+    sdist(site.path(), &name, "flood_backend", backend);
+    let data = data_dir();
+    let home_s = home.path().to_string_lossy().into_owned();
+    let s = Server::start_opts(
+        &[],
+        &[
+            ("HOME", home_s.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+        ],
+        INDEX_VARS,
+        false,
+    )
+    .await;
+    let before = crate::harness::peak_mib(s.pid);
+    let r = s.call("install_package", json!({"packages": [name]})).await;
+    let peak = crate::harness::peak_mib(s.pid);
+    let t = text(&r);
+    eprintln!("server peak memory: {before} MiB before the install, {peak} MiB after it");
+    assert!(is_error(&r), "{t}");
+    // The installer got to the end of the output: its own last words follow the flood.
+    assert!(t.contains("the flood build fails on purpose"), "{t:.3000}");
+    assert!(t.len() < 3_000, "{} bytes: {t:.3000}", t.len());
+    assert!(peak < before + 40, "{before} MiB before, {peak} MiB peak");
+    // The server and its kernel go on.
+    let r = s.exec("6 * 7").await;
+    assert_eq!(text(&r), "42");
+    s.close().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_index_is_reported_as_what_it_is() {
     let data = data_dir();
