@@ -86,6 +86,8 @@ fn options(identity: &[u8], timeout: Duration) -> SocketOptions {
 struct Verifier {
     signer: Signer,
     history: Arc<StdMutex<DigestHistory>>,
+    /// Where a message refused for its size of parsed JSON is counted, like the frame check's.
+    drops: Arc<guard::Drops>,
 }
 
 fn decode(parts: ZmqMessage, verifier: &Verifier, channel: Channel) -> Option<Message> {
@@ -112,6 +114,15 @@ fn decode(parts: ZmqMessage, verifier: &Verifier, channel: Channel) -> Option<Me
     }
     match frames.and_then(Message::from_frames) {
         Ok(m) => Some(m),
+        Err(WireError::TooMany { what, count, limit }) => {
+            let why = format!(
+                "the kernel sent a message with more than {limit} {what} (at least {count}) on {}",
+                channel.name()
+            );
+            tracing::warn!(reason = %why, "dropped a message from the kernel; the connection is kept");
+            verifier.drops.add(1, why);
+            None
+        }
         Err(e) => {
             let error = e.to_string();
             tracing::warn!(channel = channel.name(), error = %crate::text::sanitize(&error), "dropped a malformed message from the kernel");
@@ -127,9 +138,11 @@ impl Connection {
         signer: Signer,
         timeout: Duration,
     ) -> Result<Connection, WireError> {
+        let drops = Arc::new(guard::Drops::default());
         let verifier = Verifier {
             signer: signer.clone(),
             history: Arc::new(StdMutex::new(DigestHistory::default())),
+            drops: drops.clone(),
         };
         let session = uuid::Uuid::new_v4().to_string();
         let identity = format!("kernel-mcp-{}", &session[..8.min(session.len())]);
@@ -139,7 +152,6 @@ impl Connection {
         // Every socket checks the kernel's frames in its own reader (see guard.rs): a forged
         // frame header can then cut the connection, never abort the server.
         let (corrupt_tx, mut corrupt_rx) = watch::channel(None::<String>);
-        let drops = Arc::new(guard::Drops::default());
         let guarded = |identity: &[u8], channel: Channel| {
             let max = if channel == Channel::IoPub {
                 MAX_IOPUB_BYTES
@@ -389,6 +401,7 @@ mod tests {
         Verifier {
             signer: Signer::new(key),
             history: Arc::new(StdMutex::new(DigestHistory::default())),
+            drops: Arc::default(),
         }
     }
 

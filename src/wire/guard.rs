@@ -284,7 +284,7 @@ pub struct Drops {
 }
 
 impl Drops {
-    fn add(&self, n: u64, why: String) {
+    pub(super) fn add(&self, n: u64, why: String) {
         let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -364,6 +364,69 @@ impl Header {
     }
 }
 
+/// Most JSON values (and keys) one part of a received message may hold.
+///
+/// A parsed `serde_json::Value` takes 32 bytes or more however short its text is (`0,` is two
+/// bytes), so the 32 MiB an IOPub message may carry, all small values, would take 0.5–1 GiB
+/// once parsed; at this limit a part's parsed form stays within some tens of MiB. Real output
+/// is far below it: a 32 MiB image is one string, and a table of a million cells is already
+/// over any result's budget.
+pub const MAX_JSON_VALUES: usize = 1 << 20;
+
+/// Refuses `part` when it holds more than [`MAX_JSON_VALUES`] JSON values, counted without
+/// parsing (see [`json_values_over`]). Parts under 2 MiB cannot hold that many (a value and its
+/// separator take at least two bytes) and are not scanned.
+fn check_values(what: &'static str, part: &[u8]) -> Result<(), WireError> {
+    if part.len() <= 2 * MAX_JSON_VALUES {
+        return Ok(());
+    }
+    match json_values_over(part, MAX_JSON_VALUES) {
+        Some(count) => Err(WireError::TooMany {
+            what,
+            count,
+            limit: MAX_JSON_VALUES,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An upper bound of the number of values and keys in the JSON text `bytes` (the brackets,
+/// colons and commas outside strings, plus one), or `None` once it is known to be at most
+/// `limit`; `Some(n)` as soon as it passes `limit` (the scan stops there). Strings are skipped
+/// with `memchr`, so a long string (a base64 image) costs little.
+pub fn json_values_over(bytes: &[u8], limit: usize) -> Option<usize> {
+    let mut count = 1usize;
+    let mut rest = bytes;
+    while let Some((&b, after)) = rest.split_first() {
+        rest = after;
+        match b {
+            b'"' => {
+                // To the closing quote, stepping over escapes.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(i) if rest.get(i) == Some(&b'\\') => {
+                            rest = rest.get(i + 2..).unwrap_or_default();
+                        }
+                        Some(i) => {
+                            rest = rest.get(i + 1..).unwrap_or_default();
+                            break;
+                        }
+                        None => return None,
+                    }
+                }
+            }
+            b'[' | b'{' | b',' | b':' => {
+                count += 1;
+                if count > limit {
+                    return Some(count);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A typed message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -427,10 +490,15 @@ impl Message {
             source,
         })?;
         let parent_header = Header::parent_from_slice(parent)?;
+        check_values("JSON values in metadata", metadata)?;
         let metadata = serde_json::from_slice(metadata).map_err(|source| WireError::Json {
             part: "metadata",
             source,
         })?;
+        // (The content of a type the server does not know is not parsed: nothing to bound.)
+        if Content::KNOWN.contains(&header.msg_type.as_str()) {
+            check_values("JSON values in content", content)?;
+        }
         let content = Content::parse(&header.msg_type, content)?;
         Ok(Message {
             identities,
@@ -477,6 +545,85 @@ impl Message {
 mod tests {
     use super::*;
     use crate::wire::signer::Signer;
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only() {
+        assert_eq!(json_values_over(b"[0,0,0]", 3), Some(4));
+        assert_eq!(json_values_over(b"[0,0,0]", 4), None);
+        assert_eq!(json_values_over(br#"{"a":1,"b":[2]}"#, 5), Some(6));
+        // Brackets, commas and colons inside strings, escaped quotes included, are not values.
+        let s = br#"["a,b:[{", "\"[,,,]\\", "x"]"#;
+        assert_eq!(json_values_over(s, 4), None);
+        assert_eq!(json_values_over(s, 3), Some(4));
+        // An unterminated string ends the count (the parser refuses the text anyway).
+        assert_eq!(json_values_over(br#"["abc,,,,"#, 2), None);
+    }
+
+    /// A part of many small values is refused before it is parsed; one as large made of a
+    /// long string (an image) is parsed.
+    #[test]
+    fn a_part_of_too_many_values_is_refused_unparsed() {
+        let header = serde_json::to_vec(&Message::request("s", Content::KernelInfoRequest).header)
+            .unwrap_or_default();
+        let mut header: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
+        header["msg_type"] = "display_data".into();
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let many = format!(
+            "{{\"data\": {{\"application/json\": [{}0]}}, \"metadata\": {{}}}}",
+            "0,".repeat(MAX_JSON_VALUES)
+        );
+        let r = Message::from_parts(
+            Vec::new(),
+            [&header, b"{}", b"{}", many.as_bytes()],
+            Vec::new(),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(WireError::TooMany {
+                    what: "JSON values in content",
+                    limit: MAX_JSON_VALUES,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let meta = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        let r = Message::from_parts(
+            Vec::new(),
+            [&header, b"{}", meta.as_bytes(), b"{\"data\": {}}"],
+            Vec::new(),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(WireError::TooMany {
+                    what: "JSON values in metadata",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let image = format!(
+            "{{\"data\": {{\"image/png\": \"{}\"}}, \"metadata\": {{}}}}",
+            "A,:[".repeat(MAX_JSON_VALUES)
+        );
+        let r = Message::from_parts(
+            Vec::new(),
+            [&header, b"{}", b"{}", image.as_bytes()],
+            Vec::new(),
+        );
+        assert!(
+            matches!(
+                r,
+                Ok(Message {
+                    content: Content::DisplayData(_),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
 
     /// `{}` and `null` (with any spacing) mean no parent; a header is read in one parse; what
     /// is neither is an error naming the part.

@@ -154,6 +154,28 @@ async fn the_servers_memory_does_not_follow_the_kernels_output() {
     }
 }
 
+/// A message of many small JSON values (20 MB of `0,`: under the 32 MiB IOPub limit, ~0.3-0.6
+/// GB once parsed into values) is dropped before it is parsed, and the call says so.
+#[tokio::test]
+async fn a_message_of_millions_of_small_values_is_dropped_unparsed() {
+    let (peak, after, before, out) = flood(
+        "k = get_ipython().kernel\n\
+         k.session.send(k.iopub_socket, 'display_data', {'data': {'application/json': [0] * 10_000_000}, 'metadata': {}}, parent=k.get_parent())\n\
+         print('sent')",
+    )
+    .await;
+    eprintln!(
+        "server memory, 10M JSON values: before {before} MiB, peak {peak} MiB, after {after} MiB"
+    );
+    assert!(out.contains("sent"), "{}", tail(&out));
+    assert!(
+        out.contains("A message from the kernel was dropped (the kernel sent a message with more than 1048576 JSON values in content"),
+        "{}",
+        tail(&out)
+    );
+    assert!(peak < 150, "peak {peak} MiB");
+}
+
 /// The last 1,500 characters of `s`, for a failure message about a long output.
 fn tail(s: &str) -> String {
     let skip = s.chars().count().saturating_sub(1500);
