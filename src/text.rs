@@ -26,8 +26,14 @@ fn visible(out: &mut String, c: char) {
 }
 
 /// Where a string sequence (OSC, DCS, SOS, PM, APC) that starts at `from` ends: just past its
-/// terminator (BEL, `ESC \` or ST), or `None` when it is not terminated in `s`.
-fn string_end(s: &str, from: usize) -> Option<usize> {
+/// terminator (BEL, `ESC \` or ST), or `None` when it is not terminated in `s`. `last` is
+/// where the last terminator of `s` starts: a sequence starting after it is known to be
+/// unterminated without a scan (else a million unterminated starts would scan to the end a
+/// million times), and one starting before it ends at or before it, skipping all it scanned.
+fn string_end(s: &str, from: usize, last: Option<usize>) -> Option<usize> {
+    if last.is_none_or(|t| from > t) {
+        return None;
+    }
     let rest = s.get(from..)?;
     let mut it = rest.char_indices().peekable();
     while let Some((i, c)) = it.next() {
@@ -69,6 +75,11 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
+    let last_terminator = ['\u{7}', '\u{9c}']
+        .into_iter()
+        .filter_map(|t| s.rfind(t))
+        .chain(s.rfind("\u{1b}\\"))
+        .max();
     let mut i = 0;
     while let Some(c) = s.get(i..).and_then(|r| r.chars().next()) {
         let next = i + c.len_utf8();
@@ -82,8 +93,12 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
         let skip_to = match (c, after_esc) {
             ('\u{1b}', Some('[')) => csi_end(s, next + 1),
             ('\u{9b}', _) => csi_end(s, next),
-            ('\u{1b}', Some(']' | 'P' | 'X' | '^' | '_')) => string_end(s, next + 1),
-            ('\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}', _) => string_end(s, next),
+            ('\u{1b}', Some(']' | 'P' | 'X' | '^' | '_')) => {
+                string_end(s, next + 1, last_terminator)
+            }
+            ('\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}', _) => {
+                string_end(s, next, last_terminator)
+            }
             // Two-character escapes such as `ESC c` (full reset) or `ESC 7`.
             ('\u{1b}', Some(n)) if ('\u{20}'..='\u{7e}').contains(&n) => Some(next + n.len_utf8()),
             _ => None,
@@ -152,5 +167,28 @@ mod tests {
         }
         // Kept as they are: newline, tab, carriage return, and ordinary non-ASCII.
         assert_eq!(sanitize("a\tb\r\nc\u{85}é"), "a\tb\r\nc\\x85é");
+    }
+
+    /// A million unterminated OSC starts (kernel output) are each shown without scanning to
+    /// the end of the text again: linear, where it was ~10^12 steps. The bound only catches a
+    /// hang; a terminator at the start changes nothing, one at the end ends the first sequence.
+    #[test]
+    fn many_unterminated_sequences_take_one_pass() {
+        let run = |s: String| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(sanitize(&s).into_owned());
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+        };
+        let many = "\u{1b}]".repeat(1_000_000);
+        let shown = run(format!("\u{7}{many}"));
+        assert_eq!(
+            shown.as_ref().map(|o| o.len()).ok(),
+            Some(4 + 5 * 1_000_000),
+            "hung or wrong"
+        );
+        let ended = run(format!("{many}\u{7}after"));
+        assert_eq!(ended.ok().as_deref(), Some("after"));
     }
 }
