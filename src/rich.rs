@@ -142,6 +142,15 @@ pub fn html_to_text(html: &str) -> String {
         cut -= 1;
     }
     let html = html.get(..cut).unwrap_or("");
+    // The parser, the table lifter and the converter each walk the tree recursively: a page
+    // nested deeper than this would overflow the server's stack. Shown as plain text instead.
+    let depth = nesting_depth(html);
+    if depth > MAX_HTML_DEPTH {
+        return format!(
+            "[HTML nested {depth}+ elements deep (limit {MAX_HTML_DEPTH}): shown without its markup]\n{}",
+            strip_tags(html)
+        );
+    }
     // Tables are laid out exactly by `tables`; the converter handles the rest of the page.
     let (rest, tables) = match crate::tables::split_tables(html) {
         Some((rest, tables)) => (std::borrow::Cow::Owned(rest), tables),
@@ -157,6 +166,88 @@ pub fn html_to_text(html: &str) -> String {
             tables.join("\n")
         }
     }
+}
+
+/// Deepest element nesting [`html_to_text`] converts as HTML.
+const MAX_HTML_DEPTH: usize = 256;
+
+/// Elements that never have content (HTML's void elements): they open no level.
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
+
+/// How deep `html`'s elements nest, counted from its tags without parsing (an upper bound:
+/// end tags HTML lets a page leave out, as after `<p>` or `<li>`, are not inferred). The
+/// count stops just past [`MAX_HTML_DEPTH`].
+fn nesting_depth(html: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        rest = rest.get(at + 1..).unwrap_or_default();
+        if let Some(after) = rest.strip_prefix("!--") {
+            rest = after
+                .find("-->")
+                .and_then(|e| after.get(e + 3..))
+                .unwrap_or_default();
+            continue;
+        }
+        if rest.starts_with('/') {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        let name_len = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        if name_len == 0 {
+            continue;
+        }
+        let name = rest
+            .get(..name_len)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let end = rest.find('>').unwrap_or(rest.len());
+        let self_closing = rest.get(..end).is_some_and(|t| t.ends_with('/'));
+        if !self_closing && !VOID.contains(&name.as_str()) {
+            depth += 1;
+            deepest = deepest.max(depth);
+            if deepest > MAX_HTML_DEPTH {
+                break;
+            }
+        }
+    }
+    deepest
+}
+
+/// `html`'s text without its tags, comments, scripts' and styles' markup, in one pass, with
+/// the common entities decoded and blank runs collapsed.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len().min(1 << 16));
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let tag = rest.get(at..).unwrap_or_default();
+        rest = match tag.strip_prefix("<!--") {
+            Some(c) => c
+                .find("-->")
+                .and_then(|e| c.get(e + 3..))
+                .unwrap_or_default(),
+            None => tag
+                .find('>')
+                .and_then(|e| tag.get(e + 1..))
+                .unwrap_or_default(),
+        };
+        out.push(' ');
+    }
+    out.push_str(rest);
+    let out = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&");
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The fonts SVG text is drawn with: the system's, loaded once, with the generic families
@@ -324,6 +415,36 @@ mod tests {
         assert!(md.contains("| 1 | x |"), "{md}");
         assert!(md.contains("Some **bold** text"), "{md}");
         assert!(!md.contains("color:red"), "{md}");
+    }
+
+    /// HTML nested deeper than the converters can walk is shown as text, not parsed (it
+    /// overflowed the stack and ended the server); ordinary depths are converted as before.
+    #[test]
+    fn deeply_nested_html_is_shown_without_its_markup() {
+        let deep = format!(
+            "{}deep &amp; text{}",
+            "<div>".repeat(200_000),
+            "</div>".repeat(200_000)
+        );
+        let shown = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || html_to_text(&deep))
+            .ok()
+            .and_then(|t| t.join().ok());
+        let shown = shown.unwrap_or_default();
+        assert!(
+            shown.starts_with("[HTML nested 257+ elements deep (limit 256)"),
+            "{shown:.300}"
+        );
+        assert!(shown.ends_with("deep & text"), "{shown:.300}");
+        let fine = format!(
+            "{}<p>ok <b>x</b></p><br><img src=a.png/>{}",
+            "<div>".repeat(200),
+            "</div>".repeat(200)
+        );
+        assert_eq!(nesting_depth(&fine), 202);
+        assert!(html_to_text(&fine).contains("ok **x**"));
+        assert_eq!(nesting_depth("<!-- <div><div> --><p>a</p><br/><hr>"), 1);
     }
 
     #[test]

@@ -141,34 +141,74 @@ fn rows_of(table: &Handle) -> (Vec<Row>, Option<String>) {
     (rows, caption)
 }
 
+/// Most bytes of cell text a table's grid may hold (spans repeat a cell's text: one cell of
+/// 1 MB spanning 1000 × 1000 would otherwise be copied a million times).
+const MAX_GRID_BYTES: usize = 8 << 20;
+
+/// What a grid holds so far, against [`MAX_CELLS`] and [`MAX_GRID_BYTES`].
+#[derive(Default)]
+struct GridBudget {
+    cells: usize,
+    bytes: usize,
+}
+
+impl GridBudget {
+    /// Adds one cell to `line`; false (and nothing added) when the grid is full.
+    fn put(&mut self, line: &mut Vec<String>, text: &str) -> bool {
+        self.cells += 1;
+        self.bytes = self.bytes.saturating_add(text.len() + 1);
+        if self.cells > MAX_CELLS || self.bytes > MAX_GRID_BYTES {
+            return false;
+        }
+        line.push(text.to_owned());
+        true
+    }
+}
+
+/// Per column: rows still covered by a rowspan from above, and its text.
+type Carry = Vec<Option<(usize, String)>>;
+
+/// Adds the cells that rowspans from above put at `col` and after it (up to the first column
+/// they do not cover); false when the grid is full.
+fn take_carry(
+    col: &mut usize,
+    line: &mut Vec<String>,
+    carry: &mut Carry,
+    b: &mut GridBudget,
+) -> bool {
+    while let Some(Some((left, text))) = carry.get_mut(*col) {
+        if !b.put(line, text) {
+            return false;
+        }
+        *left -= 1;
+        if *left == 0 {
+            if let Some(slot) = carry.get_mut(*col) {
+                *slot = None;
+            }
+        }
+        *col += 1;
+    }
+    true
+}
+
 /// The rows laid out on a grid: spans expanded (a spanned label repeats in every column and
-/// row it covers, so each value keeps its label). Returns the grid and whether it was cut.
+/// row it covers, so each value keeps its label). Returns the grid and whether it was cut
+/// (over [`MAX_CELLS`] cells or [`MAX_GRID_BYTES`] bytes: checked cell by cell).
 fn grid(rows: &[Row]) -> (Vec<Vec<String>>, bool) {
     let mut out: Vec<Vec<String>> = Vec::new();
-    // Per column: rows still covered by a rowspan from above, and its text.
-    let mut carry: Vec<Option<(usize, String)>> = Vec::new();
-    let mut cells = 0usize;
-    let mut cut = false;
+    let mut carry: Carry = Vec::new();
+    let mut b = GridBudget::default();
     for row in rows {
         let mut line: Vec<String> = Vec::new();
         let mut col = 0usize;
-        let take_carry =
-            |col: &mut usize, line: &mut Vec<String>, carry: &mut Vec<Option<(usize, String)>>| {
-                while let Some(Some((left, text))) = carry.get_mut(*col) {
-                    line.push(text.clone());
-                    *left -= 1;
-                    if *left == 0 {
-                        if let Some(slot) = carry.get_mut(*col) {
-                            *slot = None;
-                        }
-                    }
-                    *col += 1;
-                }
-            };
         for cell in &row.cells {
-            take_carry(&mut col, &mut line, &mut carry);
+            if !take_carry(&mut col, &mut line, &mut carry, &mut b) {
+                return (out, true);
+            }
             for _ in 0..cell.colspan {
-                line.push(cell.text.clone());
+                if !b.put(&mut line, &cell.text) {
+                    return (out, true);
+                }
                 if cell.rowspan > 1 {
                     if carry.len() <= col {
                         carry.resize(col + 1, None);
@@ -182,25 +222,24 @@ fn grid(rows: &[Row]) -> (Vec<Vec<String>>, bool) {
         }
         // Spans from above to the right of the last cell.
         loop {
-            take_carry(&mut col, &mut line, &mut carry);
+            if !take_carry(&mut col, &mut line, &mut carry, &mut b) {
+                return (out, true);
+            }
             match carry.iter().skip(col).position(Option::is_some) {
                 Some(gap) => {
                     for _ in 0..gap {
-                        line.push(String::new());
+                        if !b.put(&mut line, "") {
+                            return (out, true);
+                        }
                         col += 1;
                     }
                 }
                 None => break,
             }
         }
-        cells += line.len();
-        if cells > MAX_CELLS {
-            cut = true;
-            break;
-        }
         out.push(line);
     }
-    (out, cut)
+    (out, false)
 }
 
 /// One table as Markdown.
@@ -272,8 +311,11 @@ fn table_markdown(table: &Handle) -> String {
 }
 
 /// Placeholder text standing for table `i` while the rest of the page is converted.
+/// Marks where a table was taken out: this, its index, then `X`.
+const PLACEHOLDER: &str = "KMCPTABLEPLACEHOLDER";
+
 fn placeholder(i: usize) -> String {
-    format!("KMCPTABLEPLACEHOLDER{i}X")
+    format!("{PLACEHOLDER}{i}X")
 }
 
 /// Replaces each outermost table below `n` with a placeholder; returns the tables' Markdown.
@@ -323,11 +365,37 @@ pub fn split_tables(html: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// Puts the tables back where their placeholders ended up in the converted text.
-pub fn restore_tables(mut text: String, tables: &[String]) -> String {
-    for (i, md) in tables.iter().enumerate().rev() {
-        let p = placeholder(i);
-        text = text.replacen(&p, &format!("\n\n{}\n\n", md.trim_end()), 1);
+pub fn restore_tables(text: String, tables: &[String]) -> String {
+    // One pass (a page of 70,000 tables made one `replacen` over the whole text per table):
+    // each table goes where its placeholder first appears.
+    let mut placed = vec![false; tables.len()];
+    let mut text_out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(PLACEHOLDER) {
+        let (before, from) = rest.split_at(at);
+        text_out.push_str(before);
+        let after = from.get(PLACEHOLDER.len()..).unwrap_or_default();
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let index = after.get(..digits).and_then(|d| d.parse::<usize>().ok());
+        let closed = after.get(digits..).is_some_and(|r| r.starts_with('X'));
+        match (index, closed) {
+            (Some(i), true) if placed.get(i) == Some(&false) => {
+                if let (Some(md), Some(p)) = (tables.get(i), placed.get_mut(i)) {
+                    text_out.push_str("\n\n");
+                    text_out.push_str(md.trim_end());
+                    text_out.push_str("\n\n");
+                    *p = true;
+                }
+                rest = after.get(digits + 1..).unwrap_or_default();
+            }
+            _ => {
+                text_out.push_str(PLACEHOLDER);
+                rest = after;
+            }
+        }
     }
+    text_out.push_str(rest);
+    let text = text_out;
     // One blank line between blocks, however the placeholders sat in their paragraphs.
     let mut out = String::with_capacity(text.len());
     let mut newlines = 0;
