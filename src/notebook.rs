@@ -236,7 +236,8 @@ impl Notebook {
             }
         }
         let mut out = Vec::new();
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        // nbformat's layout (indent 1), compact below 16 levels: see ShallowPretty.
+        let fmt = crate::text::ShallowPretty::new(b" ", 16);
         let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
         self.serialize(&mut ser)?;
         out.push(b'\n');
@@ -356,7 +357,8 @@ impl Journal {
             cells: &self.cells,
         };
         let mut out = Vec::new();
-        let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+        // nbformat's layout (indent 1), compact below 16 levels: see ShallowPretty.
+        let fmt = crate::text::ShallowPretty::new(b" ", 16);
         let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
         nb.serialize(&mut ser)?;
         out.push(b'\n');

@@ -105,10 +105,9 @@ pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
     if let Some(json) = data.get("application/json") {
         let text = match json {
             Value::String(s) => serde_json::from_str::<Value>(s)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or_else(|| s.clone()),
-            other => serde_json::to_string_pretty(other).unwrap_or_default(),
+                .map(|v| json_text(&v))
+                .unwrap_or_else(|_| s.clone()),
+            other => json_text(other),
         };
         return Some(Form::Text(text));
     }
@@ -133,6 +132,37 @@ pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
         "[display of type {} has no text or image form to show]\n",
         types.join(", ")
     )))
+}
+
+/// A displayed JSON value as text: pretty for its first 8 levels, compact below (see
+/// `text::ShallowPretty`), and at most [`MAX_HTML_BYTES`] of it (a result shows a few KB;
+/// writing stops there rather than laying out all of a 32 MB document).
+fn json_text(v: &Value) -> String {
+    /// A buffer that refuses bytes past its cap, which stops the serializer.
+    struct Capped(Vec<u8>);
+    impl std::io::Write for Capped {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let room = MAX_HTML_BYTES.saturating_sub(self.0.len());
+            if room == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let n = b.len().min(room);
+            self.0.extend_from_slice(b.get(..n).unwrap_or_default());
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped(Vec::new());
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, crate::text::ShallowPretty::new(b"  ", 8));
+    let complete = serde::Serialize::serialize(v, &mut ser).is_ok();
+    let mut text = String::from_utf8_lossy(&out.0).into_owned();
+    if !complete {
+        text.push_str(&format!("\n[JSON cut at {MAX_HTML_BYTES} bytes]"));
+    }
+    text
 }
 
 /// HTML as Markdown: tables become Markdown tables, other markup loses its tags.
@@ -415,6 +445,28 @@ mod tests {
         assert!(md.contains("| 1 | x |"), "{md}");
         assert!(md.contains("Some **bold** text"), "{md}");
         assert!(!md.contains("color:red"), "{md}");
+    }
+
+    /// A displayed JSON value is laid out pretty near the top, compact deep down, and cut at
+    /// its cap instead of growing with depth × size.
+    #[test]
+    fn displayed_json_stays_bounded() {
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..125 {
+            deep = serde_json::json!([deep]);
+        }
+        let wide = Value::Array(vec![deep; 20_000]);
+        let b = bundle(&[("application/json", wide)]);
+        let Some(Form::Text(t)) = choose(&b) else {
+            panic!("no text");
+        };
+        assert!(t.len() <= MAX_HTML_BYTES + 100, "{}", t.len());
+        assert!(
+            t.ends_with(&format!("[JSON cut at {MAX_HTML_BYTES} bytes]")),
+            "{}",
+            &t[t.len() - 100..]
+        );
+        assert!(t.starts_with("[\n  [\n    ["), "{:.40}", t);
     }
 
     /// HTML nested deeper than the converters can walk is shown as text, not parsed (it

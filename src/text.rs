@@ -114,9 +114,151 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// serde_json's pretty layout for the first `max_depth` levels of nesting and the compact one
+/// below them. A pretty layout repeats all the indentation above on every line, so its size
+/// grows with depth × values: a 32 MB document nested 125 deep came to ~4 GB. Ordinary
+/// documents (notebooks, a displayed JSON of a few levels) look exactly as pretty-printed.
+pub struct ShallowPretty<'a> {
+    indent: &'a [u8],
+    max_depth: usize,
+    depth: usize,
+    has_value: bool,
+}
+
+impl<'a> ShallowPretty<'a> {
+    pub fn new(indent: &'a [u8], max_depth: usize) -> Self {
+        ShallowPretty {
+            indent,
+            max_depth,
+            depth: 0,
+            has_value: false,
+        }
+    }
+
+    /// A newline and the indentation of `level`, when that level is laid out pretty.
+    fn line<W: ?Sized + std::io::Write>(&self, w: &mut W, level: usize) -> std::io::Result<()> {
+        w.write_all(b"\n")?;
+        for _ in 0..level {
+            w.write_all(self.indent)?;
+        }
+        Ok(())
+    }
+
+    fn begin<W: ?Sized + std::io::Write>(&mut self, w: &mut W, open: &[u8]) -> std::io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(open)
+    }
+
+    fn end<W: ?Sized + std::io::Write>(&mut self, w: &mut W, close: &[u8]) -> std::io::Result<()> {
+        self.depth = self.depth.saturating_sub(1);
+        if self.has_value && self.depth < self.max_depth {
+            self.line(w, self.depth)?;
+        }
+        w.write_all(close)
+    }
+
+    fn item<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        if self.depth <= self.max_depth {
+            self.line(w, self.depth)?;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for ShallowPretty<'_> {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.begin(w, b"[")
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.end(w, b"]")
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.begin(w, b"{")
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.end(w, b"}")
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if self.depth <= self.max_depth {
+            w.write_all(b": ")
+        } else {
+            w.write_all(b":")
+        }
+    }
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sanitize;
+
+    fn shallow(v: &serde_json::Value, indent: &[u8], depth: usize) -> String {
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(
+            &mut out,
+            super::ShallowPretty::new(indent, depth),
+        );
+        let _ = serde::Serialize::serialize(v, &mut ser);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Within its depth the layout is serde_json's pretty one exactly; below it, compact.
+    #[test]
+    fn shallow_pretty_matches_pretty_then_goes_compact() {
+        let v =
+            serde_json::json!({"a": [1, {"b": [], "c": {}}, [2, [3]]], "d": "x", "e": {"f": null}});
+        for indent in [&b" "[..], b"  "] {
+            let mut pretty = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut pretty,
+                serde_json::ser::PrettyFormatter::with_indent(indent),
+            );
+            let _ = serde::Serialize::serialize(&v, &mut ser);
+            assert_eq!(
+                shallow(&v, indent, 10),
+                String::from_utf8(pretty).unwrap_or_default()
+            );
+        }
+        assert_eq!(
+            shallow(&v, b" ", 0),
+            serde_json::to_string(&v).unwrap_or_default()
+        );
+        assert_eq!(
+            shallow(&v, b" ", 1),
+            "{\n \"a\": [1,{\"b\":[],\"c\":{}},[2,[3]]],\n \"d\": \"x\",\n \"e\": {\"f\":null}\n}"
+        );
+        // Deep nesting stays linear in size.
+        let mut deep = serde_json::json!(0);
+        for _ in 0..100 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert!(shallow(&deep, b"  ", 8).len() < 400);
+    }
 
     #[test]
     fn plain_text_is_borrowed() {
