@@ -34,6 +34,19 @@ use crate::wire::{websocket, Channel, Heartbeat, Message, MsgId, Router, Subscri
 
 /// Largest WebSocket message accepted from the gateway (the same order as the ZeroMQ cap).
 const MAX_WS_MESSAGE: usize = 256 << 20;
+/// Largest WebSocket message sent to the gateway. The biggest kernel-mcp sends is an
+/// execute_request whose code came in one MCP request: at most `stdin_guard::MAX_LINE` (48 MiB)
+/// on stdio, 32 MiB by default over HTTP (`--max-body`); re-encoding it as JSON never grows it
+/// (the request already carried it JSON-escaped), and the envelope adds a few KiB. File writes
+/// through the kernel are smaller still (`MAX_REMOTE_BYTES`, 9.3 MiB of base64), and
+/// Tornado-based gateways refuse client messages over 10 MiB by default anyway. Anything larger
+/// is refused before it is sent, so it cannot fill the write buffer below.
+const MAX_WS_SEND: usize = crate::stdin_guard::MAX_LINE + (1 << 20);
+/// Bound on tungstenite's write buffer (unlimited by default). It only grows while the gateway
+/// does not read: a gateway that floods Ping frames and never reads would otherwise queue Pong
+/// replies without end. Room for one whole [`MAX_WS_SEND`] message plus tungstenite's 128 KiB
+/// write threshold and the Pongs queued while that message drains.
+const MAX_WS_WRITE_BUFFER: usize = MAX_WS_SEND + (4 << 20);
 /// Bound on each REST call; kernel starts get the start-up timeout instead.
 const REST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The binary kernel WebSocket subprotocol (jupyter_server, "Kernel WebSocket protocols": each
@@ -277,10 +290,12 @@ impl Rest {
     }
 
     /// Deletes kernel `id`; once the gateway says it is gone (deleted now, or unknown: 404),
-    /// its record goes too.
-    async fn delete(&self, id: &str) {
+    /// its record goes too. True then; false when it may still run (worth another try).
+    async fn delete(&self, id: &str) -> bool {
         let path = format!("api/kernels/{}", path_segment(id));
-        let Ok(url) = self.url(&path) else { return };
+        let Ok(url) = self.url(&path) else {
+            return false;
+        };
         let sent = tokio::time::timeout(
             Duration::from_secs(10),
             http1::exchange(
@@ -303,14 +318,19 @@ impl Rest {
                 if let Some(l) = &self.ledger {
                     l.forget(id);
                 }
+                true
             }
-            Ok((status, _)) => tracing::warn!(
-                kernel_id = id,
-                status = status.as_u16(),
-                "could not delete the gateway kernel"
-            ),
+            Ok((status, _)) => {
+                tracing::warn!(
+                    kernel_id = id,
+                    status = status.as_u16(),
+                    "could not delete the gateway kernel"
+                );
+                false
+            }
             Err(e) => {
-                tracing::warn!(kernel_id = id, error = %e, "could not delete the gateway kernel")
+                tracing::warn!(kernel_id = id, error = %e, "could not delete the gateway kernel");
+                false
             }
         }
     }
@@ -369,9 +389,10 @@ impl Backend for GatewayBackend {
             rest: rest.clone(),
             id: id.clone(),
             router: Router::new(),
-            deleted: AtomicBool::new(false),
+            deleted: Arc::new(std::sync::atomic::AtomicU8::new(LIVE)),
         };
-        let chan = match WsChannels::open(&rest, &id, life.router.clone()).await {
+        let chan = match WsChannels::open(&rest, &id, life.router.clone(), WsTiming::DEFAULT).await
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 life.delete().await;
@@ -401,10 +422,102 @@ type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 type WsSink = futures::stream::SplitSink<WsStream, WsMessage>;
 
+/// How long a send may take before the gateway counts as no longer reading, and how dropped
+/// sockets are reconnected; [`WsTiming::DEFAULT`] outside tests.
+#[derive(Debug, Clone, Copy)]
+struct WsTiming {
+    /// Time every send gets, however small: a gateway that stops reading the socket would
+    /// otherwise leave the send (and the sink's lock every other send and the reconnect
+    /// need) pending for good, hanging the kernel handle.
+    send_grace: Duration,
+    /// Bytes per second a big message is allowed on top of the grace: a 48 MiB cell over a
+    /// slow tunnel is a slow reader, not a gone one.
+    min_send_rate: u64,
+    /// When to reconnect a dropped socket, and when to give up.
+    backoff: Backoff,
+}
+
+impl WsTiming {
+    const DEFAULT: WsTiming = WsTiming {
+        send_grace: Duration::from_secs(30),
+        min_send_rate: 256 << 10,
+        backoff: Backoff {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+            stable: Duration::from_secs(30),
+            quick: Duration::from_secs(5),
+            max_quick: 5,
+        },
+    };
+
+    /// How long sending a message of `bytes` may take.
+    fn send_limit(&self, bytes: usize) -> Duration {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let extra = Duration::from_secs(bytes / self.min_send_rate.max(1));
+        self.send_grace.saturating_add(extra)
+    }
+}
+
+/// The reconnect schedule of a kernel WebSocket: a gateway that accepts the handshake and
+/// closes at once must not get a tight connect loop (and a warning a pass), and one that keeps
+/// doing it has lost the kernel.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// Wait before the first reconnect, doubled on each further one...
+    first: Duration,
+    /// ...up to this.
+    max: Duration,
+    /// A connection that lived this long worked: the schedule starts over.
+    stable: Duration,
+    /// A connection that died sooner than this counts as a quick failure...
+    quick: Duration,
+    /// ...and this many of them with no stable connection between give up.
+    max_quick: u32,
+}
+
+/// Where a kernel WebSocket is in its [`Backoff`] schedule.
+#[derive(Debug)]
+struct Reconnects {
+    policy: Backoff,
+    next: Duration,
+    quick: u32,
+}
+
+impl Reconnects {
+    fn new(policy: Backoff) -> Reconnects {
+        Reconnects {
+            policy,
+            next: policy.first,
+            quick: 0,
+        }
+    }
+
+    /// The wait before reconnecting after a connection that lived `lived` dropped, or `None`
+    /// to give up.
+    fn after_drop(&mut self, lived: Duration) -> Option<Duration> {
+        if lived >= self.policy.stable {
+            self.next = self.policy.first;
+            self.quick = 0;
+        }
+        if lived < self.policy.quick {
+            self.quick = self.quick.saturating_add(1);
+            if self.quick >= self.policy.max_quick {
+                return None;
+            }
+        }
+        let wait = self.next;
+        self.next = self.next.saturating_mul(2).min(self.policy.max);
+        Some(wait)
+    }
+}
+
 /// The kernel's channels multiplexed over one WebSocket (JSON messages with a `channel` key).
-/// A dropped socket is reconnected once per drop; if that fails the router closes and the
-/// kernel counts as gone.
+/// A dropped socket is reconnected on the [`Backoff`] schedule; if a reconnect fails or the
+/// schedule gives up, or a send finds the gateway no longer reading, the router closes and
+/// the kernel counts as gone.
 struct WsChannels {
+    /// The kernel's id, for logs.
+    id: String,
     session: String,
     /// Whether the current connection speaks the v1 protocol (a reconnect may change it).
     v1: Arc<std::sync::atomic::AtomicBool>,
@@ -412,6 +525,7 @@ struct WsChannels {
     router: Router,
     reconnects: Arc<std::sync::atomic::AtomicU32>,
     reader: tokio::task::JoinHandle<()>,
+    timing: WsTiming,
 }
 
 impl Drop for WsChannels {
@@ -481,7 +595,8 @@ async fn connect_ws_with(
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_WS_MESSAGE))
-        .max_frame_size(Some(MAX_WS_MESSAGE));
+        .max_frame_size(Some(MAX_WS_MESSAGE))
+        .max_write_buffer_size(MAX_WS_WRITE_BUFFER);
     let (ws, resp) = tokio::time::timeout(
         REST_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(req, Some(config), true),
@@ -545,7 +660,12 @@ async fn pump(
 }
 
 impl WsChannels {
-    async fn open(rest: &Rest, id: &str, router: Router) -> Result<WsChannels, KernelError> {
+    async fn open(
+        rest: &Rest,
+        id: &str,
+        router: Router,
+        timing: WsTiming,
+    ) -> Result<WsChannels, KernelError> {
         let session = uuid::Uuid::new_v4().to_string();
         let (ws, protocol) = connect_ws(rest, id, &session).await?;
         tracing::info!(kernel_id = %id, ?protocol, "kernel WebSocket open");
@@ -555,6 +675,7 @@ impl WsChannels {
         let (sink, mut stream) = ws.split();
         let sink = Arc::new(Mutex::new(sink));
         let reconnects = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let kernel_id = id.to_owned();
         let (r, rest, id, sess, snk, count, v1) = (
             router.clone(),
             rest.clone(),
@@ -566,8 +687,18 @@ impl WsChannels {
         );
         let reader = tokio::spawn(async move {
             let mut protocol = protocol;
+            let mut schedule = Reconnects::new(timing.backoff);
+            let mut opened = Instant::now();
             loop {
                 pump(&mut stream, &r, protocol).await;
+                if r.is_closed() {
+                    return;
+                }
+                let Some(wait) = schedule.after_drop(opened.elapsed()) else {
+                    tracing::error!(kernel_id = %id, "the gateway's WebSocket kept closing right after it opened; giving the kernel up");
+                    break;
+                };
+                tokio::time::sleep(wait).await;
                 if r.is_closed() {
                     return;
                 }
@@ -582,6 +713,7 @@ impl WsChannels {
                         v1.store(p == WsProtocol::V1, Ordering::SeqCst);
                         drop(guard);
                         stream = new_stream;
+                        opened = Instant::now();
                         count.fetch_add(1, Ordering::SeqCst);
                         tracing::warn!(kernel_id = %id, "the gateway's WebSocket dropped and was reconnected");
                     }
@@ -594,12 +726,14 @@ impl WsChannels {
             r.close("websocket");
         });
         Ok(WsChannels {
+            id: kernel_id,
             session,
             sink,
             router,
             reconnects,
             reader,
             v1: protocol_now,
+            timing,
         })
     }
 }
@@ -615,16 +749,42 @@ impl Channels for WsChannels {
     }
 
     async fn send(&self, channel: Channel, message: &Message) -> Result<(), WireError> {
+        let gone = WireError::ReaderGone {
+            channel: "websocket",
+        };
         let mut sink = self.sink.lock().await;
+        // A send that timed out closed the router and may have left its message half
+        // written: nothing more goes on that socket.
+        if self.router.is_closed() {
+            return Err(gone);
+        }
         // Read under the sink's lock: a reconnect swaps both together.
         let frame = if self.v1.load(Ordering::SeqCst) {
             WsMessage::Binary(websocket::encode_v1(channel, message)?.into())
         } else {
             WsMessage::Text(websocket::encode_json(channel, message)?.into())
         };
-        sink.send(frame).await.map_err(|_| WireError::ReaderGone {
-            channel: "websocket",
-        })
+        let bytes = frame.len();
+        if bytes > MAX_WS_SEND {
+            return Err(WireError::TooLarge {
+                bytes,
+                limit: MAX_WS_SEND,
+            });
+        }
+        let limit = self.timing.send_limit(bytes);
+        let why = match tokio::time::timeout(limit, sink.send(frame)).await {
+            Ok(Ok(())) => return Ok(()),
+            // Only a gateway that stops reading fills the buffer (the message fits it).
+            Ok(Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(_))) => {
+                "its write buffer is full"
+            }
+            // A dropped socket: the reader sees it too and reconnects.
+            Ok(Err(_)) => return Err(gone),
+            Err(_) => "a send did not complete in time",
+        };
+        tracing::error!(kernel_id = %self.id, bytes, secs = limit.as_secs(), "the gateway stopped reading the kernel's WebSocket ({why}); giving the kernel up");
+        self.router.close("websocket");
+        Err(gone)
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -645,24 +805,55 @@ struct Remote {
     rest: Rest,
     id: String,
     router: Router,
-    deleted: AtomicBool,
+    /// [`LIVE`], [`DELETING`] or [`DELETED`]: a DELETE that failed goes back to live, so the
+    /// next shutdown, kill or drop tries again.
+    deleted: Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// The kernel was not deleted yet (or the last DELETE failed).
+const LIVE: u8 = 0;
+/// A DELETE is under way.
+const DELETING: u8 = 1;
+/// The gateway said the kernel is gone.
+const DELETED: u8 = 2;
+
 impl Remote {
+    /// Deletes the kernel unless that is done or under way. The router closes first: the
+    /// gateway then closes the socket, and the reader must not reconnect to a kernel being
+    /// deleted.
     async fn delete(&self) {
-        if !self.deleted.swap(true, Ordering::SeqCst) {
-            self.rest.delete(&self.id).await;
+        self.router.close("shutdown");
+        if self.claim_delete() {
+            let ok = self.rest.delete(&self.id).await;
+            Remote::settle(&self.deleted, ok);
         }
     }
 
     fn delete_in_background(&self) {
-        if self.deleted.swap(true, Ordering::SeqCst) {
+        self.router.close("shutdown");
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.claim_delete() {
             return;
         }
-        let (rest, id) = (self.rest.clone(), self.id.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { rest.delete(&id).await });
-        }
+        let (rest, id, deleted) = (self.rest.clone(), self.id.clone(), self.deleted.clone());
+        rt.spawn(async move {
+            let ok = rest.delete(&id).await;
+            Remote::settle(&deleted, ok);
+        });
+    }
+
+    /// True when this caller is to send the DELETE (none done or under way).
+    fn claim_delete(&self) -> bool {
+        self.deleted
+            .compare_exchange(LIVE, DELETING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Records how a DELETE went: done, or back to live for the next attempt.
+    fn settle(deleted: &std::sync::atomic::AtomicU8, ok: bool) {
+        deleted.store(if ok { DELETED } else { LIVE }, Ordering::SeqCst);
     }
 
     fn lost(&self) -> Gone {
@@ -723,6 +914,240 @@ impl Lifecycle for Remote {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU8, AtomicUsize};
+
+    use crate::wire::message::ExecuteRequest;
+    use crate::wire::Content;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    /// A gateway stand-in on 127.0.0.1 with a small receive buffer (no autotuning), so a big
+    /// message cannot vanish into the loopback's buffers. Each kernel WebSocket it accepts
+    /// (taking v1 when offered) is held open and never read when `hold`, else closed at once.
+    /// Returns the REST handle for it and the count of WebSockets it accepted.
+    async fn fake_gateway(hold: bool) -> (Rest, Arc<AtomicUsize>) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 << 10).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                // The signature is tungstenite's (its `Callback`), large error and all.
+                #[allow(clippy::result_large_err)]
+                let take_v1 =
+                    |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+                        if let Some(v) = req.headers().get("Sec-WebSocket-Protocol") {
+                            resp.headers_mut()
+                                .insert("Sec-WebSocket-Protocol", v.clone());
+                        }
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, take_v1).await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                if hold {
+                    held.push(ws);
+                } else {
+                    let _ = ws.close(None).await;
+                }
+            }
+        });
+        (fake_rest(addr), accepted)
+    }
+
+    fn fake_rest(addr: std::net::SocketAddr) -> Rest {
+        Rest {
+            base: Url::parse(&format!("http://{addr}/")).unwrap(),
+            shown: format!("http://{addr}"),
+            token: None,
+            ledger: None,
+        }
+    }
+
+    fn execute(session: &str, code: String) -> Message {
+        Message::request(
+            session,
+            Content::ExecuteRequest(ExecuteRequest {
+                code,
+                silent: false,
+                store_history: true,
+                user_expressions: Default::default(),
+                allow_stdin: false,
+                stop_on_error: true,
+            }),
+        )
+    }
+
+    #[test]
+    fn reconnects_back_off_start_over_after_a_stable_connection_and_give_up_on_quick_deaths() {
+        let policy = WsTiming::DEFAULT.backoff;
+        let ms = Duration::from_millis;
+        let quick = ms(100);
+        let medium = Duration::from_secs(10);
+        let stable = Duration::from_secs(60);
+        let mut r = Reconnects::new(policy);
+        // Doubling from 0.5 s, capped at 10 s; medium-lived connections do not count as quick.
+        let waits: Vec<_> = (0..8).map(|_| r.after_drop(medium)).collect();
+        let want = [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000];
+        assert_eq!(waits, want.map(|w| Some(ms(w))).to_vec());
+        // A stable connection starts the schedule over.
+        assert_eq!(r.after_drop(stable), Some(ms(500)));
+        // Five quick deaths in a row give up...
+        let mut r = Reconnects::new(policy);
+        let waits: Vec<_> = (0..5).map(|_| r.after_drop(quick)).collect();
+        assert_eq!(
+            waits,
+            vec![
+                Some(ms(500)),
+                Some(ms(1000)),
+                Some(ms(2000)),
+                Some(ms(4000)),
+                None
+            ]
+        );
+        // ...unless a stable connection came between them.
+        let mut r = Reconnects::new(policy);
+        for _ in 0..4 {
+            assert!(r.after_drop(quick).is_some());
+        }
+        assert_eq!(r.after_drop(stable), Some(ms(500)));
+        for _ in 0..4 {
+            assert!(r.after_drop(quick).is_some());
+        }
+        assert_eq!(r.after_drop(quick), None);
+    }
+
+    #[test]
+    fn a_big_message_gets_time_for_a_slow_link() {
+        let t = WsTiming::DEFAULT;
+        assert_eq!(t.send_limit(0), Duration::from_secs(30));
+        assert_eq!(t.send_limit(1 << 20), Duration::from_secs(34));
+        assert_eq!(t.send_limit(48 << 20), Duration::from_secs(30 + 192));
+        assert!(t.send_limit(usize::MAX) > Duration::from_secs(30));
+        // The write buffer takes any message that may be sent, with room to spare.
+        const { assert!(MAX_WS_WRITE_BUFFER > MAX_WS_SEND + (128 << 10)) };
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_stops_reading_fails_the_send_and_loses_the_kernel() {
+        let (rest, accepted) = fake_gateway(true).await;
+        let timing = WsTiming {
+            send_grace: Duration::from_millis(300),
+            min_send_rate: u64::MAX,
+            ..WsTiming::DEFAULT
+        };
+        let router = Router::new();
+        let chan = WsChannels::open(&rest, "k", router.clone(), timing)
+            .await
+            .unwrap();
+        // Far more than the socket buffers hold: it is only sent if the gateway reads.
+        let big = execute(chan.session(), "x".repeat(16 << 20));
+        let first =
+            tokio::time::timeout(Duration::from_secs(20), chan.send(Channel::Shell, &big)).await;
+        assert!(
+            matches!(first, Ok(Err(WireError::ReaderGone { .. }))),
+            "{first:?}"
+        );
+        assert!(router.is_closed(), "the kernel should count as lost");
+        assert!(chan.closed());
+        // Later sends fail at once instead of queueing behind the stuck socket.
+        let small = execute(chan.session(), "1".into());
+        let second =
+            tokio::time::timeout(Duration::from_secs(5), chan.send(Channel::Shell, &small)).await;
+        assert!(matches!(second, Ok(Err(_))), "{second:?}");
+        assert!(chan.subscribe(&small.header.msg_id).is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_send_limit_is_refused_and_the_kernel_kept() {
+        let (rest, _) = fake_gateway(true).await;
+        let router = Router::new();
+        let chan = WsChannels::open(&rest, "k", router.clone(), WsTiming::DEFAULT)
+            .await
+            .unwrap();
+        let huge = execute(chan.session(), "x".repeat(MAX_WS_SEND));
+        let sent = chan.send(Channel::Shell, &huge).await;
+        assert!(matches!(sent, Err(WireError::TooLarge { .. })), "{sent:?}");
+        assert!(!router.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_closes_every_websocket_at_once_is_given_up() {
+        let (rest, accepted) = fake_gateway(false).await;
+        let timing = WsTiming {
+            backoff: Backoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(4),
+                ..WsTiming::DEFAULT.backoff
+            },
+            ..WsTiming::DEFAULT
+        };
+        let router = Router::new();
+        let mut chan = WsChannels::open(&rest, "k", router.clone(), timing)
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(20), &mut chan.reader).await;
+        assert!(ended.is_ok(), "the reader reconnected without end");
+        assert!(router.is_closed());
+        // The first connection and four reconnects, each closed at once.
+        assert_eq!(chan.reconnects(), 4);
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    /// A gateway stand-in that answers each REST call with the next of `statuses` (then 204),
+    /// counting the calls.
+    async fn fake_rest_gateway(statuses: &'static [u16]) -> (Rest, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let count = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let status = statuses.get(n).copied().unwrap_or(204);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = tcp.write_all(reply.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            }
+        });
+        (fake_rest(addr), calls)
+    }
+
+    #[tokio::test]
+    async fn a_failed_delete_is_tried_again_and_a_done_one_is_not() {
+        let (rest, calls) = fake_rest_gateway(&[500]).await;
+        let life = Remote {
+            rest,
+            id: "k".into(),
+            router: Router::new(),
+            deleted: Arc::new(AtomicU8::new(LIVE)),
+        };
+        life.delete().await;
+        // Closed before the DELETE: the reader must not reconnect to a kernel being deleted.
+        assert!(life.router.is_closed());
+        assert_eq!(life.deleted.load(Ordering::SeqCst), LIVE);
+        life.delete().await;
+        assert_eq!(life.deleted.load(Ordering::SeqCst), DELETED);
+        life.delete().await;
+        drop(life);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn redact_drops_credentials_and_query() {
