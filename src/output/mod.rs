@@ -62,6 +62,24 @@ fn short_type(mime: &str) -> &str {
 /// Most content blocks in one result; later text joins the last text block.
 const MAX_BLOCKS: usize = 100;
 
+/// Most notes on images not shown kept per result (and images saved for them).
+const MAX_DROPPED_NOTES: usize = 20;
+
+/// Most characters of an exception's message shown (`raise ValueError('x' * 5_000_000)`
+/// otherwise made a 5 MB result, past every budget).
+const MAX_EVALUE_CHARS: usize = 4000;
+
+/// `s` cut to `max` characters, with a note saying how many were left out.
+fn cut_chars(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((at, _)) => {
+            let left = s.get(at..).map(|r| r.chars().count()).unwrap_or(0);
+            format!("{} [... {left} more characters]", s.get(..at).unwrap_or(s)).into()
+        }
+    }
+}
+
 /// Where text that does not fit the budget is saved (a file in the workspace).
 pub trait SpillTarget: Send {
     /// Creates a new file; returns its workspace-relative path and the open file.
@@ -137,7 +155,10 @@ pub struct Collector {
     error: Option<ErrorContent>,
     images: usize,
     image_bytes: usize,
+    /// Notes on images not shown: the first [`MAX_DROPPED_NOTES`] (each may have saved its
+    /// image as a file), then only counted in `dropped_more`.
     dropped_images: Vec<String>,
+    dropped_more: usize,
     clear_pending: bool,
     pending_cr: bool,
     /// Blocks before this index belong to earlier sections; clear_output keeps them.
@@ -169,6 +190,7 @@ impl Collector {
             images: 0,
             image_bytes: 0,
             dropped_images: Vec::new(),
+            dropped_more: 0,
             clear_pending: false,
             pending_cr: false,
             floor: 0,
@@ -199,7 +221,11 @@ impl Collector {
             .map(|c| strip_ansi(c).into_owned())
             .collect();
         let short = crate::traceback::for_model(&chunks, crate::traceback::MAX_TRACEBACK_CHARS);
-        let mut text = format!("{}: {}", strip_ansi(&e.ename), strip_ansi(&e.evalue));
+        let mut text = format!(
+            "{}: {}",
+            cut_chars(&strip_ansi(&e.ename), 200),
+            cut_chars(&strip_ansi(&e.evalue), MAX_EVALUE_CHARS)
+        );
         if short.text.trim().is_empty() {
             return text;
         }
@@ -274,7 +300,12 @@ impl Collector {
                 match self.blocks.last_mut() {
                     // Thousands of tiny displays would become thousands of content blocks;
                     // past the cap they join the last text block, one per line.
-                    Some(Block::Text { text, .. }) if crowded => {
+                    // Never into a display's block: an update would replace it, text and all.
+                    Some(Block::Text {
+                        text,
+                        display_id: None,
+                        ..
+                    }) if crowded => {
                         if !text.ends_with('\n') {
                             text.push('\n');
                             self.head_chars += 1;
@@ -323,16 +354,49 @@ impl Collector {
         Some(path)
     }
 
+    /// Records an image not shown. Past [`MAX_DROPPED_NOTES`] it is only counted (and not
+    /// saved: see [`Collector::may_save_dropped`]).
+    fn note_dropped(&mut self, note: String) {
+        if self.dropped_images.len() < MAX_DROPPED_NOTES {
+            self.dropped_images.push(note);
+        } else {
+            self.dropped_more = self.dropped_more.saturating_add(1);
+        }
+    }
+
+    /// Whether an image not shown may still be saved as a file (100,000 tiny images would
+    /// otherwise become 100,000 files and notes).
+    fn may_save_dropped(&self) -> bool {
+        self.dropped_images.len() < MAX_DROPPED_NOTES
+    }
+
     fn push_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
+        if self.images >= self.limits.max_images || self.image_bytes >= self.limits.max_image_bytes
+        {
+            // The call shows no more images: not decoded or fitted (a small PNG can decode to
+            // hundreds of MB), only saved, a slice at a time.
+            let saved = if self.may_save_dropped() {
+                self.save_base64(mime, data)
+                    .map(|p| format!(" saved as {p}"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            self.note_dropped(format!(
+                "{mime} image of {} KiB{saved}",
+                data.len() / 4 * 3 / 1024
+            ));
+            return;
+        }
         if data.len() > images::MAX_DECODE_BASE64 {
             // Past what any client takes even fitted: never decoded in memory, only saved.
             let saved = self
                 .save_base64(mime, data)
                 .map(|p| format!(" saved as {p}"))
                 .unwrap_or_default();
-            self.dropped_images.push(format!(
+            self.note_dropped(format!(
                 "{mime} image of {} KiB not shown: over the {} MiB the server decodes to fit images;{saved}",
                 data.len() / 4 * 3 / 1024,
                 (images::MAX_DECODE_BASE64 / 4 * 3) >> 20
@@ -381,11 +445,14 @@ impl Collector {
                 return;
             }
             (Some(images::Fit::Refused(why)), Some(orig)) => {
-                let saved = self
-                    .save_original(mime, orig)
-                    .map(|p| format!(" saved as {p}"))
-                    .unwrap_or_default();
-                self.dropped_images.push(format!(
+                let saved = if self.may_save_dropped() {
+                    self.save_original(mime, orig)
+                        .map(|p| format!(" saved as {p}"))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                self.note_dropped(format!(
                     "{mime} image of {} KiB not shown: {why};{saved}",
                     orig.len() / 1024
                 ));
@@ -401,10 +468,12 @@ impl Collector {
             || self.image_bytes + data.len() > self.limits.max_image_bytes
         {
             let mut note = format!("{mime} image of {} KiB", data.len() / 1024 * 3 / 4);
-            if let Some(path) = self.save_base64(mime, data) {
-                note = format!("{note} saved as {path}");
+            if self.may_save_dropped() {
+                if let Some(path) = self.save_base64(mime, data) {
+                    note = format!("{note} saved as {path}");
+                }
             }
-            self.dropped_images.push(note);
+            self.note_dropped(note);
             return;
         }
         self.images += 1;
@@ -443,7 +512,10 @@ impl Collector {
             Block::Text { text, .. } => {
                 self.head_chars = self.head_chars.saturating_sub(text.len());
             }
-            Block::Image { .. } => self.images = self.images.saturating_sub(1),
+            Block::Image { data, .. } => {
+                self.images = self.images.saturating_sub(1);
+                self.image_bytes = self.image_bytes.saturating_sub(data.len());
+            }
             Block::Link { .. } => {}
         }
         let before = self.blocks.len();
@@ -582,6 +654,130 @@ mod tests {
             t.last().is_some_and(|l| l.ends_with("998\n999")),
             "{:?}",
             t.last()
+        );
+    }
+
+    /// A PNG with a valid 1×1 header and image data (what a client could show).
+    fn png_1x1() -> String {
+        let mut png = Vec::new();
+        let img = image::RgbaImage::new(1, 1);
+        let _ = img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png);
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png)
+    }
+
+    fn display(data: &[(&str, &str)], id: Option<&str>, update: bool) -> Content {
+        let d = crate::wire::message::DisplayData {
+            data: data
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
+                .collect(),
+            metadata: serde_json::Value::Null,
+            transient: id.map(|i| serde_json::json!({ "display_id": i })),
+        };
+        if update {
+            Content::UpdateDisplayData(d)
+        } else {
+            Content::DisplayData(d)
+        }
+    }
+
+    #[test]
+    fn an_exception_message_is_cut_to_its_share() {
+        let mut c = Collector::new(OutputLimits::default(), None);
+        c.output(&Content::Error(ErrorContent {
+            ename: "ValueError".into(),
+            evalue: "x".repeat(100_000),
+            traceback: Vec::new(),
+        }));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let all = texts(&r).join("");
+        assert!(all.len() < MAX_EVALUE_CHARS + 200, "{}", all.len());
+        assert!(all.contains("[... 96000 more characters]"), "{all:.200}");
+    }
+
+    /// Images past the call's count are neither decoded nor fitted (a PNG whose header claims
+    /// 100,000 × 100,000 pixels would be, and refused for its size), and past 20 notes they
+    /// are only counted.
+    #[test]
+    fn images_past_the_limit_are_counted_not_decoded() {
+        let limits = OutputLimits {
+            max_images: 1,
+            ..Default::default()
+        };
+        let mut c = Collector::new(limits, None);
+        c.output(&display(&[("image/png", &png_1x1())], None, false));
+        let mut bomb = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        bomb.extend_from_slice(b"IHDR");
+        bomb.extend_from_slice(&100_000u32.to_be_bytes());
+        bomb.extend_from_slice(&100_000u32.to_be_bytes());
+        bomb.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+        let bomb = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bomb);
+        for _ in 0..200 {
+            c.output(&display(&[("image/png", &bomb)], None, false));
+        }
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let images = r.content.iter().filter(|c| c.as_image().is_some()).count();
+        assert_eq!(images, 1);
+        let note = texts(&r)
+            .into_iter()
+            .find(|t| t.contains("not shown"))
+            .unwrap_or_default();
+        assert!(
+            note.starts_with("[200 image(s) not shown (limit 1 images"),
+            "{note:.300}"
+        );
+        assert!(note.ends_with("; and 180 more, not saved]"), "{note:.300}");
+        assert!(
+            !note.contains("could not be")
+                && !note.contains("not shown:")
+                && !note.contains("megapixels"),
+            "decoded: {note:.300}"
+        );
+    }
+
+    /// A display updated many times keeps showing its latest image: the old one's bytes are
+    /// given back to the call's image budget.
+    #[test]
+    fn an_updated_image_keeps_its_place_in_the_budget() {
+        let png = png_1x1();
+        let limits = OutputLimits {
+            max_image_bytes: png.len() * 3,
+            ..Default::default()
+        };
+        let mut c = Collector::new(limits, None);
+        c.output(&display(&[("image/png", &png)], Some("fig"), false));
+        for _ in 0..20 {
+            c.output(&display(&[("image/png", &png)], Some("fig"), true));
+        }
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(
+            r.content.iter().filter(|c| c.as_image().is_some()).count(),
+            1
+        );
+        assert!(
+            !texts(&r).iter().any(|t| t.contains("not shown")),
+            "{:?}",
+            texts(&r)
+        );
+    }
+
+    /// Past the block cap, printed text never joins a display's block, which an update would
+    /// replace with the text in it.
+    #[test]
+    fn text_past_the_block_cap_survives_a_display_update() {
+        let mut c = Collector::new(OutputLimits::default(), None);
+        for i in 0..MAX_BLOCKS {
+            c.output(&display(&[("text/plain", &i.to_string())], None, false));
+        }
+        c.output(&display(&[("text/plain", "0%")], Some("bar"), false));
+        c.output(&stream(StreamName::Stdout, "printed after\n"));
+        c.output(&display(&[("text/plain", "50%")], Some("bar"), true));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let t = texts(&r);
+        assert!(t.iter().any(|b| b.contains("printed after")), "{t:?}");
+        assert!(
+            t.iter().any(|b| b == "50%") && !t.iter().any(|b| b == "0%"),
+            "{t:?}"
         );
     }
 

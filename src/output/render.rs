@@ -90,9 +90,13 @@ impl Collector {
 
     fn dropped_images_note(&self) -> Option<McpContent> {
         (!self.dropped_images.is_empty()).then(|| {
+            let more = match self.dropped_more {
+                0 => String::new(),
+                n => format!("; and {n} more, not saved"),
+            };
             McpContent::text(format!(
-                "[{} image(s) not shown (limit {} images / {} MiB per call): {}]",
-                self.dropped_images.len(),
+                "[{} image(s) not shown (limit {} images / {} MiB per call): {}{more}]",
+                self.dropped_images.len() + self.dropped_more,
                 self.limits.max_images,
                 self.limits.max_image_bytes / (1024 * 1024),
                 self.dropped_images.join("; ")
