@@ -38,9 +38,31 @@ fn with<R>(f: impl FnOnce(&mut Book) -> R) -> R {
     f(g.get_or_insert_with(Book::default))
 }
 
-/// The canonical key of a request id (its compact JSON text), as the stdin filter keys it.
+/// The id as rmcp reads it and so echoes it in its answer: a string, or an integer that fits
+/// an i64 (a float with an exact integer value, `1.0` or `1e2`, becomes that integer). `None`
+/// for an id rmcp refuses (`1.5`, `1e30`, a number past i64, `null`, `true`, an object or an
+/// array): rmcp answers such a request with `"id":null`, so nothing keyed by the id as sent
+/// would ever be released. rmcp's own `RequestId` decides, so the two cannot disagree.
+pub fn request_id(id: &serde_json::Value) -> Option<serde_json::Value> {
+    // Only a number or a string can pass; others are refused before anything is copied.
+    if !(id.is_number() || id.is_string()) {
+        return None;
+    }
+    <rmcp::model::RequestId as serde::Deserialize>::deserialize(id)
+        .ok()
+        .map(rmcp::model::RequestId::into_json_value)
+}
+
+/// The key of a request id (the compact JSON text of the id as rmcp echoes it, see
+/// [`request_id`]), as the stdin filter, the HTTP front and the handlers all key it: `1.0`
+/// and `1` are one request to rmcp, so they must be one key here, or the entry made on
+/// arrival is never found again when the request is queued or answered. An id rmcp refuses
+/// keeps its own text (no such request reaches a handler).
 pub fn key(id: &serde_json::Value) -> String {
-    id.to_string()
+    match request_id(id) {
+        Some(v) => v.to_string(),
+        None => id.to_string(),
+    }
 }
 
 /// The key of request `id` in the session `scope` (an HTTP session's id; `None` on stdio,
@@ -143,6 +165,31 @@ mod tests {
         );
         done(&a2);
         done(&b1);
+    }
+
+    #[test]
+    fn ids_are_keyed_as_rmcp_echoes_them() {
+        assert_eq!(key(&json!(1.0)), key(&json!(1)));
+        assert_eq!(key(&json!(1e2)), "100");
+        assert_eq!(key(&json!(-0.0)), "0");
+        assert_eq!(key(&json!("1")), "\"1\"");
+        assert_ne!(key(&json!("1")), key(&json!(1)));
+        assert_eq!(request_id(&json!(i64::MAX)), Some(json!(i64::MAX)));
+        for bad in [
+            json!(1.5),
+            json!(1e30),
+            json!(u64::MAX),
+            json!(null),
+            json!(true),
+            json!({"a": 1}),
+            json!([1]),
+        ] {
+            assert_eq!(request_id(&bad), None, "{bad}");
+        }
+        assert_eq!(
+            scoped_key(Some("s"), &json!(2.0)),
+            scoped_key(Some("s"), &json!(2))
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! strict parser would silently drop (so the client waits forever) are turned into requests the
 //! tools reject with a clear error: invalid UTF-8, lone UTF-16 surrogate escapes, numbers no
 //! float can hold, and oversized lines. It also writes stdout, so a request reusing the id of
-//! one still in flight gets an error at once instead of being passed on.
+//! one still in flight gets an error at once instead of being passed on. Ids are tracked as
+//! rmcp echoes them (`1.0` is answered as `1`); a request rmcp cannot read (an id such as
+//! `1.5` or `{}`, no `"jsonrpc":"2.0"`) is answered here, because rmcp's answer to it carries
+//! `"id":null` and would never release the id.
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 
@@ -158,23 +161,116 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 /// What one client line means for the ids in flight.
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
-    /// A request with this id (its canonical JSON text).
+    /// A request with this id (its key, see `arrival::key`, and the id as rmcp echoes it).
     Request(String, serde_json::Value),
+    /// A request rmcp would refuse: the error to answer it with here.
+    Invalid(String),
     /// `notifications/cancelled` for this id: the client stopped waiting for it.
     Cancelled(String),
     Other,
 }
 
+/// Keys ids as rmcp echoes them (`1.0` is answered as `1`), so an answer finds its request.
 fn id_key(id: &serde_json::Value) -> String {
-    serde_json::to_string(id).unwrap_or_default()
+    crate::arrival::key(id)
+}
+
+/// The shape every request must have, for the errors that say what was wrong.
+const REQUEST_SHAPE: &str = r#"a request is {"jsonrpc":"2.0","id":<string or integer>,"method":<string>,"params":<object, optional>}"#;
+
+/// Why rmcp would refuse `msg`, a request (it has `method` and `id`) whose id it accepts, or
+/// `None` when it takes it. rmcp answers a request it cannot read with `"id":null`, which
+/// never releases the id here; so such requests are answered here and never passed on.
+///
+/// rmcp's own message type decides, on a copy of the request without its parameters: any
+/// method with object parameters is a request to rmcp (its catch-all `CustomRequest`), so
+/// only the envelope and the parameters' `_meta` (read whatever the method) can make it
+/// refuse one. Checking the whole request would parse every large call a second time.
+fn rmcp_refuses(msg: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    use serde_json::Value;
+    if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Some(format!(
+            "the request lacks \"jsonrpc\":\"2.0\"; {REQUEST_SHAPE}"
+        ));
+    }
+    if !msg.get("method").is_some_and(Value::is_string) {
+        return Some(format!(
+            "the request's method is not a string; {REQUEST_SHAPE}"
+        ));
+    }
+    if msg.contains_key("result") || msg.contains_key("error") {
+        return Some(format!(
+            "the message has both a method and a result or error; {REQUEST_SHAPE}"
+        ));
+    }
+    let mut skeleton = serde_json::Map::new();
+    for k in ["jsonrpc", "id", "method"] {
+        if let Some(v) = msg.get(k) {
+            skeleton.insert(k.into(), v.clone());
+        }
+    }
+    match msg.get("params") {
+        None => {}
+        Some(Value::Null) => {
+            skeleton.insert("params".into(), Value::Null);
+        }
+        Some(Value::Object(p)) => {
+            let mut params = serde_json::Map::new();
+            if let Some(meta) = p.get("_meta") {
+                params.insert("_meta".into(), meta.clone());
+            }
+            skeleton.insert("params".into(), Value::Object(params));
+        }
+        Some(_) => {
+            return Some(format!(
+                "the request's params are not an object; {REQUEST_SHAPE}"
+            ));
+        }
+    }
+    let skeleton = Value::Object(skeleton);
+    match <rmcp::model::ClientJsonRpcMessage as serde::Deserialize>::deserialize(&skeleton) {
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "the request could not be read (check params._meta: an object, its progressToken a string or integer); {REQUEST_SHAPE}"
+        )),
+    }
+}
+
+/// What kind of JSON value `v` is, for an error message (never the value itself: an id can
+/// be a large object).
+fn describe(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Bool(_) => "a boolean".into(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(_) => "a string".into(),
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::Object(_) => "an object".into(),
+    }
 }
 
 fn classify(msg: &serde_json::Value) -> Seen {
-    let method = msg.get("method").and_then(|m| m.as_str());
-    match (method, msg.get("id")) {
-        (Some(_), Some(id)) if !id.is_null() => Seen::Request(id_key(id), id.clone()),
-        (Some("notifications/cancelled"), _) => {
-            match msg.get("params").and_then(|p| p.get("requestId")) {
+    let Some(obj) = msg.as_object() else {
+        return Seen::Other;
+    };
+    let method = obj.get("method");
+    match (method, obj.get("id")) {
+        // A request: rmcp reads a message with both as one, whatever their values.
+        (Some(_), Some(id)) => match crate::arrival::request_id(id) {
+            None => Seen::Invalid(refusal(
+                &serde_json::Value::Null,
+                &format!(
+                    "the request id is {}; a request id must be a string or an integer from -2^63 to 2^63-1 (a float only if its value is a whole number, as in 1.0). Nothing was done; send the request again with such an id",
+                    describe(id)
+                ),
+            )),
+            Some(canonical) => match rmcp_refuses(obj) {
+                Some(why) => Seen::Invalid(refusal(&canonical, &format!("{why}. Nothing was done."))),
+                None => Seen::Request(id_key(id), canonical),
+            },
+        },
+        (Some(m), None) if m.as_str() == Some("notifications/cancelled") => {
+            match obj.get("params").and_then(|p| p.get("requestId")) {
                 Some(id) => Seen::Cancelled(id_key(id)),
                 None => Seen::Other,
             }
@@ -362,14 +458,15 @@ async fn read_client(
             (None, p) => p,
         };
         let seen = parsed.as_ref().map(classify).unwrap_or(Seen::Other);
-        let refused = match &seen {
+        let refused = match seen {
+            Seen::Invalid(reply) => Some(reply),
             Seen::Request(key, id) => match in_flight.lock() {
-                Ok(f) if f.contains(key) => Some(refusal(
-                    id,
+                Ok(f) if f.contains(&key) => Some(refusal(
+                    &id,
                     &format!("request id {key} is already in use by a request that has not been answered yet; use a new id for each request (the earlier request is still running and will be answered)"),
                 )),
                 Ok(f) if f.len() >= MAX_IN_FLIGHT => Some(refusal(
-                    id,
+                    &id,
                     &format!("{MAX_IN_FLIGHT} requests are already waiting for an answer; wait for some to finish"),
                 )),
                 Ok(mut f) => {
@@ -380,7 +477,7 @@ async fn read_client(
                         == Some("tools/call")
                         && tool.is_some_and(|t| crate::arrival::RUN_TOOLS.contains(&t))
                     {
-                        let _ = crate::arrival::arrived(key.clone());
+                        let _ = crate::arrival::arrived(key);
                     }
                     None
                 }
@@ -388,16 +485,16 @@ async fn read_client(
             },
             Seen::Cancelled(key) => {
                 if let Ok(mut f) = in_flight.lock() {
-                    f.remove(key);
+                    f.remove(&key);
                 }
-                crate::arrival::done(key);
+                crate::arrival::done(&key);
                 None
             }
             Seen::Other => None,
         };
         let res = match (refused, out) {
             (Some(refusal), _) => {
-                tracing::warn!("refused a request whose id is already in flight");
+                tracing::warn!("refused a request: its id is in flight, or rmcp could not read it");
                 if refusals.send(refusal).await.is_err() {
                     break;
                 }
@@ -560,6 +657,97 @@ mod tests {
             .unwrap_or_default();
         let got = client_out.next_line().await.ok().flatten();
         assert_eq!(got.as_deref(), Some(answer));
+        client_in
+            .write_all(ping.as_bytes())
+            .await
+            .unwrap_or_default();
+        let again = transport_in.next_line().await.ok().flatten();
+        assert_eq!(again.as_deref(), ping.strip_suffix('\n'));
+    }
+
+    /// The filter passes on exactly the requests rmcp reads (judged on a copy without the
+    /// parameters), so every request it tracks gets an answer carrying its id.
+    #[test]
+    fn requests_are_passed_on_exactly_when_rmcp_reads_them() {
+        let lines = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.0,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1"}}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":5}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":null}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"initialize","params":{"protocolVersion":5}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"_meta":{"progressToken":"t"}}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"_meta":{"progressToken":1.5}}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"_meta":7}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"bogus","params":{"a":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"bogus","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"ping","params":5}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":7}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"ping","result":1}"#,
+            r#"{"id":5,"method":"ping"}"#,
+            r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1e30,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":9223372036854775808,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+        ];
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let rmcp_reads =
+                serde_json::from_str::<rmcp::model::ClientJsonRpcMessage>(line).is_ok();
+            match classify(&v) {
+                Seen::Request(..) => assert!(rmcp_reads, "passed on, rmcp refuses: {line}"),
+                Seen::Invalid(reply) => {
+                    assert!(!rmcp_reads, "refused, rmcp reads: {line}");
+                    let r: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+                    assert_eq!(r["error"]["code"], -32600, "{reply}");
+                    match crate::arrival::request_id(&v["id"]) {
+                        Some(id) => assert_eq!(r["id"], id, "{reply}"),
+                        None => assert!(r["id"].is_null(), "{reply}"),
+                    }
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    /// `1.0` is answered as `1`: the answer frees the id; an id rmcp refuses is answered here.
+    #[tokio::test]
+    async fn ids_are_released_by_answers_that_normalise_them() {
+        let (mut client_in, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, client_out) = tokio::io::duplex(1 << 16);
+        let g = spawn(server_in, server_out);
+        let mut transport_out = g.output;
+        let mut transport_in = BufReader::new(g.input).lines();
+        let mut client_out = BufReader::new(client_out).lines();
+        let float = "{\"jsonrpc\":\"2.0\",\"id\":1.0,\"method\":\"ping\"}\n";
+        let bad = "{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"ping\"}\n";
+        client_in
+            .write_all(format!("{float}{bad}").as_bytes())
+            .await
+            .unwrap_or_default();
+        let first = transport_in.next_line().await.ok().flatten();
+        assert_eq!(first.as_deref(), float.strip_suffix('\n'));
+        let refusal = client_out
+            .next_line()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert!(
+            refusal.contains("\"id\":null") && refusal.contains("request id is 1.5"),
+            "{refusal}"
+        );
+        // rmcp answers `1.0` as `1`.
+        let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+        transport_out
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .unwrap_or_default();
+        let got = client_out.next_line().await.ok().flatten();
+        assert_eq!(got.as_deref(), Some(answer));
+        let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
         client_in
             .write_all(ping.as_bytes())
             .await

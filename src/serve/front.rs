@@ -38,15 +38,23 @@ impl Manager {
         Manager { inner, reg }
     }
 
-    /// Ends idle sessions every little while until `ct` is cancelled.
+    /// Ends idle sessions every little while, and closes rmcp's side of sessions the
+    /// registry evicted as soon as it does, until `ct` is cancelled.
     pub async fn reap(self: Arc<Self>, ct: CancellationToken) {
         let every = (self.reg.limits.idle_timeout / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut next = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
                 _ = ct.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = self.reg.evicted_notified() => {
+                    self.close_evicted().await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next) => {}
             }
+            next = tokio::time::Instant::now() + every;
+            self.close_evicted().await;
             for (id, era) in self.reg.idle() {
                 tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
                 match era {
@@ -56,6 +64,15 @@ impl Manager {
                     Era::Handle => self.reg.close(&id, "idle"),
                 }
             }
+        }
+    }
+
+    /// Closes rmcp's session (its worker, its streams) for each MCP session the registry
+    /// evicted: without this its client would get tool errors instead of the 404 that tells
+    /// it to initialize again, and the rmcp session would stay for good (no keep-alive).
+    async fn close_evicted(&self) {
+        for id in self.reg.take_evicted() {
+            let _ = self.inner.close_session(&SessionId::from(id)).await;
         }
     }
 }
@@ -88,8 +105,18 @@ impl SessionManager for Manager {
             .map_err(io_err)
     }
 
+    /// rmcp answers 404 (re-initialize) for a session this says is gone. A session the
+    /// registry ended (evicted) is gone even before the reaper closes rmcp's side of it, so
+    /// it is closed here at once; a session is always in the registry before its id is sent.
     async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
-        self.inner.has_session(id).await.map_err(io_err)
+        if !self.inner.has_session(id).await.map_err(io_err)? {
+            return Ok(false);
+        }
+        if self.reg.get(id).is_some_and(|s| s.era == Era::Legacy) {
+            return Ok(true);
+        }
+        let _ = self.inner.close_session(id).await;
+        Ok(false)
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {

@@ -176,7 +176,11 @@ fn run_request_keys(body: &[u8], session_header: Option<&str>) -> Vec<String> {
             if m.get("method")?.as_str()? != "tools/call" {
                 return None;
             }
-            let id = m.get("id").filter(|id| !id.is_null())?;
+            // rmcp refuses a request with any other id before a handler runs (see
+            // `arrival::request_id`): nothing would ever wait for it.
+            let id = m
+                .get("id")
+                .filter(|id| crate::arrival::request_id(id).is_some())?;
             let params = m.get("params")?;
             let tool = params.get("name")?.as_str()?;
             if !crate::arrival::RUN_TOOLS.contains(&tool) {
@@ -347,7 +351,7 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
                         id,
                         &format!(
                             "the server already runs {max} sessions, its limit (--max-sessions); {}",
-                            crate::serve::sessions::next_free_words(next)
+                            crate::serve::sessions::next_free_words(next, st.reg.evict_grace())
                         ),
                     );
                     let retry = next.unwrap_or(30).clamp(1, 3600).to_string();
@@ -566,6 +570,17 @@ mod tests {
             call("null", "execute_python", "{}")
         );
         assert_eq!(run_request_keys(batch.as_bytes(), Some("s")).len(), 1);
+        // Keyed as rmcp echoes the id (`2.0` is `2`), as the handler looks it up; ids rmcp
+        // refuses are not numbered.
+        let floats = format!(
+            "[{},{}]",
+            call("2.0", "execute_python", "{}"),
+            call("2.5", "execute_python", "{}")
+        );
+        assert_eq!(
+            run_request_keys(floats.as_bytes(), Some("s")),
+            vec![crate::arrival::scoped_key(Some("s"), &serde_json::json!(2))]
+        );
         for junk in [
             "",
             "{",

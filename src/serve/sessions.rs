@@ -120,6 +120,8 @@ pub struct HostedSession {
     calls: AtomicUsize,
     /// When the revival book last recorded the session alive.
     remembered: Mutex<Option<Instant>>,
+    /// The session's runs numbered below this have ended (see [`HostedSession::runs_live`]).
+    runs_settled: Mutex<u64>,
 }
 
 impl HostedSession {
@@ -132,10 +134,40 @@ impl HostedSession {
     }
 
     /// May give its slot to a new session: nothing running, and either an orphan or idle for
-    /// longer than [`EVICT_GRACE`] (clients that open, call and leave never end their sessions).
-    fn evictable(&self) -> bool {
-        self.active.load(Ordering::SeqCst) == 0
-            && (self.orphaned() || self.idle_for() >= EVICT_GRACE)
+    /// longer than `grace` (clients that open, call and leave never end their sessions).
+    fn evictable(&self, grace: Duration) -> bool {
+        !self.busy() && (self.orphaned() || self.idle_for() >= grace)
+    }
+
+    /// Something runs for the session: a tool call, or a run that outlived its call's
+    /// `return_after` or waits in its queue (its client comes back for it with check_run, so
+    /// ending the session would lose the work). While a run is live the session counts as used
+    /// now, so its idle time starts when its last run ends, not when the call returned.
+    fn busy(&self) -> bool {
+        if self.active.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        let live = self.runs_live();
+        if live {
+            self.touch();
+        }
+        live
+    }
+
+    /// Whether a run of the session is queued or going. Runs are numbered from 1 and end in
+    /// any order; those below `runs_settled` are known ended (a run never restarts), so each
+    /// check looks only at runs from the oldest one still live on.
+    fn runs_live(&self) -> bool {
+        let runs = self.server.session().runs();
+        let Some(latest) = runs.latest() else {
+            return false;
+        };
+        let mut first = self.runs_settled.lock().unwrap_or_else(|p| p.into_inner());
+        // `None`: forgotten, which only a reported (so ended) run is.
+        while *first <= latest && runs.ended(*first) != Some(false) {
+            *first += 1;
+        }
+        *first <= latest
     }
 
     /// How the log names the session: an MCP session id in full, a handle by its first 12
@@ -223,16 +255,22 @@ pub struct Registry {
     /// folder of its own, local kernels).
     book: Option<super::revive::Book>,
     stopping: AtomicBool,
+    /// MCP sessions evicted by the registry whose rmcp session is still to be closed (by the
+    /// reaper, see `Manager::reap`).
+    evicted: Mutex<Vec<String>>,
+    evicted_changed: tokio::sync::Notify,
 }
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("the server already runs {max} sessions, its limit (--max-sessions); {}", next_free_words(*next))]
+    #[error("the server already runs {max} sessions, its limit (--max-sessions); {}", next_free_words(*next, *grace))]
     Full {
         max: usize,
         /// Seconds until a session becomes idle long enough to give way, when one can.
         next: Option<u64>,
+        /// How long a session must be idle to give way.
+        grace: Duration,
     },
     #[error("the server is shutting down")]
     Stopping,
@@ -240,19 +278,20 @@ pub enum OpenError {
     Workspace(String),
 }
 
-/// How long a session must have been idle (no call in flight) before a new one may take its
-/// slot at --max-sessions: a fresh session of another client is never ended.
+/// How long a session must have been idle (no call or run in flight) before a new one may
+/// take its slot at --max-sessions: a fresh session of another client is never ended. With a
+/// short --session-idle-timeout it is half that timeout (see [`Registry::evict_grace`]).
 pub const EVICT_GRACE: Duration = Duration::from_secs(60);
 
-/// When the next slot frees, in words.
-pub fn next_free_words(next: Option<u64>) -> String {
+/// When the next slot frees, in words; `grace` is [`Registry::evict_grace`].
+pub fn next_free_words(next: Option<u64>, grace: Duration) -> String {
     match next {
         Some(0) => "try again now".to_owned(),
         Some(s) => format!(
             "the least recently used idle session gives way in about {s} s (after {} s without a call); try again then, or end a session (end_session, or DELETE for an MCP session)",
-            EVICT_GRACE.as_secs()
+            grace.as_secs_f64().ceil()
         ),
-        None => "every session has a call running; try again when one ends, or end a session (end_session, or DELETE for an MCP session)".to_owned(),
+        None => "every session has a call or a run going (check_run follows runs that outlived their call); try again when one ends, or end a session (end_session, or DELETE for an MCP session)".to_owned(),
     }
 }
 
@@ -260,11 +299,15 @@ pub fn next_free_words(next: Option<u64>) -> String {
 const PRELOAD_EXPR: &str =
     "[__import__(m) for m in ('numpy', 'pandas', 'matplotlib.pyplot')] and None";
 
-/// Seconds until one of `sessions` may give way (`None`: all have a call running).
-fn next_evictable<'a>(sessions: impl Iterator<Item = &'a Arc<HostedSession>>) -> Option<u64> {
+/// Seconds until one of `sessions` may give way after `grace` idle (`None`: all have a call
+/// or run going).
+fn next_evictable<'a>(
+    sessions: impl Iterator<Item = &'a Arc<HostedSession>>,
+    grace: Duration,
+) -> Option<u64> {
     sessions
-        .filter(|s| s.active.load(Ordering::SeqCst) == 0)
-        .map(|s| EVICT_GRACE.saturating_sub(s.idle_for()).as_secs() + 1)
+        .filter(|s| !s.busy())
+        .map(|s| grace.saturating_sub(s.idle_for()).as_secs() + 1)
         .min()
 }
 
@@ -306,6 +349,8 @@ impl Registry {
             pool: SparePool::new(spares),
             book,
             stopping: AtomicBool::new(false),
+            evicted: Mutex::new(Vec::new()),
+            evicted_changed: tokio::sync::Notify::new(),
         });
         reg.fill_pool();
         reg
@@ -314,6 +359,28 @@ impl Registry {
     /// The limits the registry was built with.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
+    }
+
+    /// How long a session must be idle before a new one may take its slot: [`EVICT_GRACE`],
+    /// or half the idle timeout when that is shorter, since the session would be ended for
+    /// idling soon after anyway (a newcomer need not wait for the reaper).
+    pub fn evict_grace(&self) -> Duration {
+        EVICT_GRACE.min(self.limits.idle_timeout / 2)
+    }
+
+    /// Takes the MCP sessions (`Mcp-Session-Id`) the registry ended on its own (evicted for a
+    /// newcomer), so rmcp's session ends too: its client then gets 404 and starts anew.
+    pub(super) fn take_evicted(&self) -> Vec<String> {
+        self.evicted
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    /// Resolves when [`Registry::take_evicted`] has something (or had since it was last
+    /// called).
+    pub(super) async fn evicted_notified(&self) {
+        self.evicted_changed.notified().await
     }
 
     /// How many sessions are open.
@@ -325,10 +392,11 @@ impl Registry {
     /// with the seconds until one can.
     pub fn full(&self) -> Option<Option<u64>> {
         let m = self.sessions.lock().ok()?;
-        if m.len() < self.limits.max_sessions || m.values().any(|s| s.evictable()) {
+        let grace = self.evict_grace();
+        if m.len() < self.limits.max_sessions || m.values().any(|s| s.evictable(grace)) {
             return None;
         }
-        Some(next_evictable(m.values()))
+        Some(next_evictable(m.values(), grace))
     }
 
     /// The open session with this id.
@@ -420,16 +488,18 @@ impl Registry {
         let session = {
             let mut sessions = self.sessions.lock().map_err(|_| OpenError::Stopping)?;
             if sessions.len() >= self.limits.max_sessions {
+                let grace = self.evict_grace();
                 // Least recently used first, among those that may give way.
                 let oldest = sessions
                     .values()
-                    .filter(|s| s.evictable())
+                    .filter(|s| s.evictable(grace))
                     .max_by_key(|s| s.idle_for())
                     .map(|s| s.id.clone());
                 let Some(old) = oldest.and_then(|o| sessions.remove(&o)) else {
                     return Err(OpenError::Full {
                         max: self.limits.max_sessions,
-                        next: next_evictable(sessions.values()),
+                        next: next_evictable(sessions.values(), grace),
+                        grace,
                     });
                 };
                 evicted = Some(old);
@@ -479,6 +549,7 @@ impl Registry {
                 implicit,
                 calls: AtomicUsize::new(0),
                 remembered: Mutex::new(None),
+                runs_settled: Mutex::new(1),
             });
             sessions.insert(id.clone(), s.clone());
             self.remember_now(&s, true);
@@ -496,6 +567,13 @@ impl Registry {
             old.closed.store(true, Ordering::SeqCst);
             tracing::info!(session = %old.log_name(), idle_seconds = old.idle_for().as_secs(), "session ended: --max-sessions reached and it was the least recently used idle one");
             self.forget(&old);
+            if old.era == Era::Legacy {
+                if let Ok(mut e) = self.evicted.lock() {
+                    e.push(old.id.clone());
+                }
+                // A stored permit: the reaper sees it even if it is busy right now.
+                self.evicted_changed.notify_one();
+            }
             tokio::spawn(async move {
                 old.kernel.shutdown().await;
                 old.server.session().forget_snapshot();
@@ -532,16 +610,13 @@ impl Registry {
         }
     }
 
-    /// Sessions without a request (and no call running) for longer than the idle timeout.
+    /// Sessions without a request (and no call or run going) for longer than the idle timeout.
     pub(super) fn idle(&self) -> Vec<(String, Era)> {
         self.sessions
             .lock()
             .map(|m| {
                 m.values()
-                    .filter(|s| {
-                        s.active.load(Ordering::SeqCst) == 0
-                            && s.idle_for() > self.limits.idle_timeout
-                    })
+                    .filter(|s| !s.busy() && s.idle_for() > self.limits.idle_timeout)
                     .map(|s| (s.id.clone(), s.era))
                     .collect()
             })

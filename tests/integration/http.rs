@@ -1296,3 +1296,97 @@ async fn a_handle_session_comes_back_after_an_orderly_restart() {
     let _ = m.cancel().await;
     assert!(srv.stop().await.success());
 }
+
+/// A session whose run outlived its call (`return_after`) is not idle while the run goes on:
+/// a newcomer at --max-sessions does not evict it, and the idle reaper does not end it.
+#[tokio::test]
+async fn a_session_with_a_run_going_is_neither_evicted_nor_reaped() {
+    // Idle timeout 2 s: a session idle for 1 s (the grace) would give way, for 2 s be ended.
+    let srv = Http::start(
+        &[
+            "--max-sessions",
+            "1",
+            "--session-idle-timeout",
+            "2",
+            "--return-after",
+            "1",
+        ],
+        None,
+    )
+    .await;
+    let a = srv.session().await;
+    let r = exec(&a, "import time\ntime.sleep(6)\nprint('done')").await;
+    assert!(text(&r).contains("still running as run 1"), "{}", text(&r));
+    // Past both the grace and the idle timeout, every newcomer is told the session is busy.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+    while std::time::Instant::now() < until {
+        let r = tokio::time::timeout(HANG, post(&srv.url).body(INIT).send())
+            .await
+            .unwrap()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains("every session has a call or a run going"),
+            "{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // The run's end is still there to collect.
+    let mut rest = String::new();
+    for _ in 0..30 {
+        rest.push_str(&text(&call(&a, "check_run", json!({"run": 1})).await));
+        if rest.contains("[the run ") {
+            break;
+        }
+    }
+    assert!(
+        rest.contains("done") && rest.contains("[the run finished after "),
+        "{rest}"
+    );
+    assert!(!srv.log().contains("least recently used idle one"));
+    let _ = a.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
+/// A 2025-11-25 session evicted for a newcomer at --max-sessions ends on rmcp's side too: its
+/// client's next request gets 404, the spec's signal to initialize again, not tool errors.
+#[tokio::test]
+async fn an_evicted_mcp_session_answers_404() {
+    // Idle timeout 4 s: the grace is 2 s, so the eviction comes before the reaper would.
+    let srv = Http::start(
+        &["--max-sessions", "1", "--session-idle-timeout", "4"],
+        None,
+    )
+    .await;
+    let sid = raw_session(&srv.url).await;
+    let deadline = std::time::Instant::now() + HANG;
+    let newcomer = loop {
+        let r = tokio::time::timeout(HANG, post(&srv.url).body(INIT).send())
+            .await
+            .unwrap()
+            .unwrap();
+        if r.status().as_u16() != 503 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "never given way");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(newcomer.status().is_success(), "{}", newcomer.status());
+    assert!(srv.log().contains("least recently used idle one"));
+    let r = post(&srv.url)
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "execute_python", "arguments": {"code": "1"}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 404, "{body}");
+    assert!(srv.stop().await.success());
+}
