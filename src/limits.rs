@@ -264,3 +264,7 @@ mod tests {
         );
     }
 }
+
+/// Longest line (one JSON-RPC message) the stdio transport takes (`stdin_guard::MAX_LINE`);
+/// also what bounds the largest message kernel-mcp sends a gateway kernel.
+pub const MAX_STDIO_LINE: usize = 48 * 1024 * 1024;

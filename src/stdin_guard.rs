@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 pub const REJECT_KEY: &str = "__kernel_mcp_rejected";
 
 /// Largest request line passed on; longer lines are replaced by a rejection.
-pub const MAX_LINE: usize = 48 * 1024 * 1024;
+pub const MAX_LINE: usize = crate::limits::MAX_STDIO_LINE;
 
 /// How much of an oversized line is kept to find its id and tool name.
 const PREFIX: usize = 4096;

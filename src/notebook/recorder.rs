@@ -51,17 +51,25 @@ fn json_len(v: &Value) -> usize {
     c.0
 }
 
-/// Approximate bytes an output holds in memory.
+/// What every output is counted as at least (its record and bookkeeping): a flood of empty
+/// displays must fill the cap too.
+const OUTPUT_FLOOR: usize = 64;
+
+/// Approximate bytes an output holds in memory: its text, bundle and metadata.
 pub fn output_bytes(o: &Output) -> usize {
-    match o {
-        Output::Stream { text, .. } => text.0.len(),
-        Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => bundle_bytes(data),
-        Output::Error {
-            ename,
-            evalue,
-            traceback,
-        } => ename.len() + evalue.len() + traceback.iter().map(String::len).sum::<usize>(),
-    }
+    OUTPUT_FLOOR
+        + match o {
+            Output::Stream { text, .. } => text.0.len(),
+            Output::DisplayData { data, metadata }
+            | Output::ExecuteResult { data, metadata, .. } => {
+                bundle_bytes(data) + json_len(metadata)
+            }
+            Output::Error {
+                ename,
+                evalue,
+                traceback,
+            } => ename.len() + evalue.len() + traceback.iter().map(String::len).sum::<usize>(),
+        }
 }
 
 /// Records one execution's IOPub output as notebook outputs while passing everything on to
@@ -142,10 +150,13 @@ impl<'a> Recorder<'a> {
         }
         // An output that can never fit is refused before it is copied (a display can be tens
         // of MB; the copy alone would cost that much).
+        // Metadata counts too: a display of a few bytes can carry 30 MB of it.
         let size = match content {
             Content::Stream(s) => s.text.len(),
-            Content::ExecuteResult(r) => bundle_bytes(&r.data),
-            Content::DisplayData(d) | Content::UpdateDisplayData(d) => bundle_bytes(&d.data),
+            Content::ExecuteResult(r) => bundle_bytes(&r.data) + json_len(&r.metadata),
+            Content::DisplayData(d) | Content::UpdateDisplayData(d) => {
+                bundle_bytes(&d.data) + json_len(&d.metadata)
+            }
             _ => 0,
         };
         if size > self.cap || (self.full && size > 0) {
@@ -305,6 +316,35 @@ mod tests {
         let out = r.into_outputs();
         assert_eq!(out.len(), 2);
         assert!(output_bytes(&out[0]) <= 100);
+    }
+
+    /// Metadata and the outputs' number count against the cap too: displays of one byte
+    /// carrying 1 MB of metadata each, or a flood of empty ones, stop being kept at the cap.
+    #[test]
+    fn metadata_and_empty_outputs_count_against_the_cap() {
+        let heavy = DisplayData {
+            data: [("text/plain".to_owned(), Value::String("x".into()))]
+                .into_iter()
+                .collect(),
+            metadata: serde_json::json!({"m": "a".repeat(1 << 20)}),
+            transient: None,
+        };
+        let mut null = Null;
+        let mut r = Recorder::new(&mut null, 4 << 20);
+        for _ in 0..100 {
+            r.output(&Content::DisplayData(heavy.clone()));
+        }
+        let kept: usize = r.into_outputs().iter().map(output_bytes).sum();
+        assert!(kept < 5 << 20, "{kept}");
+        let mut r = Recorder::new(&mut null, 4 << 20);
+        for _ in 0..1_000_000 {
+            r.output(&Content::DisplayData(DisplayData {
+                data: MimeBundle::new(),
+                metadata: Value::Null,
+                transient: None,
+            }));
+        }
+        assert!(r.into_outputs().len() < 70_000);
     }
 
     #[test]

@@ -35,13 +35,13 @@ use crate::wire::{websocket, Channel, Heartbeat, Message, MsgId, Router, Subscri
 /// Largest WebSocket message accepted from the gateway (the same order as the ZeroMQ cap).
 const MAX_WS_MESSAGE: usize = 256 << 20;
 /// Largest WebSocket message sent to the gateway. The biggest kernel-mcp sends is an
-/// execute_request whose code came in one MCP request: at most `stdin_guard::MAX_LINE` (48 MiB)
+/// execute_request whose code came in one MCP request: at most `limits::MAX_STDIO_LINE` (48 MiB)
 /// on stdio, 32 MiB by default over HTTP (`--max-body`); re-encoding it as JSON never grows it
 /// (the request already carried it JSON-escaped), and the envelope adds a few KiB. File writes
 /// through the kernel are smaller still (`MAX_REMOTE_BYTES`, 9.3 MiB of base64), and
 /// Tornado-based gateways refuse client messages over 10 MiB by default anyway. Anything larger
 /// is refused before it is sent, so it cannot fill the write buffer below.
-const MAX_WS_SEND: usize = crate::stdin_guard::MAX_LINE + (1 << 20);
+const MAX_WS_SEND: usize = crate::limits::MAX_STDIO_LINE + (1 << 20);
 /// Bound on tungstenite's write buffer (unlimited by default). It only grows while the gateway
 /// does not read: a gateway that floods Ping frames and never reads would otherwise queue Pong
 /// replies without end. Room for one whole [`MAX_WS_SEND`] message plus tungstenite's 128 KiB
