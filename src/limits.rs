@@ -185,6 +185,10 @@ pub fn call_timeout(
     Ok((Duration::try_from_secs_f64(t).unwrap_or(max), None))
 }
 
+/// Longest line (one JSON-RPC message) the stdio transport takes (`stdin_guard::MAX_LINE`);
+/// also what bounds the largest message kernel-mcp sends a gateway kernel.
+pub const MAX_STDIO_LINE: usize = 48 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +268,3 @@ mod tests {
         );
     }
 }
-
-/// Longest line (one JSON-RPC message) the stdio transport takes (`stdin_guard::MAX_LINE`);
-/// also what bounds the largest message kernel-mcp sends a gateway kernel.
-pub const MAX_STDIO_LINE: usize = 48 * 1024 * 1024;

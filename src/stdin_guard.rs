@@ -109,6 +109,25 @@ fn oversized(prefix: &str, len: usize) -> Option<String> {
     )
 }
 
+/// `Some(count)` when `body`, a request over 2 MiB, holds more JSON values than
+/// [`crate::wire::message::MAX_JSON_VALUES`]: parsed, each takes 32 bytes or more (here and
+/// again in rmcp), so 48 MiB of `0,` would take over a gigabyte. Counted without parsing.
+pub fn too_many_values(body: &[u8]) -> Option<usize> {
+    let max = crate::wire::message::MAX_JSON_VALUES;
+    if body.len() <= 2 * max {
+        return None;
+    }
+    crate::text::json_values_over(body, max)
+}
+
+/// A stand-in for a request of too many JSON values (see [`too_many_values`]).
+fn too_many(prefix: &str) -> Option<String> {
+    stand_in(
+        prefix,
+        &format!("the request holds more than {} JSON values; send large data as one string (text, or base64 with encoding=\"base64\") or in several calls. Nothing was done.", crate::wire::message::MAX_JSON_VALUES),
+    )
+}
+
 /// A stand-in for a tools/call line that is not valid JSON as a whole, so a strict parser
 /// would drop it silently (for example a number such as `1e999` that no f64 can hold).
 fn unparsable(line: &str, error: &serde_json::Error) -> Option<String> {
@@ -451,7 +470,18 @@ async fn read_client(
             (oversized(&prefix, total), None)
         } else {
             let body = line.strip_suffix(b"\n").unwrap_or(&line);
-            inspect(body)
+            match too_many_values(body) {
+                Some(n) => {
+                    tracing::warn!(
+                        bytes = total,
+                        values = n,
+                        "rejected a request of too many JSON values"
+                    );
+                    let prefix = String::from_utf8_lossy(body.get(..PREFIX).unwrap_or(body));
+                    (too_many(&prefix), None)
+                }
+                None => inspect(body),
+            }
         };
         let parsed = match (&out, parsed) {
             (Some(replacement), _) => serde_json::from_str(replacement).ok(),

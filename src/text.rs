@@ -114,6 +114,43 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An upper bound of the number of values and keys in the JSON text `bytes` (the brackets,
+/// colons and commas outside strings, plus one), or `None` once it is known to be at most
+/// `limit`; `Some(n)` as soon as it passes `limit` (the scan stops there). Strings are skipped
+/// with `memchr`, so a long string (a base64 image) costs little.
+pub fn json_values_over(bytes: &[u8], limit: usize) -> Option<usize> {
+    let mut count = 1usize;
+    let mut rest = bytes;
+    while let Some((&b, after)) = rest.split_first() {
+        rest = after;
+        match b {
+            b'"' => {
+                // To the closing quote, stepping over escapes.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(i) if rest.get(i) == Some(&b'\\') => {
+                            rest = rest.get(i + 2..).unwrap_or_default();
+                        }
+                        Some(i) => {
+                            rest = rest.get(i + 1..).unwrap_or_default();
+                            break;
+                        }
+                        None => return None,
+                    }
+                }
+            }
+            b'[' | b'{' | b',' | b':' => {
+                count += 1;
+                if count > limit {
+                    return Some(count);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// serde_json's pretty layout for the first `max_depth` levels of nesting and the compact one
 /// below them. A pretty layout repeats all the indentation above on every line, so its size
 /// grows with depth × values: a 32 MB document nested 125 deep came to ~4 GB. Ordinary

@@ -216,6 +216,10 @@ fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
     (v.get("method")?.as_str()? == "initialize").then(|| v.get("id").cloned().unwrap_or_default())
 }
 
+/// How long a request body may take to arrive once its headers have (a 32 MiB body over a
+/// slow link takes seconds; a body that never comes must not hold a connection forever).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct State {
     opts: HttpOptions,
     /// Origins answered with CORS headers (the same list rmcp validates `Origin` against).
@@ -315,7 +319,21 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, st.opts.max_body).collect().await {
+    // The body gets its own bound: hyper's header timeout ends with the headers, and a client
+    // announcing a body it never sends would hold the connection (and its slot) for good.
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, st.opts.max_body).collect()).await;
+    let Ok(collected) = collected else {
+        tracing::warn!(session = ?session, secs = BODY_TIMEOUT.as_secs(), "request body not received in time");
+        return text(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "Request Timeout: the request body did not arrive within {} s\n",
+                BODY_TIMEOUT.as_secs()
+            ),
+        );
+    };
+    let bytes = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_big = e.is::<http_body_util::LengthLimitError>();
@@ -336,6 +354,17 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
             };
         }
     };
+    // Before anything parses it (here and in rmcp): a body of millions of tiny values.
+    if let Some(n) = crate::stdin_guard::too_many_values(&bytes) {
+        tracing::warn!(session = ?session, values = n, "request body rejected: too many JSON values");
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "Payload Too Large: the request holds more than {} JSON values; send large data as one string (text, or base64) or in several calls\n",
+                crate::wire::message::MAX_JSON_VALUES
+            ),
+        );
+    }
     match &session {
         Some(id) => {
             tracing::debug!(session = %id, method = %parts.method, "request");

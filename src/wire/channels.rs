@@ -114,7 +114,8 @@ fn decode(parts: ZmqMessage, verifier: &Verifier, channel: Channel) -> Option<Me
     }
     match frames.and_then(Message::from_frames) {
         Ok(m) => Some(m),
-        Err(WireError::TooMany { what, count, limit }) => {
+        // (Only this check's refusals: the frame limits are reported by the guard.)
+        Err(WireError::TooMany { what, count, limit }) if what.starts_with("JSON values") => {
             let why = format!(
                 "the kernel sent a message with more than {limit} {what} (at least {count}) on {}",
                 channel.name()

@@ -374,13 +374,13 @@ impl Header {
 pub const MAX_JSON_VALUES: usize = 1 << 20;
 
 /// Refuses `part` when it holds more than [`MAX_JSON_VALUES`] JSON values, counted without
-/// parsing (see [`json_values_over`]). Parts under 2 MiB cannot hold that many (a value and its
+/// parsing (see [`crate::text::json_values_over`]). Parts under 2 MiB cannot hold that many (a value and its
 /// separator take at least two bytes) and are not scanned.
 fn check_values(what: &'static str, part: &[u8]) -> Result<(), WireError> {
     if part.len() <= 2 * MAX_JSON_VALUES {
         return Ok(());
     }
-    match json_values_over(part, MAX_JSON_VALUES) {
+    match crate::text::json_values_over(part, MAX_JSON_VALUES) {
         Some(count) => Err(WireError::TooMany {
             what,
             count,
@@ -388,43 +388,6 @@ fn check_values(what: &'static str, part: &[u8]) -> Result<(), WireError> {
         }),
         None => Ok(()),
     }
-}
-
-/// An upper bound of the number of values and keys in the JSON text `bytes` (the brackets,
-/// colons and commas outside strings, plus one), or `None` once it is known to be at most
-/// `limit`; `Some(n)` as soon as it passes `limit` (the scan stops there). Strings are skipped
-/// with `memchr`, so a long string (a base64 image) costs little.
-pub fn json_values_over(bytes: &[u8], limit: usize) -> Option<usize> {
-    let mut count = 1usize;
-    let mut rest = bytes;
-    while let Some((&b, after)) = rest.split_first() {
-        rest = after;
-        match b {
-            b'"' => {
-                // To the closing quote, stepping over escapes.
-                loop {
-                    match memchr::memchr2(b'"', b'\\', rest) {
-                        Some(i) if rest.get(i) == Some(&b'\\') => {
-                            rest = rest.get(i + 2..).unwrap_or_default();
-                        }
-                        Some(i) => {
-                            rest = rest.get(i + 1..).unwrap_or_default();
-                            break;
-                        }
-                        None => return None,
-                    }
-                }
-            }
-            b'[' | b'{' | b',' | b':' => {
-                count += 1;
-                if count > limit {
-                    return Some(count);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// A typed message.
@@ -548,15 +511,18 @@ mod tests {
 
     #[test]
     fn json_values_are_counted_outside_strings_only() {
-        assert_eq!(json_values_over(b"[0,0,0]", 3), Some(4));
-        assert_eq!(json_values_over(b"[0,0,0]", 4), None);
-        assert_eq!(json_values_over(br#"{"a":1,"b":[2]}"#, 5), Some(6));
+        assert_eq!(crate::text::json_values_over(b"[0,0,0]", 3), Some(4));
+        assert_eq!(crate::text::json_values_over(b"[0,0,0]", 4), None);
+        assert_eq!(
+            crate::text::json_values_over(br#"{"a":1,"b":[2]}"#, 5),
+            Some(6)
+        );
         // Brackets, commas and colons inside strings, escaped quotes included, are not values.
         let s = br#"["a,b:[{", "\"[,,,]\\", "x"]"#;
-        assert_eq!(json_values_over(s, 4), None);
-        assert_eq!(json_values_over(s, 3), Some(4));
+        assert_eq!(crate::text::json_values_over(s, 4), None);
+        assert_eq!(crate::text::json_values_over(s, 3), Some(4));
         // An unterminated string ends the count (the parser refuses the text anyway).
-        assert_eq!(json_values_over(br#"["abc,,,,"#, 2), None);
+        assert_eq!(crate::text::json_values_over(br#"["abc,,,,"#, 2), None);
     }
 
     /// A part of many small values is refused before it is parsed; one as large made of a

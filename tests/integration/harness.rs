@@ -406,6 +406,12 @@ impl Raw {
         }
     }
 
+    /// The server's process id.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Closes the server's stdin and returns its exit status.
     pub async fn close(mut self) -> std::process::ExitStatus {
         self.stdin = None;

@@ -358,6 +358,32 @@ async fn a_call_whose_idle_never_comes_ends_with_a_note() {
     s.close().await;
 }
 
+/// A request of millions of tiny JSON values (40 MB of `0,`, under the 48 MiB line limit)
+/// is answered with a clear error before anything parses it: parsed, it would take over a
+/// gigabyte, in the stdin filter and again in rmcp.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_request_of_millions_of_values_is_refused_unparsed() {
+    let mut raw = Raw::start().await;
+    let zeros = "0,".repeat(20_000_000);
+    let line = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"1","pad":[{zeros}0]}}}}}}"#
+    );
+    raw.send(line.as_bytes()).await;
+    let r = raw.response(7).await;
+    let said = r.to_string();
+    assert!(
+        said.contains("the request holds more than 1048576 JSON values"),
+        "{said:.500}"
+    );
+    let peak = crate::harness::peak_mib(raw.pid());
+    assert!(peak < 200, "peak {peak} MiB");
+    raw.send(br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6*7"}}}"#).await;
+    let r = raw.response(8).await;
+    assert!(r.to_string().contains("42"), "{r}");
+    raw.close().await;
+}
+
 /// A message the kernel sends twice with the same signature is accepted once.
 #[tokio::test]
 async fn a_replayed_kernel_message_is_dropped() {

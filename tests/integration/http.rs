@@ -546,6 +546,22 @@ async fn oversized_bodies_get_413() {
     assert!(srv.stop().await.success());
 }
 
+/// A body of millions of tiny JSON values is refused before anything parses it (parsed, 8 MB
+/// of `0,` would take ~130-250 MB, and the 32 MiB default allows four times that).
+#[tokio::test]
+async fn bodies_of_millions_of_values_get_413() {
+    let srv = Http::start(&[], None).await;
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"pad":[{}0]}}}}"#,
+        "0,".repeat(4_000_000)
+    );
+    let r = post(&srv.url).body(big).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let said = r.text().await.unwrap_or_default();
+    assert!(said.contains("more than 1048576 JSON values"), "{said}");
+    assert!(srv.stop().await.success());
+}
+
 #[tokio::test]
 async fn non_loopback_without_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
