@@ -165,13 +165,25 @@ fn json_text(v: &Value) -> String {
     text
 }
 
-/// HTML as Markdown: tables become Markdown tables, other markup loses its tags.
+/// HTML as Markdown: tables become Markdown tables, other markup loses its tags. At most
+/// [`MAX_HTML_BYTES`] of the HTML is converted, and the text says so when there was more (its
+/// end is then not the page's end).
 pub fn html_to_text(html: &str) -> String {
     let mut cut = html.len().min(MAX_HTML_BYTES);
     while cut > 0 && !html.is_char_boundary(cut) {
         cut -= 1;
     }
-    let html = html.get(..cut).unwrap_or("");
+    let mut text = convert_html(html.get(..cut).unwrap_or(""));
+    if cut < html.len() {
+        text.push_str(&format!(
+            "\n[HTML cut: only its first {cut} of {} bytes were converted]",
+            html.len()
+        ));
+    }
+    text
+}
+
+fn convert_html(html: &str) -> String {
     // The parser, the table lifter and the converter each walk the tree recursively: a page
     // nested deeper than this would overflow the server's stack. Shown as plain text instead.
     let depth = nesting_depth(html);
@@ -447,6 +459,21 @@ mod tests {
         assert!(!md.contains("color:red"), "{md}");
     }
 
+    #[test]
+    fn html_over_the_cap_says_it_was_cut() {
+        let html = format!("<p>{}</p>", "word ".repeat(300_000));
+        let t = html_to_text(&html);
+        assert!(
+            t.ends_with(&format!(
+                "[HTML cut: only its first {MAX_HTML_BYTES} of {} bytes were converted]",
+                html.len()
+            )),
+            "{}",
+            t.chars().rev().take(200).collect::<String>()
+        );
+        assert!(!html_to_text("<p>short</p>").contains("HTML cut"));
+    }
+
     /// A displayed JSON value is laid out pretty near the top, compact deep down, and cut at
     /// its cap instead of growing with depth × size.
     #[test]
@@ -475,8 +502,8 @@ mod tests {
     fn deeply_nested_html_is_shown_without_its_markup() {
         let deep = format!(
             "{}deep &amp; text{}",
-            "<div>".repeat(200_000),
-            "</div>".repeat(200_000)
+            "<div>".repeat(80_000),
+            "</div>".repeat(80_000)
         );
         let shown = std::thread::Builder::new()
             .stack_size(2 << 20)

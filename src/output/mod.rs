@@ -413,7 +413,15 @@ impl Collector {
             data.into()
         };
         let decoded = b64.decode(clean.as_bytes()).ok();
-        drop(clean);
+        if decoded.is_none() {
+            // Passed on, it would be an image block a strict client refuses, and with it the
+            // whole result.
+            self.note_dropped(format!(
+                "{mime} image of {} KiB not shown: its data is not valid base64",
+                data.len() / 1024
+            ));
+            return;
+        }
         let fitted = decoded
             .as_deref()
             .map(|bytes| images::fit(mime, bytes, &self.limits.image_fit));
@@ -460,7 +468,8 @@ impl Collector {
             }
             _ => {}
         }
-        self.push_fitted_image(mime, data, display_id);
+        // Unchanged: as sent, without the line breaks some libraries wrap base64 in.
+        self.push_fitted_image(mime, &clean, display_id);
     }
 
     fn push_fitted_image(&mut self, mime: &str, data: &str, display_id: Option<String>) {
@@ -732,6 +741,40 @@ mod tests {
                 && !note.contains("not shown:")
                 && !note.contains("megapixels"),
             "decoded: {note:.300}"
+        );
+    }
+
+    /// Base64 wrapped in lines goes to the client without the line breaks; base64 that does
+    /// not decode is not sent as an image at all (a strict client would refuse the result).
+    #[test]
+    fn image_data_is_sent_clean_or_not_at_all() {
+        let png = png_1x1();
+        let wrapped: String = png
+            .as_bytes()
+            .chunks(8)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut c = Collector::new(OutputLimits::default(), None);
+        c.output(&display(&[("image/png", &wrapped)], None, false));
+        c.output(&display(
+            &[("image/png", "not base64 at all!")],
+            None,
+            false,
+        ));
+        let r = c.finish(None, &Report::default(), Duration::from_secs(1));
+        let images: Vec<String> = r
+            .content
+            .iter()
+            .filter_map(|c| c.as_image().map(|i| i.data.clone()))
+            .collect();
+        assert_eq!(images, vec![png]);
+        assert!(
+            texts(&r)
+                .iter()
+                .any(|t| t.contains("its data is not valid base64")),
+            "{:?}",
+            texts(&r)
         );
     }
 

@@ -487,6 +487,15 @@ impl Registry {
         let mut evicted = None;
         let session = {
             let mut sessions = self.sessions.lock().map_err(|_| OpenError::Stopping)?;
+            // Two calls reviving the same handle at once (parallel calls right after a
+            // restart): the second gets the session the first opened, and its kernel stops.
+            if let Some(existing) = sessions.get(&id) {
+                let existing = existing.clone();
+                if let Some(p) = prepared {
+                    tokio::spawn(async move { p.kernel.shutdown().await });
+                }
+                return Ok(existing);
+            }
             if sessions.len() >= self.limits.max_sessions {
                 let grace = self.evict_grace();
                 // Least recently used first, among those that may give way.

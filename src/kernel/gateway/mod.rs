@@ -354,14 +354,7 @@ impl Backend for GatewayBackend {
             Some(n) => json!({ "name": n }),
             None => json!({}),
         };
-        let model = rest
-            .call(
-                http::Method::POST,
-                "api/kernels",
-                Some(body),
-                self.cfg.startup_timeout,
-            )
-            .await?;
+        let model = start_kernel(&rest, body, self.cfg.startup_timeout, &self.shown).await?;
         let id = model
             .get("id")
             .and_then(Value::as_str)
@@ -415,6 +408,60 @@ impl Backend for GatewayBackend {
             target: Some(self.shown.clone()),
             kernel_name: self.cfg.kernel_name.clone(),
         }
+    }
+}
+
+/// How much longer than the start-up timeout a kernel start is followed after its caller gave
+/// up, so that a kernel the gateway starts late (Enterprise Gateway launching a pod) is still
+/// deleted rather than left running with an id nobody learned.
+const LATE_START_GRACE: Duration = Duration::from_secs(300);
+
+/// `POST /api/kernels`, answered within `limit`. The request runs in a task of its own: if
+/// the answer comes after `limit`, or the start is cancelled (its future dropped), the kernel
+/// the gateway started meanwhile is deleted when its id arrives instead of being leaked.
+async fn start_kernel(
+    rest: &Rest,
+    body: Value,
+    limit: Duration,
+    shown: &str,
+) -> Result<Value, KernelError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_rest = rest.clone();
+    tokio::spawn(async move {
+        let answer = task_rest
+            .call(
+                http::Method::POST,
+                "api/kernels",
+                Some(body),
+                limit.saturating_add(LATE_START_GRACE),
+            )
+            .await;
+        // The receiver is gone: nobody will use this kernel.
+        if let Err(Ok(model)) = tx.send(answer) {
+            if let Some(id) = model.get("id").and_then(Value::as_str).map(path_segment) {
+                tracing::warn!(kernel_id = %id, "a gateway kernel started after its start had been given up; deleting it");
+                task_rest.delete(&id).await;
+            }
+        }
+    });
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(KernelError::Unavailable {
+            reason: GatewayError::Unreachable {
+                at: shown.to_owned(),
+                certificate: false,
+                detail: "the kernel start stopped unexpectedly".to_owned(),
+            }
+            .into(),
+        }),
+        Err(_) => Err(KernelError::Unavailable {
+            reason: GatewayError::Unreachable {
+                at: shown.to_owned(),
+                certificate: false,
+                detail: format!("timed out after {} s", limit.as_secs()),
+            }
+            .into(),
+        }),
     }
 }
 
@@ -1147,6 +1194,57 @@ mod tests {
         life.delete().await;
         drop(life);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A kernel start the gateway answers only after the start was given up: the kernel it
+    /// started is deleted when its id arrives, not left running unknown.
+    #[tokio::test]
+    async fn a_kernel_started_after_its_start_timed_out_is_deleted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (answer_now, mut answer) = tokio::sync::watch::channel(false);
+        let (deleted_tx, deleted) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            let mut deleted_tx = Some(deleted_tx);
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let reply = if line.starts_with("POST") {
+                    // Answer only once the caller has given up.
+                    let _ = answer.wait_for(|now| *now).await;
+                    let body = r#"{"id": "late-kernel", "name": "python3"}"#;
+                    format!("HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    if let Some(tx) = deleted_tx.take() {
+                        let _ = tx.send(line);
+                    }
+                    "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_owned()
+                };
+                let _ = tcp.write_all(reply.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            }
+        });
+        let rest = fake_rest(addr);
+        let r = start_kernel(&rest, json!({}), Duration::from_millis(200), "gw").await;
+        assert!(r.is_err(), "{r:?}");
+        answer_now.send_replace(true);
+        let line = tokio::time::timeout(Duration::from_secs(60), deleted).await;
+        assert!(
+            matches!(&line, Ok(Ok(l)) if l.starts_with("DELETE") && l.contains("/api/kernels/late-kernel")),
+            "{line:?}"
+        );
     }
 
     #[test]
