@@ -211,7 +211,7 @@ fn convert_html(html: &str) -> String {
 }
 
 /// Deepest element nesting [`html_to_text`] converts as HTML.
-const MAX_HTML_DEPTH: usize = 256;
+const MAX_HTML_DEPTH: usize = 128;
 
 /// Elements that never have content (HTML's void elements): they open no level.
 const VOID: &[&str] = &[
@@ -219,11 +219,54 @@ const VOID: &[&str] = &[
     "track", "wbr",
 ];
 
-/// How deep `html`'s elements nest, counted from its tags without parsing (an upper bound:
-/// end tags HTML lets a page leave out, as after `<p>` or `<li>`, are not inferred). The
-/// count stops just past [`MAX_HTML_DEPTH`].
+/// Elements whose end tag a page may leave out (HTML's optional end tags: `<li>` ends the
+/// `<li>` before it). They never nest directly in one another, so they open no level here and
+/// their end tags close none; what they do nest through (`<ul>`, `<table>`) is counted.
+const OPTIONAL_END: &[&str] = &[
+    "p", "li", "dt", "dd", "td", "th", "tr", "thead", "tbody", "tfoot", "option", "optgroup", "rb",
+    "rt", "rtc", "rp", "colgroup", "caption", "html", "head", "body",
+];
+
+/// Elements whose content is text up to their end tag: a `<` inside is not a tag.
+const RAW_TEXT: &[&str] = &[
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+    "noscript",
+    "plaintext",
+];
+
+/// `rest` from just after the `</` of the end tag of raw-text element `name` (`""` when there
+/// is none: the element runs to the end).
+fn after_raw_text<'a>(rest: &'a str, name: &str) -> &'a str {
+    let mut from = 0;
+    while let Some(i) = rest.get(from..).and_then(|r| r.find("</")) {
+        let at = from + i + 2;
+        if rest
+            .get(at..at + name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        {
+            return rest.get(at..).unwrap_or_default();
+        }
+        from = at;
+    }
+    ""
+}
+
+/// How deep `html`'s elements nest, read from its tags in one pass without parsing, the way
+/// the parser would nest them closely enough to bound its depth: an end tag closes its element
+/// and those opened after it, one with no open element of its name is ignored, `<x/>` opens
+/// `x` unless it is void or inside `<svg>`/`<math>`, script and style bodies are skipped, and
+/// elements with optional end tags are not counted (so a page may nest up to about twice this
+/// deep). The count stops just past [`MAX_HTML_DEPTH`].
 fn nesting_depth(html: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut open: Vec<String> = Vec::new();
+    let mut deepest = 0usize;
     let mut rest = html;
     while let Some(at) = rest.find('<') {
         rest = rest.get(at + 1..).unwrap_or_default();
@@ -234,34 +277,51 @@ fn nesting_depth(html: &str) -> usize {
                 .unwrap_or_default();
             continue;
         }
-        if rest.starts_with('/') {
-            depth = depth.saturating_sub(1);
+        let closing = rest.starts_with('/');
+        let tag = if closing {
+            rest.get(1..).unwrap_or_default()
+        } else {
+            rest
+        };
+        if !tag.starts_with(|c: char| c.is_ascii_alphabetic()) {
             continue;
         }
-        let name_len = rest
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(rest.len());
-        if name_len == 0 {
+        let name_len = tag
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .unwrap_or(tag.len());
+        let name = tag.get(..name_len).unwrap_or_default().to_ascii_lowercase();
+        // A tag never closed by `>` runs to the end of the text: nothing after it is a tag.
+        let Some(end) = tag.find('>') else {
+            break;
+        };
+        let self_closing = tag.get(..end).is_some_and(|t| t.ends_with('/'));
+        rest = tag.get(end + 1..).unwrap_or_default();
+        if VOID.contains(&name.as_str()) || OPTIONAL_END.contains(&name.as_str()) {
             continue;
         }
-        let name = rest
-            .get(..name_len)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let end = rest.find('>').unwrap_or(rest.len());
-        let self_closing = rest.get(..end).is_some_and(|t| t.ends_with('/'));
-        if !self_closing && !VOID.contains(&name.as_str()) {
-            depth += 1;
-            deepest = deepest.max(depth);
-            if deepest > MAX_HTML_DEPTH {
-                break;
+        if closing {
+            if let Some(i) = open.iter().rposition(|o| *o == name) {
+                open.truncate(i);
             }
+            continue;
+        }
+        if self_closing && open.iter().any(|o| o == "svg" || o == "math") {
+            continue;
+        }
+        if RAW_TEXT.contains(&name.as_str()) {
+            rest = after_raw_text(rest, &name);
+            continue;
+        }
+        open.push(name);
+        deepest = deepest.max(open.len());
+        if deepest > MAX_HTML_DEPTH {
+            break;
         }
     }
     deepest
 }
 
-/// `html`'s text without its tags, comments, scripts' and styles' markup, in one pass, with
+/// `html`'s text without its tags, comments, and script and style bodies, in one pass, with
 /// the common entities decoded and blank runs collapsed.
 fn strip_tags(html: &str) -> String {
     let mut out = String::with_capacity(html.len().min(1 << 16));
@@ -274,10 +334,26 @@ fn strip_tags(html: &str) -> String {
                 .find("-->")
                 .and_then(|e| c.get(e + 3..))
                 .unwrap_or_default(),
-            None => tag
-                .find('>')
-                .and_then(|e| tag.get(e + 1..))
-                .unwrap_or_default(),
+            None => {
+                let after = tag
+                    .find('>')
+                    .and_then(|e| tag.get(e + 1..))
+                    .unwrap_or_default();
+                let name = tag.get(1..).unwrap_or_default();
+                match ["script", "style"].into_iter().find(|n| {
+                    name.get(..n.len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(n))
+                }) {
+                    Some(n) => {
+                        let body_end = after_raw_text(after, n);
+                        body_end
+                            .find('>')
+                            .and_then(|e| body_end.get(e + 1..))
+                            .unwrap_or_default()
+                    }
+                    None => after,
+                }
+            }
         };
         out.push(' ');
     }
@@ -512,18 +588,39 @@ mod tests {
             .and_then(|t| t.join().ok());
         let shown = shown.unwrap_or_default();
         assert!(
-            shown.starts_with("[HTML nested 257+ elements deep (limit 256)"),
+            shown.starts_with("[HTML nested 129+ elements deep (limit 128)"),
             "{shown:.300}"
         );
         assert!(shown.ends_with("deep & text"), "{shown:.300}");
         let fine = format!(
             "{}<p>ok <b>x</b></p><br><img src=a.png/>{}",
-            "<div>".repeat(200),
-            "</div>".repeat(200)
+            "<div>".repeat(100),
+            "</div>".repeat(100)
         );
-        assert_eq!(nesting_depth(&fine), 202);
+        assert_eq!(nesting_depth(&fine), 101);
         assert!(html_to_text(&fine).contains("ok **x**"));
-        assert_eq!(nesting_depth("<!-- <div><div> --><p>a</p><br/><hr>"), 1);
+        // Comments, void elements, optional end tags, script bodies and `<` that starts no
+        // tag open nothing; a stray end tag closes nothing; `<x/>` opens x outside SVG.
+        assert_eq!(
+            nesting_depth("<!-- <div><div> --><p>a<p>b<li>c</li><br/><hr><script>if (a<b && c<d) {}</script>1 < 2"),
+            0
+        );
+        assert_eq!(
+            nesting_depth(&format!("{}<b>x", "<div></span>".repeat(200))),
+            MAX_HTML_DEPTH + 1
+        );
+        assert_eq!(nesting_depth(&"<div/>".repeat(200)), MAX_HTML_DEPTH + 1);
+        assert_eq!(
+            nesting_depth(&format!("<svg>{}</svg>", "<path d='M0 0'/>".repeat(500))),
+            1
+        );
+        // A tag never closed ends the scan at once (it used to rescan for `>` per `<`).
+        assert_eq!(nesting_depth(&"<br".repeat(300_000)), 0);
+        // Stripped text keeps no script or style.
+        assert_eq!(
+            strip_tags("a<script>x<y</script>b<STYLE>p{}</style>c"),
+            "a b c"
+        );
     }
 
     #[test]

@@ -464,6 +464,9 @@ async fn read_client(
         if !done {
             continue;
         }
+        // A line refused whole (too long, too many values) is never passed on, even when no
+        // stand-in could be made for it (no id in its first bytes: a notification).
+        let mut refused_whole = total > MAX_LINE;
         let (out, parsed) = if total > MAX_LINE {
             let prefix = String::from_utf8_lossy(&line);
             tracing::warn!(bytes = total, "rejected an oversized request");
@@ -478,6 +481,7 @@ async fn read_client(
                         "rejected a request of too many JSON values"
                     );
                     let prefix = String::from_utf8_lossy(body.get(..PREFIX).unwrap_or(body));
+                    refused_whole = true;
                     (too_many(&prefix), None)
                 }
                 None => inspect(body),
@@ -535,7 +539,7 @@ async fn read_client(
                 s.push(b'\n');
                 tx.write_all(&s).await
             }
-            (None, None) if total > MAX_LINE => Ok(()),
+            (None, None) if refused_whole => Ok(()),
             (None, None) => tx.write_all(&line).await,
         };
         if res.is_err() {
@@ -653,14 +657,25 @@ mod tests {
         assert_eq!(response_id(b"garbage"), None);
     }
 
-    #[tokio::test]
-    async fn a_duplicate_id_in_flight_is_refused_and_both_are_answered() {
-        let (mut client_in, server_in) = tokio::io::duplex(1 << 16);
+    type Lines = tokio::io::Lines<BufReader<DuplexStream>>;
+
+    /// The filter between a client and a transport: what the client writes, what the
+    /// transport writes, and the lines each of them reads.
+    fn pipes() -> (DuplexStream, DuplexStream, Lines, Lines) {
+        let (client_in, server_in) = tokio::io::duplex(1 << 16);
         let (server_out, client_out) = tokio::io::duplex(1 << 16);
         let g = spawn(server_in, server_out);
-        let mut transport_out = g.output;
-        let mut transport_in = BufReader::new(g.input).lines();
-        let mut client_out = BufReader::new(client_out).lines();
+        (
+            client_in,
+            g.output,
+            BufReader::new(g.input).lines(),
+            BufReader::new(client_out).lines(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_in_flight_is_refused_and_both_are_answered() {
+        let (mut client_in, mut transport_out, mut transport_in, mut client_out) = pipes();
         let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
         client_in
             .write_all(format!("{ping}{ping}").as_bytes())
@@ -745,12 +760,7 @@ mod tests {
     /// `1.0` is answered as `1`: the answer frees the id; an id rmcp refuses is answered here.
     #[tokio::test]
     async fn ids_are_released_by_answers_that_normalise_them() {
-        let (mut client_in, server_in) = tokio::io::duplex(1 << 16);
-        let (server_out, client_out) = tokio::io::duplex(1 << 16);
-        let g = spawn(server_in, server_out);
-        let mut transport_out = g.output;
-        let mut transport_in = BufReader::new(g.input).lines();
-        let mut client_out = BufReader::new(client_out).lines();
+        let (mut client_in, mut transport_out, mut transport_in, mut client_out) = pipes();
         let float = "{\"jsonrpc\":\"2.0\",\"id\":1.0,\"method\":\"ping\"}\n";
         let bad = "{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"ping\"}\n";
         client_in

@@ -398,12 +398,23 @@ impl Kernel {
                 });
             }
             // Once the reply is in, the code has finished (or honoured the interrupt): what is
-            // left is delivering its output, which neither the timeout nor the grace period may
-            // cut short by interrupting, or killing, a kernel that is done.
+            // left is delivering its output, which the timeout, a cancellation and the grace
+            // period still bound, but by ending the call (its output may be incomplete), never
+            // by interrupting, or killing, a kernel that is done.
             let running = reply.is_none();
-            let grace_at = stopped
-                .filter(|_| running)
-                .map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
+            let grace_at = stopped.map(|(_, at)| tokio::time::Instant::from_std(at + limits.grace));
+            let finished = |reply: Option<ExecuteReply>, stopped: Option<(StopReason, Instant)>| {
+                tracing::warn!("the call's output did not end after its reply; ending the call (its idle may have been dropped)");
+                Ok(Execution {
+                    reply,
+                    ending: match stopped {
+                        Some((reason, _)) => Ending::Interrupted { reason },
+                        None => Ending::Completed,
+                    },
+                    elapsed: start.elapsed(),
+                    idle_lost: true,
+                })
+            };
             tokio::select! {
                 biased;
                 incoming = sub.recv() => {
@@ -440,17 +451,26 @@ impl Kernel {
                 cause = self.life.gone() => {
                     return Ok(Execution { reply, ending: Ending::Died { cause }, elapsed: start.elapsed(), idle_lost });
                 }
-                _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() && running => {
+                _ = tokio::time::sleep_until(timeout_at), if stopped.is_none() => {
+                    if !running {
+                        return finished(reply, stopped);
+                    }
                     tracing::info!(secs = limits.timeout.as_secs_f64(), "execution timed out; interrupting");
                     self.interrupt().await;
                     stopped = Some((StopReason::Timeout, Instant::now()));
                 }
-                _ = cancel.cancelled(), if stopped.is_none() && running => {
+                _ = cancel.cancelled(), if stopped.is_none() => {
+                    if !running {
+                        return finished(reply, stopped);
+                    }
                     tracing::info!("execution cancelled by the client; interrupting");
                     self.interrupt().await;
                     stopped = Some((StopReason::Cancelled, Instant::now()));
                 }
                 _ = async { match grace_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    if !running {
+                        return finished(reply, stopped);
+                    }
                     let reason = stopped.map(|(r, _)| r).unwrap_or(StopReason::Timeout);
                     return Ok(Execution { reply, ending: Ending::Unresponsive { reason }, elapsed: start.elapsed(), idle_lost });
                 }

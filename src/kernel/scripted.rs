@@ -270,9 +270,21 @@ async fn a_kernel_that_dies_in_a_call_is_replaced_and_the_call_says_so() {
 async fn a_call_whose_idle_was_lost_ends_and_says_output_may_be_missing() {
     let script = Arc::new(Script::default());
     let h = handle(&script, false);
-    // The 100 ms timeout passes while the call waits for its idle: the code has finished by
-    // then (its reply came), so the kernel is neither interrupted nor killed for it.
-    let (exec, report) = run(&h, "lose-idle").await.unwrap_or_else(|e| panic!("{e}"));
+    // The probe ends it, long before the timeout.
+    let patient = ExecLimits {
+        timeout: Duration::from_secs(60),
+        grace: Duration::from_secs(60),
+        progress: false,
+    };
+    let (exec, report) = h
+        .execute(
+            "lose-idle",
+            &patient,
+            &CancellationToken::new(),
+            &mut Discard,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(exec.ending, super::Ending::Completed);
     assert!(exec.idle_lost);
     assert!(exec.elapsed < Duration::from_secs(30), "{:?}", exec.elapsed);
@@ -286,6 +298,12 @@ async fn a_call_whose_idle_was_lost_ends_and_says_output_may_be_missing() {
     let (exec, report) = run(&h, "ok").await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!exec.idle_lost);
     assert!(report.notes.is_empty(), "{:?}", report.notes);
+    assert_eq!(h.pid(), Some(-1));
+    // A 100 ms timeout passes before the probe: the code has finished (its reply came), so
+    // the call ends there, and the kernel is neither interrupted nor killed.
+    let (exec, report) = run(&h, "lose-idle").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exec.ending, super::Ending::Completed);
+    assert!(exec.idle_lost && !report.state_lost);
     assert_eq!(h.pid(), Some(-1));
     // Silent code (an evaluation here) waits for its idle too, and ends the same way.
     let value = tokio::time::timeout(

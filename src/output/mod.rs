@@ -62,6 +62,9 @@ fn short_type(mime: &str) -> &str {
 /// Most content blocks in one result; later text joins the last text block.
 const MAX_BLOCKS: usize = 100;
 
+/// Most display ids a run's next look takes over from the one before.
+const MAX_CARRIED_DISPLAYS: usize = 1000;
+
 /// Most notes on images not shown kept per result (and images saved for them).
 const MAX_DROPPED_NOTES: usize = 20;
 
@@ -159,6 +162,9 @@ pub struct Collector {
     /// image as a file), then only counted in `dropped_more`.
     dropped_images: Vec<String>,
     dropped_more: usize,
+    /// Display ids shown by earlier collectors of the same run (see
+    /// [`Collector::carry_displays`]): their updates show here as new blocks.
+    shown_before: std::collections::HashSet<String>,
     clear_pending: bool,
     pending_cr: bool,
     /// Blocks before this index belong to earlier sections; clear_output keeps them.
@@ -191,6 +197,7 @@ impl Collector {
             image_bytes: 0,
             dropped_images: Vec::new(),
             dropped_more: 0,
+            shown_before: Default::default(),
             clear_pending: false,
             pending_cr: false,
             floor: 0,
@@ -392,10 +399,13 @@ impl Collector {
         }
         if data.len() > images::MAX_DECODE_BASE64 {
             // Past what any client takes even fitted: never decoded in memory, only saved.
-            let saved = self
-                .save_base64(mime, data)
-                .map(|p| format!(" saved as {p}"))
-                .unwrap_or_default();
+            let saved = if self.may_save_dropped() {
+                self.save_base64(mime, data)
+                    .map(|p| format!(" saved as {p}"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             self.note_dropped(format!(
                 "{mime} image of {} KiB not shown: over the {} MiB the server decodes to fit images;{saved}",
                 data.len() / 4 * 3 / 1024,
@@ -506,6 +516,28 @@ impl Collector {
         }
     }
 
+    /// Takes over the display ids `earlier` showed (and those it took over), so that this
+    /// collector, which goes on with the same run after `earlier`'s output was handed out (a
+    /// run's next look), shows their updates: a progress display's latest state, not nothing.
+    pub fn carry_displays(&mut self, earlier: &Collector) {
+        let ids = earlier
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text { display_id, .. } | Block::Image { display_id, .. } => {
+                    display_id.as_ref()
+                }
+                Block::Link { .. } => None,
+            })
+            .chain(&earlier.shown_before);
+        for id in ids {
+            if self.shown_before.len() >= MAX_CARRIED_DISPLAYS {
+                break;
+            }
+            self.shown_before.insert(id.clone());
+        }
+    }
+
     fn update_display(&mut self, data: &MimeBundle, id: &str) {
         let Some(pos) = self.blocks.iter().position(|b| match b {
             Block::Text { display_id, .. } | Block::Image { display_id, .. } => {
@@ -513,6 +545,10 @@ impl Collector {
             }
             Block::Link { .. } => false,
         }) else {
+            // Shown in an earlier look at this run: its new state is news here.
+            if self.shown_before.contains(id) {
+                self.push_bundle(data, Some(id.to_owned()));
+            }
             return;
         };
         // Re-render in place: remove, push, then move the new block back to where the old one was.
@@ -776,6 +812,25 @@ mod tests {
             "{:?}",
             texts(&r)
         );
+    }
+
+    /// A run's next look shows the update of a display an earlier look showed.
+    #[test]
+    fn updates_of_displays_shown_in_an_earlier_look_are_shown() {
+        let mut first = Collector::new(OutputLimits::default(), None);
+        first.output(&display(&[("text/plain", "0%")], Some("bar"), false));
+        let mut next = Collector::new(OutputLimits::default(), None);
+        next.carry_displays(&first);
+        next.output(&display(&[("text/plain", "50%")], Some("bar"), true));
+        next.output(&display(&[("text/plain", "ignored")], Some("other"), true));
+        next.output(&display(&[("text/plain", "100%")], Some("bar"), true));
+        let mut last = Collector::new(OutputLimits::default(), None);
+        last.carry_displays(&next);
+        last.output(&display(&[("text/plain", "done")], Some("bar"), true));
+        let r = next.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(texts(&r), vec!["100%"]);
+        let r = last.finish(None, &Report::default(), Duration::from_secs(1));
+        assert_eq!(texts(&r), vec!["done"]);
     }
 
     /// A display updated many times keeps showing its latest image: the old one's bytes are

@@ -216,9 +216,13 @@ fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
     (v.get("method")?.as_str()? == "initialize").then(|| v.get("id").cloned().unwrap_or_default())
 }
 
-/// How long a request body may take to arrive once its headers have (a 32 MiB body over a
-/// slow link takes seconds; a body that never comes must not hold a connection forever).
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a request body may take to arrive once its headers have: 60 s, and 1 s more per
+/// 64 KiB `--max-body` allows (the default 32 MiB: ~9 minutes, room for a slow link), so a
+/// body that never comes cannot hold a connection forever.
+fn body_timeout(max_body: usize) -> std::time::Duration {
+    let extra = u64::try_from(max_body / (64 << 10)).unwrap_or(u64::MAX);
+    std::time::Duration::from_secs(60u64.saturating_add(extra))
+}
 
 struct State {
     opts: HttpOptions,
@@ -321,15 +325,16 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
     let (parts, body) = req.into_parts();
     // The body gets its own bound: hyper's header timeout ends with the headers, and a client
     // announcing a body it never sends would hold the connection (and its slot) for good.
+    let body_limit = body_timeout(st.opts.max_body);
     let collected =
-        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, st.opts.max_body).collect()).await;
+        tokio::time::timeout(body_limit, Limited::new(body, st.opts.max_body).collect()).await;
     let Ok(collected) = collected else {
-        tracing::warn!(session = ?session, secs = BODY_TIMEOUT.as_secs(), "request body not received in time");
+        tracing::warn!(session = ?session, secs = body_limit.as_secs(), "request body not received in time");
         return text(
             StatusCode::REQUEST_TIMEOUT,
             &format!(
                 "Request Timeout: the request body did not arrive within {} s\n",
-                BODY_TIMEOUT.as_secs()
+                body_limit.as_secs()
             ),
         );
     };

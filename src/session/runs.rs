@@ -376,7 +376,9 @@ impl Runs {
         };
         let fresh = run.has_output;
         run.has_output = false;
-        let outputs = Box::new(std::mem::replace(&mut run.pending, new_collector()));
+        let mut next = new_collector();
+        next.carry_displays(&run.pending);
+        let outputs = Box::new(std::mem::replace(&mut run.pending, next));
         if let Some(end) = run.end.take() {
             run.reported = true;
             return Look::Ended { outputs, end };

@@ -444,7 +444,7 @@ impl Raw {
     }
 
     /// The first message matching `want`, from those already read, else from stdout.
-    async fn first(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    pub async fn first(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
         if let Some(i) = self.seen.iter().position(&want) {
             return self.seen.remove(i);
         }

@@ -366,6 +366,10 @@ async fn a_call_whose_idle_never_comes_ends_with_a_note() {
 async fn a_request_of_millions_of_values_is_refused_unparsed() {
     let mut raw = Raw::start().await;
     let zeros = "0,".repeat(20_000_000);
+    // A notification has no id to answer: the line is dropped, never passed on to be parsed.
+    let note =
+        format!(r#"{{"jsonrpc":"2.0","method":"notifications/x","params":{{"pad":[{zeros}0]}}}}"#);
+    raw.send(note.as_bytes()).await;
     let line = format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"1","pad":[{zeros}0]}}}}}}"#
     );

@@ -159,88 +159,31 @@ async fn output_of_a_background_run_is_budgeted_as_it_arrives() {
     );
 }
 
-/// The server over raw stdio lines, every line readable: `Raw` keeps to itself the lines it
-/// was not asked for, and an answer to a request with an unusable id has `"id": null`.
-struct Lines {
-    _child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Lines {
-    /// A server after the initialize handshake.
-    async fn start() -> Lines {
-        use tokio::io::AsyncBufReadExt;
-        let dir = tempfile::Builder::new()
-            .prefix("kmcp-lines-")
-            .tempdir()
-            .unwrap();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kernel-mcp"))
-            .arg("--workspace")
-            .arg(dir.path().join("ws"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut s = Lines {
-            _child: child,
-            stdin,
-            lines,
-            _dir: dir,
-        };
-        s.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#).await;
-        s.next(|v| v["id"] == 0).await;
-        s.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-            .await;
-        s
-    }
-
-    async fn send(&mut self, line: &str) {
-        use tokio::io::AsyncWriteExt;
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-        self.stdin.write_all(b"\n").await.unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-
-    /// The next message matching `want` (others, such as notifications, are skipped).
-    async fn next(&mut self, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        loop {
-            let line = tokio::time::timeout(crate::harness::HANG, self.lines.next_line())
-                .await
-                .expect("no answer")
-                .unwrap()
-                .expect("stdout closed");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if want(&v) {
-                return v;
-            }
-        }
-    }
-
-    /// Sends execute_python with the raw JSON `id`; returns the answer whose id is `answer`
-    /// (numerically: a refusal may echo `1.0` as sent).
-    async fn exec(&mut self, id: &str, answer: serde_json::Value, code: &str) -> serde_json::Value {
-        let args = json!({"code": code});
-        self.send(&format!(
+/// Sends execute_python over raw stdio with the raw JSON `id`; returns the answer whose id is
+/// `answer` (numerically: a refusal may echo `1.0` as sent; `null` for an id rmcp cannot take).
+async fn exec_with_id(
+    raw: &mut crate::harness::Raw,
+    id: &str,
+    answer: serde_json::Value,
+    code: &str,
+) -> serde_json::Value {
+    let args = json!({"code": code});
+    raw.send(
+        format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"execute_python","arguments":{args}}}}}"#
-        ))
-        .await;
-        self.next(|v| {
-            let id = &v["id"];
-            let same = match (id.as_f64(), answer.as_f64()) {
-                (Some(a), Some(b)) => a == b,
-                _ => *id == answer,
-            };
-            same && v.get("method").is_none()
-        })
-        .await
-    }
+        )
+        .as_bytes(),
+    )
+    .await;
+    raw.first(&format!("the answer to id {id}"), |v| {
+        let got = &v["id"];
+        let same = match (got.as_f64(), answer.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => *got == answer,
+        };
+        same && v.get("method").is_none()
+    })
+    .await
 }
 
 /// rmcp answers a request sent with `"id": 1.0` as id 1: that answer frees the id (it was
@@ -248,17 +191,17 @@ impl Lines {
 /// waited the full bound for it).
 #[tokio::test]
 async fn an_id_written_as_a_float_is_freed_by_its_answer() {
-    let mut s = Lines::start().await;
-    let r = s.exec("1.0", json!(1), "x = 20").await;
+    let mut s = crate::harness::Raw::start().await;
+    let r = exec_with_id(&mut s, "1.0", json!(1), "x = 20").await;
     assert_eq!(r["id"], 1, "{r}");
     assert!(r["result"]["isError"] != true, "{r}");
     // The same id again, as sent and as answered: both free.
-    let r = s.exec("1.0", json!(1), "x += 1\nx").await;
+    let r = exec_with_id(&mut s, "1.0", json!(1), "x += 1\nx").await;
     assert_eq!(r["result"]["content"][0]["text"], "21", "{r}");
-    let r = s.exec("1", json!(1), "x += 1\nx").await;
+    let r = exec_with_id(&mut s, "1", json!(1), "x += 1\nx").await;
     assert_eq!(r["result"]["content"][0]["text"], "22", "{r}");
     let began = Instant::now();
-    let r = s.exec("2", json!(2), "x * 2").await;
+    let r = exec_with_id(&mut s, "2", json!(2), "x * 2").await;
     assert_eq!(r["result"]["content"][0]["text"], "44", "{r}");
     // Nothing earlier is pending: no wait for the arrival order's bound (10 s).
     assert!(
@@ -272,9 +215,9 @@ async fn an_id_written_as_a_float_is_freed_by_its_answer() {
 /// and leave nothing behind: later runs neither wait for them nor find their ids in use.
 #[tokio::test]
 async fn unusable_request_ids_get_a_clear_error_and_leave_nothing_behind() {
-    let mut s = Lines::start().await;
+    let mut s = crate::harness::Raw::start().await;
     for id in ["1.5", "1e30", r#"{"a":1}"#] {
-        let r = s.exec(id, serde_json::Value::Null, "print('ran')").await;
+        let r = exec_with_id(&mut s, id, serde_json::Value::Null, "print('ran')").await;
         assert_eq!(r["error"]["code"], -32600, "{id}: {r}");
         let msg = r["error"]["message"].as_str().unwrap_or_default();
         assert!(
@@ -283,7 +226,7 @@ async fn unusable_request_ids_get_a_clear_error_and_leave_nothing_behind() {
         );
     }
     let began = Instant::now();
-    let r = s.exec("3", json!(3), "print('after')").await;
+    let r = exec_with_id(&mut s, "3", json!(3), "print('after')").await;
     assert_eq!(r["result"]["content"][0]["text"], "after\n", "{r}");
     assert!(
         began.elapsed() < Duration::from_secs(8),

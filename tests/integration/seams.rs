@@ -260,6 +260,23 @@ fn sdist(site: &Path, name: &str, backend: &str, backend_source: &str) {
     assert!(st.success());
 }
 
+/// A server whose HOME is `home` (and the managed environment's data dir), with no index
+/// variables of its own: only `home`'s pip configuration names an index.
+async fn server_with_home(home: &Path) -> Server {
+    let data = data_dir();
+    let home_s = home.to_string_lossy().into_owned();
+    Server::start_opts(
+        &[],
+        &[
+            ("HOME", home_s.as_str()),
+            ("KERNEL_MCP_DATA_DIR", data.as_str()),
+        ],
+        INDEX_VARS,
+        false,
+    )
+    .await
+}
+
 /// A HOME whose user pip configuration (and nothing else) names the index at `url`.
 fn home_naming_index(url: &str) -> tempfile::TempDir {
     let home = tempdir("kmcp-home-");
@@ -407,18 +424,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     raise SystemExit('the flood build fails on purpose')
 "#;
     sdist(site.path(), &name, "flood_backend", backend);
-    let data = data_dir();
-    let home_s = home.path().to_string_lossy().into_owned();
-    let s = Server::start_opts(
-        &[],
-        &[
-            ("HOME", home_s.as_str()),
-            ("KERNEL_MCP_DATA_DIR", data.as_str()),
-        ],
-        INDEX_VARS,
-        false,
-    )
-    .await;
+    let s = server_with_home(home.path()).await;
     let before = crate::harness::peak_mib(s.pid);
     let r = s.call("install_package", json!({"packages": [name]})).await;
     let peak = crate::harness::peak_mib(s.pid);
@@ -985,18 +991,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     );
     sdist(site.path(), &name, "gated_backend", &backend);
     let home = home_naming_index(&index.url);
-    let data = data_dir();
-    let home_s = home.path().to_string_lossy().into_owned();
-    let s = Server::start_opts(
-        &[],
-        &[
-            ("HOME", home_s.as_str()),
-            ("KERNEL_MCP_DATA_DIR", data.as_str()),
-        ],
-        INDEX_VARS,
-        false,
-    )
-    .await;
+    let s = server_with_home(home.path()).await;
     let r = s
         .call(
             "install_package",

@@ -510,7 +510,8 @@ impl WsTiming {
 /// doing it has lost the kernel.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
-    /// Wait before the first reconnect, doubled on each further one...
+    /// Wait before the second reconnect in a row (the first goes at once), doubled on each
+    /// further one...
     first: Duration,
     /// ...up to this.
     max: Duration,
@@ -528,6 +529,9 @@ struct Reconnects {
     policy: Backoff,
     next: Duration,
     quick: u32,
+    /// The next reconnect goes at once: the first drop after a stable connection (a send
+    /// meanwhile finds the old socket gone and loses the kernel, so a wait costs state).
+    at_once: bool,
 }
 
 impl Reconnects {
@@ -536,6 +540,7 @@ impl Reconnects {
             policy,
             next: policy.first,
             quick: 0,
+            at_once: true,
         }
     }
 
@@ -545,12 +550,16 @@ impl Reconnects {
         if lived >= self.policy.stable {
             self.next = self.policy.first;
             self.quick = 0;
+            self.at_once = true;
         }
         if lived < self.policy.quick {
             self.quick = self.quick.saturating_add(1);
             if self.quick >= self.policy.max_quick {
                 return None;
             }
+        }
+        if std::mem::take(&mut self.at_once) {
+            return Some(Duration::ZERO);
         }
         let wait = self.next;
         self.next = self.next.saturating_mul(2).min(self.policy.max);
@@ -1038,22 +1047,24 @@ mod tests {
         let medium = Duration::from_secs(10);
         let stable = Duration::from_secs(60);
         let mut r = Reconnects::new(policy);
-        // Doubling from 0.5 s, capped at 10 s; medium-lived connections do not count as quick.
+        // At once, then doubling from 0.5 s, capped at 10 s; medium-lived connections do not
+        // count as quick.
         let waits: Vec<_> = (0..8).map(|_| r.after_drop(medium)).collect();
-        let want = [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000];
+        let want = [0, 500, 1000, 2000, 4000, 8000, 10_000, 10_000];
         assert_eq!(waits, want.map(|w| Some(ms(w))).to_vec());
         // A stable connection starts the schedule over.
-        assert_eq!(r.after_drop(stable), Some(ms(500)));
+        assert_eq!(r.after_drop(stable), Some(ms(0)));
+        assert_eq!(r.after_drop(medium), Some(ms(500)));
         // Five quick deaths in a row give up...
         let mut r = Reconnects::new(policy);
         let waits: Vec<_> = (0..5).map(|_| r.after_drop(quick)).collect();
         assert_eq!(
             waits,
             vec![
+                Some(ms(0)),
                 Some(ms(500)),
                 Some(ms(1000)),
                 Some(ms(2000)),
-                Some(ms(4000)),
                 None
             ]
         );
@@ -1062,7 +1073,7 @@ mod tests {
         for _ in 0..4 {
             assert!(r.after_drop(quick).is_some());
         }
-        assert_eq!(r.after_drop(stable), Some(ms(500)));
+        assert_eq!(r.after_drop(stable), Some(ms(0)));
         for _ in 0..4 {
             assert!(r.after_drop(quick).is_some());
         }
@@ -1147,6 +1158,19 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
+    /// An HTTP request's head (up to its blank line), as a stand-in reads it.
+    async fn read_head(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
+        head
+    }
+
     /// A gateway stand-in that answers each REST call with the next of `statuses` (then 204),
     /// counting the calls.
     async fn fake_rest_gateway(statuses: &'static [u16]) -> (Rest, Arc<AtomicUsize>) {
@@ -1156,14 +1180,7 @@ mod tests {
         let count = calls.clone();
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
-                    }
-                }
+                let _ = read_head(&mut tcp).await;
                 let n = count.fetch_add(1, Ordering::SeqCst);
                 let status = statuses.get(n).copied().unwrap_or(204);
                 let reply = format!(
@@ -1207,14 +1224,7 @@ mod tests {
         tokio::spawn(async move {
             let mut deleted_tx = Some(deleted_tx);
             while let Ok((mut tcp, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
-                    }
-                }
+                let head = read_head(&mut tcp).await;
                 let line = String::from_utf8_lossy(&head)
                     .lines()
                     .next()
