@@ -37,6 +37,8 @@ struct Routes {
     closed_by: StdMutex<Option<&'static str>>,
     /// Set when the connection was cut because the peer broke the frame limits.
     corrupt: StdMutex<Option<String>>,
+    /// Cancelled by `close`, for those who wait for the end rather than poll it.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 /// The routing table shared by a connection's readers and its callers.
@@ -53,6 +55,7 @@ impl Router {
                 map: StdMutex::new(Some(HashMap::new())),
                 closed_by: StdMutex::new(None),
                 corrupt: StdMutex::new(None),
+                ended: tokio_util::sync::CancellationToken::new(),
             }),
         }
     }
@@ -69,6 +72,14 @@ impl Router {
         }
         if let Ok(mut c) = self.routes.closed_by.lock() {
             c.get_or_insert(channel);
+        }
+        self.routes.ended.cancel();
+    }
+
+    /// Resolves once the router is closed (at once if it is).
+    pub async fn closed(&self) {
+        if !self.is_closed() {
+            self.routes.ended.cancelled().await;
         }
     }
 
@@ -214,5 +225,32 @@ mod tests {
         assert!(sub.recv().await.is_err());
         assert!(r.subscribe(&MsgId::new()).is_err());
         assert_eq!(r.closed_by(), Some("iopub"));
+    }
+
+    #[tokio::test]
+    async fn closed_resolves_when_the_router_closes_and_at_once_after() {
+        let r = Router::new();
+        let waiter = tokio::spawn({
+            let r = r.clone();
+            async move { r.closed().await }
+        });
+        // Still waiting while the router is open.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        r.close("websocket");
+        tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), r.closed())
+            .await
+            .unwrap();
+        // A default router is closed from the start.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            Router::default().closed(),
+        )
+        .await
+        .unwrap();
     }
 }
