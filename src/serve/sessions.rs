@@ -2,8 +2,9 @@
 //! session, a pool of warm spares, idle reaping and revival (`revive.rs`). The MCP handler that
 //! routes each request to its session lives in `front.rs`; HTTP itself (auth, headers, the
 //! listener) in `http.rs`. Sessions prepared ahead (the pool's kernels) are in
-//! `sessions/prepared.rs`.
+//! `sessions/prepared.rs`, one session's own state and its reports in `sessions/hosted.rs`.
 
+mod hosted;
 mod prepared;
 
 use std::collections::HashMap;
@@ -12,14 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, CallToolResponse, ContentBlock as Content};
-use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, ServerHandler};
-
 use crate::error::KernelError;
 use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig, SparePool};
 use crate::tools::{Environments, Server, Settings};
 use crate::workspace::Workspace;
+pub(super) use hosted::log_name;
+pub use hosted::{Era, HostedSession};
 use prepared::Prepared;
 
 /// The tool argument that carries a 2026-07-28 session handle.
@@ -83,163 +82,6 @@ pub struct SessionLimits {
     pub shared_workspace: bool,
     /// Warm kernels kept started for sessions to come.
     pub spares: usize,
-}
-
-/// How a session is named by its client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Era {
-    /// A 2025-11-25 session: the `Mcp-Session-Id` of the HTTP transport.
-    Legacy,
-    /// A 2026-07-28 handle passed as the `session` tool argument.
-    Handle,
-}
-
-impl Era {
-    fn describe(self) -> &'static str {
-        match self {
-            Era::Legacy => "MCP session (Mcp-Session-Id)",
-            Era::Handle => "session handle (the `session` tool argument)",
-        }
-    }
-}
-
-/// One session: its kernel, its workspace and the tool server over them.
-pub struct HostedSession {
-    pub id: String,
-    pub era: Era,
-    pub(super) server: Server,
-    kernel: Arc<KernelHandle>,
-    folder: Option<PathBuf>,
-    started: Instant,
-    last_used: Mutex<Instant>,
-    pub(super) active: AtomicUsize,
-    closed: AtomicBool,
-    /// Started by a handle-era call made without `session` (not by new_session or initialize).
-    implicit: bool,
-    /// Tool calls made in the session.
-    calls: AtomicUsize,
-    /// When the revival book last recorded the session alive.
-    remembered: Mutex<Option<Instant>>,
-    /// The session's runs numbered below this have ended (see [`HostedSession::runs_live`]).
-    runs_settled: Mutex<u64>,
-}
-
-impl HostedSession {
-    /// A session a forgetful client started and never came back to: given up first when the
-    /// server is full.
-    fn orphaned(&self) -> bool {
-        self.implicit
-            && self.calls.load(Ordering::SeqCst) <= 1
-            && self.active.load(Ordering::SeqCst) == 0
-    }
-
-    /// May give its slot to a new session: nothing running, and either an orphan or idle for
-    /// longer than `grace` (clients that open, call and leave never end their sessions).
-    fn evictable(&self, grace: Duration) -> bool {
-        !self.busy() && (self.orphaned() || self.idle_for() >= grace)
-    }
-
-    /// Something runs for the session: a tool call, or a run that outlived its call's
-    /// `return_after` or waits in its queue (its client comes back for it with check_run, so
-    /// ending the session would lose the work). While a run is live the session counts as used
-    /// now, so its idle time starts when its last run ends, not when the call returned.
-    fn busy(&self) -> bool {
-        if self.active.load(Ordering::SeqCst) > 0 {
-            return true;
-        }
-        let live = self.runs_live();
-        if live {
-            self.touch();
-        }
-        live
-    }
-
-    /// Whether a run of the session is queued or going. Runs are numbered from 1 and end in
-    /// any order; those below `runs_settled` are known ended (a run never restarts), so each
-    /// check looks only at runs from the oldest one still live on.
-    fn runs_live(&self) -> bool {
-        let runs = self.server.session().runs();
-        let Some(latest) = runs.latest() else {
-            return false;
-        };
-        let mut first = self.runs_settled.lock().unwrap_or_else(|p| p.into_inner());
-        // `None`: forgotten, which only a reported (so ended) run is.
-        while *first <= latest && runs.ended(*first) != Some(false) {
-            *first += 1;
-        }
-        *first <= latest
-    }
-
-    /// How the log names the session: an MCP session id in full, a handle by its first 12
-    /// characters (a handle is the session's credential; the log is not a place for it).
-    pub fn log_name(&self) -> String {
-        log_name(&self.id, self.era)
-    }
-
-    pub(super) fn touch(&self) {
-        if let Ok(mut t) = self.last_used.lock() {
-            *t = Instant::now();
-        }
-    }
-
-    fn idle_for(&self) -> Duration {
-        self.last_used
-            .lock()
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-
-    /// The pid of the session's kernel, if one runs.
-    pub fn kernel_pid(&self) -> Option<i32> {
-        self.kernel.pid()
-    }
-
-    /// Runs a tool call in this session, keeping it alive while the call runs.
-    pub(super) async fn call(
-        &self,
-        request: CallToolRequestParams,
-        ctx: RequestContext<RoleServer>,
-        idle_timeout: Duration,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let tool = request.name.clone();
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.active.fetch_add(1, Ordering::SeqCst);
-        self.touch();
-        let result = ServerHandler::call_tool(&self.server, request, ctx).await;
-        self.touch();
-        self.active.fetch_sub(1, Ordering::SeqCst);
-        if self.closed.load(Ordering::SeqCst) {
-            // A call queued behind the session's end may have started a new kernel: end it too.
-            self.kernel.shutdown().await;
-        }
-        let mut result = result?;
-        if tool == "get_environment" {
-            if let CallToolResponse::Complete(r) = &mut result {
-                r.content.push(Content::text(self.facts(idle_timeout)));
-            }
-        }
-        Ok(result)
-    }
-
-    fn facts(&self, idle_timeout: Duration) -> String {
-        let v = serde_json::json!({
-            "session": {
-                "id": self.id,
-                "kind": self.era.describe(),
-                "age_seconds": self.started.elapsed().as_secs(),
-                "ends_after_idle_seconds": idle_timeout.as_secs(),
-                "own_workspace_folder": self.folder.is_some(),
-            }
-        });
-        serde_json::to_string_pretty(&v).unwrap_or_default()
-    }
-}
-
-pub(super) fn log_name(id: &str, era: Era) -> String {
-    match era {
-        Era::Legacy => id.to_owned(),
-        Era::Handle => format!("handle:{}…", id.chars().take(12).collect::<String>()),
-    }
 }
 
 /// All sessions of one server, and the spares waiting for new ones.

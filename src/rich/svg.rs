@@ -1,0 +1,150 @@
+//! SVG displays rasterised to PNG (resvg) with the fonts the machine has, never reading
+//! files an SVG refers to.
+
+/// Largest SVG rasterised.
+const MAX_SVG_BYTES: usize = 4 * 1024 * 1024;
+/// Longest side of a rasterised SVG, in pixels.
+const MAX_SVG_SIDE: f32 = 2048.0;
+
+/// The fonts SVG text is drawn with: the system's, loaded once, with the generic families
+/// (`sans-serif`, `serif`, `monospace`, and text with no family) mapped to installed fonts.
+/// fontdb's defaults (Arial, Times New Roman, Courier New) are missing on most Linux systems,
+/// and text set in a family that is not there is not drawn at all. Returns the database and
+/// the family for text that names none.
+fn fonts() -> (std::sync::Arc<resvg::usvg::fontdb::Database>, String) {
+    type Fonts = (std::sync::Arc<resvg::usvg::fontdb::Database>, String);
+    static DB: std::sync::OnceLock<Fonts> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        let mut db = resvg::usvg::fontdb::Database::new();
+        db.load_system_fonts();
+        let installed = |names: &[&str]| -> Option<String> {
+            names
+                .iter()
+                .find(|n| {
+                    db.faces().any(|f| {
+                        f.families
+                            .iter()
+                            .any(|(fam, _)| fam.eq_ignore_ascii_case(n))
+                    })
+                })
+                .map(|n| (*n).to_owned())
+        };
+        let any = db
+            .faces()
+            .find_map(|f| f.families.first().map(|(fam, _)| fam.clone()));
+        let sans = installed(&[
+            "DejaVu Sans",
+            "Liberation Sans",
+            "Arial",
+            "Helvetica",
+            "Noto Sans",
+            "Segoe UI",
+            "Bitstream Vera Sans",
+        ])
+        .or_else(|| any.clone());
+        let serif = installed(&[
+            "DejaVu Serif",
+            "Liberation Serif",
+            "Times New Roman",
+            "Times",
+            "Noto Serif",
+        ])
+        .or_else(|| sans.clone());
+        let mono = installed(&[
+            "DejaVu Sans Mono",
+            "Liberation Mono",
+            "Courier New",
+            "Menlo",
+            "Consolas",
+            "Noto Sans Mono",
+        ])
+        .or_else(|| sans.clone());
+        if let Some(f) = &sans {
+            db.set_sans_serif_family(f.clone());
+        }
+        if let Some(f) = &serif {
+            db.set_serif_family(f.clone());
+        }
+        if let Some(f) = &mono {
+            db.set_monospace_family(f.clone());
+        }
+        let default = sans.unwrap_or_else(|| "sans-serif".to_owned());
+        (std::sync::Arc::new(db), default)
+    })
+    .clone()
+}
+
+/// Rasterises an SVG document to PNG bytes (at most 2048 px on its longest side).
+///
+/// The SVG comes from the kernel, so it may only embed `data:` images: a path or URL in
+/// `<image href>` is never opened (the server is not sandboxed the way the kernel is).
+pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    if svg.len() > MAX_SVG_BYTES {
+        return Err(format!("SVG of {} bytes is too large", svg.len()));
+    }
+    let (fontdb, font_family) = fonts();
+    let mut opt = usvg::Options {
+        fontdb,
+        font_family,
+        ..usvg::Options::default()
+    };
+    opt.image_href_resolver = usvg::ImageHrefResolver {
+        resolve_data: usvg::ImageHrefResolver::default_data_resolver(),
+        resolve_string: Box::new(|_, _| None),
+    };
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| e.to_string())?;
+    let size = tree.size();
+    let (w, h) = (size.width(), size.height());
+    if !(w.is_finite() && h.is_finite() && w > 0.0 && h > 0.0) {
+        return Err("SVG has no size".into());
+    }
+    let scale = (MAX_SVG_SIDE / w.max(h)).min(1.0);
+    let pw = (w * scale).ceil().max(1.0) as u32;
+    let ph = (h * scale).ceil().max(1.0) as u32;
+    let mut pixmap = tiny_skia::Pixmap::new(pw, ph).ok_or("SVG size is not drawable")?;
+    // A white page, as a notebook shows SVG figures (transparent pixels read as black to some viewers).
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::from_scale(scale, scale),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_rasterises_and_never_reads_files() {
+        let svg = r#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="red"/></svg>"#;
+        let png = svg_to_png(svg).unwrap();
+        assert_eq!(png.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]));
+        assert_eq!(png.get(16..24), Some(&[0, 0, 0, 40, 0, 0, 0, 20][..]));
+        // A file reference renders as nothing rather than reading the file.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret.png");
+        std::fs::write(&secret, png).unwrap();
+        let refers = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="40" height="20"><image width="40" height="20" xlink:href="{}"/></svg>"#,
+            secret.display()
+        );
+        let out = svg_to_png(&refers).unwrap();
+        let blank =
+            svg_to_png(r#"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"></svg>"#)
+                .unwrap();
+        assert_eq!(out, blank);
+        assert!(svg_to_png("<svg").is_err());
+        for extreme in ["1e30", "0", "-5", "NaN"] {
+            let svg = format!(
+                r#"<svg xmlns="http://www.w3.org/2000/svg" width="{extreme}" height="{extreme}"/>"#
+            );
+            if let Ok(png) = svg_to_png(&svg) {
+                assert!(png.len() < 1_000_000);
+            }
+        }
+    }
+}
