@@ -83,6 +83,40 @@ fn rmcp_refuses(msg: &serde_json::Map<String, serde_json::Value>) -> Option<Stri
     }
 }
 
+/// Why rmcp would refuse `line` for a member its top-level object repeats (`jsonrpc`, `id`,
+/// `method` or `params`): serde_json's `Value`
+/// keeps the last silently, but rmcp's message types refuse the whole line and answer with
+/// `"id":null`, so the request's id would never be released. Read without building values.
+fn repeated_key(line: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstRepeat;
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                // Unknown keys are ignored by rmcp, repeated or not.
+                let known = matches!(&*key, "jsonrpc" | "id" | "method" | "params");
+                if known && repeated.is_none() && !seen.insert(key.clone()) {
+                    repeated = Some(key.into_owned());
+                }
+            }
+            Ok(repeated)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let key = de.deserialize_map(FirstRepeat).ok()??;
+    Some(format!(
+        "the request repeats the key {}; each key may appear once. {REQUEST_SHAPE}",
+        serde_json::Value::String(key.chars().take(100).collect())
+    ))
+}
+
 /// What kind of JSON value `v` is, for an error message (never the value itself: an id can
 /// be a large object).
 fn describe(v: &serde_json::Value) -> String {
@@ -96,7 +130,8 @@ fn describe(v: &serde_json::Value) -> String {
     }
 }
 
-pub(super) fn classify(msg: &serde_json::Value) -> Seen {
+/// `line` is the text the transport will read, `msg` what it parses to.
+pub(super) fn classify(msg: &serde_json::Value, line: &[u8]) -> Seen {
     let Some(obj) = msg.as_object() else {
         return Seen::Other;
     };
@@ -111,7 +146,7 @@ pub(super) fn classify(msg: &serde_json::Value) -> Seen {
                     describe(id)
                 ),
             )),
-            Some(canonical) => match rmcp_refuses(obj) {
+            Some(canonical) => match rmcp_refuses(obj).or_else(|| repeated_key(line)) {
                 Some(why) => Seen::Invalid(refusal(&canonical, &format!("{why}. Nothing was done."))),
                 None => Seen::Request(id_key(id), canonical),
             },
@@ -170,27 +205,28 @@ mod tests {
     #[test]
     fn requests_cancellations_and_responses_are_told_apart() {
         let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+        let classify = |m: serde_json::Value| classify(&m, m.to_string().as_bytes());
         assert_eq!(
-            classify(&v(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#)),
+            classify(v(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#)),
             Seen::Request("7".into(), serde_json::json!(7))
         );
         // 7 and "7" are different ids.
         assert_eq!(
-            classify(&v(r#"{"jsonrpc":"2.0","id":"7","method":"ping"}"#)),
+            classify(v(r#"{"jsonrpc":"2.0","id":"7","method":"ping"}"#)),
             Seen::Request("\"7\"".into(), serde_json::json!("7"))
         );
         assert_eq!(
-            classify(&v(
+            classify(v(
                 r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#
             )),
             Seen::Cancelled("7".into())
         );
         assert_eq!(
-            classify(&v(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#)),
+            classify(v(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#)),
             Seen::Other
         );
         assert_eq!(
-            classify(&v(
+            classify(v(
                 r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
             )),
             Seen::Other
@@ -247,12 +283,21 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":9223372036854775808,"method":"ping"}"#,
             r#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#,
             r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{},"params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","x":1,"x":2}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"a":1,"a":2}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"\u0069d":2,"method":"ping"}"#,
         ];
         for line in lines {
             let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
             let rmcp_reads =
                 serde_json::from_str::<rmcp::model::ClientJsonRpcMessage>(line).is_ok();
-            match classify(&v) {
+            match classify(&v, line.as_bytes()) {
                 Seen::Request(..) => assert!(rmcp_reads, "passed on, rmcp refuses: {line}"),
                 Seen::Invalid(reply) => {
                     assert!(!rmcp_reads, "refused, rmcp reads: {line}");

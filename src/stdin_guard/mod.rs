@@ -183,7 +183,14 @@ async fn read_client(
             (Some(replacement), _) => serde_json::from_str(replacement).ok(),
             (None, p) => p,
         };
-        let seen = parsed.as_ref().map(classify).unwrap_or(Seen::Other);
+        let read_as = match &out {
+            Some(replacement) => replacement.as_bytes(),
+            None => line.strip_suffix(b"\n").unwrap_or(&line),
+        };
+        let seen = parsed
+            .as_ref()
+            .map(|m| classify(m, read_as))
+            .unwrap_or(Seen::Other);
         let refused = match seen {
             Seen::Invalid(reply) => Some(reply),
             Seen::Request(key, id) => match in_flight.lock() {

@@ -729,6 +729,35 @@ async fn a_duplicate_request_id_in_flight_gets_an_error_and_the_first_its_result
     assert_eq!(r["result"]["content"][0]["text"], "'third'", "{r}");
 }
 
+/// A request that repeats a member rmcp reads (`id`, `method`, ...) is refused with its id,
+/// and that id is not left counted as in flight: a later request with it is answered normally.
+#[tokio::test]
+async fn a_request_repeating_a_member_is_refused_and_its_id_stays_free() {
+    let mut raw = Raw::start().await;
+    for (n, line) in [
+        r#"{"jsonrpc":"2.0","id":3,"id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"'never'"}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{},"params":{"name":"execute_python","arguments":{"code":"'never'"}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping","\u006dethod":"tools/call"}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        raw.send(line.as_bytes()).await;
+        let r = raw.response(3).await;
+        assert_eq!(r["error"]["code"], -32600, "line {n}: {r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the request repeats the key"),
+            "line {n}: {r}"
+        );
+    }
+    raw.send(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"'answered'"}}}"#).await;
+    let r = raw.response(3).await;
+    assert_eq!(r["result"]["content"][0]["text"], "'answered'", "{r}");
+}
+
 /// Resident memory of a process in KiB, from /proc.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
