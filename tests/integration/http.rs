@@ -1010,6 +1010,35 @@ async fn connections_that_never_finish_their_headers_are_cut() {
     assert!(srv.stop().await.success());
 }
 
+/// A client that sends its headers and announces a body it never finishes gets 408 once the
+/// body's time (60 s, +1 s per 64 KiB of `--max-body`) is up, and its connection is closed:
+/// it cannot hold a connection slot for good. (This test waits those 61 s by design.)
+#[tokio::test]
+async fn bodies_that_never_arrive_get_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Http::start(&["--max-body", "64K"], None).await;
+    let mut s = tokio::net::TcpStream::connect(&srv.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\"")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANG, s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a body that never came kept its connection open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the request body did not arrive within 61 s"),
+        "{answer}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(60));
+    // The server still serves.
+    let c = srv.session().await;
+    assert_eq!(text(&exec(&c, "print(5)").await), "5\n");
+    let _ = c.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
 /// Sends a `tools/call` of `execute_python` by raw HTTP and returns once the server has
 /// answered with its response headers (the body, an SSE stream, carries the result later).
 async fn raw_exec(url: &str, session: &Session, id: u64, code: &str) -> reqwest::Response {
