@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::sessions::*;
 use crate::tools::Server;
+/// How long closing rmcp's side of a session may take. rmcp hands the close to the session's
+/// worker, which waits while a client leaves a stream of that session unread; the kernel side
+/// is closed first and never waits for it, and the reaper's other work neither.
+const RMCP_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// rmcp's in-memory session manager, with a kernel session opened and closed alongside each
 /// MCP session.
 pub struct Manager {
@@ -57,11 +62,9 @@ impl Manager {
             self.close_evicted().await;
             for (id, era) in self.reg.idle() {
                 tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
-                match era {
-                    Era::Legacy => {
-                        let _ = self.close_session(&SessionId::from(id)).await;
-                    }
-                    Era::Handle => self.reg.close(&id, "idle"),
+                self.reg.close(&id, "idle");
+                if era == Era::Legacy {
+                    self.close_rmcp(&[SessionId::from(id)]).await;
                 }
             }
         }
@@ -71,9 +74,26 @@ impl Manager {
     /// evicted: without this its client would get tool errors instead of the 404 that tells
     /// it to initialize again, and the rmcp session would stay for good (no keep-alive).
     async fn close_evicted(&self) {
-        for id in self.reg.take_evicted() {
-            let _ = self.inner.close_session(&SessionId::from(id)).await;
-        }
+        let ids: Vec<SessionId> = self
+            .reg
+            .take_evicted()
+            .into_iter()
+            .map(SessionId::from)
+            .collect();
+        self.close_rmcp(&ids).await;
+    }
+
+    /// Closes rmcp's side of `ids` together, each given [`RMCP_CLOSE_WAIT`]. A close that
+    /// times out has still taken the session out of rmcp's table (its first step): requests
+    /// for it get 404, and its worker ends when the client's connection does.
+    async fn close_rmcp(&self, ids: &[SessionId]) {
+        let closes = ids.iter().map(|id| async move {
+            let closed = tokio::time::timeout(RMCP_CLOSE_WAIT, self.inner.close_session(id)).await;
+            if closed.is_err() {
+                tracing::warn!(session = %id, secs = RMCP_CLOSE_WAIT.as_secs(), "rmcp's side of a session did not close in time (its client is not reading); left to end with the connection");
+            }
+        });
+        futures::future::join_all(closes).await;
     }
 }
 
@@ -88,7 +108,7 @@ impl SessionManager for Manager {
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let (id, transport) = self.inner.create_session().await.map_err(io_err)?;
         if let Err(e) = self.reg.open(id.to_string(), Era::Legacy, false) {
-            let _ = self.inner.close_session(&id).await;
+            self.close_rmcp(std::slice::from_ref(&id)).await;
             return Err(io_err(e));
         }
         Ok((id, transport))
@@ -115,14 +135,15 @@ impl SessionManager for Manager {
         if self.reg.get(id).is_some_and(|s| s.era == Era::Legacy) {
             return Ok(true);
         }
-        let _ = self.inner.close_session(id).await;
+        self.close_rmcp(std::slice::from_ref(id)).await;
         Ok(false)
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
-        // Unknown ids (already ended) are not an error: the session is gone either way.
-        let _ = self.inner.close_session(id).await;
+        // Unknown ids (already ended) are not an error: the session is gone either way. The
+        // kernel side first: it must not wait on rmcp's.
         self.reg.close(id, "closed");
+        self.close_rmcp(std::slice::from_ref(id)).await;
         Ok(())
     }
 

@@ -1024,7 +1024,10 @@ async fn bodies_that_never_arrive_get_408() {
         .unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(HANG, s.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "a body that never came kept its connection open");
+    assert!(
+        read.is_ok(),
+        "a body that never came kept its connection open"
+    );
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
