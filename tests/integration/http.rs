@@ -1345,6 +1345,58 @@ async fn a_handle_session_comes_back_after_an_orderly_restart() {
     assert!(srv.stop().await.success());
 }
 
+/// Calls that arrive together with the handle of an earlier server's session (a client
+/// resuming parallel work after a restart) all land in one revived session: one kernel with
+/// the restored variables, no second session holding a slot. (The revival itself is one
+/// synchronous step, so two calls rarely overlap inside it; `open_on` gives the later of two
+/// that do the session the first opened.)
+#[tokio::test]
+async fn parallel_calls_with_a_revived_handle_share_one_session() {
+    let srv = Http::start(&["--persist", "--max-sessions", "2"], None).await;
+    let m = srv.modern().await;
+    let h = handle_of(&call(&m, "new_session", json!({})).await);
+    let r = call(
+        &m,
+        "execute_python",
+        json!({"code": "kept = 7", "session": h}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let _ = m.cancel().await;
+
+    let srv = srv.restart().await;
+    let m = srv.modern().await;
+    // Tools that are not runs (no turn to wait for) reach the session lookup at once.
+    let looks = (0..16).map(|_| environment(&m, json!({"session": h})));
+    let pids: std::collections::HashSet<String> = futures::future::join_all(looks)
+        .await
+        .iter()
+        .map(|e| e["kernel_pid"].to_string())
+        .collect();
+    assert_eq!(pids.len(), 1, "{pids:?}\n{}", srv.log());
+    let code = "import os\nprint(os.getpid(), kept)";
+    let calls = (0..4).map(|_| call(&m, "execute_python", json!({"code": code, "session": h})));
+    let results = futures::future::join_all(calls).await;
+    let mut seen = std::collections::HashSet::new();
+    for r in &results {
+        assert!(!is_error(r), "{}\n{}", text(r), srv.log());
+        seen.insert(text(r).lines().next().unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen.iter().all(|l| l.ends_with(" 7")), "{seen:?}");
+    // The revived session is the only one: a second new session still fits the limit of 2.
+    let r = call(&m, "new_session", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&m, "new_session", json!({})).await;
+    assert!(
+        is_error(&r),
+        "a third session fit a limit of 2: {}",
+        text(&r)
+    );
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}
+
 /// A session whose run outlived its call (`return_after`) is not idle while the run goes on:
 /// a newcomer at --max-sessions does not evict it, and the idle reaper does not end it.
 #[tokio::test]
