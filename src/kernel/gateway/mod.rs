@@ -11,7 +11,8 @@
 //! codecs `wire/websocket.rs`.
 //!
 //! The parts: `rest.rs` (the REST calls: start, delete, interrupt), `channels.rs` (the kernel's
-//! channels over one WebSocket: connect, pump, reconnect, bounded sends), `remote.rs` (a kernel
+//! channels over one WebSocket: connect, pump, reconnect, bounded sends), `timing.rs` (when a
+//! socket counts as dead, the reconnect schedule), `remote.rs` (a kernel
 //! the gateway runs for us: its lifecycle and deletion), `http1.rs` (one HTTP exchange) and
 //! `ledger.rs` (the record of started kernels, for reaping after a crash).
 
@@ -28,15 +29,17 @@ mod http1;
 mod ledger;
 mod remote;
 mod rest;
+mod timing;
 
 use crate::error::{GatewayError, KernelError};
 use crate::kernel::backend::Ownership;
 use crate::kernel::client::Kernel;
 use crate::kernel::source::{Backend, BackendInfo, BackendKind};
 use crate::wire::Router;
-use channels::{WsChannels, WsTiming};
+use channels::WsChannels;
 use remote::Remote;
 use rest::{path_segment, start_kernel, Rest};
+use timing::WsTiming;
 
 /// Where the gateway is and how to ask it for kernels.
 #[derive(Clone)]
