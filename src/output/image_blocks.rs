@@ -54,6 +54,17 @@ impl Collector {
         }
     }
 
+    /// Saves an image not shown (base64 `data`) while [`Collector::may_save_dropped`] allows:
+    /// `" saved as PATH"` for its note, or nothing.
+    fn save_dropped(&mut self, mime: &str, data: &str) -> String {
+        if !self.may_save_dropped() {
+            return String::new();
+        }
+        self.save_base64(mime, data)
+            .map(|p| format!(" saved as {p}"))
+            .unwrap_or_default()
+    }
+
     /// Whether an image not shown may still be saved as a file (100,000 tiny images would
     /// otherwise become 100,000 files and notes).
     fn may_save_dropped(&self) -> bool {
@@ -67,13 +78,7 @@ impl Collector {
         {
             // The call shows no more images: not decoded or fitted (a small PNG can decode to
             // hundreds of MB), only saved, a slice at a time.
-            let saved = if self.may_save_dropped() {
-                self.save_base64(mime, data)
-                    .map(|p| format!(" saved as {p}"))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
+            let saved = self.save_dropped(mime, data);
             self.note_dropped(format!(
                 "{mime} image of {} KiB{saved}",
                 data.len() / 4 * 3 / 1024
@@ -82,13 +87,7 @@ impl Collector {
         }
         if data.len() > images::MAX_DECODE_BASE64 {
             // Past what any client takes even fitted: never decoded in memory, only saved.
-            let saved = if self.may_save_dropped() {
-                self.save_base64(mime, data)
-                    .map(|p| format!(" saved as {p}"))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
+            let saved = self.save_dropped(mime, data);
             self.note_dropped(format!(
                 "{mime} image of {} KiB not shown: over the {} MiB the server decodes to fit images;{saved}",
                 data.len() / 4 * 3 / 1024,
@@ -169,13 +168,11 @@ impl Collector {
         if self.images >= self.limits.max_images
             || self.image_bytes + data.len() > self.limits.max_image_bytes
         {
-            let mut note = format!("{mime} image of {} KiB", data.len() / 1024 * 3 / 4);
-            if self.may_save_dropped() {
-                if let Some(path) = self.save_base64(mime, data) {
-                    note = format!("{note} saved as {path}");
-                }
-            }
-            self.note_dropped(note);
+            let saved = self.save_dropped(mime, data);
+            self.note_dropped(format!(
+                "{mime} image of {} KiB{saved}",
+                data.len() / 1024 * 3 / 4
+            ));
             return;
         }
         self.images += 1;

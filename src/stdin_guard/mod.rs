@@ -256,6 +256,16 @@ mod tests {
 
     type Lines = tokio::io::Lines<BufReader<DuplexStream>>;
 
+    /// The next line one side reads (None at the end or on an error).
+    async fn next(lines: &mut Lines) -> Option<String> {
+        lines.next_line().await.ok().flatten()
+    }
+
+    /// Writes `bytes` for the other side to read.
+    async fn send(to: &mut DuplexStream, bytes: &[u8]) {
+        to.write_all(bytes).await.unwrap_or_default();
+    }
+
     /// The filter between a client and a transport: what the client writes, what the
     /// transport writes, and the lines each of them reads.
     fn pipes() -> (DuplexStream, DuplexStream, Lines, Lines) {
@@ -274,36 +284,22 @@ mod tests {
     async fn a_duplicate_id_in_flight_is_refused_and_both_are_answered() {
         let (mut client_in, mut transport_out, mut transport_in, mut client_out) = pipes();
         let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
-        client_in
-            .write_all(format!("{ping}{ping}").as_bytes())
-            .await
-            .unwrap_or_default();
+        send(&mut client_in, format!("{ping}{ping}").as_bytes()).await;
         // The first reaches the transport; the second is answered by the guard.
-        let first = transport_in.next_line().await.ok().flatten();
+        let first = next(&mut transport_in).await;
         assert_eq!(first.as_deref(), ping.strip_suffix('\n'));
-        let refusal = client_out
-            .next_line()
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let refusal = next(&mut client_out).await.unwrap_or_default();
         assert!(
             refusal.contains("\"id\":1") && refusal.contains("already in use"),
             "{refusal}"
         );
         // Once the first is answered, the id is free again.
         let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
-        transport_out
-            .write_all(format!("{answer}\n").as_bytes())
-            .await
-            .unwrap_or_default();
-        let got = client_out.next_line().await.ok().flatten();
+        send(&mut transport_out, format!("{answer}\n").as_bytes()).await;
+        let got = next(&mut client_out).await;
         assert_eq!(got.as_deref(), Some(answer));
-        client_in
-            .write_all(ping.as_bytes())
-            .await
-            .unwrap_or_default();
-        let again = transport_in.next_line().await.ok().flatten();
+        send(&mut client_in, ping.as_bytes()).await;
+        let again = next(&mut transport_in).await;
         assert_eq!(again.as_deref(), ping.strip_suffix('\n'));
     }
 
@@ -313,36 +309,22 @@ mod tests {
         let (mut client_in, mut transport_out, mut transport_in, mut client_out) = pipes();
         let float = "{\"jsonrpc\":\"2.0\",\"id\":1.0,\"method\":\"ping\"}\n";
         let bad = "{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"ping\"}\n";
-        client_in
-            .write_all(format!("{float}{bad}").as_bytes())
-            .await
-            .unwrap_or_default();
-        let first = transport_in.next_line().await.ok().flatten();
+        send(&mut client_in, format!("{float}{bad}").as_bytes()).await;
+        let first = next(&mut transport_in).await;
         assert_eq!(first.as_deref(), float.strip_suffix('\n'));
-        let refusal = client_out
-            .next_line()
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let refusal = next(&mut client_out).await.unwrap_or_default();
         assert!(
             refusal.contains("\"id\":null") && refusal.contains("request id is 1.5"),
             "{refusal}"
         );
         // rmcp answers `1.0` as `1`.
         let answer = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
-        transport_out
-            .write_all(format!("{answer}\n").as_bytes())
-            .await
-            .unwrap_or_default();
-        let got = client_out.next_line().await.ok().flatten();
+        send(&mut transport_out, format!("{answer}\n").as_bytes()).await;
+        let got = next(&mut client_out).await;
         assert_eq!(got.as_deref(), Some(answer));
         let ping = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
-        client_in
-            .write_all(ping.as_bytes())
-            .await
-            .unwrap_or_default();
-        let again = transport_in.next_line().await.ok().flatten();
+        send(&mut client_in, ping.as_bytes()).await;
+        let again = next(&mut transport_in).await;
         assert_eq!(again.as_deref(), ping.strip_suffix('\n'));
     }
 }

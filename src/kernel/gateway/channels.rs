@@ -518,27 +518,25 @@ mod tests {
         assert!(!router.is_closed());
     }
 
-    #[tokio::test]
-    async fn a_gateway_that_closes_every_websocket_at_once_is_given_up() {
-        let (rest, accepted) = fake_gateway(Peer::Close).await;
-        let timing = WsTiming {
-            backoff: Backoff {
-                first: Duration::from_millis(1),
-                max: Duration::from_millis(4),
-                ..WsTiming::DEFAULT.backoff
-            },
-            ..WsTiming::DEFAULT
-        };
+    /// Opens the channels to a stand-in that treats every WebSocket as `peer` does, and checks
+    /// that the reader gives the kernel up (the router closes) after the first connection and
+    /// four reconnects, each of which died at once.
+    async fn given_up_after_five_quick_deaths(peer: Peer) {
+        let (rest, accepted) = fake_gateway(peer).await;
         let router = Router::new();
-        let mut chan = WsChannels::open(&rest, "k", router.clone(), timing)
+        let mut chan = WsChannels::open(&rest, "k", router.clone(), brisk())
             .await
             .unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(20), &mut chan.reader).await;
-        assert!(ended.is_ok(), "the reader reconnected without end");
+        let ended = tokio::time::timeout(Duration::from_secs(60), &mut chan.reader).await;
+        assert!(ended.is_ok(), "the reader kept reconnecting or waiting");
         assert!(router.is_closed());
-        // The first connection and four reconnects, each closed at once.
         assert_eq!(chan.reconnects(), 4);
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_closes_every_websocket_at_once_is_given_up() {
+        given_up_after_five_quick_deaths(Peer::Close).await;
     }
 
     /// Timing with a keep-alive quick enough for a test.
@@ -557,18 +555,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_gateway_that_goes_silent_is_pinged_and_then_given_up() {
-        let (rest, accepted) = fake_gateway(Peer::Hold).await;
-        let router = Router::new();
-        let mut chan = WsChannels::open(&rest, "k", router.clone(), brisk())
-            .await
-            .unwrap();
         // Without Pongs every connection counts as dead: reconnected until the schedule
-        // gives up (five quick deaths), and then the kernel is lost rather than hung.
-        let ended = tokio::time::timeout(Duration::from_secs(60), &mut chan.reader).await;
-        assert!(ended.is_ok(), "a silent gateway kept the reader waiting");
-        assert!(router.is_closed());
-        assert_eq!(chan.reconnects(), 4);
-        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        // gives up, and then the kernel is lost rather than hung.
+        given_up_after_five_quick_deaths(Peer::Hold).await;
     }
 
     #[tokio::test]
