@@ -101,6 +101,9 @@ impl Ledger {
             return found;
         };
         let mut owners: std::collections::HashMap<String, Option<File>> = Default::default();
+        // Owners with a kernel on record, whatever the gateway: those on other gateways are
+        // left to their own gateway's servers, lock files included.
+        let mut with_records = std::collections::HashSet::new();
         for e in entries.flatten().take(MAX_SCAN) {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
@@ -109,6 +112,7 @@ impl Ledger {
             let Some(rec) = read_record(&path) else {
                 continue;
             };
+            with_records.insert(rec.owner.clone());
             if rec.gateway != gateway || rec.owner == self.owner || rec.owner.contains(['/', '\\'])
             {
                 continue;
@@ -122,7 +126,9 @@ impl Ledger {
             }
         }
         // Owner files of servers that ended with no kernel recorded (an orderly exit that
-        // did not run destructors) go too, when no live server holds them.
+        // did not run destructors) go too, when no live server holds them. Never one with a
+        // record on another gateway: holding its lock through this scan would make it look
+        // alive to that gateway's server scanning meanwhile, whose orphans would then stay.
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten().take(MAX_SCAN) {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -130,6 +136,7 @@ impl Ledger {
                     && name.ends_with(".lock")
                     && name != self.owner
                     && !owners.contains_key(&name)
+                    && !with_records.contains(&name)
                 {
                     if let Some(lock) = lock_if_gone(&e.path()) {
                         owners.insert(name, Some(lock));
@@ -230,5 +237,27 @@ mod tests {
         for bad in ["", "../x", "a/b", "a\\b", "x.json"] {
             assert!(l.record_path(bad).is_none(), "{bad}");
         }
+    }
+
+    /// Two servers of two gateways scan at once: the one that finds nothing of its own must
+    /// not hold the lock of a dead server of the other gateway (it would look alive, and its
+    /// kernel would stay on the gateway for good).
+    #[test]
+    fn a_scan_for_one_gateway_does_not_hide_another_gateways_orphans() {
+        let data = tempfile::tempdir().unwrap();
+        let gone = Ledger::open(data.path()).unwrap();
+        gone.record("http://g:1", "kkkk-1");
+        gone._lock.unlock().unwrap();
+        std::mem::forget(gone);
+        let other = Ledger::open(data.path()).unwrap();
+        let mine = Ledger::open(data.path()).unwrap();
+        // The other gateway's server is still busy with what its scan found...
+        let held = other.orphans("http://other:2");
+        assert!(held.ids.is_empty());
+        // ...while the dead server's gateway's server scans.
+        let o = mine.orphans("http://g:1");
+        assert_eq!(o.ids, vec!["kkkk-1".to_owned()]);
+        held.done();
+        o.done();
     }
 }
