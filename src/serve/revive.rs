@@ -7,7 +7,9 @@
 //! named by a SHA-256 of the handle, so the handle itself (a credential) is never stored. A
 //! client that presents the handle to the next server within the idle timeout gets its session
 //! back, restored before its first call runs. Sessions that ended (idle timeout, end_session,
-//! DELETE) are forgotten, and so are entries older than the idle timeout.
+//! DELETE) are forgotten, and so are entries older than the idle timeout. The book is shared by
+//! every server of the user; each entry names its workspace, and a server finds and sweeps only
+//! its own workspace's entries (another server's may live longer: its idle timeout may differ).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,11 +28,20 @@ struct Entry {
     folder: String,
     /// When the session was last known alive (seconds since the epoch).
     unix: u64,
+    /// The workspace root of the server that wrote the entry (absent in entries written
+    /// before it was recorded: those count as anyone's).
+    #[serde(default)]
+    root: Option<String>,
 }
 
-/// Which folder belongs to which handle.
+/// Entries older than this are swept by any server, whatever their workspace: no idle
+/// timeout is longer (duration flags stop at 30 days).
+const ANYONES_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Which folder belongs to which handle, for one workspace.
 pub struct Book {
     dir: PathBuf,
+    root: String,
 }
 
 fn now() -> u64 {
@@ -41,8 +52,9 @@ fn now() -> u64 {
 }
 
 impl Book {
-    /// The book in `data_dir/http-sessions` (created 0700 when missing).
-    pub fn open(data_dir: &Path) -> std::io::Result<Book> {
+    /// The book in `data_dir/http-sessions` (created 0700 when missing), as the server of
+    /// the workspace at `root` reads and writes it.
+    pub fn open(data_dir: &Path, root: &Path) -> std::io::Result<Book> {
         let dir = data_dir.join("http-sessions");
         std::fs::create_dir_all(&dir)?;
         #[cfg(unix)]
@@ -50,7 +62,15 @@ impl Book {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Book { dir })
+        Ok(Book {
+            dir,
+            root: root.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// Whether `entry` belongs to another workspace's server.
+    fn foreign(&self, entry: &Entry) -> bool {
+        entry.root.as_ref().is_some_and(|r| *r != self.root)
     }
 
     fn path(&self, handle: &str) -> PathBuf {
@@ -66,6 +86,7 @@ impl Book {
         let entry = Entry {
             folder: folder.to_owned(),
             unix: now(),
+            root: Some(self.root.clone()),
         };
         let path = self.path(handle);
         let tmp = path.with_extension("tmp");
@@ -84,11 +105,14 @@ impl Book {
     }
 
     /// The folder of `handle`'s session, if it was known alive within `max_age`; an older
-    /// entry is forgotten.
+    /// entry is forgotten. Another workspace's entry is neither found nor touched.
     pub fn find(&self, handle: &str, max_age: Duration) -> Option<String> {
         let path = self.path(handle);
         let raw = std::fs::read(&path).ok()?;
         let entry: Option<Entry> = serde_json::from_slice(&raw).ok();
+        if entry.as_ref().is_some_and(|e| self.foreign(e)) {
+            return None;
+        }
         match entry {
             Some(e)
                 if valid_folder(&e.folder) && now().saturating_sub(e.unix) <= max_age.as_secs() =>
@@ -104,7 +128,7 @@ impl Book {
 
     /// Forgets every entry older than `max_age` (at start): the folders they name, with their
     /// snapshot files; the session's own files stay. Returns how many were forgotten.
-    pub fn sweep(&self, max_age: Duration, root: &Path) -> usize {
+    pub fn sweep(&self, max_age: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
         };
@@ -114,14 +138,19 @@ impl Book {
             let entry: Option<Entry> = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            let age = |en: &Entry| now().saturating_sub(en.unix);
             let stale = match &entry {
-                Some(en) => now().saturating_sub(en.unix) > max_age.as_secs(),
+                Some(en) if self.foreign(en) => age(en) > ANYONES_AFTER.as_secs(),
+                Some(en) => age(en) > max_age.as_secs(),
                 None => true,
             };
             if stale {
-                if let Some(en) = entry.filter(|en| valid_folder(&en.folder)) {
+                // Snapshot files are removed only in this server's own workspace.
+                if let Some(en) = entry.filter(|en| valid_folder(&en.folder) && !self.foreign(en)) {
                     let _ = std::fs::remove_dir_all(
-                        root.join(&en.folder).join(crate::session::persist::FOLDER),
+                        Path::new(&self.root)
+                            .join(&en.folder)
+                            .join(crate::session::persist::FOLDER),
                     );
                 }
                 let _ = std::fs::remove_file(&path);
@@ -139,7 +168,7 @@ mod tests {
     #[test]
     fn a_handle_finds_its_folder_and_nothing_else_does() {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let book = Book::open(data.path()).unwrap_or_else(|e| panic!("{e}"));
+        let book = Book::open(data.path(), Path::new("/ws/a")).unwrap_or_else(|e| panic!("{e}"));
         book.remember("h1", "session-0123456789ab");
         assert_eq!(
             book.find("h1", Duration::from_secs(60)).as_deref(),
@@ -166,7 +195,7 @@ mod tests {
     #[test]
     fn only_session_folder_names_are_kept_and_old_entries_go() {
         let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let book = Book::open(data.path()).unwrap_or_else(|e| panic!("{e}"));
+        let book = Book::open(data.path(), Path::new("/ws/a")).unwrap_or_else(|e| panic!("{e}"));
         for bad in [
             "../etc",
             "session-../../x",
@@ -187,7 +216,39 @@ mod tests {
         assert_eq!(book.find("old", Duration::from_secs(60)), None);
         std::fs::write(book.path("old"), &old).unwrap_or_else(|e| panic!("{e}"));
         book.remember("fresh", "session-aaaaaaaaaaaa");
-        assert_eq!(book.sweep(Duration::from_secs(60), data.path()), 1);
+        assert_eq!(book.sweep(Duration::from_secs(60)), 1);
         assert!(book.find("fresh", Duration::from_secs(60)).is_some());
+    }
+
+    /// Two servers on two workspaces share the book: one with a short idle timeout neither
+    /// finds nor sweeps the other's sessions, which live by the other's timeout.
+    #[test]
+    fn each_workspace_finds_and_sweeps_only_its_own_entries() {
+        let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let long = Book::open(data.path(), Path::new("/ws/long")).unwrap_or_else(|e| panic!("{e}"));
+        let short =
+            Book::open(data.path(), Path::new("/ws/short")).unwrap_or_else(|e| panic!("{e}"));
+        let old = now().saturating_sub(600);
+        let entry = |root: Option<&str>| {
+            serde_json::json!({"folder": "session-0123456789ab", "unix": old, "root": root})
+                .to_string()
+        };
+        std::fs::write(long.path("mine"), entry(Some("/ws/long")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(short.path("legacy"), entry(None)).unwrap_or_else(|e| panic!("{e}"));
+        // The short server's 60 s sweep takes the legacy entry, not the long server's.
+        assert_eq!(short.sweep(Duration::from_secs(60)), 1);
+        assert_eq!(short.find("mine", Duration::from_secs(3600)), None);
+        assert!(long.path("mine").exists());
+        assert_eq!(
+            long.find("mine", Duration::from_secs(3600)).as_deref(),
+            Some("session-0123456789ab")
+        );
+        // Past any idle timeout, anyone sweeps it.
+        let ancient =
+            serde_json::json!({"folder": "session-0123456789ab", "unix": 5, "root": "/ws/long"});
+        std::fs::write(long.path("mine"), ancient.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(short.sweep(Duration::from_secs(60)), 1);
+        assert!(!long.path("mine").exists());
     }
 }

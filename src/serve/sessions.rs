@@ -166,7 +166,7 @@ impl Registry {
             && matches!(template.kernels, KernelSource::Local(_)))
         .then(crate::pyenv::data_dir)
         .and_then(Result::ok)
-        .and_then(|d| match super::revive::Book::open(&d) {
+        .and_then(|d| match super::revive::Book::open(&d, root.root()) {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(error = %e, "handle sessions will not outlive the server");
@@ -174,7 +174,7 @@ impl Registry {
             }
         });
         if let Some(b) = &book {
-            let gone = b.sweep(limits.idle_timeout, root.root());
+            let gone = b.sweep(limits.idle_timeout);
             if gone > 0 {
                 tracing::info!(
                     sessions = gone,
