@@ -60,13 +60,15 @@ impl Manager {
             }
             next = tokio::time::Instant::now() + every;
             self.close_evicted().await;
+            let mut legacy = Vec::new();
             for (id, era) in self.reg.idle() {
                 tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
                 self.reg.close(&id, "idle");
                 if era == Era::Legacy {
-                    self.close_rmcp(&[SessionId::from(id)]).await;
+                    legacy.push(SessionId::from(id));
                 }
             }
+            self.close_rmcp(&legacy).await;
         }
     }
 
