@@ -346,6 +346,19 @@ async fn install_with_config(
     uninstall(name);
 }
 
+/// A package-name suffix of its own for each run: pip caches wheels built from a URL, and a
+/// port an index had before would otherwise serve a cached build (no build code would run).
+fn unique_tag() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            % 0xffff_ffff
+    )
+}
+
 #[tokio::test]
 async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
     let site = tempdir("kmcp-index-");
@@ -353,16 +366,7 @@ async fn the_installer_sees_the_users_index_configuration_and_no_secrets() {
     let sink = Sink::start();
     // 1. The index is named only in the user's pip configuration under the server's HOME.
     let home = home_naming_index(&index.url);
-    // Names of their own each run: pip caches wheels built from a URL, and a port the index
-    // had before would otherwise serve a cached build (no build code would run).
-    let tag = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            % 0xffff_ffff
-    );
+    let tag = unique_tag();
     let user_pkg = format!("kmcp-nosy-user-{tag}");
     let env_pkg = format!("kmcp-nosy-env-{tag}");
     install_with_config(&user_pkg, home.path(), &[], site.path(), &sink).await;
@@ -401,14 +405,7 @@ async fn a_build_flooding_the_installers_output_is_read_in_bounded_memory() {
     let site = tempdir("kmcp-index-");
     let index = Index::serve(site.path());
     let home = home_naming_index(&index.url);
-    let tag = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            % 0xffff_ffff
-    );
+    let tag = unique_tag();
     let name = format!("kmcp-flood-{tag}");
     let backend = r#"import sys
 
