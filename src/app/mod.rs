@@ -320,10 +320,8 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     let server = server.with_tasks();
     // Requests a strict parser would drop silently get a clear error instead (see stdin_guard).
     let (stdin, stdout) = stdio();
-    let guarded = crate::stdin_guard::spawn(stdin, stdout);
-    let transport =
-        rmcp::transport::async_rw::AsyncRwTransport::new_server(guarded.input, guarded.output)
-            .with_max_line_length(crate::stdin_guard::MAX_LINE + 1024 * 1024);
+    let transport = crate::stdin_guard::guard(stdin, stdout);
+    let finisher = transport.finisher();
     let session = server.session().clone();
     let service = server.serve(transport).await;
     let outcome = match service {
@@ -351,7 +349,7 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
     }
     kernel.shutdown().await;
     // Whatever the transport wrote last still reaches stdout.
-    let _ = tokio::time::timeout(Duration::from_secs(1), guarded.writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), finisher.finish()).await;
     outcome
 }
 
