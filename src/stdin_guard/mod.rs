@@ -190,6 +190,9 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
         return stand_in(too_many(&prefix), in_flight);
     }
     // The common case: rmcp's own type reads the line, once.
+    if let Some(msg) = tool_call(body) {
+        return admit(msg, in_flight);
+    }
     let err = match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
         Ok(msg) => return admit(msg, in_flight),
         Err(e) => e,
@@ -207,6 +210,39 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
         // Not JSON: rmcp ignores such lines too (there is no id to answer).
         (None, None) => Verdict::Drop,
     }
+}
+
+/// A `tools/call` request read as rmcp reads it, without trying the thirteen kinds of request
+/// its message type tries first (`ClientRequest` is an untagged enum: each kind that does not
+/// fit costs a failed parse and an error message, most of the parse of a short call). `None`
+/// when the line is anything else, or a call rmcp's own request type does not read (then
+/// the whole message type decides, as for every other line).
+fn tool_call(body: &[u8]) -> Option<ClientJsonRpcMessage> {
+    use rmcp::model::{CallToolRequest, ClientRequest, JsonRpcMessage, JsonRpcRequest};
+    /// The members that decide what kind of message a line is (rmcp's shape check): read
+    /// without building the others. A repeated one fails here, and the line goes the long way.
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        id: Option<serde::de::IgnoredAny>,
+        result: Option<serde::de::IgnoredAny>,
+        error: Option<serde::de::IgnoredAny>,
+    }
+    let shape: Shape = serde_json::from_slice(body).ok()?;
+    let request = shape.method.as_deref() == Some("tools/call")
+        && shape.id.is_some()
+        && shape.result.is_none()
+        && shape.error.is_none();
+    if !request {
+        return None;
+    }
+    let call: JsonRpcRequest<CallToolRequest> = serde_json::from_slice(body).ok()?;
+    Some(JsonRpcMessage::Request(JsonRpcRequest {
+        jsonrpc: call.jsonrpc,
+        id: call.id,
+        request: ClientRequest::CallToolRequest(call.request),
+    }))
 }
 
 /// A stand-in request made for a line refused whole or repaired, or nothing when none could
@@ -518,6 +554,49 @@ mod tests {
             passed >= 5 && refused >= 10,
             "{passed} passed, {refused} refused"
         );
+    }
+
+    /// A tool call read the short way is the message rmcp's own type makes of it, `_meta`
+    /// (the progress token) included; calls rmcp reads differently go the long way.
+    #[test]
+    fn tool_calls_read_the_short_way_are_what_rmcp_reads() {
+        let calls = [
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"x + 1"}}}"#,
+            r#"{"method":"tools/call","params":{"_meta":{"progressToken":"p1"},"name":"read_file","arguments":{"path":"a"}},"jsonrpc":"2.0","id":"s","extra":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":4.0,"method":"tools/call","params":{"name":"list_files"}}"#,
+        ];
+        for line in calls {
+            let short = tool_call(line.as_bytes());
+            let long = serde_json::from_str::<ClientJsonRpcMessage>(line).ok();
+            assert!(short.is_some(), "{line}");
+            assert_eq!(
+                serde_json::to_value(&short).unwrap_or_default(),
+                serde_json::to_value(&long).unwrap_or_default(),
+                "{line}"
+            );
+            let meta = |m: Option<ClientJsonRpcMessage>| match m {
+                Some(rmcp::model::JsonRpcMessage::Request(r)) => {
+                    use rmcp::model::GetExtensions;
+                    r.request
+                        .extensions()
+                        .get::<rmcp::model::RequestMetaObject>()
+                        .cloned()
+                }
+                _ => None,
+            };
+            let long_meta = meta(serde_json::from_str(line).ok());
+            assert_eq!(long_meta.is_some(), line.contains("_meta"), "{line}");
+            assert_eq!(meta(tool_call(line.as_bytes())), long_meta, "{line}");
+        }
+        for other in [
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":5}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","result":{},"params":{"name":"a"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","method":"tools/call","params":{"name":"a"}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"a"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#,
+        ] {
+            assert!(tool_call(other.as_bytes()).is_none(), "{other}");
+        }
     }
 
     /// A line rmcp would drop without an answer still gets one (a stand-in carrying the
