@@ -190,51 +190,38 @@ mod tests {
 
     #[test]
     fn requests_cancellations_and_responses_are_told_apart() {
-        assert_eq!(
-            seen(&msg(
-                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"execute_python"}}"#
-            )),
-            Seen::Request {
-                key: "7".into(),
-                id: serde_json::json!(7),
-                run: true
-            }
-        );
-        // 7 and "7" are different ids; `1.0` is echoed (and keyed) as 1.
-        assert_eq!(
-            seen(&msg(r#"{"jsonrpc":"2.0","id":"7","method":"ping"}"#)),
-            Seen::Request {
-                key: "\"7\"".into(),
-                id: serde_json::json!("7"),
-                run: false
-            }
-        );
-        assert_eq!(
-            seen(&msg(
-                r#"{"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"read_file"}}"#
-            )),
-            Seen::Request {
-                key: "1".into(),
-                id: serde_json::json!(1),
-                run: false
-            }
-        );
-        assert_eq!(
-            seen(&msg(
-                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#
-            )),
-            Seen::Cancelled("7".into())
-        );
-        assert_eq!(
-            seen(&msg(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#)),
-            Seen::Other
-        );
-        assert_eq!(
-            seen(&msg(
-                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
-            )),
-            Seen::Other
-        );
+        let request = |key: &str, id: Value, run: bool| Seen::Request {
+            key: key.into(),
+            id,
+            run,
+        };
+        // 7 and "7" are different ids; `1.0` is echoed (and keyed) as 1; only the tools that
+        // run code are runs.
+        for (line, expected) in [
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"execute_python"}}"#,
+                request("7", serde_json::json!(7), true),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"7","method":"ping"}"#,
+                request("\"7\"", serde_json::json!("7"), false),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1.0,"method":"tools/call","params":{"name":"read_file"}}"#,
+                request("1", serde_json::json!(1), false),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}"#,
+                Seen::Cancelled("7".into()),
+            ),
+            (r#"{"jsonrpc":"2.0","id":7,"result":{}}"#, Seen::Other),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Seen::Other,
+            ),
+        ] {
+            assert_eq!(seen(&msg(line)), expected, "{line}");
+        }
     }
 
     /// The answers name what was wrong, carry the id when rmcp could read it, and a
