@@ -86,6 +86,38 @@ fn tree_cpu_seconds(pid: u32) -> f64 {
         + cpu_seconds(pid)
 }
 
+/// CPU time, in seconds, of the sandbox helpers under `pid` (the `__kernel-launch` processes
+/// beside each kernel: their watch over disk, memory and CPU), from every thread's
+/// `/proc/PID/task/TID/schedstat` (nanoseconds: clock ticks are too coarse for a watch that
+/// mostly sleeps). 0 where /proc is missing.
+fn helpers_cpu_seconds(pid: u32) -> f64 {
+    let Ok(root) = i32::try_from(pid) else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for (p, argv) in kernel_mcp::process::descendants(root) {
+        if !argv.contains(kernel_mcp::sandbox::HELPER_ARG) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let run = std::fs::read_to_string(t.path().join("schedstat")).ok();
+            let first = run.as_deref().and_then(|s| s.split_whitespace().next());
+            ns += first.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
+/// The sandbox helpers' share of one core while the server sits idle, over `secs`.
+async fn helpers_at_rest(pid: u32, secs: u64) -> f64 {
+    let before = helpers_cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (helpers_cpu_seconds(pid) - before) / secs as f64 * 100.0
+}
+
 /// Waits until the server and everything under it (its kernel, the warm spare, the sandbox
 /// helpers) used under 3% of one core in each of two consecutive seconds, or 60 s have passed;
 /// returns the seconds waited. Right after a start the kernel imports the analysis stack in the
@@ -232,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
     let mut direct = Vec::with_capacity(n);
     let mut mcp = Vec::with_capacity(n);
     let mut server_cpu = 0.0;
+    let helpers_before = helpers_cpu_seconds(m.pid);
     for _ in 0..n {
         let t = Instant::now();
         kernel
@@ -245,6 +278,8 @@ async fn main() -> anyhow::Result<()> {
         server_cpu += cpu_seconds(m.pid) - cpu_before;
     }
     let server_cpu_us = server_cpu / n as f64 * 1e6;
+    let helpers_us = (helpers_cpu_seconds(m.pid) - helpers_before) / n as f64 * 1e6;
+    let helpers_rest = helpers_at_rest(m.pid, 5).await;
     let direct_med = median(&mut direct);
     let mcp_med = median(&mut mcp);
     let mcp_p90 = p90(&mut mcp);
@@ -267,6 +302,16 @@ async fn main() -> anyhow::Result<()> {
             &format!("p90 {mcp_p90:.3} ms; {:.3}x direct", mcp_med / direct_med),
         );
         row("server CPU per call", format!("{server_cpu_us:.0} µs"), "");
+        row(
+            "sandbox helpers' CPU per call",
+            format!("{helpers_us:.0} µs"),
+            "the watch beside the server's kernel and its warm spare",
+        );
+        row(
+            "sandbox helpers at rest",
+            format!("{helpers_rest:.2}% of a core"),
+            "over 5 s after the loop",
+        );
         row(
             "server quiet before the loop after",
             format!("{settled:.0} s"),
@@ -316,6 +361,11 @@ async fn main() -> anyhow::Result<()> {
         "server CPU time per x + 1 call (user + system)",
         format!("{server_cpu_us:.0} µs"),
         "the server's own work: MCP JSON, routing, signing, output shaping",
+    );
+    row(
+        "sandbox helpers' CPU per call / at rest",
+        format!("{helpers_us:.0} µs / {helpers_rest:.2}%"),
+        "the watch beside the server's kernel and its warm spare; at rest: share of one core over 5 s",
     );
     row(
         "fresh bare `python -c` per call (median of 30)",
