@@ -12,6 +12,8 @@ pub mod index;
 pub mod seatbelt;
 
 #[cfg(target_os = "linux")]
+mod activity;
+#[cfg(target_os = "linux")]
 mod idmap;
 #[cfg(target_os = "linux")]
 mod linux;

@@ -2,14 +2,19 @@
 //! beside the kernel: the disk quota across every file the sandbox writes, the resident memory
 //! of all its processes together, and the CPU of processes that left the kernel's session.
 //! Everything is read from /proc; the watch acts by signals and by the rlimits of the
-//! processes it watches.
+//! processes it watches. One concern (the loop and what each look reads) kept whole; the
+//! check that lets a look stop early, and the inotify wake-up, are in `activity.rs`.
 
 use std::path::PathBuf;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+use super::activity::{Moved, Nudge, Stir, MAX_FOLDERS};
 use super::Policy;
+
+/// The longest the watch goes without a full look while nothing of the sandbox runs.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The helper's watch over what rlimits cannot bound: the disk quota across all files, and
 /// the CPU of processes that left the kernel's session.
@@ -84,6 +89,8 @@ fn descendants(root: i32) -> Vec<Proc> {
 /// deleting them. Bounded in the entries it visits.
 struct Usage {
     bytes: u64,
+    /// The first folders the walk visited, for inotify.
+    folders: Vec<PathBuf>,
     /// A folder the kernel made unreadable to the walk could not be measured even after
     /// giving it its owner's read right back: the watch counts that as over the quota.
     unmeasured: bool,
@@ -96,6 +103,7 @@ fn usage(paths: &[PathBuf], procs: &[Proc]) -> Usage {
     let mut budget = 1_000_000usize;
     let mut seen_dirs: std::collections::HashSet<(u64, u64)> = Default::default();
     let mut stack: Vec<PathBuf> = paths.to_vec();
+    let mut folders = Vec::new();
     let me = nix::unistd::getuid().as_raw();
     while let Some(dir) = stack.pop() {
         let Ok(dm) = std::fs::symlink_metadata(&dir) else {
@@ -103,6 +111,9 @@ fn usage(paths: &[PathBuf], procs: &[Proc]) -> Usage {
         };
         if !dm.is_dir() || !seen_dirs.insert((dm.dev(), dm.ino())) {
             continue;
+        }
+        if folders.len() < MAX_FOLDERS {
+            folders.push(dir.clone());
         }
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -126,6 +137,7 @@ fn usage(paths: &[PathBuf], procs: &[Proc]) -> Usage {
             if budget == 0 {
                 return Usage {
                     bytes: total,
+                    folders,
                     unmeasured,
                 };
             }
@@ -159,6 +171,7 @@ fn usage(paths: &[PathBuf], procs: &[Proc]) -> Usage {
     }
     Usage {
         bytes: total,
+        folders,
         unmeasured,
     }
 }
@@ -217,11 +230,15 @@ impl Watch {
     }
 
     /// Polls until the helper exits (the thread dies with it). Cheap checks often, costly
-    /// ones only when they can have changed. Every 50 ms (2 ms while the kernel writes): the
-    /// free space on the watched file systems (one statvfs each) and the bytes the sandbox's
-    /// processes wrote (`wchar` of /proc/PID/io, a few reads). A walk of the watched folders,
-    /// exact but slow, when either grew by a step since the last walk, or a second has passed.
-    /// The process list for those reads (and the CPU limit) is refreshed four times a second.
+    /// ones only when they can have changed. Every 50 ms (2 ms while the kernel writes), first
+    /// whether anything of the sandbox ran at all ([`Stir`]: one read per process); a look that
+    /// finds nothing ran, no memory pressure and no block in force stops there, and a full look
+    /// is made at least once a second anyway. A full look reads the free space on the watched
+    /// file systems (one statvfs each), the bytes the sandbox's processes wrote (`wchar` of
+    /// /proc/PID/io) and their resident memory. A walk of the watched folders, exact but slow,
+    /// when either grew by a step since the last walk, or a second has passed with the sandbox
+    /// running. The process list for those reads (and the CPU limit) is refreshed four times a
+    /// second, and at once when a process was made.
     ///
     /// Two signals because each misses something: free space is shared with the rest of the
     /// machine and rises late after a delete (ext4 returns blocks at the journal's commit), so
@@ -230,7 +247,12 @@ impl Watch {
     pub(super) fn run(self, kernel: i32) {
         use std::time::{Duration, Instant};
         let me = nix::unistd::getpid().as_raw();
-        let baseline = usage(&self.paths, &[]).bytes;
+        let mut nudge = Nudge::new();
+        // The watched roots first: a big workspace's folders must not use up the cap.
+        self.paths.iter().for_each(|p| nudge.watch(p));
+        let first = usage(&self.paths, &[]);
+        first.folders.iter().for_each(|f| nudge.watch(f));
+        let baseline = first.bytes;
         let free = |paths: &[PathBuf]| -> u64 {
             paths
                 .iter()
@@ -248,14 +270,35 @@ impl Watch {
         let mut cpu = CpuBudget::default();
         let mut memory = MemoryWatch::default();
         let mut fast = false;
+        let mut stir = Stir::default();
+        let mut full_look = Instant::now();
+        let mut ran_since_walk = true;
         loop {
             // While the kernel writes, look 25 times as often: what is written between two
             // looks (and during the walk) is what the quota can overshoot by.
-            std::thread::sleep(Duration::from_millis(if fast || memory.hurry {
-                2
+            let nudged = if fast || memory.hurry {
+                std::thread::sleep(Duration::from_millis(2));
+                false
             } else {
-                50
-            }));
+                nudge.wait(Duration::from_millis(50))
+            };
+            let moved = match stir.look(&writes.procs) {
+                Moved::Nothing if nudged => Moved::Ran,
+                m => m,
+            };
+            if moved == Moved::Nothing
+                && !fast
+                && !memory.hurry
+                && !quota.blocked
+                && full_look.elapsed() < HEARTBEAT
+            {
+                continue;
+            }
+            full_look = Instant::now();
+            ran_since_walk |= moved != Moved::Nothing;
+            if moved == Moved::NewProcess {
+                writes.listed = None;
+            }
             writes.list(me, memory.hurry);
             if let Some(limit) = self.resident {
                 memory.check(&writes.procs, kernel, limit);
@@ -275,9 +318,13 @@ impl Watch {
                 }
                 let lost = free_at_walk.saturating_sub(now_free);
                 let wrote = writes.poll();
-                fast = lost > 0 || writes.busy;
-                // A big workspace is walked less often: at most ~5% of one core.
-                let due = walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
+                // Free space is shared with the whole machine: it hurries the watch only while
+                // the sandbox is doing something itself.
+                fast = writes.busy || (lost > 0 && (moved != Moved::Nothing || writes.grew));
+                // A big workspace is walked less often: at most ~5% of one core; not at all
+                // while nothing of the sandbox runs.
+                let due = ran_since_walk
+                    && walked.elapsed() >= Duration::from_secs(1).max(walk_cost * 20);
                 if lost >= step
                     || wrote >= step
                     || due
@@ -285,9 +332,11 @@ impl Watch {
                 {
                     let began = Instant::now();
                     let u = usage(&self.paths, &descendants(me));
+                    u.folders.iter().for_each(|f| nudge.watch(f));
                     let used = u.bytes.saturating_sub(baseline);
                     walk_cost = began.elapsed();
                     walked = Instant::now();
+                    ran_since_walk = false;
                     free_at_walk = now_free;
                     writes.walked();
                     let over = used >= q || u.unmeasured;
@@ -332,6 +381,8 @@ struct WriteCounter {
     since_walk: u64,
     /// The last look found writing (more than a trickle of output).
     busy: bool,
+    /// The last look found any bytes written.
+    grew: bool,
 }
 
 impl WriteCounter {
@@ -357,6 +408,7 @@ impl WriteCounter {
             grew = grew.saturating_add(now.saturating_sub(before));
         }
         self.busy = grew >= 64 << 10;
+        self.grew = grew > 0;
         self.since_walk = self.since_walk.saturating_add(grew);
         self.since_walk
     }
@@ -420,14 +472,21 @@ impl MemoryWatch {
     }
 }
 
-/// A process's anonymous resident memory in bytes, if it can be read.
+/// A process's anonymous resident memory in bytes (`RssAnon`), if it can be read: statm's
+/// resident pages less its shared ones (file and shmem pages), one short line where
+/// /proc/PID/status formats fifty.
 fn rss_anon(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb.saturating_mul(1024))
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut f = statm.split_ascii_whitespace().skip(1);
+    let resident: u64 = f.next()?.parse().ok()?;
+    let shared: u64 = f.next()?.parse().ok()?;
+    Some(resident.saturating_sub(shared).saturating_mul(page_size()))
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { nix::libc::sysconf(nix::libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
 }
 
 /// A process's `wchar` (bytes passed to write-like calls), if it can be read.

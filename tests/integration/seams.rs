@@ -524,8 +524,9 @@ async fn the_disk_quota_counts_every_place_and_cannot_be_lifted() {
     .await;
     // Slack: the watch looks every 2 ms while the kernel writes, and the page cache takes GB/s
     // (3-5 GB/s measured here), so a fast writer overshoots by what it writes before the next
-    // look and during the walk that confirms (10-90 MiB measured here). Each bypass
-    // below was unbounded before (1.1 GB against a 300 MB quota); the writers try 1000 MiB.
+    // look and during the walk that confirms (0-17 MiB measured here since a write in a
+    // watched folder wakes the watch, up to 126 MiB before). Each bypass below was unbounded
+    // before (1.1 GB against a 300 MB quota); the writers try 1000 MiB.
     let cap_mb = 48 + 256;
     // 1. Blocked, then the kernel raises its own soft limit back and writes on.
     let r = s
