@@ -19,6 +19,7 @@ pub mod limits;
 pub mod notebook;
 pub mod output;
 pub mod packages;
+pub mod pids;
 pub mod process;
 pub mod pyenv;
 pub mod rich;

@@ -314,29 +314,11 @@ const MAX_DESCENDANTS: usize = 256;
 /// `/proc/<pid>/task/<tid>/children`. Processes re-parented to `root` (the launch helper is a
 /// child subreaper) are found too. Empty where /proc does not say.
 pub fn descendants(root: i32) -> BTreeMap<i32, String> {
-    let mut found = BTreeMap::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                if found.len() >= MAX_DESCENDANTS || found.contains_key(&child) || ended(child) {
-                    continue;
-                }
-                found.insert(child, command_line(child));
-                todo.push(child);
-            }
-        }
-    }
-    found
+    crate::pids::below(root, MAX_DESCENDANTS, |pid| !ended(pid))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|pid| (pid, command_line(pid)))
+        .collect()
 }
 
 /// The pid most recently handed out on this machine (the last field of /proc/loadavg), where

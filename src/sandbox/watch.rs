@@ -56,8 +56,30 @@ fn read_proc(pid: i32) -> Option<Proc> {
     })
 }
 
-/// Every live process below `root` (the helper), the kernel included.
+/// Most processes the watch follows (the sandbox allows 1024 per user namespace).
+const MAX_PROCS: usize = 4096;
+
+/// Every live process below `root` (the helper), the kernel included: its children lists
+/// (a few reads per sandbox process), or where the kernel has none a scan of /proc (inside the
+/// sandbox's PID namespace only its own processes; without namespaces every process of the
+/// machine, a read each, four times a second while the kernel runs).
 fn descendants(root: i32) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    let walked = crate::pids::below(root, MAX_PROCS, |pid| match read_proc(pid) {
+        Some(p) => {
+            procs.push(p);
+            true
+        }
+        None => false,
+    });
+    match walked {
+        Some(_) => procs,
+        None => scan(root),
+    }
+}
+
+/// [`descendants`] by reading every process in /proc and following parents.
+fn scan(root: i32) -> Vec<Proc> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
