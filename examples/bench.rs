@@ -95,8 +95,11 @@ fn helpers_cpu_seconds(pid: u32) -> f64 {
         return 0.0;
     };
     let mut ns = 0u64;
-    for (p, argv) in kernel_mcp::process::descendants(root) {
-        if !argv.contains(kernel_mcp::sandbox::HELPER_ARG) {
+    for p in kernel_mcp::process::descendants(root).into_keys() {
+        // The whole command line (descendants' is cut for reports): the binary's path can be long.
+        let argv = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let helper = kernel_mcp::sandbox::HELPER_ARG.as_bytes();
+        if !argv.split(|b| *b == 0).any(|a| a == helper) {
             continue;
         }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
@@ -115,7 +118,7 @@ fn helpers_cpu_seconds(pid: u32) -> f64 {
 async fn helpers_at_rest(pid: u32, secs: u64) -> f64 {
     let before = helpers_cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    (helpers_cpu_seconds(pid) - before) / secs as f64 * 100.0
+    (helpers_cpu_seconds(pid) - before).max(0.0) / secs as f64 * 100.0
 }
 
 /// Waits until the server and everything under it (its kernel, the warm spare, the sandbox
@@ -278,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
         server_cpu += cpu_seconds(m.pid) - cpu_before;
     }
     let server_cpu_us = server_cpu / n as f64 * 1e6;
-    let helpers_us = (helpers_cpu_seconds(m.pid) - helpers_before) / n as f64 * 1e6;
+    let helpers_us = (helpers_cpu_seconds(m.pid) - helpers_before).max(0.0) / n as f64 * 1e6;
     let helpers_rest = helpers_at_rest(m.pid, 5).await;
     let direct_med = median(&mut direct);
     let mcp_med = median(&mut mcp);

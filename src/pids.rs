@@ -21,12 +21,14 @@ pub fn below(root: i32, max: usize, mut keep: impl FnMut(i32) -> bool) -> Option
             Err(_) if is_root => return None,
             Err(_) => continue,
         };
+        // A thread that ends between the listing and the read is skipped; `root` says `None`
+        // only when none of its threads' lists could be read.
+        let mut read_any = false;
         for task in tasks.flatten() {
-            let children = match std::fs::read_to_string(task.path().join("children")) {
-                Ok(c) => c,
-                Err(_) if is_root => return None,
-                Err(_) => continue,
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
             };
+            read_any = true;
             for child in children
                 .split_ascii_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok())
@@ -38,8 +40,26 @@ pub fn below(root: i32, max: usize, mut keep: impl FnMut(i32) -> bool) -> Option
                 todo.push(child);
             }
         }
+        if is_root && !read_any {
+            return None;
+        }
     }
     Some(found)
+}
+
+/// The fields of a `/proc/PID/stat` line after the command name (from field 3, the state, on).
+/// The name is whatever the process set (`prctl(PR_SET_NAME)`, any bytes but NUL, ") "
+/// included): it is skipped by the last ") ", and never decoded, so a name that is not UTF-8
+/// cannot hide a process from whoever reads its fields.
+pub fn after_name(stat: &[u8]) -> Option<&str> {
+    let at = stat.windows(2).rposition(|w| w == b") ")?;
+    std::str::from_utf8(stat.get(at + 2..)?).ok()
+}
+
+/// [`after_name`] of a process's `/proc/PID/stat`, read now; `None` when it is gone.
+pub fn stat_after_name(pid: i32) -> Option<String> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    after_name(&stat).map(str::to_owned)
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -62,9 +82,7 @@ mod tests {
             found
                 .iter()
                 .filter(|p| {
-                    std::fs::read_to_string(format!("/proc/{p}/stat"))
-                        .ok()
-                        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.to_owned()))
+                    stat_after_name(**p)
                         .and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok())
                         == Some(shell)
                 })
@@ -94,5 +112,16 @@ mod tests {
         }
         sh.kill().unwrap();
         sh.wait().unwrap();
+    }
+
+    #[test]
+    fn fields_after_any_name_are_found() {
+        assert_eq!(after_name(b"42 (sh) S 1 42"), Some("S 1 42"));
+        // A name with ") " inside, and one that is not UTF-8 (set by prctl from kernel code).
+        assert_eq!(after_name(b"42 (a) b) S 1 42"), Some("S 1 42"));
+        assert_eq!(after_name(b"42 (\xff\xfe) ) S 1 42"), Some("S 1 42"));
+        assert_eq!(after_name(b"no name here"), None);
+        assert_eq!(after_name(b"42 (x) "), Some(""));
+        assert_eq!(after_name(b""), None);
     }
 }

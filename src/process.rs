@@ -362,9 +362,10 @@ pub fn pid_as_seen_inside(pid: i32) -> i32 {
 
 /// True for a process that has ended but not been reaped yet (a zombie): nothing runs.
 fn ended(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-    state.starts_with('Z') || state.starts_with('X') || stat.is_empty()
+    let Some(fields) = crate::pids::stat_after_name(pid) else {
+        return true;
+    };
+    fields.starts_with('Z') || fields.starts_with('X')
 }
 
 /// A process's command line for a report: arguments joined by spaces, at most 120 characters.

@@ -405,11 +405,8 @@ fn kill_descendants() {
                 if pid == me {
                     continue;
                 }
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
                 // Fields after the command name: state, ppid, pgrp, ...
-                let Some((_, rest)) = stat.rsplit_once(") ") else {
+                let Some(rest) = crate::pids::stat_after_name(pid) else {
                     continue;
                 };
                 let mut f = rest.split_whitespace();

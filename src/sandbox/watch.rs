@@ -38,8 +38,7 @@ struct Proc {
 }
 
 fn read_proc(pid: i32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
+    let rest = crate::pids::stat_after_name(pid)?;
     // Fields from 3 (state) on: state ppid pgrp session tty tpgid flags minflt cminflt majflt
     // cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime.
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -295,6 +294,7 @@ impl Watch {
         let mut stir = Stir::default();
         let mut full_look = Instant::now();
         let mut ran_since_walk = true;
+        let mut relist_next = false;
         loop {
             // While the kernel writes, look 25 times as often: what is written between two
             // looks (and during the walk) is what the quota can overshoot by.
@@ -317,11 +317,25 @@ impl Watch {
                 continue;
             }
             full_look = Instant::now();
-            ran_since_walk |= moved != Moved::Nothing;
-            if moved == Moved::NewProcess {
+            // A new pid: list again now (at most every 20 ms: without namespaces any process of
+            // the machine takes pids) and once more at the next look, for a child that was not
+            // yet in its parent's list. It counts as the sandbox running only if the list moved.
+            let before = writes.procs.len();
+            let relist = moved == Moved::NewProcess || relist_next;
+            relist_next = moved == Moved::NewProcess;
+            if relist
+                && writes
+                    .listed
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(20))
+            {
                 writes.listed = None;
             }
             writes.list(me, memory.hurry);
+            ran_since_walk |= match moved {
+                Moved::Nothing => false,
+                Moved::Ran => true,
+                Moved::NewProcess => writes.procs.len() != before,
+            };
             if let Some(limit) = self.resident {
                 memory.check(&writes.procs, kernel, limit);
             }
