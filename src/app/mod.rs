@@ -341,9 +341,9 @@ async fn run_stdio(server: Server, kernel: Arc<KernelHandle>) -> anyhow::Result<
         Err(e) => Err(anyhow::anyhow!("MCP initialization failed: {e}")),
     };
     // An orderly exit (stdin EOF, SIGTERM, SIGHUP) keeps the variables for the next server.
-    match tokio::time::timeout(Duration::from_secs(120), session.snapshot_now()).await {
+    match tokio::time::timeout(Duration::from_secs(120), session.snapshot_at_exit()).await {
         Ok(Some(Ok(s))) => tracing::info!("at exit: {s}"),
-        Ok(Some(Err(e))) => tracing::warn!("at exit: snapshot failed: {e}"),
+        Ok(Some(Err(e))) => tracing::warn!("at exit: no snapshot: {e}"),
         Ok(None) => {}
         Err(_) => tracing::warn!("at exit: the snapshot took over 120 s and was abandoned"),
     }

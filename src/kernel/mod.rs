@@ -181,7 +181,18 @@ impl KernelHandle {
 
     /// Evaluates an expression in the kernel if it becomes free within `wait`.
     pub async fn evaluate(&self, expr: &str, wait: Duration) -> Result<String, KernelError> {
-        let slot = tokio::time::timeout(wait, self.slot.lock())
+        self.evaluate_if_free(expr, wait, wait).await
+    }
+
+    /// Evaluates an expression in the kernel if it becomes free within `free_within` (a run or
+    /// another call holds it until then: `Busy`), waiting up to `wait` for the answer.
+    pub async fn evaluate_if_free(
+        &self,
+        expr: &str,
+        free_within: Duration,
+        wait: Duration,
+    ) -> Result<String, KernelError> {
+        let slot = tokio::time::timeout(free_within, self.slot.lock())
             .await
             .map_err(|_| KernelError::Busy {
                 queued: self.waiting.load(Ordering::SeqCst),

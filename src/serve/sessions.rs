@@ -486,13 +486,13 @@ impl Registry {
         // An orderly stop keeps each handle session's variables for the next server (as a
         // stdio session's are kept at exit), all at once, each bounded like stdio's.
         futures::future::join_all(sessions.iter().map(|s| async move {
-            let snap = s.server.session().snapshot_now();
+            let snap = s.server.session().snapshot_at_exit();
             match tokio::time::timeout(Duration::from_secs(120), snap).await {
                 Ok(Some(Ok(what))) => {
                     tracing::info!(session = %s.log_name(), "at exit: {what}");
                 }
                 Ok(Some(Err(e))) => {
-                    tracing::warn!(session = %s.log_name(), "at exit: snapshot failed: {e}");
+                    tracing::warn!(session = %s.log_name(), "at exit: no snapshot: {e}");
                 }
                 Ok(None) => {}
                 Err(_) => tracing::warn!(session = %s.log_name(), "at exit: the snapshot took over 120 s and was abandoned"),

@@ -106,6 +106,10 @@ pub struct Restart {
 /// How long the kernel stays idle after a run before its namespace is snapshotted.
 const SNAPSHOT_IDLE: Duration = Duration::from_secs(2);
 
+/// How long the snapshot at exit waits for the kernel to be free (a call's last messages, a
+/// snapshot after idle already under way); past it, a run holds the kernel and none is taken.
+const EXIT_FREE_WITHIN: Duration = Duration::from_secs(2);
+
 /// One execute_python / run_file call, as the session runs it.
 pub struct RunCall<'a> {
     /// The code the kernel runs.
@@ -226,6 +230,18 @@ impl Session {
     /// Saves the namespace as the workspace's snapshot (when snapshots are on, the kernel is
     /// running and has run something since start). The summary, or why it failed.
     pub async fn snapshot_now(&self) -> Option<Result<String, String>> {
+        self.snapshot_if_free(Duration::from_secs(600)).await
+    }
+
+    /// The snapshot at exit: taken only if the kernel is free within a moment. A run still
+    /// going (the client left, or the server was told to stop, during a long cell) would hold
+    /// the exit up until it ends, and what it leaves is half-done anyway; the snapshot taken
+    /// after the last idle run stays.
+    pub async fn snapshot_at_exit(&self) -> Option<Result<String, String>> {
+        self.snapshot_if_free(EXIT_FREE_WITHIN).await
+    }
+
+    async fn snapshot_if_free(&self, free_within: Duration) -> Option<Result<String, String>> {
         use std::sync::atomic::Ordering;
         let p = self.persist.as_ref()?;
         // Before the first run the namespace is empty, and a pending snapshot is still wanted.
@@ -235,12 +251,21 @@ impl Session {
         let _one = self.snapshot_lock.lock().await;
         let python = self.env_info().python;
         let began = std::time::Instant::now();
-        let result = self
+        let result = match self
             .kernel
-            .evaluate(&p.save_expr(), Duration::from_secs(600))
+            .evaluate_if_free(&p.save_expr(), free_within, Duration::from_secs(600))
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|repr| p.record(&python, &repr));
+        {
+            Err(crate::error::KernelError::Busy { .. }) => {
+                return Some(Err(format!(
+                    "skipped: a run was still going after {:.1} s (the snapshot after the last idle run stays)",
+                    free_within.as_secs_f64()
+                )));
+            }
+            r => r
+                .map_err(|e| e.to_string())
+                .and_then(|repr| p.record(&python, &repr)),
+        };
         Some(match result {
             Ok(m) => {
                 let s = format!(

@@ -133,3 +133,60 @@ async fn no_persist_starts_fresh_and_writes_nothing() {
     assert_eq!(texts(&r), vec!["False"]);
     s.close().await;
 }
+
+/// The client leaves while a long cell runs: the server ends without waiting for the cell (it
+/// took as long as the cell, up to the 120 s bound, before), and the next server gets the
+/// variables of the snapshot taken after the last idle run.
+#[tokio::test]
+async fn leaving_during_a_long_run_does_not_wait_for_it() {
+    let ws = workspace();
+    let s = Server::start_on(ws.path(), &["--persist"]).await;
+    let r = s.exec("kept = 41").await;
+    assert!(!is_error(&r), "{}", text(&r));
+    // The snapshot after idle, waited for in the log.
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || s
+            .log()
+            .contains("snapshot: 1 variable(s)"))
+        .await,
+        "no snapshot after idle:\n{}",
+        s.log()
+    );
+    let r = s
+        .call(
+            "execute_python",
+            json!({"code": "import time\nstarted = True\ntime.sleep(1000)", "return_after": 1}),
+        )
+        .await;
+    assert!(
+        texts(&r)
+            .iter()
+            .any(|t| t.contains("[still running as run")),
+        "{:?}",
+        texts(&r)
+    );
+    let pid = s.pid as i32;
+    let began = std::time::Instant::now();
+    let dir = s.close().await;
+    // Before, the exit waited for the cell (at most 120 s, then the snapshot was abandoned).
+    assert!(
+        crate::harness::eventually(crate::harness::HANG, || !crate::harness::alive(pid)).await,
+        "the server did not exit"
+    );
+    let took = began.elapsed();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(
+        log.contains("at exit: no snapshot: skipped: a run was still going"),
+        "{log}"
+    );
+    eprintln!("exit during a run took {took:?}");
+    let s = Server::start_on(ws.path(), &["--persist"]).await;
+    let r = s.exec("kept + 1, 'started' in dir()").await;
+    assert_eq!(
+        texts(&r).first().map(String::as_str),
+        Some("(42, False)"),
+        "{:?}",
+        texts(&r)
+    );
+    s.close().await;
+}
