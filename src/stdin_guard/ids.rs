@@ -169,12 +169,125 @@ pub(super) fn unreadable(msg: &Value, line: &[u8], err: &serde_json::Error) -> O
 
 /// The JSON-RPC error sent for a request that cannot be passed on.
 pub(super) fn refusal(id: &Value, message: &str) -> String {
+    refusal_coded(id, -32600, message)
+}
+
+/// [`refusal`] with a JSON-RPC error code (-32700 parse error, -32600 invalid request, -32602
+/// invalid params).
+pub(super) fn refusal_coded(id: &Value, code: i32, message: &str) -> String {
     serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": {"code": -32600, "message": message}
+        "error": {"code": code, "message": message}
     })
     .to_string()
+}
+
+/// The methods rmcp's request type knows. rmcp reads a request with one of these whose
+/// params do not fit that method as a custom request and answers "method not found" naming
+/// the method, which sends the client looking for the wrong mistake.
+const KNOWN_METHODS: [&str; 21] = [
+    "ping",
+    "initialize",
+    "server/discover",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "subscriptions/listen",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+    "skills/list",
+    "skills/get",
+    "resources/directory/read",
+];
+
+/// The answer to a request rmcp read only as a custom request although its method is one it
+/// knows (its params do not fit: `"arguments":[1]`, no `name`, a key given twice): an
+/// invalid-params error naming the method and, for the common methods, what did not fit.
+pub(super) fn misfit(msg: &ClientJsonRpcMessage, line: &[u8]) -> Option<String> {
+    let JsonRpcMessage::Request(r) = msg else {
+        return None;
+    };
+    let ClientRequest::CustomRequest(c) = &r.request else {
+        return None;
+    };
+    let method = c.method.as_str();
+    if !KNOWN_METHODS.contains(&method) {
+        return None;
+    }
+    fn error_of<T: serde::de::DeserializeOwned>(line: &[u8]) -> Option<String> {
+        serde_json::from_slice::<rmcp::model::JsonRpcRequest<T>>(line)
+            .err()
+            .map(|e| e.to_string().chars().take(300).collect())
+    }
+    use rmcp::model::{CallToolRequest, GetPromptRequest, InitializeRequest, ReadResourceRequest};
+    let detail = match method {
+        "tools/call" => error_of::<CallToolRequest>(line),
+        "initialize" => error_of::<InitializeRequest>(line),
+        "resources/read" => error_of::<ReadResourceRequest>(line),
+        "prompts/get" => error_of::<GetPromptRequest>(line),
+        _ => None,
+    }
+    .unwrap_or_else(|| "they do not have the members and types this method takes".into());
+    Some(refusal_coded(
+        &r.id.clone().into_json_value(),
+        -32602,
+        &format!(
+            "invalid params for {method}: {detail}. Nothing was done; see the method's schema (tools/list gives each tool's)"
+        ),
+    ))
+}
+
+/// The answer to a line that is not a JSON message (`why`), as far as its top level can be
+/// read: with its id when one is there (a request; echoed as sent when it is a valid id), with
+/// a `null` id when none is (JSON-RPC 2.0, "Response object"), and none for a notification
+/// (a method and no id).
+pub(super) fn not_a_message(text: &str, code: i32, why: &str) -> Option<String> {
+    let top = super::repair::envelope(text);
+    let message = format!("{why}. Nothing was done; {REQUEST_SHAPE}");
+    match top.id {
+        None if top.method => None,
+        None => Some(refusal_coded(&Value::Null, code, &message)),
+        Some(raw) => Some(match echoed_id(raw) {
+            Some(Echo::Value(id)) => refusal_coded(&id, code, &message),
+            Some(Echo::Raw(token)) => format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":{token},\"error\":{{\"code\":{code},\"message\":{}}}}}",
+                Value::String(message)
+            ),
+            None => refusal_coded(
+                &Value::Null,
+                code,
+                &format!("{why}, and its id {} is not a string or an integer. Nothing was done; {REQUEST_SHAPE}", Value::String(raw.chars().take(60).collect())),
+            ),
+        }),
+    }
+}
+
+enum Echo<'a> {
+    /// An id serde reads, echoed as rmcp would (`1.0` as `1`).
+    Value(Value),
+    /// A string id with a lone surrogate escape (valid JSON text, which no Rust string holds),
+    /// echoed byte for byte so the client can match it.
+    Raw(&'a str),
+}
+
+/// How to echo the raw id token `raw`, or `None` when it is not a valid request id.
+fn echoed_id(raw: &str) -> Option<Echo<'_>> {
+    if let Ok(v) = serde_json::from_str::<Value>(raw) {
+        return crate::arrival::request_id(&v).map(Echo::Value);
+    }
+    let fixed = super::repair::fix_surrogates(raw)?;
+    serde_json::from_str::<String>(&fixed).ok()?;
+    Some(Echo::Raw(raw))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ mod ids;
 mod repair;
 
 pub use ids::MAX_IN_FLIGHT;
-use ids::{refusal, seen, unreadable, Seen};
+use ids::{misfit, not_a_message, refusal, seen, unreadable, Seen};
 use repair::{inspect, oversized, too_many, PREFIX};
 pub use repair::{repair, too_many_values};
 
@@ -172,7 +172,8 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
         tracing::warn!(bytes = total, "rejected an oversized request");
         // A line refused whole is never passed on, even when no stand-in could be made for it
         // (no id in its first bytes: a notification).
-        return stand_in(oversized(&String::from_utf8_lossy(line), total), in_flight);
+        let prefix = String::from_utf8_lossy(line);
+        return refused_whole(&prefix, &oversized(total), in_flight);
     }
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
@@ -187,14 +188,20 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
             "rejected a request of too many JSON values"
         );
         let prefix = String::from_utf8_lossy(body.get(..PREFIX).unwrap_or(body));
-        return stand_in(too_many(&prefix), in_flight);
+        return refused_whole(&prefix, &too_many(), in_flight);
     }
     // The common case: rmcp's own type reads the line, once.
     if let Some(msg) = tool_call(body) {
         return admit(msg, in_flight);
     }
     let err = match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
-        Ok(msg) => return admit(msg, in_flight),
+        Ok(msg) => {
+            if let Some(reply) = misfit(&msg, body) {
+                tracing::warn!("refused a request whose params do not fit its method");
+                return Verdict::Refuse(reply);
+            }
+            return admit(msg, in_flight);
+        }
         Err(e) => e,
     };
     match inspect(body) {
@@ -207,8 +214,38 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
             }
             None => Verdict::Drop,
         },
-        // Not JSON: rmcp ignores such lines too (there is no id to answer).
-        (None, None) => Verdict::Drop,
+        // Not JSON (cut short, trailing text, a number no float holds, nested too deep):
+        // answered with its id where its top level shows one, so no client waits for ever.
+        (None, None) => {
+            let why: String = err.to_string().chars().take(300).collect();
+            match not_a_message(
+                &String::from_utf8_lossy(body),
+                -32700,
+                &format!("the line is not valid JSON ({why})"),
+            ) {
+                Some(reply) => {
+                    tracing::warn!("refused a line that is not valid JSON: {why}");
+                    Verdict::Refuse(reply)
+                }
+                None => Verdict::Drop,
+            }
+        }
+    }
+}
+
+/// A line refused whole for `reason` (of which `prefix` is the start): a tool call is answered
+/// by the tool (a stand-in call carries the reason), any other request with a JSON-RPC error
+/// naming it, a notification not at all.
+fn refused_whole(prefix: &str, reason: &str, in_flight: &InFlight) -> Verdict {
+    if repair::envelope(prefix).method_name.as_deref() == Some("tools/call") {
+        return stand_in(
+            repair::stand_in(prefix, &format!("{reason}. Nothing was done.")),
+            in_flight,
+        );
+    }
+    match not_a_message(prefix, -32600, reason) {
+        Some(reply) => Verdict::Refuse(reply),
+        None => Verdict::Drop,
     }
 }
 
@@ -530,7 +567,13 @@ mod tests {
         let (mut passed, mut refused) = (0, 0);
         for line in lines {
             let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            let rmcp_reads = serde_json::from_str::<ClientJsonRpcMessage>(line).is_ok();
+            let read = serde_json::from_str::<ClientJsonRpcMessage>(line).ok();
+            // rmcp reads a known method whose params do not fit it as a custom request (and
+            // would answer "method not found"): those are answered here as invalid params.
+            let misfit = read
+                .as_ref()
+                .is_some_and(|m| ids::misfit(m, line.as_bytes()).is_some());
+            let rmcp_reads = read.is_some() && !misfit;
             // Each line alone, so no id is in flight.
             match judge(line.as_bytes(), line.len(), &InFlight::default()) {
                 Verdict::Pass(_) => {
@@ -540,7 +583,8 @@ mod tests {
                 Verdict::Refuse(reply) => {
                     assert!(!rmcp_reads, "refused, rmcp reads: {line}");
                     let r: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
-                    assert_eq!(r["error"]["code"], -32600, "{reply}");
+                    let code = if misfit { -32602 } else { -32600 };
+                    assert_eq!(r["error"]["code"], code, "{reply}");
                     match crate::arrival::request_id(&v["id"]) {
                         Some(id) => assert_eq!(r["id"], id, "{reply}"),
                         None => assert!(r["id"].is_null(), "{reply}"),
@@ -620,9 +664,10 @@ mod tests {
             .unwrap_or_default()
             .contains_key(REJECT_KEY));
         for dropped in [
-            &b"not json"[..],
-            b"   ",
+            &b"   "[..],
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"a":1e400}}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"id":3,"a":"#,
         ] {
             assert!(
                 matches!(
@@ -644,5 +689,118 @@ mod tests {
             panic!("no stand-in for an oversized line");
         };
         assert_eq!(r.id.into_json_value(), serde_json::json!("big"));
+    }
+
+    /// Every line that holds a request gets an answer, whatever else is wrong with it: the
+    /// id as sent where the top level shows one (nested members never taken for it), `null`
+    /// where none is readable; requests of known methods whose params do not fit get
+    /// "invalid params", not rmcp's "method not found"; an oversized request that is not a
+    /// tool call gets an error, not the tool stand-in's "tool not found".
+    #[test]
+    fn every_request_line_is_answered_with_its_id() {
+        let answer = |line: &[u8], total: usize| -> serde_json::Value {
+            match judge(line, total, &InFlight::default()) {
+                Verdict::Refuse(r) => {
+                    serde_json::from_str(&r).unwrap_or_else(|e| panic!("{r} is not JSON: {e}"))
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(line)),
+            }
+        };
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1001,"method":"ping","params":{{"x":{}{}}}}}"#,
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        let unclosed = format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"ping","params":{{"x":{}"#,
+            "[".repeat(200_000)
+        );
+        let null = serde_json::Value::Null;
+        for (line, id, code) in [
+            (
+                r#"{"jsonrpc":"2.0","id":35,"method":"ping","params":{"x":1e400}}"#,
+                serde_json::json!(35),
+                -32700,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"resources/read","params":{"uri":1e400}}"#,
+                serde_json::json!(7),
+                -32700,
+            ),
+            (&deep, serde_json::json!(1001), -32700),
+            (&unclosed, serde_json::json!(7), -32700),
+            (
+                r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"print(1)"}}"#,
+                serde_json::json!(6),
+                -32700,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":31,"method":"ping"} trailing"#,
+                serde_json::json!(31),
+                -32700,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","params":{"id":99},"id":"s","method":"ping","x":tru}"#,
+                serde_json::json!("s"),
+                -32700,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1e400,"method":"ping"}"#,
+                null.clone(),
+                -32700,
+            ),
+            ("not json", null.clone(), -32700),
+            (
+                r#"{"jsonrpc":"2.0","params":{"id":99,"#,
+                null.clone(),
+                -32700,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
+                serde_json::json!(1),
+                -32602,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#,
+                serde_json::json!(2),
+                -32602,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{}}"#,
+                serde_json::json!(3),
+                -32602,
+            ),
+        ] {
+            let r = answer(line.as_bytes(), line.len());
+            assert_eq!(r["id"], id, "{line:.200}: {r}");
+            assert_eq!(r["error"]["code"], code, "{line:.200}: {r}");
+            if code == -32602 {
+                let m = r["error"]["message"].as_str().unwrap_or_default();
+                assert!(m.starts_with("invalid params for "), "{m}");
+            }
+        }
+        // A lone surrogate in a string id: echoed as sent, so the client can match it.
+        let line = br#"{"jsonrpc":"2.0","id":"\ud800","method":"ping"}"#;
+        let Verdict::Refuse(r) = judge(line, line.len(), &InFlight::default()) else {
+            panic!("not answered");
+        };
+        assert!(r.contains(r#""id":"\ud800""#), "{r}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&r.replace(r"\ud800", "x")).is_ok(),
+            "{r}"
+        );
+        // Oversized (only a prefix kept): a ping is refused by name, a tool call still gets
+        // the tool's stand-in.
+        let prefix = br#"{"jsonrpc":"2.0","id":44,"method":"ping","params":{"x":"xxxx"#;
+        let r = answer(prefix, MAX_LINE + 1);
+        assert_eq!(r["id"], 44, "{r}");
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("byte limit"), "{m}");
+        // The notification-looking prefix of an oversized line is not answered.
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"x":"xxxx"#;
+        assert!(matches!(
+            judge(note, MAX_LINE + 1, &InFlight::default()),
+            Verdict::Drop
+        ));
     }
 }

@@ -76,9 +76,123 @@ fn find_value(text: &str, key: &str) -> Option<serde_json::Value> {
     de.next()?.ok()
 }
 
+/// What the top level of a message says, read as far as the text is well-formed: the raw
+/// text of its first `id` member's value and whether it has a `method` (with the method's
+/// name when it is a plain string). For lines that do not parse as a whole (cut short,
+/// trailing text, a number no float holds, nesting past the parser's limit), so that a
+/// request is still answered with its id. Members nested in `params` are never taken for it.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Envelope<'a> {
+    pub id: Option<&'a str>,
+    pub method: bool,
+    pub method_name: Option<String>,
+}
+
+pub(super) fn envelope(text: &str) -> Envelope<'_> {
+    let mut top = Envelope::default();
+    let b = text.as_bytes();
+    let mut i = skip_space(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return top;
+    }
+    i += 1;
+    loop {
+        i = skip_space(b, i);
+        if b.get(i) != Some(&b'"') {
+            return top;
+        }
+        let Some(key_end) = string_end(b, i) else {
+            return top;
+        };
+        let key = text.get(i + 1..key_end - 1).unwrap_or_default();
+        i = skip_space(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return top;
+        }
+        i = skip_space(b, i + 1);
+        let Some(value_end) = value_end(b, i) else {
+            return top;
+        };
+        let value = text.get(i..value_end).unwrap_or_default();
+        match key {
+            "id" if top.id.is_none() => top.id = Some(value),
+            "method" if !top.method => {
+                top.method = true;
+                top.method_name = serde_json::from_str::<String>(value).ok();
+            }
+            _ => {}
+        }
+        i = skip_space(b, value_end);
+        if b.get(i) != Some(&b',') {
+            return top;
+        }
+        i += 1;
+    }
+}
+
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that starts (with its quote) at `i`.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index just past the JSON value that starts at `i` (objects and arrays by counting
+/// brackets outside strings, without recursion), `None` when the text ends first.
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let start = i;
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'))
+            {
+                i += 1;
+            }
+            (i > start).then_some(i)
+        }
+    }
+}
+
 /// A small stand-in for a tools/call request that cannot be passed on, keeping its id and tool
 /// name when they can be found, and carrying `reason` to the tool.
-fn stand_in(text: &str, reason: &str) -> Option<String> {
+pub(super) fn stand_in(text: &str, reason: &str) -> Option<String> {
     let id = find_value(text, "id")?;
     let name = find_value(text, "name").unwrap_or(serde_json::Value::String("unknown".into()));
     let msg = serde_json::json!({
@@ -90,12 +204,9 @@ fn stand_in(text: &str, reason: &str) -> Option<String> {
     reject(msg, reason)
 }
 
-/// A small stand-in for an oversized request, keeping its id and tool name when they can be found.
-pub(super) fn oversized(prefix: &str, len: usize) -> Option<String> {
-    stand_in(
-        prefix,
-        &format!("the request is {len} bytes, over the {MAX_LINE} byte limit; send less data per call (write big files in parts with append=true)"),
-    )
+/// Why an oversized request is refused.
+pub(super) fn oversized(len: usize) -> String {
+    format!("the request is {len} bytes, over the {MAX_LINE} byte limit; send less data per call (write big files in parts with append=true)")
 }
 
 /// `Some(count)` when `body`, a request over 2 MiB, holds more JSON values than
@@ -109,12 +220,9 @@ pub fn too_many_values(body: &[u8]) -> Option<usize> {
     crate::text::json_values_over(body, max)
 }
 
-/// A stand-in for a request of too many JSON values (see [`too_many_values`]).
-pub(super) fn too_many(prefix: &str) -> Option<String> {
-    stand_in(
-        prefix,
-        &format!("the request holds more than {} JSON values; send large data as one string (text, or base64 with encoding=\"base64\") or in several calls. Nothing was done.", crate::wire::message::MAX_JSON_VALUES),
-    )
+/// Why a request of too many JSON values is refused (see [`too_many_values`]).
+pub(super) fn too_many() -> String {
+    format!("the request holds more than {} JSON values; send large data as one string (text, or base64 with encoding=\"base64\") or in several calls", crate::wire::message::MAX_JSON_VALUES)
 }
 
 /// A stand-in for a tools/call line that is not valid JSON as a whole, so a strict parser
@@ -218,7 +326,7 @@ mod tests {
     #[test]
     fn oversized_keeps_id_and_name() {
         let prefix = r#"{"jsonrpc":"2.0","id":"abc","method":"tools/call","params":{"name":"write_file","arguments":{"content":"xxxx"#;
-        let s = oversized(prefix, MAX_LINE + 1).unwrap_or_default();
+        let s = stand_in(prefix, &oversized(MAX_LINE + 1)).unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
         assert_eq!(v["id"], "abc");
         assert_eq!(v["params"]["name"], "write_file");

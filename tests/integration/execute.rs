@@ -196,11 +196,45 @@ async fn malformed_requests_still_get_an_answer() {
     raw.send(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"execute_python\",\"arguments\":{\"code\":\"print('\xff')\"}}}").await;
     let r = raw.response(2).await;
     assert_eq!(r["result"]["isError"], true, "{r}");
-    // Plain garbage is ignored (there is no id to answer), and the server stays up.
+    // Plain garbage gets a parse error with a null id (JSON-RPC 2.0: there is no id to
+    // answer), and the server stays up.
     raw.send(b"this is not json").await;
+    let r = raw
+        .first("the parse error", |v| {
+            v["id"].is_null() && v["error"]["code"] == -32700
+        })
+        .await;
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the line is not valid JSON"),
+        "{r}"
+    );
     raw.send(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6*7"}}}"#).await;
     let r = raw.response(3).await;
     assert_eq!(r["result"]["content"][0]["text"], "42", "{r}");
+    // Requests that are not valid JSON, or whose params do not fit their method, are
+    // answered with their ids (they used to get no answer, or "method not found").
+    raw.send(br#"{"jsonrpc":"2.0","id":4,"method":"ping","params":{"x":1e400}}"#)
+        .await;
+    assert_eq!(raw.response(4).await["error"]["code"], -32700);
+    raw.send(br#"{"jsonrpc":"2.0","id":5,"method":"ping"} trailing"#)
+        .await;
+    assert_eq!(raw.response(5).await["error"]["code"], -32700);
+    raw.send(br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"execute_python","arguments":[1]}}"#).await;
+    let r = raw.response(6).await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("invalid params for tools/call: "),
+        "{r}"
+    );
+    raw.send(br#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#)
+        .await;
+    assert!(raw.response(7).await["result"].is_object());
 }
 
 #[tokio::test]
