@@ -105,6 +105,21 @@ def _bytes(a):
         return {"data": _b64.b64encode(f.read(a["max"] + 1)[: a["max"]]).decode()}
 
 
+
+def _globstar(pat):
+    """The pattern and its forms with a segment-starting `**/` matching no folder (as the
+    local backend's glob does: `**/*.txt` matches `a.txt` too); at most 64."""
+    forms, todo = [pat], [pat]
+    while todo and len(forms) < 64:
+        p = todo.pop()
+        for k in range(len(p) - 2):
+            if p[k:k + 3] == "**/" and (k == 0 or p[k - 1] == "/"):
+                q = p[:k] + p[k + 3:]
+                if q not in forms and len(forms) < 64:
+                    forms.append(q)
+                    todo.append(q)
+    return forms
+
 def _list(a):
     root, full = _inside(a["path"])
     out, truncated, skipped = [], False, 0
@@ -127,7 +142,8 @@ def _list(a):
             if kind == "dir" and a["recursive"]:
                 todo.append(e.path)
             pat = a["pattern"]
-            if pat and not _fn.fnmatchcase(rel if "/" in pat else e.name, pat):
+            if pat and not any(_fn.fnmatchcase(rel if "/" in pat else e.name, p)
+                               for p in _globstar(pat)):
                 continue
             if len(out) >= a["max"]:
                 truncated = True

@@ -60,6 +60,27 @@ fn csi_end(s: &str, from: usize) -> Option<usize> {
     None
 }
 
+/// `s` made one line for a listing of names the kernel chose (file names, variable names and
+/// types): every control character, line and tab included, and the Unicode line and paragraph
+/// separators shown as `\xNN`/`\uNNNN`, bidi overrides and isolates as `\uNNNN`, so no name
+/// can start what looks like another entry or reorder what is shown. The structured form of
+/// a listing keeps the exact name.
+pub fn one_line(s: &str) -> Cow<'_, str> {
+    let odd = |c: char| c.is_control() || special(c) || matches!(c, '\u{2028}' | '\u{2029}');
+    if !s.chars().any(odd) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if odd(c) {
+            visible(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Removes terminal escape sequences (CSI such as colours and screen clears; OSC such as
 /// window titles and OSC 52 clipboard writes; DCS, SOS, PM, APC; two-character escapes), in
 /// both their `ESC` and 8-bit C1 forms, and shows every other control character except `\n`,
@@ -252,7 +273,22 @@ impl serde_json::ser::Formatter for ShallowPretty<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+
+    #[test]
+    fn names_are_shown_on_one_line() {
+        assert_eq!(one_line("plain name.csv"), "plain name.csv");
+        assert!(matches!(one_line("ok"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("a\nfile      9  FAKE.txt\tx\r"),
+            "a\\x0afile      9  FAKE.txt\\x09x\\x0d"
+        );
+        assert_eq!(one_line("\u{202e}txt.exe"), "\\u202etxt.exe");
+        assert_eq!(one_line("a\u{2028}b\u{85}c"), "a\\u2028b\\x85c");
+        assert_eq!(one_line("naïve 数据"), "naïve 数据");
+    }
+
+    use super::{one_line, sanitize};
+    use std::borrow::Cow;
 
     fn shallow(v: &serde_json::Value, indent: &[u8], depth: usize) -> String {
         let mut out = Vec::new();

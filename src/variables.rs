@@ -131,20 +131,23 @@ impl Listing {
             .variables
             .iter()
             .map(|v| {
-                let mut line = format!("{}: {}", v.name, v.type_name);
+                // Names, types and reprs come from kernel code: one line each, whatever they
+                // hold (`globals()['a\nb: int = 1'] = 0` must not add a variable).
+                use crate::text::one_line;
+                let mut line = format!("{}: {}", one_line(&v.name), one_line(&v.type_name));
                 if let Some(s) = &v.shape {
                     line.push(' ');
-                    line.push_str(s);
+                    line.push_str(&one_line(s));
                 }
                 if let Some(d) = &v.dtype {
-                    line.push_str(&format!(" [{d}]"));
+                    line.push_str(&format!(" [{}]", one_line(d)));
                 }
                 if let Some(b) = v.size_bytes {
                     line.push(' ');
                     line.push_str(&human(b));
                 }
                 line.push_str(" = ");
-                line.push_str(&v.value);
+                line.push_str(&one_line(&v.value));
                 line
             })
             .collect();

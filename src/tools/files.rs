@@ -221,10 +221,13 @@ fn render_listing(listing: &Listing) -> CallToolResult {
             modified: modified.clone(),
         });
         let when = modified.unwrap_or_else(|| "-".into());
+        // The kernel names files: a name must not look like another entry (structured
+        // data keeps it exact).
+        let shown = crate::text::one_line(&e.path);
         let name = if e.kind == crate::workspace::EntryKind::Dir {
-            format!("{}/", e.path)
+            format!("{shown}/")
         } else {
-            e.path.clone()
+            shown.into_owned()
         };
         lines.push(format!("{:<7} {:>12}  {}  {}", e.kind, e.size, when, name));
     }

@@ -53,6 +53,8 @@ pub struct Listing {
 /// One element of a parsed glob.
 enum GlobToken {
     Star,
+    /// `**/` at the start of a path segment: any number of folders, none included.
+    Folders,
     Any,
     Class {
         negated: bool,
@@ -68,6 +70,13 @@ fn parse_glob(pattern: &str) -> Vec<GlobToken> {
     while let Some(&c) = p.get(i) {
         i += 1;
         match c {
+            '*' if p.get(i) == Some(&'*')
+                && p.get(i + 1) == Some(&'/')
+                && (i == 1 || p.get(i.wrapping_sub(2)) == Some(&'/')) =>
+            {
+                out.push(GlobToken::Folders);
+                i += 2;
+            }
             '*' => {
                 // Runs of stars mean the same as one.
                 if !matches!(out.last(), Some(GlobToken::Star)) {
@@ -109,7 +118,9 @@ fn parse_glob(pattern: &str) -> Vec<GlobToken> {
     out
 }
 
-/// Matches `name` against a glob with `*`, `?` and `[...]` classes (no path separators special).
+/// Matches `name` against a glob with `*`, `?` and `[...]` classes (no path separators special:
+/// `*` crosses folders), where `**/` starting a segment also matches no folder at all, as in
+/// globstar shells and pathlib (`**/*.txt` matches `a.txt` as well as `d/a.txt`).
 /// Dynamic programming over (pattern token, name position): linear in their product, so no
 /// pattern can make it backtrack exponentially.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
@@ -132,6 +143,17 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
                     }
                 }
             }
+            GlobToken::Folders => {
+                // Zero folders (where we are), or anything that ends in a `/`.
+                let mut any = false;
+                for (j, r) in reach.iter().enumerate() {
+                    let after_slash = j > 0 && n.get(j - 1) == Some(&'/');
+                    if let Some(x) = next.get_mut(j) {
+                        *x = *r || (any && after_slash);
+                    }
+                    any |= *r;
+                }
+            }
             _ => {
                 for (j, &c) in n.iter().enumerate() {
                     let ok = match t {
@@ -140,7 +162,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
                         GlobToken::Class { negated, ranges } => {
                             ranges.iter().any(|&(a, b)| a <= c && c <= b) != *negated
                         }
-                        GlobToken::Star => false,
+                        GlobToken::Star | GlobToken::Folders => false,
                     };
                     if ok && reach.get(j).copied().unwrap_or(false) {
                         if let Some(x) = next.get_mut(j + 1) {

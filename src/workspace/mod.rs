@@ -381,6 +381,16 @@ mod tests {
         assert!(!glob_match("[!a]*", "a"));
         assert!(glob_match("*", ""));
         assert!(glob_match("a*b*c", "axxbyyc"));
+        // `**/` starting a segment matches no folder too; `*` alone crosses folders.
+        assert!(glob_match("**/*.txt", "z.txt"));
+        assert!(glob_match("**/*.txt", "d/e/z.txt"));
+        assert!(glob_match("**/*", "z"));
+        assert!(glob_match("data/**/*.csv", "data/a.csv"));
+        assert!(glob_match("data/**/*.csv", "data/raw/x/b.csv"));
+        assert!(!glob_match("data/**/*.csv", "database/a.csv"));
+        assert!(!glob_match("data/**/*.csv", "other/data/a.csv"));
+        assert!(glob_match("*.txt", "d/z.txt"));
+        assert!(!glob_match("x**/a", "a"), "only at a segment's start");
         assert!(!glob_match("a*b*c", "axxbyy"));
         assert!(glob_match("[a-c]?", "bz"));
         assert!(glob_match("x[", "x["));
