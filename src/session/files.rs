@@ -205,6 +205,18 @@ impl Files {
         .await
     }
 
+    /// The path policy [`Files::write_own`] applies, checked before the work whose result it
+    /// will write (run_notebook's `save_to`), so a path outside the workspace stops it before
+    /// anything runs. (A file there that this session did not write is still found at the
+    /// save: the run's results come back with the note that it was not saved.)
+    pub(super) async fn check_target(&self, path: String) -> Result<(), SessionError> {
+        if self.remote() {
+            remote::check_path(&path)?;
+            return Ok(());
+        }
+        self.local(move |ws| ws.path(&path).map(|_| ())).await
+    }
+
     /// Writes a notebook, refusing to replace a file this session did not write (as recorded
     /// in `written`) unless `overwrite`; where the files live, or in the local workspace when
     /// `local`. Returns the path written.
@@ -216,12 +228,6 @@ impl Files {
         written: WrittenFiles,
         local: bool,
     ) -> Result<String, SessionError> {
-        let not_ours = |path: String| {
-            WorkspaceError::Denied {
-            path,
-            reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
-        }
-        };
         if self.remote() && !local {
             let path = remote::check_path(&path)?;
             if bytes.len() as u64 > MAX_REMOTE_BYTES {
@@ -259,5 +265,13 @@ impl Files {
             Ok(key)
         })
         .await
+    }
+}
+
+/// The refusal to replace a file this session did not write.
+fn not_ours(path: String) -> WorkspaceError {
+    WorkspaceError::Denied {
+        path,
+        reason: "the file exists and was not written by this session's export_notebook; pass overwrite: true to replace it, or choose another path".into(),
     }
 }

@@ -97,6 +97,8 @@ impl Session {
             if !to.to_ascii_lowercase().ends_with(".ipynb") {
                 return Err(Refusal::SaveToNotIpynb { path: to.clone() }.into());
             }
+            // A target the save would refuse stops the run before any cell has run.
+            self.files.check_target(to.clone()).await?;
         }
         let bytes = self
             .files

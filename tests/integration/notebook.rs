@@ -756,3 +756,36 @@ async fn a_long_notebook_becomes_a_run_and_later_calls_wait_for_all_of_it() {
     assert!(text(&r).contains("returned already"), "{}", text(&r));
     s.close().await;
 }
+
+/// A save_to outside the workspace is refused before any cell runs (it used to run the whole
+/// notebook, side effects included, and refuse only the save).
+#[tokio::test]
+async fn run_notebook_refuses_an_outside_save_to_before_running() {
+    let s = Server::start().await;
+    let nb = json!({
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+        "cells": [
+            {"cell_type": "code", "metadata": {}, "execution_count": null, "outputs": [], "source": "open('ran.txt', 'w').write('x')"},
+        ]
+    });
+    std::fs::write(s.ws().join("nb.ipynb"), nb.to_string()).unwrap();
+    for outside in ["../out.ipynb", "/tmp/out.ipynb", "a/../../out.ipynb"] {
+        let r = s
+            .call(
+                "run_notebook",
+                json!({"path": "nb.ipynb", "save_to": outside}),
+            )
+            .await;
+        assert!(is_error(&r), "{outside}: {}", text(&r));
+        assert!(!s.ws().join("ran.txt").exists(), "{outside}: a cell ran");
+    }
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "save_to": "out.ipynb"}),
+        )
+        .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(s.ws().join("ran.txt").exists() && s.ws().join("out.ipynb").exists());
+    s.close().await;
+}
