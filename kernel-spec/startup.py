@@ -38,6 +38,37 @@ def __kernel_mcp_setup():
 
     type(shell.exiter).__call__ = keep_kernel_on_exit
 
+    # Text holding a lone surrogate (print("a\ud800b"), a file name decoded with
+    # surrogateescape) cannot be encoded as UTF-8: jupyter_client's packer raised, the message
+    # was lost, and tornado's error log about it took its place in the output. Such characters
+    # are sent as their escape, visible text (`\ud800`), in any message; any other message
+    # costs what it did (one `json.dumps`, one encode).
+    kernel_session = getattr(getattr(shell, "kernel", None), "session", None)
+    if kernel_session is not None:
+        import json as _json
+        import re as _re
+
+        try:
+            from jupyter_client.session import json_default as _json_default
+        except ImportError:
+            _json_default = None
+        _lone = _re.compile("[\ud800-\udfff]")
+        _pack = kernel_session.pack
+
+        def pack_visible_surrogates(obj):
+            try:
+                text = _json.dumps(
+                    obj, default=_json_default, ensure_ascii=False, allow_nan=False
+                )
+            except (TypeError, ValueError):
+                return _pack(obj)
+            try:
+                return text.encode("utf-8")
+            except UnicodeEncodeError:
+                return _lone.sub(lambda m: "\\\\u%04x" % ord(m.group()), text).encode("utf-8")
+
+        kernel_session.pack = pack_visible_surrogates
+
     # ipykernel sends buffered output every flush_interval (0.2 s): a fast printer then makes
     # messages of ~50 MB, which every hop must hold in memory at once. Flushing four times as
     # often keeps messages around 10 MB at full speed and costs nothing measurable.

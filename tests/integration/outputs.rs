@@ -228,3 +228,26 @@ async fn the_managed_environment_covers_common_notebook_code() {
     assert_eq!(text(&r), "text text-trange\n", "{}", text(&r));
     s.close().await;
 }
+
+/// Text with a lone surrogate cannot be encoded as UTF-8: the kernel's message was lost and
+/// ipykernel's own error log (a tornado traceback) came back in its place. It now comes back
+/// as the text printed, the surrogate shown as its escape, in a stream and in a display.
+#[tokio::test]
+async fn a_lone_surrogate_is_shown_not_lost() {
+    let s = Server::start().await;
+    let r = s
+        .exec("print(\"a\\ud800b\")\nfrom IPython.display import display, HTML\ndisplay(HTML(\"<p>c\\udc80d</p>\"))\n'after'")
+        .await;
+    let t = texts(&r);
+    let all = t.join("|");
+    assert!(
+        !all.contains("tornado") && !all.contains("Traceback"),
+        "{t:?}"
+    );
+    assert!(all.contains("a\\ud800b"), "{t:?}");
+    // (HTML becomes Markdown, which escapes the backslash.)
+    assert!(all.contains("udc80d"), "{t:?}");
+    assert!(t.last().is_some_and(|x| x == "'after'"), "{t:?}");
+    assert_eq!(texts(&s.exec("1 + 1").await), vec!["2"]);
+    s.close().await;
+}
