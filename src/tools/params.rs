@@ -98,6 +98,21 @@ where
                 None,
             ));
         }
+        // Waits are never negative (a negative timeout_seconds has its own refusal, naming
+        // the server's bounds): said here, for every tool, rather than read as "the default".
+        for (key, zero) in [
+            ("return_after", "0 or absent: the server's --return-after"),
+            ("wait_seconds", "0: look without waiting"),
+        ] {
+            if let Some(n) = args.get(key).and_then(serde_json::Value::as_f64) {
+                if n < 0.0 {
+                    return Err(ErrorData::invalid_params(
+                        format!("failed to deserialize parameters: `{key}` is {n} seconds; give 0 or more ({zero})"),
+                        None,
+                    ));
+                }
+            }
+        }
         let args = serde_json::Value::Object(args);
         serde_path_to_error::deserialize::<_, P>(args)
             .map(Parameters)
@@ -121,6 +136,7 @@ where
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecuteParams {
     /// Python source to run in the persistent kernel (IPython syntax: `%magic` and `!shell` work).
     pub code: String,
@@ -133,6 +149,7 @@ pub struct ExecuteParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReadParams {
     /// File path relative to the workspace root, e.g. "data/sales.csv".
     pub path: String,
@@ -160,6 +177,7 @@ pub enum Encoding {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct WriteParams {
     /// File path relative to the workspace root; missing parent folders are created.
     pub path: String,
@@ -174,6 +192,7 @@ pub struct WriteParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Folder relative to the workspace root (default: the root).
     #[serde(default)]
@@ -187,6 +206,7 @@ pub struct ListParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunFileParams {
     /// Path of a .py script in the workspace.
     pub path: String,
@@ -199,6 +219,7 @@ pub struct RunFileParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
 pub struct CheckRunParams {
     /// The run to look at (the number a call's note gave); default the latest run.
     #[serde(default)]
@@ -209,9 +230,11 @@ pub struct CheckRunParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InspectParams {
     /// The variable to look at, e.g. "df".
     pub name: String,
@@ -221,6 +244,7 @@ pub struct InspectParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RestartParams {
     /// Load the variables of the last snapshot into the fresh kernel (default false: a fresh start).
     #[serde(default)]
@@ -228,12 +252,14 @@ pub struct RestartParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PackagesParams {
     /// Package names, optionally with extras and version specifiers, e.g. ["tabulate", "pandas>=2"].
     pub packages: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InstallParams {
     /// Package names, optionally with extras and version specifiers, e.g. ["tabulate", "pandas>=2"].
     pub packages: Vec<String>,
@@ -244,6 +270,7 @@ pub struct InstallParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ListPackagesParams {
     /// Keep only names containing this text (or matching it as a glob like "py*").
     #[serde(default)]
@@ -251,12 +278,14 @@ pub struct ListPackagesParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SwitchParams {
     /// Name of an environment listed by get_environment.
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ListVariablesParams {
     /// Keep only names containing this text (case-insensitive), or matching it as a glob like "df*".
     #[serde(default)]
@@ -267,6 +296,7 @@ pub struct ListVariablesParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExportParams {
     /// Where to write the notebook, relative to the workspace (default "session.ipynb"; must end in ".ipynb").
     #[serde(default)]
@@ -283,6 +313,7 @@ pub struct ExportParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RunNotebookParams {
     /// Workspace path of the .ipynb notebook to run.
     pub path: String,

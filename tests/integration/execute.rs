@@ -172,6 +172,36 @@ async fn bad_arguments_get_clear_errors_and_the_server_stays_up() {
     )
     .await;
     refused(&s, "no_such_tool", serde_json::json!({}), "tool not found").await;
+    // A misspelled or unknown argument is named (it used to be ignored: a `timeout` meant
+    // for timeout_seconds had no effect and nothing said so); waits are never negative.
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": "1", "timeout": 5}),
+        "unknown field `timeout`, expected one of `code`, `timeout_seconds`, `return_after`",
+    )
+    .await;
+    refused(
+        &s,
+        "interrupt_kernel",
+        serde_json::json!({"now": true}),
+        "unknown field `now`",
+    )
+    .await;
+    refused(
+        &s,
+        "execute_python",
+        serde_json::json!({"code": "1", "return_after": -1}),
+        "`return_after` is -1 seconds; give 0 or more",
+    )
+    .await;
+    refused(
+        &s,
+        "check_run",
+        serde_json::json!({"wait_seconds": -5}),
+        "`wait_seconds` is -5 seconds",
+    )
+    .await;
     assert_eq!(texts(&s.exec("'still up'").await), vec!["'still up'"]);
     s.close().await;
 }
