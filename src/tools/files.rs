@@ -240,6 +240,12 @@ fn render_listing(listing: &Listing) -> CallToolResult {
             listing.skipped
         ));
     }
+    if listing.not_utf8 > 0 {
+        lines.push(format!(
+            "[{} name(s) hold bytes that are not UTF-8, shown as \\xNN: the file tools cannot name them; rename them in Python, e.g. os.rename(b'bad\\xff.txt', 'bad.txt')]",
+            listing.not_utf8
+        ));
+    }
     if listing.truncated {
         lines.push(format!(
             "[only the first {} entries are shown; narrow with path or pattern]",

@@ -48,6 +48,21 @@ pub struct Listing {
     pub entries: Vec<Entry>,
     pub truncated: bool,
     pub skipped: usize,
+    /// Entries whose names hold bytes that are not UTF-8 (shown with `\xNN` escapes).
+    pub not_utf8: usize,
+}
+
+/// A name that is not UTF-8, its other bytes shown as `\xNN` (not as U+FFFD, which would make
+/// different names look alike and name no file).
+fn escaped_name(name: &std::ffi::OsStr) -> String {
+    let mut out = String::new();
+    for chunk in name.as_encoded_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// One element of a parsed glob.
@@ -196,6 +211,7 @@ impl Workspace {
             entries: Vec::new(),
             truncated: false,
             skipped: 0,
+            not_utf8: 0,
         };
         let start = self.dir.open_dir(path.for_cap()).map_err(io_err(path))?;
         let mut stack: Vec<(Dir, PathBuf, usize)> = vec![(start, path.rel.clone(), 0)];
@@ -242,7 +258,10 @@ impl Workspace {
                 if recursive && kind == EntryKind::Dir && depth < 32 {
                     subdirs.push((name.clone(), rel.clone()));
                 }
-                let shown = rel.to_string_lossy().into_owned();
+                let (shown, not_utf8) = match rel.to_str() {
+                    Some(s) => (s.to_owned(), false),
+                    None => (escaped_name(rel.as_os_str()), true),
+                };
                 let matches = match pattern {
                     None => true,
                     Some(p) if p.contains('/') => glob_match(p, &shown),
@@ -255,6 +274,7 @@ impl Workspace {
                     listing.truncated = true;
                     break 'walk;
                 }
+                listing.not_utf8 += usize::from(not_utf8);
                 listing.entries.push(Entry {
                     path: shown,
                     kind,

@@ -232,6 +232,7 @@ pub fn listing(v: &Value) -> Listing {
         entries,
         truncated: v.get("truncated").and_then(Value::as_bool).unwrap_or(false),
         skipped: v.get("skipped").and_then(Value::as_u64).unwrap_or(0) as usize,
+        not_utf8: 0,
     }
 }
 

@@ -549,3 +549,27 @@ async fn names_the_kernel_chose_stay_on_their_line() {
     assert!(t.contains("FAKE.txt"), "{t}");
     s.close().await;
 }
+
+/// A name that is not UTF-8 is listed with its odd bytes as `\xNN` (it was shown with U+FFFD,
+/// which named no file) and a note says how to reach it.
+#[tokio::test]
+async fn names_that_are_not_utf8_are_listed_escaped_with_a_way_out() {
+    let s = Server::start().await;
+    let r = s
+        .exec("import os\nos.makedirs('nm', exist_ok=True)\nopen(b'nm/bad\\xff.txt', 'w').close()\nopen('nm/good.txt', 'w').close()\n'ok'")
+        .await;
+    assert_eq!(text(&r), "'ok'");
+    let r = s.call("list_files", json!({"path": "nm"})).await;
+    let t = text(&r);
+    assert!(t.lines().any(|l| l.ends_with(" nm/bad\\xff.txt")), "{t}");
+    assert!(!t.contains('\u{fffd}'), "{t}");
+    assert!(
+        t.contains("1 name(s) hold bytes that are not UTF-8") && t.contains("os.rename(b'"),
+        "{t}"
+    );
+    let r = s
+        .call("list_files", json!({"path": "nm", "pattern": "g*"}))
+        .await;
+    assert!(!text(&r).contains("not UTF-8"), "{}", text(&r));
+    s.close().await;
+}
