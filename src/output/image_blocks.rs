@@ -78,6 +78,7 @@ impl Collector {
         {
             // The call shows no more images: not decoded or fitted (a small PNG can decode to
             // hundreds of MB), only saved, a slice at a time.
+            self.dropped_for_limits = true;
             let saved = self.save_dropped(mime, data);
             self.note_dropped(format!(
                 "{mime} image of {} KiB{saved}",
@@ -168,6 +169,7 @@ impl Collector {
         if self.images >= self.limits.max_images
             || self.image_bytes + data.len() > self.limits.max_image_bytes
         {
+            self.dropped_for_limits = true;
             let saved = self.save_dropped(mime, data);
             self.note_dropped(format!(
                 "{mime} image of {} KiB{saved}",
@@ -259,10 +261,9 @@ mod tests {
             .collect();
         assert_eq!(images, vec![png]);
         assert!(
-            texts(&r)
-                .iter()
-                .any(|t| t.contains("its data is not valid base64")),
-            "{:?}",
+            texts(&r).iter().any(|t| t
+                .starts_with("[1 image(s) not shown: image/png image of 0 KiB not shown: its data is not valid base64")),
+            "no limit named where none was why: {:?}",
             texts(&r)
         );
     }

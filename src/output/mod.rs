@@ -150,6 +150,8 @@ pub struct Collector {
     /// Notes on images not shown: the first [`image_blocks::MAX_DROPPED_NOTES`] (each may have saved its
     /// image as a file), then only counted in `dropped_more`.
     dropped_images: Vec<String>,
+    /// Some image was left out for the call's image limits (else only for its own faults).
+    dropped_for_limits: bool,
     dropped_more: usize,
     /// Display ids shown by earlier collectors of the same run (see
     /// [`Collector::carry_displays`]): their updates show here as new blocks.
@@ -185,6 +187,7 @@ impl Collector {
             images: 0,
             image_bytes: 0,
             dropped_images: Vec::new(),
+            dropped_for_limits: false,
             dropped_more: 0,
             shown_before: Default::default(),
             clear_pending: false,

@@ -94,11 +94,20 @@ impl Collector {
                 0 => String::new(),
                 n => format!("; and {n} more, not saved"),
             };
+            // The limits are named only when they are why (an image that is not base64, or
+            // too large to fit, says so in its own entry).
+            let limits = if self.dropped_for_limits {
+                format!(
+                    " (limit {} images / {} MiB per call)",
+                    self.limits.max_images,
+                    self.limits.max_image_bytes / (1024 * 1024)
+                )
+            } else {
+                String::new()
+            };
             McpContent::text(format!(
-                "[{} image(s) not shown (limit {} images / {} MiB per call): {}{more}]",
+                "[{} image(s) not shown{limits}: {}{more}]",
                 self.dropped_images.len() + self.dropped_more,
-                self.limits.max_images,
-                self.limits.max_image_bytes / (1024 * 1024),
                 self.dropped_images.join("; ")
             ))
         })
