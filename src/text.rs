@@ -66,7 +66,14 @@ fn csi_end(s: &str, from: usize) -> Option<usize> {
 /// can start what looks like another entry or reorder what is shown. The structured form of
 /// a listing keeps the exact name.
 pub fn one_line(s: &str) -> Cow<'_, str> {
-    let odd = |c: char| c.is_control() || special(c) || matches!(c, '\u{2028}' | '\u{2029}');
+    let odd = |c: char| {
+        c.is_control()
+            || special(c)
+            // Line and paragraph separators; invisible marks that change how text around
+            // them reads or hide in it (zero-width space and joiners, left-to-right and
+            // right-to-left and Arabic letter marks, word joiner, BOM).
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{61c}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+    };
     if !s.chars().any(odd) {
         return Cow::Borrowed(s);
     }
@@ -284,6 +291,10 @@ mod tests {
         );
         assert_eq!(one_line("\u{202e}txt.exe"), "\\u202etxt.exe");
         assert_eq!(one_line("a\u{2028}b\u{85}c"), "a\\u2028b\\x85c");
+        assert_eq!(
+            one_line("a\u{200e}b\u{200b}c\u{feff}d\u{61c}"),
+            "a\\u200eb\\u200bc\\ufeffd\\u061c"
+        );
         assert_eq!(one_line("naïve 数据"), "naïve 数据");
     }
 

@@ -205,16 +205,29 @@ impl Files {
         .await
     }
 
-    /// The path policy [`Files::write_own`] applies, checked before the work whose result it
-    /// will write (run_notebook's `save_to`), so a path outside the workspace stops it before
-    /// anything runs. (A file there that this session did not write is still found at the
-    /// save: the run's results come back with the note that it was not saved.)
-    pub(super) async fn check_target(&self, path: String) -> Result<(), SessionError> {
+    /// The checks [`Files::write_own`] makes before it writes, made before the work whose
+    /// result it will write (run_notebook's `save_to`), so a target the save would refuse
+    /// stops the work before anything runs: the path policy, and (locally) a folder, a special
+    /// file, a link leading out, or a file this session did not write (without `overwrite`).
+    pub(super) async fn check_target(
+        &self,
+        path: String,
+        overwrite: bool,
+        written: WrittenFiles,
+    ) -> Result<(), SessionError> {
         if self.remote() {
             remote::check_path(&path)?;
             return Ok(());
         }
-        self.local(move |ws| ws.path(&path).map(|_| ())).await
+        self.local(move |ws| {
+            let p = ws.path(&path)?;
+            let key = p.display();
+            match ws.stamp(&p)? {
+                Some(stamp) if !overwrite && !written.is(&key, &stamp) => Err(not_ours(key)),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     /// Writes a notebook, refusing to replace a file this session did not write (as recorded

@@ -98,7 +98,9 @@ impl Session {
                 return Err(Refusal::SaveToNotIpynb { path: to.clone() }.into());
             }
             // A target the save would refuse stops the run before any cell has run.
-            self.files.check_target(to.clone()).await?;
+            self.files
+                .check_target(to.clone(), run.overwrite, self.journal.written())
+                .await?;
         }
         let bytes = self
             .files

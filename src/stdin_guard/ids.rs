@@ -248,16 +248,24 @@ pub(super) fn misfit(msg: &ClientJsonRpcMessage, line: &[u8]) -> Option<String> 
 }
 
 /// The answer to a line that is not a JSON message (`why`), as far as its top level can be
-/// read: with its id when one is there (a request; echoed as sent when it is a valid id), with
-/// a `null` id when none is (JSON-RPC 2.0, "Response object"), and none for a notification
-/// (a method and no id).
+/// read: a request (a `method`) with its id (echoed as sent when it is a valid id), anything
+/// unreadable with a `null` id (JSON-RPC 2.0, "Response object"); none for a notification (a
+/// method and no id) or a response of the client's (`result` or `error`: its id is one the
+/// server chose, and an error carrying it could be taken for the answer to the client's own
+/// request of that id).
 pub(super) fn not_a_message(text: &str, code: i32, why: &str) -> Option<String> {
     let top = super::repair::envelope(text);
     let message = format!("{why}. Nothing was done; {REQUEST_SHAPE}");
-    match top.id {
-        None if top.method => None,
-        None => Some(refusal_coded(&Value::Null, code, &message)),
-        Some(raw) => Some(match echoed_id(raw) {
+    if top.response {
+        tracing::warn!("dropped a response from the client that could not be read: {why}");
+        return None;
+    }
+    match (top.id, top.method) {
+        // No sign of what the message is (an id alone may be a cut-off response): answered
+        // without an id.
+        (_, false) => Some(refusal_coded(&Value::Null, code, &message)),
+        (None, true) => None,
+        (Some(raw), true) => Some(match echoed_id(raw) {
             Some(Echo::Value(id)) => refusal_coded(&id, code, &message),
             Some(Echo::Raw(token)) => format!(
                 "{{\"jsonrpc\":\"2.0\",\"id\":{token},\"error\":{{\"code\":{code},\"message\":{}}}}}",

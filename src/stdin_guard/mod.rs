@@ -217,9 +217,14 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
         // Not JSON (cut short, trailing text, a number no float holds, nested too deep):
         // answered with its id where its top level shows one, so no client waits for ever.
         (None, None) => {
-            let why: String = err.to_string().chars().take(300).collect();
+            let text = String::from_utf8_lossy(body);
+            let why: String = if repair::fix_surrogates(&text).is_some() {
+                "a lone UTF-16 surrogate escape such as \\ud800, which no Unicode text holds".into()
+            } else {
+                err.to_string().chars().take(300).collect()
+            };
             match not_a_message(
-                &String::from_utf8_lossy(body),
+                &text,
                 -32700,
                 &format!("the line is not valid JSON ({why})"),
             ) {
@@ -756,6 +761,12 @@ mod tests {
                 -32700,
             ),
             (
+                r#"{"jsonrpc":"2.0","\u0069d":6,"method":"ping"} x"#,
+                serde_json::json!(6),
+                -32700,
+            ),
+            (r#"{"jsonrpc":"2.0","id":8} x"#, null.clone(), -32700),
+            (
                 r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
                 serde_json::json!(1),
                 -32602,
@@ -786,7 +797,12 @@ mod tests {
         };
         assert!(r.contains(r#""id":"\ud800""#), "{r}");
         assert!(
-            serde_json::from_str::<serde_json::Value>(&r.replace(r"\ud800", "x")).is_ok(),
+            serde_json::from_str::<serde_json::Value>(&r.replacen(
+                r#""id":"\ud800""#,
+                r#""id":"x""#,
+                1
+            ))
+            .is_ok(),
             "{r}"
         );
         // Oversized (only a prefix kept): a ping is refused by name, a tool call still gets
@@ -796,6 +812,30 @@ mod tests {
         assert_eq!(r["id"], 44, "{r}");
         let m = r["error"]["message"].as_str().unwrap_or_default();
         assert!(m.contains("byte limit"), "{m}");
+        // A response of the client's is never answered, however malformed: its id is the
+        // server's, and an error carrying it could be taken for the answer to the client's own
+        // request of that id.
+        for response in [
+            &br#"{"jsonrpc":"2.0","id":24,"result":{}} trailing"#[..],
+            br#"{"jsonrpc":"2.0","id":24,"result":1e400}"#,
+            br#"{"jsonrpc":"2.0","id":26,"result":{"a":"b"}"#,
+            br#"{"jsonrpc":"2.0","id":25,"error":{"code":1,"message":"\ud800"}}"#,
+            br#"{"jsonrpc":"2.0","id":27,"error":{"code":1,"message":"x"},"method":"a"} x"#,
+        ] {
+            assert!(
+                matches!(
+                    judge(response, response.len(), &InFlight::default()),
+                    Verdict::Drop
+                ),
+                "{}",
+                String::from_utf8_lossy(response)
+            );
+        }
+        let big = br#"{"jsonrpc":"2.0","id":31,"result":"xxxx"#;
+        assert!(matches!(
+            judge(big, MAX_LINE + 1, &InFlight::default()),
+            Verdict::Drop
+        ));
         // The notification-looking prefix of an oversized line is not answered.
         let note = br#"{"jsonrpc":"2.0","method":"notifications/x","params":{"x":"xxxx"#;
         assert!(matches!(

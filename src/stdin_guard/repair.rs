@@ -86,6 +86,9 @@ pub(super) struct Envelope<'a> {
     pub id: Option<&'a str>,
     pub method: bool,
     pub method_name: Option<String>,
+    /// A `result` or `error` member: the client's answer to a request of the server's, which
+    /// is never answered (its id is the server's, not one the client waits on).
+    pub response: bool,
 }
 
 pub(super) fn envelope(text: &str) -> Envelope<'_> {
@@ -104,7 +107,21 @@ pub(super) fn envelope(text: &str) -> Envelope<'_> {
         let Some(key_end) = string_end(b, i) else {
             return top;
         };
-        let key = text.get(i + 1..key_end - 1).unwrap_or_default();
+        let raw_key = text.get(i..key_end).unwrap_or_default();
+        // A key written with escapes (`"\u0069d"`) is the key it decodes to.
+        let key: std::borrow::Cow<str> = if raw_key.contains('\\') {
+            serde_json::from_str::<String>(raw_key).map_or("".into(), Into::into)
+        } else {
+            raw_key
+                .get(1..raw_key.len().saturating_sub(1))
+                .unwrap_or_default()
+                .into()
+        };
+        match &*key {
+            "method" => top.method = true,
+            "result" | "error" => top.response = true,
+            _ => {}
+        }
         i = skip_space(b, key_end);
         if b.get(i) != Some(&b':') {
             return top;
@@ -114,10 +131,9 @@ pub(super) fn envelope(text: &str) -> Envelope<'_> {
             return top;
         };
         let value = text.get(i..value_end).unwrap_or_default();
-        match key {
+        match &*key {
             "id" if top.id.is_none() => top.id = Some(value),
-            "method" if !top.method => {
-                top.method = true;
+            "method" if top.method_name.is_none() => {
                 top.method_name = serde_json::from_str::<String>(value).ok();
             }
             _ => {}

@@ -450,11 +450,26 @@ async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
     // The notebook's variables are in the session.
     assert_eq!(text(&s.exec("a").await), "20");
 
-    // Past errors, and the input notebook itself is not replaced without overwrite.
+    // The input notebook itself is not replaced without overwrite: refused before any cell
+    // runs (it used to run them all and then not save).
     let r = s
         .call(
             "run_notebook",
             json!({"path": "nb.ipynb", "stop_on_error": false, "save_to": "nb.ipynb"}),
+        )
+        .await;
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("not written by this session") && text(&r).contains("overwrite"),
+        "{}",
+        text(&r)
+    );
+    assert!(text(&s.exec("'b' in dir()").await) == "False");
+    // Past errors.
+    let r = s
+        .call(
+            "run_notebook",
+            json!({"path": "nb.ipynb", "stop_on_error": false, "save_to": "nb-run.ipynb"}),
         )
         .await;
     let t = crate::harness::texts(&r);
@@ -470,7 +485,7 @@ async fn run_notebook_runs_cells_in_the_session_and_saves_outputs() {
     assert!(
         t.last()
             .unwrap()
-            .starts_with("[the executed notebook was not saved:"),
+            .starts_with("[executed notebook saved as nb-run.ipynb"),
         "{t:?}"
     );
     assert_eq!(text(&s.exec("b").await), "21");
@@ -759,6 +774,8 @@ async fn a_long_notebook_becomes_a_run_and_later_calls_wait_for_all_of_it() {
 
 /// A save_to outside the workspace is refused before any cell runs (it used to run the whole
 /// notebook, side effects included, and refuse only the save).
+/// (Unix: it makes a symlink.)
+#[cfg(unix)]
 #[tokio::test]
 async fn run_notebook_refuses_an_outside_save_to_before_running() {
     let s = Server::start().await;
@@ -778,6 +795,19 @@ async fn run_notebook_refuses_an_outside_save_to_before_running() {
             .await;
         assert!(is_error(&r), "{outside}: {}", text(&r));
         assert!(!s.ws().join("ran.txt").exists(), "{outside}: a cell ran");
+    }
+    std::fs::create_dir_all(s.ws().join("folder.ipynb")).unwrap();
+    std::os::unix::fs::symlink("/tmp/kmcp-outside.ipynb", s.ws().join("link.ipynb")).unwrap();
+    std::fs::write(s.ws().join("theirs.ipynb"), "{}").unwrap();
+    for refused in ["folder.ipynb", "link.ipynb", "theirs.ipynb"] {
+        let r = s
+            .call(
+                "run_notebook",
+                json!({"path": "nb.ipynb", "save_to": refused}),
+            )
+            .await;
+        assert!(is_error(&r), "{refused}: {}", text(&r));
+        assert!(!s.ws().join("ran.txt").exists(), "{refused}: a cell ran");
     }
     let r = s
         .call(
