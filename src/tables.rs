@@ -264,6 +264,15 @@ fn table_markdown(table: &Handle) -> String {
     };
     let (grid, cut) = grid(&rows);
     let width = grid.iter().map(Vec::len).max().unwrap_or(0);
+    if width == 0 && cut {
+        // Its first row alone is past the limits once its spans are laid out: said, rather
+        // than the table vanishing (and the display falling back to a bare repr).
+        return format!(
+            "{}[table not shown: its first row spans over {MAX_CELLS} cells or {} MiB once laid out]\n",
+            caption.map(|c| format!("Table: {c}\n\n")).unwrap_or_default(),
+            MAX_GRID_BYTES >> 20
+        );
+    }
     if width == 0 {
         return caption.unwrap_or_default();
     }
@@ -420,6 +429,16 @@ mod tests {
     fn md(html: &str) -> String {
         let (_, t) = split_tables(html).unwrap_or_default();
         t.join("\n")
+    }
+
+    #[test]
+    fn a_table_too_wide_to_lay_out_is_named_not_dropped() {
+        let cell = r#"<td colspan="1000" rowspan="1000">x</td>"#.repeat(1000);
+        let t = md(&format!("<table><tr>{cell}</tr></table>"));
+        assert!(
+            t.starts_with("[table not shown: its first row spans over 200000 cells"),
+            "{t}"
+        );
     }
 
     #[test]
