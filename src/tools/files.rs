@@ -25,6 +25,9 @@ impl Server {
         &self,
         Parameters(p): Parameters<ReadParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if let Some(why) = names_a_folder(&p.path, "read_file reads files") {
+            return Ok(tool_error(why));
+        }
         let cap = read_cap(p.limit, p.max_chars);
         let first = p.offset.unwrap_or(1).max(1);
         let read =
@@ -90,6 +93,9 @@ impl Server {
         &self,
         Parameters(p): Parameters<WriteParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if let Some(why) = names_a_folder(&p.path, "write_file writes files") {
+            return Ok(tool_error(why));
+        }
         let append = p.append.unwrap_or(false);
         let data = match decode_content(p.content, p.encoding.unwrap_or_default()) {
             Ok(d) => d,
@@ -200,6 +206,14 @@ fn decode_content(content: String, encoding: Encoding) -> Result<Vec<u8>, String
     Ok(data)
 }
 
+/// A path ending in `/` names a folder (as the OS reads it: `open("a.txt/")` fails), so a
+/// file tool refuses it rather than reading or writing the file without the slash.
+fn names_a_folder(path: &str, what: &str) -> Option<String> {
+    let trimmed = path.trim_end_matches('/');
+    (path.ends_with('/') && !trimmed.is_empty())
+        .then(|| format!("{path}: a path ending in / names a folder, and {what}; use {trimmed:?}"))
+}
+
 /// list_files' text (one aligned line per entry) and structured data.
 fn render_listing(listing: &Listing) -> CallToolResult {
     let mut lines = Vec::with_capacity(listing.entries.len() + 1);
@@ -257,6 +271,20 @@ fn render_listing(listing: &Listing) -> CallToolResult {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trailing_slash_names_a_folder() {
+        use super::names_a_folder;
+        assert_eq!(names_a_folder("d/a.txt", "x"), None);
+        let why = names_a_folder("d/a.txt/", "read_file reads files").unwrap_or_default();
+        assert!(
+            why.starts_with("d/a.txt/: a path ending in / names a folder"),
+            "{why}"
+        );
+        assert!(why.ends_with("use \"d/a.txt\""), "{why}");
+        // "/" alone is left to the path policy.
+        assert_eq!(names_a_folder("/", "x"), None);
+    }
+
     #[test]
     fn read_file_caps_characters_as_well_as_lines() {
         use super::{cap_text, read_cap};
