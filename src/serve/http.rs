@@ -224,6 +224,50 @@ fn body_timeout(max_body: usize) -> std::time::Duration {
     std::time::Duration::from_secs(60u64.saturating_add(extra))
 }
 
+/// Longest pause in a request body: a client that stops sending mid-body is answered 408 at
+/// once rather than when the whole body's time is up (minutes at the default `--max-body`),
+/// so stalled bodies cannot fill the connection slots (the header phase has the same 10 s).
+const BODY_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a request body was not read.
+enum BodyFault {
+    /// Nothing arrived for [`BODY_STALL`].
+    Stalled,
+    /// The whole body took longer than its time.
+    Late,
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads a request body of at most `max` bytes within `total`, no pause longer than
+/// [`BODY_STALL`].
+async fn read_body(
+    body: Incoming,
+    max: usize,
+    total: std::time::Duration,
+) -> Result<Bytes, BodyFault> {
+    let deadline = tokio::time::Instant::now() + total;
+    let mut body = Limited::new(body, max);
+    let mut out = bytes::BytesMut::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = left.min(BODY_STALL);
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) if wait < BODY_STALL => return Err(BodyFault::Late),
+            Err(_) => return Err(BodyFault::Stalled),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(BodyFault::TooLarge)
+            }
+            Ok(Some(Err(e))) => return Err(BodyFault::Unreadable(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
 struct State {
     opts: HttpOptions,
     /// Origins answered with CORS headers (the same list rmcp validates `Origin` against).
@@ -323,40 +367,47 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let (parts, body) = req.into_parts();
-    // The body gets its own bound: hyper's header timeout ends with the headers, and a client
+    // The body gets its own bounds: hyper's header timeout ends with the headers, and a client
     // announcing a body it never sends would hold the connection (and its slot) for good.
     let body_limit = body_timeout(st.opts.max_body);
-    let collected =
-        tokio::time::timeout(body_limit, Limited::new(body, st.opts.max_body).collect()).await;
-    let Ok(collected) = collected else {
-        tracing::warn!(session = ?session, secs = body_limit.as_secs(), "request body not received in time");
-        return text(
-            StatusCode::REQUEST_TIMEOUT,
-            &format!(
-                "Request Timeout: the request body did not arrive within {} s\n",
-                body_limit.as_secs()
-            ),
-        );
-    };
-    let bytes = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_big = e.is::<http_body_util::LengthLimitError>();
+    let bytes = match read_body(body, st.opts.max_body, body_limit).await {
+        Ok(b) => b,
+        Err(BodyFault::Stalled) => {
+            tracing::warn!(session = ?session, "request body stalled");
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "Request Timeout: nothing of the request body arrived for {} s\n",
+                    BODY_STALL.as_secs()
+                ),
+            );
+        }
+        Err(BodyFault::Late) => {
+            tracing::warn!(session = ?session, secs = body_limit.as_secs(), "request body not received in time");
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "Request Timeout: the request body did not arrive within {} s\n",
+                    body_limit.as_secs()
+                ),
+            );
+        }
+        Err(BodyFault::TooLarge) => {
+            tracing::warn!(session = ?session, "request body over --max-body");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "Payload Too Large: requests are limited to {} bytes (--max-body)\n",
+                    st.opts.max_body
+                ),
+            );
+        }
+        Err(BodyFault::Unreadable(e)) => {
             tracing::warn!(session = ?session, error = %e, "request body rejected");
-            return if too_big {
-                text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!(
-                        "Payload Too Large: requests are limited to {} bytes (--max-body)\n",
-                        st.opts.max_body
-                    ),
-                )
-            } else {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request: the body could not be read\n",
-                )
-            };
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: the body could not be read\n",
+            );
         }
     };
     // Before anything parses it (here and in rmcp): a body of millions of tiny values.

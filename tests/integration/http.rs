@@ -1010,24 +1010,48 @@ async fn connections_that_never_finish_their_headers_are_cut() {
     assert!(srv.stop().await.success());
 }
 
-/// A client that sends its headers and announces a body it never finishes gets 408 once the
-/// body's time (60 s, +1 s per 64 KiB of `--max-body`) is up, and its connection is closed:
-/// it cannot hold a connection slot for good. (This test waits those 61 s by design.)
+/// A client that sends its headers and announces a body it never finishes gets 408 once
+/// nothing has arrived for 10 s (many such clients used to hold every connection slot for the
+/// whole body's time, ~9 minutes at the default `--max-body`); one that trickles its body gets
+/// 408 when the body's time (60 s, +1 s per 64 KiB of `--max-body`) is up. Either way its
+/// connection is closed. (The trickle waits those 61 s by design.)
 #[tokio::test]
 async fn bodies_that_never_arrive_get_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Http::start(&["--max-body", "64K"], None).await;
+    let head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\"";
+    // Stalled.
     let mut s = tokio::net::TcpStream::connect(&srv.addr()).await.unwrap();
     let started = std::time::Instant::now();
-    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\"")
-        .await
-        .unwrap();
+    s.write_all(head).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(HANG, s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a stalled body kept its connection open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
-        read.is_ok(),
-        "a body that never came kept its connection open"
+        answer.contains("nothing of the request body arrived for 10 s"),
+        "{answer}"
     );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(10));
+    // Trickled: a byte every 5 s, never the whole body.
+    let mut s = tokio::net::TcpStream::connect(&srv.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(head).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(HANG, rd.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(read.is_ok(), "a trickled body kept its connection open");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
