@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -143,59 +144,47 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 /// A JSON-RPC error body for `id` with an HTTP status.
-fn jsonrpc_error(status: StatusCode, id: serde_json::Value, message: &str) -> Response<Body> {
+fn jsonrpc_error(
+    status: StatusCode,
+    id: serde_json::Value,
+    code: i32,
+    message: &str,
+) -> Response<Body> {
     let body = serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": {"code": -32000, "message": message},
+        "error": {"code": code, "message": message},
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+    json_response(status, body.to_string())
 }
 
-/// The arrival keys (see `arrival`) of the run requests in a POST body, in body order: each
-/// `tools/call` of a run tool with an id, scoped by its session (the `Mcp-Session-Id` header,
-/// else the 2026-07-28 `session` argument). A call without a session opens a new one, which
-/// has nothing earlier to wait for.
-fn run_request_keys(body: &[u8], session_header: Option<&str>) -> Vec<String> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return Vec::new();
+/// The arrival key (see `arrival`) of a run request: a `tools/call` of a run tool, scoped by
+/// its session (the `Mcp-Session-Id` header, else the 2026-07-28 `session` argument). A call
+/// without a session opens a new one, which has nothing earlier to wait for.
+fn run_request_key(msg: &ClientJsonRpcMessage, session_header: Option<&str>) -> Option<String> {
+    let JsonRpcMessage::Request(r) = msg else {
+        return None;
     };
-    let messages = match &v {
-        serde_json::Value::Array(items) => items.iter().collect(),
-        one => vec![one],
+    let ClientRequest::CallToolRequest(call) = &r.request else {
+        return None;
     };
-    messages
-        .into_iter()
-        .filter_map(|m| {
-            if m.get("method")?.as_str()? != "tools/call" {
-                return None;
-            }
-            // rmcp refuses a request with any other id before a handler runs (see
-            // `arrival::request_id`): nothing would ever wait for it.
-            let id = m
-                .get("id")
-                .filter(|id| crate::arrival::request_id(id).is_some())?;
-            let params = m.get("params")?;
-            let tool = params.get("name")?.as_str()?;
-            if !crate::arrival::RUN_TOOLS.contains(&tool) {
-                return None;
-            }
-            let scope = match session_header {
-                Some(s) => s,
-                None => params
-                    .get("arguments")?
-                    .get(crate::serve::sessions::SESSION_ARG)?
-                    .as_str()?,
-            };
-            Some(crate::arrival::scoped_key(Some(scope), id))
-        })
-        .collect()
+    if !crate::arrival::RUN_TOOLS.contains(&call.params.name.as_ref()) {
+        return None;
+    }
+    let scope = match session_header {
+        Some(s) => s,
+        None => call
+            .params
+            .arguments
+            .as_ref()?
+            .get(crate::serve::sessions::SESSION_ARG)?
+            .as_str()?,
+    };
+    // Keyed as rmcp echoes the id (`2.0` is `2`), as the handler looks it up.
+    Some(crate::arrival::scoped_key(
+        Some(scope),
+        &r.id.clone().into_json_value(),
+    ))
 }
 
 /// Marks its requests answered (see `arrival::done`) when dropped: with the response body,
@@ -210,10 +199,89 @@ impl Drop for Answered {
     }
 }
 
-/// The id of a JSON-RPC `initialize` request, if `body` is one.
-fn initialize_id(body: &[u8]) -> Option<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    (v.get("method")?.as_str()? == "initialize").then(|| v.get("id").cloned().unwrap_or_default())
+/// The id of a JSON-RPC `initialize` request, if `msg` is one.
+fn initialize_id(msg: &ClientJsonRpcMessage) -> Option<serde_json::Value> {
+    let JsonRpcMessage::Request(r) = msg else {
+        return None;
+    };
+    matches!(r.request, ClientRequest::InitializeRequest(_)).then(|| r.id.clone().into_json_value())
+}
+
+/// What becomes of a POST body, read once (by the reader the stdio transport uses, so a
+/// malformed request is answered alike on both transports).
+enum Posted {
+    /// rmcp handles it (the body as it came).
+    Pass(Box<ClientJsonRpcMessage>),
+    /// Answered here with this JSON-RPC error.
+    Answer(String),
+    /// Not a message that can be answered (a notification or a response that cannot be read,
+    /// an empty body): why.
+    Refuse(String),
+}
+
+fn posted(body: &[u8]) -> Posted {
+    use crate::stdin_guard::{read, read_stand_in, stand_in_answer, Reading};
+    match read(body) {
+        Reading::Message(m) => Posted::Pass(m),
+        Reading::Answer(a) => Posted::Answer(a),
+        Reading::Silent(why) => Posted::Refuse(why),
+        // Over stdio the stand-in goes to the tool, which refuses it; here a call reaches a
+        // tool only through its session, which a refused call must not open: the tool's
+        // answer is given here.
+        Reading::StandIn(text) => match read_stand_in(&text) {
+            Reading::Message(m) => match stand_in_answer(&m) {
+                Some(a) => Posted::Answer(a),
+                None => Posted::Refuse("the request could not be read".into()),
+            },
+            Reading::Answer(a) => Posted::Answer(a),
+            Reading::Silent(why) => Posted::Refuse(why),
+            Reading::StandIn(_) => Posted::Refuse("the request could not be read".into()),
+        },
+    }
+}
+
+/// The HTTP answer to a request refused with the JSON-RPC error `reply`: 200 when the error
+/// carries the request's id (the client matches it to its call, as it does rmcp's in-band
+/// errors), 400 when it cannot (`null` id: the body was not a request that can be answered).
+fn answered(reply: String) -> Response<Body> {
+    let has_id = serde_json::from_str::<serde_json::Value>(&reply)
+        // A raw echoed id (a lone surrogate escape) is an id too.
+        .map_or(true, |v| v.get("id").is_some_and(|id| !id.is_null()));
+    let status = if has_id {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    json_response(status, reply)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// rmcp's answer to a request for a session it does not have.
+fn session_not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found: Session not found\n")
+}
+
+/// True when the request says its body is JSON (rmcp answers any other 415 before reading it).
+fn json_body(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| {
+            h.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
 }
 
 /// How long a request body may take to arrive once its headers have: 60 s, and 1 s more per
@@ -421,42 +489,65 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
             ),
         );
     }
-    match &session {
-        Some(id) => {
-            tracing::debug!(session = %id, method = %parts.method, "request");
-            st.reg.touch(id);
-        }
-        None if parts.method == http::Method::POST => {
-            if let Some(id) = initialize_id(&bytes) {
-                let max = st.reg.limits().max_sessions;
-                if let Some(next) = st.reg.full() {
-                    tracing::warn!(max, "refused a new session: --max-sessions reached");
-                    let mut r = jsonrpc_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        id,
-                        &format!(
-                            "the server already runs {max} sessions, its limit (--max-sessions); {}",
-                            crate::serve::sessions::next_free_words(next, st.reg.evict_grace())
-                        ),
-                    );
-                    let retry = next.unwrap_or(30).clamp(1, 3600).to_string();
-                    if let Ok(v) = http::HeaderValue::from_str(&retry) {
-                        r.headers_mut().insert(http::header::RETRY_AFTER, v);
-                    }
-                    return r;
-                }
-            }
-        }
-        None => {}
+    let known = session.as_deref().map(|id| st.reg.get(id).is_some());
+    if let Some(id) = &session {
+        tracing::debug!(session = %id, method = %parts.method, "request");
+        st.reg.touch(id);
     }
     let delete = parts.method == http::Method::DELETE;
+    if delete && known == Some(false) {
+        // rmcp accepts a DELETE of any id; a session that is not (or no longer) here is 404,
+        // as a POST or GET for it is (Streamable HTTP, "Session Management").
+        return session_not_found();
+    }
+    // The body read once, here: what rmcp cannot take is answered as the stdio transport
+    // answers it (rmcp's own answer is a plain-text 415 without the request's id).
+    let message = if parts.method == http::Method::POST && json_body(&parts.headers) {
+        match posted(&bytes) {
+            Posted::Pass(m) => Some(m),
+            // An ended session: the 404 that tells the client to start again comes first.
+            _ if known == Some(false) => return session_not_found(),
+            Posted::Answer(reply) => return answered(reply),
+            Posted::Refuse(why) => {
+                tracing::warn!(session = ?session, "refused a request body: {why}");
+                let code = if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                    -32700
+                } else {
+                    -32600
+                };
+                return jsonrpc_error(StatusCode::BAD_REQUEST, serde_json::Value::Null, code, &why);
+            }
+        }
+    } else {
+        None
+    };
+    if let (None, Some(id)) = (&session, message.as_deref().and_then(initialize_id)) {
+        let max = st.reg.limits().max_sessions;
+        if let Some(next) = st.reg.full() {
+            tracing::warn!(max, "refused a new session: --max-sessions reached");
+            let mut r = jsonrpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                -32000,
+                &format!(
+                    "the server already runs {max} sessions, its limit (--max-sessions); {}",
+                    crate::serve::sessions::next_free_words(next, st.reg.evict_grace())
+                ),
+            );
+            let retry = next.unwrap_or(30).clamp(1, 3600).to_string();
+            if let Ok(v) = http::HeaderValue::from_str(&retry) {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    }
     // Run requests are numbered here, where a session's POSTs arrive in order; rmcp's
     // handlers may start in another order (see `arrival`).
-    let keys = if parts.method == http::Method::POST {
-        run_request_keys(&bytes, session.as_deref())
-    } else {
-        Vec::new()
-    };
+    let keys: Vec<String> = message
+        .as_deref()
+        .and_then(|m| run_request_key(m, session.as_deref()))
+        .into_iter()
+        .collect();
     for k in &keys {
         // A session handle is a credential: the log gets a prefix of the session's name.
         let (scope, id) = k.split_once('\u{1f}').unwrap_or(("", k));
@@ -623,73 +714,106 @@ mod tests {
         assert_eq!(origin_host("nonsense"), None);
     }
 
+    fn message(text: &str) -> ClientJsonRpcMessage {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
     #[test]
     fn run_requests_are_keyed_by_their_session() {
         let call = |id: &str, tool: &str, args: &str| {
-            format!(
+            message(&format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
-            )
+            ))
         };
         let one = call("1", "execute_python", r#"{"code":"1"}"#);
         assert_eq!(
-            run_request_keys(one.as_bytes(), Some("s1")),
-            vec![crate::arrival::scoped_key(
+            run_request_key(&one, Some("s1")),
+            Some(crate::arrival::scoped_key(
                 Some("s1"),
                 &serde_json::json!(1)
-            )]
+            ))
         );
         // No session at all: a new one is opened, nothing to order.
-        assert!(run_request_keys(one.as_bytes(), None).is_empty());
+        assert_eq!(run_request_key(&one, None), None);
         let handle = call("\"a\"", "run_file", r#"{"path":"x.py","session":"h9"}"#);
         assert_eq!(
-            run_request_keys(handle.as_bytes(), None),
-            vec![crate::arrival::scoped_key(
+            run_request_key(&handle, None),
+            Some(crate::arrival::scoped_key(
                 Some("h9"),
                 &serde_json::json!("a")
-            )]
-        );
-        let batch = format!(
-            "[{},{},{}]",
-            call("2", "execute_python", "{}"),
-            call("3", "read_file", "{}"),
-            call("null", "execute_python", "{}")
-        );
-        assert_eq!(run_request_keys(batch.as_bytes(), Some("s")).len(), 1);
-        // Keyed as rmcp echoes the id (`2.0` is `2`), as the handler looks it up; ids rmcp
-        // refuses are not numbered.
-        let floats = format!(
-            "[{},{}]",
-            call("2.0", "execute_python", "{}"),
-            call("2.5", "execute_python", "{}")
+            ))
         );
         assert_eq!(
-            run_request_keys(floats.as_bytes(), Some("s")),
-            vec![crate::arrival::scoped_key(Some("s"), &serde_json::json!(2))]
+            run_request_key(&call("3", "read_file", "{}"), Some("s")),
+            None
         );
-        for junk in [
-            "",
-            "{",
-            "[]",
-            "7",
-            r#"{"method":"tools/call","id":1,"params":{"name":5}}"#,
-        ] {
-            assert!(
-                run_request_keys(junk.as_bytes(), Some("s")).is_empty(),
-                "{junk}"
-            );
-        }
+        // Keyed as rmcp echoes the id (`2.0` is `2`), as the handler looks it up.
+        assert_eq!(
+            run_request_key(&call("2.0", "execute_python", "{}"), Some("s")),
+            Some(crate::arrival::scoped_key(Some("s"), &serde_json::json!(2)))
+        );
+        let list = message(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#);
+        assert_eq!(run_request_key(&list, Some("s")), None);
     }
 
     #[test]
     fn initialize_requests_are_recognised() {
-        assert_eq!(
-            initialize_id(br#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{}}"#),
-            Some(serde_json::json!(3))
+        let init = message(
+            r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
         );
-        assert_eq!(
-            initialize_id(br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#),
-            None
-        );
-        assert_eq!(initialize_id(b"\xff"), None);
+        assert_eq!(initialize_id(&init), Some(serde_json::json!(3)));
+        let list = message(r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#);
+        assert_eq!(initialize_id(&list), None);
+    }
+
+    /// What each kind of body gets: passed on, answered in-band with its id (200), or refused
+    /// with a `null` id (400), never rmcp's plain-text 415.
+    #[test]
+    fn bodies_rmcp_cannot_read_are_answered_with_their_id() {
+        let status_and_id = |body: &str| -> (StatusCode, serde_json::Value, i64) {
+            let reply = match posted(body.as_bytes()) {
+                Posted::Pass(m) => panic!("{body}: passed on as {m:?}"),
+                Posted::Answer(a) => a,
+                Posted::Refuse(why) => panic!("{body}: refused unanswered ({why})"),
+            };
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            (
+                answered(reply).status(),
+                v.get("id").cloned().unwrap_or_default(),
+                v.pointer("/error/code")
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or_default(),
+            )
+        };
+        let ok = StatusCode::OK;
+        let bad = StatusCode::BAD_REQUEST;
+        for (body, want) in [
+            // Not JSON, with a readable id.
+            (r#"{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":1e400}}"#, (ok, serde_json::json!(7), -32700)),
+            (r#"{"jsonrpc":"2.0","id":"q","method":"tools/list"} trailing"#, (ok, serde_json::json!("q"), -32700)),
+            // Known method, params that do not fit it.
+            (r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"execute_python","arguments":[1]}}"#, (ok, serde_json::json!(8), -32602)),
+            // A tool call whose arguments are not valid Unicode: the tool's own refusal.
+            ("{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"execute_python\",\"arguments\":{\"code\":\"a\\ud800\"}}}", (ok, serde_json::json!(9), -32602)),
+            // No id to answer.
+            ("[1,2]", (bad, serde_json::Value::Null, -32600)),
+            ("garbage", (bad, serde_json::Value::Null, -32700)),
+            (r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#, (bad, serde_json::Value::Null, -32600)),
+        ] {
+            assert_eq!(status_and_id(body), want, "{body}");
+        }
+        // Nothing to answer at all: refused with a reason.
+        for body in [
+            "",
+            "  ",
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#,
+        ] {
+            assert!(
+                matches!(posted(body.as_bytes()), Posted::Refuse(_)),
+                "{body}"
+            );
+        }
+        let fine = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"1"}}}"#;
+        assert!(matches!(posted(fine.as_bytes()), Posted::Pass(_)));
     }
 }

@@ -17,11 +17,13 @@
 //! answers to requests rmcp would refuse); this file reads and writes the lines.
 
 mod ids;
+mod reading;
 mod repair;
 
 pub use ids::MAX_IN_FLIGHT;
-use ids::{misfit, not_a_message, refusal, seen, unreadable, Seen};
-use repair::{inspect, oversized, too_many, PREFIX};
+use ids::{not_a_message, refusal, seen, Seen};
+pub use reading::{read, read_stand_in, rejection_words, stand_in_answer, Reading};
+use repair::{oversized, too_many, PREFIX};
 pub use repair::{repair, too_many_values};
 
 use std::sync::Arc;
@@ -190,50 +192,13 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
         let prefix = String::from_utf8_lossy(body.get(..PREFIX).unwrap_or(body));
         return refused_whole(&prefix, &too_many(), in_flight);
     }
-    // The common case: rmcp's own type reads the line, once.
-    if let Some(msg) = tool_call(body) {
-        return admit(msg, in_flight);
-    }
-    let err = match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
-        Ok(msg) => {
-            if let Some(reply) = misfit(&msg, body) {
-                tracing::warn!("refused a request whose params do not fit its method");
-                return Verdict::Refuse(reply);
-            }
-            return admit(msg, in_flight);
-        }
-        Err(e) => e,
-    };
-    match inspect(body) {
-        // Repaired: a request that carries its rejection to the tool.
-        (Some(replacement), _) => stand_in(Some(replacement), in_flight),
-        (None, Some(msg)) => match unreadable(&msg, body, &err) {
-            Some(reply) => {
-                tracing::warn!("refused a request rmcp could not read: {err}");
-                Verdict::Refuse(reply)
-            }
-            None => Verdict::Drop,
-        },
-        // Not JSON (cut short, trailing text, a number no float holds, nested too deep):
-        // answered with its id where its top level shows one, so no client waits for ever.
-        (None, None) => {
-            let text = String::from_utf8_lossy(body);
-            let why: String = if repair::fix_surrogates(&text).is_some() {
-                "a lone UTF-16 surrogate escape such as \\ud800, which no Unicode text holds".into()
-            } else {
-                err.to_string().chars().take(300).collect()
-            };
-            match not_a_message(
-                &text,
-                -32700,
-                &format!("the line is not valid JSON ({why})"),
-            ) {
-                Some(reply) => {
-                    tracing::warn!("refused a line that is not valid JSON: {why}");
-                    Verdict::Refuse(reply)
-                }
-                None => Verdict::Drop,
-            }
+    match reading::read(body) {
+        Reading::Message(msg) => admit(*msg, in_flight),
+        Reading::StandIn(text) => stand_in(Some(text), in_flight),
+        Reading::Answer(reply) => Verdict::Refuse(reply),
+        Reading::Silent(why) => {
+            tracing::debug!("dropped a line: {why}");
+            Verdict::Drop
         }
     }
 }
@@ -243,48 +208,14 @@ fn judge(line: &[u8], total: usize, in_flight: &InFlight) -> Verdict {
 /// naming it, a notification not at all.
 fn refused_whole(prefix: &str, reason: &str, in_flight: &InFlight) -> Verdict {
     if repair::envelope(prefix).method_name.as_deref() == Some("tools/call") {
-        return stand_in(
-            repair::stand_in(prefix, &format!("{reason}. Nothing was done.")),
-            in_flight,
-        );
+        if let Some(text) = repair::stand_in(prefix, &format!("{reason}. Nothing was done.")) {
+            return stand_in(Some(text), in_flight);
+        }
     }
     match not_a_message(prefix, -32600, reason) {
         Some(reply) => Verdict::Refuse(reply),
         None => Verdict::Drop,
     }
-}
-
-/// A `tools/call` request read as rmcp reads it, without trying the thirteen kinds of request
-/// its message type tries first (`ClientRequest` is an untagged enum: each kind that does not
-/// fit costs a failed parse and an error message, most of the parse of a short call). `None`
-/// when the line is anything else, or a call rmcp's own request type does not read (then
-/// the whole message type decides, as for every other line).
-fn tool_call(body: &[u8]) -> Option<ClientJsonRpcMessage> {
-    use rmcp::model::{CallToolRequest, ClientRequest, JsonRpcMessage, JsonRpcRequest};
-    /// The members that decide what kind of message a line is (rmcp's shape check): read
-    /// without building the others. A repeated one fails here, and the line goes the long way.
-    #[derive(serde::Deserialize)]
-    struct Shape<'a> {
-        #[serde(borrow)]
-        method: Option<std::borrow::Cow<'a, str>>,
-        id: Option<serde::de::IgnoredAny>,
-        result: Option<serde::de::IgnoredAny>,
-        error: Option<serde::de::IgnoredAny>,
-    }
-    let shape: Shape = serde_json::from_slice(body).ok()?;
-    let request = shape.method.as_deref() == Some("tools/call")
-        && shape.id.is_some()
-        && shape.result.is_none()
-        && shape.error.is_none();
-    if !request {
-        return None;
-    }
-    let call: JsonRpcRequest<CallToolRequest> = serde_json::from_slice(body).ok()?;
-    Some(JsonRpcMessage::Request(JsonRpcRequest {
-        jsonrpc: call.jsonrpc,
-        id: call.id,
-        request: ClientRequest::CallToolRequest(call.request),
-    }))
 }
 
 /// A stand-in request made for a line refused whole or repaired, or nothing when none could
@@ -293,16 +224,10 @@ fn stand_in(replacement: Option<String>, in_flight: &InFlight) -> Verdict {
     let Some(text) = replacement else {
         return Verdict::Drop;
     };
-    match serde_json::from_str::<ClientJsonRpcMessage>(&text) {
-        Ok(msg) => admit(msg, in_flight),
-        // The stand-in keeps the envelope it was made from, which rmcp may still refuse.
-        Err(err) => match serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| unreadable(&v, text.as_bytes(), &err))
-        {
-            Some(reply) => Verdict::Refuse(reply),
-            None => Verdict::Drop,
-        },
+    match reading::read_stand_in(&text) {
+        Reading::Message(msg) => admit(*msg, in_flight),
+        Reading::Answer(reply) => Verdict::Refuse(reply),
+        Reading::StandIn(_) | Reading::Silent(_) => Verdict::Drop,
     }
 }
 
@@ -413,6 +338,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::reading::tool_call;
     use super::*;
     use futures::FutureExt;
     use rmcp::transport::Transport;

@@ -209,7 +209,8 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
 /// A small stand-in for a tools/call request that cannot be passed on, keeping its id and tool
 /// name when they can be found, and carrying `reason` to the tool.
 pub(super) fn stand_in(text: &str, reason: &str) -> Option<String> {
-    let id = find_value(text, "id")?;
+    // The top level's id only: an "id" inside the arguments is not the request's.
+    let id: serde_json::Value = serde_json::from_str(envelope(text).id?).ok()?;
     let name = find_value(text, "name").unwrap_or(serde_json::Value::String("unknown".into()));
     let msg = serde_json::json!({
         "jsonrpc": "2.0",
@@ -244,7 +245,7 @@ pub(super) fn too_many() -> String {
 /// A stand-in for a tools/call line that is not valid JSON as a whole, so a strict parser
 /// would drop it silently (for example a number such as `1e999` that no f64 can hold).
 fn unparsable(line: &str, error: &serde_json::Error) -> Option<String> {
-    if find_value(line, "method")?.as_str() != Some("tools/call") {
+    if envelope(line).method_name.as_deref() != Some("tools/call") {
         return None;
     }
     stand_in(

@@ -94,7 +94,7 @@ where
                 .unwrap_or("the request was malformed")
                 .to_owned();
             return Err(ErrorData::invalid_params(
-                format!("failed to deserialize parameters: {reason}"),
+                crate::stdin_guard::rejection_words(&reason),
                 None,
             ));
         }

@@ -238,7 +238,7 @@ async fn malformed_requests_still_get_an_answer() {
         r["error"]["message"]
             .as_str()
             .unwrap_or_default()
-            .starts_with("the line is not valid JSON"),
+            .starts_with("the message is not valid JSON"),
         "{r}"
     );
     raw.send(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"6*7"}}}"#).await;

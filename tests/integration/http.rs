@@ -1517,3 +1517,84 @@ async fn an_evicted_mcp_session_answers_404() {
     assert_eq!(status, 404, "{body}");
     assert!(srv.stop().await.success());
 }
+
+/// A body rmcp's types cannot read is answered as the stdio transport answers the same line:
+/// a JSON-RPC error carrying the request's id where one can be read (HTTP 200, so the client
+/// matches it to its call), else a `null` id with 400 — never rmcp's plain-text 415, never an
+/// answer without the id the client waits on. A tool call whose arguments cannot be read gets
+/// the tool's own refusal without a session being opened for it. A DELETE or a malformed body
+/// for a session that is not there gets 404, as any request for it does.
+#[tokio::test]
+async fn malformed_bodies_are_answered_with_their_id() {
+    let srv = Http::start(&[], None).await;
+    let sid = raw_session(&srv.url).await;
+    let send = |body: Vec<u8>, session: Option<&str>| {
+        let mut req = post(&srv.url).header("mcp-protocol-version", "2025-11-25");
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        async move {
+            let r = tokio::time::timeout(HANG, req.body(body).send())
+                .await
+                .expect("the POST hung")
+                .unwrap();
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let text = r.text().await.unwrap_or_default();
+            (status, ctype, text)
+        }
+    };
+    let lone = "{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{\"name\":\"execute_python\",\"arguments\":{\"code\":\"print('a\\ud800')\"}}}";
+    let mut bad_utf8 = br#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"execute_python","arguments":{"code":"print('"#.to_vec();
+    bad_utf8.extend_from_slice(b"\xff\xfe')\"}}}");
+    let cases: Vec<(Vec<u8>, u16, Value, i64, &str)> = vec![
+        (br#"{"jsonrpc":"2.0","id":7,"method":"ping","params":{"x":1e400}}"#.to_vec(), 200, json!(7), -32700, "not valid JSON"),
+        (br#"{"jsonrpc":"2.0","id":"q","method":"tools/list"} and more"#.to_vec(), 200, json!("q"), -32700, "trailing characters"),
+        (br#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"execute_python","arguments":[1]}}"#.to_vec(), 200, json!(8), -32602, "invalid params for tools/call"),
+        (lone.as_bytes().to_vec(), 200, json!(9), -32602, "not valid Unicode"),
+        (bad_utf8, 200, json!(10), -32602, "not valid Unicode"),
+        (br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#.to_vec(), 400, Value::Null, -32600, "request id is 1.5"),
+        (br#"[{"jsonrpc":"2.0","id":11,"method":"ping"}]"#.to_vec(), 400, Value::Null, -32600, "batches are not supported"),
+        (b"garbage".to_vec(), 400, Value::Null, -32700, "not valid JSON"),
+        (Vec::new(), 400, Value::Null, -32700, "empty"),
+    ];
+    for (body, status, id, code, says) in cases {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let (got, ctype, text) = send(body, Some(&sid)).await;
+        assert_eq!(got, status, "{shown}: {text}");
+        assert!(ctype.starts_with("application/json"), "{shown}: {ctype}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{shown}: {e}: {text}"));
+        assert_eq!(v["id"], id, "{shown}: {text}");
+        assert_eq!(v["error"]["code"], json!(code), "{shown}: {text}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{shown}: {message}");
+    }
+    // The same refused call without a session (the 2026-07-28 era) opens none: the answer
+    // comes straight back, and the log names one session opened, the raw one above.
+    let (got, _, text) = send(lone.as_bytes().to_vec(), None).await;
+    assert_eq!(got, 200, "{text}");
+    assert!(text.contains("not valid Unicode"), "{text}");
+    let opened = |log: &str| log.matches("session opened").count();
+    assert_eq!(opened(&srv.log()), 1, "{}", srv.log());
+    // A session that is not there: 404 for a malformed body and for a DELETE.
+    let (got, _, text) = send(b"garbage".to_vec(), Some("no-such-session")).await;
+    assert_eq!(got, 404, "{text}");
+    let del = reqwest::Client::new()
+        .delete(&srv.url)
+        .header("mcp-session-id", "no-such-session")
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 404);
+    // The session itself was not disturbed.
+    let r = raw_exec(&srv.url, &Session::Legacy(sid), 12, "print(6 * 7)").await;
+    assert_eq!(raw_text(r).await, "42\n");
+    assert!(srv.stop().await.success());
+}
