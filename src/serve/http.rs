@@ -265,6 +265,14 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+/// The answer to a body over `--max-body`.
+fn too_large(max: usize) -> Response<Body> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("Payload Too Large: requests are limited to {max} bytes (--max-body)\n"),
+    )
+}
+
 /// rmcp's answer to a request for a session it does not have.
 fn session_not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "Not Found: Session not found\n")
@@ -435,6 +443,18 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let (parts, body) = req.into_parts();
+    // A body announced over the cap is refused before any of it is read (and before hyper
+    // answers `Expect: 100-continue`, which it does when the body is first read): the client
+    // is not asked to send megabytes only to have them thrown away.
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(st.opts.max_body).unwrap_or(u64::MAX)) {
+        tracing::warn!(session = ?session, bytes = declared, "request body over --max-body (declared)");
+        return too_large(st.opts.max_body);
+    }
     // The body gets its own bounds: hyper's header timeout ends with the headers, and a client
     // announcing a body it never sends would hold the connection (and its slot) for good.
     let body_limit = body_timeout(st.opts.max_body);
@@ -462,13 +482,7 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         }
         Err(BodyFault::TooLarge) => {
             tracing::warn!(session = ?session, "request body over --max-body");
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "Payload Too Large: requests are limited to {} bytes (--max-body)\n",
-                    st.opts.max_body
-                ),
-            );
+            return too_large(st.opts.max_body);
         }
         Err(BodyFault::Unreadable(e)) => {
             tracing::warn!(session = ?session, error = %e, "request body rejected");

@@ -543,6 +543,27 @@ async fn oversized_bodies_get_413() {
     );
     let r = post(&srv.url).body(big).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // Announced over the cap: refused from the headers alone, and `Expect: 100-continue` is
+    // not answered 100 (the client would send the whole body to have it thrown away).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = srv.addr();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(HANG, async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
+    })
+    .await
+    .expect("no answer to the headers alone");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(srv.stop().await.success());
 }
 
