@@ -102,6 +102,30 @@ pub enum KernelError {
     Protocol(String),
 }
 
+/// Why a kernel handle was shut down on purpose, for the calls it cuts short and those that
+/// arrive after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Closing {
+    /// The server is stopping.
+    #[default]
+    ServerExit,
+    /// One hosted session ended (`serve --listen`); the server goes on.
+    SessionEnded(SessionEnd),
+}
+
+/// How a hosted session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The `end_session` tool.
+    EndSession,
+    /// The client's HTTP `DELETE` of its MCP session.
+    Deleted,
+    /// No request for `--session-idle-timeout`.
+    Idle,
+    /// The least recently used idle session, ended for a new one at `--max-sessions`.
+    Evicted,
+}
+
 /// Why there is no kernel to run a call in (reasons are data: each case carries its facts,
 /// and only `Display` words them).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +161,8 @@ pub enum Unavailable {
         target: String,
         cause: String,
     },
-    ShuttingDown,
+    /// The handle was shut down on purpose (see [`Closing`]).
+    ShuttingDown(Closing),
     NotRunning,
     Cancelled,
     ConnectionLost {

@@ -42,7 +42,7 @@ pub use spec::{InterruptMode, KernelSpec};
 use spare::Spares;
 use supervision::{Slot, EARLY_DEATH};
 
-use crate::error::{KernelError, Unavailable};
+use crate::error::{Closing, KernelError, Unavailable};
 use crate::wire::message::KernelInfoReply;
 
 /// What happened to the kernel around one call (typed; `output` words it for the model).
@@ -73,6 +73,8 @@ pub enum Notice {
     UnresponsiveNotOwned,
     /// restart_kernel ended this call's kernel on purpose.
     RestartedDuringCall,
+    /// The kernel was stopped on purpose while running this call (no restart).
+    StoppedDuringCall(Closing),
     /// The kernel died while running this call; `restart` says whether a new one started.
     DiedDuringCall {
         cause: Gone,
@@ -112,6 +114,8 @@ pub struct KernelHandle {
     spare: Spares,
     /// Set by `shutdown`: kernels that finish starting afterwards are ended, not kept.
     stopping: AtomicBool,
+    /// Why `shutdown` was called (for the calls it cuts short).
+    closing: StdMutex<Closing>,
     backend: Arc<dyn Backend>,
     /// Set after an install: the next call first clears Python's import caches.
     invalidate_imports: AtomicBool,
@@ -149,6 +153,7 @@ impl KernelHandle {
                 cfg: spare,
             },
             stopping: AtomicBool::new(false),
+            closing: StdMutex::new(Closing::default()),
             backend,
             invalidate_imports: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
@@ -306,6 +311,13 @@ impl KernelHandle {
                 self.set_current(None);
                 report.notes.push(Notice::RestartedDuringCall);
             }
+            Ending::Died { .. } if self.stopping.load(Ordering::SeqCst) => {
+                // Ended on purpose (the server or this session is stopping): nothing to restart.
+                report.state_lost = true;
+                slot.kernel = None;
+                self.set_current(None);
+                report.notes.push(Notice::StoppedDuringCall(self.closing()));
+            }
             Ending::Died { cause } => {
                 report.state_lost = true;
                 if kernel.age() < EARLY_DEATH {
@@ -436,9 +448,25 @@ impl KernelHandle {
             .and_then(|k| k.kernel_id().map(str::to_owned))
     }
 
-    /// Shuts the kernel down cleanly (bounded), then kills what is left.
+    /// Shuts the kernel down cleanly (bounded), then kills what is left: the server is
+    /// stopping.
     pub async fn shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown_for(Closing::ServerExit).await;
+    }
+
+    /// Why `shutdown` was called (the server's exit until it is).
+    pub(super) fn closing(&self) -> Closing {
+        self.closing.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// [`Self::shutdown`] for `why`: the call it cuts short, and any that comes after, says so.
+    /// The first reason given stays.
+    pub async fn shutdown_for(&self, why: Closing) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            if let Ok(mut c) = self.closing.lock() {
+                *c = why;
+            }
+        }
         let first = self.current();
         self.shutdown_present().await;
         // A kernel still starting (the first one, a spare) would outlive the server, and on a

@@ -70,7 +70,7 @@ impl KernelHandle {
     pub(super) async fn start_into(&self, slot: &mut Slot) -> Result<Arc<Kernel>, KernelError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(KernelError::Unavailable {
-                reason: Unavailable::ShuttingDown,
+                reason: Unavailable::ShuttingDown(self.closing()),
             });
         }
         if let Some(at) = slot.retry_at {

@@ -239,6 +239,9 @@ pub fn notice(n: &crate::kernel::Notice) -> String {
         }
         Notice::UnresponsiveNotOwned => "The kernel did not stop when interrupted. It belongs to someone else, so kernel-mcp did not kill it: it may still be running this code, and later calls wait behind it.".to_owned(),
         Notice::RestartedDuringCall => "restart_kernel was called while this code ran: the kernel was restarted and all variables were lost.".to_owned(),
+        Notice::StoppedDuringCall(why) => format!(
+            "The kernel was stopped while running this code: {why}. All variables were lost."
+        ),
         Notice::DiedDuringCall { cause, restart } => match restart {
             Ok(()) => format!("The kernel died while running this code ({cause}); it was restarted and all variables were lost."),
             Err(e) => format!("The kernel died while running this code ({cause}); all variables were lost and it could not be restarted: {e}."),

@@ -27,6 +27,10 @@ use crate::tools::Server;
 /// is closed first and never waits for it, and the reaper's other work neither.
 const RMCP_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long ending an MCP session waits for the answers of its calls still running (their
+/// kernel is stopping: a busy kernel is killed after ~3.5 s).
+const ANSWERS_WAIT: Duration = Duration::from_secs(10);
+
 /// rmcp's in-memory session manager, with a kernel session opened and closed alongside each
 /// MCP session.
 pub struct Manager {
@@ -63,7 +67,7 @@ impl Manager {
             let mut legacy = Vec::new();
             for (id, era) in self.reg.idle() {
                 tracing::info!(session = %log_name(&id, era), "session idle past --session-idle-timeout");
-                self.reg.close(&id, "idle");
+                self.reg.close(&id, SessionEnd::Idle);
                 if era == Era::Legacy {
                     legacy.push(SessionId::from(id));
                 }
@@ -143,8 +147,16 @@ impl SessionManager for Manager {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         // Unknown ids (already ended) are not an error: the session is gone either way. The
-        // kernel side first: it must not wait on rmcp's.
-        self.reg.close(id, "closed");
+        // kernel side first: it must not wait on rmcp's. A call still running is cut short
+        // by its kernel's end and answers with why; rmcp's side is closed once those answers
+        // have gone out (closing it drops the streams they travel on).
+        let streams = self.reg.get(id).map(|s| s.streams());
+        self.reg.close(id, SessionEnd::Deleted);
+        if let Some(streams) = streams {
+            if !streams.all_closed(ANSWERS_WAIT).await {
+                tracing::warn!(session = %id, secs = ANSWERS_WAIT.as_secs(), "a call of the ended session did not answer in time; its stream is closed without an answer");
+            }
+        }
         self.close_rmcp(std::slice::from_ref(id)).await;
         Ok(())
     }
@@ -456,7 +468,7 @@ impl ServerHandler for Front {
                 Some(serde_json::Value::String(h)) => {
                     match self.reg.get(h).filter(|s| s.era == Era::Handle) {
                         Some(s) => {
-                            self.reg.close(&s.id, "ended by end_session");
+                            self.reg.close(&s.id, SessionEnd::EndSession);
                             CallToolResult::success(vec![Content::text(
                                 "the session ended: its kernel stopped and its variables are gone; its files stay on disk",
                             )])

@@ -570,14 +570,20 @@ async fn serve_mcp(req: Request<Incoming>, st: &State) -> Response<Body> {
         tracing::debug!(request = %format!("{scope}… #{id}"), n, "run request arrived");
     }
     let answered = Answered(keys);
+    // A request of an MCP session: its stream is counted open until its body ends, so a
+    // DELETE waits for its answer (see `Manager::close_session`).
+    let stream = match (message.as_deref(), session.as_deref()) {
+        (Some(JsonRpcMessage::Request(_)), Some(id)) => st.reg.get(id).map(|s| s.stream_opened()),
+        _ => None,
+    };
     let req = Request::from_parts(parts, Full::new(bytes));
     let r = st.mcp.handle(req).await;
-    let r = if answered.0.is_empty() {
+    let r = if answered.0.is_empty() && stream.is_none() {
         r
     } else {
         let (head, body) = r.into_parts();
         let body = body.map_frame(move |f| {
-            let _keep = &answered;
+            let _keep = (&answered, &stream);
             f
         });
         Response::from_parts(head, body.boxed())

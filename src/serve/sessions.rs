@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::error::KernelError;
+pub use crate::error::SessionEnd;
+use crate::error::{Closing, KernelError};
 use crate::kernel::{Backend, KernelHandle, LocalLauncher, SpareConfig, SparePool};
 use crate::tools::{Environments, Server, Settings};
 use crate::workspace::Workspace;
 pub(super) use hosted::log_name;
-pub use hosted::{Era, HostedSession};
+pub use hosted::{Era, HostedSession, Streams};
 use prepared::Prepared;
 
 /// The tool argument that carries a 2026-07-28 session handle.
@@ -401,6 +402,7 @@ impl Registry {
                 calls: AtomicUsize::new(0),
                 remembered: Mutex::new(None),
                 runs_settled: Mutex::new(1),
+                streams: Arc::new(Streams::default()),
             });
             sessions.insert(id.clone(), s.clone());
             self.remember_now(&s, true);
@@ -426,7 +428,9 @@ impl Registry {
                 self.evicted_changed.notify_one();
             }
             tokio::spawn(async move {
-                old.kernel.shutdown().await;
+                old.kernel
+                    .shutdown_for(Closing::SessionEnded(SessionEnd::Evicted))
+                    .await;
                 old.server.session().forget_snapshot();
                 remove_if_empty(old.folder.as_ref());
             });
@@ -439,15 +443,16 @@ impl Registry {
     }
 
     /// Ends a session: its kernel and every process it started stop; files stay on disk.
-    pub fn close(&self, id: &str, reason: &str) {
+    pub fn close(&self, id: &str, why: SessionEnd) {
         let Some(s) = self.sessions.lock().ok().and_then(|mut m| m.remove(id)) else {
             return;
         };
         s.closed.store(true, Ordering::SeqCst);
-        tracing::info!(session = %s.log_name(), reason, lived_seconds = s.started.elapsed().as_secs(), "session ended");
+        let why = Closing::SessionEnded(why);
+        tracing::info!(session = %s.log_name(), reason = %why, lived_seconds = s.started.elapsed().as_secs(), "session ended");
         self.forget(&s);
         tokio::spawn(async move {
-            s.kernel.shutdown().await;
+            s.kernel.shutdown_for(why).await;
             // Ended on purpose: its variables are not for a later server.
             s.server.session().forget_snapshot();
             remove_if_empty(s.folder.as_ref());

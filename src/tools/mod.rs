@@ -74,7 +74,7 @@ fn kernel_error(e: KernelError) -> CallToolResult {
         }
         // Nothing to retry: the server is stopping, or the caller gave up.
         KernelError::Unavailable {
-            reason: Unavailable::ShuttingDown | Unavailable::Cancelled,
+            reason: Unavailable::ShuttingDown(_) | Unavailable::Cancelled,
         } => "",
         KernelError::Unavailable { .. } => {
             " The file tools still work; call restart_kernel to try again (after the fix, if one is named)."

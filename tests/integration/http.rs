@@ -1619,3 +1619,81 @@ async fn malformed_bodies_are_answered_with_their_id() {
     assert_eq!(raw_text(r).await, "42\n");
     assert!(srv.stop().await.success());
 }
+
+/// True when a file named `name` exists anywhere below `root`.
+fn found_below(root: &std::path::Path, name: &str) -> bool {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            e.file_name() == name || (p.is_dir() && !p.is_symlink() && found_below(&p, name))
+        })
+}
+
+/// A session ended while a call of it runs (a `DELETE` of its MCP session, or `end_session`
+/// of its handle) stops its kernel, and the call is still answered, saying why: before, the
+/// DELETE dropped the call's stream with no JSON-RPC response at all, and `end_session` made
+/// the call say "the server is shutting down".
+#[tokio::test]
+async fn ending_a_session_mid_call_answers_the_call_with_why() {
+    let srv = Http::start(&[], None).await;
+    let code = |mark: &str| {
+        format!("import pathlib, time\npathlib.Path('{mark}').write_text('1')\ntime.sleep(120)")
+    };
+    // The 2025-11-25 era: DELETE.
+    let sid = raw_session(&srv.url).await;
+    let url = srv.url.clone();
+    let (s, c) = (sid.clone(), code("started-legacy"));
+    let running =
+        tokio::spawn(
+            async move { raw_text(raw_exec(&url, &Session::Legacy(s), 5, &c).await).await },
+        );
+    assert!(eventually(HANG, || found_below(srv.dir.path(), "started-legacy")).await);
+    let del = reqwest::Client::new()
+        .delete(&srv.url)
+        .header("mcp-session-id", sid.as_str())
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 204);
+    let said = tokio::time::timeout(HANG, running).await.unwrap().unwrap();
+    assert!(
+        said.contains("stopped while running this code: this MCP session was ended by its client (HTTP DELETE)"),
+        "{said}"
+    );
+    // The 2026-07-28 era: end_session.
+    let m = srv.modern().await;
+    let h = handle_of(&call(&m, "new_session", json!({})).await);
+    let args = json!({"code": code("started-handle"), "session": h});
+    let call_running = {
+        let p = m.peer().clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(HANG, p.call_tool(params("execute_python", args, false)))
+                .await
+                .expect("the call hung")
+                .expect("the call failed at the protocol level")
+        })
+    };
+    assert!(eventually(HANG, || found_below(srv.dir.path(), "started-handle")).await);
+    let ended = call(&m, "end_session", json!({"session": h})).await;
+    assert!(
+        text(&ended).contains("the session ended"),
+        "{}",
+        text(&ended)
+    );
+    let r = tokio::time::timeout(HANG, call_running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(is_error(&r));
+    assert!(
+        text(&r).contains("stopped while running this code: this session was ended by end_session"),
+        "{}",
+        text(&r)
+    );
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}

@@ -48,6 +48,28 @@ impl Display for KernelError {
     }
 }
 
+impl Display for Closing {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        match self {
+            Closing::ServerExit => write!(f, "the server is shutting down"),
+            Closing::SessionEnded(SessionEnd::EndSession) => {
+                write!(f, "this session was ended by end_session")
+            }
+            Closing::SessionEnded(SessionEnd::Deleted) => {
+                write!(f, "this MCP session was ended by its client (HTTP DELETE)")
+            }
+            Closing::SessionEnded(SessionEnd::Idle) => write!(
+                f,
+                "this session was ended after --session-idle-timeout without a request"
+            ),
+            Closing::SessionEnded(SessionEnd::Evicted) => write!(
+                f,
+                "this session was ended to make room for a new one (--max-sessions)"
+            ),
+        }
+    }
+}
+
 impl Display for Unavailable {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
         match self {
@@ -59,7 +81,7 @@ impl Display for Unavailable {
             Unavailable::DiedInCrashLoop { cause, looping } => write!(f, "the kernel had died since the last call ({cause}) and all variables were lost; {looping}"),
             Unavailable::BackingOff { last_error, secs } => write!(f, "{last_error}; the next start attempt is in {secs} s"),
             Unavailable::Detached { target, cause } => write!(f, "the kernel from {target} went away ({cause}); kernel-mcp does not own it and did not restart it. Start it again, then call restart_kernel to reconnect"),
-            Unavailable::ShuttingDown => write!(f, "the server is shutting down"),
+            Unavailable::ShuttingDown(why) => Display::fmt(why, f),
             Unavailable::NotRunning => write!(f, "no kernel is running"),
             Unavailable::Cancelled => write!(f, "the call was cancelled while waiting for the kernel"),
             Unavailable::ConnectionLost { detail } => write!(f, "lost the connection to the kernel ({detail}); it was stopped, all variables were lost, and the next call starts a new kernel"),

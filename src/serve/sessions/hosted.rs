@@ -50,6 +50,46 @@ pub struct HostedSession {
     pub(super) remembered: Mutex<Option<Instant>>,
     /// The session's runs numbered below this have ended (see [`HostedSession::runs_live`]).
     pub(super) runs_settled: Mutex<u64>,
+    /// Its requests' response streams still open (over HTTP, an MCP session's).
+    pub(super) streams: Arc<Streams>,
+}
+
+/// Counts the response streams of a session's requests still open, so that ending the
+/// session can wait for their answers before rmcp drops its side (a DELETE while a call runs
+/// would otherwise end that call's stream with no response at all).
+#[derive(Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One open response stream (see [`Streams`]); closed when dropped.
+pub struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl Streams {
+    /// Waits until no stream is open, at most `within`; false when some still were.
+    pub async fn all_closed(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.open.load(Ordering::SeqCst) == 0;
+            }
+        }
+    }
 }
 
 impl HostedSession {
@@ -117,6 +157,17 @@ impl HostedSession {
             .unwrap_or_default()
     }
 
+    /// Counts a response stream of this session's as open until the returned guard drops.
+    pub fn stream_opened(&self) -> OpenStream {
+        self.streams.open.fetch_add(1, Ordering::SeqCst);
+        OpenStream(self.streams.clone())
+    }
+
+    /// The session's open response streams.
+    pub(in crate::serve) fn streams(&self) -> Arc<Streams> {
+        self.streams.clone()
+    }
+
     /// The pid of the session's kernel, if one runs.
     pub fn kernel_pid(&self) -> Option<i32> {
         self.kernel.pid()
@@ -167,5 +218,34 @@ pub(in crate::serve) fn log_name(id: &str, era: Era) -> String {
     match era {
         Era::Legacy => id.to_owned(),
         Era::Handle => format!("handle:{}…", id.chars().take(12).collect::<String>()),
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn open(s: &Arc<Streams>) -> OpenStream {
+        s.open.fetch_add(1, Ordering::SeqCst);
+        OpenStream(s.clone())
+    }
+
+    #[tokio::test]
+    async fn ending_waits_for_open_streams_and_no_longer() {
+        let s = Arc::new(Streams::default());
+        assert!(s.all_closed(Duration::ZERO).await);
+        let (a, b) = (open(&s), open(&s));
+        drop(a);
+        // One still open: not closed within the bound.
+        assert!(!s.all_closed(Duration::from_millis(20)).await);
+        // Closed while waited for: seen at once (the bound is far away).
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.all_closed(Duration::from_secs(60)).await }
+        });
+        drop(b);
+        assert!(tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .is_ok_and(|r| r.is_ok_and(|closed| closed)));
     }
 }
