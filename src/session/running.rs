@@ -376,9 +376,9 @@ impl Session {
                 let r = outputs.finish(None, &crate::kernel::Report::default(), Duration::ZERO);
                 Ok(runs::with_note(r, &note))
             }
-            runs::Look::Ended { outputs, end } => {
+            runs::Look::Ended { id, outputs, end } => {
                 let collector = *outputs;
-                match end {
+                let result = match end {
                     runs::RunEnd::Done {
                         exec,
                         report,
@@ -439,10 +439,30 @@ impl Session {
                         &format!("[the run never started: {why}]"),
                         true,
                     )),
+                };
+                if let Ok(r) = &result {
+                    self.runs.keep_answer(id, r);
                 }
+                result
             }
-            runs::Look::Reported { id } => Ok(crate::output::text_result(
-                &format!("[run {id} has ended and its result was returned already; nothing new]"),
+            runs::Look::Reported {
+                id,
+                again: Some(answer),
+                ..
+            } => {
+                let mut r = *answer;
+                crate::output::append_note(
+                    &mut r,
+                    &format!("[run {id} had ended and this result was returned already (to the call that waited for it, or an earlier check_run); shown again]"),
+                );
+                Ok(r)
+            }
+            runs::Look::Reported { id, kept, .. } => Ok(crate::output::text_result(
+                &if kept {
+                    format!("[run {id} has ended and its result was returned already; nothing new. check_run {{\"run\": {id}}} shows that result again]")
+                } else {
+                    format!("[run {id} has ended and its result was returned already; nothing new]")
+                },
                 false,
             )),
             runs::Look::Unknown { id: Some(id) } => Err(Refusal::NoSuchRun {

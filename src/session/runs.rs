@@ -26,6 +26,24 @@ use crate::wire::Content;
 /// Most runs remembered (finished and reported ones are forgotten first).
 const KEEP_RUNS: usize = 64;
 
+/// Most final answers kept to be shown again (the newest runs'), and the largest kept: a
+/// result is bounded by the output budget, images included, so this bounds the memory.
+const KEEP_ANSWERS: usize = 4;
+const MAX_KEPT_ANSWER: usize = 8 << 20;
+
+/// About how many bytes `r` holds (its texts and images; other blocks are small).
+fn answer_bytes(r: &Rendered) -> usize {
+    r.content
+        .iter()
+        .map(|c| match c {
+            rmcp::model::ContentBlock::Text(t) => t.text.len(),
+            rmcp::model::ContentBlock::Image(i) => i.data.len(),
+            _ => 1024,
+        })
+        .sum::<usize>()
+        .saturating_add(r.structured_content.as_ref().map_or(0, |_| 4096))
+}
+
 /// How a run ended (handed to the renderer once).
 pub enum RunEnd {
     Done {
@@ -55,6 +73,9 @@ struct Run {
     end: Option<RunEnd>,
     /// The end was shown.
     reported: bool,
+    /// The answer that showed the end, kept to be shown again (a client whose connection
+    /// dropped as it came never saw it); see [`Runs::keep_answer`].
+    answer: Option<Rendered>,
     /// Interrupts this run's execution (the call's own cancellation, before it returned).
     cancel: CancellationToken,
     /// Progress goes to the call while it waits, not after it returned.
@@ -127,12 +148,17 @@ pub enum Look {
     },
     /// Ended just now: the outputs since the last look and the ending.
     Ended {
+        id: u64,
         outputs: Box<Collector>,
         end: RunEnd,
     },
-    /// Its end was shown before.
+    /// Its end was shown before; `again` is the answer that showed it, when the look named
+    /// the run and the answer is still kept.
     Reported {
         id: u64,
+        again: Option<Box<Rendered>>,
+        /// The answer is kept (for a look that did not name the run, which gets none).
+        kept: bool,
     },
     Unknown {
         id: Option<u64>,
@@ -188,6 +214,7 @@ impl Runs {
                 has_output: false,
                 end: None,
                 reported: false,
+                answer: None,
                 cancel: CancellationToken::new(),
                 progress_open: open,
                 job: Some(Job {
@@ -229,6 +256,7 @@ impl Runs {
                 has_output: false,
                 end: None,
                 reported: false,
+                answer: None,
                 cancel: CancellationToken::new(),
                 progress_open: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 job: None,
@@ -354,6 +382,32 @@ impl Runs {
         queued.len()
     }
 
+    /// Keeps `answer`, the one that showed run `id`'s end, to be shown again when the run is
+    /// looked at by its number (the answer may never have reached the client: its connection
+    /// dropped, or the call was cut off as the answer went out). Only the newest
+    /// [`KEEP_ANSWERS`] runs' answers are kept, each at most [`MAX_KEPT_ANSWER`] bytes.
+    pub fn keep_answer(&self, id: u64, answer: &Rendered) {
+        if answer_bytes(answer) > MAX_KEPT_ANSWER {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(run) = st.runs.get_mut(&id) else {
+            return;
+        };
+        run.answer = Some(answer.clone());
+        let kept: Vec<u64> = st
+            .runs
+            .iter()
+            .filter(|(_, r)| r.answer.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for old in kept.iter().take(kept.len().saturating_sub(KEEP_ANSWERS)) {
+            if let Some(r) = st.runs.get_mut(old) {
+                r.answer = None;
+            }
+        }
+    }
+
     /// The id of the latest run.
     pub fn latest(&self) -> Option<u64> {
         self.lock().runs.keys().next_back().copied()
@@ -367,6 +421,7 @@ impl Runs {
     /// Takes what is new in run `id` (and its end, once).
     fn look(&self, id: Option<u64>, new_collector: &dyn Fn() -> Collector) -> Look {
         let mut st = self.lock();
+        let named = id.is_some();
         let Some(id) = id.or_else(|| st.runs.keys().next_back().copied()) else {
             return Look::Unknown { id: None };
         };
@@ -381,10 +436,14 @@ impl Runs {
         let outputs = Box::new(std::mem::replace(&mut run.pending, next));
         if let Some(end) = run.end.take() {
             run.reported = true;
-            return Look::Ended { outputs, end };
+            return Look::Ended { id, outputs, end };
         }
         if run.reported {
-            return Look::Reported { id };
+            return Look::Reported {
+                id,
+                again: named.then(|| run.answer.clone().map(Box::new)).flatten(),
+                kept: run.answer.is_some(),
+            };
         }
         let note = match (run.started, run.doing) {
             (Some((at, wall)), Some(doing)) => format!(
@@ -533,4 +592,77 @@ impl OutputSink for RunSink {
 pub fn with_note(mut r: Rendered, note: &str) -> Rendered {
     append_note(&mut r, note);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collector() -> Collector {
+        Collector::new(crate::output::OutputLimits::default(), None)
+    }
+
+    /// A run adopted, ended with `text` and looked at once (as the call that waited for it
+    /// does): its id.
+    fn shown(runs: &Runs, text: &str) -> u64 {
+        let id = runs.adopt("testing", Instant::now(), collector());
+        let result = crate::output::text_result(text, false);
+        runs.finish(
+            id,
+            RunEnd::Result {
+                result: result.clone(),
+                elapsed: Duration::ZERO,
+            },
+        );
+        assert!(matches!(
+            runs.look(Some(id), &collector),
+            Look::Ended { .. }
+        ));
+        runs.keep_answer(id, &result);
+        id
+    }
+
+    fn again(runs: &Runs, id: Option<u64>) -> Option<String> {
+        match runs.look(id, &collector) {
+            Look::Reported { again, .. } => again.map(|r| {
+                r.content
+                    .iter()
+                    .filter_map(|c| match c {
+                        rmcp::model::ContentBlock::Text(t) => Some(t.text.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            }),
+            _ => panic!("not reported"),
+        }
+    }
+
+    #[test]
+    fn the_newest_answers_are_shown_again_by_number_only() {
+        let runs = Runs::default();
+        let ids: Vec<u64> = (0..6)
+            .map(|i| shown(&runs, &format!("answer {i}")))
+            .collect();
+        // Asked by number: the newest KEEP_ANSWERS runs' answers, as they were.
+        for (i, id) in ids.iter().enumerate() {
+            let got = again(&runs, Some(*id));
+            if i >= ids.len() - KEEP_ANSWERS {
+                assert_eq!(got.as_deref(), Some(format!("answer {i}").as_str()));
+            } else {
+                assert_eq!(got, None, "run {id} kept past the bound");
+            }
+        }
+        // The latest, not named: nothing new (said once is enough), but the answer is kept.
+        assert!(matches!(
+            runs.look(None, &collector),
+            Look::Reported {
+                again: None,
+                kept: true,
+                ..
+            }
+        ));
+        // An answer past the size bound is not kept.
+        let big = shown(&runs, &"x".repeat(MAX_KEPT_ANSWER + 1));
+        assert_eq!(again(&runs, Some(big)), None);
+    }
 }

@@ -1120,7 +1120,7 @@ async fn raw_exec(url: &str, session: &Session, id: u64, code: &str) -> reqwest:
         .unwrap()
 }
 
-/// The text of the result in a raw response (JSON, or SSE `data:` lines).
+/// The texts of the result in a raw response (JSON, or SSE `data:` lines), joined.
 async fn raw_text(r: reqwest::Response) -> String {
     let body = tokio::time::timeout(HANG, r.text())
         .await
@@ -1131,10 +1131,14 @@ async fn raw_text(r: reqwest::Response) -> String {
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
         .find(|v| v.get("result").is_some() || v.get("error").is_some())
         .unwrap_or_else(|| panic!("no result in {body}"));
-    result["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text in {result}"))
-        .to_owned()
+    let texts: Vec<&str> = result["result"]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect();
+    assert!(!texts.is_empty(), "no text in {result}");
+    texts.concat()
 }
 
 enum Session {
@@ -1622,14 +1626,7 @@ async fn malformed_bodies_are_answered_with_their_id() {
 
 /// True when a file named `name` exists anywhere below `root`.
 fn found_below(root: &std::path::Path, name: &str) -> bool {
-    std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            let p = e.path();
-            e.file_name() == name || (p.is_dir() && !p.is_symlink() && found_below(&p, name))
-        })
+    find_below(root, name).is_some()
 }
 
 /// A session ended while a call of it runs (a `DELETE` of its MCP session, or `end_session`
@@ -1696,4 +1693,83 @@ async fn ending_a_session_mid_call_answers_the_call_with_why() {
     );
     let _ = m.cancel().await;
     assert!(srv.stop().await.success());
+}
+
+/// A client whose connection drops while its call runs gets the call's result later: the
+/// answer that showed a run's end is kept, and `check_run` with the run's number shows it
+/// again (before, the result went out on the dead stream and check_run said only "returned
+/// already; nothing new").
+#[tokio::test]
+async fn a_result_lost_with_its_connection_is_shown_again() {
+    let srv = Http::start(&[], None).await;
+    let sid = raw_session(&srv.url).await;
+    let code = "import pathlib, time\npathlib.Path('started-lost').write_text('1')\nwhile not pathlib.Path('go-lost').exists(): time.sleep(0.05)\nprint('the result')";
+    let lost = {
+        let (url, s) = (srv.url.clone(), sid.clone());
+        tokio::spawn(
+            async move { raw_text(raw_exec(&url, &Session::Legacy(s), 5, code).await).await },
+        )
+    };
+    let mut started = None;
+    assert!(
+        eventually(HANG, || {
+            started = find_below(srv.dir.path(), "started-lost");
+            started.is_some()
+        })
+        .await
+    );
+    // The client goes away (its connection closes), then the run ends.
+    lost.abort();
+    let _ = lost.await;
+    let folder = started.and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    std::fs::write(folder.expect("a session folder").join("go-lost"), "1").unwrap();
+    let check = |id: u64, args: Value| {
+        let mut req = post(&srv.url)
+            .header("mcp-session-id", sid.as_str())
+            .header("mcp-protocol-version", "2025-11-25");
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "check_run", "arguments": args}});
+        req = req.body(body.to_string());
+        async move {
+            raw_text(
+                tokio::time::timeout(HANG, req.send())
+                    .await
+                    .expect("check_run hung")
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // Until the run's end has been shown once (to the dropped call, or to this loop).
+    let mut id = 10;
+    loop {
+        id += 1;
+        let t = check(id, json!({"wait_seconds": 5})).await;
+        if t.contains("returned already") {
+            assert!(
+                t.contains(r#"check_run {"run": 1} shows that result again"#),
+                "{t}"
+            );
+            break;
+        }
+        assert!(id < 40, "{t}");
+    }
+    let again = check(99, json!({"run": 1})).await;
+    assert!(again.starts_with("the result\n"), "{again}");
+    assert!(again.contains("shown again"), "{again}");
+    assert!(srv.stop().await.success());
+}
+
+/// The first file named `name` below `root`.
+fn find_below(root: &std::path::Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root).ok()?.flatten().find_map(|e| {
+        let p = e.path();
+        if e.file_name() == name {
+            Some(p)
+        } else if p.is_dir() && !p.is_symlink() {
+            find_below(&p, name)
+        } else {
+            None
+        }
+    })
 }
