@@ -219,15 +219,8 @@ impl Files {
             remote::check_path(&path)?;
             return Ok(());
         }
-        self.local(move |ws| {
-            let p = ws.path(&path)?;
-            let key = p.display();
-            match ws.stamp(&p)? {
-                Some(stamp) if !overwrite && !written.is(&key, &stamp) => Err(not_ours(key)),
-                _ => Ok(()),
-            }
-        })
-        .await
+        self.local(move |ws| may_replace(ws, &path, overwrite, &written).map(|_| ()))
+            .await
     }
 
     /// Writes a notebook, refusing to replace a file this session did not write (as recorded
@@ -264,13 +257,7 @@ impl Files {
             return Ok(path);
         }
         self.local(move |ws| {
-            let p = ws.path(&path)?;
-            let key = p.display();
-            if let Some(stamp) = ws.stamp(&p)? {
-                if !overwrite && !written.is(&key, &stamp) {
-                    return Err(not_ours(key));
-                }
-            }
+            let (p, key) = may_replace(ws, &path, overwrite, &written)?;
             ws.write_limited(&p, &bytes, false, crate::notebook::MAX_WRITE_NOTEBOOK_BYTES)?;
             if let Some(stamp) = ws.stamp(&p)? {
                 written.insert(key.clone(), stamp);
@@ -278,6 +265,23 @@ impl Files {
             Ok(key)
         })
         .await
+    }
+}
+
+/// The local checks before a notebook is written to `path` (its path, and a file there this
+/// session did not write without `overwrite`), made by [`Files::write_own`] and, before the
+/// work whose result it writes, by [`Files::check_target`]: the checked path and its display.
+fn may_replace(
+    ws: &crate::workspace::Workspace,
+    path: &str,
+    overwrite: bool,
+    written: &WrittenFiles,
+) -> Result<(crate::workspace::WorkspacePath, String), WorkspaceError> {
+    let p = ws.path(path)?;
+    let key = p.display();
+    match ws.stamp(&p)? {
+        Some(stamp) if !overwrite && !written.is(&key, &stamp) => Err(not_ours(key)),
+        _ => Ok((p, key)),
     }
 }
 

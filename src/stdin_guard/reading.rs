@@ -8,7 +8,7 @@ use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
 use serde_json::Value;
 
 use super::ids::{misfit, not_a_message, refusal_coded, unreadable};
-use super::repair::{self, inspect};
+use super::repair::inspect;
 use super::REJECT_KEY;
 
 /// What one client message is.
@@ -48,7 +48,8 @@ pub fn read(body: &[u8]) -> Reading {
         }
         Err(e) => e,
     };
-    match inspect(body) {
+    let inspected = inspect(body);
+    match (inspected.replacement, inspected.parsed) {
         // Repaired: a request that carries its rejection to the tool.
         (Some(replacement), _) => Reading::StandIn(replacement),
         (None, Some(msg)) => match unreadable(&msg, body, &err) {
@@ -62,7 +63,7 @@ pub fn read(body: &[u8]) -> Reading {
         // answered with its id where its top level shows one, so no client waits for ever.
         (None, None) => {
             let text = String::from_utf8_lossy(body);
-            let why: String = if repair::fix_surrogates(&text).is_some() {
+            let why: String = if inspected.lone_surrogate {
                 "a lone UTF-16 surrogate escape such as \\ud800, which no Unicode text holds".into()
             } else {
                 err.to_string().chars().take(300).collect()

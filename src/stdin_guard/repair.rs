@@ -256,35 +256,51 @@ fn unparsable(line: &str, error: &serde_json::Error) -> Option<String> {
 
 /// Repairs one line, or returns it unchanged (`None`).
 pub fn repair(raw: &[u8]) -> Option<String> {
-    inspect(raw).0
+    inspect(raw).replacement
 }
 
-/// Repairs one line (`Some` replacement) and returns the parsed message when the line itself
-/// was valid JSON (so it is parsed once).
-pub(super) fn inspect(raw: &[u8]) -> (Option<String>, Option<serde_json::Value>) {
+/// What [`inspect`] found in a line.
+pub(super) struct Inspected {
+    /// A stand-in request carrying the line's rejection to the tool.
+    pub replacement: Option<String>,
+    /// The line's JSON, when the line itself was valid JSON (so it is parsed once).
+    pub parsed: Option<serde_json::Value>,
+    /// The line holds a lone UTF-16 surrogate escape.
+    pub lone_surrogate: bool,
+}
+
+/// Repairs one line and says what it found.
+pub(super) fn inspect(raw: &[u8]) -> Inspected {
+    let inspected = |replacement, parsed, lone_surrogate| Inspected {
+        replacement,
+        parsed,
+        lone_surrogate,
+    };
     let (text, bad_utf8) = match std::str::from_utf8(raw) {
         Ok(t) => (std::borrow::Cow::Borrowed(t), false),
         Err(_) => (String::from_utf8_lossy(raw), true),
     };
     let fixed = fix_surrogates(&text);
-    if !bad_utf8 && fixed.is_none() {
+    let lone_surrogate = fixed.is_some();
+    if !bad_utf8 && !lone_surrogate {
         // Blank lines and garbage without an id are left to the transport, as before.
         return match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(v) => (None, Some(v)),
-            Err(e) if e.is_syntax() || e.is_data() => (unparsable(&text, &e), None),
-            Err(_) => (None, None),
+            Ok(v) => inspected(None, Some(v), false),
+            Err(e) if e.is_syntax() || e.is_data() => inspected(unparsable(&text, &e), None, false),
+            Err(_) => inspected(None, None, false),
         };
     }
     let line = fixed.unwrap_or_else(|| text.into_owned());
     let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
-        return (None, None);
+        return inspected(None, None, lone_surrogate);
     };
-    (
+    inspected(
         reject(
             msg,
             "the arguments contain text that is not valid Unicode (invalid UTF-8 or a lone surrogate escape); send valid UTF-8 text, or binary data with encoding=\"base64\". Nothing was done.",
         ),
         None,
+        lone_surrogate,
     )
 }
 
