@@ -405,12 +405,25 @@ pub async fn serve(
         });
     }
     tracing::info!("stopping: ending every session and its kernel");
-    ct.cancel();
     reaper.abort();
+    // A call still running is cut short by its kernel's end and answers with why; rmcp's
+    // streams are cancelled (and connections closed) once those answers have gone out.
+    let streams = reg.streams();
     reg.shutdown_all().await;
+    let answered = futures::future::join_all(streams.iter().map(|s| s.all_closed(ANSWERS_AT_STOP)));
+    if answered.await.contains(&false) {
+        tracing::warn!(
+            secs = ANSWERS_AT_STOP.as_secs(),
+            "at exit: a call did not answer in time; its stream is closed without an answer"
+        );
+    }
+    ct.cancel();
     conns.abort_all();
     Ok(())
 }
+
+/// How long a stopping server waits for the answers of calls its kernels' end cut short.
+const ANSWERS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -480,6 +480,14 @@ impl Registry {
     }
 
     /// Ends every session and spare and waits for their kernels to stop.
+    /// The response streams of every session (see [`Streams`]).
+    pub fn streams(&self) -> Vec<Arc<Streams>> {
+        self.sessions
+            .lock()
+            .map(|m| m.values().map(|s| s.streams()).collect())
+            .unwrap_or_default()
+    }
+
     pub async fn shutdown_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let sessions: Vec<Arc<HostedSession>> = self

@@ -1773,3 +1773,24 @@ fn find_below(root: &std::path::Path, name: &str) -> Option<PathBuf> {
         }
     })
 }
+
+/// A server stopped (SIGTERM) while a call runs answers that call, saying why, before it
+/// closes the connection (before, the stream ended at once with no response).
+#[tokio::test]
+async fn a_stopping_server_answers_its_running_calls() {
+    let srv = Http::start(&[], None).await;
+    let sid = raw_session(&srv.url).await;
+    let url = srv.url.clone();
+    let code =
+        "import pathlib, time\npathlib.Path('started-stop').write_text('1')\ntime.sleep(120)";
+    let running = tokio::spawn(async move {
+        raw_text(raw_exec(&url, &Session::Legacy(sid), 5, code).await).await
+    });
+    assert!(eventually(HANG, || found_below(srv.dir.path(), "started-stop")).await);
+    assert!(srv.stop().await.success());
+    let said = tokio::time::timeout(HANG, running).await.unwrap().unwrap();
+    assert!(
+        said.contains("stopped while running this code: the server is shutting down"),
+        "{said}"
+    );
+}
