@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod arrival;
+pub mod cpu;
 pub mod denials;
 pub mod dirs;
 pub mod error;

@@ -78,15 +78,20 @@ pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
             });
         }
     }
+    // Why an SVG could not be drawn, said when nothing better than a bare repr is left.
+    let mut svg_failed = None;
     if let Some(svg) = data.get("image/svg+xml").and_then(text_of) {
-        match svg_to_png(&svg) {
+        match crate::cpu::heavy(|| svg_to_png(&svg)) {
             Ok(png) => {
                 return Some(Form::Image {
                     mime: "image/png".into(),
                     data: base64::engine::general_purpose::STANDARD.encode(png).into(),
                 })
             }
-            Err(e) => tracing::debug!(error = %e, "SVG could not be rasterised"),
+            Err(e) => {
+                tracing::debug!(error = %e, "SVG could not be rasterised");
+                svg_failed = Some(e);
+            }
         }
     }
     if let Some(md) = data.get("text/markdown").and_then(text_of) {
@@ -118,6 +123,11 @@ pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
         if !md.trim().is_empty() {
             return Some(Form::Text(md));
         }
+    }
+    if let Some(why) = svg_failed {
+        return Some(Form::Text(format!(
+            "[SVG image not shown: {why}. Save it with a smaller figure or as PNG (for example fig.savefig('fig.png')) and read_file it]\n"
+        )));
     }
     // Nothing richer could be shown: a bare repr is still better than nothing.
     if let Some(p) = plain {

@@ -5,6 +5,12 @@
 const MAX_SVG_BYTES: usize = 4 * 1024 * 1024;
 /// Longest side of a rasterised SVG, in pixels.
 const MAX_SVG_SIDE: f32 = 2048.0;
+/// Most elements and most text elements in an SVG rasterised: its tree costs time and memory
+/// per element, text the most (each is shaped with the system's fonts: 20,000 `<text>`
+/// elements took 2.9 s and 90 MB here, 100,000 twelve seconds and 450 MB). A matplotlib
+/// figure saved as SVG draws text as paths; charts of a few thousand labels fit easily.
+const MAX_SVG_ELEMENTS: usize = 200_000;
+const MAX_SVG_TEXTS: usize = 5_000;
 
 /// The fonts SVG text is drawn with: the system's, loaded once, with the generic families
 /// (`sans-serif`, `serif`, `monospace`, and text with no family) mapped to installed fonts.
@@ -81,7 +87,25 @@ fn fonts() -> (std::sync::Arc<resvg::usvg::fontdb::Database>, String) {
 pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
     use resvg::{tiny_skia, usvg};
     if svg.len() > MAX_SVG_BYTES {
-        return Err(format!("SVG of {} bytes is too large", svg.len()));
+        return Err(format!(
+            "the SVG is {} KiB, over the {} KiB drawn here",
+            svg.len() / 1024,
+            MAX_SVG_BYTES / 1024
+        ));
+    }
+    // Counted before parsing (the parse is what costs): every element starts with `<`.
+    let elements = memchr::memchr_iter(b'<', svg.as_bytes()).count();
+    if elements > MAX_SVG_ELEMENTS {
+        return Err(format!(
+            "the SVG has about {elements} elements, over the {MAX_SVG_ELEMENTS} drawn here"
+        ));
+    }
+    let texts = memchr::memmem::find_iter(svg.as_bytes(), b"<text").count()
+        + memchr::memmem::find_iter(svg.as_bytes(), b"<tspan").count();
+    if texts > MAX_SVG_TEXTS {
+        return Err(format!(
+            "the SVG has {texts} text elements, over the {MAX_SVG_TEXTS} drawn here"
+        ));
     }
     let (fontdb, font_family) = fonts();
     let mut opt = usvg::Options {
@@ -93,7 +117,8 @@ pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
         resolve_data: usvg::ImageHrefResolver::default_data_resolver(),
         resolve_string: Box::new(|_, _| None),
     };
-    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| e.to_string())?;
+    let tree =
+        usvg::Tree::from_str(svg, &opt).map_err(|e| format!("it could not be read ({e})"))?;
     let size = tree.size();
     let (w, h) = (size.width(), size.height());
     if !(w.is_finite() && h.is_finite() && w > 0.0 && h > 0.0) {

@@ -580,3 +580,31 @@ async fn clients_before_resource_links_get_the_note_only() {
     );
     assert!(raw.close().await.success());
 }
+
+/// An SVG past the drawing bounds (too many text elements: each is shaped with the system's
+/// fonts, and 100,000 took the server twelve seconds and 450 MB) is named with why, never
+/// shown as a bare `<IPython.core.display.SVG object>`; one within them is drawn.
+#[tokio::test]
+async fn an_svg_too_costly_to_draw_is_named_not_dropped() {
+    let s = Server::start().await;
+    let svg = |n: usize| {
+        format!("from IPython.display import SVG, display\ndisplay(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"400\" height=\"400\">' + '<text x=\"5\" y=\"20\">x</text>' * {n} + '</svg>'))")
+    };
+    let r = s.exec(&svg(6000)).await;
+    let t = text(&r);
+    assert!(
+        t.contains(
+            "[SVG image not shown: the SVG has 6000 text elements, over the 5000 drawn here"
+        ),
+        "{t}"
+    );
+    assert!(!t.contains("SVG object"), "{t}");
+    let r = s.exec(&svg(50)).await;
+    assert_eq!(
+        r.content.iter().filter(|c| c.as_image().is_some()).count(),
+        1,
+        "{:?}",
+        texts(&r)
+    );
+    s.close().await;
+}
