@@ -3,9 +3,22 @@
 # an object whose repr is the JSON report. Every part is bounded in size.
 import json
 import reprlib
+import signal
 import sys
+import threading
 
 REPORT = 12000
+# Seconds the report may take (the server waits 10 s): an attribute or repr that blocks (a
+# lazy or remote proxy) is cut off here, and what was gathered so far is returned.
+BUDGET = 6.0
+
+
+class _Slow(BaseException):
+    """Raised by the alarm when the report takes too long."""
+
+
+def _on_alarm(signum, frame):
+    raise _Slow()
 _r = reprlib.Repr()
 _r.maxstring = 200
 _r.maxother = 200
@@ -36,7 +49,9 @@ def _size(v):
         if isinstance(nb, int):
             return nb
         return int(sys.getsizeof(v))
-    except Exception:
+    except _Slow:
+        raise
+    except BaseException:
         return None
 
 
@@ -74,7 +89,9 @@ def _series(v, rows, facts, out):
         out.append("tail:\n" + v.tail(rows).to_string())
     try:
         out.append("describe:\n" + v.describe().to_string())
-    except Exception:
+    except _Slow:
+        raise
+    except BaseException:
         pass
 
 
@@ -100,7 +117,9 @@ def _model(v, facts, out):
         if k.endswith("_") and not k.startswith("_"):
             try:
                 x = getattr(v, k)
-            except Exception:
+            except _Slow:
+                raise
+            except BaseException:
                 continue
             shape = getattr(x, "shape", None)
             fitted[k] = list(shape) if isinstance(shape, tuple) else _cut(repr(x), 60)
@@ -120,7 +139,13 @@ def run(name, rows):
     out = []
     kind = "object"
     mod = t.__module__ or ""
+    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if timed:
+        old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, BUDGET)
+    size = None
     try:
+        size = _size(v)
         if mod.startswith("pandas") and hasattr(v, "columns") and hasattr(v, "iloc"):
             kind = "dataframe"
             _frame(v, rows, facts, out)
@@ -145,14 +170,22 @@ def run(name, rows):
             out.append("%d items; first: %s" % (len(v), _r.repr(list(v)[:20] if not isinstance(v, (set, frozenset)) else list(v)[:20])))
         else:
             out.append(_cut(_r.repr(v), 2000))
-    except Exception as e:
+    except _Slow:
+        out.append("(could not inspect further: it took over %g s)" % BUDGET)
+    except BaseException as e:
         out.append("(could not inspect further: %s: %s)" % (type(e).__name__, _cut(e, 200)))
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler)
+            if old_timer[0] > 0:
+                signal.setitimer(signal.ITIMER_REAL, *old_timer)
     report = _cut("\n".join(out), REPORT)
     return _Report(json.dumps({
         "name": name,
         "type": "%s.%s" % (mod, t.__qualname__) if mod not in ("builtins", "__main__") else t.__qualname__,
         "kind": kind,
-        "size_bytes": _size(v),
+        "size_bytes": size,
         "facts": facts,
         "report": report,
     }, default=str))

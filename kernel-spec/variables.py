@@ -4,11 +4,26 @@
 import fnmatch
 import json
 import reprlib
+import signal
 import sys
+import threading
+import time
 import types
 
 ALWAYS_HIDDEN = {"In", "Out", "exit", "quit", "get_ipython"}
 FIELD = 80
+# Seconds one value may take to describe, and the whole listing (the server waits 10 s): a
+# repr or attribute that blocks (a lazy or remote proxy) is cut off there, not the listing.
+PER_VALUE = 1.0
+ALL_VALUES = 6.0
+
+
+class _Slow(BaseException):
+    """Raised by the alarm when describing one value takes too long."""
+
+
+def _on_alarm(signum, frame):
+    raise _Slow()
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -37,7 +52,9 @@ def _size(v):
             if isinstance(nb, int):
                 return nb
         return int(sys.getsizeof(v))
-    except Exception:
+    except _Slow:
+        raise
+    except BaseException:
         return None
 
 
@@ -50,7 +67,9 @@ def _shape(v):
             hasattr(type(v), "__len__") and not isinstance(v, type)
         ):
             return "len %d" % len(v)
-    except Exception:
+    except _Slow:
+        raise
+    except BaseException:
         pass
     return None
 
@@ -64,7 +83,9 @@ def _dtype(v):
         dt = getattr(v, "dtype", None) if not isinstance(v, type) else None
         if dt is not None:
             return _cut(dt, 40)
-    except Exception:
+    except _Slow:
+        raise
+    except BaseException:
         pass
     return None
 
@@ -86,7 +107,9 @@ def _value(v):
 
             return _cut("%s%s" % (v.__name__, inspect.signature(v)))
         return _cut(_repr.repr(v))
-    except Exception as e:
+    except _Slow:
+        raise
+    except BaseException as e:
         return _cut("<repr failed: %s>" % type(e).__name__)
 
 
@@ -103,9 +126,37 @@ def _imported(value):
     try:
         if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
             return getattr(value, "__module__", "__main__") not in ("__main__", None)
-    except Exception:
+    except BaseException:
         pass
     return False
+
+
+def _row(name, v, deadline):
+    """One variable's row; its description bounded by PER_VALUE and the listing's deadline
+    (an alarm, so only in the main thread, where the kernel runs code)."""
+    row = {"name": _cut(name, 60), "type": _cut(type(v).__name__, 40), "shape": None, "dtype": None, "size_bytes": None}
+    left = min(PER_VALUE, deadline - time.monotonic())
+    if left <= 0:
+        row["value"] = "<not described: the listing's time ran out>"
+        return row
+    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if timed:
+        old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, left)
+    try:
+        row["shape"] = _shape(v)
+        row["dtype"] = _dtype(v)
+        row["size_bytes"] = _size(v)
+        row["value"] = _value(v)
+    except _Slow:
+        row["value"] = "<not described: it took over %g s>" % PER_VALUE
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler)
+            if old_timer[0] > 0:
+                signal.setitimer(signal.ITIMER_REAL, *old_timer)
+    return row
 
 
 class _Listing:
@@ -140,16 +191,7 @@ def run(pattern, limit, show_all=False):
         names.append(name)
     names.sort()
     rows = []
+    deadline = time.monotonic() + ALL_VALUES
     for name in names[:limit]:
-        v = ns.get(name)
-        rows.append(
-            {
-                "name": _cut(name, 60),
-                "type": _cut(type(v).__name__, 40),
-                "shape": _shape(v),
-                "dtype": _dtype(v),
-                "size_bytes": _size(v),
-                "value": _value(v),
-            }
-        )
+        rows.append(_row(name, ns.get(name), deadline))
     return _Listing(json.dumps({"total": len(names), "variables": rows, "imported_hidden": imported}))

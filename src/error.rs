@@ -99,6 +99,17 @@ pub enum KernelError {
     Busy {
         queued: usize,
     },
+    /// kernel-mcp's own silent code (a listing, a probe, a snapshot) did not finish within
+    /// `secs`; the kernel was interrupted, and `freed` says whether it answered after that.
+    SilentTimeout {
+        secs: u64,
+        freed: bool,
+    },
+    /// kernel-mcp's own silent code raised (`ename`: `evalue`); the kernel is fine.
+    HelperFailed {
+        ename: String,
+        evalue: String,
+    },
     Protocol(String),
 }
 

@@ -17,6 +17,9 @@ use crate::wire::{Channel, Content, ExecutionState, Message};
 /// Python run silently in every new IPython kernel (see the file for why).
 const STARTUP_CODE: &str = include_str!("../../kernel-spec/startup.py");
 
+/// How long silent code that ran out of time gets, once interrupted, to give the kernel back.
+const SILENT_GRACE: Duration = Duration::from_secs(5);
+
 /// Receives a running execution's output, in kernel order.
 pub trait OutputSink: Send {
     /// One IOPub output message (stream, display_data, execute_result, error, clear_output...).
@@ -158,6 +161,7 @@ impl Kernel {
     }
 
     /// Runs code silently (no history, no execution count, no output kept) and waits for it.
+    /// Past `limit` the code is interrupted (see [`SILENT_GRACE`]).
     pub async fn run_silent(&self, code: &str, limit: Duration) -> Result<(), KernelError> {
         self.silent(code, BTreeMap::new(), limit).await.map(|_| ())
     }
@@ -176,12 +180,22 @@ impl Kernel {
             .and_then(|t| t.as_str())
         {
             Some(text) => Ok(text.to_owned()),
-            None => Err(KernelError::Protocol(format!(
-                "expression failed: {}",
-                v.get("evalue")
+            None => Err(KernelError::HelperFailed {
+                ename: v
+                    .get("ename")
                     .and_then(|e| e.as_str())
-                    .unwrap_or("no value")
-            ))),
+                    .unwrap_or("an error")
+                    .chars()
+                    .take(100)
+                    .collect(),
+                evalue: v
+                    .get("evalue")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            }),
         }
     }
 
@@ -204,6 +218,39 @@ impl Kernel {
         );
         let mut sub = self.chan.subscribe(&msg.header.msg_id)?;
         self.chan.send(Channel::Shell, &msg).await?;
+        match tokio::time::timeout(limit, self.silent_reply(&mut sub)).await {
+            Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(r),
+            Ok(Ok(r)) => Err(KernelError::Protocol(format!(
+                "silent code failed: {}",
+                r.and_then(|r| r.evalue).unwrap_or_default()
+            ))),
+            // (an Ok reply is matched above)
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                // The code still runs in the kernel, and every later call would wait behind
+                // it: interrupt it, and see whether the kernel comes back.
+                self.interrupt().await;
+                let freed = tokio::time::timeout(SILENT_GRACE, self.silent_reply(&mut sub))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                tracing::warn!(
+                    secs = limit.as_secs(),
+                    freed,
+                    "silent code did not finish in time; interrupted"
+                );
+                Err(KernelError::SilentTimeout {
+                    secs: limit.as_secs(),
+                    freed,
+                })
+            }
+        }
+    }
+
+    /// The reply to a silent request and its `idle`, or the kernel's end.
+    async fn silent_reply(
+        &self,
+        sub: &mut crate::wire::Subscription,
+    ) -> Result<Option<ExecuteReply>, KernelError> {
         let wait = async {
             let (mut reply, mut idle) = (None, false);
             let mut probe = IdleProbe::default();
@@ -224,30 +271,15 @@ impl Kernel {
             }
             Ok::<_, KernelError>(reply)
         };
-        // A kernel that dies meanwhile never answers: end with it, not at `limit` (a snapshot's
-        // save waits up to 10 minutes, and holds the kernel's slot while it waits).
-        let wait = async {
-            tokio::select! {
-                r = wait => r,
-                gone = self.life.gone() => Err(KernelError::Unavailable {
-                    reason: crate::error::Unavailable::EndedDuringSilentCode {
-                        cause: gone.to_string(),
-                    },
-                }),
-            }
-        };
-        match tokio::time::timeout(limit, wait).await {
-            Ok(Ok(Some(r))) if r.status == crate::wire::message::ReplyStatus::Ok => Ok(r),
-            Ok(Ok(r)) => Err(KernelError::Protocol(format!(
-                "silent code failed: {}",
-                r.and_then(|r| r.evalue).unwrap_or_default()
-            ))),
-            // (an Ok reply is matched above)
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(KernelError::Protocol(format!(
-                "silent code did not finish within {} s",
-                limit.as_secs()
-            ))),
+        // A kernel that dies meanwhile never answers: end with it, not at the limit (a
+        // snapshot's save waits up to 10 minutes, and holds the kernel's slot while it waits).
+        tokio::select! {
+            r = wait => r,
+            gone = self.life.gone() => Err(KernelError::Unavailable {
+                reason: crate::error::Unavailable::EndedDuringSilentCode {
+                    cause: gone.to_string(),
+                },
+            }),
         }
     }
 

@@ -384,7 +384,14 @@ impl Server {
                     .size_bytes
                     .map(|b| format!(", {}", crate::limits::human_bytes(b)))
                     .unwrap_or_default();
-                let text = format!("{}: {}{size}\n{}", i.name, i.type_name, i.report);
+                // Names, types and values come from the kernel's data: shown with their
+                // controls and bidi marks visible (the structured form keeps them exact).
+                let text = format!(
+                    "{}: {}{size}\n{}",
+                    crate::text::one_line(&i.name),
+                    crate::text::one_line(&i.type_name),
+                    crate::text::sanitize(&i.report)
+                );
                 structured(text, &i)
             }
             Err(e) => tool_error(e),

@@ -105,11 +105,12 @@ impl Server {
             match self.session.files().write(p.path, data, append).await {
                 Ok(Written { path, bytes, total }) if append => {
                     CallToolResult::success(vec![Content::text(format!(
-                        "appended {bytes} bytes to {path} (now {total} bytes)"
+                        "appended {bytes} bytes to {} (now {total} bytes)",
+                        crate::text::one_line(&path)
                     ))])
                 }
                 Ok(Written { path, bytes, .. }) => CallToolResult::success(vec![Content::text(
-                    format!("wrote {bytes} bytes to {path}"),
+                    format!("wrote {bytes} bytes to {}", crate::text::one_line(&path)),
                 )]),
                 Err(e) => failure(e),
             },

@@ -67,7 +67,10 @@ fn structured<T: serde::Serialize>(text: String, data: &T) -> CallToolResult {
 
 fn kernel_error(e: KernelError) -> CallToolResult {
     let hint = match &e {
-        KernelError::Busy { .. } => "",
+        // Their words say what to do, and the kernel is fine.
+        KernelError::Busy { .. }
+        | KernelError::SilentTimeout { .. }
+        | KernelError::HelperFailed { .. } => "",
         // The environment is still being created: the call just needs to be made again later.
         KernelError::EnvironmentNotReady => {
             " The file tools work meanwhile; the tool list is updated (notifications/tools/list_changed) when it is ready."

@@ -547,6 +547,23 @@ async fn names_the_kernel_chose_stay_on_their_line() {
     let t = text(&r);
     assert!(t.lines().any(|l| l.ends_with(" top.txt")), "{t}");
     assert!(t.contains("FAKE.txt"), "{t}");
+    // Paths echoed back in results and errors are shown the same way.
+    let r = s
+        .call(
+            "write_file",
+            json!({"path": "x\u{202e}txt.exe", "content": "1"}),
+        )
+        .await;
+    assert!(
+        text(&r).contains("x\\u202etxt.exe") && !text(&r).contains('\u{202e}'),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call("read_file", json!({"path": "gone\u{202e}.txt"}))
+        .await;
+    assert!(is_error(&r));
+    assert!(text(&r).contains("gone\\u202e.txt"), "{}", text(&r));
     s.close().await;
 }
 

@@ -819,3 +819,68 @@ async fn run_notebook_refuses_an_outside_save_to_before_running() {
     assert!(s.ws().join("ran.txt").exists() && s.ws().join("out.ipynb").exists());
     s.close().await;
 }
+
+/// Values that misbehave when looked at do not break the listing or the kernel: one whose
+/// attribute access raises SystemExit (or KeyboardInterrupt) is listed with the rest (the
+/// listing failed whole, "expression failed: ." with advice to restart); one whose repr
+/// blocks is cut off after a second and named, the others still described, and the kernel is
+/// free for the next call at once (before, the listing timed out at 10 s and left the hidden
+/// helper running, so the next call waited behind it). inspect_variable shows what kernel
+/// data names with its bidi marks visible, and gives a blocking object a bounded report.
+#[tokio::test]
+async fn variables_that_misbehave_when_looked_at_are_listed_not_fatal() {
+    let s = Server::start().await;
+    s.exec("class Exits:\n    def __getattr__(self, n):\n        raise SystemExit\nclass Interrupts:\n    def __getattr__(self, n):\n        raise KeyboardInterrupt\nclass Blocks:\n    def __repr__(self):\n        import time\n        time.sleep(30)\n        return 'never'\nexits = Exits()\ninterrupts = Interrupts()\nblocks = Blocks()\nfine = 42\nimport pandas as pd\nframe = pd.DataFrame({'\\u202eevil': ['\\u2066x']})")
+        .await;
+    let r = s.call("list_variables", json!({})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let listing = r.structured_content.clone().unwrap_or_default();
+    let row = |name: &str| {
+        listing["variables"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not listed: {listing}"))
+    };
+    assert_eq!(row("fine")["value"], "42");
+    assert_eq!(row("exits")["type"], "Exits");
+    assert_eq!(row("interrupts")["type"], "Interrupts");
+    let blocked = row("blocks")["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(blocked.contains("took over 1 s"), "{blocked}");
+    // The kernel is free: the next call runs now, not after the blocked repr.
+    let r = s.exec_for("print(fine + 1)", 20.0).await;
+    assert_eq!(text(&r), "43\n");
+    let r = s.call("inspect_variable", json!({"name": "frame"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let t = text(&r);
+    assert!(t.contains("\\u202eevil") && !t.contains('\u{202e}'), "{t}");
+    let r = s.call("inspect_variable", json!({"name": "blocks"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(text(&r).contains("took over 6 s"), "{}", text(&r));
+    let r = s.exec_for("print(fine + 2)", 20.0).await;
+    assert_eq!(text(&r), "44\n");
+    s.close().await;
+}
+
+/// Helper code that outlasts its time even so (a repr that swallows the alarm and blocks
+/// again) is interrupted by the server, which says so and does not advise a restart; the
+/// kernel keeps its variables and runs the next call at once.
+#[tokio::test]
+async fn helper_code_past_its_time_is_interrupted_and_the_kernel_kept() {
+    let s = Server::start().await;
+    s.exec("class Stubborn:\n    def __repr__(self):\n        import time\n        try:\n            time.sleep(30)\n        except BaseException:\n            time.sleep(30)\n        return 'never'\nstubborn = Stubborn()\nkept = 7")
+        .await;
+    let r = s.call("list_variables", json!({})).await;
+    assert!(is_error(&r));
+    let t = text(&r);
+    assert!(
+        t.contains("so it was interrupted; the kernel and its variables are kept"),
+        "{t}"
+    );
+    assert!(!t.contains("restart_kernel"), "{t}");
+    let r = s.exec_for("print(kept)", 20.0).await;
+    assert_eq!(text(&r), "7\n");
+    s.close().await;
+}

@@ -43,6 +43,12 @@ impl Display for KernelError {
             KernelError::Unavailable { reason } => write!(f, "kernel unavailable: {reason}"),
             KernelError::EnvironmentNotReady => write!(f, "kernel unavailable: the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile"),
             KernelError::Busy { queued } => write!(f, "the kernel is busy with {queued} queued calls; try again when the running call finishes"),
+            KernelError::SilentTimeout { secs, freed: true } => write!(f, "kernel-mcp's helper code did not finish within {secs} s in the kernel (a value whose repr or attributes block, such as a lazy or remote proxy, can do this), so it was interrupted; the kernel and its variables are kept"),
+            KernelError::SilentTimeout { secs, freed: false } => write!(f, "kernel-mcp's helper code did not finish within {secs} s in the kernel and did not stop when interrupted; the kernel is still busy with it: call interrupt_kernel, or restart_kernel if that does not help (its variables are then lost)"),
+            KernelError::HelperFailed { ename, evalue } => {
+                let evalue = crate::text::one_line(evalue);
+                write!(f, "kernel-mcp's helper code raised {ename}{}{evalue} in the kernel (the session may have replaced a standard module or builtin); the kernel and its variables are fine", if evalue.is_empty() { "" } else { ": " })
+            }
             KernelError::Protocol(inner) => write!(f, "the kernel sent an unexpected reply: {inner}"),
         }
     }
@@ -174,16 +180,21 @@ impl Display for EnvError {
 
 impl Display for WorkspaceError {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        // A path may hold what kernel code named a file: shown on one line, its controls and
+        // bidi marks visible.
+        let shown = |p: &str| crate::text::one_line(p).into_owned();
         match self {
             WorkspaceError::BadPath(inner) => Display::fmt(inner, f),
             WorkspaceError::BadAnswer { what } => write!(f, "{what}"),
             WorkspaceError::Remote(inner) => Display::fmt(inner, f),
-            WorkspaceError::Denied { path, reason } => write!(f, "{path}: {reason}"),
-            WorkspaceError::NotFound { path } => write!(f, "{path}: not found in the workspace"),
-            WorkspaceError::NotRegular { path } => write!(f, "{path}: not a regular file"),
-            WorkspaceError::IsDirectory { path } => write!(f, "{path}: is a directory"),
+            WorkspaceError::Denied { path, reason } => write!(f, "{}: {reason}", shown(path)),
+            WorkspaceError::NotFound { path } => {
+                write!(f, "{}: not found in the workspace", shown(path))
+            }
+            WorkspaceError::NotRegular { path } => write!(f, "{}: not a regular file", shown(path)),
+            WorkspaceError::IsDirectory { path } => write!(f, "{}: is a directory", shown(path)),
             WorkspaceError::TooLarge { what } => write!(f, "{what}"),
-            WorkspaceError::Io { path, source } => write!(f, "{path}: {source}"),
+            WorkspaceError::Io { path, source } => write!(f, "{}: {source}", shown(path)),
         }
     }
 }
