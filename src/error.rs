@@ -96,8 +96,9 @@ pub enum KernelError {
     },
     /// First run: the managed environment is still being created in the background.
     EnvironmentNotReady,
+    /// A call is running and `waiting` more already wait behind it (the `--max-queue`).
     Busy {
-        queued: usize,
+        waiting: usize,
     },
     /// kernel-mcp's own silent code (a listing, a probe, a snapshot) did not finish within
     /// `secs`; the kernel was interrupted, and `freed` says whether it answered after that.

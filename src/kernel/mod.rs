@@ -200,7 +200,8 @@ impl KernelHandle {
         let slot = tokio::time::timeout(free_within, self.slot.lock())
             .await
             .map_err(|_| KernelError::Busy {
-                queued: self.waiting.load(Ordering::SeqCst),
+                // Those in `execute`, less the one holding the kernel.
+                waiting: self.waiting.load(Ordering::SeqCst).saturating_sub(1),
             })?;
         let k = slot.kernel.clone().ok_or(KernelError::Unavailable {
             reason: Unavailable::NotRunning,
@@ -231,7 +232,9 @@ impl KernelHandle {
         let queued = self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Decrement(&self.waiting);
         if queued > self.max_queue {
-            return Err(KernelError::Busy { queued });
+            return Err(KernelError::Busy {
+                waiting: queued.saturating_sub(1),
+            });
         }
         let mut slot = tokio::select! {
             s = self.slot.lock() => s,

@@ -203,8 +203,8 @@ fn ending_blocks(exec: &Execution, timeout: Duration, out: &mut Vec<McpContent>)
             reason: StopReason::Timeout,
         } => {
             out.push(McpContent::text(format!(
-                "[interrupted after {secs:.1} s: the {:.0} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
-                timeout.as_secs_f64()
+                "[interrupted after {secs:.1} s: the {} s timeout was reached; variables kept. Output above is what the code printed before it stopped. Pass a larger timeout_seconds, or make the code faster.]",
+                seconds(timeout)
             )));
             true
         }
@@ -269,5 +269,29 @@ pub fn notice(n: &crate::kernel::Notice) -> String {
                 named.join(", ")
             )
         }
+    }
+}
+
+/// A duration in seconds as a person writes it: whole seconds plainly, fractions to a tenth
+/// (a 0.1 s timeout is not "0 s").
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 10.0 || s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_worded_as_given() {
+        assert_eq!(seconds(Duration::from_millis(100)), "0.1");
+        assert_eq!(seconds(Duration::from_millis(2500)), "2.5");
+        assert_eq!(seconds(Duration::from_secs(5)), "5");
+        assert_eq!(seconds(Duration::from_secs(1800)), "1800");
     }
 }

@@ -196,10 +196,10 @@ impl Runs {
             custom,
         } = job;
         let mut st = self.lock();
-        // As many may wait as --max-queue allows, the running one counted (as before runs).
-        let queued = st.queue.len() + usize::from(st.running.is_some());
-        if queued > max_queue {
-            return Err(crate::error::KernelError::Busy { queued }.into());
+        // At most --max-queue wait behind the running one.
+        let waiting = st.queue.len();
+        if waiting + usize::from(st.running.is_some()) > max_queue {
+            return Err(crate::error::KernelError::Busy { waiting }.into());
         }
         st.next += 1;
         let id = st.next;

@@ -367,6 +367,16 @@ impl ServerHandler for Server {
         _context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         match run_of_task(&request.task_id, self.arrival_scope.as_deref()) {
+            // Tasks extension: a task in a terminal status cannot be cancelled (-32602).
+            Some(id) if self.session.runs().ended(id) == Some(true) => {
+                Err(ErrorData::invalid_params(
+                    format!(
+                        "task {:?} has already ended; a finished task cannot be cancelled (tasks/get gives its result)",
+                        request.task_id
+                    ),
+                    None,
+                ))
+            }
             Some(id) if self.session.cancel_task(id) => Ok(()),
             _ => Err(ErrorData::invalid_params(
                 format!("no task {:?} here", request.task_id),

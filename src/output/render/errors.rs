@@ -42,7 +42,7 @@ impl Display for KernelError {
             KernelError::StartTimeout { secs, detail } => write!(f, "the kernel did not answer kernel_info within {secs} s{detail}"),
             KernelError::Unavailable { reason } => write!(f, "kernel unavailable: {reason}"),
             KernelError::EnvironmentNotReady => write!(f, "kernel unavailable: the Python environment is being created (first run: ipykernel, numpy, pandas, matplotlib; about a minute); try again shortly. The file tools work meanwhile"),
-            KernelError::Busy { queued } => write!(f, "the kernel is busy with {queued} queued calls; try again when the running call finishes"),
+            KernelError::Busy { waiting } => write!(f, "the kernel is busy: a call is running and {waiting} more already wait behind it, the most --max-queue allows; try again when one finishes"),
             KernelError::SilentTimeout { secs, freed: true } => write!(f, "kernel-mcp's helper code did not finish within {secs} s in the kernel (a value whose repr or attributes block, such as a lazy or remote proxy, can do this), so it was interrupted; the kernel and its variables are kept"),
             KernelError::SilentTimeout { secs, freed: false } => write!(f, "kernel-mcp's helper code did not finish within {secs} s in the kernel and did not stop when interrupted; the kernel is still busy with it: call interrupt_kernel, or restart_kernel if that does not help (its variables are then lost)"),
             KernelError::HelperFailed { ename, evalue } => {
