@@ -36,17 +36,33 @@ impl Serialize for MultiLine {
 }
 
 impl<'de> Deserialize<'de> for MultiLine {
+    /// A visitor rather than an untagged enum: a wrong type is named ("invalid type: integer
+    /// `5`, expected a string or a list of strings"), not "did not match any variant".
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            One(String),
-            Lines(Vec<String>),
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = MultiLine;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<MultiLine, E> {
+                Ok(MultiLine(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<MultiLine, E> {
+                Ok(MultiLine(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MultiLine, A::Error> {
+                let mut all = String::new();
+                while let Some(line) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
+                    all.push_str(&line);
+                }
+                Ok(MultiLine(all))
+            }
         }
-        Ok(match Either::deserialize(d)? {
-            Either::One(s) => MultiLine(s),
-            Either::Lines(l) => MultiLine(l.concat()),
-        })
+        d.deserialize_any(Text)
     }
 }
 
@@ -197,6 +213,8 @@ impl Notebook {
         struct Version {
             nbformat: Option<u32>,
         }
+        // A byte-order mark (some editors write one) is not part of the JSON.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let v: Version =
             serde_json::from_slice(bytes).map_err(|e| NotebookError::Invalid(e.to_string()))?;
         match v.nbformat {
@@ -204,8 +222,27 @@ impl Notebook {
             Some(n) => return Err(NotebookError::Version(n)),
             None => return Err(NotebookError::Invalid("no \"nbformat\" field".into())),
         }
-        let nb: Notebook =
-            serde_json::from_slice(bytes).map_err(|e| NotebookError::Invalid(e.to_string()))?;
+        let nb: Notebook = serde_json::from_slice(bytes).map_err(|e| {
+            // Read again, tracking where it went wrong ("cells[2].source: invalid type: ..."),
+            // so the cell can be found; the common case pays nothing for it.
+            let tracked = serde_path_to_error::deserialize::<_, Notebook>(
+                &mut serde_json::Deserializer::from_slice(bytes),
+            );
+            NotebookError::Invalid(match tracked {
+                Err(t) => {
+                    let path = t.path().to_string();
+                    // Cells are counted from 1, as a notebook shows them.
+                    let cell = path
+                        .strip_prefix("cells[")
+                        .and_then(|r| r.split(']').next())
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .map(|n| format!("cell {} ", n.saturating_add(1)))
+                        .unwrap_or_default();
+                    format!("{cell}({path}): {}", t.inner())
+                }
+                Ok(_) => e.to_string(),
+            })
+        })?;
         if nb.cells.len() > MAX_CELLS {
             return Err(NotebookError::TooManyCells(nb.cells.len()));
         }
@@ -392,6 +429,36 @@ mod tests {
         assert!(out["cells"][0]["id"].is_string());
         assert!(out["cells"][1]["id"].is_string());
         assert_ne!(out["cells"][0]["id"], out["cells"][1]["id"]);
+    }
+
+    /// A cell that is not what nbformat says is named by where it is and what is wrong with
+    /// it (not "did not match any variant of untagged enum"); a leading byte-order mark is
+    /// not an error.
+    #[test]
+    fn a_bad_cell_is_named() {
+        let bad = br##"{"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [{"cell_type": "code", "metadata": {}, "source": "1", "outputs": [], "execution_count": null},
+                      {"cell_type": "code", "metadata": {}, "source": ["x = 1", 5], "outputs": [], "execution_count": null}]}"##;
+        let Err(NotebookError::Invalid(why)) = Notebook::parse(bad) else {
+            panic!("a list with a number in it was read as source");
+        };
+        assert!(why.starts_with("cell 2 (cells[1]"), "{why}");
+        assert!(
+            why.contains("invalid type: integer `5`, expected a string"),
+            "{why}"
+        );
+        let number = br##"{"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [{"cell_type": "markdown", "metadata": {}, "source": 7}]}"##;
+        let Err(NotebookError::Invalid(why)) = Notebook::parse(number) else {
+            panic!("a number was read as source");
+        };
+        assert!(why.starts_with("cell 1 (cells[0]"), "{why}");
+        assert!(why.contains("a string or a list of strings"), "{why}");
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend_from_slice(
+            br#"{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}"#,
+        );
+        assert!(Notebook::parse(&bom).is_ok());
     }
 
     #[test]

@@ -28,6 +28,11 @@ impl Server {
         if let Some(why) = names_a_folder(&p.path, "read_file reads files") {
             return Ok(tool_error(why));
         }
+        if p.max_chars == Some(0) {
+            return Ok(tool_error(
+                "max_chars is 0: give 1 or more (the most characters to return, up to 100,000), or leave it out",
+            ));
+        }
         let cap = read_cap(p.limit, p.max_chars);
         let first = p.offset.unwrap_or(1).max(1);
         let read =
@@ -207,12 +212,23 @@ fn decode_content(content: String, encoding: Encoding) -> Result<Vec<u8>, String
     Ok(data)
 }
 
-/// A path ending in `/` names a folder (as the OS reads it: `open("a.txt/")` fails), so a
-/// file tool refuses it rather than reading or writing the file without the slash.
+/// A path ending in `/` or `/.` names a folder (as the OS reads it: `open("a.txt/")` and
+/// `open("a.txt/.")` fail), so a file tool refuses it rather than reading or writing the file
+/// without the slash.
 fn names_a_folder(path: &str, what: &str) -> Option<String> {
-    let trimmed = path.trim_end_matches('/');
-    (path.ends_with('/') && !trimmed.is_empty())
-        .then(|| format!("{path}: a path ending in / names a folder, and {what}; use {trimmed:?}"))
+    let mut trimmed = path;
+    while let Some(t) = trimmed
+        .strip_suffix('/')
+        .or_else(|| trimmed.strip_suffix("/."))
+    {
+        trimmed = t;
+    }
+    (trimmed.len() < path.len() && !trimmed.is_empty()).then(|| {
+        format!(
+            "{}: a path ending in / names a folder, and {what}; use {trimmed:?}",
+            crate::text::one_line(path)
+        )
+    })
 }
 
 /// list_files' text (one aligned line per entry) and structured data.
@@ -284,6 +300,10 @@ mod tests {
         assert!(why.ends_with("use \"d/a.txt\""), "{why}");
         // "/" alone is left to the path policy.
         assert_eq!(names_a_folder("/", "x"), None);
+        let why = names_a_folder("d/a.txt/.", "x").unwrap_or_default();
+        assert!(why.ends_with("use \"d/a.txt\""), "{why}");
+        assert!(names_a_folder("a.txt/./", "x").is_some());
+        assert_eq!(names_a_folder("./a.txt", "x"), None);
     }
 
     #[test]

@@ -235,10 +235,17 @@ impl Workspace {
         o.read(true);
         // O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
         no_block(&mut o);
-        let f = self
-            .dir
-            .open_with(path.for_cap(), &o)
-            .map_err(io_err(path))?;
+        let f = match self.dir.open_with(path.for_cap(), &o) {
+            Ok(f) => f,
+            // A Unix socket cannot be opened (ENXIO): it is there, and not a regular file.
+            #[cfg(unix)]
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {
+                return Err(WorkspaceError::NotRegular {
+                    path: path.display(),
+                })
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
         let meta = f.metadata().map_err(io_err(path))?;
         if meta.is_dir() {
             return Err(WorkspaceError::IsDirectory {

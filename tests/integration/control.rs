@@ -98,7 +98,8 @@ async fn calls_run_in_order_and_the_queue_is_bounded() {
     assert!(is_error(&c));
     // --max-queue 1: one call (b) waits behind the running one (a), as --help says.
     assert!(
-        text(&c).starts_with("the kernel is busy: a call is running and 1 more already wait behind it"),
+        text(&c)
+            .starts_with("the kernel is busy: a call is running and 1 more already wait behind it"),
         "{}",
         text(&c)
     );

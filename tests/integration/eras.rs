@@ -206,7 +206,12 @@ async fn a_tasks_client_gets_a_task_for_a_long_cell_and_polls_it() {
         .await;
     let again = raw.response(2999).await;
     assert_eq!(again["error"]["code"], -32602, "{again}");
-    assert!(again["error"]["message"].to_string().contains("has already ended"), "{again}");
+    assert!(
+        again["error"]["message"]
+            .to_string()
+            .contains("has already ended"),
+        "{again}"
+    );
     // Without the extension: never a task, the output so far and a run to check.
     raw.send(format!(r#"{{"jsonrpc":"2.0","id":3000,"method":"tools/call","params":{{"name":"execute_python","arguments":{{"code":"import time\ntime.sleep(3)\nprint('late')","return_after":1}},{META}}}}}"#).as_bytes())
         .await;

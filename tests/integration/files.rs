@@ -500,6 +500,44 @@ async fn read_file_caps_long_lines_by_characters() {
         )
         .await;
     assert_eq!(texts(&r).first().map(|x| x.len()), Some(50));
+    // Zero characters is not a size; a path ending in "/." names a folder; a Unix socket is
+    // not a regular file (it cannot even be opened).
+    let r = s
+        .call(
+            "read_file",
+            serde_json::json!({"path": "one-line.txt", "max_chars": 0}),
+        )
+        .await;
+    assert!(
+        is_error(&r) && text(&r).starts_with("max_chars is 0"),
+        "{}",
+        text(&r)
+    );
+    let r = s
+        .call("read_file", serde_json::json!({"path": "one-line.txt/."}))
+        .await;
+    assert!(
+        is_error(&r) && text(&r).contains("names a folder"),
+        "{}",
+        text(&r)
+    );
+    #[cfg(unix)]
+    {
+        s.exec(
+            "import socket
+sock = socket.socket(socket.AF_UNIX)
+sock.bind('a.sock')",
+        )
+        .await;
+        let r = s
+            .call("read_file", serde_json::json!({"path": "a.sock"}))
+            .await;
+        assert!(
+            is_error(&r) && text(&r).contains("not a regular file"),
+            "{}",
+            text(&r)
+        );
+    }
     s.close().await;
 }
 
