@@ -39,6 +39,8 @@ pub enum SwitchError {
         reason: String,
         restored: Result<(), String>,
     },
+    /// It is the environment in use already: nothing was restarted (restart_kernel does).
+    AlreadyActive,
 }
 
 /// The handle's environment state: the environments (one copy, here below the tools) and why
@@ -118,6 +120,9 @@ impl KernelHandle {
                 known: envs.named.keys().cloned().collect(),
             });
         };
+        if envs.active == name {
+            return Err(SwitchError::AlreadyActive);
+        }
         let info = crate::pyenv::resolve(&source)
             .await
             .map_err(|e| SwitchError::Unusable {

@@ -174,6 +174,12 @@ impl Server {
                     took.as_secs_f64()
                 ))]))
             }
+            Err(SwitchError::AlreadyActive) => Ok(CallToolResult::success(vec![Content::text(
+                format!(
+                    "environment {} is the one in use already; nothing was restarted and the variables are kept (restart_kernel restarts the kernel in it)",
+                    p.name
+                ),
+            )])),
             Err(SwitchError::Unknown { known }) => Ok(tool_error(format!(
                 "no environment named {:?}; choose one of: {}",
                 p.name,

@@ -307,6 +307,16 @@ async fn environments_can_be_chosen_and_switched_by_name() {
     assert!(is_error(&s.exec("x").await));
     let r = s.exec("import sys, numpy\nsys.prefix").await;
     assert_eq!(texts(&r), vec![format!("'{}'", other.display())]);
+    // Switching to the environment in use restarts nothing: the variables stay.
+    s.exec("y = 5").await;
+    let r = s.call("switch_environment", json!({"name": "other"})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert!(
+        text(&r).contains("the one in use already; nothing was restarted"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(text(&s.exec("y").await), "5");
     let r = s
         .call("switch_environment", json!({"name": "/usr/bin/python3"}))
         .await;
