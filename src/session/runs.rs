@@ -26,10 +26,11 @@ use crate::wire::Content;
 /// Most runs remembered (finished and reported ones are forgotten first).
 const KEEP_RUNS: usize = 64;
 
-/// Most final answers kept to be shown again (the newest runs'), and the largest kept: a
-/// result is bounded by the output budget, images included, so this bounds the memory.
+/// Most final answers kept to be shown again (the newest runs'), and the most bytes they may
+/// hold together (per session: a server over HTTP holds many sessions). A result is bounded
+/// by the output budget, images included; one larger than the whole budget is not kept.
 const KEEP_ANSWERS: usize = 4;
-const MAX_KEPT_ANSWER: usize = 8 << 20;
+const KEPT_ANSWER_BYTES: usize = 4 << 20;
 
 /// About how many bytes `r` holds (its texts and images; other blocks are small).
 fn answer_bytes(r: &Rendered) -> usize {
@@ -75,7 +76,7 @@ struct Run {
     reported: bool,
     /// The answer that showed the end, kept to be shown again (a client whose connection
     /// dropped as it came never saw it); see [`Runs::keep_answer`].
-    answer: Option<Rendered>,
+    answer: Option<(Rendered, usize)>,
     /// Interrupts this run's execution (the call's own cancellation, before it returned).
     cancel: CancellationToken,
     /// Progress goes to the call while it waits, not after it returned.
@@ -385,24 +386,25 @@ impl Runs {
     /// Keeps `answer`, the one that showed run `id`'s end, to be shown again when the run is
     /// looked at by its number (the answer may never have reached the client: its connection
     /// dropped, or the call was cut off as the answer went out). Only the newest
-    /// [`KEEP_ANSWERS`] runs' answers are kept, each at most [`MAX_KEPT_ANSWER`] bytes.
+    /// [`KEEP_ANSWERS`] runs' answers are kept, within [`KEPT_ANSWER_BYTES`] together.
     pub fn keep_answer(&self, id: u64, answer: &Rendered) {
-        if answer_bytes(answer) > MAX_KEPT_ANSWER {
+        let bytes = answer_bytes(answer);
+        if bytes > KEPT_ANSWER_BYTES {
             return;
         }
         let mut st = self.lock();
         let Some(run) = st.runs.get_mut(&id) else {
             return;
         };
-        run.answer = Some(answer.clone());
-        let kept: Vec<u64> = st
-            .runs
-            .iter()
-            .filter(|(_, r)| r.answer.is_some())
-            .map(|(k, _)| *k)
-            .collect();
-        for old in kept.iter().take(kept.len().saturating_sub(KEEP_ANSWERS)) {
-            if let Some(r) = st.runs.get_mut(old) {
+        run.answer = Some((answer.clone(), bytes));
+        // Newest first: keep while within count and bytes, drop the rest.
+        let (mut count, mut total) = (0usize, 0usize);
+        for r in st.runs.values_mut().rev() {
+            let Some((_, b)) = &r.answer else { continue };
+            if count < KEEP_ANSWERS && total.saturating_add(*b) <= KEPT_ANSWER_BYTES {
+                count += 1;
+                total = total.saturating_add(*b);
+            } else {
                 r.answer = None;
             }
         }
@@ -441,7 +443,9 @@ impl Runs {
         if run.reported {
             return Look::Reported {
                 id,
-                again: named.then(|| run.answer.clone().map(Box::new)).flatten(),
+                again: named
+                    .then(|| run.answer.as_ref().map(|(a, _)| Box::new(a.clone())))
+                    .flatten(),
                 kept: run.answer.is_some(),
             };
         }
@@ -661,8 +665,15 @@ mod tests {
                 ..
             }
         ));
-        // An answer past the size bound is not kept.
-        let big = shown(&runs, &"x".repeat(MAX_KEPT_ANSWER + 1));
+        // An answer past the size bound is not kept; answers that together pass it push the
+        // older ones out.
+        let big = shown(&runs, &"x".repeat(KEPT_ANSWER_BYTES + 1));
         assert_eq!(again(&runs, Some(big)), None);
+        let a = shown(&runs, &"a".repeat(KEPT_ANSWER_BYTES / 2));
+        let b = shown(&runs, &"b".repeat(KEPT_ANSWER_BYTES / 2));
+        assert!(again(&runs, Some(a)).is_some() && again(&runs, Some(b)).is_some());
+        let c = shown(&runs, "c");
+        assert!(again(&runs, Some(c)).is_some() && again(&runs, Some(b)).is_some());
+        assert_eq!(again(&runs, Some(a)), None, "over the bytes kept together");
     }
 }
