@@ -147,10 +147,11 @@ impl Book {
             if stale {
                 // Snapshot files are removed only in this server's own workspace.
                 if let Some(en) = entry.filter(|en| valid_folder(&en.folder) && !self.foreign(en)) {
-                    let _ = std::fs::remove_dir_all(
-                        Path::new(&self.root)
-                            .join(&en.folder)
-                            .join(crate::session::persist::FOLDER),
+                    // The session's folder is the kernel's: a link in it is never followed.
+                    let _ = crate::workspace::remove_below(
+                        &Path::new(&self.root).join(&en.folder),
+                        crate::session::persist::FOLDER,
+                        true,
                     );
                 }
                 let _ = std::fs::remove_file(&path);

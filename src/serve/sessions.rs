@@ -456,6 +456,7 @@ impl Registry {
             // Ended on purpose: its variables are not for a later server.
             s.server.session().forget_snapshot();
             remove_if_empty(s.folder.as_ref());
+            tracing::debug!(session = %s.log_name(), "session folder tidied");
         });
     }
 
@@ -533,8 +534,9 @@ impl Registry {
 /// Removes a session folder the session left empty (files a session wrote are kept).
 fn remove_if_empty(folder: Option<&PathBuf>) {
     if let Some(f) = folder {
-        let _ = std::fs::remove_dir(f.join(".kernel-mcp").join("outputs"));
-        let _ = std::fs::remove_dir(f.join(".kernel-mcp"));
+        // Inside the folder the kernel may have put links to elsewhere: never followed.
+        let _ = crate::workspace::remove_below(f, ".kernel-mcp/outputs", false);
+        let _ = crate::workspace::remove_below(f, ".kernel-mcp", false);
         let _ = std::fs::remove_dir(f);
     }
 }

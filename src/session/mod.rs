@@ -289,7 +289,11 @@ impl Session {
     pub fn forget_snapshot(&self) {
         if let Some(p) = &self.persist {
             p.discard(&self.env_info().python);
-            let _ = std::fs::remove_dir_all(p.folder());
+            let _ = crate::workspace::remove_below(
+                self.workspace.root(),
+                crate::session::persist::FOLDER,
+                true,
+            );
         }
     }
 

@@ -54,6 +54,21 @@ pub fn file_uri(path: &Path) -> String {
         .unwrap_or_else(|()| format!("file://{}", path.display()))
 }
 
+/// Removes the folder `rel` below `root` (with everything in it when `whole`, else only when
+/// it is empty) without ever following a symlink out of `root`, at any step of `rel`: the
+/// server removes its own folders inside workspaces (snapshots, outputs, a session's folder),
+/// and kernel code can replace any of them with a link to a folder elsewhere, which a plain
+/// `remove_dir_all` would follow and empty, with the server's rights. `root` itself is the
+/// server's (the kernel cannot replace it).
+pub fn remove_below(root: &Path, rel: &str, whole: bool) -> std::io::Result<()> {
+    let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())?;
+    if whole {
+        dir.remove_dir_all(rel)
+    } else {
+        dir.remove_dir(rel)
+    }
+}
+
 /// The path a `file://` URI names (decoded), or `None` for anything else.
 pub fn path_of_file_uri(uri: &str) -> Option<PathBuf> {
     let u = url::Url::parse(uri).ok()?;
@@ -291,6 +306,45 @@ impl Workspace {
 
 #[cfg(test)]
 mod tests {
+    /// A link the kernel put in place of a folder the server removes is never followed out:
+    /// the folder it points to keeps everything in it.
+    #[cfg(unix)]
+    #[test]
+    fn removals_never_follow_a_link_out() {
+        use super::remove_below;
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let outside = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let keep = outside.path().join("snapshot").join("keep.txt");
+        std::fs::create_dir_all(outside.path().join("snapshot").join("empty"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&keep, "1").unwrap_or_else(|e| panic!("{e}"));
+        // A link in the middle of the path, and one at its end.
+        std::os::unix::fs::symlink(outside.path(), root.path().join(".kernel-mcp"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(remove_below(root.path(), ".kernel-mcp/snapshot", true).is_err());
+        assert!(remove_below(root.path(), ".kernel-mcp/snapshot/empty", false).is_err());
+        std::fs::remove_file(root.path().join(".kernel-mcp")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(root.path().join(".kernel-mcp")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(
+            outside.path().join("snapshot"),
+            root.path().join(".kernel-mcp").join("snapshot"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = remove_below(root.path(), ".kernel-mcp/snapshot", true);
+        assert!(
+            keep.exists(),
+            "a link's target outside the root was emptied"
+        );
+        assert!(outside.path().join("snapshot").join("empty").exists());
+        // A real folder inside is removed, whole.
+        std::fs::create_dir_all(root.path().join("own").join("deep"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.path().join("own").join("deep").join("f"), "1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(remove_below(root.path(), "own", true).is_ok());
+        assert!(!root.path().join("own").exists());
+    }
+
     #[cfg(unix)]
     #[test]
     fn file_uris_are_encoded_and_decoded() {

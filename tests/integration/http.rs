@@ -1794,3 +1794,39 @@ async fn a_stopping_server_answers_its_running_calls() {
         "{said}"
     );
 }
+
+/// The attack: kernel code replaces its session folder's `.kernel-mcp` with a link to a
+/// folder outside, then the session ends (`end_session`; DELETE, idle and eviction take the
+/// same path). The server removes the session's snapshot folder and tidies the session folder
+/// with its own rights: it must never follow that link (it emptied `<outside>/snapshot`).
+#[tokio::test]
+async fn ending_a_session_never_removes_through_a_link_the_kernel_planted() {
+    let outside = tempfile::tempdir().unwrap();
+    let keep = outside.path().join("snapshot").join("keep.txt");
+    std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
+    std::fs::write(&keep, "precious").unwrap();
+    std::fs::create_dir_all(outside.path().join("outputs")).unwrap();
+    let srv = Http::start(&["--persist"], None).await;
+    let m = srv.modern().await;
+    let h = handle_of(&call(&m, "new_session", json!({})).await);
+    let code = format!(
+        "import os, shutil\nshutil.rmtree('.kernel-mcp', ignore_errors=True)\nos.symlink({:?}, '.kernel-mcp')\nprint(os.readlink('.kernel-mcp'))",
+        outside.path().display().to_string()
+    );
+    let r = call(&m, "execute_python", json!({"code": code, "session": h})).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&m, "end_session", json!({"session": h})).await;
+    assert!(text(&r).contains("the session ended"), "{}", text(&r));
+    assert!(
+        eventually(HANG, || srv.log().contains("session folder tidied")).await,
+        "{}",
+        srv.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&keep).unwrap_or_default(),
+        "precious"
+    );
+    assert!(outside.path().join("outputs").is_dir());
+    let _ = m.cancel().await;
+    assert!(srv.stop().await.success());
+}
