@@ -268,6 +268,39 @@ fn apply_seccomp(
         );
     }
     rules.insert(libc::SYS_clone, clone_rules);
+    // No setuid or setgid bit on anything the kernel creates or changes: the workspace is an
+    // idmapped mount, so on the host a file it writes belongs to the folder's owner (root, for
+    // a server run as root), and a setuid copy of a shell there would give any local user who
+    // can reach the workspace that owner's rights (`nosuid` and `no_new_privs` only disarm the
+    // bit inside the sandbox). Refused where the mode is set: chmod and its variants, and the
+    // calls that create a file with a mode.
+    let mut add_mode_rules = |sc: i64, arg: u8| -> Result<(), String> {
+        let bits = |bit: u64| -> Result<SeccompRule, String> {
+            SeccompRule::new(vec![
+                Cond::new(arg, Len::Dword, Op::MaskedEq(bit), bit).map_err(e)?
+            ])
+            .map_err(e)
+        };
+        rules
+            .entry(sc)
+            .or_default()
+            .extend([bits(libc::S_ISUID as u64)?, bits(libc::S_ISGID as u64)?]);
+        Ok(())
+    };
+    /// fchmodat2(2) (Linux 6.6), the same number on every architecture.
+    const SYS_FCHMODAT2: i64 = 452;
+    add_mode_rules(libc::SYS_fchmod, 1)?;
+    add_mode_rules(libc::SYS_fchmodat, 2)?;
+    add_mode_rules(SYS_FCHMODAT2, 2)?;
+    add_mode_rules(libc::SYS_openat, 3)?;
+    add_mode_rules(libc::SYS_mknodat, 2)?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        add_mode_rules(libc::SYS_chmod, 1)?;
+        add_mode_rules(libc::SYS_open, 2)?;
+        add_mode_rules(libc::SYS_creat, 1)?;
+        add_mode_rules(libc::SYS_mknod, 1)?;
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -281,6 +314,9 @@ fn apply_seccomp(
     // falls back to clone(2), which the filter above sees.
     let mut c3 = std::collections::BTreeMap::new();
     c3.insert(libc::SYS_clone3, vec![]);
+    // openat2(2) passes its mode in memory too (struct open_how): likewise, libc and Python
+    // open files with openat(2), which the filter above sees.
+    c3.insert(libc::SYS_openat2, vec![]);
     let filter = SeccompFilter::new(
         c3,
         SeccompAction::Allow,
@@ -300,7 +336,7 @@ fn apply_seccomp(
         "all IP and packet sockets, "
     };
     st.seccomp = format!(
-        "{sockets}address families other than unix, IP and netlink (vsock, ...), io_uring, ptrace, mount and namespace calls, bpf, perf, keyrings denied"
+        "{sockets}address families other than unix, IP and netlink (vsock, ...), io_uring, ptrace, mount and namespace calls, bpf, perf, keyrings, setuid and setgid modes denied"
     );
     Ok(())
 }

@@ -1188,3 +1188,37 @@ async fn a_root_started_kernel_writes_a_users_workspace_as_that_user() {
     assert_eq!((made.uid(), made.gid()), (4242, 4242));
     s.close().await;
 }
+
+/// The attack: kernel code makes a setuid (or setgid) copy of a shell in the workspace. The
+/// workspace is an idmapped mount, so on the host the copy belongs to the folder's owner (root
+/// for a server run as root), and its bit would give any local user who can reach the folder
+/// that owner's rights (inside the sandbox `nosuid`/`no_new_privs` disarm it, outside nothing
+/// does). Every way of setting the bits is refused (chmod, fchmod, a mode at creation, mknod)
+/// and no file in the workspace ends up with them.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn no_setuid_or_setgid_file_can_be_made_in_the_workspace() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start().await;
+    let r = s
+        .exec("import os, shutil, stat\nshutil.copyfile('/bin/sh', 'rootsh')\nos.chmod('rootsh', 0o755)\ndef tried(f):\n    try:\n        f()\n        return 'done'\n    except OSError as e:\n        return f'errno {e.errno}'\nfd = os.open('viafd', os.O_CREAT | os.O_WRONLY, 0o755)\nprint(tried(lambda: os.chmod('rootsh', 0o4755)), tried(lambda: os.chmod('rootsh', 0o2755)), tried(lambda: os.chmod('rootsh', 0o6755)), tried(lambda: os.fchmod(fd, 0o4755)), tried(lambda: os.close(os.open('created', os.O_CREAT | os.O_WRONLY, 0o4755))), tried(lambda: os.mknod('node', stat.S_IFREG | 0o4755)), tried(lambda: os.chmod('rootsh', 0o755)))")
+        .await;
+    let t = text(&r);
+    assert_eq!(
+        t.trim(),
+        "errno 1 errno 1 errno 1 errno 1 errno 1 errno 1 done",
+        "{t}"
+    );
+    let mut marked = Vec::new();
+    for e in std::fs::read_dir(s.ws()).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode();
+        if mode & 0o6000 != 0 {
+            marked.push(format!("{} {mode:o}", e.path().display()));
+        }
+    }
+    assert!(
+        marked.is_empty(),
+        "setuid/setgid files on the host: {marked:?}"
+    );
+    s.close().await;
+}
