@@ -11,6 +11,14 @@ const MAX_SVG_SIDE: f32 = 2048.0;
 /// figure saved as SVG draws text as paths; charts of a few thousand labels fit easily.
 const MAX_SVG_ELEMENTS: usize = 200_000;
 const MAX_SVG_TEXTS: usize = 5_000;
+/// Most filter steps (`<fe...>` elements) and most uses of a filter or mask in an SVG drawn:
+/// each step allocates a picture the size of the area it filters (16 MB at 2048×2048), and
+/// each use filters or masks again, so 2,000 `feMorphology` steps took the server past 5 GB.
+/// With any filter the SVG is drawn at most [`MAX_FILTERED_SIDE`] px on its longest side, so
+/// the steps together stay within ~64 MB. Charts use a few (a drop shadow is three).
+const MAX_SVG_FILTER_STEPS: usize = 16;
+const MAX_SVG_EFFECT_USES: usize = 256;
+const MAX_FILTERED_SIDE: f32 = 1024.0;
 
 /// The fonts SVG text is drawn with: the system's, loaded once, with the generic families
 /// (`sans-serif`, `serif`, `monospace`, and text with no family) mapped to installed fonts.
@@ -107,6 +115,24 @@ pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
             "the SVG has {texts} text elements, over the {MAX_SVG_TEXTS} drawn here"
         ));
     }
+    let count = |what: &[u8]| memchr::memmem::find_iter(svg.as_bytes(), what).count();
+    let steps = count(b"<fe");
+    if steps > MAX_SVG_FILTER_STEPS {
+        return Err(format!(
+            "the SVG has {steps} filter steps, over the {MAX_SVG_FILTER_STEPS} drawn here"
+        ));
+    }
+    let uses = count(b"filter=") + count(b"mask=") + count(b"filter:") + count(b"mask:");
+    if uses > MAX_SVG_EFFECT_USES {
+        return Err(format!(
+            "the SVG applies filters or masks {uses} times, over the {MAX_SVG_EFFECT_USES} drawn here"
+        ));
+    }
+    let max_side = if steps > 0 {
+        MAX_FILTERED_SIDE
+    } else {
+        MAX_SVG_SIDE
+    };
     let (fontdb, font_family) = fonts();
     let mut opt = usvg::Options {
         fontdb,
@@ -124,7 +150,7 @@ pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
     if !(w.is_finite() && h.is_finite() && w > 0.0 && h > 0.0) {
         return Err("SVG has no size".into());
     }
-    let scale = (MAX_SVG_SIDE / w.max(h)).min(1.0);
+    let scale = (max_side / w.max(h)).min(1.0);
     let pw = (w * scale).ceil().max(1.0) as u32;
     let ph = (h * scale).ceil().max(1.0) as u32;
     let mut pixmap = tiny_skia::Pixmap::new(pw, ph).ok_or("SVG size is not drawable")?;
@@ -142,6 +168,30 @@ pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Filter and mask bombs are refused before anything is drawn (2,000 feMorphology steps
+    /// took the server past 5 GB); a filtered SVG is drawn smaller; a drop shadow still is.
+    #[test]
+    fn filter_bombs_are_refused_and_filters_drawn_small() {
+        let head = r#"<svg xmlns="http://www.w3.org/2000/svg" width="4000" height="4000">"#;
+        let bomb = format!(
+            "{head}<filter id=\"f\">{}</filter><rect width=\"4000\" height=\"4000\" filter=\"url(#f)\"/></svg>",
+            "<feMorphology operator=\"dilate\" radius=\"3\"/>".repeat(2000)
+        );
+        let why = svg_to_png(&bomb).unwrap_err();
+        assert!(why.contains("2000 filter steps"), "{why}");
+        let uses = format!(
+            "{head}<filter id=\"f\"><feGaussianBlur stdDeviation=\"2\"/></filter>{}</svg>",
+            "<rect width=\"10\" height=\"10\" filter=\"url(#f)\"/>".repeat(300)
+        );
+        assert!(svg_to_png(&uses).unwrap_err().contains("300 times"));
+        let shadow = format!(
+            "{head}<filter id=\"s\"><feGaussianBlur stdDeviation=\"4\"/><feOffset dx=\"3\" dy=\"3\"/></filter><rect x=\"100\" y=\"100\" width=\"2000\" height=\"1000\" fill=\"red\" filter=\"url(#s)\"/></svg>"
+        );
+        let png = svg_to_png(&shadow).unwrap();
+        // 4000 px drawn at 1024 with a filter (2048 without).
+        assert_eq!(png.get(16..24), Some(&[0, 0, 4, 0, 0, 0, 4, 0][..]));
+    }
 
     #[test]
     fn svg_rasterises_and_never_reads_files() {
