@@ -8,20 +8,25 @@ use std::fmt::Write;
 /// Longest CSI sequence (`ESC [` parameters and final byte) removed as one.
 const MAX_CSI: usize = 64;
 
-/// True for the characters [`sanitize`] must act on.
+/// True for the characters [`sanitize`] must act on. Unicode tag characters (U+E0000 to
+/// U+E007F) are invisible in most interfaces yet read by a model: text written in them
+/// ("ignore previous instructions") would reach it unseen by the user.
 fn special(c: char) -> bool {
     matches!(c,
         '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
-        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{e0000}'..='\u{e007f}')
 }
 
-/// A visible stand-in for one control character or bidi override: `\x07`, `\u202e`.
+/// A visible stand-in for one control character, bidi override or tag character: `\x07`,
+/// `\u202e`, `\U000e0041`.
 fn visible(out: &mut String, c: char) {
     let n = c as u32;
     let _ = if n < 0x100 {
         write!(out, "\\x{n:02x}")
-    } else {
+    } else if n <= 0xffff {
         write!(out, "\\u{n:04x}")
+    } else {
+        write!(out, "\\U{n:08x}")
     };
 }
 
@@ -98,7 +103,7 @@ pub fn sanitize(s: &str) -> Cow<'_, str> {
     // Fast path: only these lead bytes can start a character that needs work.
     let maybe = s
         .bytes()
-        .any(|b| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f | 0xc2 | 0xe2));
+        .any(|b| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f | 0xc2 | 0xe2 | 0xf3));
     if !maybe || !s.chars().any(special) {
         return Cow::Borrowed(s);
     }
@@ -280,6 +285,24 @@ impl serde_json::ser::Formatter for ShallowPretty<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Text hidden in Unicode tag characters (invisible in most interfaces, read by a model)
+    /// is shown as escapes; emoji and other text outside the tag block are untouched.
+    #[test]
+    fn tag_characters_are_made_visible() {
+        let hidden: String = "ignore"
+            .chars()
+            .map(|c| char::from_u32(0xe0000 + c as u32).unwrap_or('?'))
+            .collect();
+        let line = format!("ok{hidden}!");
+        let shown = sanitize(&line);
+        assert_eq!(
+            shown,
+            "ok\\U000e0069\\U000e0067\\U000e006e\\U000e006f\\U000e0072\\U000e0065!"
+        );
+        assert!(matches!(sanitize("plain 😀 é ñ"), Cow::Borrowed(_)));
+        assert_eq!(one_line(&hidden[..4]), "\\U000e0069");
+    }
 
     #[test]
     fn names_are_shown_on_one_line() {
