@@ -248,6 +248,95 @@ pub async fn run_command(
     })
 }
 
+/// Runs `argv` with `input` on its stdin and returns its stdout (at most `max_out` bytes) when
+/// it succeeds within `timeout`; else why not (its stderr's last line, or the time it took).
+/// Blocking: for work already off the event loop (`cpu::heavy`). For a helper that parses
+/// what the kernel sent (an SVG): a time it cannot outlast and output it cannot inflate, from
+/// a safe folder with the base environment, like every helper here.
+pub fn run_bytes(
+    argv: &[String],
+    input: &[u8],
+    timeout: Duration,
+    max_out: usize,
+) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".into());
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir(safe_cwd())
+        .env_clear();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| Inherit::Base.keeps(k)) {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("{program}: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(i) = stdin.as_mut() {
+            let _ = i.write_all(&input);
+        }
+    });
+    let out = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(o) = out {
+            let limit = u64::try_from(max_out).unwrap_or(u64::MAX).saturating_add(1);
+            let _ = o.take(limit).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(e) = err {
+            let _ = e.take(64 * 1024).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => break None,
+        }
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("it took over {} s", timeout.as_secs()));
+    };
+    let _ = writer.join();
+    let out = reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        let why = String::from_utf8_lossy(&err);
+        let last = why
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(if last.is_empty() {
+            format!("the drawing process failed ({status})")
+        } else {
+            last.chars().take(300).collect()
+        });
+    }
+    if out.len() > max_out {
+        return Err(format!("its output passed {max_out} bytes"));
+    }
+    Ok(out)
+}
+
 /// Kills the installer's process group. (Windows: only the installer itself is killed, by
 /// `kill_on_drop`; pip starts no long-lived children there.)
 fn kill_group(pgid: Option<i32>) {

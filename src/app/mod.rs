@@ -480,6 +480,9 @@ fn tune_allocator() {
 pub fn main() -> anyhow::Result<()> {
     tune_allocator();
     let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some(crate::rich::svg::DRAW_ARG) {
+        crate::rich::svg::draw_main();
+    }
     if raw.get(1).map(String::as_str) == Some(crate::sandbox::HELPER_ARG) {
         let mut rest = raw.get(2..).unwrap_or_default();
         let mut policy = None;

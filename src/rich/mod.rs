@@ -5,10 +5,9 @@ use base64::Engine;
 use serde_json::Value;
 
 mod html;
-mod svg;
+pub mod svg;
 
 use html::{html_to_text, MAX_HTML_BYTES};
-use svg::svg_to_png;
 
 use crate::wire::message::MimeBundle;
 
@@ -81,7 +80,7 @@ pub fn choose(data: &MimeBundle) -> Option<Form<'_>> {
     // Why an SVG could not be drawn, said when nothing better than a bare repr is left.
     let mut svg_failed = None;
     if let Some(svg) = data.get("image/svg+xml").and_then(text_of) {
-        match crate::cpu::heavy(|| svg_to_png(&svg)) {
+        match crate::cpu::heavy(|| svg::draw(&svg)) {
             Ok(png) => {
                 return Some(Form::Image {
                     mime: "image/png".into(),

@@ -88,12 +88,78 @@ fn fonts() -> (std::sync::Arc<resvg::usvg::fontdb::Database>, String) {
     .clone()
 }
 
+/// How the server runs the drawing: `kernel-mcp __draw-svg`, the SVG on stdin, the PNG on
+/// stdout (see [`draw`]).
+pub const DRAW_ARG: &str = "__draw-svg";
+
+/// Longest a drawing may take; past it the drawing process is killed. Counting elements bounds
+/// most of the work, but not all of it (30,000 full-page clips or one `feMorphology` of radius
+/// 300 ran for minutes in the server): the time limit bounds the rest.
+const DRAW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most memory the drawing process may take for its data (Linux and macOS; an SVG within the
+/// checks stays far below it). Windows has no such limit for one process here.
+#[cfg(unix)]
+const DRAW_MEMORY: u64 = 1 << 30;
+
+/// Draws an SVG from the kernel to PNG bytes in a process of its own (this binary, see
+/// [`draw_main`]), bounded in time ([`DRAW_TIMEOUT`]) and memory ([`DRAW_MEMORY`]): what an
+/// SVG makes the renderer do cannot be bounded by counting alone, and the server must outlast
+/// it. The cheap checks run here first, so a refused SVG starts no process.
+pub(super) fn draw(svg: &str) -> Result<Vec<u8>, String> {
+    check(svg)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("the drawing process could not start ({e})"))?;
+    let argv = [exe.to_string_lossy().into_owned(), DRAW_ARG.to_owned()];
+    crate::runner::run_bytes(&argv, svg.as_bytes(), DRAW_TIMEOUT, 64 << 20).map_err(|why| {
+        if let Some(rest) = why.strip_prefix("it took over") {
+            format!("drawing it took over{rest} and was stopped")
+        } else {
+            why
+        }
+    })
+}
+
+/// The drawing process: reads an SVG on stdin, writes its PNG on stdout, exits 0; or says why
+/// not on stderr and exits 1. Its own limits come first (memory; CPU as a second bound).
+pub fn draw_main() -> ! {
+    use std::io::{Read, Write};
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{setrlimit, Resource};
+        let _ = setrlimit(Resource::RLIMIT_DATA, DRAW_MEMORY, DRAW_MEMORY);
+        let cpu = DRAW_TIMEOUT.as_secs().saturating_add(5);
+        let _ = setrlimit(Resource::RLIMIT_CPU, cpu, cpu);
+    }
+    let mut svg = Vec::new();
+    let limit = u64::try_from(MAX_SVG_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let read = std::io::stdin().take(limit).read_to_end(&mut svg);
+    let drawn = read
+        .map_err(|e| e.to_string())
+        .and_then(|_| String::from_utf8(svg).map_err(|_| "the SVG is not UTF-8 text".to_owned()))
+        .and_then(|svg| svg_to_png(&svg));
+    match drawn {
+        Ok(png) => {
+            let mut out = std::io::stdout().lock();
+            let ok = out.write_all(&png).and_then(|()| out.flush()).is_ok();
+            std::process::exit(if ok { 0 } else { 1 })
+        }
+        Err(why) => {
+            eprintln!("{why}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Rasterises an SVG document to PNG bytes (at most 2048 px on its longest side).
 ///
 /// The SVG comes from the kernel, so it may only embed `data:` images: a path or URL in
 /// `<image href>` is never opened (the server is not sandboxed the way the kernel is).
-pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
-    use resvg::{tiny_skia, usvg};
+/// The checks made before an SVG is drawn (size, elements, text, filters and masks, counted
+/// without parsing); the longest side to draw it at.
+fn check(svg: &str) -> Result<f32, String> {
     if svg.len() > MAX_SVG_BYTES {
         return Err(format!(
             "the SVG is {} KiB, over the {} KiB drawn here",
@@ -133,6 +199,12 @@ pub(super) fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
     } else {
         MAX_SVG_SIDE
     };
+    Ok(max_side)
+}
+
+fn svg_to_png(svg: &str) -> Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    let max_side = check(svg)?;
     let (fontdb, font_family) = fonts();
     let mut opt = usvg::Options {
         fontdb,

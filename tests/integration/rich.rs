@@ -606,5 +606,16 @@ async fn an_svg_too_costly_to_draw_is_named_not_dropped() {
         "{:?}",
         texts(&r)
     );
+    // Work no count bounds (30,000 full-page clips ran for minutes in the server): drawn in a
+    // process of its own, stopped at its time limit; the server answers the next call at once.
+    let r = s
+        .exec("from IPython.display import SVG, display\ndisplay(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"2048\" height=\"2048\"><defs><clipPath id=\"c\"><rect width=\"2048\" height=\"2048\"/></clipPath></defs>' + '<rect width=\"2048\" height=\"2048\" fill=\"red\" clip-path=\"url(#c)\"/>' * 30000 + '</svg>'))")
+        .await;
+    let t = text(&r);
+    assert!(
+        t.contains("[SVG image not shown: drawing it took over 10 s and was stopped"),
+        "{t}"
+    );
+    assert_eq!(text(&s.exec("print(6 * 7)").await), "42\n");
     s.close().await;
 }
