@@ -3,9 +3,7 @@
 # an object whose repr is the JSON report. Every part is bounded in size.
 import json
 import reprlib
-import signal
 import sys
-import threading
 
 REPORT = 12000
 # Seconds the report may take (the server waits 10 s): an attribute or repr that blocks (a
@@ -13,12 +11,6 @@ REPORT = 12000
 BUDGET = 6.0
 
 
-class _Slow(BaseException):
-    """Raised by the alarm when the report takes too long."""
-
-
-def _on_alarm(signum, frame):
-    raise _Slow()
 _r = reprlib.Repr()
 _r.maxstring = 200
 _r.maxother = 200
@@ -139,10 +131,7 @@ def run(name, rows):
     out = []
     kind = "object"
     mod = t.__module__ or ""
-    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if timed:
-        old_handler = signal.signal(signal.SIGALRM, _on_alarm)
-        old_timer = signal.setitimer(signal.ITIMER_REAL, BUDGET)
+    state = _arm(BUDGET)
     size = None
     try:
         size = _size(v)
@@ -175,11 +164,7 @@ def run(name, rows):
     except BaseException as e:
         out.append("(could not inspect further: %s: %s)" % (type(e).__name__, _cut(e, 200)))
     finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old_handler)
-            if old_timer[0] > 0:
-                signal.setitimer(signal.ITIMER_REAL, *old_timer)
+        _disarm(state)
     report = _cut("\n".join(out), REPORT)
     return _Report(json.dumps({
         "name": name,

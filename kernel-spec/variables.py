@@ -4,9 +4,7 @@
 import fnmatch
 import json
 import reprlib
-import signal
 import sys
-import threading
 import time
 import types
 
@@ -18,12 +16,6 @@ PER_VALUE = 1.0
 ALL_VALUES = 6.0
 
 
-class _Slow(BaseException):
-    """Raised by the alarm when describing one value takes too long."""
-
-
-def _on_alarm(signum, frame):
-    raise _Slow()
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -139,10 +131,7 @@ def _row(name, v, deadline):
     if left <= 0:
         row["value"] = "<not described: the listing's time ran out>"
         return row
-    timed = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if timed:
-        old_handler = signal.signal(signal.SIGALRM, _on_alarm)
-        old_timer = signal.setitimer(signal.ITIMER_REAL, left)
+    state = _arm(left)
     try:
         row["shape"] = _shape(v)
         row["dtype"] = _dtype(v)
@@ -151,11 +140,7 @@ def _row(name, v, deadline):
     except _Slow:
         row["value"] = "<not described: it took over %g s>" % PER_VALUE
     finally:
-        if timed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old_handler)
-            if old_timer[0] > 0:
-                signal.setitimer(signal.ITIMER_REAL, *old_timer)
+        _disarm(state)
     return row
 
 

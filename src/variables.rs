@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::limits::human_bytes as human;
 
 /// The helper exec'd in a private dict by [`expression`].
-const HELPER: &str = include_str!("../kernel-spec/variables.py");
+/// Each helper below starts with the time limit they share (`time_limit.py`).
+const HELPER: &str = concat!(
+    include_str!("../kernel-spec/time_limit.py"),
+    include_str!("../kernel-spec/variables.py")
+);
 
 /// Most variables described in one listing (the total is still counted).
 pub const MAX_VARIABLES: usize = 200;
@@ -55,7 +59,10 @@ pub fn expression(filter: Option<&str>, all: bool) -> String {
 }
 
 /// The inspect_variable helper, exec'd in a private dict like [`HELPER`].
-const INSPECT_HELPER: &str = include_str!("../kernel-spec/inspect.py");
+const INSPECT_HELPER: &str = concat!(
+    include_str!("../kernel-spec/time_limit.py"),
+    include_str!("../kernel-spec/inspect.py")
+);
 
 /// One object in depth (inspect_variable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
